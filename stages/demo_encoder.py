@@ -1,0 +1,63 @@
+"""Stage `demo_encoder`: build a tiny BERT offline, so the demo runs with no model hub.
+
+A WordPiece tokenizer is trained on the training studies' text and a small BertModel is
+initialised at random from a seed; both are saved with `save_pretrained`, and `embed_text`
+loads them through the same `from_pretrained` path as BioBERT. Random weights: the vectors
+are a fixed random projection of the words, enough for the head to learn from.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from stages import params
+from stages.common import atomic_path, main
+from stages.formats import read_prepared
+
+log = logging.getLogger("demo_encoder")
+
+OUT = Path("models/demo_encoder")
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build(texts: list[str], out: Path, vocab_size: int, hidden_size: int, layers: int,
+          heads: int, seed: int, max_position: int = 512) -> None:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=False)  # cased, like BioBERT
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.decoder = decoders.WordPiece()
+    wordpiece.train_from_iterator(
+        sorted(texts), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL))
+    cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, do_lower_case=False,
+                                  model_max_length=max_position)
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=wordpiece.get_vocab_size(), hidden_size=hidden_size,
+                        num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=2 * hidden_size, max_position_embeddings=max_position)
+    model = BertModel(config)
+    with atomic_path(out) as tmp:
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+    log.info("built a tiny BERT (%d words, %d dims, %d parameters) in %s",
+             config.vocab_size, hidden_size, sum(p.numel() for p in model.parameters()), out)
+
+
+def run(p: dict) -> None:
+    studies, _ = read_prepared()
+    texts = studies.loc[studies["split"] == "train", "text"].tolist()
+    e = p["demo_encoder"]
+    build(texts, OUT, e["vocab_size"], e["hidden_size"], e["layers"], e["heads"], e["seed"])
+
+
+if __name__ == "__main__":
+    main(lambda: run(params.load()))

@@ -1,0 +1,120 @@
+"""Where every file of the pipeline lives and what is inside it: the one home of file formats.
+
+CSV contract written by `prepare` and read by every later stage:
+  studies.csv  one row per study:  uid, label, split, n_images, views, mesh, text
+  images.csv   one row per image:  uid, filename, view, label, split
+HDF5 caches:
+  text.h5      `uids` (int64, N) and `vectors` (float32, N x D) in the same row order, plus
+               attributes that say how the vectors were made (encoder, pooling, ...)
+  images.h5    `filenames` (str, N) and `images` (uint8, N x S x S, one image per chunk)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from stages.common import PipelineError, atomic_path
+
+RAW = Path("data/raw")
+REPORTS_CSV = "indiana_reports.csv"
+PROJECTIONS_CSV = "indiana_projections.csv"
+IMAGES_SUBDIR = Path("images/images_normalized")  # the Kaggle layout
+
+PREPARED = Path("data/prepared")
+STUDIES = PREPARED / "studies.csv"
+IMAGES = PREPARED / "images.csv"
+DATA_REPORT = PREPARED / "report.json"
+
+TEXT_H5 = Path("features/text.h5")
+IMAGES_H5 = Path("features/images.h5")
+IMAGES_REPORT = Path("features/images_report.json")
+
+STUDY_COLUMNS = ["uid", "label", "split", "n_images", "views", "mesh", "text"]
+IMAGE_COLUMNS = ["uid", "filename", "view", "label", "split"]
+SPLITS = ("train", "val", "test")
+
+
+def model_dir(variant: str) -> Path:
+    return Path("models") / variant
+
+
+def metrics_dir(variant: str) -> Path:
+    return Path("metrics") / variant
+
+
+def read_prepared() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The studies and images tables written by `prepare` (text stays text, never NaN)."""
+    for path in (STUDIES, IMAGES):
+        if not path.exists():
+            raise PipelineError(f"{path} not found: run `dvc repro prepare` first.")
+    studies = pd.read_csv(STUDIES, keep_default_na=False, dtype={"text": str, "mesh": str})
+    images = pd.read_csv(IMAGES, keep_default_na=False)
+    return studies, images
+
+
+# --- text cache -------------------------------------------------------------------------------
+
+def write_text_cache(path, uids, vectors, attrs: dict) -> None:
+    uids = np.asarray(uids, dtype=np.int64)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if len(uids) != len(vectors):
+        raise ValueError("one vector per uid")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("uids", data=uids)
+        f.create_dataset("vectors", data=vectors)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+
+def text_cache_attrs(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {k: _plain(v) for k, v in f.attrs.items()}
+
+
+def read_text_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """uids, vectors and attributes; refuses a cache whose attributes differ from `expect`."""
+    if not Path(path).exists():
+        raise PipelineError(f"{path} not found: run `dvc repro embed_text` first.")
+    with h5py.File(path, "r") as f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        _check_attrs(path, attrs, expect or {})
+        return f["uids"][:], f["vectors"][:], attrs
+
+
+# --- image cache ------------------------------------------------------------------------------
+
+def create_image_cache(f: h5py.File, n: int, size: int) -> h5py.Dataset:
+    f.attrs["size"] = size
+    # one image a chunk: a reader can fetch any image alone (streaming when RAM is short)
+    return f.create_dataset("images", shape=(n, size, size), dtype=np.uint8,
+                            chunks=(1, size, size), maxshape=(None, size, size))
+
+
+def read_image_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """filenames and all images in memory (uint8, N x S x S)."""
+    if not Path(path).exists():
+        raise PipelineError(f"{path} not found: run `dvc repro cache_images` first.")
+    with h5py.File(path, "r") as f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        _check_attrs(path, attrs, expect or {})
+        return f["filenames"].asstr()[:], f["images"][:]
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _check_attrs(path, attrs: dict, expect: dict) -> None:
+    wrong = {k: (attrs.get(k), v) for k, v in expect.items() if attrs.get(k) != _plain(v)}
+    if wrong:
+        detail = "; ".join(f"{k}: cache has {have!r}, parameters say {want!r}"
+                           for k, (have, want) in wrong.items())
+        raise PipelineError(f"{path} was made with other parameters ({detail}); "
+                            "rebuild it with `dvc repro`.")

@@ -1,0 +1,127 @@
+"""The classifier: an image branch (timm CNN), a text branch (cached vectors), one MLP head.
+
+    fusion: head(concat(cnn(image), text_vector))
+    image:  head(cnn(image))
+    text:   head(text_vector)
+    head:   Linear(in, 256) -> ReLU -> Dropout(0.3) -> Linear(256, 2)   (the original)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from stages.common import PipelineError
+
+
+def create_backbone(name: str, pretrained: bool | str) -> nn.Module:
+    """timm model without its classifier (`num_classes=0`: pooled features).
+
+    pretrained: False (random init), True (timm's ImageNet weights from the hub), or the path
+    of a weights file downloaded beforehand (for machines without network).
+    """
+    import timm
+
+    try:
+        if isinstance(pretrained, str):
+            if not Path(pretrained).is_file():
+                raise FileNotFoundError(pretrained)
+            return timm.create_model(name, pretrained=True, num_classes=0,
+                                     pretrained_cfg_overlay={"file": pretrained})
+        return timm.create_model(name, pretrained=bool(pretrained), num_classes=0)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise PipelineError(f"model.backbone={name!r} is not a timm model.") from None
+        raise _weights_error(name, err) from None
+    except (OSError, ValueError) as err:  # no network, no cache, no such file
+        raise _weights_error(name, err) from None
+
+
+def _weights_error(name: str, err: Exception) -> PipelineError:
+    return PipelineError(
+        f"cannot load ImageNet weights for {name} ({type(err).__name__}: {str(err)[:200]}). "
+        "image.pretrained=true needs the Hugging Face hub; offline, download them where there "
+        f"is network (`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` "
+        "fills ~/.cache/huggingface, which you can copy here), or set image.pretrained to the "
+        "path of a downloaded .safetensors/.pth file, or set image.pretrained=false.")
+
+
+def reads(variant: str) -> tuple[bool, bool]:
+    """(reads the image, reads the report) for a variant."""
+    return variant in ("fusion", "image"), variant in ("fusion", "text")
+
+
+class Classifier(nn.Module):
+    def __init__(self, variant: str, text_dim: int, backbone: str = "efficientnet_b1",
+                 pretrained: bool | str = False, hidden: int = 256, dropout: float = 0.3):
+        super().__init__()
+        self.variant = variant
+        self.uses_image, self.uses_text = reads(variant)
+        self.cnn = create_backbone(backbone, pretrained) if self.uses_image else None
+        features = (self.cnn.num_features if self.uses_image else 0) + (text_dim if self.uses_text else 0)
+        self.head = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, 2))
+
+    def forward(self, image: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+        parts = []
+        if self.uses_image:
+            parts.append(self.cnn(image))
+        if self.uses_text:
+            parts.append(text)
+        return self.head(torch.cat(parts, 1).float())
+
+    def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The mean and std the backbone was trained with (ImageNet for timm's weights)."""
+        cfg = self.cnn.pretrained_cfg if self.cnn is not None else {}
+        return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def freeze_backbone(model: Classifier) -> None:
+    if model.cnn is not None:
+        model.cnn.requires_grad_(False)
+
+
+def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 grayscale (B, S, S) -> float (B, 3, S, S), normalised as the backbone expects.
+
+    Done on the device the model runs on, so only uint8 crosses the bus.
+    """
+    x = images.unsqueeze(1).float().div_(255).expand(-1, 3, -1, -1)
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+# --- saving and loading -------------------------------------------------------------------------
+
+WEIGHTS = "model.safetensors"
+CONFIG = "model.json"
+
+
+def model_config(model: Classifier, text_dim: int, backbone: str, image_size: int) -> dict:
+    """What it takes to rebuild the model (no weights): saved beside them."""
+    mean, std = model.input_stats()
+    return {"variant": model.variant, "text_dim": text_dim, "backbone": backbone,
+            "hidden": model.head[0].out_features, "dropout": model.head[2].p,
+            "image_size": image_size, "mean": list(mean), "std": list(std)}
+
+
+def load_model(folder: Path, device="cpu") -> tuple[Classifier, dict]:
+    """Rebuild a trained model from models/<variant>/ (safetensors: no pickle)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / WEIGHTS).exists():
+        raise PipelineError(f"{folder / WEIGHTS} not found: train it with `dvc repro`.")
+    config = json.loads((folder / CONFIG).read_text())
+    model = Classifier(config["variant"], config["text_dim"], config["backbone"], False,
+                       config["hidden"], config["dropout"])
+    model.load_state_dict(load_file(folder / WEIGHTS))
+    return model.to(device).eval(), config

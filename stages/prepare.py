@@ -1,0 +1,166 @@
+"""Stage `prepare`: validate and merge the two CSVs, label, join text, split by study.
+
+Writes the contract every later stage reads (see stages/formats.py):
+  data/prepared/studies.csv, data/prepared/images.csv, data/prepared/report.json
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages import params
+from stages.common import PipelineError, atomic_path, main, write_json
+from stages.formats import (DATA_REPORT, IMAGE_COLUMNS, IMAGES, IMAGES_SUBDIR, PREPARED,
+                            PROJECTIONS_CSV, RAW, REPORTS_CSV, STUDIES, STUDY_COLUMNS)
+
+log = logging.getLogger("prepare")
+
+UNINDEXED = "no indexing"
+VIEWS = ("Frontal", "Lateral", "Unknown")
+MAX_LISTED = 10
+
+
+def _rows(mask: pd.Series) -> str:
+    """CSV line numbers (header is line 1) of the rows where mask holds, shortened."""
+    lines = [str(i + 2) for i in np.flatnonzero(mask.to_numpy())]
+    more = f" and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
+    return ", ".join(lines[:MAX_LISTED]) + more
+
+
+def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        raise PipelineError(f"{path} not found: run `dvc repro download` first.")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}; "
+                            f"the file has {', '.join(df.columns)}.")
+    uid = pd.to_numeric(df["uid"].str.strip(), errors="coerce")
+    bad = uid.isna() | (uid != uid.round())
+    if bad.any():
+        raise PipelineError(f"{path}: column uid must hold integers; lines {_rows(bad)} do not "
+                            f"(e.g. {df.loc[bad, 'uid'].iloc[0]!r}).")
+    df["uid"] = uid.astype(np.int64)
+    return df
+
+
+def label_of(mesh: str | float, keep_unindexed: bool) -> float:
+    """0 normal, 1 abnormal (the original rule), NaN unlabelled (dropped)."""
+    if not isinstance(mesh, str) or not mesh.strip():
+        return np.nan
+    term = mesh.strip().lower()
+    if term == UNINDEXED and not keep_unindexed:
+        return np.nan
+    return 0.0 if term == "normal" else 1.0
+
+
+def join_text(row: pd.Series, fields: list[str]) -> str:
+    """Join the named report fields with a space; empty or missing fields are left out."""
+    parts = [row[f].strip() for f in fields if isinstance(row[f], str) and row[f].strip()]
+    return " ".join(parts)
+
+
+def split_studies(uids: np.ndarray, labels: np.ndarray, test: float, val: float,
+                  seed: int) -> np.ndarray:
+    """Assign train/val/test per study, stratified by label, reproducible for a seed.
+
+    Within each label: shuffle the (sorted) uids, the first round(n * test) go to test, then
+    round(rest * val) of the rest to val. Each uid gets exactly one split.
+    """
+    rng = np.random.default_rng(seed)
+    split = np.empty(len(uids), dtype=object)
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        idx = idx[np.argsort(uids[idx])]
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(len(idx) * test))
+        n_val = int(round((len(idx) - n_test) * val))
+        split[idx[:n_test]] = "test"
+        split[idx[n_test:n_test + n_val]] = "val"
+        split[idx[n_test + n_val:]] = "train"
+    return split
+
+
+def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
+    fields = p["text"]["fields"]
+    reports = read_csv(raw / REPORTS_CSV, ["uid", "MeSH", *fields])
+    projections = read_csv(raw / PROJECTIONS_CSV, ["uid", "filename", "projection"])
+    rpath, ppath = raw / REPORTS_CSV, raw / PROJECTIONS_CSV
+
+    dup = reports["uid"].duplicated(keep=False)
+    if dup.any():
+        raise PipelineError(f"{rpath}: duplicate uids {sorted(set(reports.loc[dup, 'uid']))[:MAX_LISTED]} "
+                            f"on lines {_rows(dup)}; each study must appear once.")
+    dup = projections["filename"].duplicated(keep=False)
+    if dup.any():
+        raise PipelineError(f"{ppath}: the same filename on lines {_rows(dup)}; "
+                            "each image must appear once.")
+    bad = ~projections["projection"].isin(VIEWS)
+    if bad.any():
+        raise PipelineError(f"{ppath}: projection must be one of {', '.join(VIEWS)}; "
+                            f"lines {_rows(bad)} are not.")
+    orphan = ~projections["uid"].isin(reports["uid"])
+    if orphan.any():
+        raise PipelineError(f"{ppath}: lines {_rows(orphan)} name uids with no report in {rpath}.")
+    image_dir = raw / IMAGES_SUBDIR
+    absent = ~projections["filename"].map(lambda f: (image_dir / f).is_file())
+    if absent.any():
+        raise PipelineError(f"{ppath}: the images of lines {_rows(absent)} are missing from "
+                            f"{image_dir}/ (first: {projections.loc[absent, 'filename'].iloc[0]}); "
+                            "the download is incomplete: run `dvc repro -f download`.")
+    imageless = ~reports["uid"].isin(projections["uid"])
+    if imageless.any():
+        raise PipelineError(f"{rpath}: the studies on lines {_rows(imageless)} have no image in "
+                            f"{ppath}; fix the download or remove those rows.")
+
+    reports["label"] = reports["MeSH"].map(lambda m: label_of(m, p["data"]["keep_unindexed"]))
+    unlabelled = reports["label"].isna()
+    unindexed = reports["MeSH"].fillna("").str.strip().str.lower() == UNINDEXED
+    reports["text"] = reports.apply(join_text, axis=1, fields=fields)
+    studies = reports.loc[~unlabelled].copy()
+    studies["label"] = studies["label"].astype(int)
+    studies["split"] = split_studies(studies["uid"].to_numpy(), studies["label"].to_numpy(),
+                                     p["split"]["test"], p["split"]["val"], p["split"]["seed"])
+    studies = studies.sort_values("uid")
+
+    images = projections.merge(studies[["uid", "label", "split"]], on="uid", how="inner")
+    images = images.rename(columns={"projection": "view"}).sort_values(["uid", "filename"])
+    per_study = images.groupby("uid")["view"]
+    studies["n_images"] = studies["uid"].map(per_study.size())
+    studies["views"] = studies["uid"].map(per_study.agg(lambda v: "+".join(sorted(v))))
+    studies["mesh"] = studies["MeSH"].str.strip()
+
+    report = {
+        "studies": len(studies), "images": len(images),
+        "abnormal_fraction": round(float(studies["label"].mean()), 4),
+        "dropped": {
+            "studies_unindexed": int((unlabelled & unindexed).sum()),
+            "studies_without_mesh": int((unlabelled & ~unindexed).sum()),
+            "images_of_dropped_studies": int(len(projections) - len(images)),
+        },
+        "studies_with_empty_text": int((studies["text"] == "").sum()),
+        "text_fields": fields,
+        "by_split": {s: {"studies": int((studies["split"] == s).sum()),
+                         "images": int((images["split"] == s).sum()),
+                         "abnormal_studies": int(((studies["split"] == s) & (studies["label"] == 1)).sum())}
+                     for s in ("train", "val", "test")},
+        "by_view": {v: int(n) for v, n in images["view"].value_counts().sort_index().items()},
+    }
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        studies[STUDY_COLUMNS].to_csv(tmp / STUDIES.name, index=False)
+        images[IMAGE_COLUMNS].to_csv(tmp / IMAGES.name, index=False)
+        write_json(tmp / DATA_REPORT.name, report)
+    if report["studies_with_empty_text"]:
+        log.warning("%d studies have no text in %s: the encoder sees an empty report for them",
+                    report["studies_with_empty_text"], fields)
+    log.info("prepared %d studies, %d images; split %s", len(studies), len(images),
+             {s: v["studies"] for s, v in report["by_split"].items()})
+    return report
+
+
+if __name__ == "__main__":
+    main(lambda: prepare(params.load()))
