@@ -73,9 +73,6 @@ def validate(p: dict) -> dict:
               f"the backbone needs at least {MIN_IMAGE_SIZE} px (240 for the real study)")
     if not 0 <= get(p, "model.dropout") < 1:
         _fail("model.dropout", get(p, "model.dropout"), "use a fraction in [0, 1)")
-    variants = get(p, "train.variants")
-    if not isinstance(variants, list) or not variants or any(v not in VARIANTS for v in variants):
-        _fail("train.variants", variants, "use a non-empty list of " + ", ".join(VARIANTS))
     _choice(p, "train.select", SELECTIONS)
     if not 0 < get(p, "evaluate.threshold") < 1:
         _fail("evaluate.threshold", get(p, "evaluate.threshold"), "use a probability in (0, 1)")

@@ -1,0 +1,78 @@
+"""Stage `compare`: does the report help the CNN? Fusion vs image-only vs text-only.
+
+All three were trained on the same studies and are scored on the same test studies, so the
+differences are paired: the bootstrap resamples test studies and scores both models on each
+resample. Writes metrics/comparison.json and the figures under metrics/figures/.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from stages import figures, params
+from stages.common import PipelineError, atomic_path, main, write_json
+from stages.formats import metrics_dir, model_dir
+from stages.metrics import classification_metrics, paired_bootstrap, study_predictions
+from stages.params import VARIANTS
+
+log = logging.getLogger("compare")
+
+PAIRS = (("fusion", "image"), ("fusion", "text"))
+OUT = Path("metrics/comparison.json")
+FIGURES = Path("metrics/figures")
+
+
+def compare(p: dict) -> dict:
+    e = p["evaluate"]
+    studies = {v: study_predictions(pd.read_csv(metrics_dir(v) / "predictions.csv"))
+               for v in VARIANTS}
+    uids = studies["fusion"]["uid"]
+    if not all(df["uid"].equals(uids) for df in studies.values()):
+        raise PipelineError("the variants' predictions cover different test studies: rerun "
+                            "`dvc repro` so that all three use the same data/prepared split.")
+    labels = studies["fusion"]["label"]
+    result = {"test_studies": len(uids),
+              "variants": {v: classification_metrics(df["label"], df["probability"], e["threshold"])
+                           for v, df in studies.items()},
+              "differences": {}}
+    for a, b in PAIRS:
+        result["differences"][f"{a}_minus_{b}"] = {
+            metric: paired_bootstrap(labels, studies[a]["probability"], studies[b]["probability"],
+                                     metric, e["bootstrap"], e["seed"], e["threshold"])
+            for metric in ("auroc", "f1")}
+
+    histories = {v: json.loads((model_dir(v) / "history.json").read_text()) for v in VARIANTS}
+    chosen = {v: json.loads((model_dir(v) / "model.json").read_text())["epoch"] for v in VARIANTS}
+    table = [["model", "AUROC", "F1", "accuracy", "precision", "recall", "epoch kept"]]
+    for v in VARIANTS:
+        m = result["variants"][v]
+        table.append([v] + [f"{m[k]:.3f}" for k in ("auroc", "f1", "accuracy", "precision", "recall")]
+                     + [str(chosen[v])])
+    for name, diff in result["differences"].items():
+        row = [name.replace("_minus_", " - ")]
+        for k in ("auroc", "f1"):
+            d = diff[k]
+            row.append(f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
+        table.append(row + [""] * 4)
+
+    with atomic_path(FIGURES) as tmp:
+        tmp.mkdir()
+        for v in VARIANTS:
+            figures.training_curves(v, histories[v], chosen[v], tmp / f"training_{v}.png")
+        figures.comparison(histories, table, tmp / "model_comparison.png")
+        figures.roc(studies, tmp / "roc.png")
+        figures.confusion_matrices({v: result["variants"][v]["confusion"] for v in VARIANTS},
+                                   tmp / "confusion.png")
+    write_json(OUT, result)
+    for name, diff in result["differences"].items():
+        log.info("%s: AUROC %+.3f [%+.3f, %+.3f], F1 %+.3f [%+.3f, %+.3f]", name,
+                 diff["auroc"]["difference"], *diff["auroc"]["ci95"],
+                 diff["f1"]["difference"], *diff["f1"]["ci95"])
+    return result
+
+
+if __name__ == "__main__":
+    main(lambda: compare(params.load()))
