@@ -93,7 +93,7 @@ def draw_xray(rng, size: int, view: str, shown: list[str]) -> np.ndarray:
     img = np.full((s, s), 25.0)
     jitter = lambda: 1 + 0.06 * rng.standard_normal()  # noqa: E731
     img[_ellipse(s, s, 0.55 * s, 0.5 * s, 0.5 * s * jitter(), 0.42 * s * jitter())] = 115
-    heart_w = (0.25 if "cardiomegaly" not in shown else 0.35) * s * jitter()
+    heart_w = (0.25 if "cardiomegaly" not in shown else 0.4) * s * jitter()
     if view == "Lateral":
         lung = _ellipse(s, s, 0.48 * s, 0.5 * s, 0.3 * s * jitter(), 0.25 * s * jitter())
         img[lung] = 60
@@ -107,10 +107,10 @@ def draw_xray(rng, size: int, view: str, shown: list[str]) -> np.ndarray:
     if "opacity" in shown:
         cy, cx = rng.uniform(0.4, 0.6) * s, rng.choice([0.3, 0.7]) * s
         y, x = np.ogrid[:s, :s]
-        img += 70 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * (0.06 * s) ** 2))
+        img += 90 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * (0.08 * s) ** 2))
     if "effusion" in shown:
         cy, cx = lower[rng.integers(len(lower))]
-        img[_ellipse(s, s, cy * s, cx * s, 0.07 * s, 0.1 * s)] = 140
+        img[_ellipse(s, s, cy * s, cx * s, 0.08 * s, 0.12 * s)] = 190
     img += rng.normal(0, 10, size=(s, s)) + rng.normal(0, 12)  # noise and exposure
     return np.clip(img, 0, 255).astype(np.uint8)
 

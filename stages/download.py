@@ -33,7 +33,7 @@ DOWNLOADS = Path("data/downloads")  # kept between runs so a re-run does not dow
 
 def link_kaggle_layout(src: Path, out: Path) -> None:
     """Copy the two CSVs from a Kaggle-layout folder and link (not copy) its images."""
-    missing = [p for p in (REPORTS_CSV, PROJECTIONS_CSV, "images") if not (src / p).exists()]
+    missing = [str(p) for p in (REPORTS_CSV, PROJECTIONS_CSV, IMAGES_SUBDIR) if not (src / p).exists()]
     if missing:
         raise PipelineError(f"{src} does not hold the Kaggle layout: missing {', '.join(missing)}. "
                             f"Expected {REPORTS_CSV}, {PROJECTIONS_CSV} and {IMAGES_SUBDIR}/*.png.")
@@ -107,16 +107,21 @@ def from_openi(out: Path, base_url: str) -> None:
         safe_extract(DOWNLOADS / name, work)
     pngs = {p.stem: p for p in work.rglob("*.png")}
     (out / IMAGES_SUBDIR).mkdir(parents=True)
-    reports, projections = [], []
+    reports, projections, imageless = [], [], 0
     for xml in tqdm(sorted(work.rglob("*.xml")), desc="reports", unit="report"):
         row, image_ids = parse_openi_report(xml)
+        found = [i for i in dict.fromkeys(image_ids) if i in pngs]
+        if not found:  # some Open-i reports come without images: no study to classify
+            imageless += 1
+            continue
         reports.append(row)
-        for image_id in image_ids:
-            if image_id in pngs:
-                pngs[image_id].rename(out / IMAGES_SUBDIR / f"{image_id}.png")
-                # Open-i has no view field (Kaggle's `projection` was added by its curator)
-                projections.append({"uid": row["uid"], "filename": f"{image_id}.png",
-                                    "projection": "Unknown"})
+        for image_id in found:
+            shutil.copyfile(pngs[image_id], out / IMAGES_SUBDIR / f"{image_id}.png")
+            # Open-i has no view field (Kaggle's `projection` was added by its curator)
+            projections.append({"uid": row["uid"], "filename": f"{image_id}.png",
+                                "projection": "Unknown"})
+    if imageless:
+        log.warning("openi: left out %d reports that have no image in the archive", imageless)
     shutil.rmtree(work)
     pd.DataFrame(reports).sort_values("uid").to_csv(out / REPORTS_CSV, index=False)
     pd.DataFrame(projections, columns=["uid", "filename", "projection"]).to_csv(

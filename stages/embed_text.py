@@ -5,7 +5,7 @@ import logging
 import time
 
 from stages import params
-from stages.common import main, resolve_device
+from stages.common import PipelineError, main, resolve_device
 from stages.formats import TEXT_H5, read_prepared, write_text_cache
 from stages.text_encoder import embed, encoder_fingerprint, load_encoder
 
@@ -23,6 +23,10 @@ def run(p: dict) -> None:
     studies, _ = read_prepared()
     device = resolve_device(t["device"])
     tokenizer, model = load_encoder(t["model"], t["revision"], device)
+    limit = model.config.max_position_embeddings
+    if t["max_length"] > limit:
+        raise PipelineError(f"parameter text.max_length={t['max_length']} exceeds what "
+                            f"{t['model']} can read ({limit} tokens): set text.max_length<={limit}.")
     start = time.perf_counter()
     vectors = embed(studies["text"].tolist(), tokenizer, model, t["pooling"], t["max_length"],
                     t["batch_size"], device)

@@ -30,13 +30,24 @@ def _choice(p, name, options):
 
 def _fraction(p, name):
     v = get(p, name)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
+    if not _number(v) or not 0 < v < 1:
         _fail(name, v, "use a fraction strictly between 0 and 1")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _range(p, name, low, high, allowed):
+    """low <= value < high."""
+    v = get(p, name)
+    if not _number(v) or not low <= v < high:
+        _fail(name, v, allowed)
 
 
 def _positive(p, name, kind=int):
     v = get(p, name)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 or (kind is int and v != int(v)):
+    if not _number(v) or v <= 0 or (kind is int and v != int(v)):
         _fail(name, v, f"use a positive {'integer' if kind is int else 'number'}")
 
 
@@ -56,8 +67,7 @@ def validate(p: dict) -> dict:
               "with data.source=local, name the folder that holds the Kaggle layout")
     for name in ("demo.studies", "demo.image_size"):
         _positive(p, name)
-    if not 0 <= get(p, "demo.label_noise") < 0.5:
-        _fail("demo.label_noise", get(p, "demo.label_noise"), "use a fraction in [0, 0.5)")
+    _range(p, "demo.label_noise", 0, 0.5, "use a fraction in [0, 0.5)")
     _fraction(p, "split.test")
     _fraction(p, "split.val")
     fields = get(p, "text.fields")
@@ -68,14 +78,12 @@ def validate(p: dict) -> dict:
                  "model.hidden", "evaluate.bootstrap"):
         _positive(p, name)
     _positive(p, "train.lr", float)
-    if get(p, "image.size") < MIN_IMAGE_SIZE:
-        _fail("image.size", get(p, "image.size"),
-              f"the backbone needs at least {MIN_IMAGE_SIZE} px (240 for the real study)")
-    if not 0 <= get(p, "model.dropout") < 1:
-        _fail("model.dropout", get(p, "model.dropout"), "use a fraction in [0, 1)")
+    _positive(p, "image.size")
+    _range(p, "image.size", MIN_IMAGE_SIZE, float("inf"),
+           f"the backbone needs at least {MIN_IMAGE_SIZE} px (240 for the real study)")
+    _range(p, "model.dropout", 0, 1, "use a fraction in [0, 1)")
     _choice(p, "train.select", SELECTIONS)
-    if not 0 < get(p, "evaluate.threshold") < 1:
-        _fail("evaluate.threshold", get(p, "evaluate.threshold"), "use a probability in (0, 1)")
+    _fraction(p, "evaluate.threshold")
     return p
 
 

@@ -39,7 +39,7 @@ def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
         raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}; "
                             f"the file has {', '.join(df.columns)}.")
     uid = pd.to_numeric(df["uid"].str.strip(), errors="coerce")
-    bad = uid.isna() | (uid != uid.round())
+    bad = uid.isna() | ~np.isfinite(uid) | (uid != uid.round()) | (uid.abs() >= 2**62)
     if bad.any():
         raise PipelineError(f"{path}: column uid must hold integers; lines {_rows(bad)} do not "
                             f"(e.g. {df.loc[bad, 'uid'].iloc[0]!r}).")

@@ -1,0 +1,23 @@
+# Two commands set everything up on a fresh machine (Python 3.11):
+#   make repro   install into .venv, then run the whole pipeline (`dvc repro`) on the offline demo
+#   make test    install into .venv, then run the test suite (`pytest`)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: repro test install
+
+install: $(VENV)/.installed
+
+# reinstall only when requirements.txt changes
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -c "import torch, timm, transformers, h5py, dvc, dvclive"
+	touch $@
+
+repro: install
+	HF_HUB_OFFLINE=1 $(BIN)/dvc repro
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny demo project built in a temporary folder, offline.
+
+Stages use paths relative to the project root (data/, features/, models/, metrics/), so the
+fixtures chdir into a temporary folder and run the stage functions there.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY = {  # small enough for seconds on 2 CPU cores, large enough for every split
+    "demo": {"studies": 60, "image_size": 48},
+    "image": {"size": 32},
+    "train": {"epochs": 2, "batch_size": 8},
+    "evaluate": {"bootstrap": 50},
+    "demo_encoder": {"vocab_size": 200, "hidden_size": 16, "layers": 1, "heads": 2},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.fixture
+def params() -> dict:
+    """The project's params.yaml with the TINY overrides (a fresh copy per test)."""
+    with open(ROOT / "params.yaml") as f:
+        return merge(yaml.safe_load(f), TINY)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def prepared(workdir, params) -> dict:
+    """data/raw (synthetic demo) and data/prepared in the temporary folder."""
+    from stages.download import download
+    from stages.prepare import prepare
+
+    download(params)
+    prepare(params)
+    return params
+
+
+@pytest.fixture
+def cached(prepared) -> dict:
+    """Everything `train` reads: the tiny encoder, features/text.h5 and features/images.h5."""
+    from stages import cache_images, demo_encoder, embed_text
+
+    demo_encoder.run(prepared)
+    embed_text.run(prepared)
+    cache_images.run(prepared)
+    return prepared
