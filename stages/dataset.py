@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from stages.common import PipelineError
-from stages.formats import IMAGES_H5, TEXT_H5, read_image_cache, read_prepared, read_text_cache
+from stages.formats import (IMAGES_H5, TEXT_H5, read_image_cache, read_image_filenames,
+                            read_prepared, read_text_cache)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,14 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, S
     from stages.embed_text import cache_attrs  # the attributes the text cache must carry
 
     _, rows = read_prepared()
+    if IMAGES_H5.exists():
+        # images that image.skip_bad skipped are left out for every variant, so that all
+        # variants train and are scored on the same rows
+        cached = rows["filename"].isin(read_image_filenames(IMAGES_H5)).to_numpy()
+        if not cached.all():
+            log.warning("%d images of images.csv are not in %s (skipped as unreadable): "
+                        "left out", (~cached).sum(), IMAGES_H5)
+            rows = rows.loc[cached].reset_index(drop=True)
     text_dim, vectors_by_row, pixels_by_row = 0, None, None
     if uses_text:
         uids, vectors, attrs = read_text_cache(TEXT_H5, expect=cache_attrs(p["text"]))
@@ -51,13 +60,6 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, S
     if uses_image:
         filenames, pixels = read_image_cache(IMAGES_H5, expect={"size": p["image"]["size"]})
         row_of = pd.Series(np.arange(len(filenames)), index=filenames)
-        cached = rows["filename"].isin(row_of.index).to_numpy()
-        if not cached.all():  # only images that image.skip_bad skipped may be absent
-            log.warning("%d images of images.csv are not in %s (skipped as unreadable): "
-                        "training without them", (~cached).sum(), IMAGES_H5)
-            rows = rows.loc[cached].reset_index(drop=True)
-            if vectors_by_row is not None:
-                vectors_by_row = vectors_by_row[cached]
         pixels_by_row = pixels[row_of[rows["filename"]].to_numpy()]
 
     splits = {}

@@ -22,17 +22,36 @@ OUT = Path("models/demo_encoder")
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def wordpiece_vocab(texts: list[str], size: int, normalizer, splitter) -> dict[str, int]:
+    """Special tokens, every character (alone and as a `##` continuation), then the most
+    frequent words (ties broken alphabetically) up to `size`.
+
+    Built by hand because the `tokenizers` WordPiece trainer breaks ties in hash order, which
+    changes the vocabulary, and so every vector, from one run to the next.
+    """
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)):
+            counts[word] = counts.get(word, 0) + 1
+    chars = sorted({c for word in counts for c in word})
+    tokens = SPECIAL + chars + ["##" + c for c in chars]
+    frequent = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    tokens += frequent[:max(0, size - len(tokens))]
+    return {token: i for i, token in enumerate(tokens)}
+
+
 def build(texts: list[str], out: Path, vocab_size: int, hidden_size: int, layers: int,
           heads: int, seed: int, max_position: int = 512) -> None:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=False)  # cased, like BioBERT
-    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=False)  # cased, like BioBERT
+    splitter = pre_tokenizers.BertPreTokenizer()
+    wordpiece = Tokenizer(models.WordPiece(wordpiece_vocab(texts, vocab_size, normalizer, splitter),
+                                           unk_token="[UNK]"))
+    wordpiece.normalizer = normalizer
+    wordpiece.pre_tokenizer = splitter
     wordpiece.decoder = decoders.WordPiece()
-    wordpiece.train_from_iterator(
-        sorted(texts), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL))
     cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
     wordpiece.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",

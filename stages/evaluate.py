@@ -27,7 +27,7 @@ log = logging.getLogger("evaluate")
 
 def write_csv(df: pd.DataFrame, path) -> None:
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+        df.to_csv(tmp, index=False)  # full precision: compare recomputes metrics from it
 
 
 def evaluate(variant: str, p: dict) -> dict:
@@ -36,7 +36,7 @@ def evaluate(variant: str, p: dict) -> dict:
     splits, _ = load_splits(p, *reads(variant))
     test = splits["test"].to(device)
     probs, _ = predict(model, test, p["train"]["batch_size"], p["train"]["amp"])
-    images = test.rows[["uid", "filename", "label"]].assign(probability=probs)
+    images = test.rows[["uid", "filename", "label"]].assign(probability=probs.astype("float64"))
     studies = study_predictions(images)
     threshold = p["evaluate"]["threshold"]
     result = {"image": classification_metrics(images["label"], images["probability"], threshold),

@@ -103,6 +103,12 @@ def read_image_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.n
         return f["filenames"].asstr()[:], f["images"][:]
 
 
+def read_image_filenames(path) -> np.ndarray:
+    """Only the index of an image cache: which images it holds."""
+    with h5py.File(path, "r") as f:
+        return f["filenames"].asstr()[:]
+
+
 def _plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()

@@ -98,6 +98,9 @@ def train(variant: str, p: dict) -> dict:
             row = {"epoch": epoch,
                    "train": epoch_metrics(train_set.labels.cpu()[seen], torch.cat(probs), total / len(seen))}
             val_probs, val_loss = predict(model, val_set, t["batch_size"], t["amp"])
+            if not math.isfinite(val_loss):
+                raise PipelineError(f"validation loss became {val_loss} at epoch {epoch}: "
+                                    "lower train.lr or check the inputs.")
             row["val"] = epoch_metrics(val_set.labels.cpu(), val_probs, val_loss)
             for phase in ("train", "val"):
                 for k, v in row[phase].items():

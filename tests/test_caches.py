@@ -370,3 +370,17 @@ def test_cache_images_stage_reports_skipped(prepared):
     assert images["filename"].iloc[1] in report["skipped_files"][0]
     names, _ = read_image_cache(formats.IMAGES_H5)
     assert images["filename"].iloc[1] not in set(names)
+
+
+def test_demo_encoder_is_byte_identical_for_a_seed(tmp_path):
+    """Same texts and seed -> the same tokenizer and weights files (the vocabulary must not
+    depend on hash order, or every vector changes between runs)."""
+    from stages.demo_encoder import build
+
+    texts = ["The heart is enlarged.", "The lungs are clear.", "No acute disease. XXXX intact."] * 5
+    for name in ("a", "b"):
+        build(texts, tmp_path / name, 60, 16, 1, 2, seed=0)
+    for f in sorted((tmp_path / "a").iterdir()):
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
+    build(texts, tmp_path / "c", 60, 16, 1, 2, seed=1)
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() != (tmp_path / "a" / "model.safetensors").read_bytes()

@@ -1,0 +1,277 @@
+"""stages/train.py and stages/evaluate.py on the tiny demo of conftest's `cached` fixture."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from stages.common import PipelineError
+from stages.dataset import load_splits
+from stages.evaluate import evaluate
+from stages.model import load_model, reads
+from stages.train import predict, train
+
+METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "auprc", "confusion"}
+
+
+def _reloaded_val_loss(variant: str, p: dict) -> float:
+    """Validation loss of the weights saved in models/<variant> (fresh process state)."""
+    model, _ = load_model(Path("models") / variant)
+    splits, _ = load_splits(p, *reads(variant))
+    return predict(model, splits["val"], p["train"]["batch_size"])[1]
+
+
+def _batches_per_epoch(p: dict) -> int:
+    n = int((pd.read_csv("data/prepared/images.csv")["split"] == "train").sum())
+    bs = p["train"]["batch_size"]
+    return math.ceil(n / bs) - (1 if n % bs == 1 else 0)  # a last batch of 1 image is dropped
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def test_training_lowers_the_loss(cached):
+    cached["train"]["epochs"] = 8
+    history = train("text", cached)["history"]
+    assert [row["epoch"] for row in history] == list(range(1, 9))
+    assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
+    for row in history:
+        for phase in ("train", "val"):
+            assert set(row[phase]) == {"loss", "accuracy", "precision", "recall", "f1", "auroc"}
+            assert 0 < row[phase]["loss"] < 5
+            assert 0 <= row[phase]["auroc"] <= 1
+
+
+def test_fusion_training_writes_its_outputs(cached):
+    p = cached
+    result = train("fusion", p)
+    history, chosen = result["history"], result["chosen"]
+    assert len(history) == 2 and chosen in (1, 2)
+
+    folder = Path("models/fusion")
+    assert sorted(f.name for f in folder.iterdir()) == ["history.json", "model.json",
+                                                        "model.safetensors", "params.json"]
+    assert json.loads((folder / "history.json").read_text()) == history
+    assert json.loads((folder / "params.json").read_text()) == p
+    config = json.loads((folder / "model.json").read_text())
+    assert config["variant"] == "fusion" and config["backbone"] == "efficientnet_b1"
+    assert config["text_dim"] == 16 and config["image_size"] == 32
+    assert config["epoch"] == chosen and config["select"] == "best_val_loss"
+    assert config["hidden"] == 256 and config["dropout"] == pytest.approx(0.3)
+    assert [config["mean"], config["std"]] == [list(s) for s in load_model(folder)[0].input_stats()]
+    assert not list(Path("models").glob(".fusion*"))  # no temporary folder left behind
+
+    # DVCLive: the last epoch's metrics, and one row per epoch in the plots
+    live = json.loads(Path("metrics/fusion/train/metrics.json").read_text())
+    assert live["step"] == 1
+    for phase in ("train", "val"):
+        for key, value in history[-1][phase].items():
+            assert live[phase][key] == pytest.approx(value)
+        loss = pd.read_csv(f"metrics/fusion/train/plots/metrics/{phase}/loss.tsv", sep="\t")
+        assert loss["step"].tolist() == [0, 1]
+        assert loss["loss"].tolist() == pytest.approx([row[phase]["loss"] for row in history])
+
+    # the saved weights (batch-norm statistics included) reproduce the kept epoch's val loss
+    assert _reloaded_val_loss("fusion", p) == pytest.approx(history[chosen - 1]["val"]["loss"], rel=1e-5)
+
+
+# --- selection ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def eight_epochs(cached) -> dict:
+    # with this seed the validation loss is lowest at epoch 7 of 8: `best` and `last` differ
+    cached["train"].update(epochs=8, seed=1)
+    return cached
+
+
+def test_select_last_keeps_the_last_epoch(eight_epochs):
+    eight_epochs["train"]["select"] = "last"
+    result = train("text", eight_epochs)
+    assert result["chosen"] == 8
+    assert json.loads(Path("models/text/model.json").read_text())["epoch"] == 8
+    assert _reloaded_val_loss("text", eight_epochs) == pytest.approx(
+        result["history"][-1]["val"]["loss"], rel=1e-6)
+
+
+def test_select_best_val_loss_keeps_the_argmin(eight_epochs):
+    eight_epochs["train"]["select"] = "best_val_loss"
+    result = train("text", eight_epochs)
+    losses = [row["val"]["loss"] for row in result["history"]]
+    best = int(np.argmin(losses)) + 1
+    assert best < 8, "the example should keep an epoch before the last; pick another train.seed"
+    assert result["chosen"] == best
+    assert json.loads(Path("models/text/model.json").read_text())["epoch"] == best
+    # the weights of that epoch were kept, not the last epoch's
+    reloaded = _reloaded_val_loss("text", eight_epochs)
+    assert reloaded == pytest.approx(losses[best - 1], rel=1e-6)
+    assert reloaded != pytest.approx(losses[-1], rel=1e-6)
+
+
+# --- determinism ----------------------------------------------------------------------------------
+
+def test_training_is_deterministic(cached):
+    cached["train"]["epochs"] = 3
+    first = train("text", cached)
+    weights = Path("models/text/model.safetensors").read_bytes()
+    again = train("text", cached)
+    assert again == first
+    assert Path("models/text/model.safetensors").read_bytes() == weights
+
+    cached["train"]["seed"] = 1
+    other = train("text", cached)
+    assert other["history"] != first["history"]
+    assert other["history"][0]["train"]["loss"] != first["history"][0]["train"]["loss"]
+
+
+# --- non-finite loss ------------------------------------------------------------------------------
+
+def test_nan_inputs_stop_training(cached):
+    with h5py.File("features/text.h5", "r+") as f:  # attributes kept: the cache still matches
+        vectors = f["vectors"][:]
+        vectors[:] = np.nan
+        f["vectors"][...] = vectors
+    with pytest.raises(PipelineError, match=r"loss became nan at epoch 1, batch 1\b"):
+        train("text", cached)
+    assert not Path("models/text").exists()
+
+
+def test_non_finite_loss_names_epoch_and_batch(cached, monkeypatch):
+    import stages.train as train_module
+
+    real_forward, calls = train_module.forward, []
+
+    def forward(model, split, idx, amp):
+        logits = real_forward(model, split, idx, amp)
+        if model.training:
+            calls.append(len(idx))
+            if len(calls) == per_epoch + 3:  # epoch 2, batch 3
+                return logits + float("inf")
+        return logits
+
+    per_epoch = _batches_per_epoch(cached)
+    assert per_epoch > 3
+    monkeypatch.setattr(train_module, "forward", forward)
+    with pytest.raises(PipelineError) as err:
+        train("text", cached)
+    message = str(err.value)
+    assert "epoch 2, batch 3" in message
+    assert "train.lr" in message
+    assert len(calls) == per_epoch + 3  # stopped at once
+    assert not Path("models/text").exists()
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+def test_evaluate_writes_predictions_and_metrics(cached):
+    p = cached
+    train("text", p)
+    result = evaluate("text", p)
+    out = Path("metrics/text")
+
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns) == ["uid", "filename", "label", "probability"]
+    images = pd.read_csv("data/prepared/images.csv")
+    test_rows = images[images["split"] == "test"]
+    assert len(predictions) == len(test_rows) > 0
+    assert predictions["filename"].is_unique
+    merged = predictions.merge(test_rows, on="filename", suffixes=("", "_csv"), validate="one_to_one")
+    assert len(merged) == len(test_rows)
+    assert (merged["uid"] == merged["uid_csv"]).all() and (merged["label"] == merged["label_csv"]).all()
+    assert predictions["probability"].between(0, 1).all()
+    assert predictions["probability"].nunique() > 1
+
+    saved = json.loads((out / "test.json").read_text())
+    assert saved["threshold"] == 0.5
+    for level in ("image", "study"):
+        assert METRIC_KEYS <= set(saved[level])
+        assert saved[level] == result[level]  # floats survive JSON exactly
+
+    # image level: one prediction per image
+    y, prob = predictions["label"], predictions["probability"]
+    assert saved["image"]["n"] == len(predictions)
+    assert saved["image"]["auroc"] == pytest.approx(skm.roc_auc_score(y, prob), abs=1e-4)
+    assert saved["image"]["accuracy"] == pytest.approx(skm.accuracy_score(y, prob >= 0.5))
+
+    # study level, by hand: mean probability over a study's images, then sklearn
+    studies = predictions.groupby("uid").agg(label=("label", "first"), probability=("probability", "mean"))
+    assert (predictions.groupby("uid")["label"].nunique() == 1).all()
+    y, prob = studies["label"], studies["probability"]
+    pred = (prob >= 0.5).astype(int)
+    study = saved["study"]
+    assert study["n"] == len(studies) == test_rows["uid"].nunique()
+    assert study["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert study["precision"] == pytest.approx(skm.precision_score(y, pred, zero_division=0))
+    assert study["recall"] == pytest.approx(skm.recall_score(y, pred, zero_division=0))
+    assert study["f1"] == pytest.approx(skm.f1_score(y, pred, zero_division=0))
+    assert study["auroc"] == pytest.approx(skm.roc_auc_score(y, prob), abs=1e-4)  # csv keeps 6 digits
+    assert study["auprc"] == pytest.approx(skm.average_precision_score(y, prob), abs=1e-4)
+    assert study["confusion"] == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
+
+    # the files `dvc plots` draws are study-level too
+    confusion = pd.read_csv(out / "confusion.csv")
+    assert len(confusion) == len(studies)
+    assert confusion["actual"].tolist() == y.tolist()
+    roc = pd.read_csv(out / "roc.csv")
+    assert list(roc.columns) == ["fpr", "tpr"] and roc["tpr"].iloc[-1] == 1.0
+    assert list(pd.read_csv(out / "pr.csv").columns) == ["recall", "precision"]
+
+
+def test_evaluate_uses_the_saved_model(cached):
+    """Predictions come from models/<variant>: the same weights give the same file."""
+    train("text", cached)
+    evaluate("text", cached)
+    first = Path("metrics/text/predictions.csv").read_text()
+    model, _ = load_model(Path("models/text"))
+    splits, _ = load_splits(cached, False, True)
+    probs, _ = predict(model, splits["test"], 8)
+    assert pd.read_csv("metrics/text/predictions.csv")["probability"].to_numpy() == pytest.approx(probs, rel=1e-5)
+    evaluate("text", cached)
+    assert Path("metrics/text/predictions.csv").read_text() == first
+
+
+def test_predictions_keep_full_precision(cached):
+    """compare reads predictions.csv: it must hold the probabilities evaluate scored."""
+    train("text", cached)
+    evaluate("text", cached)
+    model, _ = load_model(Path("models/text"))
+    splits, _ = load_splits(cached, False, True)
+    probs, _ = predict(model, splits["test"], 8)
+    written = pd.read_csv("metrics/text/predictions.csv")["probability"].to_numpy()
+    assert np.array_equal(written.astype(np.float32), probs)
+
+
+def test_nan_validation_inputs_stop_training(cached):
+    from stages.formats import read_prepared
+
+    studies, _ = read_prepared()
+    val = set(studies.loc[studies["split"] == "val", "uid"])
+    with h5py.File("features/text.h5", "r+") as f:
+        vectors = f["vectors"][:]
+        vectors[np.isin(f["uids"][:], list(val))] = np.nan
+        f["vectors"][...] = vectors
+    with pytest.raises(PipelineError, match="epoch 1"):
+        train("text", cached)
+    assert not Path("models/text").exists()
+
+
+def test_skipped_images_leave_all_variants_the_same_rows(cached):
+    from stages import cache_images
+
+    images = pd.read_csv("data/prepared/images.csv")
+    broken = images.loc[images["split"] == "test", "filename"].iloc[0]
+    Path("data/raw/images/images_normalized", broken).write_bytes(b"not a png")
+    cached["image"]["skip_bad"] = True
+    cache_images.run(cached)
+    assert json.loads(Path("features/images_report.json").read_text())["skipped"] == 1
+
+    by_variant = {v: load_splits(cached, *reads(v))[0] for v in ("fusion", "image", "text")}
+    assert broken not in set(by_variant["image"]["test"].rows["filename"])
+    for split in ("train", "val", "test"):
+        files = {v: by_variant[v][split].rows["filename"].tolist() for v in by_variant}
+        assert files["fusion"] == files["image"]
+        assert files["text"] == files["image"], split
