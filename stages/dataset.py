@@ -30,7 +30,13 @@ class Split:
         return len(self.labels)
 
     def to(self, device) -> "Split":
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        """The whole split on `device` (uint8 images: 7,466 at 240 px are 430 MB)."""
+        def move(t):
+            if t is None:
+                return None
+            if torch.device(device).type == "cuda":
+                t = t.pin_memory()  # page-locked: the copy runs asynchronously
+            return t.to(device, non_blocking=True)
         return Split(self.rows, move(self.images), move(self.text), move(self.labels))
 
 

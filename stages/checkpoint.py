@@ -1,0 +1,70 @@
+"""Resumable training: the state after each completed epoch, under checkpoints/<variant>.pt.
+
+A checkpoint holds the model, the optimizer, the random states (shuffling and dropout) and the
+history, so a resumed run continues exactly where the interrupted one stopped. It lives outside
+DVC's outputs (DVC deletes a stage's outputs before running it) and is removed once the
+stage has finished. It is resumed only when parameters and input caches are the same.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from stages.common import atomic_path
+
+log = logging.getLogger(__name__)
+
+FOLDER = Path("checkpoints")
+
+
+def path(variant: str) -> Path:
+    return FOLDER / f"{variant}.pt"
+
+
+def fingerprint(variant: str, params: dict, inputs: list[Path]) -> str:
+    """What a checkpoint must match to be resumed: the variant, all parameters, the caches."""
+    digest = hashlib.sha256(json.dumps([variant, params], sort_keys=True).encode())
+    for f in inputs:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def random_states(generator: torch.Generator) -> dict:
+    states = {"shuffle": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_random_states(generator: torch.Generator, states: dict) -> None:
+    generator.set_state(states["shuffle"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save(variant: str, state: dict) -> None:
+    with atomic_path(path(variant)) as tmp:
+        torch.save(state, tmp)
+
+
+def load(variant: str, expected: str, device) -> dict | None:
+    """The last checkpoint of `variant` if it matches `expected`, else None."""
+    p = path(variant)
+    if not p.exists():
+        return None
+    state = torch.load(p, map_location=device, weights_only=True)  # no arbitrary unpickling
+    if state.get("fingerprint") != expected:
+        log.info("%s: ignoring %s (made with other parameters or inputs)", variant, p)
+        return None
+    return state
+
+
+def remove(variant: str) -> None:
+    path(variant).unlink(missing_ok=True)
