@@ -1,0 +1,125 @@
+"""bench/benchmark.py: the --tiny CPU run measures every section and prints one JSON object;
+the batch sweep and the synthetic reports behave as documented."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "benchmark.py"
+
+SECTIONS = ["original_step", "project_loop", "compute_ceiling", "embed_text", "cache_images"]
+RATES = [("original_step", "images_per_s"), ("project_loop", "images_per_s"),
+         ("project_loop", "images_per_s_default_batch"), ("project_loop", "text_only_images_per_s"),
+         ("compute_ceiling", "images_per_s"), ("embed_text", "reports_per_s"),
+         ("embed_text", "seconds"), ("embed_text", "seconds_for_3851"),
+         ("cache_images", "images_per_s_1_worker"), ("cache_images", "images_per_s_all_workers"),
+         ("cache_images", "scaling_efficiency")]
+TARGETS = ["project_loop_vs_compute_ceiling", "project_loop_vs_original_step", "embed_text_s",
+           "cache_images_scaling_efficiency", "projected_full_study_s"]
+
+
+def positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One `--tiny --device cpu` run from an empty folder, with its own TMPDIR."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    tmpdir = tmp_path_factory.mktemp("tmpdir")
+    env = {**os.environ, "TMPDIR": str(tmpdir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu"], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout), cwd, tmpdir  # stdout holds the JSON object and nothing else
+
+
+def test_tiny_run_reports_every_section(tiny):
+    result, _, _ = tiny
+    assert result["mode"] == "tiny" and result["device_type"] == "cpu"
+    assert isinstance(result["device"], str) and result["device"]
+    assert result["cpu_count"] >= 1
+    assert {"torch", "timm", "transformers", "torchvision"} <= set(result["versions"])
+    for section in SECTIONS:
+        assert isinstance(result[section], dict), section
+    for section, key in RATES:
+        assert positive_finite(result[section][key]), (section, key, result[section][key])
+    loop = result["project_loop"]
+    assert str(loop["best_batch"]) in loop["images_per_s_by_batch"]
+    assert all(positive_finite(r) for r in loop["images_per_s_by_batch"].values())
+    assert str(loop["best_batch"]) in result["compute_ceiling"]["images_per_s_by_batch"]
+    assert result["embed_text"]["reports"] == result["inputs"]["reports"]
+
+
+def test_tiny_run_reports_ratios_projection_and_targets(tiny):
+    result, _, _ = tiny
+    assert all(positive_finite(v) for v in result["ratios"].values())
+    assert positive_finite(result["projected_full_study_s"])
+    assert result["projected_full_study_s"] == result["projection"]["total_s"]
+    assert set(result["targets"]) == set(TARGETS)
+    for name, target in result["targets"].items():
+        assert positive_finite(target["value"]), name
+        assert isinstance(target["pass"], bool) and isinstance(target["target"], str)
+    assert result["all_targets_pass"] == all(t["pass"] for t in result["targets"].values())
+
+
+def test_tiny_run_leaves_no_files(tiny):
+    _, cwd, tmpdir = tiny
+    assert list(cwd.iterdir()) == []
+    assert not list(tmpdir.glob("bench-*"))  # its temporary folder is gone (torch may leave a
+    #                                          torchinductor_<user> cache there: not the script's)
+
+
+# --- pieces of the script, imported ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bench():
+    with mock.patch.dict(os.environ):  # the script's environment defaults stay in the script
+        spec = importlib.util.spec_from_file_location("bench_benchmark", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_batch_sweep_stops_when_a_larger_batch_gains_5_percent_or_less(bench):
+    rates = {64: 100.0, 128: 180.0, 256: 186.0, 512: 400.0}
+    tried = []
+
+    def measure(batch):
+        tried.append(batch)
+        return rates[batch]
+
+    got, best, oom = bench.sweep_batches(measure, 64, (128, 256, 512))
+    assert tried == [64, 128, 256] and best == 128 and oom == []
+    assert got == {64: 100.0, 128: 180.0, 256: 186.0}
+
+
+def test_batch_sweep_stops_when_the_gpu_runs_out_of_memory(bench):
+    def measure(batch):
+        if batch >= 256:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return float(batch)
+
+    got, best, oom = bench.sweep_batches(measure, 64, (128, 256, 512))
+    assert got == {64: 64.0, 128: 128.0} and best == 128 and oom == [256]
+
+
+def test_synthetic_reports_have_iu_xray_lengths(bench):
+    texts = bench.synthetic_reports(bench.STUDY_REPORTS)
+    words = np.array([len(t.split()) for t in texts])
+    assert len(texts) == 3851 and words.min() >= 3
+    assert 31 <= np.median(words) <= 37 and 66 <= np.percentile(words, 95) <= 86
+    assert bench.synthetic_reports(5) == bench.synthetic_reports(5)  # seeded
