@@ -14,7 +14,7 @@ import torch
 
 from stages.common import PipelineError
 from stages.formats import (IMAGES_H5, TEXT_H5, read_image_cache, read_image_filenames,
-                            read_prepared, read_text_cache)
+                            read_prepared, read_text_cache, text_cache_attrs)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,6 @@ class Split:
 
 def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, Split], int]:
     """train/val/test Splits and the text vector size (0 when no text is read)."""
-    from stages.embed_text import cache_attrs  # the attributes the text cache must carry
-
     _, rows = read_prepared()
     if IMAGES_H5.exists():
         # images that image.skip_bad skipped are left out for every variant, so that all
@@ -55,7 +53,7 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, S
             rows = rows.loc[cached].reset_index(drop=True)
     text_dim, vectors_by_row, pixels_by_row = 0, None, None
     if uses_text:
-        uids, vectors, attrs = read_text_cache(TEXT_H5, expect=cache_attrs(p["text"]))
+        uids, vectors, attrs = read_text_cache(TEXT_H5, expect=text_cache_attrs(p["text"]))
         row_of = pd.Series(np.arange(len(uids)), index=uids)
         missing = ~rows["uid"].isin(row_of.index)
         if missing.any():

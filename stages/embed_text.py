@@ -6,16 +6,10 @@ import time
 
 from stages import params
 from stages.common import PipelineError, main, resolve_device
-from stages.formats import TEXT_H5, read_prepared, write_text_cache
+from stages.formats import TEXT_H5, read_prepared, text_cache_attrs, write_text_cache
 from stages.text_encoder import embed, encoder_fingerprint, load_encoder
 
 log = logging.getLogger("embed_text")
-
-
-def cache_attrs(t: dict) -> dict:
-    """What the vectors depend on; readers compare these with their parameters."""
-    return {"model": t["model"], "pooling": t["pooling"], "max_length": t["max_length"],
-            "fields": ",".join(t["fields"])}
 
 
 def run(p: dict) -> None:
@@ -31,7 +25,7 @@ def run(p: dict) -> None:
     vectors = embed(studies["text"].tolist(), tokenizer, model, t["pooling"], t["max_length"],
                     t["batch_size"], device)
     seconds = time.perf_counter() - start
-    attrs = {**cache_attrs(t), "revision": str(t["revision"]),
+    attrs = {**text_cache_attrs(t), "revision": str(t["revision"]),
              "fingerprint": encoder_fingerprint(t["model"], model), "dim": vectors.shape[1]}
     write_text_cache(TEXT_H5, studies["uid"].to_numpy(), vectors, attrs)
     log.info("embedded %d reports (%d dims) in %.1f s: %.0f reports/s on %s",

@@ -34,7 +34,6 @@ IMAGES_REPORT = Path("features/images_report.json")
 
 STUDY_COLUMNS = ["uid", "label", "split", "n_images", "views", "mesh", "text"]
 IMAGE_COLUMNS = ["uid", "filename", "view", "label", "split"]
-SPLITS = ("train", "val", "test")
 
 
 def model_dir(variant: str) -> Path:
@@ -69,9 +68,10 @@ def write_text_cache(path, uids, vectors, attrs: dict) -> None:
             f.attrs[key] = value
 
 
-def text_cache_attrs(path) -> dict:
-    with h5py.File(path, "r") as f:
-        return {k: _plain(v) for k, v in f.attrs.items()}
+def text_cache_attrs(text: dict) -> dict:
+    """What the vectors depend on (from params `text`); readers compare these with theirs."""
+    return {"model": text["model"], "pooling": text["pooling"], "max_length": text["max_length"],
+            "fields": ",".join(text["fields"])}
 
 
 def read_text_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -62,6 +62,10 @@ class Classifier(nn.Module):
         features = (self.cnn.num_features if self.uses_image else 0) + (text_dim if self.uses_text else 0)
         self.head = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, 2))
+        if self.uses_image:  # made once and moved with the model, not rebuilt every batch
+            mean, std = self.input_stats()
+            self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
         parts = []
@@ -92,8 +96,8 @@ def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     Done on the device the model runs on, so only uint8 crosses the bus.
     """
     x = images.unsqueeze(1).float().div_(255).expand(-1, 3, -1, -1)
-    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 

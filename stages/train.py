@@ -31,7 +31,7 @@ log = logging.getLogger("train")
 
 def forward(model: Classifier, split: Split, idx: torch.Tensor, amp: bool) -> torch.Tensor:
     """Logits for the rows `idx` of `split` (already on the model's device)."""
-    image = normalise(split.images[idx], *model.input_stats()) if model.uses_image else None
+    image = normalise(split.images[idx], model.pixel_mean, model.pixel_std) if model.uses_image else None
     text = split.text[idx] if model.uses_text else None
     device_type = split.labels.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp and device_type == "cuda"):

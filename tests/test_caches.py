@@ -63,7 +63,7 @@ def test_text_cache_missing_file_and_length_mismatch(tmp_path):
 # --- the caches the stages build (the tiny demo) ----------------------------------------------
 
 def test_cached_features_match_the_prepared_tables(cached):
-    from stages.embed_text import cache_attrs
+    from stages.formats import text_cache_attrs as cache_attrs
     from stages.imaging import load_xray
     from stages.text_encoder import embed, load_encoder
 
