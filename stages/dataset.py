@@ -2,15 +2,21 @@
 
 A sample is one image with its study's report vector and label (as in the original). The
 text variant sees the same rows, so all variants train and are scored on the same studies.
+
+Pixels are held in memory (and moved to the GPU whole) when the image cache fits within
+`train.in_memory_gb`; a larger cache (MIMIC-CXR) is streamed from features/images.h5 by
+`train.workers` loader processes, batch by batch, in the same order.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from stages.common import PipelineError
 from stages.formats import (IMAGES_H5, TEXT_H5, read_image_cache, read_image_filenames,
@@ -25,9 +31,35 @@ class Split:
     images: torch.Tensor | None      # uint8 (N, S, S), or None when the variant reads no image
     text: torch.Tensor | None        # float32 (N, D), or None when the variant reads no text
     labels: torch.Tensor             # int64 (N,)
+    cache_rows: np.ndarray | None = None  # streaming: the row of images.h5 of each sample
+    workers: int = 0                 # streaming: loader processes
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def streamed(self) -> bool:
+        return self.cache_rows is not None
+
+    def batches(self, index: list[torch.Tensor]):
+        """(rows, images, text, labels) for each index batch, in order; images are uint8 on the
+        device of `labels` (None when the variant reads no image)."""
+        device = self.labels.device
+        if not self.streamed:
+            flat = torch.cat(index).to(device, non_blocking=True) if index else None  # one copy
+            for idx in ([] if flat is None else flat.split([len(i) for i in index])):
+                yield (idx, None if self.images is None else self.images[idx],
+                       None if self.text is None else self.text[idx], self.labels[idx])
+            return
+        # one item = one whole batch (batch_size=None): a single HDF5 read per batch
+        loader = DataLoader(CachedImages(IMAGES_H5, self.cache_rows), sampler=[i.numpy() for i in index],
+                            batch_size=None, num_workers=self.workers,
+                            pin_memory=device.type == "cuda",
+                            generator=torch.Generator())  # not the global one: dropout stays as in memory
+        for idx, pixels in zip(index, loader):
+            idx = idx.to(device, non_blocking=True)
+            yield (idx, pixels.to(device, non_blocking=True),
+                   None if self.text is None else self.text[idx], self.labels[idx])
 
     def to(self, device) -> "Split":
         """The whole split on `device` (uint8 images: 7,466 at 240 px are 430 MB)."""
@@ -37,7 +69,25 @@ class Split:
             if torch.device(device).type == "cuda":
                 t = t.pin_memory()  # page-locked: the copy runs asynchronously
             return t.to(device, non_blocking=True)
-        return Split(self.rows, move(self.images), move(self.text), move(self.labels))
+        return Split(self.rows, move(self.images), move(self.text), move(self.labels),
+                     self.cache_rows, self.workers)
+
+
+class CachedImages(Dataset):
+    """Batches of images read from an image cache: item `rows` -> uint8 (len(rows), S, S)."""
+
+    def __init__(self, path, cache_rows: np.ndarray):
+        self.path, self.cache_rows, self.file = path, cache_rows, None
+
+    def __len__(self) -> int:
+        return len(self.cache_rows)
+
+    def __getitem__(self, rows: np.ndarray) -> torch.Tensor:
+        if self.file is None:  # opened inside each loader process: HDF5 handles do not fork
+            self.file = h5py.File(self.path, "r")
+        images = self.file["images"]
+        # image by image (one chunk each): h5py's multi-row selection is ~30x slower
+        return torch.from_numpy(np.stack([images[r] for r in self.cache_rows[rows]]))
 
 
 def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, Split], int]:
@@ -61,10 +111,18 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, S
                                 "images.csv; rebuild it with `dvc repro embed_text`.")
         vectors_by_row = vectors[row_of[rows["uid"]].to_numpy()]
         text_dim = int(attrs["dim"])
+    cache_rows = None
     if uses_image:
-        filenames, pixels = read_image_cache(IMAGES_H5, expect={"size": p["image"]["size"]})
-        row_of = pd.Series(np.arange(len(filenames)), index=filenames)
-        pixels_by_row = pixels[row_of[rows["filename"]].to_numpy()]
+        size = p["image"]["size"]
+        gigabytes = len(rows) * size * size / 1e9
+        if gigabytes <= p["train"]["in_memory_gb"]:
+            filenames, pixels = read_image_cache(IMAGES_H5, expect={"size": size})
+            pixels_by_row = pixels[pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]].to_numpy()]
+        else:
+            filenames = read_image_filenames(IMAGES_H5, expect={"size": size})
+            cache_rows = pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]].to_numpy()
+            log.info("images: %.1f GB > train.in_memory_gb=%s: streamed from %s by %d loader "
+                     "processes", gigabytes, p["train"]["in_memory_gb"], IMAGES_H5, p["train"]["workers"])
 
     splits = {}
     for name in ("train", "val", "test"):
@@ -76,5 +134,6 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, S
             rows.loc[mask].reset_index(drop=True),
             None if pixels_by_row is None else torch.from_numpy(pixels_by_row[mask]),
             None if vectors_by_row is None else torch.from_numpy(vectors_by_row[mask]),
-            torch.tensor(rows.loc[mask, "label"].to_numpy(np.int64)))
+            torch.tensor(rows.loc[mask, "label"].to_numpy(np.int64)),
+            None if cache_rows is None else cache_rows[mask], p["train"]["workers"])
     return splits, text_dim

@@ -4,8 +4,10 @@
     data/raw/indiana_projections.csv    one row per image (uid, filename, projection)
     data/raw/images/images_normalized/  the PNGs (for kaggle and local: a link to where they are)
 
-Sources (`data.source`): demo (synthetic, offline), kaggle, openi, local. The real images
-(14 GB) are never copied: data/raw/images links to the Kaggle cache or to `data.local_dir`.
+Sources (`data.source`): demo (synthetic, offline), kaggle, openi, local, mimic_cxr (a
+MIMIC-CXR-JPG folder downloaded from PhysioNet by the user, converted by stages/mimic.py). The
+real images (14 GB) are never copied: data/raw/images links to the Kaggle cache or to
+`data.local_dir`; for mimic_cxr, data/raw/images/images_normalized links to `data.local_dir`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from stages import demo_data, params
+from stages import demo_data, mimic, params
 from stages.common import PipelineError, atomic_path, main
 from stages.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, RAW, REPORTS_CSV
 
@@ -143,6 +145,8 @@ def download(p: dict, out: Path = RAW) -> None:
             if not src.is_dir():
                 raise PipelineError(f"data.local_dir={str(src)!r} is not a folder.")
             link_kaggle_layout(src, tmp)
+        elif source == "mimic_cxr":
+            mimic.convert(Path(p["data"]["local_dir"]).expanduser(), tmp)
     log.info("data/raw ready from source %r", source)
 
 

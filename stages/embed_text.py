@@ -1,35 +1,70 @@
-"""Stage `embed_text`: read every report once with the frozen encoder into features/text.h5."""
+"""Stage `embed_text`: read every report once with the frozen encoder into features/text.h5.
+
+    python -m stages.launch <text.nproc> stages.embed_text
+
+With several processes (GPUs), each embeds its share of the length-sorted batches and saves it
+beside the cache; rank 0 puts them back in uid order and writes the one HDF5 file.
+"""
 from __future__ import annotations
 
 import logging
 import time
 
-from stages import params
-from stages.common import PipelineError, main, resolve_device
+import numpy as np
+
+from stages import distributed, params
+from stages.common import PipelineError, atomic_path, main
 from stages.formats import TEXT_H5, read_prepared, text_cache_attrs, write_text_cache
-from stages.text_encoder import embed, encoder_fingerprint, load_encoder
+from stages.text_encoder import embed_part, encoder_fingerprint, load_encoder
 
 log = logging.getLogger("embed_text")
+
+
+def part_path(rank: int):
+    return TEXT_H5.with_name(f".{TEXT_H5.name}.part{rank}.npz")
 
 
 def run(p: dict) -> None:
     t = p["text"]
     studies, _ = read_prepared()
-    device = resolve_device(t["device"])
-    tokenizer, model = load_encoder(t["model"], t["revision"], device)
-    limit = model.config.max_position_embeddings
-    if t["max_length"] > limit:
-        raise PipelineError(f"parameter text.max_length={t['max_length']} exceeds what "
-                            f"{t['model']} can read ({limit} tokens): set text.max_length<={limit}.")
-    start = time.perf_counter()
-    vectors = embed(studies["text"].tolist(), tokenizer, model, t["pooling"], t["max_length"],
-                    t["batch_size"], device)
-    seconds = time.perf_counter() - start
-    attrs = {**text_cache_attrs(t), "revision": str(t["revision"]),
-             "fingerprint": encoder_fingerprint(t["model"], model), "dim": vectors.shape[1]}
-    write_text_cache(TEXT_H5, studies["uid"].to_numpy(), vectors, attrs)
-    log.info("embedded %d reports (%d dims) in %.1f s: %.0f reports/s on %s",
-             len(vectors), vectors.shape[1], seconds, len(vectors) / seconds, device)
+    with distributed.running(t["device"]) as world:
+        tokenizer, model = load_encoder(t["model"], t["revision"], world.device)
+        limit = model.config.max_position_embeddings
+        if t["max_length"] > limit:
+            raise PipelineError(f"parameter text.max_length={t['max_length']} exceeds what "
+                                f"{t['model']} can read ({limit} tokens): set text.max_length<={limit}.")
+        start = time.perf_counter()
+        rows, vectors = embed_part(studies["text"].tolist(), tokenizer, model, t["pooling"],
+                                   t["max_length"], t["batch_size"], world.device,
+                                   progress=world.main, part=(world.rank, world.size))
+        if world.distributed:  # shares meet on disk: a gather of 227,827 x 768 floats would not fit
+            with atomic_path(part_path(world.rank)) as tmp, open(tmp, "wb") as f:
+                np.savez(f, rows=rows, vectors=vectors)
+            distributed.barrier(world)
+            if world.main:
+                rows, vectors = merge_parts(world.size, len(studies))
+        seconds = time.perf_counter() - start
+        if world.main:
+            attrs = {**text_cache_attrs(t), "revision": str(t["revision"]),
+                     "fingerprint": encoder_fingerprint(t["model"], model), "dim": vectors.shape[1]}
+            write_text_cache(TEXT_H5, studies["uid"].to_numpy()[rows], vectors, attrs)
+            log.info("embedded %d reports (%d dims) in %.1f s: %.0f reports/s on %d x %s",
+                     len(vectors), vectors.shape[1], seconds, len(vectors) / seconds, world.size,
+                     world.device)
+
+
+def merge_parts(n_parts: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every process's share, in row (uid) order; the share files are removed."""
+    parts = []
+    for rank in range(n_parts):
+        with np.load(part_path(rank)) as part:
+            parts.append((part["rows"], part["vectors"]))
+        part_path(rank).unlink()
+    rows = np.concatenate([r for r, _ in parts])
+    order = np.argsort(rows)
+    if not np.array_equal(rows[order], np.arange(n_rows)):
+        raise RuntimeError("the processes' shares do not cover every report exactly once")
+    return rows[order], np.concatenate([v for _, v in parts])[order]
 
 
 if __name__ == "__main__":

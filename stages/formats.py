@@ -2,7 +2,9 @@
 
 CSV contract written by `prepare` and read by every later stage:
   studies.csv  one row per study:  uid, label, split, n_images, views, mesh, text
+               (+ patient, when the raw data names patients: mimic_cxr)
   images.csv   one row per image:  uid, filename, view, label, split
+               (filename is relative to data/raw/images/images_normalized; may hold folders)
 HDF5 caches:
   text.h5      `uids` (int64, N) and `vectors` (float32, N x D) in the same row order, plus
                attributes that say how the vectors were made (encoder, pooling, ...)
@@ -84,6 +86,12 @@ def read_text_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.nd
         return f["uids"][:], f["vectors"][:], attrs
 
 
+def read_text_cache_attrs(path) -> dict:
+    """Only the attributes of a text cache (how its vectors were made): no vectors read."""
+    with h5py.File(path, "r") as f:
+        return {k: _plain(v) for k, v in f.attrs.items()}
+
+
 # --- image cache ------------------------------------------------------------------------------
 
 def create_image_cache(f: h5py.File, n: int, size: int) -> h5py.Dataset:
@@ -103,9 +111,10 @@ def read_image_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.n
         return f["filenames"].asstr()[:], f["images"][:]
 
 
-def read_image_filenames(path) -> np.ndarray:
-    """Only the index of an image cache: which images it holds."""
+def read_image_filenames(path, expect: dict | None = None) -> np.ndarray:
+    """Only the index of an image cache (which images it holds, in row order): no pixels."""
     with h5py.File(path, "r") as f:
+        _check_attrs(path, {k: _plain(v) for k, v in f.attrs.items()}, expect or {})
         return f["filenames"].asstr()[:]
 
 

@@ -75,6 +75,12 @@ class Classifier(nn.Module):
             parts.append(text)
         return self.head(torch.cat(parts, 1).float())
 
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.cnn is not None and not any(q.requires_grad for q in self.cnn.parameters()):
+            self.cnn.eval()  # a frozen backbone is frozen whole: its batch-norm statistics too
+        return self
+
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The mean and std the backbone was trained with (ImageNet for timm's weights)."""
         cfg = self.cnn.pretrained_cfg if self.cnn is not None else {}

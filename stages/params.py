@@ -10,7 +10,7 @@ import yaml
 
 from stages.common import PipelineError
 
-SOURCES = ("demo", "kaggle", "openi", "local")
+SOURCES = ("demo", "kaggle", "openi", "local", "mimic_cxr")
 POOLINGS = ("cls", "mean")
 VARIANTS = ("fusion", "image", "text")
 SELECTIONS = ("best_val_loss", "last")
@@ -65,18 +65,32 @@ def validate(p: dict) -> dict:
     if get(p, "data.source") == "local" and not get(p, "data.local_dir"):
         _fail("data.local_dir", get(p, "data.local_dir"),
               "with data.source=local, name the folder that holds the Kaggle layout")
+    if get(p, "data.source") == "mimic_cxr" and not get(p, "data.local_dir"):
+        _fail("data.local_dir", get(p, "data.local_dir"),
+              "with data.source=mimic_cxr, name the MIMIC-CXR-JPG folder (the one holding "
+              "mimic-cxr-2.0.0-metadata.csv.gz and files/)")
     for name in ("demo.studies", "demo.image_size"):
         _positive(p, name)
     _range(p, "demo.label_noise", 0, 0.5, "use a fraction in [0, 0.5)")
     _fraction(p, "split.test")
     _fraction(p, "split.val")
+    official = get(p, "split").get("official", False)  # default: the seeded split
+    if not isinstance(official, bool):
+        _fail("split.official", official, "use true or false")
+    if official and get(p, "data.source") != "mimic_cxr":
+        _fail("split.official", official, "only data.source=mimic_cxr has an official split; "
+              "use false")
     fields = get(p, "text.fields")
     if not isinstance(fields, list) or not fields or any(f not in TEXT_FIELDS for f in fields):
         _fail("text.fields", fields, "use a non-empty list of " + ", ".join(TEXT_FIELDS))
     _choice(p, "text.pooling", POOLINGS)
-    for name in ("text.max_length", "text.batch_size", "train.epochs", "train.batch_size",
-                 "model.hidden", "evaluate.bootstrap"):
+    for name in ("text.max_length", "text.batch_size", "text.nproc", "train.epochs",
+                 "train.batch_size", "train.nproc", "model.hidden", "evaluate.bootstrap"):
         _positive(p, name)
+    _range(p, "train.in_memory_gb", 0, float("inf"), "use a size in GB >= 0 (0 always streams)")
+    _range(p, "train.workers", 0, 1025, "use a number of loader processes >= 0")
+    if get(p, "train.workers") != int(get(p, "train.workers")):
+        _fail("train.workers", get(p, "train.workers"), "use a whole number of processes")
     _positive(p, "train.lr", float)
     _positive(p, "image.size")
     _range(p, "image.size", MIN_IMAGE_SIZE, float("inf"),

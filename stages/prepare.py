@@ -1,5 +1,9 @@
 """Stage `prepare`: validate and merge the two CSVs, label, join text, split by study.
 
+The split is by study (uid); when the reports CSV has a `patient` column (mimic_cxr) it is by
+patient instead (every study of a patient in one split; studies.csv then keeps `patient`), or,
+with `split.official`, the dataset's own split (column `official_split`).
+
 Writes the contract every later stage reads (see stages/formats.py):
   data/prepared/studies.csv, data/prepared/images.csv, data/prepared/report.json
 """
@@ -20,6 +24,7 @@ log = logging.getLogger("prepare")
 
 UNINDEXED = "no indexing"
 VIEWS = ("Frontal", "Lateral", "Unknown")
+SPLITS = ("train", "val", "test")
 MAX_LISTED = 10
 
 
@@ -84,6 +89,33 @@ def split_studies(uids: np.ndarray, labels: np.ndarray, test: float, val: float,
     return split
 
 
+def split_patients(labels: np.ndarray, patients: np.ndarray, test: float, val: float,
+                   seed: int) -> np.ndarray:
+    """Assign train/val/test per patient: every study of a patient gets the same split.
+
+    Patients are stratified by whether any of their studies is abnormal and split by
+    `split_studies` (seeded, independent of row order); each study takes its patient's split.
+    """
+    any_abnormal = pd.Series(labels).groupby(pd.Series(patients)).max()  # sorted by patient
+    ids = any_abnormal.index.to_numpy()
+    split_of = dict(zip(ids, split_studies(ids, any_abnormal.to_numpy(), test, val, seed)))
+    return np.array([split_of[patient] for patient in patients], dtype=object)
+
+
+def official_split(reports: pd.DataFrame, keep: pd.Series, path: Path) -> pd.Series:
+    """The `official_split` column (train, val or test) of the kept studies."""
+    if "official_split" not in reports.columns:
+        raise PipelineError(f"{path}: split.official=true needs an official_split column, which "
+                            "only data.source=mimic_cxr writes; set split.official=false.")
+    values = reports["official_split"].fillna("").str.strip()
+    bad = keep & ~values.isin(SPLITS)
+    if bad.any():
+        raise PipelineError(f"{path}: with split.official=true every study needs official_split "
+                            f"{', '.join(SPLITS)}; lines {_rows(bad)} have {values[bad].iloc[0]!r}. "
+                            "Fix the split file or set split.official=false.")
+    return values[keep]
+
+
 def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
     fields = p["text"]["fields"]
     reports = read_csv(raw / REPORTS_CSV, ["uid", "MeSH", *fields])
@@ -116,14 +148,31 @@ def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
         raise PipelineError(f"{rpath}: the studies on lines {_rows(imageless)} have no image in "
                             f"{ppath}; fix the download or remove those rows.")
 
+    by_patient = "patient" in reports.columns
+    if by_patient:
+        reports["patient"] = reports["patient"].fillna("").str.strip()
+        nameless = reports["patient"] == ""
+        if nameless.any():
+            raise PipelineError(f"{rpath}: column patient is empty on lines {_rows(nameless)}; "
+                                "every study needs its patient for the split by patient.")
+
     reports["label"] = reports["MeSH"].map(lambda m: label_of(m, p["data"]["keep_unindexed"]))
     unlabelled = reports["label"].isna()
     unindexed = reports["MeSH"].fillna("").str.strip().str.lower() == UNINDEXED
     reports["text"] = reports.apply(join_text, axis=1, fields=fields)
     studies = reports.loc[~unlabelled].copy()
     studies["label"] = studies["label"].astype(int)
-    studies["split"] = split_studies(studies["uid"].to_numpy(), studies["label"].to_numpy(),
-                                     p["split"]["test"], p["split"]["val"], p["split"]["seed"])
+    if p["split"].get("official", False):
+        studies["split"] = official_split(reports, ~unlabelled, rpath)
+        if by_patient and (mixed := studies.groupby("patient")["split"].nunique().gt(1).sum()):
+            log.warning("the official split puts %d patients in more than one split", mixed)
+    elif by_patient:
+        studies["split"] = split_patients(studies["label"].to_numpy(),
+                                          studies["patient"].to_numpy(), p["split"]["test"],
+                                          p["split"]["val"], p["split"]["seed"])
+    else:
+        studies["split"] = split_studies(studies["uid"].to_numpy(), studies["label"].to_numpy(),
+                                         p["split"]["test"], p["split"]["val"], p["split"]["seed"])
     studies = studies.sort_values("uid")
 
     images = projections.merge(studies[["uid", "label", "split"]], on="uid", how="inner")
@@ -146,12 +195,15 @@ def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
         "by_split": {s: {"studies": int((studies["split"] == s).sum()),
                          "images": int((images["split"] == s).sum()),
                          "abnormal_studies": int(((studies["split"] == s) & (studies["label"] == 1)).sum())}
-                     for s in ("train", "val", "test")},
+                     for s in SPLITS},
         "by_view": {v: int(n) for v, n in images["view"].value_counts().sort_index().items()},
     }
+    if by_patient:
+        report["patients"] = int(studies["patient"].nunique())
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        studies[STUDY_COLUMNS].to_csv(tmp / STUDIES.name, index=False)
+        columns = STUDY_COLUMNS + (["patient"] if by_patient else [])
+        studies[columns].to_csv(tmp / STUDIES.name, index=False)
         images[IMAGE_COLUMNS].to_csv(tmp / IMAGES.name, index=False)
         write_json(tmp / DATA_REPORT.name, report)
     if report["studies_with_empty_text"]:

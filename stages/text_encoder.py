@@ -59,7 +59,6 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-@torch.inference_mode()
 def embed(texts: list[str], tokenizer, model, pooling: str, max_length: int, batch_size: int,
           device: torch.device, progress: bool = True) -> np.ndarray:
     """One float32 vector per text, in input order.
@@ -67,16 +66,26 @@ def embed(texts: list[str], tokenizer, model, pooling: str, max_length: int, bat
     Texts are sorted by token count so each batch pads only to its own longest text; on a GPU
     the encoder runs in bf16 (CPU: float32).
     """
+    return embed_part(texts, tokenizer, model, pooling, max_length, batch_size, device, progress)[1]
+
+
+@torch.inference_mode()
+def embed_part(texts: list[str], tokenizer, model, pooling: str, max_length: int, batch_size: int,
+               device: torch.device, progress: bool = True,
+               part: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """`embed` of process k of n (part=(k, n)): every n-th batch from the k-th, so n processes
+    together embed every text in exactly the batches one process would. Returns the rows of
+    `texts` it embedded (ascending) and their vectors."""
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, len(texts), batch_size)][part[0]::part[1]]
+    rows = np.sort(np.concatenate(batches)) if batches else np.zeros(0, dtype=np.int64)
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for start in tqdm(range(0, len(texts), batch_size), desc="reports", unit="batch",
-                      disable=not progress):
-        idx = order[start:start + batch_size]
+    for idx in tqdm(batches, desc="reports", unit="batch", disable=not progress):
         batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
                           padding=True, return_tensors="pt").to(device)
         with amp:
             hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         out[idx] = pool(hidden.float(), batch["attention_mask"], pooling).cpu().numpy()
-    return out
+    return rows, out[rows]

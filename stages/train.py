@@ -8,6 +8,7 @@ and writes models/<variant>/model.safetensors with model.json and the resolved p
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -15,13 +16,16 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from stages import checkpoint, params
-from stages.common import PipelineError, atomic_path, main, resolve_device, seed_everything, write_json
+from stages import checkpoint, distributed, params
+from stages.common import PipelineError, atomic_path, main, seed_everything, write_json
 from stages.dataset import Split, load_splits
-from stages.formats import IMAGES_H5, TEXT_H5, metrics_dir, model_dir
+from stages.distributed import World
+from stages.formats import IMAGES_H5, TEXT_H5, metrics_dir, model_dir, read_text_cache_attrs
 from stages.metrics import classification_metrics
 from stages.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_config, normalise,
                           reads, trainable_parameters)
@@ -29,25 +33,42 @@ from stages.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_co
 log = logging.getLogger("train")
 
 
-def forward(model: Classifier, split: Split, idx: torch.Tensor, amp: bool) -> torch.Tensor:
-    """Logits for the rows `idx` of `split` (already on the model's device)."""
-    image = normalise(split.images[idx], model.pixel_mean, model.pixel_std) if model.uses_image else None
-    text = split.text[idx] if model.uses_text else None
-    device_type = split.labels.device.type
+def forward(model: Classifier, images: torch.Tensor | None, text: torch.Tensor | None,
+            amp: bool) -> torch.Tensor:
+    """Logits for a batch: uint8 images and report vectors already on the model's device
+    (each read only if the variant reads it)."""
+    core = unwrap(model)
+    images = normalise(images, core.pixel_mean, core.pixel_std) if core.uses_image else None
+    text = text if core.uses_text else None
+    device_type = (images if images is not None else text).device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp and device_type == "cuda"):
-        return model(image, text).float()
+        return model(images, text).float()
+
+
+def unwrap(model: nn.Module) -> Classifier:
+    """The Classifier inside DDP and torch.compile wrappers."""
+    while not isinstance(model, Classifier):
+        model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
+    return model
 
 
 @torch.no_grad()
-def predict(model: Classifier, split: Split, batch_size: int, amp: bool = True) -> tuple[np.ndarray, float]:
-    """Probability of abnormal for every row, and the mean cross-entropy loss."""
+def predict(model: Classifier, split: Split, batch_size: int, amp: bool = True,
+            world: World = World()) -> tuple[np.ndarray, float]:
+    """Probability of abnormal for every row, and the mean cross-entropy loss.
+
+    With several processes each scores its share of the rows; all get every row's result.
+    """
     model.eval()
+    mine = distributed.shard(torch.arange(len(split)), world).split(batch_size)
     probs, loss = [], 0.0
-    for idx in torch.arange(len(split), device=split.labels.device).split(batch_size):
-        logits = forward(model, split, idx, amp)
-        loss += F.cross_entropy(logits, split.labels[idx], reduction="sum").item()
+    for _, images, text, labels in split.batches(mine):
+        logits = forward(model, images, text, amp)
+        loss += F.cross_entropy(logits, labels, reduction="sum").item()
         probs.append(logits.softmax(1)[:, 1].cpu())
-    return torch.cat(probs).numpy(), loss / len(split)
+    probs = torch.cat(probs) if probs else torch.zeros(0)
+    parts = distributed.gather((probs, loss), world)
+    return torch.cat([p for p, _ in parts]).numpy(), sum(l for _, l in parts) / len(split)
 
 
 def epoch_metrics(labels, probs, loss) -> dict:
@@ -55,37 +76,54 @@ def epoch_metrics(labels, probs, loss) -> dict:
     return {"loss": loss, **{k: m[k] for k in ("accuracy", "precision", "recall", "f1", "auroc")}}
 
 
-def train_epoch(model: Classifier, optimizer, data: Split, batch_size: int, generator, amp: bool,
-                epoch: int, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """One pass over `data` in a seeded random order.
+def epoch_order(n: int, batch_size: int, generator: torch.Generator, world: World) -> list[torch.Tensor]:
+    """The global batches of one epoch, from one seeded permutation: the same on every rank."""
+    batches = torch.randperm(n, generator=generator).split(batch_size)
+    if len(batches) > 1 and len(batches[-1]) < 2 * world.size:
+        batches = batches[:-1]  # batch norm cannot train on a single image (per process)
+    return list(batches)
 
-    Returns the rows seen, their predicted probabilities and the mean loss. Nothing waits on the
+
+def train_epoch(model: Classifier, optimizer, data: Split, batch_size: int, generator, amp: bool,
+                epoch: int, progress: bool = True,
+                world: World = World()) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One pass over `data` in a seeded random order; `batch_size` is the global batch.
+
+    Each process takes its share of every batch; its loss is scaled so that the gradients DDP
+    averages over processes equal those of the whole batch in one process. Returns the rows
+    seen (all processes), their predicted probabilities and the mean loss. Nothing waits on the
     GPU inside the loop: losses stay on the device and are checked once at the end.
     """
     model.train()
-    order = torch.randperm(len(data), generator=generator).to(data.labels.device)
-    batches = order.split(batch_size)
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches = batches[:-1]  # batch norm cannot train on a single image
+    batches = epoch_order(len(data), batch_size, generator, world)
+    mine = [distributed.shard(b, world) for b in batches]
     losses, probs = [], []
-    for idx in tqdm(batches, desc=f"{model.variant} epoch {epoch}", leave=False, disable=not progress):
-        logits = forward(model, data, idx, amp)
-        loss = F.cross_entropy(logits, data.labels[idx])
+    steps = zip(batches, data.batches(mine))
+    for whole, (idx, images, text, labels) in tqdm(steps, total=len(batches), leave=False,
+                                                   desc=f"{unwrap(model).variant} epoch {epoch}",
+                                                   disable=not progress or not world.main):
+        logits = forward(model, images, text, amp)
+        loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (len(idx) * world.size / len(whole))).backward()  # x 1.0 in one process
         optimizer.step()
         losses.append(loss.detach())
         probs.append(logits.detach().softmax(1)[:, 1])
-    losses = torch.stack(losses).cpu()
+    sizes = torch.tensor([len(i) for i in mine], dtype=torch.float32)
+    parts = distributed.gather((torch.cat(mine), torch.cat(probs).cpu(), torch.stack(losses).cpu(), sizes), world)
+    losses = torch.stack([l for _, _, l, _ in parts], 1).flatten()  # batch-major: step 1 of every rank, ...
+    sizes = torch.stack([n for _, _, _, n in parts], 1).flatten()
     bad = (~torch.isfinite(losses)).nonzero()
     if len(bad):
         raise PipelineError(f"loss became {losses[bad[0, 0]].item()} at epoch {epoch}, batch "
-                            f"{bad[0, 0].item() + 1}: lower train.lr or check the inputs.")
-    sizes = torch.tensor([len(b) for b in batches], dtype=losses.dtype)
-    return torch.cat(batches).cpu(), torch.cat(probs).cpu(), float((losses * sizes).sum() / sizes.sum())
+                            f"{bad[0, 0].item() // world.size + 1}: lower train.lr or check the inputs.")
+    seen = torch.cat([i for i, _, _, _ in parts])
+    return seen, torch.cat([p for _, p, _, _ in parts]), float((losses * sizes).sum() / sizes.sum())
 
 
 def log_epoch(live, row: dict) -> None:
+    if live is None:  # not rank 0
+        return
     for phase in ("train", "val"):
         for k, v in row[phase].items():
             live.log_metric(f"{phase}/{k}", v)
@@ -104,66 +142,110 @@ def configure_torch(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def train(variant: str, p: dict) -> dict:
+def build(variant: str, p: dict, text_dim: int, world: World):
+    """The model on this rank's device, the optimizer, and the module that takes the steps
+    (wrapped by DDP across processes and by torch.compile when asked)."""
     t, m = p["train"], p["model"]
-    seed_everything(t["seed"])
-    device = resolve_device(t["device"])
-    configure_torch(device, t["deterministic"])
-    splits, text_dim = load_splits(p, *reads(variant))
     model = Classifier(variant, text_dim, m["backbone"], p["image"]["pretrained"], m["hidden"], m["dropout"])
     if m["freeze_backbone"]:
         freeze_backbone(model)
-    model = model.to(device, memory_format=torch.channels_last)
-    train_set, val_set = splits["train"].to(device), splits["val"].to(device)
+    if world.distributed and world.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
+    model = model.to(world.device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=t["lr"])
-    generator = torch.Generator().manual_seed(t["seed"])
-    step = torch.compile(model) if t["compile"] else model  # same weights, fused kernels
-    log.info("%s: %d trainable parameters; %d train / %d val images on %s", variant,
-             trainable_parameters(model), len(train_set), len(val_set), device)
+    step = model
+    if world.distributed:  # same initial weights on every rank: DDP broadcasts rank 0's
+        step = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+        torch.manual_seed(t["seed"] + world.rank)  # each rank its own dropout masks
+    if t["compile"]:
+        step = torch.compile(step)  # same weights, fused kernels
+    return model, optimizer, step
 
+
+def train(variant: str, p: dict) -> dict:
+    t, m = p["train"], p["model"]
+    with distributed.running(t["device"]) as world:
+        if t["batch_size"] < 2 * world.size:
+            raise PipelineError(f"parameter train.batch_size={t['batch_size']} is the global batch "
+                                f"and must give each of the {world.size} processes at least 2 "
+                                f"images: use train.batch_size>={2 * world.size}.")
+        seed_everything(t["seed"])
+        configure_torch(world.device, t["deterministic"])
+        splits, text_dim = load_splits(p, *reads(variant))
+        model, optimizer, step = build(variant, p, text_dim, world)
+        train_set, val_set = splits["train"].to(world.device), splits["val"].to(world.device)
+        generator = torch.Generator().manual_seed(t["seed"])  # the batches' order: same on all ranks
+        log.info("%s: %d trainable parameters; %d train / %d val images on %d x %s%s", variant,
+                 trainable_parameters(model), len(train_set), len(val_set), world.size,
+                 world.device, " (streamed)" if train_set.streamed else "")
+
+        inputs = [f for f in (TEXT_H5, IMAGES_H5) if f.exists()]
+        resume_key = checkpoint.fingerprint(variant, {**p, "processes": world.size}, inputs)
+        history, best, best_state, chosen = [], math.inf, None, None
+        state = checkpoint.load(variant, resume_key, world.device)
+        if state:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            checkpoint.restore_random_states(generator, state["random"][world.rank])
+            history, best, best_state, chosen = state["history"], state["best"], state["best_state"], state["chosen"]
+            log.info("%s: resuming after epoch %d from %s", variant, len(history), checkpoint.path(variant))
+        with live_log(variant, world) as live:
+            for row in history:  # an earlier, interrupted run's epochs: log them again
+                log_epoch(live, row)
+            for epoch in range(len(history) + 1, t["epochs"] + 1):
+                seen, probs, loss = train_epoch(step, optimizer, train_set, t["batch_size"], generator,
+                                                t["amp"], epoch, world=world)
+                row = {"epoch": epoch, "train": epoch_metrics(train_set.labels.cpu()[seen], probs, loss)}
+                val_probs, val_loss = predict(model if world.distributed else step, val_set,
+                                              t["batch_size"], t["amp"], world)
+                if not math.isfinite(val_loss):
+                    raise PipelineError(f"validation loss became {val_loss} at epoch {epoch}: "
+                                        "lower train.lr or check the inputs.")
+                row["val"] = epoch_metrics(val_set.labels.cpu(), val_probs, val_loss)
+                log_epoch(live, row)
+                history.append(row)
+                log.info("%s epoch %d: train loss %.4f f1 %.3f | val loss %.4f f1 %.3f auroc %.3f",
+                         variant, epoch, row["train"]["loss"], row["train"]["f1"], val_loss,
+                         row["val"]["f1"], row["val"]["auroc"])
+                if t["select"] == "last" or val_loss < best:
+                    best, best_state = val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    chosen = epoch
+                randoms = distributed.gather(checkpoint.random_states(generator), world)
+                if world.main:
+                    checkpoint.save(variant, {
+                        "fingerprint": resume_key, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "random": randoms,
+                        "history": history, "best": best, "best_state": best_state, "chosen": chosen})
+        if world.main:
+            save_model(variant, p, model, best_state, text_dim, chosen, history)
+        distributed.barrier(world)  # no rank leaves before the outputs are complete
+    log.info("%s: kept epoch %d (%s), val loss %.4f", variant, chosen, t["select"], history[chosen - 1]["val"]["loss"])
+    return {"history": history, "chosen": chosen}
+
+
+@contextlib.contextmanager
+def live_log(variant: str, world: World):
+    """DVCLive's per-epoch metrics (metrics/<variant>/train/), written by rank 0 only."""
+    if not world.main:
+        yield None
+        return
     from dvclive import Live
 
-    inputs = [f for f in (TEXT_H5, IMAGES_H5) if f.exists()]
-    resume_key = checkpoint.fingerprint(variant, p, inputs)
-    history, best, best_state, chosen = [], math.inf, None, None
-    state = checkpoint.load(variant, resume_key, device)
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        checkpoint.restore_random_states(generator, state["random"])
-        history, best, best_state, chosen = state["history"], state["best"], state["best_state"], state["chosen"]
-        log.info("%s: resuming after epoch %d from %s", variant, len(history), checkpoint.path(variant))
     with Live(dir=str(metrics_dir(variant) / "train"), dvcyaml=None, save_dvc_exp=False,
               report=None) as live:
-        for row in history:  # an earlier, interrupted run's epochs: log them again
-            log_epoch(live, row)
-        for epoch in range(len(history) + 1, t["epochs"] + 1):
-            seen, probs, loss = train_epoch(step, optimizer, train_set, t["batch_size"], generator,
-                                            t["amp"], epoch)
-            row = {"epoch": epoch, "train": epoch_metrics(train_set.labels.cpu()[seen], probs, loss)}
-            val_probs, val_loss = predict(step, val_set, t["batch_size"], t["amp"])
-            if not math.isfinite(val_loss):
-                raise PipelineError(f"validation loss became {val_loss} at epoch {epoch}: "
-                                    "lower train.lr or check the inputs.")
-            row["val"] = epoch_metrics(val_set.labels.cpu(), val_probs, val_loss)
-            log_epoch(live, row)
-            history.append(row)
-            log.info("%s epoch %d: train loss %.4f f1 %.3f | val loss %.4f f1 %.3f auroc %.3f",
-                     variant, epoch, row["train"]["loss"], row["train"]["f1"], val_loss,
-                     row["val"]["f1"], row["val"]["auroc"])
-            if t["select"] == "last" or val_loss < best:
-                best, best_state = val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}
-                chosen = epoch
-            checkpoint.save(variant, {
-                "fingerprint": resume_key, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "random": checkpoint.random_states(generator),
-                "history": history, "best": best, "best_state": best_state, "chosen": chosen})
+        yield live
 
+
+def save_model(variant: str, p: dict, model: Classifier, best_state: dict, text_dim: int,
+               chosen: int, history: list) -> None:
+    """models/<variant>/: weights (safetensors), how to rebuild them, the resolved params."""
     from safetensors.torch import save_file
 
     model.load_state_dict(best_state)
-    config = {**model_config(model, text_dim, m["backbone"], p["image"]["size"]),
-              "epoch": chosen, "select": t["select"]}
+    config = {**model_config(model, text_dim, p["model"]["backbone"], p["image"]["size"]),
+              "epoch": chosen, "select": p["train"]["select"]}
+    if model.uses_text:  # which encoder made the vectors: prediction checks its encoder against it
+        config["text_fingerprint"] = read_text_cache_attrs(TEXT_H5)["fingerprint"]
     with atomic_path(model_dir(variant)) as tmp:
         tmp.mkdir()
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
@@ -171,8 +253,6 @@ def train(variant: str, p: dict) -> dict:
         write_json(tmp / "params.json", p)  # the resolved settings next to the weights
         write_json(tmp / "history.json", history)
     checkpoint.remove(variant)
-    log.info("%s: kept epoch %d (%s), val loss %.4f", variant, chosen, t["select"], history[chosen - 1]["val"]["loss"])
-    return {"history": history, "chosen": chosen}
 
 
 if __name__ == "__main__":

@@ -118,14 +118,18 @@ def test_training_is_deterministic(cached):
     cached["train"]["epochs"] = 3
     first = train("text", cached)
     weights = Path("models/text/model.safetensors").read_bytes()
+    evaluate("text", cached)
+    scores = Path("metrics/text/test.json").read_bytes()
     again = train("text", cached)
     assert again == first
     assert Path("models/text/model.safetensors").read_bytes() == weights
 
-    cached["train"]["seed"] = 1
+    cached["train"]["seed"] = 1  # a changed seed changes the training and the test metrics JSON
     other = train("text", cached)
     assert other["history"] != first["history"]
     assert other["history"][0]["train"]["loss"] != first["history"][0]["train"]["loss"]
+    evaluate("text", cached)
+    assert Path("metrics/text/test.json").read_bytes() != scores
 
 
 # --- non-finite loss ------------------------------------------------------------------------------
@@ -145,10 +149,10 @@ def test_non_finite_loss_names_epoch_and_batch(cached, monkeypatch):
 
     real_forward, calls = train_module.forward, []
 
-    def forward(model, split, idx, amp):
-        logits = real_forward(model, split, idx, amp)
+    def forward(model, images, text, amp):
+        logits = real_forward(model, images, text, amp)
         if model.training:
-            calls.append(len(idx))
+            calls.append(len(logits))
             if len(calls) == per_epoch + 3:  # epoch 2, batch 3
                 return logits + float("inf")
         return logits

@@ -1,0 +1,106 @@
+"""Several processes, one result: what `train` and `embed_text` need from torch.distributed.
+
+A stage runs the same whether started as `python -m stages.X` (one process) or by
+`torchrun --nproc_per_node N -m stages.X` (N processes, ranks 0..N-1; torchrun sets RANK,
+WORLD_SIZE and LOCAL_RANK). Every rank builds the same seeded list of global batches and keeps
+its own contiguous share of each (`shard`), so the union of the shares of a step is exactly
+the batch one process would have seen. Only rank 0 logs metrics and writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from stages.common import PipelineError, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that logs metrics and writes outputs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def start(device_name: str) -> World:
+    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs), if any."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if size == 1:
+        return World(0, 1, device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise PipelineError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', '?')} "
+                                f"processes on this machine but it has {torch.cuda.device_count()} "
+                                "GPUs: lower train.nproc (or text.nproc) to the number of GPUs.")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    if rank != 0:  # one voice in the log; errors still reach stderr from every rank
+        logging.getLogger().setLevel(logging.WARNING)
+    log.info("process group: %d processes (%s), this is rank %d on %s", size, backend, rank, device)
+    return World(rank, size, device)
+
+
+def stop(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def running(device_name: str):
+    """`with running(...) as world:` joins the group and always leaves it."""
+    world = start(device_name)
+    try:
+        yield world
+    finally:
+        stop(world)
+
+
+def shard(batch: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's contiguous share of a global batch (shares differ by at most one row)."""
+    if not world.distributed:
+        return batch
+    bounds = [len(batch) * r // world.size for r in range(world.size + 1)]
+    return batch[bounds[world.rank]:bounds[world.rank + 1]]
+
+
+def gather(obj, world: World) -> list:
+    """Every rank's `obj`, in rank order, on every rank (small objects: per-epoch results)."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def total(value: float, world: World) -> float:
+    """Sum of a number over ranks."""
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=world.device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()

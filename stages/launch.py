@@ -1,0 +1,42 @@
+"""`python -m stages.launch N stages.X [args]`: run a stage in N processes with torchrun.
+
+N = 1 runs the stage in this very process: no launcher start-up (about 10 s a stage on the
+CPU). N > 1 hands over to PyTorch's own launcher, exactly as
+`torchrun --standalone --nproc_per_node N -m stages.X [args]` on one machine; for several
+machines call torchrun yourself (README.md, "Scaling").
+"""
+from __future__ import annotations
+
+import logging
+import runpy
+import sys
+
+from stages.common import setup_logging
+
+log = logging.getLogger("launch")
+
+
+def launch(argv: list[str]) -> int:
+    if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
+        log.error("usage: python -m stages.launch N stages.X [args]; N, the number of processes, "
+                  "must be a positive integer (got %r)", argv[:1])
+        return 2
+    n, module, args = int(argv[0]), argv[1], argv[2:]
+    if n == 1:
+        sys.argv = [module, *args]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return 0
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", f"--nproc_per_node={n}", "-m", module, *args])
+    except ChildFailedError:
+        log.error("%s failed in one of its %d processes: its error is above.", module, n)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    setup_logging()
+    sys.exit(launch(sys.argv[1:]))
