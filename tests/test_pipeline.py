@@ -145,3 +145,14 @@ def test_dvc_repro_end_to_end(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
     stale = json.loads(_run_stdout(repo, dvc, "status", "--json"))
     assert set(stale) == {"evaluate@fusion", "evaluate@image", "evaluate@text", "compare"}
+
+    # the same parameters again, every stage forced to rerun: byte-identical metrics
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    metrics = sorted(str(p.relative_to(repo)) for p in (repo / "metrics").rglob("*.json")) + [
+        "data/prepared/report.json", "features/images_report.json"]
+    assert len(metrics) >= 2 + 2 * len(VARIANTS)
+    first = {path: (repo / path).read_bytes() for path in metrics}
+    forced = _run(repo, dvc, "repro", "--force")
+    assert all(f"Running stage '{stage}'" in forced for stage in STAGES), forced
+    for path in metrics:
+        assert (repo / path).read_bytes() == first[path], path

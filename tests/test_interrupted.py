@@ -1,0 +1,122 @@
+"""A stage stopped part-way leaves the previous outputs intact and valid.
+
+Each test runs a stage once, then again with an error raised in the middle of writing its
+outputs (the moment a kill would do the most harm), and checks that every byte of the first
+run's outputs is still there and still readable. download, prepare, cache_images and train
+have theirs beside their other tests (test_demo_and_download, test_prepare, test_caches,
+test_resume).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+
+from stages import compare, demo_encoder, embed_text, evaluate, figures
+from stages.formats import TEXT_H5, read_text_cache, text_cache_attrs
+from stages.train import train
+
+
+class Killed(Exception):
+    """Stands for the signal that stops a stage."""
+
+
+def snapshot(*paths: str) -> dict:
+    files = {}
+    for path in map(Path, paths):
+        for f in sorted([path] if path.is_file() else path.rglob("*")):
+            if f.is_file():
+                files[str(f)] = f.read_bytes()
+    assert files, paths
+    return files
+
+
+def leftovers() -> list[str]:
+    """Temporary files or folders a stage left behind."""
+    return [str(p) for p in Path(".").rglob("*") if p.name.endswith(".tmp") or ".old" in p.name]
+
+
+def test_killed_demo_encoder_keeps_the_previous_encoder(cached, monkeypatch):
+    before = snapshot("models/demo_encoder")
+    from transformers import BertModel
+
+    real = BertModel.save_pretrained
+
+    def half_saved(self, folder, *args, **kwargs):
+        real(self, folder, *args, **kwargs)
+        (Path(folder) / "model.safetensors").write_bytes(b"partial")
+        raise Killed
+
+    monkeypatch.setattr(BertModel, "save_pretrained", half_saved)
+    cached["demo_encoder"]["hidden_size"] = 32  # a different encoder: every file would change
+    with pytest.raises(Killed):
+        demo_encoder.run(cached)
+    assert snapshot("models/demo_encoder") == before
+    assert not leftovers()
+
+
+def test_killed_embed_text_keeps_the_previous_cache(cached, monkeypatch):
+    before = snapshot(str(TEXT_H5))
+    real = h5py.Group.create_dataset
+
+    def dies_after_uids(self, name, *args, **kwargs):
+        dataset = real(self, name, *args, **kwargs)
+        if name == "vectors":
+            raise Killed
+        return dataset
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", dies_after_uids)
+    with pytest.raises(Killed):
+        embed_text.run(cached)
+    monkeypatch.setattr(h5py.Group, "create_dataset", real)
+    assert snapshot(str(TEXT_H5)) == before
+    uids, vectors, _ = read_text_cache(TEXT_H5, expect=text_cache_attrs(cached["text"]))
+    assert len(uids) == len(vectors) > 0
+    assert not leftovers()
+
+
+@pytest.fixture
+def evaluated(cached):
+    for variant in ("fusion", "image", "text"):
+        train(variant, cached)
+        evaluate.evaluate(variant, cached)
+    return cached
+
+
+def test_killed_evaluate_keeps_the_previous_scores(evaluated, monkeypatch):
+    before = snapshot("metrics/fusion")
+    real = pd.DataFrame.to_csv
+
+    def half_written(self, path, *args, **kwargs):
+        Path(path).write_text("uid,filename,la")  # a partial CSV at the temporary path
+        raise Killed
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_written)
+    evaluated["evaluate"]["threshold"] = 0.3  # new scores would differ
+    with pytest.raises(Killed):
+        evaluate.evaluate("fusion", evaluated)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", real)
+    assert snapshot("metrics/fusion") == before
+    assert len(pd.read_csv("metrics/fusion/predictions.csv")) > 0
+    assert json.loads(Path("metrics/fusion/test.json").read_text())["threshold"] == 0.5
+    assert not leftovers()
+
+
+def test_killed_compare_keeps_the_previous_figures_and_intervals(evaluated, monkeypatch):
+    compare.compare(evaluated)
+    before = snapshot("metrics/figures", "metrics/comparison.json")
+
+    def dies_mid_figures(studies, path):
+        Path(path).write_bytes(b"\x89PNG partial")
+        raise Killed
+
+    monkeypatch.setattr(figures, "roc", dies_mid_figures)
+    evaluated["evaluate"]["bootstrap"] = 20  # new intervals would differ
+    with pytest.raises(Killed):
+        compare.compare(evaluated)
+    assert snapshot("metrics/figures", "metrics/comparison.json") == before
+    assert json.loads(Path("metrics/comparison.json").read_text())["differences"]
+    assert not leftovers()
