@@ -81,3 +81,67 @@ def confusion_matrices(matrices: dict, path) -> None:
                title=variant)
     fig.suptitle("confusion matrices, test studies")
     _save(fig, path)
+
+
+# --- Grad-CAM (stage `explain`) -------------------------------------------------------------------
+
+CAM_CMAP = "jet"
+CAM_ALPHA = 0.45
+CAM_LABEL = "Grad-CAM (scaled to 0-1 per image)"
+
+
+def _cam_colourbar(fig, axes, **kwargs):
+    mappable = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=CAM_CMAP)
+    bar = fig.colorbar(mappable, ax=axes, **kwargs)
+    bar.set_label(CAM_LABEL)
+    return bar
+
+
+def _overlay(ax, image, cam) -> None:
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
+    ax.imshow(cam, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=CAM_ALPHA, interpolation="bilinear")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def gradcam(image: np.ndarray, cam: np.ndarray, title: str, path) -> None:
+    """One X-ray as the model saw it, beside the same X-ray with its Grad-CAM overlaid."""
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.9), layout="constrained")
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
+    axes[0].set(xticks=[], yticks=[], title=f"X-ray as the model sees it ({image.shape[1]} px)")
+    _overlay(axes[1], image, cam)
+    axes[1].set_title("Grad-CAM overlay")
+    _cam_colourbar(fig, axes, shrink=0.85)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=150, metadata={"Software": None})
+    plt.close(fig)
+
+
+def gradcam_grid(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], title: str, path) -> None:
+    """Rows of overlays (e.g. true positives, true negatives, ...), one shared colour bar.
+
+    rows: row label -> [(image, cam, caption), ...]; a row with no panel says so.
+    """
+    n_cols = max(1, max(len(panels) for panels in rows.values()))
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.3 * n_cols + 1.6, 2.45 * len(rows)),
+                             squeeze=False, layout="constrained")
+    for r, (label, panels) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            if c < len(panels):
+                image, cam, caption = panels[c]
+                _overlay(ax, image, cam)
+                ax.set_title(caption, fontsize=8)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for side in ax.spines.values():
+                    side.set_visible(False)
+                if c == 0:
+                    ax.text(0.5, 0.5, "none in the test set", ha="center", va="center",
+                            fontsize=8, color="grey", transform=ax.transAxes)
+        axes[r, 0].set_ylabel(label, fontsize=10, fontweight="bold")
+    _cam_colourbar(fig, axes, shrink=0.6)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=150, metadata={"Software": None})
+    plt.close(fig)

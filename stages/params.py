@@ -13,6 +13,7 @@ from stages.common import PipelineError
 SOURCES = ("demo", "kaggle", "openi", "local", "mimic_cxr")
 POOLINGS = ("cls", "mean")
 VARIANTS = ("fusion", "image", "text")
+EXPLAINED = ("fusion", "image")  # the variants with an image branch for Grad-CAM to explain
 SELECTIONS = ("best_val_loss", "last")
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
@@ -98,6 +99,10 @@ def validate(p: dict) -> dict:
     _range(p, "model.dropout", 0, 1, "use a fraction in [0, 1)")
     _choice(p, "train.select", SELECTIONS)
     _fraction(p, "evaluate.threshold")
+    _choice(p, "explain.variant", EXPLAINED)
+    _positive(p, "explain.per_outcome")
+    if not isinstance(get(p, "explain.seed"), int) or isinstance(get(p, "explain.seed"), bool):
+        _fail("explain.seed", get(p, "explain.seed"), "use an integer")
     return p
 
 

@@ -20,7 +20,7 @@ VARIANTS = ("fusion", "image", "text")
 FIGURES = ["confusion.png", "model_comparison.png", "roc.png", "training_fusion.png",
            "training_image.png", "training_text.png"]
 STAGES = ["download", "prepare", "demo_encoder", "embed_text", "cache_images"] + [
-    f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS] + ["compare"]
+    f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS] + ["compare", "explain"]
 TIMEOUT = 600
 
 
@@ -119,6 +119,9 @@ def test_dvc_repro_end_to_end(repo):
         assert (repo / f"models/{variant}/model.safetensors").exists()
         assert json.loads((repo / f"models/{variant}/history.json").read_text())[0]["epoch"] == 1
         assert (repo / f"metrics/{variant}/train/metrics.json").exists()
+    explained = json.loads((repo / "metrics/explain.json").read_text())
+    assert explained["variant"] == "fusion" and explained["test"]["studies"] == comparison["test_studies"]
+    assert {"grid.png", "heatmaps.csv"} <= {p.name for p in (repo / "metrics/explain").iterdir()}
     for path in ("data/prepared/report.json", "features/images_report.json", "features/text.h5",
                  "features/images.h5", "models/demo_encoder", "dvc.lock"):
         assert (repo / path).exists(), path

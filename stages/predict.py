@@ -1,0 +1,318 @@
+"""Use a trained model: the probability that a new study is abnormal, and its label.
+
+    python -m stages.predict --model models/fusion --image a.png --image b.png \\
+        --findings "The heart is enlarged." --impression "Cardiomegaly."
+    python -m stages.predict --model models/image --csv studies.csv --out predictions.csv
+
+The study is read exactly as the pipeline read its training and test studies:
+  images  `stages.imaging.load_xray` at the model's image size (what `cache_images` cached),
+          normalised and scored by `stages.train.predict` (what `evaluate` runs);
+  report  the fields the model was trained on, joined by `stages.prepare.join_text`, read by
+          the same frozen encoder (model, revision, pooling, max_length from the model's
+          params.json) with `stages.text_encoder.embed` (what `embed_text` runs);
+  study   the mean of its images' probabilities (`stages.metrics.study_predictions`);
+  label   abnormal when the probability is at or above the threshold `evaluate` used
+          (metrics/<variant>/test.json), else the model's `evaluate.threshold`.
+
+Probabilities agree with metrics/<variant>/predictions.csv to about 1e-7, not always to the
+last bit: on the CPU a row's result depends in its last bit on the batch it is computed in
+(see tests/test_predict_explain.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stages.common import PipelineError, atomic_path, main, resolve_device
+from stages.dataset import Split
+from stages.formats import TEXT_H5, metrics_dir, model_dir, read_text_cache_attrs
+from stages.imaging import BadImage, load_xray
+from stages.metrics import study_predictions
+from stages.model import Classifier, load_model
+from stages.params import TEXT_FIELDS
+from stages.prepare import join_text
+from stages.text_encoder import embed, encoder_fingerprint, load_encoder
+from stages.train import predict
+
+log = logging.getLogger("predict")
+
+OUTPUT_COLUMNS = ["uid", "n_images", "probability", "label", "prediction", "threshold"]
+
+
+@dataclass
+class Predictor:
+    """A trained model with everything needed to read new studies as it was trained to."""
+    model: Classifier
+    config: dict                 # models/<variant>/model.json
+    params: dict                 # models/<variant>/params.json: the settings it was trained with
+    folder: Path
+    device: torch.device
+    threshold: float
+    threshold_source: str
+    _encoder: tuple | None = field(default=None, repr=False)
+
+    @property
+    def variant(self) -> str:
+        return self.config["variant"]
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.params["text"]["fields"])
+
+    def encoder(self):
+        """(tokenizer, model) of the frozen text encoder, loaded once and checked."""
+        if self._encoder is None:
+            t = self.params["text"]
+            tokenizer, encoder = load_encoder(t["model"], t["revision"], self.device)
+            check_encoder(t["model"], encoder, self.config, self.folder)
+            self._encoder = (tokenizer, encoder)
+        return self._encoder
+
+
+def load_predictor(folder, device: str = "auto", threshold: float | None = None) -> Predictor:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PipelineError(f"model folder {folder} not found: train it first (`dvc repro "
+                            "train@fusion`, `train@image` or `train@text`) or name another with "
+                            "--model.")
+    if not (folder / "params.json").exists():
+        raise PipelineError(f"{folder / 'params.json'} not found: {folder} was not written by "
+                            "`stages.train`; retrain it with `dvc repro`.")
+    dev = resolve_device(device)
+    model, config = load_model(folder, dev)
+    params = json.loads((folder / "params.json").read_text())
+    value, source = evaluation_threshold(folder, config["variant"], params, threshold)
+    return Predictor(model, config, params, folder, dev, value, source)
+
+
+def evaluation_threshold(folder, variant: str, params: dict,
+                         override: float | None = None) -> tuple[float, str]:
+    """--threshold; else the one `evaluate` used for this model; else its evaluate.threshold."""
+    if override is not None:
+        if not 0 < override < 1:
+            raise PipelineError(f"--threshold {override} is not allowed: use a probability "
+                                "strictly between 0 and 1.")
+        return float(override), "--threshold"
+    folder, test_json = Path(folder), metrics_dir(variant) / "test.json"
+    if test_json.exists() and folder.resolve() == model_dir(variant).resolve():
+        return float(json.loads(test_json.read_text())["threshold"]), str(test_json)
+    return float(params["evaluate"]["threshold"]), "params evaluate.threshold"
+
+
+def check_encoder(name: str, encoder, config: dict, folder: Path, text_h5: Path = TEXT_H5) -> None:
+    """The encoder must be the one whose vectors the model was trained on: the fingerprint
+    saved in model.json (or, for models saved without one, the one of features/text.h5)."""
+    hidden, text_dim = encoder.config.hidden_size, config["text_dim"]
+    if hidden != text_dim:
+        raise PipelineError(f"the text encoder {name} gives {hidden}-dimensional report vectors but "
+                            f"the model in {folder} was trained on {text_dim}-dimensional ones: "
+                            "the encoder is not the one the model was trained with; restore it "
+                            "or retrain with `dvc repro`.")
+    recorded, source = config.get("text_fingerprint"), folder / "model.json"
+    if recorded is None and Path(text_h5).exists():
+        recorded, source = read_text_cache_attrs(text_h5).get("fingerprint"), text_h5
+    now = encoder_fingerprint(name, encoder)
+    if recorded is not None and recorded != now:
+        raise PipelineError(f"the text encoder {name} (fingerprint {now}) is not the one whose "
+                            f"vectors the model in {folder} was trained on (fingerprint {recorded}, "
+                            f"from {source}): the encoder changed since; restore it, or rerun "
+                            "`dvc repro` (embed_text, train) to retrain.")
+
+
+# --- reading a study ------------------------------------------------------------------------------
+
+def load_images(paths: list, size: int) -> torch.Tensor:
+    """uint8 (N, size, size), decoded as `cache_images` decodes (the one shared function)."""
+    out = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise PipelineError(f"image {path} not found.")
+        try:
+            out.append(load_xray(path, size))
+        except BadImage as err:
+            raise PipelineError(f"cannot read image {path}: it is empty, truncated or not an "
+                                f"image ({err}).") from None
+    return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, size, size, dtype=torch.uint8)
+
+
+def embed_reports(predictor: Predictor, texts: list[str]) -> np.ndarray:
+    """Report vectors as `embed_text` made them: same encoder, pooling and max_length."""
+    t = predictor.params["text"]
+    tokenizer, encoder = predictor.encoder()
+    return embed(texts, tokenizer, encoder, t["pooling"], t["max_length"], t["batch_size"],
+                 predictor.device, progress=False)
+
+
+def predict_studies(predictor: Predictor, images: pd.DataFrame, texts: pd.Series | None,
+                    batch_size: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Image-level and study-level probabilities.
+
+    images: one row per image with columns uid, path (for a model without image branch: one
+            row per study, path unused).
+    texts:  report text per uid (None for the image model).
+    """
+    model, config = predictor.model, predictor.config
+    rows = images.reset_index(drop=True)
+    pixels = load_images(rows["path"].tolist(), config["image_size"]) if model.uses_image else None
+    vectors = None
+    if model.uses_text:
+        uids = pd.unique(rows["uid"])
+        by_uid = pd.Series(np.arange(len(uids)), index=uids)
+        studies = embed_reports(predictor, [texts[u] for u in uids])
+        vectors = torch.from_numpy(studies[by_uid[rows["uid"]].to_numpy()])
+    labels = torch.zeros(len(rows), dtype=torch.int64)  # unknown: only the loss reads them
+    split = Split(rows, pixels, vectors, labels).to(predictor.device)
+    t = predictor.params["train"]
+    probs, _ = predict(model, split, batch_size or t["batch_size"], t["amp"])
+    scored = rows.assign(probability=probs.astype("float64"))
+    studies = study_predictions(scored.assign(label=0)).drop(columns="label")
+    studies["n_images"] = studies["uid"].map(rows.groupby("uid").size()) if model.uses_image else 0
+    studies["label"] = (studies["probability"] >= predictor.threshold).astype(int)
+    studies["prediction"] = np.where(studies["label"] == 1, "abnormal", "normal")
+    studies["threshold"] = predictor.threshold
+    return scored, studies[OUTPUT_COLUMNS]
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m stages.predict",
+        description="Probability that a chest X-ray study is abnormal, from a model the pipeline "
+                    "trained. One study: --image (repeatable) and the report (--text, or its "
+                    "fields); many: --csv. Give what the model reads (fusion: images and report; "
+                    "image: images; text: report). Run it from the project's root folder.",
+        epilog="examples:\n"
+               "  python -m stages.predict --image a.png --image b.png \\\n"
+               "      --findings 'The heart is enlarged.' --impression 'Cardiomegaly.'\n"
+               "  python -m stages.predict --model models/image --csv studies.csv --out p.csv\n"
+               "output: CSV, one row per study: uid, n_images, probability (of abnormal), label "
+               "(1 abnormal), prediction, threshold",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models/fusion",
+                   help="folder of a trained model, models/<variant>/ as `dvc repro` writes it "
+                        "(default: models/fusion)")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image of the study (PNG, or any format Pillow reads); repeat it for "
+                        "each image: the study's probability is the mean over its images "
+                        "(default: none)")
+    p.add_argument("--text", default=None,
+                   help="the report text, already joined as the model was trained on it, "
+                        "instead of the fields below (default: none)")
+    for name in TEXT_FIELDS:
+        p.add_argument(f"--{name}", default=None, metavar="TEXT",
+                       help=f"the report's {name} (default: none); the fields the model was "
+                            "trained on (its params text.fields) are joined with a space")
+    p.add_argument("--uid", default="study",
+                   help="the study's name in the output, for one study (default: study)")
+    p.add_argument("--csv", default=None, metavar="FILE",
+                   help="many studies: columns uid, filename (the image's path; one row per "
+                        "image, several rows of one uid for several images) and the report, as "
+                        "column text or as the model's text.fields columns (default: none)")
+    p.add_argument("--image-dir", default="", metavar="DIR",
+                   help="folder the --csv filenames are relative to (default: none, i.e. "
+                        "relative to the current folder)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability of abnormal at or above which a study is called abnormal "
+                        "(default: the one `evaluate` used, metrics/<variant>/test.json, else "
+                        "the model's evaluate.threshold)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the predictions as CSV to FILE (default: print them to stdout)")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda[:N] (default: auto, a GPU when there is one)")
+    return p
+
+
+def _one_study(args, predictor: Predictor) -> tuple[pd.DataFrame, pd.Series | None]:
+    model, variant, fields = predictor.model, predictor.variant, predictor.fields
+    given = {f: getattr(args, f) for f in TEXT_FIELDS if getattr(args, f) is not None}
+    if args.text is not None and given:
+        raise PipelineError("give the report either as --text or as its fields "
+                            f"(--{', --'.join(given)}), not both.")
+    missing = []
+    if model.uses_image and not args.image:
+        missing.append("its images (--image PATH, repeatable)")
+    if model.uses_text and args.text is None and not any(f in given for f in fields):
+        missing.append(f"its report (--text, or --{' / --'.join(fields)})")
+    if missing:
+        raise PipelineError(f"the {variant} model in {predictor.folder} reads "
+                            f"{' and '.join(missing)}: give "
+                            f"{'them' if len(missing) > 1 else 'it'}.")
+    if not model.uses_image and args.image:
+        log.warning("the %s model reads no image: --image ignored", variant)
+    if not model.uses_text and (args.text is not None or given):
+        log.warning("the %s model reads no report: the text is ignored", variant)
+    ignored = [f for f in given if f not in fields]
+    if model.uses_text and ignored:
+        log.warning("the model was trained on %s only: --%s ignored", ", ".join(fields),
+                    ", --".join(ignored))
+    text = args.text if args.text is not None else join_text(pd.Series({f: given.get(f) for f in fields}), fields)
+    paths = args.image if model.uses_image else [""]
+    images = pd.DataFrame({"uid": args.uid, "path": [str(p) for p in paths]})
+    return images, pd.Series({args.uid: text}) if model.uses_text else None
+
+
+def _many_studies(args, predictor: Predictor) -> tuple[pd.DataFrame, pd.Series | None]:
+    model, fields = predictor.model, predictor.fields
+    path = Path(args.csv)
+    if not path.is_file():
+        raise PipelineError(f"--csv {path} not found.")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if args.image or args.text is not None or any(getattr(args, f) is not None for f in TEXT_FIELDS):
+        raise PipelineError("give either --csv or one study's --image/--text/fields, not both.")
+    needed = ["uid"] + (["filename"] if model.uses_image else [])
+    missing = [c for c in needed if c not in table.columns]
+    text_missing = model.uses_text and "text" not in table.columns and any(
+        f not in table.columns for f in fields)
+    if missing or text_missing:
+        names = missing + ([f"text (or {', '.join(f for f in fields if f not in table.columns)})"]
+                           if text_missing else [])
+        raise PipelineError(f"{path}: missing column(s) {', '.join(names)} for the "
+                            f"{predictor.variant} model; the file has {', '.join(table.columns)}.")
+    if table.empty:
+        raise PipelineError(f"{path} holds no study.")
+    texts = None
+    if model.uses_text:
+        text = table["text"] if "text" in table.columns else table.apply(join_text, axis=1, fields=fields)
+        per_uid = text.groupby(table["uid"], sort=False)
+        differ = per_uid.nunique() > 1
+        if differ.any():
+            raise PipelineError(f"{path}: the rows of uid {differ[differ].index[0]} hold different "
+                                "report texts; one study has one report.")
+        texts = per_uid.first()
+    if model.uses_image:
+        paths = [str(Path(args.image_dir) / f) if args.image_dir else f for f in table["filename"]]
+        images = pd.DataFrame({"uid": table["uid"], "path": paths})
+    else:
+        images = pd.DataFrame({"uid": pd.unique(table["uid"]), "path": ""})
+    return images, texts
+
+
+def cli(argv: list[str] | None = None) -> pd.DataFrame:
+    """Parse `argv`, predict, print or write the study-level predictions; returns them."""
+    args = parser().parse_args(argv)
+    predictor = load_predictor(args.model, args.device, args.threshold)
+    images, texts = (_many_studies if args.csv else _one_study)(args, predictor)
+    _, studies = predict_studies(predictor, images, texts)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            studies.to_csv(tmp, index=False)
+        log.info("wrote %d predictions to %s", len(studies), args.out)
+    else:
+        sys.stdout.write(studies.to_csv(index=False))
+    for row in studies.head(10).itertuples():
+        log.info("%s: probability of abnormal %.4f -> %s (threshold %g from %s)", row.uid,
+                 row.probability, row.prediction, row.threshold, predictor.threshold_source)
+    return studies
+
+
+if __name__ == "__main__":
+    main(lambda: cli(sys.argv[1:]))

@@ -1,0 +1,327 @@
+"""stages/predict.py and stages/explain.py on tiny models trained in-process.
+
+One module-scoped project (the recipe of conftest's `cached` fixture, built once instead of
+once per test, which would cost ~10 s a test) with the three variants trained and evaluated.
+The models use timm's `test_efficientnet` (100 k parameters, random and frozen: only the head
+trains, in a second) at 64 px: at 32 px the last convolutional block is 1 x 1 and a Grad-CAM
+heatmap could only be constant. Prediction and Grad-CAM run the same code for any backbone.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import ROOT, TINY, merge
+from stages.common import PipelineError
+from stages.formats import read_text_cache_attrs
+from stages.metrics import study_predictions
+
+VARIANTS = ("fusion", "image", "text")
+FIELDS = ["findings", "impression"]  # params text.fields
+RAW_IMAGES = Path("data/raw/images/images_normalized")
+# Exact? Not always, on the CPU: a row's logits depend in their last bit on the size of the
+# batch it is computed in (measured with torch 2.14 on this CPU: the head's Linear layers give
+# other last bits at batch sizes 1-3, 5-7, 9-11, ... than at 8 or 40; the CNN at any batch size
+# that is not a multiple of 8), and embed_text pads each batch of reports to its longest one,
+# so a report embedded alone differs in the last bit from its cached vector for about half of
+# them. `evaluate` scores the test images in batches of train.batch_size; predict scores one
+# study (or a CSV) in its own batches and embeds its report alone. Measured: a CSV of the whole
+# test split (evaluate's rows, order and batch size) reproduced predictions.csv exactly; one
+# study at a time, 1 study in 11 differed by one float32 ulp (3e-8 to 6e-8). Exact equality
+# would need every image and report scored alone in the pipeline too (slow on a GPU), hence a
+# tolerance, far above one ulp and far below anything that matters.
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    from stages import cache_images, demo_encoder, embed_text
+    from stages.download import download
+    from stages.evaluate import evaluate
+    from stages.prepare import prepare
+    from stages.train import train
+
+    with open(ROOT / "params.yaml") as f:
+        p = merge(yaml.safe_load(f), TINY)
+    p = merge(p, {"image": {"size": 64},
+                  "model": {"backbone": "test_efficientnet", "freeze_backbone": True},
+                  "train": {"epochs": 1, "device": "cpu"},
+                  "explain": {"variant": "fusion", "per_outcome": 2, "seed": 0}})
+    folder = tmp_path_factory.mktemp("project")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        download(p)
+        prepare(p)
+        demo_encoder.run(p)
+        embed_text.run(p)
+        cache_images.run(p)
+        for variant in VARIANTS:
+            train(variant, p)
+            evaluate(variant, p)
+    return folder, p
+
+
+@pytest.fixture
+def p(project, monkeypatch) -> dict:
+    folder, params = project
+    monkeypatch.chdir(folder)
+    return json.loads(json.dumps(params))  # a fresh copy per test
+
+
+def _test_rows() -> pd.DataFrame:
+    """The test images with their study's report fields, from the raw files."""
+    images = pd.read_csv("data/prepared/images.csv")
+    reports = pd.read_csv("data/raw/indiana_reports.csv", dtype=str, keep_default_na=False)
+    reports["uid"] = reports["uid"].astype(int)
+    test = images[images["split"] == "test"].merge(reports[["uid", *FIELDS]], on="uid")
+    return test.assign(path=[str(RAW_IMAGES / f) for f in test["filename"]])
+
+
+def _evaluated(variant: str) -> pd.DataFrame:
+    return study_predictions(pd.read_csv(f"metrics/{variant}/predictions.csv")).set_index("uid")
+
+
+def _cli(argv):
+    from stages.predict import cli
+    return cli([str(a) for a in argv])
+
+
+# --- predict ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_predict_one_study_matches_evaluate(p, variant, capsys):
+    rows = _test_rows()
+    uid = rows.groupby("uid").size().idxmax()  # a study with several images: the mean matters
+    study = rows[rows["uid"] == uid]
+    assert len(study) > 1
+    argv = ["--model", f"models/{variant}", "--uid", uid]
+    for path in study["path"]:
+        argv += ["--image", path]
+    for field in FIELDS:
+        argv += [f"--{field}", study[field].iloc[0]]
+    out = _cli(argv)
+    expected = _evaluated(variant).loc[uid, "probability"]
+    assert len(out) == 1
+    assert out["probability"].iloc[0] == pytest.approx(expected, abs=TOLERANCE)
+    assert out["threshold"].iloc[0] == 0.5  # from metrics/<variant>/test.json
+    assert out["label"].iloc[0] == int(out["probability"].iloc[0] >= 0.5)
+    assert out["prediction"].iloc[0] == ("abnormal" if out["label"].iloc[0] else "normal")
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(printed.columns) == ["uid", "n_images", "probability", "label", "prediction", "threshold"]
+    assert printed["probability"].iloc[0] == out["probability"].iloc[0]  # printed in full
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_predict_csv_of_the_test_set_matches_evaluate(p, variant):
+    rows = _test_rows()
+    table = rows[["uid", "path", *FIELDS]].rename(columns={"path": "filename"})
+    if variant == "fusion":  # the report as one joined column instead of its fields
+        from stages.prepare import join_text
+        table = table.assign(text=table.apply(join_text, axis=1, fields=FIELDS)).drop(columns=FIELDS)
+    table.to_csv("new_studies.csv", index=False)
+    _cli(["--model", f"models/{variant}", "--csv", "new_studies.csv", "--out", "out.csv"])
+    out = pd.read_csv("out.csv").set_index("uid")
+    expected = _evaluated(variant)
+    assert sorted(out.index) == sorted(expected.index)
+    diff = (out["probability"] - expected.loc[out.index, "probability"]).abs()
+    assert diff.max() <= TOLERANCE
+    if variant != "text":
+        assert (out["n_images"] == rows.groupby("uid").size().loc[out.index]).all()
+
+
+def test_predict_errors(p):
+    rows = _test_rows()
+    image = rows["path"].iloc[0]
+    with pytest.raises(PipelineError, match=r"fusion model in models/fusion reads its report "
+                                            r"\(--text, or --findings / --impression\)"):
+        _cli(["--model", "models/fusion", "--image", image])
+    with pytest.raises(PipelineError, match=r"reads its images \(--image PATH, repeatable\)"):
+        _cli(["--model", "models/fusion", "--text", "The lungs are clear."])
+    with pytest.raises(PipelineError, match="reads its images .* and its report"):
+        _cli(["--model", "models/fusion"])
+    with pytest.raises(PipelineError, match=r"image model in models/image reads its images"):
+        _cli(["--model", "models/image", "--text", "The lungs are clear."])
+    with pytest.raises(PipelineError, match=r"text model in models/text reads its report"):
+        _cli(["--model", "models/text", "--image", image])
+
+    Path("broken.png").write_bytes(b"not a png")
+    with pytest.raises(PipelineError, match=r"cannot read image broken\.png: it is empty, "
+                                            "truncated or not an image"):
+        _cli(["--model", "models/image", "--image", image, "--image", "broken.png"])
+    with pytest.raises(PipelineError, match=r"image absent\.png not found"):
+        _cli(["--model", "models/image", "--image", "absent.png"])
+    with pytest.raises(PipelineError, match=r"model folder models/nothing not found: train it first"):
+        _cli(["--model", "models/nothing", "--text", "x"])
+
+    pd.DataFrame({"uid": [1], "findings": ["x"]}).to_csv("partial.csv", index=False)
+    with pytest.raises(PipelineError, match=r"partial\.csv: missing column\(s\) filename, text "
+                                            r"\(or impression\) for the fusion model"):
+        _cli(["--model", "models/fusion", "--csv", "partial.csv"])
+    pd.DataFrame({"uid": [1]}).to_csv("uids.csv", index=False)
+    with pytest.raises(PipelineError, match=r"missing column\(s\) filename for the image model"):
+        _cli(["--model", "models/image", "--csv", "uids.csv"])
+    with pytest.raises(PipelineError, match=r"missing column\(s\) text \(or findings, impression\)"):
+        _cli(["--model", "models/text", "--csv", "uids.csv"])
+
+
+def test_predict_exits_1_with_the_message(p, capsys):
+    from stages.common import main
+    from stages.predict import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        main(lambda: cli(["--model", "models/fusion", "--text", "No acute disease."]))
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "ERROR pipeline: the fusion model in models/fusion reads its images" in err
+    assert "Traceback" not in err
+
+
+def _model_with_encoder(variant: str, name: str, hidden: int, seed: int) -> str:
+    """A copy of models/<variant> whose params name another (tiny, random) encoder."""
+    from stages.demo_encoder import build
+    from stages.formats import read_prepared
+
+    studies, _ = read_prepared()
+    build(studies.loc[studies["split"] == "train", "text"].tolist(), Path("models") / name,
+          TINY["demo_encoder"]["vocab_size"], hidden, 1, 2, seed)
+    copy = Path("models") / f"{variant}_{name}"
+    shutil.copytree(f"models/{variant}", copy)
+    params = json.loads((copy / "params.json").read_text())
+    params["text"]["model"] = f"models/{name}"
+    (copy / "params.json").write_text(json.dumps(params))
+    return str(copy)
+
+
+def test_predict_refuses_another_encoder(p):
+    other_size = _model_with_encoder("text", "encoder8", hidden=8, seed=0)
+    with pytest.raises(PipelineError, match=r"the text encoder models/encoder8 gives "
+                                            r"8-dimensional report vectors but the model in "
+                                            r"models/text_encoder8 was trained on 16-dimensional"):
+        _cli(["--model", other_size, "--text", "The lungs are clear."])
+    # same size, other weights: only the fingerprint recorded in model.json tells
+    other_weights = _model_with_encoder("text", "encoder16", hidden=16, seed=1)
+    recorded = json.loads(Path("models/text/model.json").read_text())["text_fingerprint"]
+    assert recorded == read_text_cache_attrs("features/text.h5")["fingerprint"]
+    with pytest.raises(PipelineError, match=r"the text encoder models/encoder16 \(fingerprint "
+                                            r"sha256:\w+\) is not the one whose vectors the "
+                                            r"model in models/text_encoder16 was trained on "
+                                            r"\(fingerprint sha256:\w+, from "
+                                            r"models/text_encoder16/model\.json\)"):
+        _cli(["--model", other_weights, "--text", "The lungs are clear."])
+
+
+# --- explain ---------------------------------------------------------------------------------------
+
+def _test_split(p):
+    from stages.dataset import load_splits
+    return load_splits(p, True, True)[0]["test"]  # both inputs whatever the model reads
+
+
+def test_grad_cam_heatmap(p):
+    from stages.explain import grad_cam, logits_from_features
+    from stages.model import load_model, normalise
+
+    model, config = load_model(Path("models/fusion"))
+    test = _test_split(p)
+    x = normalise(test.images[:4], model.pixel_mean, model.pixel_std)
+    with torch.no_grad():  # the decomposition Grad-CAM differentiates is the model itself
+        assert torch.equal(logits_from_features(model, model.cnn.forward_features(x), test.text[:4]),
+                           model(x, test.text[:4]))
+    cams = []
+    for row in range(3):
+        for target in (None, 0, 1):  # None: the more probable class
+            cam, probability = grad_cam(model, test.images[row], test.text[row], target)
+            assert cam.shape == (64, 64) == tuple(test.images[row].shape)
+            assert cam.shape == (config["image_size"],) * 2
+            assert cam.dtype == np.float32 and 0 <= cam.min() and cam.max() <= 1
+            assert 0 < probability < 1
+            # scaled to a maximum of 1, or all 0 when no region speaks for the class (ReLU)
+            assert cam.max() == 1.0 or not cam.any()
+            cams.append(cam)
+    assert any(cam.max() > cam.min() for cam in cams)  # not constant
+
+
+def test_reliance_of_single_input_models(p):
+    from stages.explain import modality_reliance, reference_normal
+    from stages.model import load_model
+
+    test = _test_split(p)
+    uid, vector = reference_normal(p)
+    studies = pd.read_csv("data/prepared/studies.csv")
+    assert studies.set_index("uid").loc[uid, ["split", "label"]].tolist() == ["train", 0]
+    normal = torch.from_numpy(vector)
+
+    text_model, _ = load_model(Path("models/text"))
+    result, _ = modality_reliance(text_model, test, normal, 0.5, 8)
+    for level in ("image", "study"):
+        blank = result["image_blank"][level]
+        assert blank["mean_change"] == 0 and blank["mean_abs_change"] == 0
+        assert blank["flip_fraction"] == 0
+    assert result["text_to_normal"]["image"]["mean_abs_change"] > 0
+    assert result["text_to_normal"]["study"]["n"] == test.rows["uid"].nunique()
+    assert result["text_to_normal"]["image"]["n"] == len(test)
+
+    image_model, _ = load_model(Path("models/image"))
+    result, _ = modality_reliance(image_model, test, normal, 0.5, 8)
+    for level in ("image", "study"):
+        swap = result["text_to_normal"][level]
+        assert swap["mean_change"] == 0 and swap["mean_abs_change"] == 0
+        assert swap["flip_fraction"] == 0
+    assert result["image_blank"]["image"]["mean_abs_change"] > 0
+
+
+def test_explain_stage_writes_its_outputs(p):
+    from stages.explain import OUTCOMES, explain
+
+    result = explain(p)
+    saved = json.loads(Path("metrics/explain.json").read_text())
+    assert saved == result
+    assert set(saved) == {"variant", "threshold", "test", "reference_normal_uid", "heatmaps",
+                          "feature_map", "text_to_normal", "image_blank"}
+    assert saved["variant"] == "fusion" and saved["threshold"] == 0.5
+    assert saved["feature_map"] == [2, 2]
+    for name in ("text_to_normal", "image_blank"):
+        assert set(saved[name]) == {"image", "study"}
+        for level, n in (("image", saved["test"]["images"]), ("study", saved["test"]["studies"])):
+            change = saved[name][level]
+            assert set(change) == {"n", "mean_change", "mean_abs_change", "flip_fraction"}
+            assert change["n"] == n and 0 <= change["flip_fraction"] <= 1
+            assert abs(change["mean_change"]) <= change["mean_abs_change"] <= 1
+
+    # the selection: per outcome min(per_outcome, studies with that outcome), as evaluate scored
+    studies = _evaluated("fusion")
+    called, actual = studies["probability"] >= 0.5, studies["label"] == 1
+    counts = {"true_positive": (actual & called).sum(), "true_negative": (~actual & ~called).sum(),
+              "false_positive": (~actual & called).sum(), "false_negative": (actual & ~called).sum()}
+    shown = pd.read_csv("metrics/explain/heatmaps.csv")
+    expected_files = []
+    for outcome in OUTCOMES:
+        k = min(2, counts[outcome])
+        expected_files += [f"{outcome}_{i}.png" for i in range(1, k + 1)]
+        assert (shown["outcome"] == outcome).sum() == k
+    assert shown["file"].tolist() == expected_files and saved["heatmaps"] == len(expected_files)
+    assert shown["uid"].is_unique
+    evaluated = pd.read_csv("metrics/fusion/predictions.csv").set_index("filename")
+    assert (shown["probability"].to_numpy() == evaluated.loc[shown["filename"], "probability"].to_numpy()).all()
+    files = sorted(f.name for f in Path("metrics/explain").iterdir())
+    assert files == sorted(expected_files + ["grid.png", "heatmaps.csv"])
+    for name in expected_files + ["grid.png"]:
+        with Image.open(Path("metrics/explain") / name) as image:
+            image.load()
+            assert image.format == "PNG" and image.width > 300 and image.height > 200
+
+    from stages.params import validate
+
+    p["explain"]["variant"] = "text"  # no image branch to explain: refused before any work
+    with pytest.raises(PipelineError, match=r"explain\.variant='text' is not allowed: use one of "
+                                            "fusion, image"):
+        validate(p)
