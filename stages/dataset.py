@@ -10,6 +10,7 @@ Pixels are held in memory (and moved to the GPU whole) when the image cache fits
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import h5py
@@ -114,7 +115,8 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, S
     cache_rows = None
     if uses_image:
         size = p["image"]["size"]
-        gigabytes = len(rows) * size * size / 1e9
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each holds its own copy
+        gigabytes = len(rows) * size * size / 1e9 * processes
         if gigabytes <= p["train"]["in_memory_gb"]:
             filenames, pixels = read_image_cache(IMAGES_H5, expect={"size": size})
             pixels_by_row = pixels[pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]].to_numpy()]

@@ -4,7 +4,8 @@ A stage runs the same whether started as `python -m stages.X` (one process) or b
 `torchrun --nproc_per_node N -m stages.X` (N processes, ranks 0..N-1; torchrun sets RANK,
 WORLD_SIZE and LOCAL_RANK). Every rank builds the same seeded list of global batches and keeps
 its own contiguous share of each (`shard`), so the union of the shares of a step is exactly
-the batch one process would have seen. Only rank 0 logs metrics and writes files.
+the batch one process would have seen (except an epoch's last batch when it is too small to
+give every process two images: it is dropped). Only rank 0 logs metrics and writes the outputs.
 """
 from __future__ import annotations
 
@@ -92,13 +93,15 @@ def gather(obj, world: World) -> list:
     return out
 
 
-def total(value: float, world: World) -> float:
-    """Sum of a number over ranks."""
-    if not world.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=world.device)
-    dist.all_reduce(t)
-    return float(t.item())
+def same_buffers(model: torch.nn.Module, world: World) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank.
+
+    Without SyncBatchNorm (CPUs) each rank's running statistics follow its own share of the
+    data; rank 0's are the ones saved, so every rank validates with them too.
+    """
+    if world.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def barrier(world: World) -> None:

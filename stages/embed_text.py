@@ -37,7 +37,7 @@ def run(p: dict) -> None:
         rows, vectors = embed_part(studies["text"].tolist(), tokenizer, model, t["pooling"],
                                    t["max_length"], t["batch_size"], world.device,
                                    progress=world.main, part=(world.rank, world.size))
-        if world.distributed:  # shares meet on disk: a gather of 227,827 x 768 floats would not fit
+        if world.distributed:  # shares meet on disk, not in a gather through every GPU
             with atomic_path(part_path(world.rank)) as tmp, open(tmp, "wb") as f:
                 np.savez(f, rows=rows, vectors=vectors)
             distributed.barrier(world)
@@ -59,7 +59,8 @@ def merge_parts(n_parts: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     for rank in range(n_parts):
         with np.load(part_path(rank)) as part:
             parts.append((part["rows"], part["vectors"]))
-        part_path(rank).unlink()
+    for stale in TEXT_H5.parent.glob(f".{TEXT_H5.name}.part*.npz"):  # this run's and older ones
+        stale.unlink()
     rows = np.concatenate([r for r, _ in parts])
     order = np.argsort(rows)
     if not np.array_equal(rows[order], np.arange(n_rows)):

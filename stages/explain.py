@@ -78,7 +78,7 @@ def reference_normal(p: dict) -> tuple[int, np.ndarray]:
 # --- modality reliance ----------------------------------------------------------------------------
 
 def _replace(split: Split, **changes) -> Split:
-    if "images" in changes and any(f.name == "cache_rows" for f in dataclasses.fields(split)):
+    if "images" in changes:
         changes["cache_rows"] = None  # blank pixels live in memory, not in the image cache
     return dataclasses.replace(split, **changes)
 

@@ -113,6 +113,8 @@ def read_image_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.n
 
 def read_image_filenames(path, expect: dict | None = None) -> np.ndarray:
     """Only the index of an image cache (which images it holds, in row order): no pixels."""
+    if not Path(path).exists():
+        raise PipelineError(f"{path} not found: run `dvc repro cache_images` first.")
     with h5py.File(path, "r") as f:
         _check_attrs(path, {k: _plain(v) for k, v in f.attrs.items()}, expect or {})
         return f["filenames"].asstr()[:]

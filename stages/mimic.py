@@ -49,10 +49,11 @@ SECTION_FIELDS = {  # report heading -> field of indiana_reports.csv (other sect
     "INDICATION": "indication", "HISTORY": "indication", "CLINICAL HISTORY": "indication",
     "REASON FOR EXAMINATION": "indication", "REASON FOR EXAM": "indication",
     "COMPARISON": "comparison", "COMPARISONS": "comparison",
-    "FINDINGS": "findings",
+    "FINDINGS": "findings", "FINDINGS AND IMPRESSION": "findings", "FINDINGS/IMPRESSION": "findings",
     "IMPRESSION": "impression", "CONCLUSION": "impression",
 }
-HEADING = re.compile(r"^[ \t]*([A-Z]+(?: [A-Z]+)*):", re.MULTILINE)
+# upper-case words, also with / ( ) & , - (FINDINGS/IMPRESSION, PROVISIONAL FINDINGS IMPRESSION (PFI))
+HEADING = re.compile(r"^[ \t]*([A-Z(][A-Z()/&,-]*(?: [A-Z()/&,-]+)*):", re.MULTILINE)
 WHITESPACE = re.compile(r"\s+")
 
 

@@ -96,6 +96,15 @@ def freeze_backbone(model: Classifier) -> None:
         model.cnn.requires_grad_(False)
 
 
+def sync_batchnorm(model: Classifier) -> Classifier:
+    """Batch norms that share their statistics across GPUs (DDP). timm's converter, not
+    torch's: torch's turns timm's BatchNormAct2d into a plain SyncBatchNorm and drops the SiLU
+    inside it, leaving EfficientNet nearly linear."""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
+
+
 def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 grayscale (B, S, S) -> float (B, 3, S, S), normalised as the backbone expects.
 

@@ -80,12 +80,12 @@ def embed_part(texts: list[str], tokenizer, model, pooling: str, max_length: int
     order = np.argsort(lengths, kind="stable")
     batches = [order[i:i + batch_size] for i in range(0, len(texts), batch_size)][part[0]::part[1]]
     rows = np.sort(np.concatenate(batches)) if batches else np.zeros(0, dtype=np.int64)
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    out = np.zeros((len(rows), model.config.hidden_size), dtype=np.float32)  # only this part's
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for idx in tqdm(batches, desc="reports", unit="batch", disable=not progress):
         batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
                           padding=True, return_tensors="pt").to(device)
         with amp:
             hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        out[idx] = pool(hidden.float(), batch["attention_mask"], pooling).cpu().numpy()
-    return rows, out[rows]
+        out[np.searchsorted(rows, idx)] = pool(hidden.float(), batch["attention_mask"], pooling).cpu().numpy()
+    return rows, out

@@ -28,7 +28,7 @@ from stages.distributed import World
 from stages.formats import IMAGES_H5, TEXT_H5, metrics_dir, model_dir, read_text_cache_attrs
 from stages.metrics import classification_metrics
 from stages.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_config, normalise,
-                          reads, trainable_parameters)
+                          reads, sync_batchnorm, trainable_parameters)
 
 log = logging.getLogger("train")
 
@@ -60,7 +60,7 @@ def predict(model: Classifier, split: Split, batch_size: int, amp: bool = True,
     With several processes each scores its share of the rows; all get every row's result.
     """
     model.eval()
-    mine = distributed.shard(torch.arange(len(split)), world).split(batch_size)
+    mine = [b for b in distributed.shard(torch.arange(len(split)), world).split(batch_size) if len(b)]
     probs, loss = [], 0.0
     for _, images, text, labels in split.batches(mine):
         logits = forward(model, images, text, amp)
@@ -150,7 +150,7 @@ def build(variant: str, p: dict, text_dim: int, world: World):
     if m["freeze_backbone"]:
         freeze_backbone(model)
     if world.distributed and world.device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
+        model = sync_batchnorm(model)  # batch statistics over all GPUs
     model = model.to(world.device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=t["lr"])
     step = model
@@ -195,6 +195,7 @@ def train(variant: str, p: dict) -> dict:
             for epoch in range(len(history) + 1, t["epochs"] + 1):
                 seen, probs, loss = train_epoch(step, optimizer, train_set, t["batch_size"], generator,
                                                 t["amp"], epoch, world=world)
+                distributed.same_buffers(model, world)  # rank 0's batch-norm statistics
                 row = {"epoch": epoch, "train": epoch_metrics(train_set.labels.cpu()[seen], probs, loss)}
                 val_probs, val_loss = predict(model if world.distributed else step, val_set,
                                               t["batch_size"], t["amp"], world)

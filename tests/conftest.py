@@ -14,6 +14,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # test processes run side by side (pytest -n): one thread each (set before torch is
+    # imported, and inherited by the stages the tests start), or their OpenMP threads fight
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 TINY = {  # small enough for seconds on 2 CPU cores, large enough for every split

@@ -33,27 +33,34 @@ VIEWS = [("PA", "postero-anterior"), ("LATERAL", "lateral"), ("AP", "antero-post
 SIZE = 48
 
 
-def _report(rng, kind: str, positives: list[str], sections: int) -> str:
+def _report(rng, kind: str, positives: list[str], sections: int) -> tuple[str, dict]:
+    """The report's text, and the fields a parser must find in it (written independently)."""
     findings = ("Heart size is normal. Lungs are clear. No pleural effusion or pneumothorax."
                 if kind == "normal" else
                 " ".join(f"There is evidence of {p.lower()}." for p in positives) or
                 "Possible subtle opacity at the left base.")
     impression = ("No acute cardiopulmonary process." if kind == "normal" else
                   f"{', '.join(positives) or 'Indeterminate opacity'}, new since prior.")
+    reason = rng.choice(["pneumonia", "effusion"])
+    sentences = [f"{s.strip()}." for s in findings.split(".") if s.strip()]
+    expected = {"indication": f"___M with cough // eval for {reason}",
+                "comparison": "___" if sections != 1 else None,
+                "findings": " ".join(sentences) if sections != 2 else None,
+                "impression": impression if sections != 3 else None}
     lines = []
     if sections % 2 == 0:
         lines.append("                                 FINAL REPORT")
     lines += [" EXAMINATION:  CHEST (PA AND LAT)", "",
-              f" INDICATION:  ___M with cough // eval for {rng.choice(['pneumonia', 'effusion'])}", "",
+              f" INDICATION:  ___M with cough // eval for {reason}", "",
               " TECHNIQUE:  Chest PA and lateral", ""]
     if sections != 1:
         lines += [" COMPARISON:  ___", ""]
     if sections != 2:  # some reports have no FINDINGS section
-        lines += [" FINDINGS: ", ""] + [f" {s.strip()}." for s in findings.split(".") if s.strip()]
+        lines += [" FINDINGS: ", ""] + [f" {s}" for s in sentences]
         lines.append("")
     if sections != 3:  # ... or no IMPRESSION
         lines += [" IMPRESSION: ", "", f" {impression}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines), expected
 
 
 def _image(rng, abnormal: bool) -> Image.Image:
@@ -112,10 +119,10 @@ def make_mimic(root: Path, seed: int = 0, gz: bool = True) -> dict:
                 _image(rng, abnormal).save(root / folder / f"{dicom}.jpg", quality=90)
                 dicoms.append({"dicom_id": dicom, "view": view,
                                "filename": f"{folder}/{dicom}.jpg"})
-            report = _report(rng, "abnormal" if abnormal else "normal", positives, len(studies) % 5)
+            report, fields = _report(rng, "abnormal" if abnormal else "normal", positives, len(studies) % 5)
             (root / f"{folder}.txt").write_text(report)
             studies.append({"subject_id": subject, "study_id": str(study_id), "official": OFFICIAL[i],
-                            "label": int(abnormal), "images": dicoms, "report": report,
+                            "label": int(abnormal), "images": dicoms, "report": report, "fields": fields,
                             "mesh": ";".join(positives) if abnormal else "normal"})
 
     # quirks: an abnormal study with only uncertain findings, one without a CheXpert row,

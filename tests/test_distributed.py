@@ -1,6 +1,7 @@
 """Several processes (torchrun, gloo on the CPU) and streamed images give the same model."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from conftest import ROOT
 from stages import distributed
 from stages.common import PipelineError
 from stages.distributed import World, shard
+from stages.model import Classifier, sync_batchnorm
 from stages.train import epoch_order, train
 
 
@@ -41,11 +43,15 @@ def test_shards_of_a_batch_cover_it_once_in_order():
     assert torch.equal(shard(batch, World()), batch)
 
 
-def test_every_rank_draws_the_same_batches():
-    orders = [epoch_order(52, 8, torch.Generator().manual_seed(3), World(r, 2)) for r in range(2)]
-    assert all(torch.equal(a, b) for a, b in zip(*orders))
-    rows = torch.cat(orders[0])
-    assert len(rows) == 52 and len(set(rows.tolist())) == 52
+def test_the_shares_of_all_ranks_make_one_process_epoch():
+    one = epoch_order(52, 9, torch.Generator().manual_seed(3), World())
+    for size in (2, 3):
+        steps = [[shard(b, World(r, size)) for b in
+                  epoch_order(52, 9, torch.Generator().manual_seed(3), World(r, size))]
+                 for r in range(size)]
+        assert len(steps[0]) == len(one) == 6  # 5 x 9 + 7: the last batch has >= 2 rows a rank
+        assert all(torch.equal(torch.cat(shares), b) for shares, b in zip(zip(*steps), one))
+    assert sorted(torch.cat(one).tolist()) == list(range(52))
     # the last batch (2 rows) would leave one row per process: batch norm cannot train on it
     assert len(epoch_order(50, 12, torch.Generator().manual_seed(3), World(0, 2))) == 4
     assert len(epoch_order(50, 12, torch.Generator().manual_seed(3), World(0, 1))) == 5
@@ -71,33 +77,46 @@ def test_two_processes_train_the_same_weights_as_one(cached):
     # SyncBatchNorm, used on GPUs, needs CUDA): compare with neither, the backbone frozen.
     p = cached
     p["model"].update(dropout=0.0, freeze_backbone=True)
-    p["train"].update(epochs=2, batch_size=8)
+    p["train"].update(epochs=2, batch_size=9)  # shares of 4 and 5 rows: the loss weights matter
     Path("params.yaml").write_text(yaml.safe_dump(p))
 
     done = _launch(2, "stages.train", "fusion")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes (gloo)" in done.stderr
     two = _weights("models/fusion")
-    history_two = (Path("models/fusion/history.json")).read_text()
+    history_two = json.loads(Path("models/fusion/history.json").read_text())
     assert not Path("checkpoints/fusion.pt").exists()
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process: the same float summation order
     try:
         train("fusion", p)
     finally:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     one = _weights("models/fusion")
     assert one.keys() == two.keys()
-    moved = [k for k in one if k.startswith("head.")]
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
-    assert history_two != ""  # the same epochs were logged (losses agree to float tolerance)
-    import json
-
-    for a, b in zip(json.loads(history_two), json.loads(Path("models/fusion/history.json").read_text())):
+    history_one = json.loads(Path("models/fusion/history.json").read_text())
+    assert len(history_one) == len(history_two) == 2
+    for a, b in zip(history_two, history_one):
         assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], rel=1e-4)
         assert a["val"]["loss"] == pytest.approx(b["val"]["loss"], rel=1e-4)
-    assert moved  # the head trained: the comparison is not of two untouched initialisations
+    # the head trained: not a comparison of two untouched initialisations
+    torch.manual_seed(p["train"]["seed"])
+    untrained = Classifier("fusion", one["head.0.weight"].shape[1] - 1280).state_dict()
+    assert not torch.allclose(untrained["head.0.weight"], one["head.0.weight"], atol=1e-3)
+
+
+def test_synced_batch_norms_compute_what_the_model_did():
+    torch.manual_seed(0)
+    model = Classifier("image", 0, "efficientnet_b1").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x, None)
+        synced = sync_batchnorm(model).eval()
+        assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+        assert torch.equal(synced(x, None), before)
 
 
 def test_embed_text_in_two_processes_writes_the_same_cache(cached):

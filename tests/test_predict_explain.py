@@ -108,12 +108,19 @@ def test_predict_one_study_matches_evaluate(p, variant, capsys):
         argv += ["--image", path]
     for field in FIELDS:
         argv += [f"--{field}", study[field].iloc[0]]
-    out = _cli(argv)
+    scores = Path(f"metrics/{variant}/test.json")
+    saved = scores.read_text()
+    # another threshold in test.json than in the params: the one evaluate used must win
+    scores.write_text(json.dumps({**json.loads(saved), "threshold": 0.37}))
+    try:
+        out = _cli(argv)
+    finally:
+        scores.write_text(saved)
     expected = _evaluated(variant).loc[uid, "probability"]
     assert len(out) == 1
     assert out["probability"].iloc[0] == pytest.approx(expected, abs=TOLERANCE)
-    assert out["threshold"].iloc[0] == 0.5  # from metrics/<variant>/test.json
-    assert out["label"].iloc[0] == int(out["probability"].iloc[0] >= 0.5)
+    assert out["threshold"].iloc[0] == 0.37
+    assert out["label"].iloc[0] == int(out["probability"].iloc[0] >= 0.37)
     assert out["prediction"].iloc[0] == ("abnormal" if out["label"].iloc[0] else "normal")
     printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert list(printed.columns) == ["uid", "n_images", "probability", "label", "prediction", "threshold"]
@@ -248,6 +255,24 @@ def test_grad_cam_heatmap(p):
             assert cam.max() == 1.0 or not cam.any()
             cams.append(cam)
     assert any(cam.max() > cam.min() for cam in cams)  # not constant
+
+    # the same map computed independently: hook the last block inside a full forward pass
+    image, text = test.images[:1], test.text[:1]
+    seen = {}
+    hook = model.cnn.bn2.register_forward_hook(lambda module, args, out: seen.update(a=out))
+    try:
+        logits = model(normalise(image, model.pixel_mean, model.pixel_std), text)
+    finally:
+        hook.remove()
+    activations = seen["a"]
+    (gradients,) = torch.autograd.grad(logits[0, 1] - logits[0, 0], activations)
+    by_hand = torch.relu((gradients.mean((2, 3), keepdim=True) * activations).sum(1, keepdim=True))
+    by_hand = torch.nn.functional.interpolate(by_hand, size=(64, 64), mode="bilinear",
+                                              align_corners=False)[0, 0].detach()
+    cam, _ = grad_cam(model, test.images[0], test.text[0], target=1)
+    assert by_hand.max() > 0 and by_hand.min() < by_hand.max()  # a map worth comparing
+    by_hand = by_hand / by_hand.max()
+    np.testing.assert_allclose(cam, by_hand.numpy(), atol=1e-5)
 
 
 def test_reliance_of_single_input_models(p):
