@@ -69,3 +69,9 @@ def cached(prepared) -> dict:
     embed_text.run(prepared)
     cache_images.run(prepared)
     return prepared
+
+
+def pytest_collection_modifyitems(items):
+    """The slow end-to-end runs first: with `pytest -n 2` (make test) each takes a worker while
+    the other tests share what is left, and both workers finish at about the same time."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

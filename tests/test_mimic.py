@@ -405,6 +405,7 @@ def test_params_mimic_needs_a_folder(params):
 
 # --- end to end -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the imported fixture)
     """The whole pipeline on the generated folder, with the official split: the test studies
     are known in advance."""

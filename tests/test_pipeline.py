@@ -73,6 +73,7 @@ def repo(tmp_path) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_dvc_repro_end_to_end(repo):
     dvc = str(VENV_BIN / "dvc")
     params = yaml.safe_load((repo / "params.yaml").read_text())
