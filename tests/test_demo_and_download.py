@@ -449,6 +449,9 @@ def test_params_yaml_is_valid(params):
     ("text.fields", []), ("text.fields", ["findings", "summary"]),
     ("text.max_length", 0), ("model.dropout", 1.0), ("evaluate.threshold", 1),
     ("train.select", "best"),
+    ("train.nproc", 0), ("text.nproc", 1.5), ("train.in_memory_gb", -1), ("train.workers", -1),
+    ("train.workers", 2.5), ("explain.variant", "text"), ("explain.per_outcome", 0),
+    ("explain.seed", "a"),
 ])
 def test_params_validation_names_the_parameter(params, name, value):
     section, key = name.split(".")

@@ -64,6 +64,18 @@ def test_global_batch_too_small_for_the_processes(cached, monkeypatch):
         train("fusion", cached)
 
 
+def test_more_processes_than_gpus(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(PipelineError, match=r"torchrun started 4 processes on this machine but "
+                                            r"it has 2 GPUs: lower train.nproc"):
+        distributed.start("auto")
+
+
 def test_launch_refuses_a_bad_process_count(workdir):
     done = _launch(0, "stages.train", "fusion")
     assert done.returncode == 2
