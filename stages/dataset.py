@@ -117,12 +117,15 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, S
         size = p["image"]["size"]
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each holds its own copy
         gigabytes = len(rows) * size * size / 1e9 * processes
-        if gigabytes <= p["train"]["in_memory_gb"]:
+        in_memory = gigabytes <= p["train"]["in_memory_gb"]
+        if in_memory:
             filenames, pixels = read_image_cache(IMAGES_H5, expect={"size": size})
-            pixels_by_row = pixels[pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]].to_numpy()]
         else:
             filenames = read_image_filenames(IMAGES_H5, expect={"size": size})
-            cache_rows = pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]].to_numpy()
+        cache_rows = pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]].to_numpy()
+        if in_memory:
+            pixels_by_row, cache_rows = pixels[cache_rows], None
+        else:
             log.info("images: %.1f GB > train.in_memory_gb=%s: streamed from %s by %d loader "
                      "processes", gigabytes, p["train"]["in_memory_gb"], IMAGES_H5, p["train"]["workers"])
 

@@ -146,7 +146,7 @@ def download(p: dict, out: Path = RAW) -> None:
                 raise PipelineError(f"data.local_dir={str(src)!r} is not a folder.")
             link_kaggle_layout(src, tmp)
         elif source == "mimic_cxr":
-            mimic.convert(Path(p["data"]["local_dir"]).expanduser(), tmp)
+            mimic.convert(p["data"]["local_dir"], tmp)
     log.info("data/raw ready from source %r", source)
 
 

@@ -107,7 +107,7 @@ def modality_reliance(model: Classifier, split: Split, normal_text: torch.Tensor
     not read an input moves exactly 0 when it is perturbed.
     """
     if (model.uses_text and (split.text is None or normal_text is None)) or (
-            model.uses_image and split.images is None and getattr(split, "cache_rows", None) is None):
+            model.uses_image and split.images is None and not split.streamed):
         raise ValueError(f"the {model.variant} model's inputs are missing from the split")
     if not model.uses_image:  # what the model does not read is not given to it
         split = _replace(split, images=None)

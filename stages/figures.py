@@ -13,7 +13,8 @@ CURVES = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
 
 
 def _save(fig, path) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # constrained-layout figures lay themselves out
+        fig.tight_layout()
     fig.savefig(path, dpi=150, metadata={"Software": None})  # no version stamp: stable bytes
     plt.close(fig)
 
@@ -113,8 +114,7 @@ def gradcam(image: np.ndarray, cam: np.ndarray, title: str, path) -> None:
     axes[1].set_title("Grad-CAM overlay")
     _cam_colourbar(fig, axes, shrink=0.85)
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=150, metadata={"Software": None})
-    plt.close(fig)
+    _save(fig, path)
 
 
 def gradcam_grid(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], title: str, path) -> None:
@@ -143,5 +143,4 @@ def gradcam_grid(rows: dict[str, list[tuple[np.ndarray, np.ndarray, str]]], titl
         axes[r, 0].set_ylabel(label, fontsize=10, fontweight="bold")
     _cam_colourbar(fig, axes, shrink=0.6)
     fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=150, metadata={"Software": None})
-    plt.close(fig)
+    _save(fig, path)

@@ -173,7 +173,7 @@ def _one_per_study(df: pd.DataFrame, path: Path, column: str) -> pd.Series:
 
 # --- the conversion ---------------------------------------------------------------------------
 
-def convert(local_dir: Path, out: Path) -> dict:
+def convert(local_dir: str | Path, out: Path) -> dict:
     """Write the raw contract for the MIMIC-CXR-JPG folder `local_dir` under `out` (new)."""
     local_dir = Path(local_dir).expanduser()
     if not local_dir.is_dir():
@@ -185,12 +185,13 @@ def convert(local_dir: Path, out: Path) -> dict:
     chexpert, chexpert_path = read_table(root, CHEXPERT, ["study_id", NO_FINDING, *FINDINGS])
     splits, split_path = read_table(root, SPLIT, ["study_id", "split"])
 
-    bad = ~splits["split"].str.strip().isin(OFFICIAL_SPLITS)
+    split = splits["split"].str.strip()
+    bad = ~split.isin(OFFICIAL_SPLITS)
     if bad.any():
         raise PipelineError(f"{split_path}: column split must be one of "
                             f"{', '.join(OFFICIAL_SPLITS)}; "
                             f"e.g. {splits.loc[bad, 'split'].iloc[0]!r} is not.")
-    splits["split"] = splits["split"].str.strip().map(OFFICIAL_SPLITS)
+    splits["split"] = split.map(OFFICIAL_SPLITS)
     patient_of = _one_per_study(meta, meta_path, "subject_id")
     official_of = _one_per_study(splits, split_path, "split")
     dup = chexpert["study_id"].duplicated(keep=False)

@@ -107,7 +107,7 @@ def evaluation_threshold(folder, variant: str, params: dict,
     return float(params["evaluate"]["threshold"]), "params evaluate.threshold"
 
 
-def check_encoder(name: str, encoder, config: dict, folder: Path, text_h5: Path = TEXT_H5) -> None:
+def check_encoder(name: str, encoder, config: dict, folder: Path) -> None:
     """The encoder must be the one whose vectors the model was trained on: the fingerprint
     saved in model.json (or, for models saved without one, the one of features/text.h5)."""
     hidden, text_dim = encoder.config.hidden_size, config["text_dim"]
@@ -117,8 +117,8 @@ def check_encoder(name: str, encoder, config: dict, folder: Path, text_h5: Path 
                             "the encoder is not the one the model was trained with; restore it "
                             "or retrain with `dvc repro`.")
     recorded, source = config.get("text_fingerprint"), folder / "model.json"
-    if recorded is None and Path(text_h5).exists():
-        recorded, source = read_text_cache_attrs(text_h5).get("fingerprint"), text_h5
+    if recorded is None and TEXT_H5.exists():
+        recorded, source = read_text_cache_attrs(TEXT_H5).get("fingerprint"), TEXT_H5
     now = encoder_fingerprint(name, encoder)
     if recorded is not None and recorded != now:
         raise PipelineError(f"the text encoder {name} (fingerprint {now}) is not the one whose "
@@ -140,7 +140,7 @@ def load_images(paths: list, size: int) -> torch.Tensor:
         except BadImage as err:
             raise PipelineError(f"cannot read image {path}: it is empty, truncated or not an "
                                 f"image ({err}).") from None
-    return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, size, size, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(out))
 
 
 def embed_reports(predictor: Predictor, texts: list[str]) -> np.ndarray:
@@ -151,9 +151,9 @@ def embed_reports(predictor: Predictor, texts: list[str]) -> np.ndarray:
                  predictor.device, progress=False)
 
 
-def predict_studies(predictor: Predictor, images: pd.DataFrame, texts: pd.Series | None,
-                    batch_size: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Image-level and study-level probabilities.
+def predict_studies(predictor: Predictor, images: pd.DataFrame,
+                    texts: pd.Series | None) -> pd.DataFrame:
+    """Study-level probabilities.
 
     images: one row per image with columns uid, path (for a model without image branch: one
             row per study, path unused).
@@ -164,21 +164,19 @@ def predict_studies(predictor: Predictor, images: pd.DataFrame, texts: pd.Series
     pixels = load_images(rows["path"].tolist(), config["image_size"]) if model.uses_image else None
     vectors = None
     if model.uses_text:
-        uids = pd.unique(rows["uid"])
-        by_uid = pd.Series(np.arange(len(uids)), index=uids)
-        studies = embed_reports(predictor, [texts[u] for u in uids])
-        vectors = torch.from_numpy(studies[by_uid[rows["uid"]].to_numpy()])
+        codes, uids = pd.factorize(rows["uid"])  # each study's report embedded once
+        vectors = torch.from_numpy(embed_reports(predictor, [texts[u] for u in uids])[codes])
     labels = torch.zeros(len(rows), dtype=torch.int64)  # unknown: only the loss reads them
     split = Split(rows, pixels, vectors, labels).to(predictor.device)
     t = predictor.params["train"]
-    probs, _ = predict(model, split, batch_size or t["batch_size"], t["amp"])
+    probs, _ = predict(model, split, t["batch_size"], t["amp"])
     scored = rows.assign(probability=probs.astype("float64"))
     studies = study_predictions(scored.assign(label=0)).drop(columns="label")
     studies["n_images"] = studies["uid"].map(rows.groupby("uid").size()) if model.uses_image else 0
     studies["label"] = (studies["probability"] >= predictor.threshold).astype(int)
     studies["prediction"] = np.where(studies["label"] == 1, "abnormal", "normal")
     studies["threshold"] = predictor.threshold
-    return scored, studies[OUTPUT_COLUMNS]
+    return studies[OUTPUT_COLUMNS]
 
 
 # --- the command line -----------------------------------------------------------------------------
@@ -301,7 +299,7 @@ def cli(argv: list[str] | None = None) -> pd.DataFrame:
     args = parser().parse_args(argv)
     predictor = load_predictor(args.model, args.device, args.threshold)
     images, texts = (_many_studies if args.csv else _one_study)(args, predictor)
-    _, studies = predict_studies(predictor, images, texts)
+    studies = predict_studies(predictor, images, texts)
     if args.out:
         with atomic_path(args.out) as tmp:
             studies.to_csv(tmp, index=False)
