@@ -44,12 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `stages` is imported from this checkout
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
@@ -356,17 +358,23 @@ def new_classifier(variant: str, device: torch.device):
     return model, optimizer
 
 
-def measure_epochs(variant: str, split: Split, batch: int, s: Sizes, device: torch.device) -> float:
-    """Images/s of stages.train.train_epoch over whole epochs, after warm-up epochs."""
+def measure_epochs(variant: str, split: Split, batch: int, s: Sizes, device: torch.device,
+                   compile: bool = False) -> float:
+    """Images/s of stages.train.train_epoch over whole epochs, after warm-up epochs (which
+    include torch.compile's compiling when `compile`: as stages.train.build wraps the model)."""
     model, optimizer = new_classifier(variant, device)
+    step = torch.compile(model) if compile else model
     generator = torch.Generator().manual_seed(0)
     epoch = 0
+    start = time.perf_counter()
     for epoch in range(1, s.warmup_epochs + 1):
-        train_epoch(model, optimizer, split, batch, generator, amp=True, epoch=epoch, progress=False)
+        train_epoch(step, optimizer, split, batch, generator, amp=True, epoch=epoch, progress=False)
     sync(device)
+    log.info("%s batch %d: %d warm-up epoch(s) in %.1f s%s", variant, batch, s.warmup_epochs,
+             time.perf_counter() - start, " (compiling included)" if compile else "")
     start, seen = time.perf_counter(), 0
     for epoch in range(epoch + 1, epoch + 1 + s.timed_epochs):
-        rows, _, _ = train_epoch(model, optimizer, split, batch, generator, amp=True, epoch=epoch,
+        rows, _, _ = train_epoch(step, optimizer, split, batch, generator, amp=True, epoch=epoch,
                                  progress=False)
         seen += len(rows)
     sync(device)
@@ -420,6 +428,54 @@ def measure_project_loop(s: Sizes, split: Split, device: torch.device) -> dict:
             "text_only_images_per_s": text_rate, "image_size": s.cache_size,
             "images_per_epoch": len(split), "warmup_epochs": s.warmup_epochs,
             "timed_epochs": s.timed_epochs, "amp_bf16": device.type == "cuda"}
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raise TimeoutError in this (main) thread after `seconds`: a measurement that would
+    outlast the machine's lease gives up and the rest of the result is kept."""
+    def expire(signum, frame):
+        raise TimeoutError(f"gave up after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def measure_options(s: Sizes, split: Split, device: torch.device, compile: bool,
+                    compile_limit_s: int = 300) -> dict:
+    """What train.deterministic=true costs, and (when asked) what train.compile=true gains, at
+    the default batch. An error (an operation without a deterministic kernel, a compiler that
+    fails) is recorded, not raised: it is a finding about that option."""
+    out = {"batch_size": s.default_batch}
+    configure_torch(device, True)
+    try:
+        out["deterministic_images_per_s"] = measure_epochs("fusion", split, s.default_batch, s, device)
+        log.info("train.deterministic: %.1f images/s", out["deterministic_images_per_s"])
+    except RuntimeError as err:
+        out["deterministic_error"] = f"{type(err).__name__}: {str(err)[:400]}"
+        log.warning("train.deterministic failed: %s", out["deterministic_error"])
+    finally:
+        torch.use_deterministic_algorithms(False)
+        configure_torch(device, False)
+        free_memory(device)
+    if compile:
+        start = time.perf_counter()
+        try:
+            with time_limit(compile_limit_s):
+                out["compiled_images_per_s"] = measure_epochs("fusion", split, s.default_batch, s,
+                                                              device, compile=True)
+            log.info("train.compile: %.1f images/s", out["compiled_images_per_s"])
+        except Exception as err:  # noqa: BLE001 - inductor raises many kinds
+            out["compile_error"] = f"{type(err).__name__}: {str(err)[:400]}"
+            log.warning("train.compile failed: %s", out["compile_error"])
+        out["compile_measure_s"] = time.perf_counter() - start
+        free_memory(device)
+    return out
 
 
 # --- 3. the compute ceiling ------------------------------------------------------------------
@@ -550,7 +606,7 @@ def rounded(obj):
 
 # --- the whole run ---------------------------------------------------------------------------
 
-def run(s: Sizes, device: torch.device) -> dict:
+def run(s: Sizes, device: torch.device, compile: bool = False, compile_limit_s: int = 300) -> dict:
     started = time.perf_counter()
     result = {"mode": s.mode, "device": device_name(device), "device_type": device.type,
               "cpu_count": os.cpu_count(), "versions": versions()}
@@ -580,6 +636,7 @@ def run(s: Sizes, device: torch.device) -> dict:
         result["compute_ceiling"] = {"images_per_s": ceiling[loop["best_batch"]],
                                      "batch_size": loop["best_batch"],
                                      "images_per_s_by_batch": {str(b): r for b, r in ceiling.items()}}
+        result["options"] = measure_options(s, split, device, compile, compile_limit_s)
         del split
         free_memory(device)
         result["embed_text"] = measure_embed_text(s, folder, texts, device)
@@ -588,6 +645,11 @@ def run(s: Sizes, device: torch.device) -> dict:
     result["projected_full_study_s"] = projection["total_s"]
     result["projection"] = projection
     original = result["original_step"]["images_per_s"]
+    options = result["options"]
+    for name in ("deterministic", "compiled"):
+        if f"{name}_images_per_s" in options:
+            options[f"{name}_vs_default"] = (options[f"{name}_images_per_s"]
+                                             / loop["images_per_s_default_batch"])
     result["ratios"] = {
         "project_loop_vs_compute_ceiling": loop["images_per_s"] / ceiling[loop["best_batch"]],
         "project_loop_vs_compute_ceiling_default_batch":
@@ -611,6 +673,11 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes: a CPU smoke test of every code path (< 1 minute)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda[:N]")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure train.compile=true at the default batch (the warm-up "
+                             "epoch compiles: a minute or more)")
+    parser.add_argument("--compile-limit", type=int, default=300, metavar="S",
+                        help="give the compiled measurement up after S seconds (default 300)")
     args = parser.parse_args(argv)
     setup_logging()
     try:
@@ -624,7 +691,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(1)
     log.info("benchmark, %s mode, on %s (%s), %d CPU cores", s.mode, device, device_name(device),
              os.cpu_count())
-    result = run(s, device)
+    result = run(s, device, args.compile, args.compile_limit)
     log.info("done in %.0f s; all targets pass: %s", result["benchmark_s"], result["all_targets_pass"])
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -60,6 +60,12 @@ def test_tiny_run_reports_every_section(tiny):
     assert all(positive_finite(r) for r in loop["images_per_s_by_batch"].values())
     assert str(loop["best_batch"]) in result["compute_ceiling"]["images_per_s_by_batch"]
     assert result["embed_text"]["reports"] == result["inputs"]["reports"]
+    options = result["options"]  # train.deterministic measured; train.compile only when asked
+    assert options["batch_size"] == loop["default_batch"]
+    assert positive_finite(options["deterministic_images_per_s"]), options
+    assert options["deterministic_vs_default"] == pytest.approx(
+        options["deterministic_images_per_s"] / loop["images_per_s_default_batch"], rel=1e-3)
+    assert "compiled_images_per_s" not in options and "compile_error" not in options
 
 
 def test_tiny_run_reports_ratios_projection_and_targets(tiny):
