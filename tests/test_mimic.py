@@ -407,8 +407,10 @@ def test_params_mimic_needs_a_folder(params):
 
 @pytest.mark.slow
 def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the imported fixture)
-    """The whole pipeline on the generated folder, with the official split: the test studies
-    are known in advance."""
+    """The pipeline on the generated folder, with the official split (the test studies are
+    known in advance), through a trained and evaluated model: `dvc repro evaluate@text` runs
+    download, prepare, the encoder, both caches (JPGs decoded), train and evaluate. The stages
+    after those read only the caches and are the demo's (tests/test_pipeline.py runs them)."""
     layout = make_mimic(tmp_path / "mimic-cxr-jpg")
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["data"].update(source="mimic_cxr", local_dir=str(layout["folder"]))
@@ -416,12 +418,14 @@ def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the importe
     assert p["train"]["epochs"] == 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
-    _run(repo, str(VENV_BIN / "dvc"), "repro")
+    _run(repo, str(VENV_BIN / "dvc"), "repro", "evaluate@text")
 
     expected_test = sum(s["official"] == "test" and s["label"] is not None
                         for s in layout["studies"])
-    comparison = json.loads((repo / "metrics/comparison.json").read_text())
-    assert comparison["test_studies"] == expected_test == 16
+    scores = json.loads((repo / "metrics/text/test.json").read_text())
+    assert scores["study"]["n"] == expected_test == 16
+    images = json.loads((repo / "features/images_report.json").read_text())
+    assert images["cached"] == len(pd.read_csv(repo / "data/prepared/images.csv"))
     studies = pd.read_csv(repo / "data/prepared/studies.csv", dtype=str, keep_default_na=False)
     assert studies.groupby("patient")["split"].nunique().max() == 1
     assert (studies["split"] == "test").sum() == expected_test
