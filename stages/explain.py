@@ -136,15 +136,6 @@ def modality_reliance(model: Classifier, split: Split, normal_text: torch.Tensor
 
 # --- Grad-CAM -------------------------------------------------------------------------------------
 
-def logits_from_features(model: Classifier, features: torch.Tensor,
-                         text: torch.Tensor | None) -> torch.Tensor:
-    """The rest of `model.forward` after `cnn.forward_features`: pooling, concat, head."""
-    parts = [model.cnn.forward_head(features)]
-    if model.uses_text:
-        parts.append(text)
-    return model.head(torch.cat(parts, 1).float())
-
-
 def grad_cam(model: Classifier, image: torch.Tensor, text: torch.Tensor | None = None,
              target: int | None = None) -> tuple[np.ndarray, float]:
     """Grad-CAM of one uint8 (S, S) image: float32 (S, S) in 0..1, and P(abnormal).
@@ -161,8 +152,7 @@ def grad_cam(model: Classifier, image: torch.Tensor, text: torch.Tensor | None =
         features = model.cnn.forward_features(x).float()
     features.requires_grad_(True)  # gradients from the head down to the last block only
     with torch.enable_grad():
-        logits = logits_from_features(model, features,
-                                      None if text is None else text.reshape(1, -1).to(device))
+        logits = model.classify(features, None if text is None else text.reshape(1, -1).to(device))
         probability = float(logits.detach().softmax(1)[0, 1])
         if target is None:
             target = int(logits[0, 1] > logits[0, 0])

@@ -68,9 +68,14 @@ class Classifier(nn.Module):
             self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+        return self.classify(self.cnn.forward_features(image) if self.uses_image else None, text)
+
+    def classify(self, features: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+        """Logits from the CNN's last feature maps (what Grad-CAM differentiates) and the
+        report vector: the backbone's pooling, the concatenation, the head."""
         parts = []
         if self.uses_image:
-            parts.append(self.cnn(image))
+            parts.append(self.cnn.forward_head(features))
         if self.uses_text:
             parts.append(text)
         return self.head(torch.cat(parts, 1).float())

@@ -234,15 +234,16 @@ def _test_split(p):
 
 
 def test_grad_cam_heatmap(p):
-    from stages.explain import grad_cam, logits_from_features
+    from stages.explain import grad_cam
     from stages.model import load_model, normalise
 
     model, config = load_model(Path("models/fusion"))
     test = _test_split(p)
     x = normalise(test.images[:4], model.pixel_mean, model.pixel_std)
-    with torch.no_grad():  # the decomposition Grad-CAM differentiates is the model itself
-        assert torch.equal(logits_from_features(model, model.cnn.forward_features(x), test.text[:4]),
-                           model(x, test.text[:4]))
+    with torch.no_grad():  # the split Grad-CAM differentiates (features, then classify) is the
+        #                    backbone's own forward: timm's forward_features + forward_head
+        assert torch.equal(model(x, test.text[:4]),
+                           model.head(torch.cat([model.cnn(x), test.text[:4]], 1)))
     cams = []
     for row in range(3):
         for target in (None, 0, 1):  # None: the more probable class
