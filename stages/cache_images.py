@@ -56,8 +56,8 @@ def cache_images(filenames: list[str], image_dir, out, size: int, skip_bad: bool
         data.resize(len(kept), axis=0)
         f.create_dataset("filenames", data=np.array(kept, dtype=object), dtype=h5py.string_dtype())
     seconds = time.perf_counter() - start
-    log.info("cached %d images at %d px in %.1f s: %.0f images/s with %d processes",
-             len(kept), size, seconds, len(paths) / seconds, workers)
+    log.info("cached %d images at %d px in %.1f s: %.0f images/s with %d process%s",
+             len(kept), size, seconds, len(paths) / seconds, workers, "" if workers == 1 else "es")
     return {"cached": len(kept), "skipped": len(bad), "skipped_files": bad}
 
 
