@@ -15,6 +15,9 @@ Measures, in one process on one device (CUDA when present, else the CPU), with r
   compute_ceiling the same model and batch on one fixed batch already on the device:
                   normalise + forward + backward + Adam step. project_loop / compute_ceiling
                   says how much the loop itself costs.
+  options         train.deterministic=true at the default batch (deterministic kernels, no
+                  cuDNN autotuning) and, with --compile, train.compile=true: images/s and the
+                  ratio to the default; an option that fails is recorded, not raised.
   embed_text      stages.text_encoder.embed over 3,851 reports of IU X-ray length with a
                   BERT-base-size encoder (stages.demo_encoder tokenizer, random weights).
   cache_images    stages.cache_images.cache_images on full-size PNGs, 1 process vs all cores.
@@ -26,7 +29,7 @@ is written to a temporary folder that is removed at the end.
 
 On a GPU machine (one H100/H200; a few minutes), from the repository root:
 
-    .venv/bin/python bench/benchmark.py > bench/result.json
+    .venv/bin/python bench/benchmark.py --compile > bench/result.json
 
 A CPU smoke test of every code path (tiny sizes, one intra-op thread, meaningless rates; under a
 minute on 2 cores; tests/test_benchmark.py runs it):
@@ -452,6 +455,7 @@ def measure_options(s: Sizes, split: Split, device: torch.device, compile: bool,
     the default batch. An error (an operation without a deterministic kernel, a compiler that
     fails) is recorded, not raised: it is a finding about that option."""
     out = {"batch_size": s.default_batch}
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")  # configure_torch sets it
     configure_torch(device, True)
     try:
         out["deterministic_images_per_s"] = measure_epochs("fusion", split, s.default_batch, s, device)
@@ -461,6 +465,8 @@ def measure_options(s: Sizes, split: Split, device: torch.device, compile: bool,
         log.warning("train.deterministic failed: %s", out["deterministic_error"])
     finally:
         torch.use_deterministic_algorithms(False)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         configure_torch(device, False)
         free_memory(device)
     if compile:
