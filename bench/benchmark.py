@@ -612,10 +612,38 @@ def rounded(obj):
 
 # --- the whole run ---------------------------------------------------------------------------
 
-def run(s: Sizes, device: torch.device, compile: bool = False, compile_limit_s: int = 300) -> dict:
+class Stopped(BaseException):
+    """SIGTERM (a `timeout`, a lease that ends): not an Exception, so that no measurement's
+    error handling swallows it."""
+
+
+def summarise(result: dict) -> None:
+    """The projection, the ratios and the verdicts, from the sections measured."""
+    loop, ceiling = result["project_loop"], result["compute_ceiling"]["images_per_s_by_batch"]
+    original = result["original_step"]["images_per_s"]
+    result["projection"] = project_full_study(result)
+    result["projected_full_study_s"] = result["projection"]["total_s"]
+    result["ratios"] = {
+        "project_loop_vs_compute_ceiling": loop["images_per_s"] / ceiling[str(loop["best_batch"])],
+        "project_loop_vs_compute_ceiling_default_batch":
+            loop["images_per_s_default_batch"] / ceiling[str(loop["default_batch"])],
+        "project_loop_vs_original_step": loop["images_per_s"] / original,
+        "project_loop_default_batch_vs_original_step": loop["images_per_s_default_batch"] / original,
+    }
+    result["targets"] = verdicts({**result["ratios"],
+                                  "embed_text_s": result["embed_text"]["seconds_for_3851"],
+                                  "cache_images_scaling_efficiency":
+                                      result["cache_images"]["scaling_efficiency"],
+                                  "projected_full_study_s": result["projected_full_study_s"]})
+    result["all_targets_pass"] = all(t["pass"] for t in result["targets"].values())
+
+
+def run(s: Sizes, device: torch.device, result: dict, compile: bool = False,
+        compile_limit_s: int = 300) -> dict:
+    """Fill `result` section by section (a section appears once it is complete)."""
     started = time.perf_counter()
-    result = {"mode": s.mode, "device": device_name(device), "device_type": device.type,
-              "cpu_count": os.cpu_count(), "versions": versions()}
+    result.update(mode=s.mode, device=device_name(device), device_type=device.type,
+                  cpu_count=os.cpu_count(), versions=versions(), sizes=asdict(s))
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         png_dir = work / "png"
@@ -626,7 +654,8 @@ def run(s: Sizes, device: torch.device, compile: bool = False, compile_limit_s: 
                             "report_median_words": float(np.median([len(t.split()) for t in texts]))}
         folder = make_encoder(work / "encoder", texts, s.encoder)
         # every fork (cache_images' pool, the DataLoader's workers) happens before the parent
-        # process first tokenises in parallel (embed_text, last): forking after that can deadlock
+        # process first tokenises in parallel (embed_text): forking after that can deadlock
+        # (torch.compile's workers are started with fork + exec: safe)
         result["cache_images"], cache = measure_cache_images(s, png_dir, names, work)
 
         from transformers import AutoTokenizer
@@ -634,44 +663,24 @@ def run(s: Sizes, device: torch.device, compile: bool = False, compile_limit_s: 
         result["original_step"] = measure_original_step(s, png_dir, names, texts, tokenizer, device)
 
         split, to_device_s = load_split(cache, s.cache_size, s.train_images, device)
-        result["project_loop"] = {**measure_project_loop(s, split, device),
-                                  "split_to_device_s": to_device_s}
-        loop = result["project_loop"]
+        loop = {**measure_project_loop(s, split, device), "split_to_device_s": to_device_s}
+        result["project_loop"] = loop
         ceiling = {b: measure_compute_ceiling(s, split, b, device)
                    for b in sorted({loop["default_batch"], loop["best_batch"]})}
         result["compute_ceiling"] = {"images_per_s": ceiling[loop["best_batch"]],
                                      "batch_size": loop["best_batch"],
                                      "images_per_s_by_batch": {str(b): r for b, r in ceiling.items()}}
-        result["options"] = measure_options(s, split, device, compile, compile_limit_s)
-        del split
-        free_memory(device)
         result["embed_text"] = measure_embed_text(s, folder, texts, device)
-
-    projection = project_full_study(result)
-    result["projected_full_study_s"] = projection["total_s"]
-    result["projection"] = projection
-    original = result["original_step"]["images_per_s"]
-    options = result["options"]
-    for name in ("deterministic", "compiled"):
-        if f"{name}_images_per_s" in options:
-            options[f"{name}_vs_default"] = (options[f"{name}_images_per_s"]
-                                             / loop["images_per_s_default_batch"])
-    result["ratios"] = {
-        "project_loop_vs_compute_ceiling": loop["images_per_s"] / ceiling[loop["best_batch"]],
-        "project_loop_vs_compute_ceiling_default_batch":
-            loop["images_per_s_default_batch"] / ceiling[loop["default_batch"]],
-        "project_loop_vs_original_step": loop["images_per_s"] / original,
-        "project_loop_default_batch_vs_original_step": loop["images_per_s_default_batch"] / original,
-    }
-    result["targets"] = verdicts({**result["ratios"],
-                                  "embed_text_s": result["embed_text"]["seconds_for_3851"],
-                                  "cache_images_scaling_efficiency":
-                                      result["cache_images"]["scaling_efficiency"],
-                                  "projected_full_study_s": result["projected_full_study_s"]})
-    result["all_targets_pass"] = all(t["pass"] for t in result["targets"].values())
-    result["sizes"] = asdict(s)
+        summarise(result)
+        # last: compiling is the step most likely to run long
+        options = measure_options(s, split, device, compile, compile_limit_s)
+        for name in ("deterministic", "compiled"):
+            if f"{name}_images_per_s" in options:
+                options[f"{name}_vs_default"] = (options[f"{name}_images_per_s"]
+                                                 / loop["images_per_s_default_batch"])
+        result["options"] = options
     result["benchmark_s"] = time.perf_counter() - started
-    return rounded(result)
+    return result
 
 
 def main(argv=None) -> None:
@@ -697,10 +706,22 @@ def main(argv=None) -> None:
         torch.set_num_threads(1)
     log.info("benchmark, %s mode, on %s (%s), %d CPU cores", s.mode, device, device_name(device),
              os.cpu_count())
-    result = run(s, device, args.compile, args.compile_limit)
-    log.info("done in %.0f s; all targets pass: %s", result["benchmark_s"], result["all_targets_pass"])
-    json.dump(result, sys.stdout, indent=2)
+
+    def stop(signum, frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    result: dict = {}
+    try:
+        run(s, device, result, args.compile, args.compile_limit)
+        log.info("done in %.0f s; all targets pass: %s", result["benchmark_s"], result["all_targets_pass"])
+    except Stopped as why:  # what was measured is still printed
+        result["stopped"] = f"{why} before the end: only the sections present were measured"
+        log.error("stopped by %s: printing the sections measured so far", why)
+    json.dump(rounded(result), sys.stdout, indent=2)
     sys.stdout.write("\n")
+    if "stopped" in result:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

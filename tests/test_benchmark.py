@@ -129,3 +129,40 @@ def test_synthetic_reports_have_iu_xray_lengths(bench):
     assert len(texts) == 3851 and words.min() >= 3
     assert 31 <= np.median(words) <= 37 and 66 <= np.percentile(words, 95) <= 86
     assert bench.synthetic_reports(5) == bench.synthetic_reports(5)  # seeded
+
+
+def test_time_limit_interrupts_and_then_disarms(bench):
+    import signal
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError, match="after 1 s"):
+        with bench.time_limit(1):
+            time.sleep(10)
+    assert time.perf_counter() - start < 5
+    assert signal.alarm(0) == 0  # no alarm left pending
+    with bench.time_limit(5):  # a block that ends in time is left alone
+        pass
+    assert signal.alarm(0) == 0
+
+
+def test_sigterm_prints_the_sections_measured_so_far(tmp_path):
+    """A `timeout` that stops the benchmark still gets every complete section, as JSON."""
+    import signal
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    for line in proc.stderr:  # the second section's log line: the first is in the result
+        if "original_step:" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    result = json.loads(out)
+    assert "SIGTERM" in result["stopped"]
+    assert positive_finite(result["cache_images"]["images_per_s_all_workers"])
+    assert "targets" not in result and "options" not in result
+    assert not list(tmp_path.glob("bench-*"))  # the temporary folder is removed on the way out
