@@ -27,7 +27,7 @@ Measures, in one process on one device (CUDA when present, else the CPU), with r
 Prints one JSON object on stdout (progress goes to stderr). Nothing is downloaded; every file
 is written to a temporary folder that is removed at the end.
 
-On a GPU machine (one H100/H200; a few minutes), from the repository root:
+On a GPU machine (one H100/H200), from the repository root:
 
     .venv/bin/python bench/benchmark.py --compile > bench/result.json
 
@@ -639,7 +639,7 @@ def summarise(result: dict) -> None:
 
 
 def run(s: Sizes, device: torch.device, result: dict, compile: bool = False,
-        compile_limit_s: int = 300) -> dict:
+        compile_limit_s: int = 300) -> None:
     """Fill `result` section by section (a section appears once it is complete)."""
     started = time.perf_counter()
     result.update(mode=s.mode, device=device_name(device), device_type=device.type,
@@ -680,7 +680,6 @@ def run(s: Sizes, device: torch.device, result: dict, compile: bool = False,
                                                  / loop["images_per_s_default_batch"])
         result["options"] = options
     result["benchmark_s"] = time.perf_counter() - started
-    return result
 
 
 def main(argv=None) -> None:
@@ -690,7 +689,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda[:N]")
     parser.add_argument("--compile", action="store_true",
                         help="also measure train.compile=true at the default batch (the warm-up "
-                             "epoch compiles: a minute or more)")
+                             "epoch includes the compiling)")
     parser.add_argument("--compile-limit", type=int, default=300, metavar="S",
                         help="give the compiled measurement up after S seconds (default 300)")
     args = parser.parse_args(argv)
