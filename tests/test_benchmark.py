@@ -6,8 +6,10 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -132,9 +134,6 @@ def test_synthetic_reports_have_iu_xray_lengths(bench):
 
 
 def test_time_limit_interrupts_and_then_disarms(bench):
-    import signal
-    import time
-
     start = time.perf_counter()
     with pytest.raises(TimeoutError, match="after 1 s"):
         with bench.time_limit(1):
@@ -148,9 +147,6 @@ def test_time_limit_interrupts_and_then_disarms(bench):
 
 def test_sigterm_prints_the_sections_measured_so_far(tmp_path):
     """A `timeout` that stops the benchmark still gets every complete section, as JSON."""
-    import signal
-    import time
-
     env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
