@@ -2,7 +2,8 @@
 
 All three were trained on the same studies and are scored on the same test studies, so the
 differences are paired: the bootstrap resamples test studies and scores both models on each
-resample. Writes metrics/comparison.json and the figures under metrics/figures/.
+resample. Each model's own interval uses the same resamples. Writes metrics/comparison.json and
+the figures under metrics/figures/.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pandas as pd
 from stages import figures, params
 from stages.common import PipelineError, atomic_path, main, write_json
 from stages.formats import metrics_dir, model_dir
-from stages.metrics import classification_metrics, paired_bootstrap, study_predictions
+from stages.metrics import (bootstrap_interval, classification_metrics, paired_bootstrap,
+                            study_predictions)
 from stages.params import VARIANTS
 
 log = logging.getLogger("compare")
@@ -34,10 +36,18 @@ def compare(p: dict) -> dict:
         raise PipelineError("the variants' predictions cover different test studies: rerun "
                             "`dvc repro` so that all three use the same data/prepared split.")
     labels = studies["fusion"]["label"]
-    result = {"test_studies": len(uids),
-              "variants": {v: classification_metrics(df["label"], df["probability"], e["threshold"])
-                           for v, df in studies.items()},
-              "differences": {}}
+    if labels.nunique() < 2:
+        raise PipelineError(f"every test study in {metrics_dir('fusion') / 'predictions.csv'} has "
+                            f"label {labels.iloc[0]}: AUROC and its intervals need both classes; "
+                            "use a larger split.test or more studies.")
+    result = {"test_studies": len(uids), "variants": {}, "differences": {}}
+    for v, df in studies.items():
+        m = classification_metrics(df["label"], df["probability"], e["threshold"])
+        # each model's own 95 % interval, on the same resampled studies as the differences
+        m["ci95"] = {metric: bootstrap_interval(labels, df["probability"], metric, e["bootstrap"],
+                                                e["seed"], e["threshold"])["ci95"]
+                     for metric in ("auroc", "f1")}
+        result["variants"][v] = m
     for a, b in PAIRS:
         result["differences"][f"{a}_minus_{b}"] = {
             metric: paired_bootstrap(labels, studies[a]["probability"], studies[b]["probability"],
@@ -46,11 +56,13 @@ def compare(p: dict) -> dict:
 
     histories = {v: json.loads((model_dir(v) / "history.json").read_text()) for v in VARIANTS}
     chosen = {v: json.loads((model_dir(v) / "model.json").read_text())["epoch"] for v in VARIANTS}
-    table = [["model", "AUROC", "F1", "accuracy", "precision", "recall", "epoch kept"]]
+    table = [["model", "AUROC [95 % CI]", "F1 [95 % CI]", "accuracy", "precision", "recall",
+              "epoch kept"]]
     for v in VARIANTS:
         m = result["variants"][v]
-        table.append([v] + [f"{m[k]:.3f}" for k in ("auroc", "f1", "accuracy", "precision", "recall")]
-                     + [str(chosen[v])])
+        table.append([v] + [f"{m[k]:.3f} [{m['ci95'][k][0]:.3f}, {m['ci95'][k][1]:.3f}]"
+                            for k in ("auroc", "f1")]
+                     + [f"{m[k]:.3f}" for k in ("accuracy", "precision", "recall")] + [str(chosen[v])])
     for name, diff in result["differences"].items():
         row = [name.replace("_minus_", " - ")]
         for k in ("auroc", "f1"):
@@ -63,10 +75,15 @@ def compare(p: dict) -> dict:
         for v in VARIANTS:
             figures.training_curves(v, histories[v], chosen[v], tmp / f"training_{v}.png")
         figures.comparison(histories, table, tmp / "model_comparison.png")
-        figures.roc(studies, tmp / "roc.png")
+        figures.roc(studies, {v: result["variants"][v]["ci95"]["auroc"] for v in VARIANTS},
+                    tmp / "roc.png")
+        figures.intervals(result, tmp / "intervals.png")
         figures.confusion_matrices({v: result["variants"][v]["confusion"] for v in VARIANTS},
                                    tmp / "confusion.png")
     write_json(OUT, result)
+    for v, m in result["variants"].items():
+        log.info("%s: AUROC %.3f [%.3f, %.3f], F1 %.3f [%.3f, %.3f]", v, m["auroc"],
+                 *m["ci95"]["auroc"], m["f1"], *m["ci95"]["f1"])
     for name, diff in result["differences"].items():
         log.info("%s: AUROC %+.3f [%+.3f, %+.3f], F1 %+.3f [%+.3f, %+.3f]", name,
                  diff["auroc"]["difference"], *diff["auroc"]["ci95"],

@@ -49,7 +49,9 @@ def comparison(histories: dict, table: list[list[str]], path) -> None:
         ax.legend()
     ax = fig.add_subplot(grid[1, :])
     ax.axis("off")
-    t = ax.table(cellText=table[1:], colLabels=table[0], loc="center", cellLoc="center")
+    wide = [2.2 if "CI" in label else 1.0 for label in table[0]]  # value [low, high] columns
+    t = ax.table(cellText=table[1:], colLabels=table[0], loc="center", cellLoc="center",
+                 colWidths=[w / sum(wide) for w in wide])
     t.auto_set_font_size(False)
     t.set_fontsize(9)
     t.scale(1, 1.4)
@@ -57,15 +59,44 @@ def comparison(histories: dict, table: list[list[str]], path) -> None:
     _save(fig, path)
 
 
-def roc(studies: dict, path) -> None:
+def roc(studies: dict, intervals: dict, path) -> None:
+    """ROC curves of the variants on the test studies; intervals: variant -> AUROC [low, high]."""
     fig, ax = plt.subplots(figsize=(5, 5))
     for variant, df in studies.items():
         fpr, tpr, _ = skm.roc_curve(df["label"], df["probability"])
         auc = skm.roc_auc_score(df["label"], df["probability"])
-        ax.plot(fpr, tpr, label=f"{variant} (AUROC {auc:.3f})", color=COLOURS.get(variant))
+        low, high = intervals[variant]
+        ax.plot(fpr, tpr, label=f"{variant}: AUROC {auc:.3f} [{low:.3f}, {high:.3f}]",
+                color=COLOURS.get(variant))
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test studies")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", title="95 % bootstrap interval", fontsize=8, title_fontsize=8)
+    _save(fig, path)
+
+
+def intervals(comparison: dict, path) -> None:
+    """The answer at a glance: each model's AUROC and F1 on the test studies, and the paired
+    differences, with 95 % bootstrap intervals (comparison.json of stage `compare`)."""
+    styles = {"auroc": ("o", "tab:blue", "AUROC"), "f1": ("s", "tab:orange", "F1")}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    panels = ((left, comparison["variants"], lambda m, k: (m[k], m["ci95"][k])),
+              (right, comparison["differences"], lambda d, k: (d[k]["difference"], d[k]["ci95"])))
+    for ax, rows, value in panels:
+        names = list(rows)
+        for shift, (k, (marker, colour, label)) in zip((-0.12, 0.12), styles.items()):
+            for y, name in enumerate(names):
+                point, (low, high) = value(rows[name], k)
+                ax.errorbar(point, y + shift, xerr=[[point - low], [high - point]], fmt=marker,
+                            color=colour, capsize=3, label=label if y == 0 else None)
+        ax.set_yticks(range(len(names)), [n.replace("_minus_", " − ") for n in names])
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    left.set(xlabel="metric on the test studies", title="each model")
+    right.axvline(0, color="grey", lw=0.8)
+    right.set(xlabel="difference (paired)", title="does the other input add anything?")
+    left.legend(loc="lower left", fontsize=8)
+    n = comparison["test_studies"]
+    fig.suptitle(f"test studies (n = {n}): point estimate and 95 % bootstrap interval", fontsize=10)
     _save(fig, path)
 
 

@@ -1,4 +1,4 @@
-"""Classification metrics, study-level aggregation and paired bootstrap intervals.
+"""Classification metrics, study-level aggregation and bootstrap intervals (one model; paired).
 
 Label 1 (abnormal) is the positive class throughout, as in the original.
 """
@@ -54,24 +54,43 @@ def f1(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
 METRICS = {"auroc": lambda y, p, t: auroc(y, p), "f1": f1}
 
 
+def resamples(labels: np.ndarray, n: int, seed: int):
+    """`n` seeded bootstrap resamples (index arrays) of the studies. A resample that holds one
+    class only cannot be scored by the ranking metrics and is redrawn."""
+    if len(np.unique(labels)) < 2:
+        raise ValueError("the test studies hold one class only: no metric can be compared on "
+                         "them; use a larger split.test.")
+    rng = np.random.default_rng(seed)
+    while n:
+        idx = rng.integers(0, len(labels), len(labels))
+        if len(np.unique(labels[idx])) == 2:
+            n -= 1
+            yield idx
+
+
+def bootstrap_interval(labels, probs, metric: str, n: int, seed: int,
+                       threshold: float = 0.5) -> dict:
+    """One model's metric with a 95 % percentile interval over resampled studies (the same
+    resamples as paired_bootstrap with the same seed)."""
+    y, p, f = np.asarray(labels).astype(int), np.asarray(probs, float), METRICS[metric]
+    values = [f(y[idx], p[idx], threshold) for idx in resamples(y, n, seed)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return {"value": f(y, p, threshold), "ci95": [float(low), float(high)], "resamples": n,
+            "seed": seed}
+
+
 def paired_bootstrap(labels, probs_a, probs_b, metric: str, n: int, seed: int,
                      threshold: float = 0.5) -> dict:
     """Difference metric(a) - metric(b) with a 95 % percentile interval.
 
     Both models are scored on the same resampled studies in each round (paired), so the
-    interval reflects the difference, not each model's own noise. Rounds whose resample holds
-    one class only are redrawn.
+    interval reflects the difference, not each model's own noise.
     """
     y = np.asarray(labels).astype(int)
     a, b = np.asarray(probs_a, float), np.asarray(probs_b, float)
     f = METRICS[metric]
-    rng = np.random.default_rng(seed)
-    diffs = []
-    while len(diffs) < n:
-        idx = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[idx])) < 2:
-            continue
-        diffs.append(f(y[idx], a[idx], threshold) - f(y[idx], b[idx], threshold))
+    diffs = [f(y[idx], a[idx], threshold) - f(y[idx], b[idx], threshold)
+             for idx in resamples(y, n, seed)]
     low, high = np.percentile(diffs, [2.5, 97.5])
     return {"difference": f(y, a, threshold) - f(y, b, threshold),
             "ci95": [float(low), float(high)], "resamples": n, "seed": seed}

@@ -109,7 +109,7 @@ def test_killed_compare_keeps_the_previous_figures_and_intervals(evaluated, monk
     compare.compare(evaluated)
     before = snapshot("metrics/figures", "metrics/comparison.json")
 
-    def dies_mid_figures(studies, path):
+    def dies_mid_figures(studies, intervals, path):
         Path(path).write_bytes(b"\x89PNG partial")
         raise Killed
 

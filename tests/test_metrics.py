@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from stages.metrics import classification_metrics, paired_bootstrap, study_predictions
+from stages.metrics import (bootstrap_interval, classification_metrics, paired_bootstrap,
+                            study_predictions)
 
 # 4 normal, 6 abnormal studies; at threshold 0.5: tn 3, fp 1 (0.6), fn 2 (0.3, 0.45), tp 4
 LABELS = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
@@ -139,3 +140,51 @@ def test_paired_bootstrap_threshold_and_one_class_resamples():
     r = paired_bootstrap(y, a, b, "f1", n=50, seed=0, threshold=0.9)
     assert r["difference"] == pytest.approx(skm.f1_score(y, (a >= 0.9).astype(int))
                                             - skm.f1_score(y, (b >= 0.9).astype(int)))
+
+
+# --- one model's interval -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric", ["auroc", "f1"])
+def test_bootstrap_interval_seeded_and_around_the_estimate(metric):
+    y, _, noisy = _example(seed=3)  # an imperfect model: its interval has a width
+    r = bootstrap_interval(y, noisy, metric, n=200, seed=1)
+    assert r == bootstrap_interval(y, noisy, metric, n=200, seed=1)
+    assert r["ci95"] != bootstrap_interval(y, noisy, metric, n=200, seed=2)["ci95"]
+    f = {"auroc": skm.roc_auc_score(y, noisy), "f1": skm.f1_score(y, (noisy >= 0.5).astype(int))}
+    assert r["value"] == pytest.approx(f[metric])
+    low, high = r["ci95"]
+    assert 0 <= low < r["value"] < high <= 1
+    assert r["resamples"] == 200 and r["seed"] == 1
+
+
+def test_bootstrap_interval_narrows_with_more_studies():
+    # the same kind of scores on 40 and on 800 studies: the interval shrinks about as 1/sqrt(n)
+    widths = []
+    for n in (40, 800):
+        y, _, noisy = _example(n=n, seed=5)
+        low, high = bootstrap_interval(y, noisy, "auroc", n=300, seed=0)["ci95"]
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2.5
+
+
+def test_bootstrap_interval_of_a_perfect_model_is_a_point():
+    y = np.array([0, 1] * 10)
+    r = bootstrap_interval(y, y * 0.8 + 0.1, "auroc", n=50, seed=0)
+    assert r["value"] == 1.0 and r["ci95"] == [1.0, 1.0]
+
+
+def test_interval_and_difference_resample_the_same_studies():
+    # with one seed both draw the same resamples: a model compared with a constant-AUROC
+    # twin (scores reversed give 1 - AUROC on every resample) has difference 2 x AUROC - 1
+    y, _, noisy = _example(seed=6)
+    single = bootstrap_interval(y, noisy, "auroc", n=100, seed=4)
+    assert single["ci95"][0] < single["ci95"][1]
+    paired = paired_bootstrap(y, noisy, 1 - noisy, "auroc", n=100, seed=4)
+    assert paired["ci95"] == pytest.approx([2 * v - 1 for v in single["ci95"]])
+
+
+def test_bootstrap_refuses_test_studies_of_one_class():
+    with pytest.raises(ValueError, match="one class only"):
+        bootstrap_interval(np.ones(10), np.linspace(0, 1, 10), "auroc", n=10, seed=0)
+    with pytest.raises(ValueError, match="one class only"):
+        paired_bootstrap(np.zeros(10), np.linspace(0, 1, 10), np.ones(10), "f1", n=10, seed=0)

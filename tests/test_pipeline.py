@@ -17,8 +17,8 @@ from conftest import ROOT, TINY, merge
 
 VENV_BIN = Path(sys.executable).parent
 VARIANTS = ("fusion", "image", "text")
-FIGURES = ["confusion.png", "model_comparison.png", "roc.png", "training_fusion.png",
-           "training_image.png", "training_text.png"]
+FIGURES = ["confusion.png", "intervals.png", "model_comparison.png", "roc.png",
+           "training_fusion.png", "training_image.png", "training_text.png"]
 STAGES = ["download", "prepare", "demo_encoder", "embed_text", "cache_images"] + [
     f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS] + ["compare", "explain"]
 TIMEOUT = 600
@@ -90,6 +90,9 @@ def test_dvc_repro_end_to_end(repo):
         assert m["n"] == comparison["test_studies"]
         assert 0 <= m["auroc"] <= 1 and 0 <= m["f1"] <= 1
         assert sum(map(sum, m["confusion"])) == m["n"]
+        for metric in ("auroc", "f1"):  # each model's own interval holds its point estimate
+            low, high = m["ci95"][metric]
+            assert 0 <= low <= m[metric] <= high <= 1
     assert set(comparison["differences"]) == {"fusion_minus_image", "fusion_minus_text"}
     for diff in comparison["differences"].values():
         for metric in ("auroc", "f1"):

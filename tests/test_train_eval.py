@@ -280,3 +280,33 @@ def test_skipped_images_leave_all_variants_the_same_rows(cached):
         files = {v: by_variant[v][split].rows["filename"].tolist() for v in by_variant}
         assert files["fusion"] == files["image"]
         assert files["text"] == files["image"], split
+
+
+# --- compare --------------------------------------------------------------------------------------
+
+def _write_predictions(variant: str, uids, labels) -> None:
+    Path(f"metrics/{variant}").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"uid": uids, "filename": [f"{u}.png" for u in uids], "label": labels,
+                  "probability": np.linspace(0.1, 0.9, len(uids))}).to_csv(
+        f"metrics/{variant}/predictions.csv", index=False)
+
+
+def test_compare_refuses_test_studies_of_one_class(workdir, params):
+    from stages.compare import compare
+
+    for variant in ("fusion", "image", "text"):
+        _write_predictions(variant, range(6), [1] * 6)
+    with pytest.raises(PipelineError, match=r"metrics/fusion/predictions.csv has label 1.*split.test"):
+        compare(params)
+    assert not Path("metrics/comparison.json").exists()
+
+
+def test_compare_refuses_variants_scored_on_other_studies(workdir, params):
+    from stages.compare import compare
+
+    _write_predictions("fusion", range(6), [0, 1] * 3)
+    _write_predictions("image", range(6), [0, 1] * 3)
+    _write_predictions("text", range(1, 7), [0, 1] * 3)  # another split
+    with pytest.raises(PipelineError, match="different test studies"):
+        compare(params)
+    assert not Path("metrics/comparison.json").exists()
