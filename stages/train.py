@@ -61,13 +61,14 @@ def predict(model: Classifier, split: Split, batch_size: int, amp: bool = True,
     """
     model.eval()
     mine = [b for b in distributed.shard(torch.arange(len(split)), world).split(batch_size) if len(b)]
-    probs, loss = [], 0.0
+    # kept on the device until the end: no wait on the GPU per batch (float64, as Python's sum)
+    probs, loss = [], torch.zeros((), dtype=torch.float64, device=split.labels.device)
     for _, images, text, labels in split.batches(mine):
         logits = forward(model, images, text, amp)
-        loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        probs.append(logits.softmax(1)[:, 1].cpu())
-    probs = torch.cat(probs) if probs else torch.zeros(0)
-    parts = distributed.gather((probs, loss), world)
+        loss += F.cross_entropy(logits, labels, reduction="sum").double()
+        probs.append(logits.softmax(1)[:, 1])
+    probs = torch.cat(probs).cpu() if probs else torch.zeros(0)
+    parts = distributed.gather((probs, loss.item()), world)
     return torch.cat([p for p, _ in parts]).numpy(), sum(l for _, l in parts) / len(split)
 
 
