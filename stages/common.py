@@ -85,14 +85,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str):
-    """`auto` -> cuda when available, else cpu. An explicit device that is absent is an error."""
+def resolve_device(name: str, setting: str = "parameter train.device"):
+    """`auto` -> cuda when available, else cpu. An explicit device that is absent is an error
+    that names `setting`, where it came from ("parameter text.device", "option --device")."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PipelineError(f"{setting}={name!r} is not a device: use auto, cpu, cuda or "
+                            "cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"parameter train.device={name!r}, but no CUDA GPU is visible; "
+        raise PipelineError(f"{setting}={name!r}, but no CUDA GPU is visible; "
                             "use 'auto' or 'cpu'.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise PipelineError(f"{setting}={name!r}, but this machine has "
+                            f"{torch.cuda.device_count()} GPU(s), cuda:0 to "
+                            f"cuda:{torch.cuda.device_count() - 1}.")
     return device

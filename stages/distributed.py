@@ -39,10 +39,11 @@ class World:
         return self.size > 1
 
 
-def start(device_name: str) -> World:
-    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs), if any."""
+def start(device_name: str, param: str) -> World:
+    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs), if any; the device
+    comes from the parameter `param` (train.device, text.device)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, f"parameter {param}")
     if size == 1:
         return World(0, 1, device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -67,9 +68,9 @@ def stop(world: World) -> None:
 
 
 @contextlib.contextmanager
-def running(device_name: str):
+def running(device_name: str, param: str):
     """`with running(...) as world:` joins the group and always leaves it."""
-    world = start(device_name)
+    world = start(device_name, param)
     try:
         yield world
     finally:

@@ -27,7 +27,7 @@ def part_path(rank: int):
 def run(p: dict) -> None:
     t = p["text"]
     studies, _ = read_prepared()
-    with distributed.running(t["device"]) as world:
+    with distributed.running(t["device"], "text.device") as world:
         tokenizer, model = load_encoder(t["model"], t["revision"], world.device)
         limit = model.config.max_position_embeddings
         if t["max_length"] > limit:

@@ -4,6 +4,7 @@ Every stage calls `load()`; a bad value stops it with the parameter's name and w
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -17,6 +18,11 @@ EXPLAINED = ("fusion", "image")  # the variants with an image branch for Grad-CA
 SELECTIONS = ("best_val_loss", "last")
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+SEEDS = ("demo.seed", "split.seed", "demo_encoder.seed", "train.seed", "evaluate.seed",
+         "explain.seed")
+SWITCHES = ("data.keep_unindexed", "image.skip_bad", "model.freeze_backbone", "train.amp",
+            "train.compile", "train.deterministic")
 
 
 def _fail(name: str, value, allowed: str):
@@ -50,6 +56,24 @@ def _positive(p, name, kind=int):
     v = get(p, name)
     if not _number(v) or v <= 0 or (kind is int and v != int(v)):
         _fail(name, v, f"use a positive {'integer' if kind is int else 'number'}")
+
+
+def _boolean(p, name):
+    # a quoted "false" is a non-empty string, which Python would take as true
+    if not isinstance(get(p, name), bool):
+        _fail(name, get(p, name), "use true or false (unquoted)")
+
+
+def _seed(p, name):
+    v = get(p, name)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**32:
+        _fail(name, v, "use an integer from 0 to 2**32 - 1")
+
+
+def _device(p, name):
+    v = get(p, name)
+    if not isinstance(v, str) or not DEVICE.fullmatch(v):
+        _fail(name, v, "use auto, cpu, cuda or cuda:N")
 
 
 def get(params: dict, dotted: str):
@@ -101,8 +125,15 @@ def validate(p: dict) -> dict:
     _fraction(p, "evaluate.threshold")
     _choice(p, "explain.variant", EXPLAINED)
     _positive(p, "explain.per_outcome")
-    if not isinstance(get(p, "explain.seed"), int) or isinstance(get(p, "explain.seed"), bool):
-        _fail("explain.seed", get(p, "explain.seed"), "use an integer")
+    for name in SEEDS:
+        _seed(p, name)
+    for name in SWITCHES:
+        _boolean(p, name)
+    for name in ("train.device", "text.device"):
+        _device(p, name)
+    pretrained = get(p, "image.pretrained")
+    if not isinstance(pretrained, bool) and not (isinstance(pretrained, str) and pretrained):
+        _fail("image.pretrained", pretrained, "use true, false or the path of a weights file")
     return p
 
 

@@ -86,7 +86,7 @@ def load_predictor(folder, device: str = "auto", threshold: float | None = None)
     if not (folder / "params.json").exists():
         raise PipelineError(f"{folder / 'params.json'} not found: {folder} was not written by "
                             "`stages.train`; retrain it with `dvc repro`.")
-    dev = resolve_device(device)
+    dev = resolve_device(device, "option --device")
     model, config = load_model(folder, dev)
     params = json.loads((folder / "params.json").read_text())
     value, source = evaluation_threshold(folder, config["variant"], params, threshold)

@@ -165,7 +165,7 @@ def build(variant: str, p: dict, text_dim: int, world: World):
 
 def train(variant: str, p: dict) -> dict:
     t, m = p["train"], p["model"]
-    with distributed.running(t["device"]) as world:
+    with distributed.running(t["device"], "train.device") as world:
         if t["batch_size"] < 2 * world.size:
             raise PipelineError(f"parameter train.batch_size={t['batch_size']} is the global batch "
                                 f"and must give each of the {world.size} processes at least 2 "

@@ -451,7 +451,10 @@ def test_params_yaml_is_valid(params):
     ("train.select", "best"),
     ("train.nproc", 0), ("text.nproc", 1.5), ("train.in_memory_gb", -1), ("train.workers", -1),
     ("train.workers", 2.5), ("explain.variant", "text"), ("explain.per_outcome", 0),
-    ("explain.seed", "a"),
+    ("explain.seed", "a"), ("train.seed", -1), ("split.seed", 2.5), ("demo.seed", None),
+    ("train.device", "gpu"), ("text.device", "cuda:x"), ("train.device", "CUDA"),
+    ("train.amp", "false"), ("train.deterministic", 1), ("image.skip_bad", "no"),
+    ("data.keep_unindexed", None), ("image.pretrained", ""), ("image.pretrained", 1),
 ])
 def test_params_validation_names_the_parameter(params, name, value):
     section, key = name.split(".")
@@ -460,6 +463,15 @@ def test_params_validation_names_the_parameter(params, name, value):
         params_mod.validate(params)
     assert name in str(err.value)
     assert repr(value) in str(err.value)
+
+
+@pytest.mark.parametrize("name, value", [("train.device", "cuda:1"), ("text.device", "cpu"),
+                                         ("image.pretrained", "weights/b1.safetensors"),
+                                         ("train.seed", 2**32 - 1), ("train.amp", False)])
+def test_params_validation_accepts(params, name, value):
+    section, key = name.split(".")
+    params[section][key] = value
+    assert params_mod.validate(params) is params
 
 
 def test_params_local_needs_a_folder(params):

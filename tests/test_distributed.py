@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from conftest import ROOT
 from stages import distributed
-from stages.common import PipelineError
+from stages.common import PipelineError, resolve_device
 from stages.distributed import World, shard
 from stages.model import Classifier, sync_batchnorm
 from stages.train import epoch_order, train
@@ -58,7 +58,7 @@ def test_the_shares_of_all_ranks_make_one_process_epoch():
 
 
 def test_global_batch_too_small_for_the_processes(cached, monkeypatch):
-    monkeypatch.setattr(distributed, "start", lambda device: World(0, 4, torch.device("cpu")))
+    monkeypatch.setattr(distributed, "start", lambda device, param: World(0, 4, torch.device("cpu")))
     cached["train"]["batch_size"] = 6
     with pytest.raises(PipelineError, match=r"train.batch_size=6 .* each of the 4 processes.*>=8"):
         train("fusion", cached)
@@ -69,11 +69,36 @@ def test_more_processes_than_gpus(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(distributed, "resolve_device", lambda name, setting: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(PipelineError, match=r"torchrun started 4 processes on this machine but "
                                             r"it has 2 GPUs: lower train.nproc"):
-        distributed.start("auto")
+        distributed.start("auto", "train.device")
+
+
+def test_a_device_that_is_not_there_names_where_it_was_asked_for(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PipelineError, match=r"parameter text\.device='cuda', but no CUDA GPU"):
+        resolve_device("cuda", "parameter text.device")
+    with pytest.raises(PipelineError, match=r"option --device='gpu' is not a device: use auto"):
+        resolve_device("gpu", "option --device")
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(PipelineError, match=r"train\.device='cuda:2', but this machine has 2 "
+                                            r"GPU\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_embed_text_names_text_device(prepared, monkeypatch):
+    from stages import embed_text
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    prepared["text"]["device"] = "cuda"
+    with pytest.raises(PipelineError, match=r"^parameter text\.device='cuda'"):
+        embed_text.run(prepared)
+    assert not Path("features/text.h5").exists()
 
 
 def test_launch_refuses_a_bad_process_count(workdir):
