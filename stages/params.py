@@ -112,6 +112,12 @@ def validate(p: dict) -> dict:
     for name in ("text.max_length", "text.batch_size", "text.nproc", "train.epochs",
                  "train.batch_size", "train.nproc", "model.hidden", "evaluate.bootstrap"):
         _positive(p, name)
+    for name in ("demo_encoder.vocab_size", "demo_encoder.hidden_size", "demo_encoder.layers",
+                 "demo_encoder.heads"):
+        _positive(p, name)
+    if get(p, "demo_encoder.hidden_size") % get(p, "demo_encoder.heads"):
+        _fail("demo_encoder.heads", get(p, "demo_encoder.heads"),
+              f"use a divisor of demo_encoder.hidden_size={get(p, 'demo_encoder.hidden_size')}")
     _range(p, "train.in_memory_gb", 0, float("inf"), "use a size in GB >= 0 (0 always streams)")
     _range(p, "train.workers", 0, 1025, "use a number of loader processes >= 0")
     if get(p, "train.workers") != int(get(p, "train.workers")):

@@ -455,6 +455,7 @@ def test_params_yaml_is_valid(params):
     ("train.device", "gpu"), ("text.device", "cuda:x"), ("train.device", "CUDA"),
     ("train.amp", "false"), ("train.deterministic", 1), ("image.skip_bad", "no"),
     ("data.keep_unindexed", None), ("image.pretrained", ""), ("image.pretrained", 1),
+    ("demo_encoder.hidden_size", 0), ("demo_encoder.heads", 3), ("demo_encoder.layers", 1.5),
 ])
 def test_params_validation_names_the_parameter(params, name, value):
     section, key = name.split(".")
