@@ -16,9 +16,13 @@ class BadImage(Exception):
 def to_grayscale_uint8(img: Image.Image) -> np.ndarray:
     """8-bit grayscale pixels from any PNG mode (8/16-bit gray, RGB, RGBA, palette)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit gray: scale 0..65535 onto 0..255 (v = 257 * u maps back to u exactly)
+        # 16-bit gray: scale 0..2^bits-1 onto 0..255. The bits actually used are read from the
+        # brightest pixel (PIL ignores PNG's sBIT chunk): DICOM converted to PNG often keeps
+        # 12-bit values (0..4095) in a 16-bit file, which a fixed /257 would turn nearly black.
+        # Full-range files (v = 257 * u) map back to u exactly, as do 12- and 8-bit values.
         arr = np.asarray(img, dtype=np.float64)
-        return np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        bits = max(8, int(np.ceil(np.log2(arr.max() + 1))))
+        return np.clip(np.rint(arr * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA").convert("RGB")  # drop alpha: X-rays carry no transparency
     return np.asarray(img.convert("L"), dtype=np.uint8)

@@ -241,14 +241,19 @@ def test_load_xray_is_a_bilinear_resize(tmp_path, size):
     np.testing.assert_array_equal(got, reference(tmp_path / "x.png", size))
 
 
-@pytest.mark.parametrize("kind", ["16-bit", "RGB", "RGBA", "LA"])
+@pytest.mark.parametrize("kind", ["16-bit", "12-bit in 16", "8-bit in 16", "RGB", "RGBA", "LA"])
 def test_load_xray_same_pixels_from_any_png_mode(tmp_path, kind):
     from stages.imaging import load_xray
 
     g = gray()
+    assert g.max() > 128  # the premise: the brightest pixel uses the top bit
     Image.fromarray(g).save(tmp_path / "gray8.png")
     if kind == "16-bit":
         img = Image.fromarray(g.astype(np.uint16) * 257)
+    elif kind == "12-bit in 16":  # DICOM values 0..4095 kept in a 16-bit PNG
+        img = Image.fromarray(np.rint(g * (4095 / 255)).astype(np.uint16))
+    elif kind == "8-bit in 16":
+        img = Image.fromarray(g.astype(np.uint16))
     elif kind == "RGB":
         img = Image.fromarray(np.stack([g, g, g], axis=-1), "RGB")
     elif kind == "RGBA":  # alpha is dropped, not blended with a background
@@ -258,7 +263,7 @@ def test_load_xray_same_pixels_from_any_png_mode(tmp_path, kind):
         img = Image.fromarray(np.stack([g, np.full_like(g, 77)], axis=-1), "LA")
     img.save(tmp_path / "other.png")
     with Image.open(tmp_path / "other.png") as check:  # the file really has that mode
-        assert check.mode == {"16-bit": "I;16", "RGB": "RGB", "RGBA": "RGBA", "LA": "LA"}[kind]
+        assert check.mode == {"RGB": "RGB", "RGBA": "RGBA", "LA": "LA"}.get(kind, "I;16")
     for size in (20, 37):
         np.testing.assert_array_equal(load_xray(tmp_path / "other.png", size),
                                       load_xray(tmp_path / "gray8.png", size))
