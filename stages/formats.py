@@ -8,7 +8,8 @@ CSV contract written by `prepare` and read by every later stage:
 HDF5 caches:
   text.h5      `uids` (int64, N) and `vectors` (float32, N x D) in the same row order, plus
                attributes that say how the vectors were made (encoder, pooling, ...)
-  images.h5    `filenames` (str, N) and `images` (uint8, N x S x S, one image per chunk)
+  images.h5    `filenames` (str, N) and `images` (uint8, N x S x S, one image per chunk);
+               `skipped` (str): the images of images.csv left out as unreadable (image.skip_bad)
 """
 from __future__ import annotations
 
@@ -44,6 +45,17 @@ def model_dir(variant: str) -> Path:
 
 def metrics_dir(variant: str) -> Path:
     return Path("metrics") / variant
+
+
+def load_csv(path: Path, hint: str, **read_args) -> pd.DataFrame:
+    """A CSV from outside the pipeline (raw data, `predict --csv`), every column as text. A file
+    that is not readable CSV (empty, not UTF-8, ragged rows) stops the stage with its name and
+    `hint`, what to do about it."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, **read_args)
+    except (OSError, ValueError, EOFError) as err:  # UnicodeDecodeError, EmptyDataError, ParserError
+        raise PipelineError(f"{path}: cannot be read as CSV ({type(err).__name__}: "
+                            f"{str(err).strip()}); {hint}") from None
 
 
 def read_prepared() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -118,6 +130,12 @@ def read_image_filenames(path, expect: dict | None = None) -> np.ndarray:
     with h5py.File(path, "r") as f:
         _check_attrs(path, {k: _plain(v) for k, v in f.attrs.items()}, expect or {})
         return f["filenames"].asstr()[:]
+
+
+def read_skipped_images(path) -> np.ndarray:
+    """The images `cache_images` left out as unreadable (image.skip_bad)."""
+    with h5py.File(path, "r") as f:
+        return f["skipped"].asstr()[:] if "skipped" in f else np.array([], dtype=str)
 
 
 def _plain(value):

@@ -32,7 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages.common import PipelineError
-from stages.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
+from stages.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV, load_csv
 
 log = logging.getLogger("mimic")
 
@@ -140,11 +140,7 @@ def find_csv(root: Path, name: str) -> Path:
 def read_table(root: Path, name: str, required: list[str]) -> tuple[pd.DataFrame, Path]:
     """The CSV `name` (gzipped or plain) with the `required` columns (only those it reads)."""
     path = find_csv(root, name)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise PipelineError(f"{path}: cannot be read as CSV ({type(err).__name__}: {err}); "
-                            "download it again from PhysioNet.") from None
+    df = load_csv(path, "download it again from PhysioNet.")
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}; the file has "

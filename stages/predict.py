@@ -33,7 +33,7 @@ import torch
 
 from stages.common import PipelineError, atomic_path, main, resolve_device
 from stages.dataset import Split
-from stages.formats import TEXT_H5, metrics_dir, model_dir, read_text_cache_attrs
+from stages.formats import TEXT_H5, load_csv, metrics_dir, model_dir, read_text_cache_attrs
 from stages.imaging import BadImage, load_xray
 from stages.metrics import study_predictions
 from stages.model import Classifier, load_model
@@ -263,7 +263,8 @@ def _many_studies(args, predictor: Predictor) -> tuple[pd.DataFrame, pd.Series |
     path = Path(args.csv)
     if not path.is_file():
         raise PipelineError(f"--csv {path} not found.")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = load_csv(path, "give comma-separated UTF-8 text with a header line (uid, filename, "
+                           "text or the report fields).")
     if args.image or args.text is not None or any(getattr(args, f) is not None for f in TEXT_FIELDS):
         raise PipelineError("give either --csv or one study's --image/--text/fields, not both.")
     needed = ["uid"] + (["filename"] if model.uses_image else [])

@@ -18,7 +18,7 @@ import pandas as pd
 from stages import params
 from stages.common import PipelineError, atomic_path, main, write_json
 from stages.formats import (DATA_REPORT, IMAGE_COLUMNS, IMAGES, IMAGES_SUBDIR, PREPARED,
-                            PROJECTIONS_CSV, RAW, REPORTS_CSV, STUDIES, STUDY_COLUMNS)
+                            PROJECTIONS_CSV, RAW, REPORTS_CSV, STUDIES, STUDY_COLUMNS, load_csv)
 
 log = logging.getLogger("prepare")
 
@@ -38,7 +38,8 @@ def _rows(mask: pd.Series) -> str:
 def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     if not path.exists():
         raise PipelineError(f"{path} not found: run `dvc repro download` first.")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    df = load_csv(path, "it must be comma-separated UTF-8 text with a header line, as in the "
+                  "Kaggle download (`dvc repro -f download` fetches it again).", na_values=[""])
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}; "
@@ -126,6 +127,10 @@ def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
     if dup.any():
         raise PipelineError(f"{rpath}: duplicate uids {sorted(set(reports.loc[dup, 'uid']))[:MAX_LISTED]} "
                             f"on lines {_rows(dup)}; each study must appear once.")
+    nameless = projections["filename"].isna()
+    if nameless.any():
+        raise PipelineError(f"{ppath}: column filename is empty on lines {_rows(nameless)}; "
+                            "every image row needs its file name.")
     dup = projections["filename"].duplicated(keep=False)
     if dup.any():
         raise PipelineError(f"{ppath}: the same filename on lines {_rows(dup)}; "
@@ -161,6 +166,9 @@ def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
     unindexed = reports["MeSH"].fillna("").str.strip().str.lower() == UNINDEXED
     reports["text"] = reports.apply(join_text, axis=1, fields=fields)
     studies = reports.loc[~unlabelled].copy()
+    if studies.empty:
+        raise PipelineError(f"{rpath}: none of its {len(reports)} studies has a label (MeSH empty"
+                            f" or No Indexing on every line); nothing to train on.")
     studies["label"] = studies["label"].astype(int)
     if p["split"].get("official", False):
         studies["split"] = official_split(reports, ~unlabelled, rpath)

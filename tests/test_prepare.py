@@ -291,6 +291,11 @@ def _break(kind, reports, projections):
         projections.append({**projections[0], "projection": "Lateral"})
     elif kind == "bad projection":
         projections[1]["projection"] = "Oblique"
+    elif kind == "empty filename":
+        projections[3]["filename"] = None
+        skip = (None,)
+    elif kind == "no labelled study":
+        reports = [{**r, "MeSH": "No Indexing"} for r in reports]
     return reports, projections, skip
 
 
@@ -305,6 +310,8 @@ ERRORS = {
     "uid without report": (PROJECTIONS_CSV, [r"no report", r"\blines? 10\b"]),
     "duplicate filename": (PROJECTIONS_CSV, [r"filename", r"\blines? 2, 10\b"]),
     "bad projection": (PROJECTIONS_CSV, [r"projection", r"\blines? 3\b"]),
+    "empty filename": (PROJECTIONS_CSV, [r"filename is empty", r"\blines? 5\b"]),
+    "no labelled study": (REPORTS_CSV, [r"none of its 6 studies has a label", r"No Indexing"]),
 }
 
 
@@ -331,6 +338,21 @@ def test_prepare_uid_not_a_finite_int64(tmp_path, params, uid):
     raw = write_raw(tmp_path / "raw", reports, projections)
     with pytest.raises(PipelineError, match=r"uid.*\blines? 4\b"):
         prepare(params, raw=raw, out=tmp_path / "prepared")
+
+
+@pytest.mark.parametrize("damage", ["latin-1", "empty", "ragged"])
+def test_prepare_unreadable_csv_names_the_file(tmp_path, params, damage):
+    raw = write_raw(tmp_path / "raw", *basic_raw(tmp_path))
+    path = raw / (PROJECTIONS_CSV if damage == "empty" else REPORTS_CSV)
+    if damage == "latin-1":  # e.g. re-saved by a spreadsheet program
+        path.write_bytes(path.read_text().replace("clear", "cl\u00e9ar").encode("latin-1"))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_text(path.read_text() + "9,normal,x,x,x,x,x,x,one too many\n")
+    with pytest.raises(PipelineError, match=re.escape(str(path)) + r": cannot be read as CSV .*UTF-8"):
+        prepare(params, raw=raw, out=tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_prepare_missing_csv(tmp_path, params):
