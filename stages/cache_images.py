@@ -41,12 +41,13 @@ def cache_images(filenames: list[str], image_dir, out, size: int, skip_bad: bool
     # stream into the file as images arrive: memory stays flat however large the dataset
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f, ProcessPoolExecutor(workers) as pool:
         data = create_image_cache(f, len(paths), size)
-        kept = []
+        kept, skipped = [], []
         results = pool.map(partial(_decode, size=size), paths, chunksize=8)
         for name, (pixels, error) in tqdm(zip(filenames, results), total=len(paths),
                                           desc="images", unit="img"):
             if error:
                 bad.append(error)
+                skipped.append(name)
             else:
                 data[len(kept)] = pixels
                 kept.append(name)
@@ -55,6 +56,7 @@ def cache_images(filenames: list[str], image_dir, out, size: int, skip_bad: bool
                                 "image.skip_bad=true to skip them:\n  " + "\n  ".join(bad))
         data.resize(len(kept), axis=0)
         f.create_dataset("filenames", data=np.array(kept, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("skipped", data=np.array(skipped, dtype=object), dtype=h5py.string_dtype())
     seconds = time.perf_counter() - start
     log.info("cached %d images at %d px in %.1f s: %.0f images/s with %d process%s",
              len(kept), size, seconds, len(paths) / seconds, workers, "" if workers == 1 else "es")

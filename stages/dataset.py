@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stages.common import PipelineError
-from stages.formats import (IMAGES_H5, TEXT_H5, read_image_cache, read_image_filenames,
-                            read_prepared, read_text_cache, text_cache_attrs)
+from stages.formats import (IMAGES, IMAGES_H5, TEXT_H5, read_image_cache, read_image_filenames,
+                            read_prepared, read_skipped_images, read_text_cache,
+                            text_cache_attrs)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,12 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, S
         # variants train and are scored on the same rows
         cached = rows["filename"].isin(read_image_filenames(IMAGES_H5)).to_numpy()
         if not cached.all():
+            stale = ~cached & ~rows["filename"].isin(read_skipped_images(IMAGES_H5)).to_numpy()
+            if stale.any():
+                raise PipelineError(
+                    f"{IMAGES_H5} neither holds nor skipped {stale.sum()} images of {IMAGES} "
+                    f"(first: {rows.loc[stale, 'filename'].iloc[0]}): it was made from another "
+                    "images.csv; rebuild it with `dvc repro cache_images`.")
             log.warning("%d images of images.csv are not in %s (skipped as unreadable): "
                         "left out", (~cached).sum(), IMAGES_H5)
             rows = rows.loc[cached].reset_index(drop=True)

@@ -218,6 +218,7 @@ def train(variant: str, p: dict) -> dict:
                         "fingerprint": resume_key, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "random": randoms,
                         "history": history, "best": best, "best_state": best_state, "chosen": chosen})
+            summarise_kept_epoch(live, history, chosen)
         if world.main:
             save_model(variant, p, model, best_state, text_dim, chosen, history)
         distributed.barrier(world)  # no rank leaves before the outputs are complete
@@ -227,15 +228,24 @@ def train(variant: str, p: dict) -> dict:
 
 @contextlib.contextmanager
 def live_log(variant: str, world: World):
-    """DVCLive's per-epoch metrics (metrics/<variant>/train/), written by rank 0 only."""
+    """DVCLive's per-epoch metrics (metrics/<variant>/train/), written by rank 0 only, into a
+    temporary folder that replaces the previous one only when training ends well."""
     if not world.main:
         yield None
         return
     from dvclive import Live
 
-    with Live(dir=str(metrics_dir(variant) / "train"), dvcyaml=None, save_dvc_exp=False,
-              report=None) as live:
-        yield live
+    with atomic_path(metrics_dir(variant) / "train") as tmp:
+        with Live(dir=str(tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+            yield live
+
+
+def summarise_kept_epoch(live, history: list, chosen: int) -> None:
+    """metrics.json (what `dvc metrics` and `dvc exp show` list) holds the epoch whose weights
+    were kept, not DVCLive's default, the last epoch."""
+    if live is not None:
+        kept = history[chosen - 1]
+        live.summary = {"train": kept["train"], "val": kept["val"], "epoch_kept": chosen}
 
 
 def save_model(variant: str, p: dict, model: Classifier, best_state: dict, text_dim: int,

@@ -66,11 +66,11 @@ def test_fusion_training_writes_its_outputs(cached):
     assert [config["mean"], config["std"]] == [list(s) for s in load_model(folder)[0].input_stats()]
     assert not list(Path("models").glob(".fusion*"))  # no temporary folder left behind
 
-    # DVCLive: the last epoch's metrics, and one row per epoch in the plots
+    # DVCLive: the kept epoch's metrics, and one row per epoch in the plots
     live = json.loads(Path("metrics/fusion/train/metrics.json").read_text())
-    assert live["step"] == 1
+    assert live["epoch_kept"] == chosen
     for phase in ("train", "val"):
-        for key, value in history[-1][phase].items():
+        for key, value in history[chosen - 1][phase].items():
             assert live[phase][key] == pytest.approx(value)
         loss = pd.read_csv(f"metrics/fusion/train/plots/metrics/{phase}/loss.tsv", sep="\t")
         assert loss["step"].tolist() == [0, 1]
@@ -87,6 +87,19 @@ def eight_epochs(cached) -> dict:
     # with this seed the validation loss is lowest at epoch 7 of 8: `best` and `last` differ
     cached["train"].update(epochs=8, seed=1)
     return cached
+
+
+def test_dvc_metrics_show_the_kept_epoch_not_the_last(eight_epochs):
+    result = train("text", eight_epochs)
+    chosen, history = result["chosen"], result["history"]
+    assert chosen == 7  # the fixture's premise: kept and last differ
+    live = json.loads(Path("metrics/text/train/metrics.json").read_text())
+    assert live["epoch_kept"] == 7
+    assert live["val"] == history[6]["val"] != history[7]["val"]
+    assert live["train"] == history[6]["train"]
+    # the per-epoch plots still hold every epoch
+    loss = pd.read_csv("metrics/text/train/plots/metrics/val/loss.tsv", sep="\t")
+    assert loss["loss"].tolist() == pytest.approx([row["val"]["loss"] for row in history])
 
 
 def test_select_last_keeps_the_last_epoch(eight_epochs):
@@ -253,15 +266,22 @@ def test_predictions_keep_full_precision(cached):
 def test_nan_validation_inputs_stop_training(cached):
     from stages.formats import read_prepared
 
+    cached["train"]["epochs"] = 1
+    train("text", cached)  # a good run first: its outputs must survive the failed one
+
     studies, _ = read_prepared()
     val = set(studies.loc[studies["split"] == "val", "uid"])
     with h5py.File("features/text.h5", "r+") as f:
         vectors = f["vectors"][:]
         vectors[np.isin(f["uids"][:], list(val))] = np.nan
         f["vectors"][...] = vectors
+    before = {f: f.read_bytes() for f in Path("metrics/text/train").rglob("*") if f.is_file()}
     with pytest.raises(PipelineError, match="epoch 1"):
         train("text", cached)
-    assert not Path("models/text").exists()
+    assert Path("models/text/model.safetensors").exists()  # the previous run's model
+    # and the previous run's training metrics, not the failed run's partial ones
+    assert {f: f.read_bytes() for f in Path("metrics/text/train").rglob("*") if f.is_file()} == before
+    assert not list(Path("metrics/text").glob(".train*"))
 
 
 def test_skipped_images_leave_all_variants_the_same_rows(cached):
@@ -310,3 +330,15 @@ def test_compare_refuses_variants_scored_on_other_studies(workdir, params):
     with pytest.raises(PipelineError, match="different test studies"):
         compare(params)
     assert not Path("metrics/comparison.json").exists()
+
+
+def test_an_image_cache_of_another_images_csv_is_refused(cached):
+    """images.csv rewritten (prepare run again) but images.h5 not: its missing images must not
+    pass for unreadable ones and vanish from every variant."""
+    images = pd.read_csv("data/prepared/images.csv")
+    extra = images.iloc[[0]].assign(filename="a_new_image.png")
+    pd.concat([images, extra]).to_csv("data/prepared/images.csv", index=False)
+    for variant in ("fusion", "image", "text"):
+        with pytest.raises(PipelineError, match=r"features/images.h5 neither holds nor skipped 1 "
+                                                r"images .*a_new_image.png.*dvc repro cache_images"):
+            load_splits(cached, *reads(variant))
