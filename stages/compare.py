@@ -27,6 +27,12 @@ OUT = Path("metrics/comparison.json")
 FIGURES = Path("metrics/figures")
 
 
+def bounds(interval: dict) -> dict:
+    """[low, high] as named keys: `dvc metrics show/diff` list named numbers, not lists."""
+    low, high = interval["ci95"]
+    return {"low": low, "high": high}
+
+
 def compare(p: dict) -> dict:
     e = p["evaluate"]
     studies = {v: study_predictions(pd.read_csv(metrics_dir(v) / "predictions.csv"))
@@ -44,15 +50,16 @@ def compare(p: dict) -> dict:
     for v, df in studies.items():
         m = classification_metrics(df["label"], df["probability"], e["threshold"])
         # each model's own 95 % interval, on the same resampled studies as the differences
-        m["ci95"] = {metric: bootstrap_interval(labels, df["probability"], metric, e["bootstrap"],
-                                                e["seed"], e["threshold"])["ci95"]
+        m["ci95"] = {metric: bounds(bootstrap_interval(labels, df["probability"], metric,
+                                                       e["bootstrap"], e["seed"], e["threshold"]))
                      for metric in ("auroc", "f1")}
         result["variants"][v] = m
     for a, b in PAIRS:
-        result["differences"][f"{a}_minus_{b}"] = {
-            metric: paired_bootstrap(labels, studies[a]["probability"], studies[b]["probability"],
-                                     metric, e["bootstrap"], e["seed"], e["threshold"])
-            for metric in ("auroc", "f1")}
+        diff = result["differences"][f"{a}_minus_{b}"] = {}
+        for metric in ("auroc", "f1"):
+            d = paired_bootstrap(labels, studies[a]["probability"], studies[b]["probability"],
+                                 metric, e["bootstrap"], e["seed"], e["threshold"])
+            diff[metric] = {**d, "ci95": bounds(d)}
 
     histories = {v: json.loads((model_dir(v) / "history.json").read_text()) for v in VARIANTS}
     chosen = {v: json.loads((model_dir(v) / "model.json").read_text())["epoch"] for v in VARIANTS}
@@ -60,14 +67,14 @@ def compare(p: dict) -> dict:
               "epoch kept"]]
     for v in VARIANTS:
         m = result["variants"][v]
-        table.append([v] + [f"{m[k]:.3f} [{m['ci95'][k][0]:.3f}, {m['ci95'][k][1]:.3f}]"
+        table.append([v] + [f"{m[k]:.3f} [{m['ci95'][k]['low']:.3f}, {m['ci95'][k]['high']:.3f}]"
                             for k in ("auroc", "f1")]
                      + [f"{m[k]:.3f}" for k in ("accuracy", "precision", "recall")] + [str(chosen[v])])
     for name, diff in result["differences"].items():
         row = [name.replace("_minus_", " - ")]
         for k in ("auroc", "f1"):
             d = diff[k]
-            row.append(f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
+            row.append(f"{d['difference']:+.3f} [{d['ci95']['low']:+.3f}, {d['ci95']['high']:+.3f}]")
         table.append(row + [""] * 4)
 
     with atomic_path(FIGURES) as tmp:
@@ -83,11 +90,11 @@ def compare(p: dict) -> dict:
     write_json(OUT, result)
     for v, m in result["variants"].items():
         log.info("%s: AUROC %.3f [%.3f, %.3f], F1 %.3f [%.3f, %.3f]", v, m["auroc"],
-                 *m["ci95"]["auroc"], m["f1"], *m["ci95"]["f1"])
+                 *m["ci95"]["auroc"].values(), m["f1"], *m["ci95"]["f1"].values())
     for name, diff in result["differences"].items():
         log.info("%s: AUROC %+.3f [%+.3f, %+.3f], F1 %+.3f [%+.3f, %+.3f]", name,
-                 diff["auroc"]["difference"], *diff["auroc"]["ci95"],
-                 diff["f1"]["difference"], *diff["f1"]["ci95"])
+                 diff["auroc"]["difference"], *diff["auroc"]["ci95"].values(),
+                 diff["f1"]["difference"], *diff["f1"]["ci95"].values())
     return result
 
 

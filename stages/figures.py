@@ -60,12 +60,13 @@ def comparison(histories: dict, table: list[list[str]], path) -> None:
 
 
 def roc(studies: dict, intervals: dict, path) -> None:
-    """ROC curves of the variants on the test studies; intervals: variant -> AUROC [low, high]."""
+    """ROC curves of the variants on the test studies; intervals: variant -> AUROC's
+    {"low": ..., "high": ...}."""
     fig, ax = plt.subplots(figsize=(5, 5))
     for variant, df in studies.items():
         fpr, tpr, _ = skm.roc_curve(df["label"], df["probability"])
         auc = skm.roc_auc_score(df["label"], df["probability"])
-        low, high = intervals[variant]
+        low, high = intervals[variant]["low"], intervals[variant]["high"]
         ax.plot(fpr, tpr, label=f"{variant}: AUROC {auc:.3f} [{low:.3f}, {high:.3f}]",
                 color=COLOURS.get(variant))
     ax.plot([0, 1], [0, 1], ":", color="grey")
@@ -81,11 +82,13 @@ def intervals(comparison: dict, path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     panels = ((left, comparison["variants"], lambda m, k: (m[k], m["ci95"][k])),
               (right, comparison["differences"], lambda d, k: (d[k]["difference"], d[k]["ci95"])))
+    # each interval: {"low": ..., "high": ...}
     for ax, rows, value in panels:
         names = list(rows)
         for shift, (k, (marker, colour, label)) in zip((-0.12, 0.12), styles.items()):
             for y, name in enumerate(names):
-                point, (low, high) = value(rows[name], k)
+                point, ci = value(rows[name], k)
+                low, high = ci["low"], ci["high"]
                 ax.errorbar(point, y + shift, xerr=[[point - low], [high - point]], fmt=marker,
                             color=colour, capsize=3, label=label if y == 0 else None)
         ax.set_yticks(range(len(names)), [n.replace("_minus_", " − ") for n in names])

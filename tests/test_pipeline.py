@@ -91,14 +91,14 @@ def test_dvc_repro_end_to_end(repo):
         assert 0 <= m["auroc"] <= 1 and 0 <= m["f1"] <= 1
         assert sum(map(sum, m["confusion"])) == m["n"]
         for metric in ("auroc", "f1"):  # each model's own interval holds its point estimate
-            low, high = m["ci95"][metric]
+            low, high = m["ci95"][metric]["low"], m["ci95"][metric]["high"]
             assert 0 <= low <= m[metric] <= high <= 1
     assert set(comparison["differences"]) == {"fusion_minus_image", "fusion_minus_text"}
     for diff in comparison["differences"].values():
         for metric in ("auroc", "f1"):
             d = diff[metric]
             assert d["resamples"] == 50
-            low, high = d["ci95"]
+            low, high = d["ci95"]["low"], d["ci95"]["high"]
             assert -1 <= low <= high <= 1
     for name in ("fusion_minus_image", "fusion_minus_text"):
         other = name.split("_minus_")[1]
