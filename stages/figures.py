@@ -82,7 +82,6 @@ def intervals(comparison: dict, path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     panels = ((left, comparison["variants"], lambda m, k: (m[k], m["ci95"][k])),
               (right, comparison["differences"], lambda d, k: (d[k]["difference"], d[k]["ci95"])))
-    # each interval: {"low": ..., "high": ...}
     for ax, rows, value in panels:
         names = list(rows)
         for shift, (k, (marker, colour, label)) in zip((-0.12, 0.12), styles.items()):
