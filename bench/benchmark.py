@@ -84,7 +84,7 @@ from stages.train import configure_torch, train_epoch  # noqa: E402
 
 log = logging.getLogger("benchmark")
 
-# The real study (../shared/reference/iu-xray-facts.md, params.yaml, README "Running the real study")
+# The real study (the Kaggle release's CSVs, params.yaml, README "Running the real study")
 STUDY_IMAGES = 7_466
 STUDY_REPORTS = 3_851
 STUDY_TRAIN_IMAGES = 6_000

@@ -4,7 +4,7 @@ Each study has a hidden state (normal, or one or more findings). The image draws
 (an enlarged heart shadow, a lung opacity, a blunted lung corner) and the report mentions it,
 each with a probability below one, so both modalities carry a learnable but imperfect signal.
 With probability `label_noise` the MeSH label disagrees with what image and report show.
-Quirks copied from the real data (../shared/reference/iu-xray-facts.md): 1 to 5 images a study,
+Quirks copied from the real data (the Kaggle release's two CSVs): 1 to 5 images a study,
 views only in the `projection` column, odd file names, empty findings, `XXXX` tokens,
 `No Indexing` studies, about 64 % abnormal, gaps in the uids.
 """
