@@ -15,7 +15,7 @@ import numpy as np
 from stages import distributed, params
 from stages.common import PipelineError, atomic_path, main
 from stages.formats import TEXT_H5, read_prepared, text_cache_attrs, write_text_cache
-from stages.text_encoder import embed_part, encoder_fingerprint, load_encoder
+from stages.text_encoder import embed_part, encoder_fingerprint, load_encoder, reads_lowercase
 
 log = logging.getLogger("embed_text")
 
@@ -28,7 +28,7 @@ def run(p: dict) -> None:
     t = p["text"]
     studies, _ = read_prepared()
     with distributed.running(t["device"], "text.device") as world:
-        tokenizer, model = load_encoder(t["model"], t["revision"], world.device)
+        tokenizer, model = load_encoder(t["model"], t["revision"], world.device, t["lowercase"])
         limit = model.config.max_position_embeddings
         if t["max_length"] > limit:
             raise PipelineError(f"parameter text.max_length={t['max_length']} exceeds what "
@@ -46,7 +46,9 @@ def run(p: dict) -> None:
         seconds = time.perf_counter() - start
         if world.main:
             attrs = {**text_cache_attrs(t), "revision": str(t["revision"]),
-                     "fingerprint": encoder_fingerprint(t["model"], model), "dim": vectors.shape[1]}
+                     "lowercased": reads_lowercase(tokenizer),  # text.lowercase resolved
+                     "fingerprint": encoder_fingerprint(t["model"], model, tokenizer),
+                     "dim": vectors.shape[1]}
             write_text_cache(TEXT_H5, studies["uid"].to_numpy()[rows], vectors, attrs)
             log.info("embedded %d reports (%d dims) in %.1f s: %.0f reports/s on %d x %s",
                      len(vectors), vectors.shape[1], seconds, len(vectors) / seconds, world.size,
