@@ -92,6 +92,7 @@ STUDY_EPOCHS = 40
 STUDY_CNN_VARIANTS = 2  # fusion and image; the text variant trains the head alone
 REPORT_WORDS_MEDIAN, REPORT_WORDS_P95, REPORT_WORDS_MAX = 34, 76, 230
 TEXT_DIM = 768  # BioBERT / BERT-base
+FIT = "pad"  # image.fit: the default; synthetic PNGs are square, so any fit gives the same pixels
 LR = 3e-3
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MIN_GAIN = 0.05  # a larger batch is "useful" when it is more than 5 % faster
@@ -339,7 +340,7 @@ def measure_original_step(s: Sizes, png_dir: Path, names: list[str], texts: list
 def load_split(cache: Path, size: int, n: int, device: torch.device) -> tuple[Split, float]:
     """A Split of n rows built from the project's image cache (its rows repeated), random report
     vectors and labels, moved to the device with Split.to; and the seconds that move took."""
-    filenames, pixels = read_image_cache(cache, expect={"size": size})
+    filenames, pixels = read_image_cache(cache, expect={"size": size, "fit": FIT})
     take = np.arange(n) % len(pixels)
     rng = np.random.default_rng(0)
     labels = (rng.random(n) < 0.64).astype(np.int64)  # IU X-ray: 64 % abnormal
@@ -553,7 +554,7 @@ def time_cache_images(png_dir: Path, names: list[str], n: int, out: Path, size: 
     """Images/s of stages.cache_images.cache_images over n files (the PNGs cycled)."""
     filenames = [names[i % len(names)] for i in range(n)]
     start = time.perf_counter()
-    report = cache_images(filenames, png_dir, out, size, skip_bad=False, workers=workers)
+    report = cache_images(filenames, png_dir, out, size, FIT, skip_bad=False, workers=workers)
     seconds = time.perf_counter() - start
     assert report["cached"] == n, report
     return n / seconds

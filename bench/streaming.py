@@ -37,7 +37,7 @@ def write_cache(n: int, size: int) -> None:
     rng = np.random.default_rng(0)
     IMAGES_H5.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(IMAGES_H5, "w") as f:
-        images = create_image_cache(f, n, size)
+        images = create_image_cache(f, n, size, "pad")
         for start in range(0, n, 256):
             block = min(256, n - start)
             images[start:start + block] = rng.integers(0, 256, (block, size, size), dtype=np.uint8)

@@ -85,14 +85,16 @@ def test_cached_features_match_the_prepared_tables(cached):
 
     # images.h5: one image per row of images.csv, in that order, at image.size
     size = cached["image"]["size"]
-    names, pixels = read_image_cache(formats.IMAGES_H5, expect={"size": size})
+    fit = cached["image"]["fit"]
+    names, pixels = read_image_cache(formats.IMAGES_H5, expect={"size": size, "fit": fit})
     assert names.tolist() == images["filename"].tolist()
     assert pixels.shape == (len(images), size, size) and pixels.dtype == np.uint8
     raw = formats.RAW / formats.IMAGES_SUBDIR
     for k in (0, len(images) // 2, len(images) - 1):
-        np.testing.assert_array_equal(pixels[k], load_xray(raw / names[k], size))
+        np.testing.assert_array_equal(pixels[k], load_xray(raw / names[k], size, fit))
     report = json.loads(formats.IMAGES_REPORT.read_text())
-    assert report == {"cached": len(images), "skipped": 0, "skipped_files": []}
+    assert report == {"cached": len(images), "skipped": 0, "skipped_files": [],
+                      "skipped_images": []}
 
 
 # --- pooling and truncation on a tiny encoder -------------------------------------------------
@@ -236,7 +238,7 @@ def test_load_xray_is_a_bilinear_resize(tmp_path, size):
     from stages.imaging import load_xray
 
     Image.fromarray(gray()).save(tmp_path / "x.png")
-    got = load_xray(tmp_path / "x.png", size)
+    got = load_xray(tmp_path / "x.png", size, "stretch")  # 37 x 29: stretch is a plain resize
     assert got.dtype == np.uint8 and got.shape == (size, size)
     np.testing.assert_array_equal(got, reference(tmp_path / "x.png", size))
 
@@ -265,9 +267,9 @@ def test_load_xray_same_pixels_from_any_png_mode(tmp_path, kind):
     with Image.open(tmp_path / "other.png") as check:  # the file really has that mode
         assert check.mode == {"RGB": "RGB", "RGBA": "RGBA", "LA": "LA"}.get(kind, "I;16")
     for size in (20, 37):
-        np.testing.assert_array_equal(load_xray(tmp_path / "other.png", size),
-                                      load_xray(tmp_path / "gray8.png", size))
-    np.testing.assert_array_equal(load_xray(tmp_path / "other.png", 20),
+        np.testing.assert_array_equal(load_xray(tmp_path / "other.png", size, "stretch"),
+                                      load_xray(tmp_path / "gray8.png", size, "stretch"))
+    np.testing.assert_array_equal(load_xray(tmp_path / "other.png", 20, "stretch"),
                                   reference(tmp_path / "gray8.png", 20))
 
 
@@ -301,12 +303,13 @@ def test_cache_images_writes_every_image(tmp_path, image_dir):
     from stages.imaging import load_xray
 
     out = tmp_path / "features" / "images.h5"
-    report = cache_images(GOOD, image_dir, out, 24, skip_bad=False, workers=2)
-    assert report == {"cached": 3, "skipped": 0, "skipped_files": []}
-    names, pixels = read_image_cache(out, expect={"size": 24})
+    report = cache_images(GOOD, image_dir, out, 24, "pad", skip_bad=False, workers=2)
+    assert report == {"cached": 3, "skipped": 0, "skipped_files": [],
+                      "skipped_images": []}
+    names, pixels = read_image_cache(out, expect={"size": 24, "fit": "pad"})
     assert names.tolist() == GOOD
     for name, p in zip(GOOD, pixels):
-        np.testing.assert_array_equal(p, load_xray(image_dir / name, 24))
+        np.testing.assert_array_equal(p, load_xray(image_dir / name, 24, "pad"))
     with pytest.raises(PipelineError, match="size"):
         read_image_cache(out, expect={"size": 32})
     with h5py.File(out) as f:
@@ -317,12 +320,12 @@ def test_cache_images_bad_files_stop_and_keep_previous_cache(tmp_path, image_dir
     from stages.cache_images import cache_images
 
     out = tmp_path / "features" / "images.h5"
-    cache_images(GOOD[:2], image_dir, out, 16, skip_bad=False, workers=2)
+    cache_images(GOOD[:2], image_dir, out, 16, "pad", skip_bad=False, workers=2)
     before = out.read_bytes()
 
     order = [GOOD[0], BAD[0], GOOD[1], BAD[1], BAD[2], GOOD[2]]
     with pytest.raises(PipelineError) as err:
-        cache_images(order, image_dir, out, 24, skip_bad=False, workers=2)
+        cache_images(order, image_dir, out, 24, "pad", skip_bad=False, workers=2)
     message = str(err.value)
     for name in BAD:
         assert name in message
@@ -342,7 +345,7 @@ def test_cache_images_skip_bad(tmp_path, image_dir):
 
     out = tmp_path / "images.h5"
     order = [GOOD[0], BAD[0], GOOD[1], BAD[1], BAD[2], GOOD[2]]
-    report = cache_images(order, image_dir, out, 24, skip_bad=True, workers=2)
+    report = cache_images(order, image_dir, out, 24, "pad", skip_bad=True, workers=2)
     assert report["cached"] == 3 and report["skipped"] == 3
     assert len(report["skipped_files"]) == 3
     for name, line in zip(BAD, report["skipped_files"]):
@@ -351,7 +354,7 @@ def test_cache_images_skip_bad(tmp_path, image_dir):
     assert names.tolist() == GOOD
     assert pixels.shape == (3, 24, 24)
     for name, p in zip(GOOD, pixels):
-        np.testing.assert_array_equal(p, load_xray(image_dir / name, 24))
+        np.testing.assert_array_equal(p, load_xray(image_dir / name, 24, "pad"))
 
 
 def test_cache_images_stage_reports_skipped(prepared):
