@@ -2,8 +2,10 @@
 
 All three were trained on the same studies and are scored on the same test studies, so the
 differences are paired: the bootstrap resamples test studies and scores both models on each
-resample. Each model's own interval uses the same resamples. Writes metrics/comparison.json and
-the figures under metrics/figures/.
+resample. Each model's own interval uses the same resamples. Where studies.csv names patients
+(mimic_cxr, split by patient) it resamples patients, each with all of their test studies: one
+patient's studies are not independent. Writes metrics/comparison.json and the figures under
+metrics/figures/.
 """
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from stages import figures, params
 from stages.common import PipelineError, atomic_path, main, write_json
-from stages.formats import metrics_dir, model_dir
+from stages.formats import STUDIES, metrics_dir, model_dir, read_prepared
 from stages.metrics import (bootstrap_interval, classification_metrics, paired_bootstrap,
                             study_predictions)
 from stages.params import VARIANTS
@@ -33,6 +36,18 @@ def bounds(interval: dict) -> dict:
     return {"low": low, "high": high}
 
 
+def patients_of(uids: pd.Series, predictions: Path) -> np.ndarray | None:
+    """The patient of each test study (in the order of `uids`) when studies.csv names patients,
+    else None (each study is its own unit)."""
+    studies = read_prepared()[0].set_index("uid")
+    unknown = ~uids.isin(studies.index)
+    if unknown.any():
+        raise PipelineError(f"{predictions} scores test studies that {STUDIES} does not hold "
+                            f"(uids {uids[unknown].tolist()[:10]}): the predictions come from "
+                            "another `prepare`; rerun `dvc repro` so that both match.")
+    return studies.loc[uids, "patient"].to_numpy() if "patient" in studies.columns else None
+
+
 def compare(p: dict) -> dict:
     e = p["evaluate"]
     studies = {v: study_predictions(pd.read_csv(metrics_dir(v) / "predictions.csv"))
@@ -46,19 +61,27 @@ def compare(p: dict) -> dict:
         raise PipelineError(f"every test study in {metrics_dir('fusion') / 'predictions.csv'} has "
                             f"label {labels.iloc[0]}: AUROC and its intervals need both classes; "
                             "use a larger split.test or more studies.")
-    result = {"test_studies": len(uids), "variants": {}, "differences": {}}
+    patients = patients_of(uids, metrics_dir("fusion") / "predictions.csv")
+    if patients is None:
+        resampled = {"resampled": "studies", "resampled_units": len(uids)}
+    else:
+        resampled = {"resampled": "patients", "resampled_units": len(np.unique(patients))}
+        log.info("the intervals resample the %d test patients, each with all of their studies "
+                 "(%d in all), not single studies", resampled["resampled_units"], len(uids))
+    result = {"test_studies": len(uids), **resampled, "variants": {}, "differences": {}}
     for v, df in studies.items():
         m = classification_metrics(df["label"], df["probability"], e["threshold"])
         # each model's own 95 % interval, on the same resampled studies as the differences
         m["ci95"] = {metric: bounds(bootstrap_interval(labels, df["probability"], metric,
-                                                       e["bootstrap"], e["seed"], e["threshold"]))
+                                                       e["bootstrap"], e["seed"], e["threshold"],
+                                                       patients))
                      for metric in ("auroc", "f1")}
         result["variants"][v] = m
     for a, b in PAIRS:
         diff = result["differences"][f"{a}_minus_{b}"] = {}
         for metric in ("auroc", "f1"):
             d = paired_bootstrap(labels, studies[a]["probability"], studies[b]["probability"],
-                                 metric, e["bootstrap"], e["seed"], e["threshold"])
+                                 metric, e["bootstrap"], e["seed"], e["threshold"], patients)
             diff[metric] = {**d, "ci95": bounds(d)}
 
     histories = {v: json.loads((model_dir(v) / "history.json").read_text()) for v in VARIANTS}

@@ -1,13 +1,17 @@
 """stages/metrics.py: classification metrics, study aggregation, paired bootstrap intervals."""
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 
+from stages import metrics
 from stages.metrics import (bootstrap_interval, classification_metrics, paired_bootstrap,
                             study_predictions)
 
@@ -55,6 +59,43 @@ def test_threshold_is_inclusive_and_one_class_has_no_ranking_metrics():
     assert math.isnan(m["auroc"]) and math.isnan(m["auprc"])
     # no predicted positives: precision 0 instead of a warning or an exception
     assert classification_metrics([0, 1], [0.1, 0.2])["precision"] == 0.0
+
+
+def test_one_class_nan_is_logged_with_its_reason_and_context(caplog):
+    with caplog.at_level(logging.WARNING, logger="stages.metrics"):
+        m = classification_metrics([1] * 12, np.linspace(0, 1, 12), context="val, epoch 3")
+    assert math.isnan(m["auroc"]) and math.isnan(m["auprc"])
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert caplog.records[0].getMessage() == ("AUROC and AUPRC are undefined (nan) on val, "
+                                              "epoch 3: the 12 rows hold label 1 only")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stages.metrics"):
+        classification_metrics([0, 0], [0.9, 0.2])            # context is optional
+        assert caplog.records[0].getMessage() == ("AUROC and AUPRC are undefined (nan): the 2 "
+                                                  "rows hold label 0 only")
+        caplog.clear()
+        classification_metrics(LABELS, PROBS)                 # both classes: nothing to say
+    assert not caplog.records
+
+
+def test_no_undefined_metric_warning_escapes(monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndefinedMetricWarning)
+        for labels, probs in (([1, 1, 1], [0.9, 0.2, 0.6]), ([0, 0], [0.1, 0.2]),
+                              ([0, 0], [0.9, 0.8]), ([0, 1], [0.1, 0.2])):
+            classification_metrics(labels, probs)
+    # an sklearn that warns although zero_division is given (as some versions did for recall
+    # without abnormal rows): the warning stays inside, the value is still 0
+    real = skm.recall_score
+
+    def warns(*args, **kwargs):
+        warnings.warn("Recall is ill-defined", UndefinedMetricWarning)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metrics.skm, "recall_score", warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndefinedMetricWarning)
+        assert classification_metrics([0, 0], [0.1, 0.7])["recall"] == 0.0
 
 
 def test_study_predictions_mean_per_uid():
