@@ -117,6 +117,31 @@ def official_split(reports: pd.DataFrame, keep: pd.Series, path: Path) -> pd.Ser
     return values[keep]
 
 
+def check_split_sizes(studies: pd.DataFrame, s: dict) -> None:
+    """Refuse, before any training, a split too small to select a model on or to test it: fewer
+    than split.min_studies studies, or fewer than split.min_per_label of either label (AUROC
+    needs both; with one class a whole validation run logs nan and the test fails at the end)."""
+    for name in ("test", "val", "train"):
+        labels = studies.loc[studies["split"] == name, "label"]
+        normal, abnormal = int((labels == 0).sum()), int((labels == 1).sum())
+        if len(labels) >= s["min_studies"] and min(normal, abnormal) >= s["min_per_label"]:
+            continue
+        if s.get("official", False):
+            change = "use the seeded split (split.official=false) or more data"
+        elif name == "train":
+            change = (f"lower split.test={s['test']} or split.val={s['val']}, or use more "
+                      "studies")
+        else:
+            key = "split.test" if name == "test" else "split.val"
+            change = f"raise {key}={s[name]} or use more studies"
+        raise PipelineError(
+            f"the {name} split has {len(labels)} studies ({normal} normal, {abnormal} abnormal), "
+            f"too few to answer the question: it needs at least split.min_studies="
+            f"{s['min_studies']} studies and split.min_per_label={s['min_per_label']} of each "
+            f"label. {change[0].upper() + change[1:]} (or lower split.min_studies / "
+            "split.min_per_label for a smoke test).")
+
+
 def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
     fields = p["text"]["fields"]
     reports = read_csv(raw / REPORTS_CSV, ["uid", "MeSH", *fields])
@@ -181,6 +206,7 @@ def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
     else:
         studies["split"] = split_studies(studies["uid"].to_numpy(), studies["label"].to_numpy(),
                                          p["split"]["test"], p["split"]["val"], p["split"]["seed"])
+    check_split_sizes(studies, p["split"])
     studies = studies.sort_values("uid")
 
     images = projections.merge(studies[["uid", "label", "split"]], on="uid", how="inner")

@@ -22,6 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 TINY = {  # small enough for seconds on 2 CPU cores, large enough for every split
     "demo": {"studies": 60, "image_size": 48},
+    "split": {"min_studies": 5},  # 60 studies leave 7 for validation
     "image": {"size": 32},
     "train": {"epochs": 2, "batch_size": 8},
     "evaluate": {"bootstrap": 50},

@@ -24,6 +24,13 @@ REPORT_COLUMNS = ["uid", "MeSH", "Problems", "image", "indication", "comparison"
 PROJECTION_COLUMNS = ["uid", "filename", "projection"]
 
 
+
+@pytest.fixture
+def params(params) -> dict:
+    """Downloads of a few hand-made studies go through prepare: no minimum split size."""
+    params["split"].update(min_studies=0, min_per_label=0)
+    return params
+
 def snapshot(folder: Path) -> dict:
     """Every file below `folder` (following links) -> its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes()

@@ -27,6 +27,13 @@ from stages.prepare import label_of, prepare
 SPLIT_OF = {"train": "train", "validate": "val", "test": "test"}
 
 
+@pytest.fixture
+def params(params) -> dict:
+    """The miniature MIMIC folder holds a few studies per split: no minimum split size."""
+    params["split"].update(min_studies=0, min_per_label=0)
+    return params
+
+
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory) -> dict:
     """One generated folder for the tests that only read it."""
@@ -276,8 +283,10 @@ def test_image_cache_reads_filenames_with_folders(layout, workdir, params):
     images = pd.read_csv("data/prepared/images.csv", keep_default_na=False)
     assert images["filename"].str.startswith("files/p").all()
     report = cache_images(images["filename"].tolist(), Path("data/raw") / IMAGES_SUBDIR,
-                          Path("features/images.h5"), size=32, skip_bad=False, workers=1)
-    assert report == {"cached": len(images), "skipped": 0, "skipped_files": []}
+                          Path("features/images.h5"), size=32, fit="pad", skip_bad=False,
+                          workers=1)
+    assert report == {"cached": len(images), "skipped": 0, "skipped_files": [],
+                      "skipped_images": []}
 
 
 def test_official_split(layout, workdir, params):
@@ -414,7 +423,7 @@ def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the importe
     layout = make_mimic(tmp_path / "mimic-cxr-jpg")
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["data"].update(source="mimic_cxr", local_dir=str(layout["folder"]))
-    p["split"]["official"] = True
+    p["split"].update(official=True, min_studies=0, min_per_label=0)  # a miniature dataset
     assert p["train"]["epochs"] == 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 

@@ -19,6 +19,13 @@ REPORT_COLUMNS = ["uid", "MeSH", "Problems", "image", "indication", "comparison"
                   "impression"]
 
 
+@pytest.fixture
+def params(params) -> dict:
+    """Hand-made tables of a few studies: no minimum split size (tested on its own below)."""
+    params["split"].update(min_studies=0, min_per_label=0)
+    return params
+
+
 # --- helpers: a hand-made raw folder in the Kaggle layout --------------------------------------
 
 def report(uid, mesh, findings="The lungs are clear.", impression="No acute disease.",
@@ -396,3 +403,52 @@ def test_prepared_demo_report_is_consistent(prepared):
     assert rep["images"] + rep["dropped"]["images_of_dropped_studies"] == len(raw_images)
     assert rep["studies_with_empty_text"] == (studies["text"] == "").sum()
     assert rep["text_fields"] == prepared["text"]["fields"]
+
+
+# --- a split too small to answer the question -------------------------------------------------
+
+def _many(n_normal: int, n_abnormal: int) -> tuple[list[dict], list[dict]]:
+    reports = [report(u, "normal") for u in range(1, n_normal + 1)] + [
+        report(u, "Cardiomegaly/mild") for u in range(n_normal + 1, n_normal + n_abnormal + 1)]
+    return reports, [image(r["uid"], r["uid"]) for r in reports]
+
+
+def test_prepare_refuses_a_split_too_small_before_any_training(tmp_path, params):
+    # 5 studies (as a first try with real data might have): a 3 / 1 / 1 split
+    params["split"].update(min_studies=10, min_per_label=2)
+    raw = write_raw(tmp_path / "raw", *_many(2, 3))
+    with pytest.raises(PipelineError) as err:
+        prepare(params, raw=raw, out=tmp_path / "prepared")
+    message = str(err.value)
+    assert re.search(r"the (train|val|test) split has \d+ studies \(\d+ normal, \d+ abnormal\)",
+                     message), message
+    assert "split.min_studies=10" in message and "split.min_per_label=2" in message
+    assert not (tmp_path / "prepared").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("normal, abnormal, refused", [
+    (40, 60, None),          # 100 studies: test 20, val 12, train 68, both labels everywhere
+    (4, 96, "test"),         # 4 normal studies: test gets 1 normal study (< 2 of each label)
+    (30, 30, "val"),         # val holds 4 + 4 = 8 studies (< 10)
+])
+def test_prepare_split_minimum_names_the_split_and_its_counts(tmp_path, params, normal, abnormal,
+                                                               refused):
+    params["split"].update(min_studies=10, min_per_label=2)
+    raw = write_raw(tmp_path / "raw", *_many(normal, abnormal))
+    if refused is None:
+        rep = prepare(params, raw=raw, out=tmp_path / "prepared")
+        assert rep["by_split"]["test"]["studies"] == 20
+        return
+    with pytest.raises(PipelineError, match=f"the {refused} split has") as err:
+        prepare(params, raw=raw, out=tmp_path / "prepared")
+    key = "split.test" if refused == "test" else "split.val"
+    assert f"Raise {key}=" in str(err.value)
+
+
+def test_split_minimum_is_checked_as_a_parameter(params):
+    from stages.params import validate
+
+    for bad in (-1, 2.5, "10"):
+        p = {**params, "split": {**params["split"], "min_studies": bad}}
+        with pytest.raises(PipelineError, match="split.min_studies"):
+            validate(p)
