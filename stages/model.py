@@ -59,7 +59,10 @@ class Classifier(nn.Module):
         self.variant = variant
         self.uses_image, self.uses_text = reads(variant)
         self.cnn = create_backbone(backbone, pretrained) if self.uses_image else None
-        features = (self.cnn.num_features if self.uses_image else 0) + (text_dim if self.uses_text else 0)
+        # what forward_head gives: num_features, or the width of a head conv after the pooling
+        # (MobileNetV3's head_hidden_size)
+        width = getattr(self.cnn, "head_hidden_size", None) or getattr(self.cnn, "num_features", 0)
+        features = (width if self.uses_image else 0) + (text_dim if self.uses_text else 0)
         self.head = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, 2))
         if self.uses_image:  # made once and moved with the model, not rebuilt every batch
@@ -78,7 +81,11 @@ class Classifier(nn.Module):
             parts.append(self.cnn.forward_head(features))
         if self.uses_text:
             parts.append(text)
-        return self.head(torch.cat(parts, 1).float())
+        # The CNN may run under bf16 autocast; the head does not: autocast would run its Linear
+        # layers in bf16 whatever the input's dtype, and bf16 logits (8 bits of mantissa) tie
+        # in AUROC and differ from the CPU's float32 ones.
+        with torch.autocast(parts[0].device.type, enabled=False):
+            return self.head(torch.cat([part.float() for part in parts], 1))
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)
@@ -127,12 +134,16 @@ WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
 
 
-def model_config(model: Classifier, text_dim: int, backbone: str, image_size: int) -> dict:
-    """What it takes to rebuild the model (no weights): saved beside them."""
+def model_config(model: Classifier, text_dim: int, backbone: str, image_size: int, *,
+                 image_fit: str) -> dict:
+    """What it takes to rebuild the model (no weights) and to read new images as its training
+    images were read (size and `image.fit`): saved beside them. `image_fit` has no default: a
+    model that says nothing about its fit would be read with a guess."""
     mean, std = model.input_stats()
     return {"variant": model.variant, "text_dim": text_dim, "backbone": backbone,
             "hidden": model.head[0].out_features, "dropout": model.head[2].p,
-            "image_size": image_size, "mean": list(mean), "std": list(std)}
+            "image_size": image_size, "image_fit": image_fit, "mean": list(mean),
+            "std": list(std)}
 
 
 def load_model(folder: Path, device="cpu") -> tuple[Classifier, dict]:

@@ -59,6 +59,36 @@ def test_fusion_reads_both_inputs(models):
         assert not torch.equal(base, model(other, text))
 
 
+@pytest.mark.parametrize("variant", ["fusion", "image", "text"])
+def test_head_runs_in_float32_under_bf16_autocast(models, variant):
+    """Under autocast the CNN runs in bf16 but the concatenation and the head's matmuls do not
+    (autocast would run nn.Linear in bf16 whatever its input's dtype)."""
+    model = models[variant]
+    image, text = _inputs(model, 2, 32)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = (inputs[0].dtype, output.dtype)
+        return hook
+
+    hooks = [model.head[0].register_forward_hook(record("hidden")),
+             model.head[3].register_forward_hook(record("logits"))]
+    if model.cnn is not None:
+        hooks.append(model.cnn.conv_stem.register_forward_hook(record("cnn")))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(image if model.uses_image else None, text if model.uses_text else None)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if model.cnn is not None:
+        assert seen["cnn"][1] == torch.bfloat16  # the autocast is real: the CNN ran in bf16
+    assert seen["hidden"] == (torch.float32, torch.float32)
+    assert seen["logits"] == (torch.float32, torch.float32)
+    assert logits.dtype == torch.float32
+
+
 def test_image_variant_ignores_text(models):
     model = models["image"]
     assert model.uses_image and not model.uses_text
@@ -194,7 +224,8 @@ def test_load_model_missing_folder(workdir):
 
 def test_saved_model_reloads(cached):
     from stages.dataset import load_splits
-    from stages.train import predict, train
+    from stages.scoring import predict
+    from stages.train import train
 
     p = cached
     p["train"].update(epochs=3, select="last")

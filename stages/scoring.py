@@ -1,0 +1,80 @@
+"""Scoring: a model and rows in, probabilities of abnormal out. The one home of the forward pass.
+
+`train` scores the validation studies every epoch with it, `evaluate` the test studies,
+`explain` its perturbed copies and `stages.predict` new studies: all read images and reports
+the same way (uint8 pixels normalised on the device, the CNN under bf16 autocast on a GPU, the
+concatenation and the head in float32).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from stages import distributed
+from stages.common import PipelineError
+from stages.dataset import Split
+from stages.distributed import World
+from stages.model import Classifier, normalise
+
+
+def forward(model: nn.Module, images: torch.Tensor | None, text: torch.Tensor | None,
+            amp: bool) -> torch.Tensor:
+    """Float32 logits for a batch: uint8 images and report vectors already on the model's
+    device (each read only if the variant reads it). `amp` runs the CNN in bf16 on a GPU; the
+    model's head always runs in float32 (Classifier.classify)."""
+    core = unwrap(model)
+    images = normalise(images, core.pixel_mean, core.pixel_std) if core.uses_image else None
+    text = text if core.uses_text else None
+    device_type = (images if images is not None else text).device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp and device_type == "cuda"):
+        return model(images, text).float()
+
+
+def unwrap(model: nn.Module) -> Classifier:
+    """The Classifier inside DDP and torch.compile wrappers."""
+    while not isinstance(model, Classifier):
+        model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
+    return model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, batch_size: int, amp: bool = True,
+            world: World = World()) -> tuple[np.ndarray, float]:
+    """Probability of abnormal for every row, and the mean cross-entropy loss.
+
+    With several processes each scores its share of the rows; all get every row's result.
+    """
+    model.eval()
+    mine = [b for b in distributed.shard(torch.arange(len(split)), world).split(batch_size) if len(b)]
+    # kept on the device until the end: no wait on the GPU per batch (float64, as Python's sum)
+    probs, loss = [], torch.zeros((), dtype=torch.float64, device=split.labels.device)
+    for _, images, text, labels in split.batches(mine):
+        logits = forward(model, images, text, amp)
+        loss += F.cross_entropy(logits, labels, reduction="sum").double()
+        probs.append(logits.softmax(1)[:, 1])
+    probs = torch.cat(probs).cpu() if probs else torch.zeros(0)
+    parts = distributed.gather((probs, loss.item()), world)
+    return torch.cat([p for p, _ in parts]).numpy(), sum(l for _, l in parts) / len(split)
+
+
+# how this machine scores, not what the model learned: taken from params.yaml, not the model
+SCORING = ("device", "amp", "batch_size", "in_memory_gb", "workers")
+
+
+def trained_settings(folder, p: dict) -> dict:
+    """The settings a saved model was trained with (models/<variant>/params.json: its caches'
+    text and image settings), with this run's `train.{device, amp, batch_size, in_memory_gb,
+    workers}`. `evaluate` and `explain` read the caches as the model was trained on them, so
+    they depend on the model, not on params.yaml's image.* and text.*."""
+    path = Path(folder) / "params.json"
+    if not path.exists():
+        raise PipelineError(f"{path} not found: {folder} was not written by `stages.train`; "
+                            "retrain it with `dvc repro`.")
+    trained = json.loads(path.read_text())
+    return {**trained, "train": {**trained["train"], **{k: p["train"][k] for k in SCORING}}}
