@@ -91,7 +91,14 @@ def resolve_device(name: str, setting: str = "parameter train.device"):
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.version.cuda:  # a CUDA build that sees no GPU: a broken driver, or no GPU here
+            log.warning("this torch is a CUDA build (CUDA %s) but sees no GPU: %s=auto runs on "
+                        "the CPU. If this machine has a GPU, fix its driver; set %s=cuda to stop "
+                        "instead of running on the CPU, or =cpu to say that the CPU is meant.",
+                        torch.version.cuda, setting, setting.split()[-1])
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stages.common import PipelineError
-from stages.formats import (IMAGES, IMAGES_H5, TEXT_H5, read_image_cache, read_image_filenames,
-                            read_prepared, read_skipped_images, read_text_cache,
-                            text_cache_attrs)
+from stages.formats import (IMAGES, IMAGES_H5, IMAGES_REPORT, TEXT_H5, read_image_filenames,
+                            read_image_rows, read_images_report, read_prepared,
+                            read_skipped_images, read_text_cache, text_cache_attrs)
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,19 @@ class Split:
         device of `labels` (None when the variant reads no image)."""
         device = self.labels.device
         if not self.streamed:
-            flat = torch.cat(index).to(device, non_blocking=True) if index else None  # one copy
-            for idx in ([] if flat is None else flat.split([len(i) for i in index])):
-                yield (idx, None if self.images is None else self.images[idx],
-                       None if self.text is None else self.text[idx], self.labels[idx])
+            if not index:
+                return
+            host = torch.cat(index)
+            flat = host.to(device, non_blocking=True)  # one copy of the epoch's indices
+            sizes = [len(i) for i in index]
+            for on_host, idx in zip(host.split(sizes), flat.split(sizes)):
+                if self.images is None:
+                    images = None
+                elif self.images.device == device:
+                    images = self.images[idx]
+                else:  # images kept in host memory (the GPU had no room): copy the batch
+                    images = self.images[on_host].to(device, non_blocking=True)
+                yield idx, images, None if self.text is None else self.text[idx], self.labels[idx]
             return
         # one item = one whole batch (batch_size=None): a single HDF5 read per batch
         loader = DataLoader(CachedImages(IMAGES_H5, self.cache_rows), sampler=[i.numpy() for i in index],
@@ -63,16 +72,19 @@ class Split:
             yield (idx, pixels.to(device, non_blocking=True),
                    None if self.text is None else self.text[idx], self.labels[idx])
 
-    def to(self, device) -> "Split":
-        """The whole split on `device` (uint8 images: 7,466 at 240 px are 430 MB)."""
+    def to(self, device, images_too: bool = True) -> "Split":
+        """The split on `device` (uint8 images: 7,466 at 240 px are 430 MB). With
+        images_too=False the images stay in host memory and each batch is copied over."""
         def move(t):
-            if t is None:
-                return None
-            if torch.device(device).type == "cuda":
-                t = t.pin_memory()  # page-locked: the copy runs asynchronously
-            return t.to(device, non_blocking=True)
-        return Split(self.rows, move(self.images), move(self.text), move(self.labels),
-                     self.cache_rows, self.workers)
+            return None if t is None else t.to(device)  # no page-locked copy of a whole split
+        return Split(self.rows, move(self.images) if images_too else self.images,
+                     move(self.text), move(self.labels), self.cache_rows, self.workers)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors `to` moves."""
+        return sum(t.numel() * t.element_size() for t in (self.images, self.text, self.labels)
+                   if t is not None)
 
 
 class CachedImages(Dataset):
@@ -92,24 +104,24 @@ class CachedImages(Dataset):
         return torch.from_numpy(np.stack([images[r] for r in self.cache_rows[rows]]))
 
 
-def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, Split], int]:
-    """train/val/test Splits and the text vector size (0 when no text is read)."""
+SPLITS = ("train", "val", "test")
+
+
+def load_splits(p: dict, uses_image: bool, uses_text: bool,
+                names: tuple[str, ...] = SPLITS) -> tuple[dict[str, Split], int]:
+    """The Splits `names` (train, val, test) and the text vector size (0 when no text is read).
+
+    Only the rows of those splits are read. Their pixels are one array, each Split a view of
+    its own slice of it: one copy of what is scored in host memory, however many splits.
+    """
     _, rows = read_prepared()
-    if IMAGES_H5.exists():
-        # images that image.skip_bad skipped are left out for every variant, so that all
-        # variants train and are scored on the same rows
-        cached = rows["filename"].isin(read_image_filenames(IMAGES_H5)).to_numpy()
-        if not cached.all():
-            stale = ~cached & ~rows["filename"].isin(read_skipped_images(IMAGES_H5)).to_numpy()
-            if stale.any():
-                raise PipelineError(
-                    f"{IMAGES_H5} neither holds nor skipped {stale.sum()} images of {IMAGES} "
-                    f"(first: {rows.loc[stale, 'filename'].iloc[0]}): it was made from another "
-                    "images.csv; rebuild it with `dvc repro cache_images`.")
-            log.warning("%d images of images.csv are not in %s (skipped as unreadable): "
-                        "left out", (~cached).sum(), IMAGES_H5)
-            rows = rows.loc[cached].reset_index(drop=True)
-    text_dim, vectors_by_row, pixels_by_row = 0, None, None
+    rows = _without_skipped(rows, uses_image)
+    for name in names:
+        if not (rows["split"] == name).any():
+            raise PipelineError(f"no images in split {name!r}: the dataset is too small for "
+                                "split.test / split.val.")
+    rows = pd.concat([rows.loc[rows["split"] == name] for name in names], ignore_index=True)
+    text_dim, vectors_by_row, pixels_by_row, cache_rows = 0, None, None, None
     if uses_text:
         uids, vectors, attrs = read_text_cache(TEXT_H5, expect=text_cache_attrs(p["text"]))
         row_of = pd.Series(np.arange(len(uids)), index=uids)
@@ -119,33 +131,56 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool) -> tuple[dict[str, S
                                 "images.csv; rebuild it with `dvc repro embed_text`.")
         vectors_by_row = vectors[row_of[rows["uid"]].to_numpy()]
         text_dim = int(attrs["dim"])
-    cache_rows = None
     if uses_image:
-        size = p["image"]["size"]
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each holds its own copy
-        gigabytes = len(rows) * size * size / 1e9 * processes
-        in_memory = gigabytes <= p["train"]["in_memory_gb"]
-        if in_memory:
-            filenames, pixels = read_image_cache(IMAGES_H5, expect={"size": size})
-        else:
-            filenames = read_image_filenames(IMAGES_H5, expect={"size": size})
+        expect = {"size": p["image"]["size"], "fit": p["image"]["fit"]}
+        filenames = read_image_filenames(IMAGES_H5, expect=expect)
         cache_rows = pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]].to_numpy()
-        if in_memory:
-            pixels_by_row, cache_rows = pixels[cache_rows], None
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each holds its own copy
+        gigabytes = len(rows) * p["image"]["size"] ** 2 / 1e9 * processes
+        if gigabytes <= p["train"]["in_memory_gb"]:
+            pixels_by_row = torch.from_numpy(read_image_rows(IMAGES_H5, cache_rows, expect))
+            cache_rows = None
         else:
             log.info("images: %.1f GB > train.in_memory_gb=%s: streamed from %s by %d loader "
                      "processes", gigabytes, p["train"]["in_memory_gb"], IMAGES_H5, p["train"]["workers"])
 
-    splits = {}
-    for name in ("train", "val", "test"):
-        mask = (rows["split"] == name).to_numpy()
-        if not mask.any():
-            raise PipelineError(f"no images in split {name!r}: the dataset is too small for "
-                                "split.test / split.val.")
+    splits, start = {}, 0
+    for name in names:
+        n = int((rows["split"] == name).sum())
+        part = slice(start, start + n)  # rows are grouped by split: each split is one slice
+        start += n
         splits[name] = Split(
-            rows.loc[mask].reset_index(drop=True),
-            None if pixels_by_row is None else torch.from_numpy(pixels_by_row[mask]),
-            None if vectors_by_row is None else torch.from_numpy(vectors_by_row[mask]),
-            torch.tensor(rows.loc[mask, "label"].to_numpy(np.int64)),
-            None if cache_rows is None else cache_rows[mask], p["train"]["workers"])
+            rows.iloc[part].reset_index(drop=True),
+            None if pixels_by_row is None else pixels_by_row[part],  # a view: no copy
+            None if vectors_by_row is None else torch.from_numpy(vectors_by_row[part]),
+            torch.tensor(rows["label"].to_numpy(np.int64)[part]),
+            None if cache_rows is None else cache_rows[part], p["train"]["workers"])
     return splits, text_dim
+
+
+def _without_skipped(rows: pd.DataFrame, uses_image: bool) -> pd.DataFrame:
+    """`rows` less the images `cache_images` skipped as unreadable (image.skip_bad), for every
+    variant, so that all variants train and are scored on the same rows. A variant that reads
+    images checks the image cache itself; the text variant reads the list of skipped images
+    from features/images_report.json (it must not depend on the pixels)."""
+    if uses_image:
+        cached = rows["filename"].isin(read_image_filenames(IMAGES_H5)).to_numpy()
+        if not cached.all():
+            stale = ~cached & ~rows["filename"].isin(read_skipped_images(IMAGES_H5)).to_numpy()
+            if stale.any():
+                raise PipelineError(
+                    f"{IMAGES_H5} neither holds nor skipped {stale.sum()} images of {IMAGES} "
+                    f"(first: {rows.loc[stale, 'filename'].iloc[0]}): it was made from another "
+                    "images.csv; rebuild it with `dvc repro cache_images`.")
+    else:
+        report = read_images_report(IMAGES_REPORT)
+        if report["cached"] + report["skipped"] != len(rows):
+            raise PipelineError(
+                f"{IMAGES_REPORT} counts {report['cached'] + report['skipped']} images but "
+                f"{IMAGES} has {len(rows)}: it was made from another images.csv; rebuild it "
+                "with `dvc repro cache_images`.")
+        cached = ~rows["filename"].isin(report["skipped_images"]).to_numpy()
+    if not cached.all():
+        log.warning("%d images of %s were skipped as unreadable by cache_images: left out",
+                    (~cached).sum(), IMAGES)
+    return rows.loc[cached].reset_index(drop=True)

@@ -20,7 +20,7 @@ from stages.dataset import load_splits
 from stages.formats import metrics_dir, model_dir
 from stages.metrics import classification_metrics, study_predictions
 from stages.model import load_model, reads
-from stages.train import predict
+from stages.scoring import predict, trained_settings
 
 log = logging.getLogger("evaluate")
 
@@ -33,14 +33,16 @@ def write_csv(df: pd.DataFrame, path) -> None:
 def evaluate(variant: str, p: dict) -> dict:
     device = resolve_device(p["train"]["device"])
     model, _ = load_model(model_dir(variant), device)
-    splits, _ = load_splits(p, *reads(variant))
-    test = splits["test"].to(device)
+    trained = trained_settings(model_dir(variant), p)
+    test = load_splits(trained, *reads(variant), names=("test",))[0]["test"].to(device)
     probs, _ = predict(model, test, p["train"]["batch_size"], p["train"]["amp"])
     images = test.rows[["uid", "filename", "label"]].assign(probability=probs.astype("float64"))
     studies = study_predictions(images)
     threshold = p["evaluate"]["threshold"]
-    result = {"image": classification_metrics(images["label"], images["probability"], threshold),
-              "study": classification_metrics(studies["label"], studies["probability"], threshold),
+    result = {"image": classification_metrics(images["label"], images["probability"], threshold,
+                                              f"{variant} test images"),
+              "study": classification_metrics(studies["label"], studies["probability"], threshold,
+                                              f"{variant} test studies"),
               "threshold": threshold}
 
     out = metrics_dir(variant)

@@ -47,7 +47,7 @@ from stages.formats import (IMAGES_H5, TEXT_H5, model_dir, read_prepared, read_t
 from stages.metrics import study_predictions
 from stages.model import Classifier, load_model, normalise
 from stages.predict import evaluation_threshold
-from stages.train import predict
+from stages.scoring import predict, trained_settings
 
 log = logging.getLogger("explain")
 
@@ -241,13 +241,13 @@ def explain(p: dict) -> dict:
     t = p["train"]
     device = resolve_device(t["device"])
     model, config = load_model(model_dir(variant), device)
-    if config["image_size"] != p["image"]["size"]:
-        raise PipelineError(f"{model_dir(variant)} was trained at {config['image_size']} px but "
-                            f"image.size={p['image']['size']}: rerun `dvc repro`.")
     threshold, source = evaluation_threshold(model_dir(variant), variant, p)
-    splits, _ = load_splits(p, True, True)  # both inputs, whatever the variant reads
-    test = splits["test"].to(device)
-    ref_uid, ref_vector = reference_normal(p)
+    trained = trained_settings(model_dir(variant), p)  # the caches as the model read them
+    if not model.uses_text:  # the image model reads no report: today's text cache, as is
+        trained["text"] = p["text"]
+    # both inputs, whatever the variant reads
+    test = load_splits(trained, True, True, names=("test",))[0]["test"].to(device)
+    ref_uid, ref_vector = reference_normal(trained)
     reliance, probs = modality_reliance(model, test, torch.from_numpy(ref_vector), threshold,
                                         t["batch_size"], t["amp"], config["image_size"])
     picks = select_examples(test.rows, probs, threshold, e["per_outcome"], e["seed"])

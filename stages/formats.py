@@ -7,9 +7,11 @@ CSV contract written by `prepare` and read by every later stage:
                (filename is relative to data/raw/images/images_normalized; may hold folders)
 HDF5 caches:
   text.h5      `uids` (int64, N) and `vectors` (float32, N x D) in the same row order, plus
-               attributes that say how the vectors were made (encoder, pooling, ...)
+               attributes that say how the vectors were made (encoder, pooling, casing, ...)
   images.h5    `filenames` (str, N) and `images` (uint8, N x S x S, one image per chunk);
-               `skipped` (str): the images of images.csv left out as unreadable (image.skip_bad)
+               `skipped` (str): the images of images.csv left out as unreadable (image.skip_bad);
+               attributes `size` (S) and `fit` (pad | crop | stretch: how each X-ray was made
+               square, stages/imaging.py), which readers compare with theirs
 """
 from __future__ import annotations
 
@@ -83,9 +85,15 @@ def write_text_cache(path, uids, vectors, attrs: dict) -> None:
 
 
 def text_cache_attrs(text: dict) -> dict:
-    """What the vectors depend on (from params `text`); readers compare these with theirs."""
+    """What the vectors depend on (from params `text`); readers compare these with theirs.
+
+    `lowercase` is text.lowercase as asked (auto, true, false); `embed_text` adds `lowercased`,
+    what it resolved to, and puts the same in the encoder's fingerprint (`..._cased`)."""
+    lowercase = text["lowercase"]
+    if isinstance(lowercase, bool):  # spelled as in params.yaml: one type whatever was asked
+        lowercase = "true" if lowercase else "false"
     return {"model": text["model"], "pooling": text["pooling"], "max_length": text["max_length"],
-            "fields": ",".join(text["fields"])}
+            "fields": ",".join(text["fields"]), "lowercase": lowercase}
 
 
 def read_text_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -106,8 +114,12 @@ def read_text_cache_attrs(path) -> dict:
 
 # --- image cache ------------------------------------------------------------------------------
 
-def create_image_cache(f: h5py.File, n: int, size: int) -> h5py.Dataset:
+def create_image_cache(f: h5py.File, n: int, size: int, fit: str) -> h5py.Dataset:
+    """The empty `images` dataset of an image cache, and the attributes readers check: images
+    fitted another way show the heart at another width, so a reader expecting another fit must
+    refuse them as it refuses another size."""
     f.attrs["size"] = size
+    f.attrs["fit"] = fit
     # one image a chunk: a reader can fetch any image alone (streaming when RAM is short)
     return f.create_dataset("images", shape=(n, size, size), dtype=np.uint8,
                             chunks=(1, size, size), maxshape=(None, size, size))
@@ -123,6 +135,26 @@ def read_image_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.n
         return f["filenames"].asstr()[:], f["images"][:]
 
 
+def read_image_rows(path, rows: np.ndarray, expect: dict | None = None) -> np.ndarray:
+    """Only the images at `rows` of an image cache, in that order (uint8, len(rows) x S x S):
+    one array, no copy of the whole cache. Runs of consecutive rows are read as one slice
+    (h5py's fancy selection of scattered rows is ~30x slower than slices)."""
+    if not Path(path).exists():
+        raise PipelineError(f"{path} not found: run `dvc repro cache_images` first.")
+    rows = np.asarray(rows, dtype=np.int64)
+    with h5py.File(path, "r") as f:
+        _check_attrs(path, {k: _plain(v) for k, v in f.attrs.items()}, expect or {})
+        images = f["images"]
+        out = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1  # where a run of consecutive rows ends
+        for run in np.split(np.arange(len(wanted)), breaks):
+            if len(run):
+                out[order[run]] = images[wanted[run[0]]:wanted[run[-1]] + 1]
+        return out
+
+
 def read_image_filenames(path, expect: dict | None = None) -> np.ndarray:
     """Only the index of an image cache (which images it holds, in row order): no pixels."""
     if not Path(path).exists():
@@ -136,6 +168,20 @@ def read_skipped_images(path) -> np.ndarray:
     """The images `cache_images` left out as unreadable (image.skip_bad)."""
     with h5py.File(path, "r") as f:
         return f["skipped"].asstr()[:] if "skipped" in f else np.array([], dtype=str)
+
+
+def read_images_report(path) -> dict:
+    """What `cache_images` cached and skipped (images_report.json: `cached`, `skipped`,
+    `skipped_images`), for readers that must not depend on the pixels (the text variant)."""
+    import json
+
+    if not Path(path).exists():
+        raise PipelineError(f"{path} not found: run `dvc repro cache_images` first.")
+    report = json.loads(Path(path).read_text())
+    if "skipped_images" not in report:
+        raise PipelineError(f"{path} lists no skipped_images: it was written by an older "
+                            "cache_images; rebuild it with `dvc repro -f cache_images`.")
+    return report
 
 
 def _plain(value):

@@ -1,5 +1,7 @@
 """`python -m stages.launch N stages.X [args]`: run a stage in N processes with torchrun.
 
+N is a number or a parameter that holds it (`python -m stages.launch train.nproc stages.train`).
+
 N = 1 runs the stage in this very process: no launcher start-up (about 10 s a stage on the
 CPU). N > 1 hands over to PyTorch's own launcher, exactly as
 `torchrun --standalone --nproc_per_node N -m stages.X [args]` on one machine; for several
@@ -11,17 +13,29 @@ import logging
 import runpy
 import sys
 
-from stages.common import setup_logging
+from stages.common import PipelineError, setup_logging
 
 log = logging.getLogger("launch")
 
 
+def processes(count: str) -> int:
+    """N, or the value of the parameter N names (`train.nproc`): dvc.yaml names the parameter
+    rather than interpolating ${train.nproc}, as DVC would rerun a stage whose command changed,
+    and the number of processes does not change what `embed_text` computes."""
+    if count.isdigit():
+        return int(count)
+    from stages import params
+
+    return params.get(params.load(), count)
+
+
 def launch(argv: list[str]) -> int:
-    if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
-        log.error("usage: python -m stages.launch N stages.X [args]; N, the number of processes, "
-                  "must be a positive integer (got %r)", argv[:1])
+    n = processes(argv[0]) if argv else 0
+    if len(argv) < 2 or n < 1:
+        log.error("usage: python -m stages.launch N|PARAMETER stages.X [args]; N, the number of "
+                  "processes, must be a positive integer (got %r)", argv[:1])
         return 2
-    n, module, args = int(argv[0]), argv[1], argv[2:]
+    module, args = argv[1], argv[2:]
     if n == 1:
         sys.argv = [module, *args]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -39,4 +53,8 @@ def launch(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(launch(sys.argv[1:]))
+    try:
+        sys.exit(launch(sys.argv[1:]))
+    except PipelineError as err:
+        log.error("%s", err)
+        sys.exit(1)

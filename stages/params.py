@@ -16,6 +16,7 @@ POOLINGS = ("cls", "mean")
 VARIANTS = ("fusion", "image", "text")
 EXPLAINED = ("fusion", "image")  # the variants with an image branch for Grad-CAM to explain
 SELECTIONS = ("best_val_loss", "last")
+FITS = ("pad", "crop", "stretch")  # image.fit: how stages/imaging.py makes an X-ray square
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -99,6 +100,10 @@ def validate(p: dict) -> dict:
     _range(p, "demo.label_noise", 0, 0.5, "use a fraction in [0, 0.5)")
     _fraction(p, "split.test")
     _fraction(p, "split.val")
+    for name in ("split.min_studies", "split.min_per_label"):
+        _range(p, name, 0, float("inf"), "use a whole number >= 0 (0: no minimum)")
+        if get(p, name) != int(get(p, name)):
+            _fail(name, get(p, name), "use a whole number >= 0 (0: no minimum)")
     official = get(p, "split").get("official", False)  # default: the seeded split
     if not isinstance(official, bool):
         _fail("split.official", official, "use true or false")
@@ -109,6 +114,8 @@ def validate(p: dict) -> dict:
     if not isinstance(fields, list) or not fields or any(f not in TEXT_FIELDS for f in fields):
         _fail("text.fields", fields, "use a non-empty list of " + ", ".join(TEXT_FIELDS))
     _choice(p, "text.pooling", POOLINGS)
+    if not isinstance(get(p, "text.lowercase"), bool) and get(p, "text.lowercase") != "auto":
+        _fail("text.lowercase", get(p, "text.lowercase"), "use auto, true or false")
     for name in ("text.max_length", "text.batch_size", "text.nproc", "train.epochs",
                  "train.batch_size", "train.nproc", "model.hidden", "evaluate.bootstrap"):
         _positive(p, name)
@@ -126,6 +133,7 @@ def validate(p: dict) -> dict:
     _positive(p, "image.size")
     _range(p, "image.size", MIN_IMAGE_SIZE, float("inf"),
            f"the backbone needs at least {MIN_IMAGE_SIZE} px (240 for the real study)")
+    _choice(p, "image.fit", FITS)
     _range(p, "model.dropout", 0, 1, "use a fraction in [0, 1)")
     _choice(p, "train.select", SELECTIONS)
     _fraction(p, "evaluate.threshold")

@@ -5,11 +5,11 @@
     python -m stages.predict --model models/image --csv studies.csv --out predictions.csv
 
 The study is read exactly as the pipeline read its training and test studies:
-  images  `stages.imaging.load_xray` at the model's image size (what `cache_images` cached),
-          normalised and scored by `stages.train.predict` (what `evaluate` runs);
+  images  `stages.imaging.load_xray` at the model's image size and fit (what `cache_images`
+          cached), normalised and scored by `stages.scoring.predict` (what `evaluate` runs);
   report  the fields the model was trained on, joined by `stages.prepare.join_text`, read by
-          the same frozen encoder (model, revision, pooling, max_length from the model's
-          params.json) with `stages.text_encoder.embed` (what `embed_text` runs);
+          the same frozen encoder (model, revision, lowercase, pooling, max_length from the
+          model's params.json) with `stages.text_encoder.embed` (what `embed_text` runs);
   study   the mean of its images' probabilities (`stages.metrics.study_predictions`);
   label   abnormal when the probability is at or above the threshold `evaluate` used
           (metrics/<variant>/test.json), else the model's `evaluate.threshold`.
@@ -34,13 +34,14 @@ import torch
 from stages.common import PipelineError, atomic_path, main, resolve_device
 from stages.dataset import Split
 from stages.formats import TEXT_H5, load_csv, metrics_dir, model_dir, read_text_cache_attrs
-from stages.imaging import BadImage, load_xray
+from stages.imaging import FITS, BadImage, load_xray
 from stages.metrics import study_predictions
 from stages.model import Classifier, load_model
 from stages.params import TEXT_FIELDS
 from stages.prepare import join_text
-from stages.text_encoder import embed, encoder_fingerprint, load_encoder
-from stages.train import predict
+from stages.text_encoder import (CASINGS, embed, encoder_fingerprint, fingerprint_casing,
+                                 load_encoder)
+from stages.scoring import predict
 
 log = logging.getLogger("predict")
 
@@ -71,8 +72,12 @@ class Predictor:
         """(tokenizer, model) of the frozen text encoder, loaded once and checked."""
         if self._encoder is None:
             t = self.params["text"]
-            tokenizer, encoder = load_encoder(t["model"], t["revision"], self.device)
-            check_encoder(t["model"], encoder, self.config, self.folder)
+            if "lowercase" not in t:
+                log.warning("%s records no text.lowercase (saved before it existed): "
+                            "resolving it as auto", self.folder / "params.json")
+            lowercase = t.get("lowercase", "auto")
+            tokenizer, encoder = load_encoder(t["model"], t["revision"], self.device, lowercase)
+            check_encoder(t["model"], tokenizer, encoder, self.config, self.folder, lowercase)
             self._encoder = (tokenizer, encoder)
         return self._encoder
 
@@ -107,9 +112,11 @@ def evaluation_threshold(folder, variant: str, params: dict,
     return float(params["evaluate"]["threshold"]), "params evaluate.threshold"
 
 
-def check_encoder(name: str, encoder, config: dict, folder: Path) -> None:
-    """The encoder must be the one whose vectors the model was trained on: the fingerprint
-    saved in model.json (or, for models saved without one, the one of features/text.h5)."""
+def check_encoder(name: str, tokenizer, encoder, config: dict, folder: Path,
+                  lowercase="auto") -> None:
+    """The encoder must be the one whose vectors the model was trained on, reading reports in
+    the same case: the fingerprint saved in model.json (or, for models saved without one, the
+    one of features/text.h5) names both. `lowercase`: the text.lowercase it was loaded with."""
     hidden, text_dim = encoder.config.hidden_size, config["text_dim"]
     if hidden != text_dim:
         raise PipelineError(f"the text encoder {name} gives {hidden}-dimensional report vectors but "
@@ -119,24 +126,56 @@ def check_encoder(name: str, encoder, config: dict, folder: Path) -> None:
     recorded, source = config.get("text_fingerprint"), folder / "model.json"
     if recorded is None and TEXT_H5.exists():
         recorded, source = read_text_cache_attrs(TEXT_H5).get("fingerprint"), TEXT_H5
-    now = encoder_fingerprint(name, encoder)
-    if recorded is not None and recorded != now:
-        raise PipelineError(f"the text encoder {name} (fingerprint {now}) is not the one whose "
-                            f"vectors the model in {folder} was trained on (fingerprint {recorded}, "
-                            f"from {source}): the encoder changed since; restore it, or rerun "
-                            "`dvc repro` (embed_text, train) to retrain.")
+    now = encoder_fingerprint(name, encoder, tokenizer)
+    if recorded is None or recorded == now:
+        return
+    (base, lower), (recorded_base, recorded_lower) = (fingerprint_casing(now),
+                                                       fingerprint_casing(recorded))
+    if recorded_base == base and recorded_lower is None:
+        raise PipelineError(f"the model in {folder} was trained before the casing of its reports "
+                            f"was recorded (fingerprint {recorded}, from {source}): whether it "
+                            f"read them {CASINGS[lower]}, as the text encoder {name} now does, is "
+                            "unknown; rerun `dvc repro` (embed_text, train) to retrain it.")
+    if recorded_base == base:
+        asked = lowercase if isinstance(lowercase, str) else str(lowercase).lower()
+        raise PipelineError(
+            f"the model in {folder} was trained on reports read {CASINGS[recorded_lower]} "
+            f"(fingerprint {recorded}, from {source}) but the text encoder {name} now reads them "
+            f"{CASINGS[lower]} (text.lowercase={asked} in {folder / 'params.json'}): set "
+            f"text.lowercase: {str(recorded_lower).lower()} there to read them as in training, "
+            "or rerun `dvc repro` (embed_text, train) to retrain.")
+    raise PipelineError(f"the text encoder {name} (fingerprint {now}) is not the one whose "
+                        f"vectors the model in {folder} was trained on (fingerprint {recorded}, "
+                        f"from {source}): the encoder changed since; restore it, or rerun "
+                        "`dvc repro` (embed_text, train) to retrain.")
 
 
 # --- reading a study ------------------------------------------------------------------------------
 
-def load_images(paths: list, size: int) -> torch.Tensor:
-    """uint8 (N, size, size), decoded as `cache_images` decodes (the one shared function)."""
+def model_image_fit(config: dict, folder) -> str:
+    """How the model's training images were made square (model.json's `image_fit`). A model
+    saved before models recorded it was trained on stretched images, the only fit there was."""
+    source = Path(folder) / "model.json"
+    fit = config.get("image_fit")
+    if fit is None:
+        log.warning("%s records no image_fit (saved before image.fit existed): reading images "
+                    "with fit stretch, as it was trained; retrain to record it.", source)
+        return "stretch"
+    if fit not in FITS:
+        raise PipelineError(f"{source}: image_fit={fit!r} is not one of {', '.join(FITS)}; "
+                            "retrain the model with `dvc repro`.")
+    return fit
+
+
+def load_images(paths: list, size: int, fit: str) -> torch.Tensor:
+    """uint8 (N, size, size), decoded and fitted as `cache_images` does (the one shared
+    function); `fit` is the model's (`model_image_fit`), whatever params.yaml says now."""
     out = []
     for path in paths:
         if not Path(path).is_file():
             raise PipelineError(f"image {path} not found.")
         try:
-            out.append(load_xray(path, size))
+            out.append(load_xray(path, size, fit))
         except BadImage as err:
             raise PipelineError(f"cannot read image {path}: it is empty, truncated or not an "
                                 f"image ({err}).") from None
@@ -161,7 +200,9 @@ def predict_studies(predictor: Predictor, images: pd.DataFrame,
     """
     model, config = predictor.model, predictor.config
     rows = images.reset_index(drop=True)
-    pixels = load_images(rows["path"].tolist(), config["image_size"]) if model.uses_image else None
+    pixels = (load_images(rows["path"].tolist(), config["image_size"],
+                          model_image_fit(config, predictor.folder))
+              if model.uses_image else None)
     vectors = None
     if model.uses_text:
         codes, uids = pd.factorize(rows["uid"])  # each study's report embedded once

@@ -14,9 +14,7 @@ import math
 import os
 import sys
 
-import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -27,53 +25,15 @@ from stages.dataset import Split, load_splits
 from stages.distributed import World
 from stages.formats import IMAGES_H5, TEXT_H5, metrics_dir, model_dir, read_text_cache_attrs
 from stages.metrics import classification_metrics
-from stages.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_config, normalise,
-                          reads, sync_batchnorm, trainable_parameters)
+from stages.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_config, reads,
+                          sync_batchnorm, trainable_parameters)
+from stages.scoring import forward, predict, unwrap
 
 log = logging.getLogger("train")
 
 
-def forward(model: Classifier, images: torch.Tensor | None, text: torch.Tensor | None,
-            amp: bool) -> torch.Tensor:
-    """Logits for a batch: uint8 images and report vectors already on the model's device
-    (each read only if the variant reads it)."""
-    core = unwrap(model)
-    images = normalise(images, core.pixel_mean, core.pixel_std) if core.uses_image else None
-    text = text if core.uses_text else None
-    device_type = (images if images is not None else text).device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp and device_type == "cuda"):
-        return model(images, text).float()
-
-
-def unwrap(model: nn.Module) -> Classifier:
-    """The Classifier inside DDP and torch.compile wrappers."""
-    while not isinstance(model, Classifier):
-        model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
-    return model
-
-
-@torch.no_grad()
-def predict(model: Classifier, split: Split, batch_size: int, amp: bool = True,
-            world: World = World()) -> tuple[np.ndarray, float]:
-    """Probability of abnormal for every row, and the mean cross-entropy loss.
-
-    With several processes each scores its share of the rows; all get every row's result.
-    """
-    model.eval()
-    mine = [b for b in distributed.shard(torch.arange(len(split)), world).split(batch_size) if len(b)]
-    # kept on the device until the end: no wait on the GPU per batch (float64, as Python's sum)
-    probs, loss = [], torch.zeros((), dtype=torch.float64, device=split.labels.device)
-    for _, images, text, labels in split.batches(mine):
-        logits = forward(model, images, text, amp)
-        loss += F.cross_entropy(logits, labels, reduction="sum").double()
-        probs.append(logits.softmax(1)[:, 1])
-    probs = torch.cat(probs).cpu() if probs else torch.zeros(0)
-    parts = distributed.gather((probs, loss.item()), world)
-    return torch.cat([p for p, _ in parts]).numpy(), sum(l for _, l in parts) / len(split)
-
-
-def epoch_metrics(labels, probs, loss) -> dict:
-    m = classification_metrics(labels, probs)
+def epoch_metrics(labels, probs, loss, context: str) -> dict:
+    m = classification_metrics(labels, probs, context=context)
     return {"loss": loss, **{k: m[k] for k in ("accuracy", "precision", "recall", "f1", "auroc")}}
 
 
@@ -143,6 +103,22 @@ def configure_torch(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> bool:
+    """Whether a split of `nbytes` may move to the GPU whole: at most `share` of its free
+    memory, leaving the rest to the model's activations. Otherwise the images stay in host
+    memory and each batch is copied over (slower, logged)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes <= share * free:
+        return True
+    log.warning("the training and validation images (%.1f GB) exceed half of the GPU's free "
+                "memory (%.1f GB): they stay in host memory and each batch is copied to the GPU "
+                "(slower; lower image.size, or set train.in_memory_gb below %.1f to stream them "
+                "from %s)", nbytes / 1e9, free / 1e9, nbytes / 1e9, IMAGES_H5)
+    return False
+
+
 def build(variant: str, p: dict, text_dim: int, world: World):
     """The model on this rank's device, the optimizer, and the module that takes the steps
     (wrapped by DDP across processes and by torch.compile when asked)."""
@@ -172,9 +148,11 @@ def train(variant: str, p: dict) -> dict:
                                 f"images: use train.batch_size>={2 * world.size}.")
         seed_everything(t["seed"])
         configure_torch(world.device, t["deterministic"])
-        splits, text_dim = load_splits(p, *reads(variant))
+        splits, text_dim = load_splits(p, *reads(variant), names=("train", "val"))
         model, optimizer, step = build(variant, p, text_dim, world)
-        train_set, val_set = splits["train"].to(world.device), splits["val"].to(world.device)
+        on_device = fits_on_device(splits["train"].nbytes + splits["val"].nbytes, world.device)
+        train_set, val_set = (splits[s].to(world.device, images_too=on_device) for s in ("train", "val"))
+        del splits  # the host copy of the images lives on only where the GPU had no room
         generator = torch.Generator().manual_seed(t["seed"])  # the batches' order: same on all ranks
         log.info("%s: %d trainable parameters; %d train / %d val images on %d x %s%s", variant,
                  trainable_parameters(model), len(train_set), len(val_set), world.size,
@@ -197,13 +175,15 @@ def train(variant: str, p: dict) -> dict:
                 seen, probs, loss = train_epoch(step, optimizer, train_set, t["batch_size"], generator,
                                                 t["amp"], epoch, world=world)
                 distributed.same_buffers(model, world)  # rank 0's batch-norm statistics
-                row = {"epoch": epoch, "train": epoch_metrics(train_set.labels.cpu()[seen], probs, loss)}
+                row = {"epoch": epoch, "train": epoch_metrics(train_set.labels.cpu()[seen], probs, loss,
+                                                             f"{variant} train, epoch {epoch}")}
                 val_probs, val_loss = predict(model if world.distributed else step, val_set,
                                               t["batch_size"], t["amp"], world)
                 if not math.isfinite(val_loss):
                     raise PipelineError(f"validation loss became {val_loss} at epoch {epoch}: "
                                         "lower train.lr or check the inputs.")
-                row["val"] = epoch_metrics(val_set.labels.cpu(), val_probs, val_loss)
+                row["val"] = epoch_metrics(val_set.labels.cpu(), val_probs, val_loss,
+                                          f"{variant} val, epoch {epoch}")
                 log_epoch(live, row)
                 history.append(row)
                 log.info("%s epoch %d: train loss %.4f f1 %.3f | val loss %.4f f1 %.3f auroc %.3f",
@@ -254,10 +234,17 @@ def save_model(variant: str, p: dict, model: Classifier, best_state: dict, text_
     from safetensors.torch import save_file
 
     model.load_state_dict(best_state)
-    config = {**model_config(model, text_dim, p["model"]["backbone"], p["image"]["size"]),
+    image = p["image"] if model.uses_image else {"size": None, "fit": None}  # text: no image
+    config = {**model_config(model, text_dim, p["model"]["backbone"], image["size"],
+                             image_fit=image["fit"]),
               "epoch": chosen, "select": p["train"]["select"]}
+    if model.uses_image:  # which ImageNet weights, pinned by name: timm's default tag can move
+        config["pretrained"] = p["image"]["pretrained"]
+        config["pretrained_tag"] = unwrap(model).cnn.pretrained_cfg.get("tag")
     if model.uses_text:  # which encoder made the vectors: prediction checks its encoder against it
-        config["text_fingerprint"] = read_text_cache_attrs(TEXT_H5)["fingerprint"]
+        attrs = read_text_cache_attrs(TEXT_H5)
+        config.update(text_model=attrs["model"], text_revision=attrs.get("revision"),
+                      text_fingerprint=attrs["fingerprint"])
     with atomic_path(model_dir(variant)) as tmp:
         tmp.mkdir()
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)

@@ -162,3 +162,20 @@ def test_sigterm_prints_the_sections_measured_so_far(tmp_path):
     assert positive_finite(result["cache_images"]["images_per_s_all_workers"])
     assert "targets" not in result and "options" not in result
     assert not list(tmp_path.glob("bench-*"))  # the temporary folder is removed on the way out
+
+
+# --- bench/memory.py ------------------------------------------------------------------------------
+
+def test_memory_benchmark_measures_loading_and_training():
+    """A tiny run of bench/memory.py with the checkout's own stages: the data it builds goes
+    through load_splits and one epoch of train, and every number it prints is there."""
+    images, size = 600, 64
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--images",
+                           str(images), "--size", str(size), "--batch", "16"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["image_cache_mb"] == pytest.approx(images * size * size / 1e6, abs=0.1)
+    assert result["train_peak_rss_mb"] >= result["loading_peak_rss_mb"] > 0
+    assert positive_finite(result["train_seconds"]) and result["epochs"] == 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,35 @@ def test_a_device_that_is_not_there_names_where_it_was_asked_for(monkeypatch):
                                             r"GPU\(s\), cuda:0 to cuda:1"):
         resolve_device("cuda:2")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("cuda_build", ["13.0", None])
+def test_auto_on_a_cuda_build_without_gpu_warns_and_names_the_setting(monkeypatch, caplog,
+                                                                       cuda_build):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    with caplog.at_level("WARNING"):
+        assert resolve_device("auto", "parameter text.device") == torch.device("cpu")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if cuda_build is None:  # a CPU build: the CPU is what it can do, nothing to say
+        assert warned == []
+    else:
+        assert len(warned) == 1
+        assert "CUDA build (CUDA 13.0) but sees no GPU" in warned[0]
+        assert "text.device=auto runs on the CPU" in warned[0]
+        assert "set text.device=cuda to stop" in warned[0]
+
+
+def test_launch_reads_the_process_count_from_a_parameter(workdir, monkeypatch):
+    """dvc.yaml names the parameter (text.nproc), so that its value is not part of the command
+    DVC compares."""
+    from stages import launch
+
+    shutil.copy(ROOT / "params.yaml", workdir / "params.yaml")
+    assert launch.processes("3") == 3
+    assert launch.processes("text.nproc") == 1
+    with pytest.raises(PipelineError, match="parameter text.nprocs is missing"):
+        launch.processes("text.nprocs")
 
 
 def test_embed_text_names_text_device(prepared, monkeypatch):

@@ -147,11 +147,26 @@ def test_dvc_repro_end_to_end(repo):
     assert "metrics/comparison.json" in _run(repo, dvc, "metrics", "show")
 
     # a changed parameter reruns only the stages that read it
-    changed = copy.deepcopy(params)
-    changed["evaluate"]["bootstrap"] = 60
-    (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
-    stale = json.loads(_run_stdout(repo, dvc, "status", "--json"))
-    assert set(stale) == {"evaluate@fusion", "evaluate@image", "evaluate@text", "compare"}
+    def stale_after(**changes) -> set:
+        changed = copy.deepcopy(params)
+        for dotted, value in changes.items():
+            section, key = dotted.split("__")
+            changed[section][key] = value
+        (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        return set(json.loads(_run_stdout(repo, dvc, "status", "--json")))
+
+    assert stale_after(evaluate__bootstrap=60) == {"compare"}
+    assert stale_after(evaluate__threshold=0.4) == {
+        "evaluate@fusion", "evaluate@image", "evaluate@text", "compare", "explain"}
+    # how images and reports are fed does not change what is learned: nothing to do
+    assert stale_after(train__workers=3, train__in_memory_gb=8, text__batch_size=7,
+                       text__nproc=2) == set()
+    # the image baseline depends on no report setting, the text model on no image setting
+    assert stale_after(text__max_length=128) == {"embed_text", "train@fusion", "train@text",
+                                                 "explain"}
+    assert stale_after(image__size=48) == {"cache_images", "train@fusion", "train@image"}
+    assert stale_after(image__fit="crop") == {"cache_images", "train@fusion", "train@image"}
+    assert stale_after(model__hidden=64) == {"train@fusion", "train@image", "train@text"}
 
     # the same parameters again, every stage forced to rerun: byte-identical metrics
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

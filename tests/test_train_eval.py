@@ -15,7 +15,8 @@ from stages.common import PipelineError
 from stages.dataset import load_splits
 from stages.evaluate import evaluate
 from stages.model import load_model, reads
-from stages.train import predict, train
+from stages.scoring import predict
+from stages.train import train
 
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "auprc", "confusion"}
 
@@ -59,8 +60,12 @@ def test_fusion_training_writes_its_outputs(cached):
     assert json.loads((folder / "history.json").read_text()) == history
     assert json.loads((folder / "params.json").read_text()) == p
     config = json.loads((folder / "model.json").read_text())
-    assert config["variant"] == "fusion" and config["backbone"] == "efficientnet_b1"
-    assert config["text_dim"] == 16 and config["image_size"] == 32
+    assert config["variant"] == "fusion"
+    # the weights are pinned by name: the backbone with its timm tag, the encoder with its revision
+    assert config["backbone"] == "efficientnet_b1.ra4_e3600_r240_in1k"
+    assert config["pretrained_tag"] == "ra4_e3600_r240_in1k" and config["pretrained"] is False
+    assert config["text_model"] == "models/demo_encoder" and config["text_revision"] == "None"
+    assert config["text_dim"] == 16 and config["image_size"] == 32 and config["image_fit"] == "pad"
     assert config["epoch"] == chosen and config["select"] == "best_val_loss"
     assert config["hidden"] == 256 and config["dropout"] == pytest.approx(0.3)
     assert [config["mean"], config["std"]] == [list(s) for s in load_model(folder)[0].input_stats()]
@@ -338,7 +343,72 @@ def test_an_image_cache_of_another_images_csv_is_refused(cached):
     images = pd.read_csv("data/prepared/images.csv")
     extra = images.iloc[[0]].assign(filename="a_new_image.png")
     pd.concat([images, extra]).to_csv("data/prepared/images.csv", index=False)
-    for variant in ("fusion", "image", "text"):
+    for variant in ("fusion", "image"):
         with pytest.raises(PipelineError, match=r"features/images.h5 neither holds nor skipped 1 "
                                                 r"images .*a_new_image.png.*dvc repro cache_images"):
             load_splits(cached, *reads(variant))
+    # the text variant reads no pixels, only the list of skipped images, which is stale too
+    with pytest.raises(PipelineError, match=r"features/images_report.json counts \d+ images but "
+                                            r"data/prepared/images.csv has \d+: .*cache_images"):
+        load_splits(cached, *reads("text"))
+
+
+# --- memory: one copy of what is scored -------------------------------------------------------
+
+def test_splits_are_views_of_one_array_of_only_their_rows(cached):
+    from stages.formats import IMAGES_H5, read_image_cache
+
+    size = cached["image"]["size"]
+    names, pixels = read_image_cache(IMAGES_H5)
+    splits, _ = load_splits(cached, True, True, names=("train", "val"))
+    assert set(splits) == {"train", "val"}  # train reads no test row
+    train_images, val_images = splits["train"].images, splits["val"].images
+    storage = train_images.untyped_storage()
+    # one array for both splits, each a view of it: no per-split or reordered copy
+    assert val_images.untyped_storage().data_ptr() == storage.data_ptr()
+    assert storage.nbytes() == (len(train_images) + len(val_images)) * size * size
+    row_of = {n: i for i, n in enumerate(names)}
+    for split in splits.values():  # the right pixels, in the rows' order
+        for k in (0, len(split) - 1):
+            np.testing.assert_array_equal(split.images[k].numpy(),
+                                          pixels[row_of[split.rows["filename"][k]]])
+    # evaluate and explain read the test rows alone
+    test = load_splits(cached, True, False, names=("test",))[0]["test"]
+    assert test.images.untyped_storage().nbytes() == len(test) * size * size
+    assert (test.rows["split"] == "test").all()
+
+
+def test_a_split_larger_than_half_the_free_gpu_memory_stays_on_the_host(monkeypatch, caplog):
+    import torch
+
+    from stages.train import fits_on_device
+
+    assert fits_on_device(10**12, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 * 10**9, 80 * 10**9))
+    assert fits_on_device(4 * 10**9, torch.device("cuda"))
+    with caplog.at_level("WARNING"):
+        assert not fits_on_device(5 * 10**9, torch.device("cuda"))
+    assert "stay in host memory and each batch is copied to the GPU" in caplog.text
+
+
+def test_host_images_are_copied_batch_by_batch(cached):
+    """The path a GPU without room takes (images_too=False), checked on the CPU: the same
+    batches as the split held whole on the device."""
+    import torch
+
+    split = load_splits(cached, True, True, names=("val",))[0]["val"]
+    whole, host = split.to("cpu"), split.to("cpu", images_too=False)
+    index = list(torch.randperm(len(split), generator=torch.Generator().manual_seed(0)).split(5))
+    for a, b in zip(whole.batches(index), host.batches(index)):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+def test_evaluate_reads_the_caches_as_the_model_was_trained(cached):
+    """evaluate depends on the model, not on image.* and text.* in params.yaml: a changed
+    image.size (not yet cached) does not make it read the cache otherwise."""
+    train("image", cached)
+    before = evaluate("image", cached)
+    cached["image"]["size"] = 48
+    cached["text"]["max_length"] = 64
+    assert evaluate("image", cached)["study"] == before["study"]
