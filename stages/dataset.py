@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stages.common import PipelineError
-from stages.formats import (IMAGES, IMAGES_H5, IMAGES_REPORT, TEXT_H5, read_image_filenames,
+from stages.formats import (IMAGES, IMAGES_H5, IMAGES_REPORT, SPLITS, TEXT_H5, read_image_filenames,
                             read_image_rows, read_images_report, read_prepared,
                             read_skipped_images, read_text_cache, text_cache_attrs)
 
@@ -35,6 +35,7 @@ class Split:
     labels: torch.Tensor             # int64 (N,)
     cache_rows: np.ndarray | None = None  # streaming: the row of images.h5 of each sample
     workers: int = 0                 # streaming: loader processes
+    host_images: bool = False        # images kept in host memory, copied to the device per batch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,10 +57,10 @@ class Split:
             for on_host, idx in zip(host.split(sizes), flat.split(sizes)):
                 if self.images is None:
                     images = None
-                elif self.images.device == device:
-                    images = self.images[idx]
-                else:  # images kept in host memory (the GPU had no room): copy the batch
+                elif self.host_images:  # the GPU had no room for them: copy the batch over
                     images = self.images[on_host].to(device, non_blocking=True)
+                else:
+                    images = self.images[idx]
                 yield idx, images, None if self.text is None else self.text[idx], self.labels[idx]
             return
         # one item = one whole batch (batch_size=None): a single HDF5 read per batch
@@ -78,7 +79,8 @@ class Split:
         def move(t):
             return None if t is None else t.to(device)  # no page-locked copy of a whole split
         return Split(self.rows, move(self.images) if images_too else self.images,
-                     move(self.text), move(self.labels), self.cache_rows, self.workers)
+                     move(self.text), move(self.labels), self.cache_rows, self.workers,
+                     host_images=self.images is not None and not images_too)
 
     @property
     def nbytes(self) -> int:
@@ -102,9 +104,6 @@ class CachedImages(Dataset):
         images = self.file["images"]
         # image by image (one chunk each): h5py's multi-row selection is ~30x slower
         return torch.from_numpy(np.stack([images[r] for r in self.cache_rows[rows]]))
-
-
-SPLITS = ("train", "val", "test")
 
 
 def load_splits(p: dict, uses_image: bool, uses_text: bool,
@@ -174,7 +173,8 @@ def _without_skipped(rows: pd.DataFrame, uses_image: bool) -> pd.DataFrame:
                     "images.csv; rebuild it with `dvc repro cache_images`.")
     else:
         report = read_images_report(IMAGES_REPORT)
-        if report["cached"] + report["skipped"] != len(rows):
+        unknown = set(report["skipped_images"]) - set(rows["filename"])
+        if report["cached"] + report["skipped"] != len(rows) or unknown:
             raise PipelineError(
                 f"{IMAGES_REPORT} counts {report['cached'] + report['skipped']} images but "
                 f"{IMAGES} has {len(rows)}: it was made from another images.csv; rebuild it "

@@ -45,7 +45,7 @@ def run(p: dict) -> None:
                 rows, vectors = merge_parts(world.size, len(studies))
         seconds = time.perf_counter() - start
         if world.main:
-            attrs = {**text_cache_attrs(t), "revision": str(t["revision"]),
+            attrs = {**text_cache_attrs(t), "revision": t["revision"] or "",
                      "lowercased": reads_lowercase(tokenizer),  # text.lowercase resolved
                      "fingerprint": encoder_fingerprint(t["model"], model, tokenizer),
                      "dim": vectors.shape[1]}

@@ -37,6 +37,7 @@ TEXT_H5 = Path("features/text.h5")
 IMAGES_H5 = Path("features/images.h5")
 IMAGES_REPORT = Path("features/images_report.json")
 
+SPLITS = ("train", "val", "test")  # the values of the `split` column
 STUDY_COLUMNS = ["uid", "label", "split", "n_images", "views", "mesh", "text"]
 IMAGE_COLUMNS = ["uid", "filename", "view", "label", "split"]
 

@@ -17,14 +17,13 @@ import pandas as pd
 
 from stages import params
 from stages.common import PipelineError, atomic_path, main, write_json
-from stages.formats import (DATA_REPORT, IMAGE_COLUMNS, IMAGES, IMAGES_SUBDIR, PREPARED,
+from stages.formats import (DATA_REPORT, IMAGE_COLUMNS, IMAGES, IMAGES_SUBDIR, PREPARED, SPLITS,
                             PROJECTIONS_CSV, RAW, REPORTS_CSV, STUDIES, STUDY_COLUMNS, load_csv)
 
 log = logging.getLogger("prepare")
 
 UNINDEXED = "no indexing"
 VIEWS = ("Frontal", "Lateral", "Unknown")
-SPLITS = ("train", "val", "test")
 MAX_LISTED = 10
 
 

@@ -77,4 +77,9 @@ def trained_settings(folder, p: dict) -> dict:
         raise PipelineError(f"{path} not found: {folder} was not written by `stages.train`; "
                             "retrain it with `dvc repro`.")
     trained = json.loads(path.read_text())
+    missing = [f"{s}.{k}" for s, k in (("image", "fit"), ("text", "lowercase"))
+               if k not in trained.get(s, {})]
+    if missing:
+        raise PipelineError(f"{path} has no {', '.join(missing)}: the model was trained before "
+                            "the pipeline recorded it; retrain it with `dvc repro`.")
     return {**trained, "train": {**trained["train"], **{k: p["train"][k] for k in SCORING}}}

@@ -112,10 +112,10 @@ def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> boo
     free, _ = torch.cuda.mem_get_info(device)
     if nbytes <= share * free:
         return True
-    log.warning("the training and validation images (%.1f GB) exceed half of the GPU's free "
-                "memory (%.1f GB): they stay in host memory and each batch is copied to the GPU "
-                "(slower; lower image.size, or set train.in_memory_gb below %.1f to stream them "
-                "from %s)", nbytes / 1e9, free / 1e9, nbytes / 1e9, IMAGES_H5)
+    log.warning("the training and validation split (%.1f GB) exceeds half of the GPU's free "
+                "memory (%.1f GB): its images stay in host memory and each batch is copied to the "
+                "GPU (slower; lower image.size, or set train.in_memory_gb=0 to stream them from "
+                "%s instead)", nbytes / 1e9, free / 1e9, IMAGES_H5)
     return False
 
 
@@ -235,15 +235,15 @@ def save_model(variant: str, p: dict, model: Classifier, best_state: dict, text_
 
     model.load_state_dict(best_state)
     image = p["image"] if model.uses_image else {"size": None, "fit": None}  # text: no image
-    config = {**model_config(model, text_dim, p["model"]["backbone"], image["size"],
-                             image_fit=image["fit"]),
+    backbone = p["model"]["backbone"] if model.uses_image else None
+    config = {**model_config(model, text_dim, backbone, image["size"], image_fit=image["fit"]),
               "epoch": chosen, "select": p["train"]["select"]}
     if model.uses_image:  # which ImageNet weights, pinned by name: timm's default tag can move
         config["pretrained"] = p["image"]["pretrained"]
         config["pretrained_tag"] = unwrap(model).cnn.pretrained_cfg.get("tag")
     if model.uses_text:  # which encoder made the vectors: prediction checks its encoder against it
         attrs = read_text_cache_attrs(TEXT_H5)
-        config.update(text_model=attrs["model"], text_revision=attrs.get("revision"),
+        config.update(text_model=attrs["model"], text_revision=attrs.get("revision") or None,
                       text_fingerprint=attrs["fingerprint"])
     with atomic_path(model_dir(variant)) as tmp:
         tmp.mkdir()

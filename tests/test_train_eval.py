@@ -64,7 +64,7 @@ def test_fusion_training_writes_its_outputs(cached):
     # the weights are pinned by name: the backbone with its timm tag, the encoder with its revision
     assert config["backbone"] == "efficientnet_b1.ra4_e3600_r240_in1k"
     assert config["pretrained_tag"] == "ra4_e3600_r240_in1k" and config["pretrained"] is False
-    assert config["text_model"] == "models/demo_encoder" and config["text_revision"] == "None"
+    assert config["text_model"] == "models/demo_encoder" and config["text_revision"] is None
     assert config["text_dim"] == 16 and config["image_size"] == 32 and config["image_fit"] == "pad"
     assert config["epoch"] == chosen and config["select"] == "best_val_loss"
     assert config["hidden"] == 256 and config["dropout"] == pytest.approx(0.3)
@@ -398,6 +398,7 @@ def test_host_images_are_copied_batch_by_batch(cached):
 
     split = load_splits(cached, True, True, names=("val",))[0]["val"]
     whole, host = split.to("cpu"), split.to("cpu", images_too=False)
+    assert host.host_images and not whole.host_images  # the copy path, even on the CPU
     index = list(torch.randperm(len(split), generator=torch.Generator().manual_seed(0)).split(5))
     for a, b in zip(whole.batches(index), host.batches(index)):
         for x, y in zip(a, b):
@@ -412,3 +413,24 @@ def test_evaluate_reads_the_caches_as_the_model_was_trained(cached):
     cached["image"]["size"] = 48
     cached["text"]["max_length"] = 64
     assert evaluate("image", cached)["study"] == before["study"]
+
+
+def test_a_model_saved_before_fit_and_casing_were_recorded_is_refused(tmp_path, params):
+    from stages.scoring import trained_settings
+
+    old = {**params, "image": {k: v for k, v in params["image"].items() if k != "fit"}}
+    (tmp_path / "params.json").write_text(json.dumps(old))
+    with pytest.raises(PipelineError, match=r"params.json has no image.fit: .*retrain it"):
+        trained_settings(tmp_path, params)
+
+
+def test_the_text_variant_refuses_a_skip_list_of_other_images(cached):
+    """The text variant reads only images_report.json: a list naming images that images.csv
+    does not hold comes from another images.csv, even when the counts agree."""
+    from stages.formats import IMAGES_REPORT
+
+    report = json.loads(IMAGES_REPORT.read_text())
+    report.update(cached=report["cached"] - 1, skipped=1, skipped_images=["not_an_image.png"])
+    IMAGES_REPORT.write_text(json.dumps(report))
+    with pytest.raises(PipelineError, match=r"images_report.json counts .* another images.csv"):
+        load_splits(cached, *reads("text"))
