@@ -1,15 +1,15 @@
 """Throughput benchmark: the original notebook's training step vs the project's cached pipeline.
 
 Measures, in one process on one device (CUDA when present, else the CPU), with random weights
-(same compute as the real checkpoints) and SYNTHETIC pictures and reports (stages/demo_data.py):
+(same compute as the real checkpoints) and SYNTHETIC pictures and reports (cxrfusion/sources/demo.py):
 
   original_step   the notebook as it was: a Dataset that decodes full-size PNGs with PIL every
                   time (RGB, 224 px, ImageNet Normalize), DataLoader batch 8 / 2 workers, a frozen
                   BERT-base forward on 512-token padded text inside every step, torchvision
                   EfficientNet-B1 fully fine-tuned + MLP head, Adam, fp32. Images/s with loading.
-  project_loop    the project's own code: stages.cache_images -> features HDF5 ->
-                  stages.formats.read_image_cache -> stages.dataset.Split on the device ->
-                  stages.train.train_epoch (Classifier "fusion", bf16 autocast, channels_last).
+  project_loop    the project's own code: cxrfusion.imaging.cache_images -> features HDF5 ->
+                  cxrfusion.formats.read_image_cache -> cxrfusion.dataset.Split on the device ->
+                  cxrfusion.training.train_epoch (Classifier "fusion", bf16 autocast, channels_last).
                   Images/s over whole epochs at the study's batch 64 and at the largest useful
                   batch (larger batches are tried until one gains <= 5 % or runs out of memory).
   compute_ceiling the same model and batch on one fixed batch already on the device:
@@ -18,9 +18,9 @@ Measures, in one process on one device (CUDA when present, else the CPU), with r
   options         train.deterministic=true at the default batch (deterministic kernels, no
                   cuDNN autotuning) and, with --compile, train.compile=true: images/s and the
                   ratio to the default; an option that fails is recorded, not raised.
-  embed_text      stages.text_encoder.embed over 3,851 reports of IU X-ray length with a
-                  BERT-base-size encoder (stages.demo_encoder tokenizer, random weights).
-  cache_images    stages.cache_images.cache_images on full-size PNGs, 1 process vs all cores.
+  embed_text      cxrfusion.text_encoder.embed over 3,851 reports of IU X-ray length with a
+                  BERT-base-size encoder (cxrfusion.demo_encoder tokenizer, random weights).
+  cache_images    cxrfusion.imaging.cache_images on full-size PNGs, 1 process vs all cores.
   projected_full_study_s
                   caches + 2 CNN variants x 40 epochs x 6,000 images + the text-only variant.
 
@@ -72,15 +72,15 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from stages.cache_images import cache_images  # noqa: E402
-from stages.common import PipelineError, resolve_device, setup_logging  # noqa: E402
-from stages.dataset import Split  # noqa: E402
-from stages.demo_data import FINDINGS, _study, draw_xray  # noqa: E402
-from stages.demo_encoder import build as build_encoder  # noqa: E402
-from stages.formats import read_image_cache  # noqa: E402
-from stages.model import Classifier, normalise  # noqa: E402
-from stages.text_encoder import embed, load_encoder  # noqa: E402
-from stages.train import configure_torch, train_epoch  # noqa: E402
+from cxrfusion.imaging import cache_images  # noqa: E402
+from cxrfusion.common import PipelineError, resolve_device, setup_logging  # noqa: E402
+from cxrfusion.dataset import Split  # noqa: E402
+from cxrfusion.sources.demo import FINDINGS, _study, draw_xray  # noqa: E402
+from cxrfusion.demo_encoder import build as build_encoder  # noqa: E402
+from cxrfusion.formats import read_image_cache  # noqa: E402
+from cxrfusion.model import Classifier, normalise  # noqa: E402
+from cxrfusion.text_encoder import embed, load_encoder  # noqa: E402
+from cxrfusion.training import configure_torch, train_epoch  # noqa: E402
 
 log = logging.getLogger("benchmark")
 
@@ -355,7 +355,7 @@ def load_split(cache: Path, size: int, n: int, device: torch.device) -> tuple[Sp
 
 
 def new_classifier(variant: str, device: torch.device):
-    """The model and optimizer exactly as stages.train.train builds them (random backbone)."""
+    """The model and optimizer exactly as cxrfusion.training.build builds them (random backbone)."""
     torch.manual_seed(0)
     model = Classifier(variant, TEXT_DIM).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=LR)
@@ -364,8 +364,8 @@ def new_classifier(variant: str, device: torch.device):
 
 def measure_epochs(variant: str, split: Split, batch: int, s: Sizes, device: torch.device,
                    compile: bool = False) -> float:
-    """Images/s of stages.train.train_epoch over whole epochs, after warm-up epochs (which
-    include torch.compile's compiling when `compile`: as stages.train.build wraps the model)."""
+    """Images/s of cxrfusion.training.train_epoch over whole epochs, after warm-up epochs (which
+    include torch.compile's compiling when `compile`: as cxrfusion.training.build wraps the model)."""
     model, optimizer = new_classifier(variant, device)
     step = torch.compile(model) if compile else model
     generator = torch.Generator().manual_seed(0)
@@ -551,7 +551,7 @@ def measure_embed_text(s: Sizes, folder: Path, texts: list[str], device: torch.d
 
 def time_cache_images(png_dir: Path, names: list[str], n: int, out: Path, size: int,
                       workers: int) -> float:
-    """Images/s of stages.cache_images.cache_images over n files (the PNGs cycled)."""
+    """Images/s of cxrfusion.imaging.cache_images over n files (the PNGs cycled)."""
     filenames = [names[i % len(names)] for i in range(n)]
     start = time.perf_counter()
     report = cache_images(filenames, png_dir, out, size, FIT, skip_bad=False, workers=workers)

@@ -102,7 +102,7 @@ weights() {  # the weights' hash and the validation losses of models/fusion
   if step "embed_text (auto)" "$PYTHON" -m stages.embed_text && [ -e text_cpu.h5 ]; then
     "$PYTHON" - <<'EOF' || failed=$((failed + 1))
 import numpy as np
-from stages.formats import read_text_cache
+from cxrfusion.formats import read_text_cache
 u1, v1, _ = read_text_cache("text_cpu.h5")
 u2, v2, _ = read_text_cache("features/text.h5")
 assert (u1 == u2).all(), "the two runs of embed_text wrote other studies"
@@ -118,7 +118,7 @@ EOF
   done
   step "evaluate fusion" "$PYTHON" -m stages.evaluate fusion
   image=$(find -L data/raw/images -name '*.png' | sort | head -n 1)
-  step predict "$PYTHON" -m stages.predict --model models/fusion --image "$image" \
+  step predict "$PYTHON" -m cxrfusion.predict --model models/fusion --image "$image" \
     --findings "The heart is enlarged." --impression "Cardiomegaly."
 } > >(tee "$OUT/stages.log") 2>&1  # not a pipe: `failed` must survive the block
 sleep 1  # tee's last lines

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MAKE_DATA = textwrap.dedent("""
     import json, sys
     import h5py, numpy as np, pandas as pd, yaml
-    from stages import formats
-    from stages.prepare import split_studies
+    from cxrfusion import formats
+    from cxrfusion.studies import split_studies
     n_images, size = int(sys.argv[1]), int(sys.argv[2])
     p = yaml.safe_load(open("params.yaml"))
     rng = np.random.default_rng(0)
@@ -78,8 +78,8 @@ MAKE_DATA = textwrap.dedent("""
 # what `train` does before its first step: the caches read into the splits it trains on
 LOAD = textwrap.dedent("""
     import inspect, json, resource
-    from stages import params
-    from stages.dataset import load_splits
+    from cxrfusion import params
+    from cxrfusion.dataset import load_splits
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     names = {"names": ("train", "val")}  # commits before `names` read every split
     kw = names if "names" in inspect.signature(load_splits).parameters else {}

@@ -3,8 +3,8 @@
     .venv/bin/python bench/streaming.py [--images 4000] [--size 240] [--batch 64]
 
 Writes a throw-away features/images.h5-format cache of random uint8 images in a temporary
-folder (with the project's own writer, stages.formats.create_image_cache), then reads whole
-epochs through stages.dataset.Split.batches, the path `train` takes when the cache exceeds
+folder (with the project's own writer, cxrfusion.formats.create_image_cache), then reads whole
+epochs through cxrfusion.dataset.Split.batches, the path `train` takes when the cache exceeds
 `train.in_memory_gb`, with 0, 1, 2, ... loader processes. Prints one JSON object: bytes per
 cached image, the projected cache size for IU X-ray and MIMIC-CXR, and images/s per setting.
 The file was just written, so it is read from the page cache: this is the loader's ceiling,
@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages.dataset import Split  # noqa: E402
-from stages.formats import IMAGES_H5, create_image_cache  # noqa: E402
+from cxrfusion.dataset import Split  # noqa: E402
+from cxrfusion.formats import IMAGES_H5, create_image_cache  # noqa: E402
 
 IMAGES = {"iu_xray": 7470, "mimic_cxr": 377110}
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import figures, params
-from stages.common import PipelineError, atomic_path, main, write_json
-from stages.formats import STUDIES, metrics_dir, model_dir, read_prepared
-from stages.metrics import (bootstrap_interval, classification_metrics, paired_bootstrap,
+from cxrfusion import figures, params
+from cxrfusion.common import PipelineError, atomic_path, main, write_json
+from cxrfusion.formats import STUDIES, metrics_dir, model_dir, read_prepared
+from cxrfusion.metrics import (bootstrap_interval, classification_metrics, paired_bootstrap,
                             study_predictions)
-from stages.params import VARIANTS
+from cxrfusion.params import VARIANTS
 
 log = logging.getLogger("compare")
 

@@ -1,80 +1,25 @@
-"""Stage `demo_encoder`: build a tiny BERT offline, so the demo runs with no model hub.
+"""Stage `demo_encoder`: a tiny BERT built offline, so the demo runs with no model hub.
 
-A WordPiece tokenizer is trained on the training studies' text and a small BertModel is
-initialised at random from a seed; both are saved with `save_pretrained`, and `embed_text`
-loads them through the same `from_pretrained` path as BioBERT. Random weights: the vectors
-are a fixed random projection of the words, enough for the head to learn from.
+    params  demo_encoder.{vocab_size, hidden_size, layers, heads, seed}
+    reads   data/prepared/studies.csv (the training studies' report text: the vocabulary)
+    writes  models/demo_encoder/ (save_pretrained: embed_text loads it as it loads BioBERT)
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import torch
-
-from stages import params
-from stages.common import atomic_path, main
-from stages.formats import read_prepared
-
-log = logging.getLogger("demo_encoder")
+from cxrfusion import params
+from cxrfusion.common import main
+from cxrfusion.demo_encoder import build
+from cxrfusion.formats import read_prepared
 
 OUT = Path("models/demo_encoder")
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def wordpiece_vocab(texts: list[str], size: int, normalizer, splitter) -> dict[str, int]:
-    """Special tokens, every character (alone and as a `##` continuation), then the most
-    frequent words (ties broken alphabetically) up to `size`.
-
-    Built by hand because the `tokenizers` WordPiece trainer breaks ties in hash order, which
-    changes the vocabulary, and so every vector, from one run to the next.
-    """
-    counts: dict[str, int] = {}
-    for text in texts:
-        for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)):
-            counts[word] = counts.get(word, 0) + 1
-    chars = sorted({c for word in counts for c in word})
-    tokens = SPECIAL + chars + ["##" + c for c in chars]
-    frequent = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
-    tokens += frequent[:max(0, size - len(tokens))]
-    return {token: i for i, token in enumerate(tokens)}
-
-
-def build(texts: list[str], out: Path, vocab_size: int, hidden_size: int, layers: int,
-          heads: int, seed: int, max_position: int = 512) -> None:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    normalizer = normalizers.BertNormalizer(lowercase=False)  # cased, like BioBERT
-    splitter = pre_tokenizers.BertPreTokenizer()
-    wordpiece = Tokenizer(models.WordPiece(wordpiece_vocab(texts, vocab_size, normalizer, splitter),
-                                           unk_token="[UNK]"))
-    wordpiece.normalizer = normalizer
-    wordpiece.pre_tokenizer = splitter
-    wordpiece.decoder = decoders.WordPiece()
-    cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
-    wordpiece.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, do_lower_case=False,
-                                  model_max_length=max_position)
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=wordpiece.get_vocab_size(), hidden_size=hidden_size,
-                        num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden_size, max_position_embeddings=max_position)
-    model = BertModel(config)
-    with atomic_path(out) as tmp:
-        tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp)
-    log.info("built a tiny BERT (%d words, %d dims, %d parameters) in %s",
-             config.vocab_size, hidden_size, sum(p.numel() for p in model.parameters()), out)
 
 
 def run(p: dict) -> None:
+    e = p["demo_encoder"]
     studies, _ = read_prepared()
     texts = studies.loc[studies["split"] == "train", "text"].tolist()
-    e = p["demo_encoder"]
     build(texts, OUT, e["vocab_size"], e["hidden_size"], e["layers"], e["heads"], e["seed"])
 
 

@@ -1,150 +1,42 @@
-"""Stage `download`: put the raw dataset under data/raw/ in the Kaggle layout.
+"""Stage `download`: the raw dataset under data/raw/ in the Kaggle layout.
 
-    data/raw/indiana_reports.csv        one row per study (uid, MeSH, ..., findings, impression)
-    data/raw/indiana_projections.csv    one row per image (uid, filename, projection)
-    data/raw/images/images_normalized/  the PNGs (for kaggle and local: a link to where they are)
+    params  data.source (demo | kaggle | openi | local | mimic_cxr), data.local_dir,
+            data.openi_url, demo.*
+    writes  data/raw/indiana_reports.csv        one row per study (uid, MeSH, ..., impression)
+            data/raw/indiana_projections.csv    one row per image (uid, filename, projection)
+            data/raw/images/images_normalized/  the images (kaggle, local, mimic_cxr: a link)
 
-Sources (`data.source`): demo (synthetic, offline), kaggle, openi, local, mimic_cxr (a
-MIMIC-CXR-JPG folder downloaded from PhysioNet by the user, converted by stages/mimic.py). The
-real images (14 GB) are never copied: data/raw/images links to the Kaggle cache or to
-`data.local_dir`; for mimic_cxr, data/raw/images/images_normalized links to `data.local_dir`.
+Each source is a module of cxrfusion.sources. The real images (14 GB) are never copied:
+data/raw/images links to the Kaggle cache or to `data.local_dir`.
 """
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tarfile
-import urllib.request
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pandas as pd
-from tqdm import tqdm
-
-from stages import demo_data, mimic, params
-from stages.common import PipelineError, atomic_path, main
-from stages.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, RAW, REPORTS_CSV
+from cxrfusion import params
+from cxrfusion.common import PipelineError, atomic_path, main
+from cxrfusion.formats import RAW
+from cxrfusion.sources import demo, kaggle, mimic, openi
 
 log = logging.getLogger("download")
-
-KAGGLE_DATASET = "raddar/chest-xrays-indiana-university"
-OPENI_FILES = {"images": "NLMCXR_png.tgz", "reports": "NLMCXR_reports.tgz"}
-DOWNLOADS = Path("data/downloads")  # kept between runs so a re-run does not download again
-
-
-def link_kaggle_layout(src: Path, out: Path) -> None:
-    """Copy the two CSVs from a Kaggle-layout folder and link (not copy) its images."""
-    missing = [str(p) for p in (REPORTS_CSV, PROJECTIONS_CSV, IMAGES_SUBDIR) if not (src / p).exists()]
-    if missing:
-        raise PipelineError(f"{src} does not hold the Kaggle layout: missing {', '.join(missing)}. "
-                            f"Expected {REPORTS_CSV}, {PROJECTIONS_CSV} and {IMAGES_SUBDIR}/*.png.")
-    out.mkdir(parents=True)
-    for name in (REPORTS_CSV, PROJECTIONS_CSV):
-        shutil.copyfile(src / name, out / name)
-    os.symlink((src / "images").resolve(), out / "images", target_is_directory=True)
-
-
-def from_kaggle(out: Path) -> None:
-    try:
-        import kagglehub
-
-        src = Path(kagglehub.dataset_download(KAGGLE_DATASET))
-    except Exception as err:  # kagglehub raises many types: network, auth, HTTP
-        # name the error type only: its text may echo request details
-        raise PipelineError(
-            f"could not download Kaggle dataset {KAGGLE_DATASET} ({type(err).__name__}). "
-            "Check the network, then give Kaggle credentials: create an API token on "
-            "kaggle.com (Settings > API) and save it as ~/.kaggle/kaggle.json, or export "
-            "KAGGLE_USERNAME and KAGGLE_KEY. Or download the dataset by hand and set "
-            "data.source=local and data.local_dir=<folder>.") from None
-    link_kaggle_layout(src, out)
-
-
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract member by member, refusing any member that would land outside `dest`."""
-    dest = dest.resolve()
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            target = (dest / member.name).resolve()
-            if not target.is_relative_to(dest) or member.issym() or member.islnk() or member.isdev():
-                raise PipelineError(f"{archive}: refusing unsafe member {member.name!r} "
-                                    "(it would write outside the target folder, or is a link "
-                                    "or device); the archive is damaged or malicious.")
-            tar.extract(member, dest, filter="data")
-
-
-def parse_openi_report(path: Path) -> tuple[dict, list[str]]:
-    """One Open-i XML report -> a row of indiana_reports.csv and its image ids."""
-    root = ET.parse(path).getroot()
-    uid_node = root.find(".//uId")
-    if uid_node is None or not uid_node.get("id", "").startswith("CXR"):
-        raise PipelineError(f"{path}: no <uId id='CXR...'> element; not an Open-i report.")
-    majors = [m.text.strip() for m in root.findall(".//MeSH/major") if m.text]
-    sections = {(a.get("Label") or "").lower(): (a.text or "").strip() or None
-                for a in root.iter("AbstractText")}
-    row = {"uid": int(uid_node.get("id")[3:]), "MeSH": ";".join(majors) or None,
-           "Problems": ";".join(m.split("/")[0] for m in majors) or None, "image": None,
-           **{k: sections.get(k) for k in ("indication", "comparison", "findings", "impression")}}
-    return row, [img.get("id") for img in root.findall(".//parentImage")]
-
-
-def from_openi(out: Path, base_url: str) -> None:
-    DOWNLOADS.mkdir(parents=True, exist_ok=True)
-    for name in OPENI_FILES.values():
-        target = DOWNLOADS / name
-        if target.exists():
-            continue
-        url = f"{base_url.rstrip('/')}/{name}"
-        log.info("downloading %s", url)
-        try:
-            with atomic_path(target) as tmp, urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
-                shutil.copyfileobj(r, f, length=1 << 20)
-        except OSError as err:
-            raise PipelineError(f"could not download {url}: {err}. Check the network, or put "
-                                f"{name} in {DOWNLOADS}/ by hand and run again.") from None
-    work = out / "_extract"
-    for name in OPENI_FILES.values():
-        log.info("extracting %s", name)
-        safe_extract(DOWNLOADS / name, work)
-    pngs = {p.stem: p for p in work.rglob("*.png")}
-    (out / IMAGES_SUBDIR).mkdir(parents=True)
-    reports, projections, imageless = [], [], 0
-    for xml in tqdm(sorted(work.rglob("*.xml")), desc="reports", unit="report"):
-        row, image_ids = parse_openi_report(xml)
-        found = [i for i in dict.fromkeys(image_ids) if i in pngs]
-        if not found:  # some Open-i reports come without images: no study to classify
-            imageless += 1
-            continue
-        reports.append(row)
-        for image_id in found:
-            shutil.copyfile(pngs[image_id], out / IMAGES_SUBDIR / f"{image_id}.png")
-            # Open-i has no view field (Kaggle's `projection` was added by its curator)
-            projections.append({"uid": row["uid"], "filename": f"{image_id}.png",
-                                "projection": "Unknown"})
-    if imageless:
-        log.warning("openi: left out %d reports that have no image in the archive", imageless)
-    shutil.rmtree(work)
-    pd.DataFrame(reports).sort_values("uid").to_csv(out / REPORTS_CSV, index=False)
-    pd.DataFrame(projections, columns=["uid", "filename", "projection"]).to_csv(
-        out / PROJECTIONS_CSV, index=False)
 
 
 def download(p: dict, out: Path = RAW) -> None:
     source = p["data"]["source"]
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp:  # a failed download leaves the previous data/raw intact
         if source == "demo":
             d = p["demo"]
-            demo_data.generate(tmp, d["studies"], d["image_size"], d["label_noise"], d["seed"])
+            demo.generate(tmp, d["studies"], d["image_size"], d["label_noise"], d["seed"])
         elif source == "kaggle":
-            from_kaggle(tmp)
+            kaggle.from_kaggle(tmp)
         elif source == "openi":
-            from_openi(tmp, p["data"]["openi_url"])
+            openi.from_openi(tmp, p["data"]["openi_url"])
         elif source == "local":
             src = Path(p["data"]["local_dir"]).expanduser()
             if not src.is_dir():
                 raise PipelineError(f"data.local_dir={str(src)!r} is not a folder.")
-            link_kaggle_layout(src, tmp)
+            kaggle.link_kaggle_layout(src, tmp)
         elif source == "mimic_cxr":
             mimic.convert(p["data"]["local_dir"], tmp)
     log.info("data/raw ready from source %r", source)

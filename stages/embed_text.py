@@ -1,6 +1,6 @@
 """Stage `embed_text`: read every report once with the frozen encoder into features/text.h5.
 
-    python -m stages.launch <text.nproc> stages.embed_text
+    python -m cxrfusion.launch <text.nproc> stages.embed_text
 
 With several processes (GPUs), each embeds its share of the length-sorted batches and saves it
 beside the cache; rank 0 puts them back in uid order and writes the one HDF5 file.
@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 
-from stages import distributed, params
-from stages.common import PipelineError, atomic_path, main
-from stages.formats import TEXT_H5, read_prepared, text_cache_attrs, write_text_cache
-from stages.text_encoder import embed_part, encoder_fingerprint, load_encoder, reads_lowercase
+from cxrfusion import distributed, params
+from cxrfusion.common import PipelineError, atomic_path, main
+from cxrfusion.formats import TEXT_H5, read_prepared, text_cache_attrs, write_text_cache
+from cxrfusion.text_encoder import embed_part, encoder_fingerprint, load_encoder, reads_lowercase
 
 log = logging.getLogger("embed_text")
 

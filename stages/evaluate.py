@@ -14,13 +14,13 @@ import sys
 import pandas as pd
 from sklearn import metrics as skm
 
-from stages import params
-from stages.common import atomic_path, main, resolve_device, write_json
-from stages.dataset import load_splits
-from stages.formats import metrics_dir, model_dir
-from stages.metrics import classification_metrics, study_predictions
-from stages.model import load_model, reads
-from stages.scoring import predict, trained_settings
+from cxrfusion import params
+from cxrfusion.common import atomic_path, main, resolve_device, write_json
+from cxrfusion.dataset import load_splits
+from cxrfusion.formats import metrics_dir, model_dir
+from cxrfusion.metrics import classification_metrics, study_predictions
+from cxrfusion.model import load_model, reads
+from cxrfusion.scoring import predict, trained_settings
 
 log = logging.getLogger("evaluate")
 

@@ -8,139 +8,26 @@ and writes models/<variant>/model.safetensors with model.json and the resolved p
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import sys
 
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from stages import checkpoint, distributed, params
-from stages.common import PipelineError, atomic_path, main, seed_everything, write_json
-from stages.dataset import Split, load_splits
-from stages.distributed import World
-from stages.formats import IMAGES_H5, TEXT_H5, metrics_dir, model_dir, read_text_cache_attrs
-from stages.metrics import classification_metrics
-from stages.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_config, reads,
-                          sync_batchnorm, trainable_parameters)
-from stages.scoring import forward, predict, unwrap
+from cxrfusion import checkpoint, distributed, params
+from cxrfusion.common import PipelineError, main, seed_everything
+from cxrfusion.dataset import load_splits
+from cxrfusion.formats import IMAGES_H5, TEXT_H5
+from cxrfusion.model import reads, trainable_parameters
+from cxrfusion.scoring import predict
+from cxrfusion.training import (build, configure_torch, epoch_metrics, fits_on_device, live_log,
+                                log_epoch, save_model, summarise_kept_epoch, train_epoch)
 
 log = logging.getLogger("train")
 
 
-def epoch_metrics(labels, probs, loss, context: str) -> dict:
-    m = classification_metrics(labels, probs, context=context)
-    return {"loss": loss, **{k: m[k] for k in ("accuracy", "precision", "recall", "f1", "auroc")}}
-
-
-def epoch_order(n: int, batch_size: int, generator: torch.Generator, world: World) -> list[torch.Tensor]:
-    """The global batches of one epoch, from one seeded permutation: the same on every rank."""
-    batches = torch.randperm(n, generator=generator).split(batch_size)
-    if len(batches) > 1 and len(batches[-1]) < 2 * world.size:
-        batches = batches[:-1]  # batch norm cannot train on a single image (per process)
-    return list(batches)
-
-
-def train_epoch(model: Classifier, optimizer, data: Split, batch_size: int, generator, amp: bool,
-                epoch: int, progress: bool = True,
-                world: World = World()) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """One pass over `data` in a seeded random order; `batch_size` is the global batch.
-
-    Each process takes its share of every batch; its loss is scaled so that the gradients DDP
-    averages over processes equal those of the whole batch in one process. Returns the rows
-    seen (all processes), their predicted probabilities and the mean loss. Nothing waits on the
-    GPU inside the loop: losses stay on the device and are checked once at the end.
-    """
-    model.train()
-    batches = epoch_order(len(data), batch_size, generator, world)
-    mine = [distributed.shard(b, world) for b in batches]
-    losses, probs = [], []
-    steps = zip(batches, data.batches(mine))
-    for whole, (idx, images, text, labels) in tqdm(steps, total=len(batches), leave=False,
-                                                   desc=f"{unwrap(model).variant} epoch {epoch}",
-                                                   disable=not progress or not world.main):
-        logits = forward(model, images, text, amp)
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        (loss * (len(idx) * world.size / len(whole))).backward()  # x 1.0 in one process
-        optimizer.step()
-        losses.append(loss.detach())
-        probs.append(logits.detach().softmax(1)[:, 1])
-    sizes = torch.tensor([len(i) for i in mine], dtype=torch.float32)
-    parts = distributed.gather((torch.cat(mine), torch.cat(probs).cpu(), torch.stack(losses).cpu(), sizes), world)
-    losses = torch.stack([l for _, _, l, _ in parts], 1).flatten()  # batch-major: step 1 of every rank, ...
-    sizes = torch.stack([n for _, _, _, n in parts], 1).flatten()
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        raise PipelineError(f"loss became {losses[bad[0, 0]].item()} at epoch {epoch}, batch "
-                            f"{bad[0, 0].item() // world.size + 1}: lower train.lr or check the inputs.")
-    seen = torch.cat([i for i, _, _, _ in parts])
-    return seen, torch.cat([p for _, p, _, _ in parts]), float((losses * sizes).sum() / sizes.sum())
-
-
-def log_epoch(live, row: dict) -> None:
-    if live is None:  # not rank 0
-        return
-    for phase in ("train", "val"):
-        for k, v in row[phase].items():
-            live.log_metric(f"{phase}/{k}", v)
-    live.next_step()
-
-
-def configure_torch(device: torch.device, deterministic: bool) -> None:
-    """Fast kernels by default; bitwise-repeatable GPU runs when train.deterministic asks."""
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # picks the fastest conv kernels for fixed shapes
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> bool:
-    """Whether a split of `nbytes` may move to the GPU whole: at most `share` of its free
-    memory, leaving the rest to the model's activations. Otherwise the images stay in host
-    memory and each batch is copied over (slower, logged)."""
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    if nbytes <= share * free:
-        return True
-    log.warning("the training and validation split (%.1f GB) exceeds half of the GPU's free "
-                "memory (%.1f GB): its images stay in host memory and each batch is copied to the "
-                "GPU (slower; lower image.size, or set train.in_memory_gb=0 to stream them from "
-                "%s instead)", nbytes / 1e9, free / 1e9, IMAGES_H5)
-    return False
-
-
-def build(variant: str, p: dict, text_dim: int, world: World):
-    """The model on this rank's device, the optimizer, and the module that takes the steps
-    (wrapped by DDP across processes and by torch.compile when asked)."""
-    t, m = p["train"], p["model"]
-    model = Classifier(variant, text_dim, m["backbone"], p["image"]["pretrained"], m["hidden"], m["dropout"])
-    if m["freeze_backbone"]:
-        freeze_backbone(model)
-    if world.distributed and world.device.type == "cuda":
-        model = sync_batchnorm(model)  # batch statistics over all GPUs
-    model = model.to(world.device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=t["lr"])
-    step = model
-    if world.distributed:  # same initial weights on every rank: DDP broadcasts rank 0's
-        step = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
-        torch.manual_seed(t["seed"] + world.rank)  # each rank its own dropout masks
-    if t["compile"]:
-        step = torch.compile(step)  # same weights, fused kernels
-    return model, optimizer, step
-
-
 def train(variant: str, p: dict) -> dict:
-    t, m = p["train"], p["model"]
+    t = p["train"]
     with distributed.running(t["device"], "train.device") as world:
         if t["batch_size"] < 2 * world.size:
             raise PipelineError(f"parameter train.batch_size={t['batch_size']} is the global batch "
@@ -204,54 +91,6 @@ def train(variant: str, p: dict) -> dict:
         distributed.barrier(world)  # no rank leaves before the outputs are complete
     log.info("%s: kept epoch %d (%s), val loss %.4f", variant, chosen, t["select"], history[chosen - 1]["val"]["loss"])
     return {"history": history, "chosen": chosen}
-
-
-@contextlib.contextmanager
-def live_log(variant: str, world: World):
-    """DVCLive's per-epoch metrics (metrics/<variant>/train/), written by rank 0 only, into a
-    temporary folder that replaces the previous one only when training ends well."""
-    if not world.main:
-        yield None
-        return
-    from dvclive import Live
-
-    with atomic_path(metrics_dir(variant) / "train") as tmp:
-        with Live(dir=str(tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-            yield live
-
-
-def summarise_kept_epoch(live, history: list, chosen: int) -> None:
-    """metrics.json (what `dvc metrics` and `dvc exp show` list) holds the epoch whose weights
-    were kept, not DVCLive's default, the last epoch."""
-    if live is not None:
-        kept = history[chosen - 1]
-        live.summary = {"train": kept["train"], "val": kept["val"], "epoch_kept": chosen}
-
-
-def save_model(variant: str, p: dict, model: Classifier, best_state: dict, text_dim: int,
-               chosen: int, history: list) -> None:
-    """models/<variant>/: weights (safetensors), how to rebuild them, the resolved params."""
-    from safetensors.torch import save_file
-
-    model.load_state_dict(best_state)
-    image = p["image"] if model.uses_image else {"size": None, "fit": None}  # text: no image
-    backbone = p["model"]["backbone"] if model.uses_image else None
-    config = {**model_config(model, text_dim, backbone, image["size"], image_fit=image["fit"]),
-              "epoch": chosen, "select": p["train"]["select"]}
-    if model.uses_image:  # which ImageNet weights, pinned by name: timm's default tag can move
-        config["pretrained"] = p["image"]["pretrained"]
-        config["pretrained_tag"] = unwrap(model).cnn.pretrained_cfg.get("tag")
-    if model.uses_text:  # which encoder made the vectors: prediction checks its encoder against it
-        attrs = read_text_cache_attrs(TEXT_H5)
-        config.update(text_model=attrs["model"], text_revision=attrs.get("revision") or None,
-                      text_fingerprint=attrs["fingerprint"])
-    with atomic_path(model_dir(variant)) as tmp:
-        tmp.mkdir()
-        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
-        write_json(tmp / CONFIG, config)
-        write_json(tmp / "params.json", p)  # the resolved settings next to the weights
-        write_json(tmp / "history.json", history)
-    checkpoint.remove(variant)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from stages import embed_text
-from stages.formats import STUDIES, TEXT_H5, read_text_cache
+from cxrfusion.formats import STUDIES, TEXT_H5, read_text_cache
 
 
 def _set_texts(texts: dict[int, str]) -> pd.DataFrame:

@@ -12,11 +12,11 @@ import pytest
 
 from mimic_layout import make_mimic
 from stages import compare as compare_mod
-from stages import figures, params as params_mod
-from stages.common import PipelineError
+from cxrfusion import figures, params as params_mod
+from cxrfusion.common import PipelineError
 from stages.download import download
-from stages.formats import STUDIES, STUDY_COLUMNS
-from stages.metrics import bootstrap_interval, paired_bootstrap, resamples
+from cxrfusion.formats import STUDIES, STUDY_COLUMNS
+from cxrfusion.metrics import bootstrap_interval, paired_bootstrap, resamples
 from stages.prepare import prepare
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stages import formats
-from stages.common import PipelineError
-from stages.formats import read_image_cache, read_text_cache, write_text_cache
+from cxrfusion import formats
+from cxrfusion.common import PipelineError
+from cxrfusion.formats import read_image_cache, read_text_cache, write_text_cache
 
 CPU = torch.device("cpu")
 
@@ -63,9 +63,9 @@ def test_text_cache_missing_file_and_length_mismatch(tmp_path):
 # --- the caches the stages build (the tiny demo) ----------------------------------------------
 
 def test_cached_features_match_the_prepared_tables(cached):
-    from stages.formats import text_cache_attrs as cache_attrs
-    from stages.imaging import load_xray
-    from stages.text_encoder import embed, load_encoder
+    from cxrfusion.formats import text_cache_attrs as cache_attrs
+    from cxrfusion.imaging import load_xray
+    from cxrfusion.text_encoder import embed, load_encoder
 
     t = cached["text"]
     studies, images = formats.read_prepared()
@@ -107,8 +107,8 @@ TEXTS = ["Normal.",
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    from stages.demo_encoder import build
-    from stages.text_encoder import load_encoder
+    from cxrfusion.demo_encoder import build
+    from cxrfusion.text_encoder import load_encoder
 
     folder = tmp_path_factory.mktemp("enc") / "demo_encoder"
     corpus = TEXTS * 3 + ["No pneumothorax or pleural effusion.", "Heart size is enlarged.",
@@ -124,7 +124,7 @@ def _unpadded(tokenizer, model, ids: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_pooling_matches_a_hand_computation(encoder, pooling):
-    from stages.text_encoder import embed
+    from cxrfusion.text_encoder import embed
 
     tokenizer, model = encoder
     ids = [tokenizer(t)["input_ids"] for t in TEXTS]
@@ -140,7 +140,7 @@ def test_pooling_matches_a_hand_computation(encoder, pooling):
 def test_mean_pooling_ignores_padding(encoder):
     """The same text alone and in a batch padded to a longer one gives the same vector, and
     that differs from an average that counts the padding."""
-    from stages.text_encoder import embed, pool
+    from cxrfusion.text_encoder import embed, pool
 
     tokenizer, model = encoder
     alone = embed([TEXTS[0]], tokenizer, model, "mean", 512, 1, CPU, progress=False)
@@ -156,7 +156,7 @@ def test_mean_pooling_ignores_padding(encoder):
 
 
 def test_pool_on_known_numbers():
-    from stages.text_encoder import pool
+    from cxrfusion.text_encoder import pool
 
     hidden = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
@@ -165,7 +165,7 @@ def test_pool_on_known_numbers():
 
 
 def test_embed_keeps_input_order(encoder):
-    from stages.text_encoder import embed
+    from cxrfusion.text_encoder import embed
 
     tokenizer, model = encoder
     forward = embed(TEXTS, tokenizer, model, "mean", 512, 2, CPU, progress=False)
@@ -177,7 +177,7 @@ LONG = " ".join(["The heart is normal in size and the lungs are clear without ef
 
 
 def test_long_report_is_truncated(encoder):
-    from stages.text_encoder import embed
+    from cxrfusion.text_encoder import embed
 
     tokenizer, model = encoder
     assert len(LONG.split()) > 1000
@@ -203,7 +203,7 @@ def test_long_report_is_truncated(encoder):
 @pytest.mark.parametrize("name", ["NOWHERE/missing_encoder", "models/no_such_encoder",
                                   "no-such-org/no-such-model", "not a hub id"])
 def test_load_encoder_failure_says_how_to_fix(tmp_path, name):
-    from stages.text_encoder import load_encoder
+    from cxrfusion.text_encoder import load_encoder
 
     name = name.replace("NOWHERE", str(tmp_path))
     with pytest.raises(PipelineError) as err:
@@ -214,7 +214,7 @@ def test_load_encoder_failure_says_how_to_fix(tmp_path, name):
 
 
 def test_load_encoder_empty_folder(tmp_path):
-    from stages.text_encoder import load_encoder
+    from cxrfusion.text_encoder import load_encoder
 
     (tmp_path / "empty_encoder").mkdir()
     with pytest.raises(PipelineError, match="text.model"):
@@ -235,7 +235,7 @@ def reference(path, size) -> np.ndarray:
 
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_load_xray_is_a_bilinear_resize(tmp_path, size):
-    from stages.imaging import load_xray
+    from cxrfusion.imaging import load_xray
 
     Image.fromarray(gray()).save(tmp_path / "x.png")
     got = load_xray(tmp_path / "x.png", size, "stretch")  # 37 x 29: stretch is a plain resize
@@ -245,7 +245,7 @@ def test_load_xray_is_a_bilinear_resize(tmp_path, size):
 
 @pytest.mark.parametrize("kind", ["16-bit", "12-bit in 16", "8-bit in 16", "RGB", "RGBA", "LA"])
 def test_load_xray_same_pixels_from_any_png_mode(tmp_path, kind):
-    from stages.imaging import load_xray
+    from cxrfusion.imaging import load_xray
 
     g = gray()
     assert g.max() > 128  # the premise: the brightest pixel uses the top bit
@@ -299,8 +299,8 @@ def image_dir(tmp_path) -> Path:
 
 
 def test_cache_images_writes_every_image(tmp_path, image_dir):
-    from stages.cache_images import cache_images
-    from stages.imaging import load_xray
+    from cxrfusion.imaging import cache_images
+    from cxrfusion.imaging import load_xray
 
     out = tmp_path / "features" / "images.h5"
     report = cache_images(GOOD, image_dir, out, 24, "pad", skip_bad=False, workers=2)
@@ -317,7 +317,7 @@ def test_cache_images_writes_every_image(tmp_path, image_dir):
 
 
 def test_cache_images_bad_files_stop_and_keep_previous_cache(tmp_path, image_dir):
-    from stages.cache_images import cache_images
+    from cxrfusion.imaging import cache_images
 
     out = tmp_path / "features" / "images.h5"
     cache_images(GOOD[:2], image_dir, out, 16, "pad", skip_bad=False, workers=2)
@@ -340,8 +340,8 @@ def test_cache_images_bad_files_stop_and_keep_previous_cache(tmp_path, image_dir
 
 
 def test_cache_images_skip_bad(tmp_path, image_dir):
-    from stages.cache_images import cache_images
-    from stages.imaging import load_xray
+    from cxrfusion.imaging import cache_images
+    from cxrfusion.imaging import load_xray
 
     out = tmp_path / "images.h5"
     order = [GOOD[0], BAD[0], GOOD[1], BAD[1], BAD[2], GOOD[2]]
@@ -383,7 +383,7 @@ def test_cache_images_stage_reports_skipped(prepared):
 def test_demo_encoder_is_byte_identical_for_a_seed(tmp_path):
     """Same texts and seed -> the same tokenizer and weights files (the vocabulary must not
     depend on hash order, or every vector changes between runs)."""
-    from stages.demo_encoder import build
+    from cxrfusion.demo_encoder import build
 
     texts = ["The heart is enlarged.", "The lungs are clear.", "No acute disease. XXXX intact."] * 5
     for name in ("a", "b"):

@@ -13,11 +13,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import demo_data, download as download_mod, params as params_mod
-from stages.common import PipelineError
-from stages.download import download, parse_openi_report, safe_extract
-from stages.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
-from stages.prepare import label_of, prepare
+from cxrfusion import params as params_mod
+from cxrfusion.sources import demo as demo_data
+from stages import download as download_mod
+from cxrfusion.common import PipelineError
+from stages.download import download
+from cxrfusion.sources.openi import parse_openi_report, safe_extract
+from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
+from cxrfusion.studies import label_of
+from stages.prepare import prepare
 
 REPORT_COLUMNS = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings",
                   "impression"]
@@ -238,7 +242,7 @@ def test_kaggle_without_network_explains_what_to_do(workdir, params, monkeypatch
     assert "kaggle.json" in message
     assert "KAGGLE_USERNAME" in message
     assert "data.source=local" in message
-    assert download_mod.KAGGLE_DATASET in message
+    assert download_mod.kaggle.KAGGLE_DATASET in message
     assert SECRET not in message
     assert SECRET not in "".join(traceback.format_exception(err.value))
     assert not Path("data/raw").exists()

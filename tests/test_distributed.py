@@ -16,17 +16,18 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from stages import distributed
-from stages.common import PipelineError, resolve_device
-from stages.distributed import World, shard
-from stages.model import Classifier, sync_batchnorm
-from stages.train import epoch_order, train
+from cxrfusion import distributed
+from cxrfusion.common import PipelineError, resolve_device
+from cxrfusion.distributed import World, shard
+from cxrfusion.model import Classifier, sync_batchnorm
+from cxrfusion.training import epoch_order
+from stages.train import train
 
 
 def _launch(n: int, *args: str) -> subprocess.CompletedProcess:
-    """`python -m stages.launch n ...` in the current (temporary) project folder."""
+    """`python -m cxrfusion.launch n ...` in the current (temporary) project folder."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "stages.launch", str(n), *args], env=env,
+    return subprocess.run([sys.executable, "-m", "cxrfusion.launch", str(n), *args], env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -112,7 +113,7 @@ def test_auto_on_a_cuda_build_without_gpu_warns_and_names_the_setting(monkeypatc
 def test_launch_reads_the_process_count_from_a_parameter(workdir, monkeypatch):
     """dvc.yaml names the parameter (text.nproc), so that its value is not part of the command
     DVC compares."""
-    from stages import launch
+    from cxrfusion import launch
 
     shutil.copy(ROOT / "params.yaml", workdir / "params.yaml")
     assert launch.processes("3") == 3
@@ -201,7 +202,7 @@ def test_embed_text_in_two_processes_writes_the_same_cache(cached):
 # --- streaming from images.h5 ------------------------------------------------------------------
 
 def test_streamed_images_train_the_same_model(cached):
-    from stages.dataset import load_splits
+    from cxrfusion.dataset import load_splits
 
     p = cached
     p["train"]["epochs"] = 1

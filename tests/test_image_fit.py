@@ -1,4 +1,4 @@
-"""image.fit: how a non-square X-ray becomes the model's square input (stages/imaging.py).
+"""image.fit: how a non-square X-ray becomes the model's square input (cxrfusion/imaging.py).
 
 A round blob must stay round: stretching a 512 x 362 film changes the heart's width relative to
 the chest, the ratio that defines cardiomegaly.
@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stages import params as params_mod
-from stages.common import PipelineError
-from stages.formats import read_image_cache
-from stages.imaging import FITS, load_xray
+from cxrfusion import params as params_mod
+from cxrfusion.common import PipelineError
+from cxrfusion.formats import read_image_cache
+from cxrfusion.imaging import FITS, load_xray
 
 BILINEAR = Image.Resampling.BILINEAR
 
@@ -220,7 +220,7 @@ def image_dir(tmp_path):
 
 @pytest.mark.parametrize("fit", ["pad", "crop"])
 def test_cache_images_records_the_fit_and_matches_load_xray(tmp_path, image_dir, fit):
-    from stages.cache_images import cache_images
+    from cxrfusion.imaging import cache_images
 
     out = tmp_path / "images.h5"
     cache_images(NAMES, image_dir, out, 24, fit, skip_bad=False, workers=1)
@@ -237,14 +237,15 @@ def test_cache_images_records_the_fit_and_matches_load_xray(tmp_path, image_dir,
 
 def test_cache_images_stage_uses_image_fit(workdir, params, monkeypatch):
     """`run` reads image.fit from the parameters, not a default."""
-    from stages import cache_images, formats
+    from cxrfusion import formats
+    from stages import cache_images
 
     folder = formats.RAW / formats.IMAGES_SUBDIR
     folder.mkdir(parents=True)
     save(folder, disc(120, 60), "wide.png")
     monkeypatch.setattr(cache_images, "read_prepared",
                         lambda: (None, pd.DataFrame({"filename": ["wide.png"]})))
-    monkeypatch.setattr(cache_images.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)  # one decoding process (cxrfusion.imaging)
     for fit in ("crop", "stretch"):
         params["image"]["fit"] = fit
         cache_images.run(params)
@@ -260,7 +261,7 @@ def fake_model():
 
 
 def test_model_config_records_the_fit():
-    from stages.model import model_config
+    from cxrfusion.model import model_config
 
     config = model_config(fake_model(), 16, "efficientnet_b1", 64, image_fit="crop")
     assert config["image_fit"] == "crop" and config["image_size"] == 64
@@ -269,7 +270,7 @@ def test_model_config_records_the_fit():
 
 
 def test_model_image_fit(tmp_path, caplog):
-    from stages.predict import model_image_fit
+    from cxrfusion.predict import model_image_fit
 
     assert model_image_fit({"image_fit": "crop"}, tmp_path) == "crop"
     with caplog.at_level(logging.WARNING, logger="predict"):
@@ -283,7 +284,7 @@ def test_model_image_fit(tmp_path, caplog):
 def test_predict_reads_images_with_the_models_fit(tmp_path, monkeypatch, recorded):
     """predict_studies decodes with model.json's image_fit (stretch for an older model.json),
     whatever params.yaml says now."""
-    from stages import predict as predict_mod
+    from cxrfusion import predict as predict_mod
 
     path = save(tmp_path, disc(120, 60))
     seen = {}

@@ -15,8 +15,9 @@ import h5py
 import pandas as pd
 import pytest
 
-from stages import compare, demo_encoder, embed_text, evaluate, figures
-from stages.formats import TEXT_H5, read_text_cache, text_cache_attrs
+from cxrfusion import figures
+from stages import compare, demo_encoder, embed_text, evaluate
+from cxrfusion.formats import TEXT_H5, read_text_cache, text_cache_attrs
 from stages.train import train
 
 

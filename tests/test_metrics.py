@@ -1,4 +1,4 @@
-"""stages/metrics.py: classification metrics, study aggregation, paired bootstrap intervals."""
+"""cxrfusion/metrics.py: classification metrics, study aggregation, paired bootstrap intervals."""
 from __future__ import annotations
 
 import logging
@@ -11,8 +11,8 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
-from stages import metrics
-from stages.metrics import (bootstrap_interval, classification_metrics, paired_bootstrap,
+from cxrfusion import metrics
+from cxrfusion.metrics import (bootstrap_interval, classification_metrics, paired_bootstrap,
                             study_predictions)
 
 # 4 normal, 6 abnormal studies; at threshold 0.5: tn 3, fp 1 (0.6), fn 2 (0.3, 0.45), tp 4
@@ -62,14 +62,14 @@ def test_threshold_is_inclusive_and_one_class_has_no_ranking_metrics():
 
 
 def test_one_class_nan_is_logged_with_its_reason_and_context(caplog):
-    with caplog.at_level(logging.WARNING, logger="stages.metrics"):
+    with caplog.at_level(logging.WARNING, logger="cxrfusion.metrics"):
         m = classification_metrics([1] * 12, np.linspace(0, 1, 12), context="val, epoch 3")
     assert math.isnan(m["auroc"]) and math.isnan(m["auprc"])
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert caplog.records[0].getMessage() == ("AUROC and AUPRC are undefined (nan) on val, "
                                               "epoch 3: the 12 rows hold label 1 only")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="stages.metrics"):
+    with caplog.at_level(logging.WARNING, logger="cxrfusion.metrics"):
         classification_metrics([0, 0], [0.9, 0.2])            # context is optional
         assert caplog.records[0].getMessage() == ("AUROC and AUPRC are undefined (nan): the 2 "
                                                   "rows hold label 0 only")

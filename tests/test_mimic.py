@@ -17,12 +17,14 @@ import yaml
 from mimic_layout import make_mimic
 from test_pipeline import VENV_BIN, _run, repo  # noqa: F401  (repo is a fixture)
 from test_prepare import basic_raw, write_raw
-from stages import mimic, params as params_mod
-from stages.cache_images import cache_images
-from stages.common import PipelineError
+from cxrfusion import params as params_mod
+from cxrfusion.sources import mimic
+from cxrfusion.imaging import cache_images
+from cxrfusion.common import PipelineError
 from stages.download import download
-from stages.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_COLUMNS
-from stages.prepare import label_of, prepare
+from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_COLUMNS
+from cxrfusion.studies import label_of
+from stages.prepare import prepare
 
 SPLIT_OF = {"train": "train", "validate": "val", "test": "test"}
 

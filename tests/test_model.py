@@ -1,4 +1,4 @@
-"""stages/model.py: the classifier's variants, sizes, input normalisation, backbone errors, saving."""
+"""cxrfusion/model.py: the classifier's variants, sizes, input normalisation, backbone errors, saving."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.common import PipelineError
-from stages.model import (Classifier, create_backbone, freeze_backbone, load_model, normalise,
+from cxrfusion.common import PipelineError
+from cxrfusion.model import (Classifier, create_backbone, freeze_backbone, load_model, normalise,
                           trainable_parameters)
 
 HEAD_768 = (768 * 256 + 256) + (256 * 2 + 2)
@@ -223,8 +223,8 @@ def test_load_model_missing_folder(workdir):
 
 
 def test_saved_model_reloads(cached):
-    from stages.dataset import load_splits
-    from stages.scoring import predict
+    from cxrfusion.dataset import load_splits
+    from cxrfusion.scoring import predict
     from stages.train import train
 
     p = cached

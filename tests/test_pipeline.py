@@ -56,8 +56,9 @@ def repo(tmp_path) -> Path:
     """A git + DVC repository holding the pipeline's code with TINY parameters."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    shutil.copytree(ROOT / "stages", repo / "stages",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in ("stages", "cxrfusion"):
+        shutil.copytree(ROOT / package, repo / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, repo / name)

@@ -1,4 +1,4 @@
-"""stages/predict.py and stages/explain.py on tiny models trained in-process.
+"""cxrfusion/predict.py and stages/explain.py on tiny models trained in-process.
 
 One module-scoped project (the recipe of conftest's `cached` fixture, built once instead of
 once per test, which would cost ~10 s a test) with the three variants trained and evaluated.
@@ -21,9 +21,9 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, TINY, merge
-from stages.common import PipelineError
-from stages.formats import read_text_cache_attrs
-from stages.metrics import study_predictions
+from cxrfusion.common import PipelineError
+from cxrfusion.formats import read_text_cache_attrs
+from cxrfusion.metrics import study_predictions
 
 VARIANTS = ("fusion", "image", "text")
 FIELDS = ["findings", "impression"]  # params text.fields
@@ -91,7 +91,7 @@ def _evaluated(variant: str) -> pd.DataFrame:
 
 
 def _cli(argv):
-    from stages.predict import cli
+    from cxrfusion.predict import cli
     return cli([str(a) for a in argv])
 
 
@@ -132,7 +132,7 @@ def test_predict_csv_of_the_test_set_matches_evaluate(p, variant):
     rows = _test_rows()
     table = rows[["uid", "path", *FIELDS]].rename(columns={"path": "filename"})
     if variant == "fusion":  # the report as one joined column instead of its fields
-        from stages.prepare import join_text
+        from cxrfusion.studies import join_text
         table = table.assign(text=table.apply(join_text, axis=1, fields=FIELDS)).drop(columns=FIELDS)
     table.to_csv("new_studies.csv", index=False)
     _cli(["--model", f"models/{variant}", "--csv", "new_studies.csv", "--out", "out.csv"])
@@ -181,8 +181,8 @@ def test_predict_errors(p):
 
 
 def test_predict_exits_1_with_the_message(p, capsys):
-    from stages.common import main
-    from stages.predict import cli
+    from cxrfusion.common import main
+    from cxrfusion.predict import cli
 
     with pytest.raises(SystemExit) as exit_:
         main(lambda: cli(["--model", "models/fusion", "--text", "No acute disease."]))
@@ -194,8 +194,8 @@ def test_predict_exits_1_with_the_message(p, capsys):
 
 def _model_with_encoder(variant: str, name: str, hidden: int, seed: int) -> str:
     """A copy of models/<variant> whose params name another (tiny, random) encoder."""
-    from stages.demo_encoder import build
-    from stages.formats import read_prepared
+    from cxrfusion.demo_encoder import build
+    from cxrfusion.formats import read_prepared
 
     studies, _ = read_prepared()
     build(studies.loc[studies["split"] == "train", "text"].tolist(), Path("models") / name,
@@ -229,13 +229,13 @@ def test_predict_refuses_another_encoder(p):
 # --- explain ---------------------------------------------------------------------------------------
 
 def _test_split(p):
-    from stages.dataset import load_splits
+    from cxrfusion.dataset import load_splits
     return load_splits(p, True, True)[0]["test"]  # both inputs whatever the model reads
 
 
 def test_grad_cam_heatmap(p):
-    from stages.explain import grad_cam
-    from stages.model import load_model, normalise
+    from cxrfusion.explain import grad_cam
+    from cxrfusion.model import load_model, normalise
 
     model, config = load_model(Path("models/fusion"))
     test = _test_split(p)
@@ -283,8 +283,8 @@ def _unmoved(change: dict) -> None:
 
 
 def test_reliance_of_single_input_models(p):
-    from stages.explain import modality_reliance, reference_normal
-    from stages.model import load_model
+    from cxrfusion.explain import modality_reliance, reference_normal
+    from cxrfusion.model import load_model
 
     test = _test_split(p)
     uid, vector = reference_normal(p)
@@ -306,7 +306,8 @@ def test_reliance_of_single_input_models(p):
 
 
 def test_explain_stage_writes_its_outputs(p):
-    from stages.explain import OUTCOMES, explain
+    from cxrfusion.explain import OUTCOMES
+    from stages.explain import explain
 
     result = explain(p)
     saved = json.loads(Path("metrics/explain.json").read_text())
@@ -345,7 +346,7 @@ def test_explain_stage_writes_its_outputs(p):
             image.load()
             assert image.format == "PNG" and image.width > 300 and image.height > 200
 
-    from stages.params import validate
+    from cxrfusion.params import validate
 
     p["explain"]["variant"] = "text"  # no image branch to explain: refused before any work
     with pytest.raises(PipelineError, match=r"explain\.variant='text' is not allowed: use one of "

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages.common import PipelineError
-from stages.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
-from stages.prepare import join_text, label_of, prepare, split_studies
+from cxrfusion.common import PipelineError
+from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
+from cxrfusion.studies import join_text, label_of, split_studies
+from stages.prepare import prepare
 
 REPORT_COLUMNS = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings",
                   "impression"]
@@ -446,7 +447,7 @@ def test_prepare_split_minimum_names_the_split_and_its_counts(tmp_path, params, 
 
 
 def test_split_minimum_is_checked_as_a_parameter(params):
-    from stages.params import validate
+    from cxrfusion.params import validate
 
     for bad in (-1, 2.5, "10"):
         p = {**params, "split": {**params["split"], "min_studies": bad}}

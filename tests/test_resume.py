@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import stages.train as train_module
-from stages import checkpoint
+from cxrfusion import checkpoint
 
 
 def _weights(variant: str) -> bytes:

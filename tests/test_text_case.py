@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.common import PipelineError
-from stages.text_encoder import (embed, encoder_fingerprint, fingerprint_casing, load_encoder,
+from cxrfusion.common import PipelineError
+from cxrfusion.text_encoder import (embed, encoder_fingerprint, fingerprint_casing, load_encoder,
                                  reads_lowercase, resolve_lowercase)
 
 CPU = torch.device("cpu")
@@ -60,7 +60,7 @@ def cased(tmp_path_factory) -> str:
 
 
 def test_cased_vocabulary_without_tokenizer_config_is_read_cased(cased, caplog):
-    with caplog.at_level(logging.INFO, logger="stages.text_encoder"):
+    with caplog.at_level(logging.INFO, logger="cxrfusion.text_encoder"):
         upper, lower = vectors(cased)  # auto, the default
     assert not np.allclose(upper, lower, atol=1e-4)
     assert (f"text.lowercase=auto: {cased} has no tokenizer_config.json that sets do_lower_case "
@@ -106,7 +106,7 @@ def test_tokenizer_json_normalizer_decides_without_tokenizer_config(tmp_path, lo
 
 
 def test_demo_encoder_has_a_tokenizer_config_and_stays_cased(tmp_path):
-    from stages.demo_encoder import build
+    from cxrfusion.demo_encoder import build
 
     folder = tmp_path / "demo_encoder"
     build(["The Heart is normal.", "the heart is normal."] * 5, folder, vocab_size=60,
@@ -131,7 +131,7 @@ def test_fingerprint_names_the_resolved_casing(cased):
 
 def test_text_cache_records_asked_and_resolved_casing(prepared):
     from stages import demo_encoder, embed_text
-    from stages.formats import TEXT_H5, read_text_cache, text_cache_attrs
+    from cxrfusion.formats import TEXT_H5, read_text_cache, text_cache_attrs
 
     demo_encoder.run(prepared)
     embed_text.run(prepared)  # text.lowercase: auto, the default
@@ -152,7 +152,7 @@ def test_text_cache_records_asked_and_resolved_casing(prepared):
 
 @pytest.mark.parametrize("value", ["yes", "true", 1, 0, None, "Auto"])
 def test_bad_lowercase_parameter_is_refused(params, value):
-    from stages.params import validate
+    from cxrfusion.params import validate
 
     params["text"]["lowercase"] = value
     with pytest.raises(PipelineError, match=rf"parameter text.lowercase={value!r} is not "
@@ -162,7 +162,7 @@ def test_bad_lowercase_parameter_is_refused(params, value):
 
 @pytest.mark.parametrize("value", ["auto", True, False])
 def test_lowercase_parameter_values(params, value):
-    from stages.params import validate
+    from cxrfusion.params import validate
 
     params["text"]["lowercase"] = value
     assert validate(params)["text"]["lowercase"] == value
@@ -171,7 +171,7 @@ def test_lowercase_parameter_values(params, value):
 def _predictor(cased: str, folder: Path, lowercase, recorded: str):
     """A Predictor of a text model trained on vectors whose encoder fingerprint is `recorded`
     (only its text encoder is used)."""
-    from stages.predict import Predictor
+    from cxrfusion.predict import Predictor
 
     config = {"variant": "text", "text_dim": 16, "text_fingerprint": recorded}
     params = {"text": {"model": cased, "revision": None, "lowercase": lowercase}}

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from stages.common import PipelineError
-from stages.dataset import load_splits
+from cxrfusion.common import PipelineError
+from cxrfusion.dataset import load_splits
 from stages.evaluate import evaluate
-from stages.model import load_model, reads
-from stages.scoring import predict
+from cxrfusion.model import load_model, reads
+from cxrfusion.scoring import predict
 from stages.train import train
 
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "auprc", "confusion"}
@@ -163,7 +163,7 @@ def test_nan_inputs_stop_training(cached):
 
 
 def test_non_finite_loss_names_epoch_and_batch(cached, monkeypatch):
-    import stages.train as train_module
+    import cxrfusion.training as train_module  # where train_epoch looks up `forward`
 
     real_forward, calls = train_module.forward, []
 
@@ -269,7 +269,7 @@ def test_predictions_keep_full_precision(cached):
 
 
 def test_nan_validation_inputs_stop_training(cached):
-    from stages.formats import read_prepared
+    from cxrfusion.formats import read_prepared
 
     cached["train"]["epochs"] = 1
     train("text", cached)  # a good run first: its outputs must survive the failed one
@@ -356,7 +356,7 @@ def test_an_image_cache_of_another_images_csv_is_refused(cached):
 # --- memory: one copy of what is scored -------------------------------------------------------
 
 def test_splits_are_views_of_one_array_of_only_their_rows(cached):
-    from stages.formats import IMAGES_H5, read_image_cache
+    from cxrfusion.formats import IMAGES_H5, read_image_cache
 
     size = cached["image"]["size"]
     names, pixels = read_image_cache(IMAGES_H5)
@@ -381,7 +381,7 @@ def test_splits_are_views_of_one_array_of_only_their_rows(cached):
 def test_a_split_larger_than_half_the_free_gpu_memory_stays_on_the_host(monkeypatch, caplog):
     import torch
 
-    from stages.train import fits_on_device
+    from cxrfusion.training import fits_on_device
 
     assert fits_on_device(10**12, torch.device("cpu"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 * 10**9, 80 * 10**9))
@@ -416,7 +416,7 @@ def test_evaluate_reads_the_caches_as_the_model_was_trained(cached):
 
 
 def test_a_model_saved_before_fit_and_casing_were_recorded_is_refused(tmp_path, params):
-    from stages.scoring import trained_settings
+    from cxrfusion.scoring import trained_settings
 
     old = {**params, "image": {k: v for k, v in params["image"].items() if k != "fit"}}
     (tmp_path / "params.json").write_text(json.dumps(old))
@@ -427,7 +427,7 @@ def test_a_model_saved_before_fit_and_casing_were_recorded_is_refused(tmp_path, 
 def test_the_text_variant_refuses_a_skip_list_of_other_images(cached):
     """The text variant reads only images_report.json: a list naming images that images.csv
     does not hold comes from another images.csv, even when the counts agree."""
-    from stages.formats import IMAGES_REPORT
+    from cxrfusion.formats import IMAGES_REPORT
 
     report = json.loads(IMAGES_REPORT.read_text())
     report.update(cached=report["cached"] - 1, skipped=1, skipped_images=["not_an_image.png"])

@@ -1,6 +1,6 @@
-"""`python -m stages.launch N stages.X [args]`: run a stage in N processes with torchrun.
+"""`python -m cxrfusion.launch N stages.X [args]`: run a stage in N processes with torchrun.
 
-N is a number or a parameter that holds it (`python -m stages.launch train.nproc stages.train`).
+N is a number or a parameter that holds it (`python -m cxrfusion.launch train.nproc stages.train`).
 
 N = 1 runs the stage in this very process: no launcher start-up (about 10 s a stage on the
 CPU). N > 1 hands over to PyTorch's own launcher, exactly as
@@ -13,7 +13,7 @@ import logging
 import runpy
 import sys
 
-from stages.common import PipelineError, setup_logging
+from cxrfusion.common import PipelineError, setup_logging
 
 log = logging.getLogger("launch")
 
@@ -24,7 +24,7 @@ def processes(count: str) -> int:
     and the number of processes does not change what `embed_text` computes."""
     if count.isdigit():
         return int(count)
-    from stages import params
+    from cxrfusion import params
 
     return params.get(params.load(), count)
 
@@ -32,7 +32,7 @@ def processes(count: str) -> int:
 def launch(argv: list[str]) -> int:
     n = processes(argv[0]) if argv else 0
     if len(argv) < 2 or n < 1:
-        log.error("usage: python -m stages.launch N|PARAMETER stages.X [args]; N, the number of "
+        log.error("usage: python -m cxrfusion.launch N|PARAMETER stages.X [args]; N, the number of "
                   "processes, must be a positive integer (got %r)", argv[:1])
         return 2
     module, args = argv[1], argv[2:]

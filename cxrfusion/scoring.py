@@ -1,7 +1,7 @@
 """Scoring: a model and rows in, probabilities of abnormal out. The one home of the forward pass.
 
 `train` scores the validation studies every epoch with it, `evaluate` the test studies,
-`explain` its perturbed copies and `stages.predict` new studies: all read images and reports
+`explain` its perturbed copies and `cxrfusion.predict` new studies: all read images and reports
 the same way (uint8 pixels normalised on the device, the CNN under bf16 autocast on a GPU, the
 concatenation and the head in float32).
 """
@@ -16,11 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from stages import distributed
-from stages.common import PipelineError
-from stages.dataset import Split
-from stages.distributed import World
-from stages.model import Classifier, normalise
+from cxrfusion import distributed
+from cxrfusion.common import PipelineError
+from cxrfusion.dataset import Split
+from cxrfusion.distributed import World
+from cxrfusion.model import Classifier, normalise
 
 
 def forward(model: nn.Module, images: torch.Tensor | None, text: torch.Tensor | None,

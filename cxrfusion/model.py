@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from stages.common import PipelineError
+from cxrfusion.common import PipelineError
 
 
 def create_backbone(name: str, pretrained: bool | str) -> nn.Module:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import PipelineError
+from cxrfusion.common import PipelineError
 
 SOURCES = ("demo", "kaggle", "openi", "local", "mimic_cxr")
 POOLINGS = ("cls", "mean")
 VARIANTS = ("fusion", "image", "text")
 EXPLAINED = ("fusion", "image")  # the variants with an image branch for Grad-CAM to explain
 SELECTIONS = ("best_val_loss", "last")
-FITS = ("pad", "crop", "stretch")  # image.fit: how stages/imaging.py makes an X-ray square
+FITS = ("pad", "crop", "stretch")  # image.fit: how cxrfusion/imaging.py makes an X-ray square
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")

@@ -19,10 +19,23 @@ A square input gives the same pixels under every fit.
 """
 from __future__ import annotations
 
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+
+import h5py
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
-from stages.params import FITS  # the one list: params.yaml's image.fit is checked against it
+from cxrfusion.common import PipelineError, atomic_path
+from cxrfusion.formats import create_image_cache
+
+from cxrfusion.params import FITS  # the one list: params.yaml's image.fit is checked against it
+
+log = logging.getLogger(__name__)
 
 
 class BadImage(Exception):
@@ -100,3 +113,45 @@ def _letterbox(img: Image.Image, size: int) -> np.ndarray:
         pad = ((0, 0), (before, size - small.shape[1] - before))
     border = int(np.rint(np.median(edges)))
     return np.pad(small, pad, constant_values=border).astype(np.uint8, copy=False)
+
+
+# --- every image of a dataset, once ------------------------------------------------------------
+
+def _decode(path, size, fit):
+    try:
+        return load_xray(path, size, fit), None
+    except BadImage as err:
+        return None, str(err)
+
+
+def cache_images(filenames: list[str], image_dir, out, size: int, fit: str, skip_bad: bool,
+                 workers: int | None = None) -> dict:
+    """Decode `filenames` into `out`; returns a report of what was cached and skipped."""
+    workers = workers or os.cpu_count() or 1
+    paths = [image_dir / f for f in filenames]
+    start = time.perf_counter()
+    bad = []
+    # stream into the file as images arrive: memory stays flat however large the dataset
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f, ProcessPoolExecutor(workers) as pool:
+        data = create_image_cache(f, len(paths), size, fit)
+        kept, skipped = [], []
+        results = pool.map(partial(_decode, size=size, fit=fit), paths, chunksize=8)
+        for name, (pixels, error) in tqdm(zip(filenames, results), total=len(paths),
+                                          desc="images", unit="img"):
+            if error:
+                bad.append(error)
+                skipped.append(name)
+            else:
+                data[len(kept)] = pixels
+                kept.append(name)
+        if bad and not skip_bad:  # raising here discards the half-made file
+            raise PipelineError(f"{len(bad)} unreadable image(s); fix or remove them, or set "
+                                "image.skip_bad=true to skip them:\n  " + "\n  ".join(bad))
+        data.resize(len(kept), axis=0)
+        f.create_dataset("filenames", data=np.array(kept, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("skipped", data=np.array(skipped, dtype=object), dtype=h5py.string_dtype())
+    seconds = time.perf_counter() - start
+    log.info("cached %d images at %d px (fit %s) in %.1f s: %.0f images/s with %d process%s",
+             len(kept), size, fit, seconds, len(paths) / seconds, workers,
+             "" if workers == 1 else "es")
+    return {"cached": len(kept), "skipped": len(bad), "skipped_files": bad, "skipped_images": skipped}

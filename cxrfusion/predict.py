@@ -1,16 +1,16 @@
 """Use a trained model: the probability that a new study is abnormal, and its label.
 
-    python -m stages.predict --model models/fusion --image a.png --image b.png \\
+    python -m cxrfusion.predict --model models/fusion --image a.png --image b.png \\
         --findings "The heart is enlarged." --impression "Cardiomegaly."
-    python -m stages.predict --model models/image --csv studies.csv --out predictions.csv
+    python -m cxrfusion.predict --model models/image --csv studies.csv --out predictions.csv
 
 The study is read exactly as the pipeline read its training and test studies:
-  images  `stages.imaging.load_xray` at the model's image size and fit (what `cache_images`
-          cached), normalised and scored by `stages.scoring.predict` (what `evaluate` runs);
+  images  `cxrfusion.imaging.load_xray` at the model's image size and fit (what `cache_images`
+          cached), normalised and scored by `cxrfusion.scoring.predict` (what `evaluate` runs);
   report  the fields the model was trained on, joined by `stages.prepare.join_text`, read by
           the same frozen encoder (model, revision, lowercase, pooling, max_length from the
-          model's params.json) with `stages.text_encoder.embed` (what `embed_text` runs);
-  study   the mean of its images' probabilities (`stages.metrics.study_predictions`);
+          model's params.json) with `cxrfusion.text_encoder.embed` (what `embed_text` runs);
+  study   the mean of its images' probabilities (`cxrfusion.metrics.study_predictions`);
   label   abnormal when the probability is at or above the threshold `evaluate` used
           (metrics/<variant>/test.json), else the model's `evaluate.threshold`.
 
@@ -31,17 +31,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.common import PipelineError, atomic_path, main, resolve_device
-from stages.dataset import Split
-from stages.formats import TEXT_H5, load_csv, metrics_dir, model_dir, read_text_cache_attrs
-from stages.imaging import FITS, BadImage, load_xray
-from stages.metrics import study_predictions
-from stages.model import Classifier, load_model
-from stages.params import TEXT_FIELDS
-from stages.prepare import join_text
-from stages.text_encoder import (CASINGS, embed, encoder_fingerprint, fingerprint_casing,
+from cxrfusion.common import PipelineError, atomic_path, main, resolve_device
+from cxrfusion.dataset import Split
+from cxrfusion.formats import TEXT_H5, load_csv, metrics_dir, model_dir, read_text_cache_attrs
+from cxrfusion.imaging import FITS, BadImage, load_xray
+from cxrfusion.metrics import study_predictions
+from cxrfusion.model import Classifier, load_model
+from cxrfusion.params import TEXT_FIELDS
+from cxrfusion.studies import join_text
+from cxrfusion.text_encoder import (CASINGS, embed, encoder_fingerprint, fingerprint_casing,
                                  load_encoder)
-from stages.scoring import predict
+from cxrfusion.scoring import predict
 
 log = logging.getLogger("predict")
 
@@ -224,15 +224,15 @@ def predict_studies(predictor: Predictor, images: pd.DataFrame,
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m stages.predict",
+        prog="python -m cxrfusion.predict",
         description="Probability that a chest X-ray study is abnormal, from a model the pipeline "
                     "trained. One study: --image (repeatable) and the report (--text, or its "
                     "fields); many: --csv. Give what the model reads (fusion: images and report; "
                     "image: images; text: report). Run it from the project's root folder.",
         epilog="examples:\n"
-               "  python -m stages.predict --image a.png --image b.png \\\n"
+               "  python -m cxrfusion.predict --image a.png --image b.png \\\n"
                "      --findings 'The heart is enlarged.' --impression 'Cardiomegaly.'\n"
-               "  python -m stages.predict --model models/image --csv studies.csv --out p.csv\n"
+               "  python -m cxrfusion.predict --model models/image --csv studies.csv --out p.csv\n"
                "output: CSV, one row per study: uid, n_images, probability (of abnormal), label "
                "(1 abnormal), prediction, threshold",
         formatter_class=argparse.RawDescriptionHelpFormatter)

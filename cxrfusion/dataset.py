@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stages.common import PipelineError
-from stages.formats import (IMAGES, IMAGES_H5, IMAGES_REPORT, SPLITS, TEXT_H5, read_image_filenames,
+from cxrfusion.common import PipelineError
+from cxrfusion.formats import (IMAGES, IMAGES_H5, IMAGES_REPORT, SPLITS, TEXT_H5, read_image_filenames,
                             read_image_rows, read_images_report, read_prepared,
                             read_skipped_images, read_text_cache, text_cache_attrs)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stages.common import PipelineError
+from cxrfusion.common import PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from stages.common import PipelineError, resolve_device
+from cxrfusion.common import PipelineError, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ HDF5 caches:
   images.h5    `filenames` (str, N) and `images` (uint8, N x S x S, one image per chunk);
                `skipped` (str): the images of images.csv left out as unreadable (image.skip_bad);
                attributes `size` (S) and `fit` (pad | crop | stretch: how each X-ray was made
-               square, stages/imaging.py), which readers compare with theirs
+               square, cxrfusion/imaging.py), which readers compare with theirs
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from stages.common import PipelineError, atomic_path
+from cxrfusion.common import PipelineError, atomic_path
 
 RAW = Path("data/raw")
 REPORTS_CSV = "indiana_reports.csv"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from stages.common import atomic_path
+from cxrfusion.common import atomic_path
 
 log = logging.getLogger(__name__)
 

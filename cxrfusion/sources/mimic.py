@@ -31,8 +31,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from stages.common import PipelineError
-from stages.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV, load_csv
+from cxrfusion.common import PipelineError
+from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV, load_csv
 
 log = logging.getLogger("mimic")
 
