@@ -1,10 +1,16 @@
-"""Read params.yaml and refuse bad values before any work starts.
+"""Every parameter of params.yaml, described once: its section, default, rule and meaning.
 
-Every stage calls `load()`; a bad value stops it with the parameter's name and what is allowed.
+Each section is a dataclass; each field is an `option(default, rule, doc)`. `validate` checks a
+parameters dict against these descriptions before any work starts, and a bad value stops the
+stage with the parameter's name, its value and what is allowed. `python -m cxrfusion.params`
+prints every option with its default. The defaults are the offline demo's (params.yaml holds
+the same values; a test keeps the two in step).
 """
 from __future__ import annotations
 
 import re
+import sys
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -20,10 +26,6 @@ FITS = ("pad", "crop", "stretch")  # image.fit: how cxrfusion/imaging.py makes a
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-SEEDS = ("demo.seed", "split.seed", "demo_encoder.seed", "train.seed", "evaluate.seed",
-         "explain.seed")
-SWITCHES = ("data.keep_unindexed", "image.skip_bad", "model.freeze_backbone", "train.amp",
-            "train.compile", "train.deterministic")
 
 
 def _fail(name: str, value, allowed: str):
@@ -31,50 +33,209 @@ def _fail(name: str, value, allowed: str):
                         f"(set it in params.yaml or with `dvc exp run -S {name}=...`).")
 
 
-def _choice(p, name, options):
-    if get(p, name) not in options:
-        _fail(name, get(p, name), "use one of " + ", ".join(options))
-
-
-def _fraction(p, name):
-    v = get(p, name)
-    if not _number(v) or not 0 < v < 1:
-        _fail(name, v, "use a fraction strictly between 0 and 1")
-
-
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _range(p, name, low, high, allowed):
-    """low <= value < high."""
-    v = get(p, name)
-    if not _number(v) or not low <= v < high:
-        _fail(name, v, allowed)
+# --- rules: each checks one value and says what is allowed ----------------------------------------
+
+def one_of(*options):
+    def rule(name, v):
+        if v not in options:
+            _fail(name, v, "use one of " + ", ".join(options))
+    return rule
 
 
-def _positive(p, name, kind=int):
-    v = get(p, name)
-    if not _number(v) or v <= 0 or (kind is int and v != int(v)):
-        _fail(name, v, f"use a positive {'integer' if kind is int else 'number'}")
+def fraction(name, v):
+    if not _number(v) or not 0 < v < 1:
+        _fail(name, v, "use a fraction strictly between 0 and 1")
 
 
-def _boolean(p, name):
-    # a quoted "false" is a non-empty string, which Python would take as true
-    if not isinstance(get(p, name), bool):
-        _fail(name, get(p, name), "use true or false (unquoted)")
+def in_range(low, high, allowed: str, whole: bool = False):
+    """low <= value < high (a whole number when `whole`)."""
+    def rule(name, v):
+        if not _number(v) or not low <= v < high or (whole and v != int(v)):
+            _fail(name, v, allowed)
+    return rule
 
 
-def _seed(p, name):
-    v = get(p, name)
+def positive_int(name, v):
+    if not _number(v) or v <= 0 or v != int(v):
+        _fail(name, v, "use a positive integer")
+
+
+def positive_number(name, v):
+    if not _number(v) or v <= 0:
+        _fail(name, v, "use a positive number")
+
+
+def switch(name, v):
+    if not isinstance(v, bool):  # a quoted "false" is a non-empty string: Python reads true
+        _fail(name, v, "use true or false (unquoted)")
+
+
+def seed(name, v):
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**32:
         _fail(name, v, "use an integer from 0 to 2**32 - 1")
 
 
-def _device(p, name):
-    v = get(p, name)
+def device(name, v):
     if not isinstance(v, str) or not DEVICE.fullmatch(v):
         _fail(name, v, "use auto, cpu, cuda or cuda:N")
+
+
+def text(name, v):
+    if not isinstance(v, str) or not v:
+        _fail(name, v, "use a non-empty text")
+
+
+def any_value(name, v):
+    """Checked together with another option (see `_across`), or free."""
+
+
+def report_fields(name, v):
+    if not isinstance(v, list) or not v or any(f not in TEXT_FIELDS for f in v):
+        _fail(name, v, "use a non-empty list of " + ", ".join(TEXT_FIELDS))
+
+
+def lowercase(name, v):
+    if not isinstance(v, bool) and v != "auto":
+        _fail(name, v, "use auto, true or false")
+
+
+def weights(name, v):
+    if not isinstance(v, bool) and not (isinstance(v, str) and v):
+        _fail(name, v, "use true, false or the path of a weights file")
+
+
+def option(default, rule, doc: str, required: bool = True):
+    """A parameter: its default (the demo's), the rule its value must pass, what it means.
+    required=False: an older params.yaml may lack it, and then the default holds."""
+    return field(default=default, metadata={"rule": rule, "doc": doc, "required": required})
+
+
+# --- the sections ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Data:
+    source: str = option("demo", one_of(*SOURCES), "where data/raw comes from: demo (synthetic, "
+                         "offline) | kaggle | openi | local | mimic_cxr (a PhysioNet folder)")
+    local_dir: str | None = option(None, any_value, "for local: a folder in the Kaggle layout; "
+                                   "for mimic_cxr: the MIMIC-CXR-JPG folder")
+    openi_url: str = option("https://openi.nlm.nih.gov/imgs/collections", text,
+                            "for openi: where NLMCXR_png.tgz and NLMCXR_reports.tgz are")
+    keep_unindexed: bool = option(False, switch, "keep MeSH 'No Indexing' studies as abnormal "
+                                  "(the original); false drops them (never labelled)")
+
+
+@dataclass(frozen=True)
+class Demo:
+    studies: int = option(400, positive_int, "synthetic studies (1 to 5 images each)")
+    image_size: int = option(128, positive_int, "side of the generated PNGs, px")
+    label_noise: float = option(0.05, in_range(0, 0.5, "use a fraction in [0, 0.5)"),
+                                "fraction of studies whose label disagrees with image and report")
+    seed: int = option(0, seed, "seed of the generator")
+
+
+@dataclass(frozen=True)
+class Split:
+    test: float = option(0.2, fraction, "fraction of studies (patients) held out for the test")
+    val: float = option(0.15, fraction, "fraction of the rest for model selection")
+    seed: int = option(42, seed, "seed of the split")
+    official: bool = option(False, switch, "use the dataset's official split (mimic_cxr only)",
+                            required=False)
+    min_studies: int = option(10, in_range(0, float("inf"), "use a whole number >= 0 (0: no "
+                                           "minimum)", whole=True),
+                              "prepare refuses a split with fewer studies")
+    min_per_label: int = option(2, in_range(0, float("inf"), "use a whole number >= 0 (0: no "
+                                            "minimum)", whole=True),
+                                "prepare refuses a split with fewer studies of either label")
+
+
+@dataclass(frozen=True)
+class Text:
+    model: str = option("models/demo_encoder", text, "hub id or local folder of the frozen "
+                        "encoder (the real study: dmis-lab/biobert-base-cased-v1.1)")
+    revision: str | None = option(None, any_value, "hub revision (commit) of `model`")
+    fields: tuple = option(("findings", "impression"), report_fields,
+                           "report fields joined into the text; [indication] is leak-free")
+    pooling: str = option("mean", one_of(*POOLINGS), "cls ([CLS], the original) | mean")
+    lowercase: bool | str = option("auto", lowercase, "auto | true | false: lowercase reports "
+                                   "before the encoder reads them (auto: as it was trained)")
+    max_length: int = option(512, positive_int, "tokens; longer reports are truncated")
+    batch_size: int = option(32, positive_int, "reports per forward pass")
+    device: str = option("auto", device, "auto | cpu | cuda[:N]")
+    nproc: int = option(1, positive_int, "processes (GPUs) sharing the work (torchrun)")
+
+
+@dataclass(frozen=True)
+class DemoEncoder:
+    vocab_size: int = option(1000, positive_int, "WordPiece vocabulary of the tiny BERT")
+    hidden_size: int = option(64, positive_int, "its width")
+    layers: int = option(2, positive_int, "its layers")
+    heads: int = option(2, positive_int, "its attention heads (divide hidden_size)")
+    seed: int = option(0, seed, "seed of its random weights")
+
+
+@dataclass(frozen=True)
+class Image:
+    size: int = option(64, in_range(MIN_IMAGE_SIZE, float("inf"), f"the backbone needs at least "
+                                    f"{MIN_IMAGE_SIZE} px (240 for the real study)", whole=True),
+                       "side of the cached images, px (the real study: 240)")
+    fit: str = option("pad", one_of(*FITS), "how a non-square X-ray becomes square: pad "
+                      "(letterbox) | crop (centre square) | stretch (the original)")
+    skip_bad: bool = option(False, switch, "skip unreadable images instead of stopping")
+    pretrained: bool | str = option(False, weights, "timm's ImageNet weights: true, false or "
+                                    "the path of a weights file (the real study: true)")
+
+
+@dataclass(frozen=True)
+class Model:
+    backbone: str = option("efficientnet_b1.ra4_e3600_r240_in1k", text,
+                           "timm model name.tag (the tag pins the ImageNet weights)")
+    hidden: int = option(256, positive_int, "units of the head's hidden layer")
+    dropout: float = option(0.3, in_range(0, 1, "use a fraction in [0, 1)"), "head dropout")
+    freeze_backbone: bool = option(False, switch, "train the head only, the CNN frozen whole")
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = option(6, positive_int, "epochs (the real study: 40)")
+    lr: float = option(0.003, positive_number, "Adam learning rate (the original)")
+    batch_size: int = option(32, positive_int, "global batch, images (the real study: 64)")
+    seed: int = option(0, seed, "seed of initialisation, order and dropout")
+    device: str = option("auto", device, "auto | cpu | cuda[:N]")
+    amp: bool = option(True, switch, "bf16 autocast of the CNN on CUDA")
+    compile: bool = option(False, switch, "torch.compile the model")
+    deterministic: bool = option(False, switch, "deterministic GPU kernels (slower)")
+    select: str = option("best_val_loss", one_of(*SELECTIONS), "which epoch's weights are kept")
+    nproc: int = option(1, positive_int, "processes (one per GPU) launched with torchrun")
+    in_memory_gb: float = option(16, in_range(0, float("inf"), "use a size in GB >= 0 (0 always "
+                                              "streams)"),
+                                 "image caches up to this size are held in memory, larger streamed")
+    workers: int = option(4, in_range(0, 1025, "use a whole number of loader processes >= 0",
+                                      whole=True),
+                          "loader processes that read a streamed images.h5")
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    threshold: float = option(0.5, fraction, "probability of abnormal at or above which a study "
+                              "is called abnormal")
+    bootstrap: int = option(1000, positive_int, "bootstrap resamples, the same for every interval")
+    seed: int = option(0, seed, "seed of the resamples")
+
+
+@dataclass(frozen=True)
+class Explain:
+    variant: str = option("fusion", one_of(*EXPLAINED), "the model explained (it needs a CNN)")
+    per_outcome: int = option(3, positive_int, "heatmaps per outcome (TP, TN, FP, FN)")
+    seed: int = option(0, seed, "which test studies of each outcome are shown")
+
+
+SECTIONS = {"data": Data, "demo": Demo, "split": Split, "text": Text, "demo_encoder": DemoEncoder,
+            "image": Image, "model": Model, "train": Train, "evaluate": Evaluate,
+            "explain": Explain}
 
 
 def get(params: dict, dotted: str):
@@ -87,68 +248,40 @@ def get(params: dict, dotted: str):
 
 
 def validate(p: dict) -> dict:
-    _choice(p, "data.source", SOURCES)
-    if get(p, "data.source") == "local" and not get(p, "data.local_dir"):
+    """`p` itself, once every option passed its rule and the options that depend on each
+    other agree; else a PipelineError that names the first bad one."""
+    for section, described in SECTIONS.items():
+        for f in fields(described):
+            name = f"{section}.{f.name}"
+            if not f.metadata["required"] and f.name not in p.get(section, {}):
+                continue
+            f.metadata["rule"](name, get(p, name))
+    _across(p)
+    return p
+
+
+def _across(p: dict) -> None:
+    """The rules that tie two options together."""
+    source = get(p, "data.source")
+    if source in ("local", "mimic_cxr") and not get(p, "data.local_dir"):
         _fail("data.local_dir", get(p, "data.local_dir"),
-              "with data.source=local, name the folder that holds the Kaggle layout")
-    if get(p, "data.source") == "mimic_cxr" and not get(p, "data.local_dir"):
-        _fail("data.local_dir", get(p, "data.local_dir"),
+              "with data.source=local, name the folder that holds the Kaggle layout"
+              if source == "local" else
               "with data.source=mimic_cxr, name the MIMIC-CXR-JPG folder (the one holding "
               "mimic-cxr-2.0.0-metadata.csv.gz and files/)")
-    for name in ("demo.studies", "demo.image_size"):
-        _positive(p, name)
-    _range(p, "demo.label_noise", 0, 0.5, "use a fraction in [0, 0.5)")
-    _fraction(p, "split.test")
-    _fraction(p, "split.val")
-    for name in ("split.min_studies", "split.min_per_label"):
-        _range(p, name, 0, float("inf"), "use a whole number >= 0 (0: no minimum)")
-        if get(p, name) != int(get(p, name)):
-            _fail(name, get(p, name), "use a whole number >= 0 (0: no minimum)")
-    official = get(p, "split").get("official", False)  # default: the seeded split
-    if not isinstance(official, bool):
-        _fail("split.official", official, "use true or false")
-    if official and get(p, "data.source") != "mimic_cxr":
-        _fail("split.official", official, "only data.source=mimic_cxr has an official split; "
+    if p["split"].get("official", False) and source != "mimic_cxr":
+        _fail("split.official", True, "only data.source=mimic_cxr has an official split; "
               "use false")
-    fields = get(p, "text.fields")
-    if not isinstance(fields, list) or not fields or any(f not in TEXT_FIELDS for f in fields):
-        _fail("text.fields", fields, "use a non-empty list of " + ", ".join(TEXT_FIELDS))
-    _choice(p, "text.pooling", POOLINGS)
-    if not isinstance(get(p, "text.lowercase"), bool) and get(p, "text.lowercase") != "auto":
-        _fail("text.lowercase", get(p, "text.lowercase"), "use auto, true or false")
-    for name in ("text.max_length", "text.batch_size", "text.nproc", "train.epochs",
-                 "train.batch_size", "train.nproc", "model.hidden", "evaluate.bootstrap"):
-        _positive(p, name)
-    for name in ("demo_encoder.vocab_size", "demo_encoder.hidden_size", "demo_encoder.layers",
-                 "demo_encoder.heads"):
-        _positive(p, name)
-    if get(p, "demo_encoder.hidden_size") % get(p, "demo_encoder.heads"):
-        _fail("demo_encoder.heads", get(p, "demo_encoder.heads"),
-              f"use a divisor of demo_encoder.hidden_size={get(p, 'demo_encoder.hidden_size')}")
-    _range(p, "train.in_memory_gb", 0, float("inf"), "use a size in GB >= 0 (0 always streams)")
-    _range(p, "train.workers", 0, 1025, "use a number of loader processes >= 0")
-    if get(p, "train.workers") != int(get(p, "train.workers")):
-        _fail("train.workers", get(p, "train.workers"), "use a whole number of processes")
-    _positive(p, "train.lr", float)
-    _positive(p, "image.size")
-    _range(p, "image.size", MIN_IMAGE_SIZE, float("inf"),
-           f"the backbone needs at least {MIN_IMAGE_SIZE} px (240 for the real study)")
-    _choice(p, "image.fit", FITS)
-    _range(p, "model.dropout", 0, 1, "use a fraction in [0, 1)")
-    _choice(p, "train.select", SELECTIONS)
-    _fraction(p, "evaluate.threshold")
-    _choice(p, "explain.variant", EXPLAINED)
-    _positive(p, "explain.per_outcome")
-    for name in SEEDS:
-        _seed(p, name)
-    for name in SWITCHES:
-        _boolean(p, name)
-    for name in ("train.device", "text.device"):
-        _device(p, name)
-    pretrained = get(p, "image.pretrained")
-    if not isinstance(pretrained, bool) and not (isinstance(pretrained, str) and pretrained):
-        _fail("image.pretrained", pretrained, "use true, false or the path of a weights file")
-    return p
+    hidden, heads = get(p, "demo_encoder.hidden_size"), get(p, "demo_encoder.heads")
+    if hidden % heads:
+        _fail("demo_encoder.heads", heads, f"use a divisor of demo_encoder.hidden_size={hidden}")
+
+
+def defaults() -> dict:
+    """The described defaults, as params.yaml would hold them."""
+    return {section: {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                      for f in fields(described) if f.default is not MISSING}
+            for section, described in SECTIONS.items()}
 
 
 def load(path: str | Path = "params.yaml") -> dict:
@@ -163,3 +296,26 @@ def check_variant(variant: str) -> str:
     if variant not in VARIANTS:
         _fail("variant", variant, "use one of " + ", ".join(VARIANTS))
     return variant
+
+
+def _spelled(value) -> str:
+    """A default as params.yaml spells it."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(_spelled, value)) + "]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+def describe() -> str:
+    """Every option with its default and meaning, section by section."""
+    lines = []
+    for section, described in SECTIONS.items():
+        lines.append(f"{section}:")
+        for f in fields(described):
+            lines.append(f"  {f.name}: {_spelled(f.default)}  # {f.metadata['doc']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(describe() + "\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from cxrfusion import params as params_mod
@@ -515,3 +516,16 @@ def test_check_variant():
         assert params_mod.check_variant(variant) == variant
     with pytest.raises(PipelineError, match="variant='foo'"):
         params_mod.check_variant("foo")
+
+
+def test_params_yaml_holds_exactly_the_described_options_at_their_defaults():
+    """cxrfusion/params.py describes every option once; params.yaml (the demo) holds the same
+    options at the described defaults, none more, none less."""
+    root = Path(__file__).resolve().parents[1]
+    with open(root / "params.yaml") as f:
+        assert yaml.safe_load(f) == params_mod.defaults()
+    described = params_mod.describe()
+    for section, options in params_mod.defaults().items():
+        assert f"{section}:" in described
+        for key in options:
+            assert f"\n  {key}: " in described, f"{section}.{key} has no description"
