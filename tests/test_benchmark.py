@@ -1,8 +1,9 @@
-"""bench/benchmark.py: the --tiny CPU run measures every section and prints one JSON object;
+"""bench/benchmark.py (and the scripts it runs, bench/{common,original_step,loop,caches}.py):
+the --tiny CPU run measures every section and prints one JSON object;
 the batch sweep and the synthetic reports behave as documented."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -89,17 +91,40 @@ def test_tiny_run_leaves_no_files(tiny):
     #                                          torchinductor_<user> cache there: not the script's)
 
 
-# --- pieces of the script, imported ---------------------------------------------------------
+@pytest.mark.parametrize("script, sections", [
+    ("original_step", ["original_step"]),
+    ("loop", ["project_loop", "compute_ceiling", "options"]),
+    ("caches", ["cache_images", "embed_text"]),
+])
+def test_each_script_runs_alone(tmp_path, script, sections):
+    """bench/<script>.py --tiny prints the header and its own sections, nothing else measured."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--tiny", "--device",
+                           "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["mode"] == "tiny" and result["device_type"] == "cpu"
+    assert set(result) == {"mode", "device", "device_type", "cpu_count", "versions", "sizes",
+                           "inputs", "benchmark_s", *sections}
+    for section, key in RATES:
+        if section in sections:
+            assert positive_finite(result[section][key]), (section, key)
+    assert not list(tmp_path.glob("bench-*"))
+
+
+# --- pieces of the scripts, imported ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def bench():
-    with mock.patch.dict(os.environ):  # the script's environment defaults stay in the script
-        spec = importlib.util.spec_from_file_location("bench_benchmark", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    """bench/common.py and bench/loop.py, imported as the package `bench` (a namespace folder)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    with mock.patch.dict(os.environ):  # the scripts' environment defaults stay in the scripts
+        common = importlib.import_module("bench.common")
+        loop = importlib.import_module("bench.loop")
+    yield SimpleNamespace(common=common, loop=loop)
+    for name in ("bench.loop", "bench.common", "bench"):
+        sys.modules.pop(name, None)
 
 
 def test_batch_sweep_stops_when_a_larger_batch_gains_5_percent_or_less(bench):
@@ -110,7 +135,7 @@ def test_batch_sweep_stops_when_a_larger_batch_gains_5_percent_or_less(bench):
         tried.append(batch)
         return rates[batch]
 
-    got, best, oom = bench.sweep_batches(measure, 64, (128, 256, 512))
+    got, best, oom = bench.loop.sweep_batches(measure, 64, (128, 256, 512))
     assert tried == [64, 128, 256] and best == 128 and oom == []
     assert got == {64: 100.0, 128: 180.0, 256: 186.0}
 
@@ -121,26 +146,26 @@ def test_batch_sweep_stops_when_the_gpu_runs_out_of_memory(bench):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return float(batch)
 
-    got, best, oom = bench.sweep_batches(measure, 64, (128, 256, 512))
+    got, best, oom = bench.loop.sweep_batches(measure, 64, (128, 256, 512))
     assert got == {64: 64.0, 128: 128.0} and best == 128 and oom == [256]
 
 
 def test_synthetic_reports_have_iu_xray_lengths(bench):
-    texts = bench.synthetic_reports(bench.STUDY_REPORTS)
+    texts = bench.common.synthetic_reports(bench.common.STUDY_REPORTS)
     words = np.array([len(t.split()) for t in texts])
     assert len(texts) == 3851 and words.min() >= 3
     assert 31 <= np.median(words) <= 37 and 66 <= np.percentile(words, 95) <= 86
-    assert bench.synthetic_reports(5) == bench.synthetic_reports(5)  # seeded
+    assert bench.common.synthetic_reports(5) == bench.common.synthetic_reports(5)  # seeded
 
 
 def test_time_limit_interrupts_and_then_disarms(bench):
     start = time.perf_counter()
     with pytest.raises(TimeoutError, match="after 1 s"):
-        with bench.time_limit(1):
+        with bench.common.time_limit(1):
             time.sleep(10)
     assert time.perf_counter() - start < 5
     assert signal.alarm(0) == 0  # no alarm left pending
-    with bench.time_limit(5):  # a block that ends in time is left alone
+    with bench.common.time_limit(5):  # a block that ends in time is left alone
         pass
     assert signal.alarm(0) == 0
 

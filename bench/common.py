@@ -1,0 +1,405 @@
+"""What the benchmark's scripts share: sizes (full and --tiny), the device, timing, synthetic
+pictures and reports, the projection, ratios and targets, JSON output and SIGTERM handling.
+
+Imported first by every script in bench/ (as `bench.common`, with the repository root on
+sys.path): it sets the environment defaults that must be in place before torch is imported.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `cxrfusion` is imported from this checkout
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import signal  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would clutter the log (read when tqdm
+#                                            is imported: before torch, which imports it)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from cxrfusion.common import PipelineError, resolve_device, setup_logging  # noqa: E402
+from cxrfusion.demo_encoder import build as build_encoder  # noqa: E402
+from cxrfusion.imaging import cache_images  # noqa: E402
+from cxrfusion.sources.demo import FINDINGS, _study, draw_xray  # noqa: E402
+
+log = logging.getLogger("benchmark")  # one logger for every script: the same log lines
+
+# The real study (the Kaggle release's CSVs, params.yaml, README "Running the real study")
+STUDY_IMAGES = 7_466
+STUDY_REPORTS = 3_851
+STUDY_TRAIN_IMAGES = 6_000
+STUDY_EPOCHS = 40
+STUDY_CNN_VARIANTS = 2  # fusion and image; the text variant trains the head alone
+REPORT_WORDS_MEDIAN, REPORT_WORDS_P95, REPORT_WORDS_MAX = 34, 76, 230
+TEXT_DIM = 768  # BioBERT / BERT-base
+FIT = "pad"  # image.fit: the default; synthetic PNGs are square, so any fit gives the same pixels
+LR = 3e-3
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MIN_GAIN = 0.05  # a larger batch is "useful" when it is more than 5 % faster
+
+TARGETS = {  # name: (comparison, threshold)
+    "project_loop_vs_compute_ceiling": (">=", 0.90),
+    "project_loop_vs_original_step": (">=", 20.0),
+    "embed_text_s": ("<", 10.0),
+    "cache_images_scaling_efficiency": (">=", 0.80),
+    "projected_full_study_s": ("<=", 300.0),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that differs between the real-size run and the --tiny smoke test."""
+    mode: str
+    png_size: int = 2048           # side of the synthetic PNGs (IU X-ray: about 2,000 px)
+    pngs: int = 32                 # distinct PNG files, cycled over
+    # original_step
+    notebook_size: int = 224
+    notebook_batch: int = 8
+    notebook_workers: int = 2
+    notebook_tokens: int = 512
+    notebook_warmup_steps: int = 3
+    notebook_steps: int = 48
+    notebook_bert: dict = field(default_factory=dict)  # BertConfig() overrides: {} is BERT-base
+    # project_loop and compute_ceiling
+    cache_size: int = 240
+    train_images: int = 6_000
+    default_batch: int = 64
+    larger_batches: tuple = (128, 256, 512)
+    warmup_epochs: int = 1
+    timed_epochs: int = 2
+    ceiling_warmup_steps: int = 5
+    ceiling_min_steps: int = 20
+    # embed_text
+    reports: int = STUDY_REPORTS
+    embed_batch: int = 128
+    encoder: dict = field(default_factory=lambda: {"hidden_size": 768, "layers": 12, "heads": 12,
+                                                   "intermediate_size": 3072})
+    # cache_images: images decoded by 1 process, and per process when all cores decode
+    cache_images_one: int = 64
+    cache_images_per_worker: int = 64
+
+
+FULL = Sizes("full")
+TINY = Sizes("tiny", png_size=64, pngs=8,
+             notebook_size=32, notebook_tokens=64, notebook_warmup_steps=1, notebook_steps=2,
+             notebook_bert={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                            "intermediate_size": 128},
+             cache_size=32, train_images=48, default_batch=8, larger_batches=(16,),
+             timed_epochs=1, ceiling_warmup_steps=1, ceiling_min_steps=2,
+             reports=40, embed_batch=16,
+             encoder={"hidden_size": 64, "layers": 2, "heads": 2, "intermediate_size": 128},
+             cache_images_one=8, cache_images_per_worker=8)
+
+
+# --- the device and timing ------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict:
+    import timm
+    import torchvision
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "transformers": transformers.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raise TimeoutError in this (main) thread after `seconds`: a measurement that would
+    outlast the machine's lease gives up and the rest of the result is kept."""
+    def expire(signum, frame):
+        raise TimeoutError(f"gave up after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --- synthetic inputs -----------------------------------------------------------------------
+
+def _write_png(job: tuple[Path, int, int]) -> int:
+    path, size, seed = job
+    rng = np.random.default_rng(seed)
+    shown = [f for f in sorted(FINDINGS) if rng.random() < 0.3]
+    view = "Frontal" if seed % 2 == 0 else "Lateral"
+    Image.fromarray(draw_xray(rng, size, view, shown)).save(path)  # 8-bit grayscale PNG
+    return path.stat().st_size
+
+
+def write_pngs(folder: Path, n: int, size: int) -> tuple[list[str], float]:
+    """n distinct synthetic X-rays of size x size px, drawn in parallel: their file names and
+    mean size in MB (IU X-ray's PNGs: about 2,000 px, 1.5-2 MB)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(folder / f"{i}_IM-{i:04d}-1001.dcm.png", size, i) for i in range(n)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(min(n, os.cpu_count() or 1)) as pool:
+        nbytes = list(pool.map(_write_png, jobs))
+    log.info("wrote %d synthetic PNGs of %d px (%.2f MB each) in %.1f s", n, size,
+             np.mean(nbytes) / 1e6, time.perf_counter() - start)
+    return [path.name for path, _, _ in jobs], float(np.mean(nbytes)) / 1e6
+
+
+def synthetic_reports(n: int, seed: int = 0) -> list[str]:
+    """n findings+impression texts with IU X-ray's length distribution (median 34 words, 95th
+    percentile 76): each starts with one synthetic study's findings and impression and goes on
+    with further studies' until it reaches a length drawn from a log-normal."""
+    rng = np.random.default_rng(seed)
+    sigma = math.log(REPORT_WORDS_P95 / REPORT_WORDS_MEDIAN) / 1.645
+    lengths = np.clip(np.rint(rng.lognormal(math.log(REPORT_WORDS_MEDIAN), sigma, n)), 3,
+                      REPORT_WORDS_MAX).astype(int)
+    texts, uid = [], 0
+    for length in lengths:
+        words: list[str] = []
+        while len(words) < length:
+            row, _ = _study(rng, uid, 0.05)
+            uid += 1
+            words += " ".join(t for t in (row["findings"], row["impression"]) if t).split()
+        texts.append(" ".join(words[:length]))
+    return texts
+
+
+def make_encoder(folder: Path, texts: list[str], encoder: dict, seed: int = 0) -> Path:
+    """The project's offline encoder (WordPiece vocabulary trained on `texts`, random BertModel)
+    at the given size. demo_encoder.build fixes the feed-forward width at 2 x hidden; BERT-base
+    has 4 x (3,072), so the model is re-initialised with that width when asked."""
+    from transformers import BertConfig, BertModel
+
+    build_encoder(texts, folder, vocab_size=28_996, hidden_size=encoder["hidden_size"],
+                  layers=encoder["layers"], heads=encoder["heads"], seed=seed)
+    config = BertConfig.from_pretrained(folder)
+    if config.intermediate_size != encoder["intermediate_size"]:
+        config.intermediate_size = encoder["intermediate_size"]
+        torch.manual_seed(seed)
+        BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@dataclass
+class Inputs:
+    """The synthetic inputs of one run, in its temporary folder."""
+    work: Path
+    png_dir: Path
+    names: list
+    texts: list
+    encoder: Path | None = None
+
+
+def make_inputs(s: Sizes, work: Path, result: dict, encoder: bool = True) -> Inputs:
+    """The PNGs and the reports (their description in result["inputs"]) and, when asked, the
+    encoder. Call it before anything tokenises in this process (see write_image_cache)."""
+    png_dir = work / "png"
+    names, png_mb = write_pngs(png_dir, s.pngs, s.png_size)
+    texts = synthetic_reports(s.reports)
+    result["inputs"] = {"pngs": len(names), "png_size": s.png_size, "png_mb": png_mb,
+                        "reports": len(texts),
+                        "report_median_words": float(np.median([len(t.split()) for t in texts]))}
+    folder = make_encoder(work / "encoder", texts, s.encoder) if encoder else None
+    return Inputs(work, png_dir, names, texts, folder)
+
+
+def write_image_cache(inputs: Inputs, n: int, out: Path, size: int, workers: int) -> dict:
+    """cxrfusion.imaging.cache_images over n files (the PNGs cycled) into `out`.
+
+    It forks a pool: every fork (this pool, the DataLoader's workers) must happen before the
+    process first tokenises in parallel (embed_text), or it can deadlock (torch.compile's
+    workers are started with fork + exec: safe)."""
+    filenames = [inputs.names[i % len(inputs.names)] for i in range(n)]
+    report = cache_images(filenames, inputs.png_dir, out, size, FIT, skip_bad=False, workers=workers)
+    assert report["cached"] == n, report
+    return report
+
+
+def image_cache_rows(s: Sizes) -> tuple[int, int]:
+    """(images, processes) of the image cache the project loop reads: the one cache_images
+    writes with all cores."""
+    cores = os.cpu_count() or 1
+    return s.cache_images_per_worker * cores, cores
+
+
+# --- the projection, the ratios and the verdicts ---------------------------------------------
+
+def rnd(x: float, digits: int = 3) -> float:
+    return float(f"{x:.{digits + 1}g}") if x and math.isfinite(x) else x
+
+
+def project_full_study(result: dict) -> dict:
+    """Seconds for the real study's caches and training at the measured rates."""
+    images = STUDY_IMAGES / result["cache_images"]["images_per_s_all_workers"]
+    reports = result["embed_text"]["seconds_for_3851"]
+    cnn = STUDY_CNN_VARIANTS * STUDY_EPOCHS * STUDY_TRAIN_IMAGES / result["project_loop"]["images_per_s"]
+    text = STUDY_EPOCHS * STUDY_TRAIN_IMAGES / result["project_loop"]["text_only_images_per_s"]
+    return {"total_s": images + reports + cnn + text, "cache_images_s": images,
+            "embed_text_s": reports, "cnn_variants_s": cnn, "text_variant_s": text,
+            "assumes": f"{STUDY_IMAGES} images cached on all cores; {STUDY_REPORTS} reports; "
+                       f"{STUDY_CNN_VARIANTS} CNN variants x {STUDY_EPOCHS} epochs x "
+                       f"{STUDY_TRAIN_IMAGES} images at project_loop.images_per_s (best batch); "
+                       "text-only variant measured (head-only train_epoch at the default batch)",
+            "excludes": "process and CUDA start-up, model building, Split.to, the per-epoch "
+                        "validation pass, evaluate and compare"}
+
+
+def verdicts(values: dict) -> dict:
+    check = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
+    return {name: {"value": rnd(values[name]), "target": f"{op} {threshold}",
+                   "pass": bool(check[op](values[name], threshold))}
+            for name, (op, threshold) in TARGETS.items()}
+
+
+def summarise(result: dict) -> None:
+    """The projection, the ratios and the verdicts, from every section measured."""
+    loop, ceiling = result["project_loop"], result["compute_ceiling"]["images_per_s_by_batch"]
+    original = result["original_step"]["images_per_s"]
+    result["projection"] = project_full_study(result)
+    result["projected_full_study_s"] = result["projection"]["total_s"]
+    result["ratios"] = {
+        "project_loop_vs_compute_ceiling": loop["images_per_s"] / ceiling[str(loop["best_batch"])],
+        "project_loop_vs_compute_ceiling_default_batch":
+            loop["images_per_s_default_batch"] / ceiling[str(loop["default_batch"])],
+        "project_loop_vs_original_step": loop["images_per_s"] / original,
+        "project_loop_default_batch_vs_original_step": loop["images_per_s_default_batch"] / original,
+    }
+    result["targets"] = verdicts({**result["ratios"],
+                                  "embed_text_s": result["embed_text"]["seconds_for_3851"],
+                                  "cache_images_scaling_efficiency":
+                                      result["cache_images"]["scaling_efficiency"],
+                                  "projected_full_study_s": result["projected_full_study_s"]})
+    result["all_targets_pass"] = all(t["pass"] for t in result["targets"].values())
+
+
+# --- one script's run: options, header, SIGTERM, JSON out ------------------------------------
+
+def rounded(obj):
+    if isinstance(obj, float):
+        return rnd(obj, 4)
+    if isinstance(obj, dict):
+        return {k: rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v) for v in obj]
+    return obj
+
+
+class Stopped(BaseException):
+    """SIGTERM (a `timeout`, a lease that ends): not an Exception, so that no measurement's
+    error handling swallows it."""
+
+
+def add_compile_options(parser: argparse.ArgumentParser) -> None:
+    """--compile and --compile-limit (benchmark.py and loop.py)."""
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure train.compile=true at the default batch (the warm-up "
+                             "epoch includes the compiling)")
+    parser.add_argument("--compile-limit", type=int, default=300, metavar="S",
+                        help="give the compiled measurement up after S seconds (default 300)")
+
+
+def header(s: Sizes, device: torch.device, result: dict) -> None:
+    """What every result starts with: the mode, the machine, the versions and the sizes."""
+    result.update(mode=s.mode, device=device_name(device), device_type=device.type,
+                  cpu_count=os.cpu_count(), versions=versions(), sizes=asdict(s))
+
+
+def run_in_tempdir(measure, s: Sizes, device: torch.device, result: dict, args) -> None:
+    """header, then measure(s, device, result, work, args) in a temporary folder that is removed
+    at the end (a section appears in `result` once it is complete); then benchmark_s."""
+    started = time.perf_counter()
+    header(s, device, result)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        measure(s, device, result, Path(tmp), args)
+    result["benchmark_s"] = time.perf_counter() - started
+
+
+def main(name: str, description: str, measure, argv=None, add_options=None) -> None:
+    """The command line of every script in bench/: --tiny and --device (and what add_options
+    adds); measure(s, device, result, work, args) fills `result`, which is printed as one JSON
+    object on stdout, also when SIGTERM stops the run (with "stopped"; exit status 1)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny sizes: a CPU smoke test of every code path (< 1 minute)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda[:N]")
+    if add_options is not None:
+        add_options(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        device = resolve_device(args.device)
+    except PipelineError:
+        parser.error(f"--device {args.device}: no CUDA GPU is visible; use auto or cpu")
+    s = TINY if args.tiny else FULL
+    if args.tiny:
+        # a smoke test shares its cores with whatever else runs: with 2 intra-op threads
+        # spinning on 2 busy cores a 32 px step took 14 s instead of 0.3 s
+        torch.set_num_threads(1)
+    log.info("%s, %s mode, on %s (%s), %d CPU cores", name, s.mode, device, device_name(device),
+             os.cpu_count())
+
+    def stop(signum, frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    result: dict = {}
+    try:
+        run_in_tempdir(measure, s, device, result, args)
+        if "all_targets_pass" in result:
+            log.info("done in %.0f s; all targets pass: %s", result["benchmark_s"],
+                     result["all_targets_pass"])
+        else:
+            log.info("done in %.0f s", result["benchmark_s"])
+    except Stopped as why:  # what was measured is still printed
+        result["stopped"] = f"{why} before the end: only the sections present were measured"
+        log.error("stopped by %s: printing the sections measured so far", why)
+    json.dump(rounded(result), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    if "stopped" in result:
+        sys.exit(1)
