@@ -1,4 +1,5 @@
-"""Figures a paper would use, as PNGs: training curves, ROC, confusion matrices, comparison."""
+"""Figures a paper would use, as PNGs: paired differences (forest plot), ROC and calibration per
+text input, training curves; Grad-CAM overlays."""
 from __future__ import annotations
 
 import matplotlib
@@ -6,10 +7,23 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
 
+VARIANTS = ("fusion", "image", "text")  # the order every figure uses
 COLOURS = {"fusion": "tab:purple", "image": "tab:blue", "text": "tab:orange"}
-CURVES = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
+METRICS = {  # metric -> (column title, short name for the axis)
+    "auroc": ("AUROC difference", "AUROC"),
+    "auprc": ("AUPRC difference", "AUPRC"),
+    "f1": ("F1 difference", "F1"),
+    "sensitivity_at_specificity": ("Sensitivity at fixed specificity", "sensitivity"),
+}
+STYLE = {  # readable at the size a paper prints a figure
+    "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
+    "ytick.labelsize": 9, "legend.fontsize": 8.5, "legend.title_fontsize": 8.5,
+    "figure.titlesize": 11.5, "axes.spines.top": False, "axes.spines.right": False,
+}
+HIST_ASPECT = 0.3  # height / width of the histogram under a reliability diagram
+SEED_OFFSET = 0.24  # single seeds sit just below their row's mean, clear of its bar
+ROC_GRID = np.linspace(0.0, 1.0, 201)  # common false positive rates for the mean ROC curve
 
 
 def _save(fig, path) -> None:
@@ -19,102 +33,422 @@ def _save(fig, path) -> None:
     plt.close(fig)
 
 
-def training_curves(variant: str, history: list[dict], chosen: int, path) -> None:
-    """Train and validation metrics per epoch (like the original's figure), chosen epoch marked."""
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6), sharex=True)
-    epochs = [r["epoch"] for r in history]
-    for ax, key in zip(axes.flat, CURVES):
-        for phase, style in (("train", "--"), ("val", "-")):
-            ax.plot(epochs, [r[phase][key] for r in history], style, label=phase,
-                    color=COLOURS.get(variant))
-        ax.axvline(chosen, color="grey", lw=0.8, ls=":")
-        ax.set_title(key)
-        ax.set_xlabel("epoch")
-    axes.flat[0].legend(title=f"kept: epoch {chosen}")
-    fig.suptitle(f"{variant}: training and validation")
-    _save(fig, path)
+# --- helpers --------------------------------------------------------------------------------------
 
 
-def comparison(histories: dict, table: list[list[str]], path) -> None:
-    """Validation loss and F1 per epoch for every variant, and the test metrics with intervals."""
-    fig = plt.figure(figsize=(12, 7))
-    grid = fig.add_gridspec(2, 2, height_ratios=[3, 2])
-    for col, key in enumerate(("loss", "f1")):
-        ax = fig.add_subplot(grid[0, col])
-        for variant, history in histories.items():
-            ax.plot([r["epoch"] for r in history], [r["val"][key] for r in history],
-                    label=variant, color=COLOURS.get(variant))
-        ax.set_title(f"validation {key}")
-        ax.set_xlabel("epoch")
-        ax.legend()
-    ax = fig.add_subplot(grid[1, :])
-    ax.axis("off")
-    wide = [2.2 if "CI" in label else 1.0 for label in table[0]]  # value [low, high] columns
-    t = ax.table(cellText=table[1:], colLabels=table[0], loc="center", cellLoc="center",
-                 colWidths=[w / sum(wide) for w in wide])
-    t.auto_set_font_size(False)
-    t.set_fontsize(9)
-    t.scale(1, 1.4)
-    ax.set_title("test studies")
-    _save(fig, path)
+def _variant(name: str) -> str:
+    """The variant a label or pair names first: "fusion · indication" -> "fusion"."""
+    for sep in (" · ", " - ", "_minus_", " "):
+        name = name.split(sep)[0]
+    return name.strip()
 
 
-def roc(studies: dict, intervals: dict, path) -> None:
-    """ROC curves of the variants on the test studies; intervals: variant -> AUROC's
-    {"low": ..., "high": ...}."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for variant, df in studies.items():
-        fpr, tpr, _ = skm.roc_curve(df["label"], df["probability"])
-        auc = skm.roc_auc_score(df["label"], df["probability"])
-        low, high = intervals[variant]["low"], intervals[variant]["high"]
-        ax.plot(fpr, tpr, label=f"{variant}: AUROC {auc:.3f} [{low:.3f}, {high:.3f}]",
-                color=COLOURS.get(variant))
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test studies")
-    ax.legend(loc="lower right", title="95 % bootstrap interval", fontsize=8, title_fontsize=8)
-    _save(fig, path)
+def _colour(name: str) -> str:
+    return COLOURS.get(_variant(name), "0.25")
 
 
-def intervals(comparison: dict, path) -> None:
-    """The answer at a glance: each model's AUROC and F1 on the test studies, and the paired
-    differences, with 95 % bootstrap intervals (comparison.json of stage `compare`)."""
-    styles = {"auroc": ("o", "tab:blue", "AUROC"), "f1": ("s", "tab:orange", "F1")}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-    panels = ((left, comparison["variants"], lambda m, k: (m[k], m["ci95"][k])),
-              (right, comparison["differences"], lambda d, k: (d[k]["difference"], d[k]["ci95"])))
-    for ax, rows, value in panels:
-        names = list(rows)
-        for shift, (k, (marker, colour, label)) in zip((-0.12, 0.12), styles.items()):
-            for y, name in enumerate(names):
-                point, ci = value(rows[name], k)
-                low, high = ci["low"], ci["high"]
-                ax.errorbar(point, y + shift, xerr=[[point - low], [high - point]], fmt=marker,
-                            color=colour, capsize=3, label=label if y == 0 else None)
-        ax.set_yticks(range(len(names)), [n.replace("_minus_", " − ") for n in names])
-        ax.invert_yaxis()
-        ax.grid(axis="x", alpha=0.3)
-    left.set(xlabel="metric on the test studies", title="each model")
-    right.axvline(0, color="grey", lw=0.8)
-    right.set(xlabel="difference (paired)", title="does the other input add anything?")
-    left.legend(loc="lower left", fontsize=8)
-    n = comparison["test_studies"]
-    fig.suptitle(f"test studies (n = {n}): point estimate and 95 % bootstrap interval", fontsize=10)
-    _save(fig, path)
+def _ordered(names) -> list:
+    """Variants in the fixed order (fusion, image, text), anything else after, as given."""
+    names = list(names)
+    return [v for v in VARIANTS if v in names] + [n for n in names if n not in VARIANTS]
 
 
-def confusion_matrices(matrices: dict, path) -> None:
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4 * len(matrices), 3.6))
-    for ax, (variant, cm) in zip(np.atleast_1d(axes), matrices.items()):
-        cm = np.asarray(cm)
-        ax.imshow(cm, cmap="Blues")
-        for (i, j), n in np.ndenumerate(cm):
-            ax.text(j, i, str(n), ha="center", va="center",
-                    color="white" if n > cm.max() / 2 else "black")
-        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "abnormal"],
-               yticklabels=["normal", "abnormal"], xlabel="predicted", ylabel="actual",
-               title=variant)
-    fig.suptitle("confusion matrices, test studies")
-    _save(fig, path)
+def _float(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _seeds_phrase(counts) -> str:
+    counts = set(counts)
+    if len(counts) == 1:
+        (s,) = counts
+        return "1 seed" if s == 1 else f"mean over {s} seeds"
+    return "mean over seeds"
+
+
+def _check_labels(labels) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array of 0/1, got shape {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (normal) or 1 (abnormal) only")
+    y = y.astype(int)
+    if y.min() == y.max():
+        raise ValueError(f"labels hold one class only ({y[0]}): a ROC or calibration curve "
+                         "needs both normal and abnormal studies")
+    return y
+
+
+def _check_probs(probs, n: int, unit_interval: bool = False) -> dict:
+    """probs[input][variant] -> float array (S, N); a 1-D array is one seed."""
+    if not isinstance(probs, dict) or not probs:
+        raise ValueError("probs must be a non-empty dict: text input -> variant -> (seeds, N)")
+    out = {}
+    for inp, variants in probs.items():
+        if not isinstance(variants, dict) or not variants:
+            raise ValueError(f"probs[{inp!r}] must be a non-empty dict: variant -> (seeds, N)")
+        out[inp] = {}
+        for v, p in variants.items():
+            p = np.asarray(p, dtype=float)
+            if p.ndim == 1:
+                p = p[None, :]
+            if p.ndim != 2 or p.shape[0] == 0:
+                raise ValueError(f"probs[{inp!r}][{v!r}] must have shape (seeds, N), "
+                                 f"got {np.shape(probs[inp][v])}")
+            if p.shape[1] != n:
+                raise ValueError(f"probs[{inp!r}][{v!r}] has {p.shape[1]} studies per seed but "
+                                 f"labels has {n}")
+            if not np.isfinite(p).all():
+                raise ValueError(f"probs[{inp!r}][{v!r}] holds nan or infinite values")
+            if unit_interval and ((p < 0).any() or (p > 1).any()):
+                raise ValueError(f"probs[{inp!r}][{v!r}] holds values outside [0, 1]")
+            out[inp][v] = p
+    return out
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to
+    (1, 1); tied scores give one diagonal step (as sklearn's roc_curve, without dropping points)."""
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # last study of each distinct score
+    tp = np.cumsum(y)[last]
+    fp = last + 1 - tp
+    return np.r_[0.0, fp / (y.size - y.sum())], np.r_[0.0, tp / y.sum()]
+
+
+def tpr_on_grid(fpr: np.ndarray, tpr: np.ndarray, grid: np.ndarray = ROC_GRID) -> np.ndarray:
+    """The ROC curve's true positive rate at each grid false positive rate, linear between the
+    curve's points; where the curve rises vertically at a grid point, the top of the rise."""
+    j = np.clip(np.searchsorted(fpr, grid, side="right") - 1, 0, fpr.size - 1)
+    k = np.minimum(j + 1, fpr.size - 1)
+    x0, x1 = fpr[j], fpr[k]
+    w = np.divide(grid - x0, x1 - x0, out=np.zeros_like(grid, dtype=float), where=x1 > x0)
+    return tpr[j] + w * (tpr[k] - tpr[j])
+
+
+def mean_roc(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical averaging: TPR of each seed's curve on ROC_GRID, averaged; starts at (0, 0)."""
+    curves = [tpr_on_grid(*roc_points(labels, p)) for p in np.atleast_2d(probs)]
+    return np.r_[0.0, ROC_GRID], np.r_[0.0, np.mean(curves, axis=0)]
+
+
+# --- 1. the answer at a glance --------------------------------------------------------------------
+
+
+def forest(differences: dict, path) -> None:
+    """Paired differences between the variants on the test studies, per text input.
+
+    differences[input][pair][metric] = {"mean", "low", "high", "per_seed": [...]}; one column
+    per metric, one row per pair grouped by text input; filled marker = mean with its 95 %
+    interval as a bar, open markers = single seeds, vertical line at 0. nan values are skipped.
+    """
+    if not isinstance(differences, dict) or not differences:
+        raise ValueError("differences must be a non-empty dict: text input -> pair -> metric")
+    metrics, seed_counts = [], []
+    for inp, pairs in differences.items():
+        if not isinstance(pairs, dict) or not pairs:
+            raise ValueError(f"differences[{inp!r}] must be a non-empty dict: pair -> metric")
+        for pair, by_metric in pairs.items():
+            if not isinstance(by_metric, dict) or not by_metric:
+                raise ValueError(f"differences[{inp!r}][{pair!r}] must be a non-empty dict: "
+                                 "metric -> {mean, low, high, per_seed}")
+            for m, d in by_metric.items():
+                where = f"differences[{inp!r}][{pair!r}][{m!r}]"
+                missing = [k for k in ("mean", "low", "high") if k not in d]
+                if missing:
+                    raise ValueError(f"{where} lacks {', '.join(missing)}")
+                low, high = _float(d["low"]), _float(d["high"])
+                if low > high:  # False when either is nan
+                    raise ValueError(f"{where}: low {low} is above high {high}")
+                if m not in metrics:
+                    metrics.append(m)
+                if d.get("per_seed"):
+                    seed_counts.append(len(d["per_seed"]))
+    metrics = [m for m in METRICS if m in metrics] + [m for m in metrics if m not in METRICS]
+
+    # rows, top to bottom: a header per text input, then its pairs
+    ticks, labels, header_rows, rows = [], [], [], []  # rows: (y, input, pair)
+    y = 0
+    for inp, pairs in differences.items():
+        ticks.append(y), labels.append(f"text input: {inp}"), header_rows.append(y)
+        y += 1
+        for pair in pairs:
+            ticks.append(y), labels.append(pair.replace("_minus_", " - ").replace(" - ", " − "))
+            rows.append((y, inp, pair))
+            y += 1
+    n_rows = y
+
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False, layout="constrained",
+                                 figsize=(max(5.6, 1.6 + 2.8 * len(metrics)), 1.7 + 0.36 * n_rows))
+        axes = axes[0]
+        for ax, m in zip(axes, metrics):
+            title, short = METRICS.get(m, (f"{m} difference", m))
+            for g, header in enumerate(header_rows):  # shade every other input group
+                nxt = header_rows[g + 1] if g + 1 < len(header_rows) else n_rows
+                if g % 2 == 1:
+                    ax.axhspan(header - 0.5, nxt - 0.5, color="0.94", zorder=0, lw=0)
+            ax.axvline(0, color="0.35", lw=1, zorder=1)
+            for row, inp, pair in rows:
+                d = differences[inp][pair].get(m)
+                if d is None:
+                    continue
+                colour = _colour(pair)
+                seeds = np.array([_float(s) for s in d.get("per_seed") or []], dtype=float)
+                if seeds.size > 1:  # one seed is the mean itself
+                    seeds = seeds[np.isfinite(seeds)]
+                    ax.plot(seeds, np.full(seeds.size, row + SEED_OFFSET), "o", ms=4.5,
+                            mfc="none", mec=colour, mew=1, alpha=0.85, zorder=2)
+                low, high, mean = _float(d["low"]), _float(d["high"]), _float(d["mean"])
+                if np.isfinite(low) and np.isfinite(high):
+                    ax.plot([low, high], [row, row], "-", color=colour, lw=2,
+                            solid_capstyle="butt", zorder=3)
+                    ax.plot([low, high], [row, row], "|", color=colour, ms=8, mew=1.6, zorder=3)
+                if np.isfinite(mean):
+                    ax.plot([mean], [row], "D", ms=7, color=colour, mec="white", mew=0.8, zorder=4)
+                elif not (np.isfinite(low) and np.isfinite(high)) and not np.isfinite(seeds).any():
+                    ax.text(0.98, row, "n/a ", transform=ax.get_yaxis_transform(), ha="right",
+                            va="center", color="0.5", fontsize=8.5)
+            ax.set_title(title, fontweight="bold")
+            ax.set_xlabel(f"Δ {short} (first − second model)")
+            ax.grid(axis="x", alpha=0.3)
+            ax.tick_params(axis="y", length=0)
+            ax.spines["left"].set_visible(False)
+        axes[0].set_yticks(ticks, labels)
+        for tick, y in zip(axes[0].get_yticklabels(), ticks):
+            if y in header_rows:
+                tick.set_fontweight("bold")
+        axes[0].set_ylim(n_rows - 0.45, -0.7)  # first input on top
+        several = any(c > 1 for c in seed_counts)
+        seeds = _seeds_phrase(seed_counts) if seed_counts else "point estimate"
+        handles = [
+            plt.Line2D([], [], ls="none", marker="D", ms=7, color="0.3", mec="white",
+                       label=seeds if several else f"estimate ({seeds})"),
+            plt.Line2D([], [], color="0.3", lw=2, marker="|", ms=8, label="95 % interval"),
+        ]
+        if several:
+            handles.append(plt.Line2D([], [], ls="none", marker="o", ms=4.5, mfc="none",
+                                      mec="0.3", label="single seed (drawn just below)"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+        fig.suptitle("Paired differences between models on the test studies\n"
+                     f"({seeds}, 95 % interval; > 0: the first model is better)", fontsize=10.5)
+        _save(fig, path)
+
+
+# --- 2. ROC ---------------------------------------------------------------------------------------
+
+
+def roc_by_input(labels, probs: dict, legend: dict, path) -> None:
+    """ROC curves on the test studies, one panel per text input.
+
+    labels: (N,) 0/1; probs[input][variant]: (seeds, N); legend[input][variant]: text after the
+    variant's name in the legend (e.g. "AUROC 0.93 [0.86, 0.98]"). Thin lines: single seeds;
+    bold: TPR averaged over seeds on a common FPR grid (vertical averaging).
+    """
+    y = _check_labels(labels)
+    probs = _check_probs(probs, y.size)
+    for inp, variants in probs.items():
+        for v in variants:
+            if not isinstance(legend, dict) or v not in (legend.get(inp) or {}):
+                raise ValueError(f"legend[{inp!r}][{v!r}] is missing (the legend text of that "
+                                 "curve, e.g. 'AUROC 0.93 [0.86, 0.98]')")
+    counts = [p.shape[0] for vs in probs.values() for p in vs.values()]
+    same = len(set(counts)) == 1
+
+    with plt.rc_context(STYLE):
+        n = len(probs)
+        fig, axes = plt.subplots(1, n, squeeze=False, layout="constrained",
+                                 figsize=(max(5.6, 0.4 + 4.4 * n), 5.25))
+        for ax, (inp, variants) in zip(axes[0], probs.items()):
+            ax.plot([0, 1], [0, 1], ":", color="0.5", lw=1, label="chance")
+            for rank, v in enumerate(_ordered(variants)):
+                p, colour, z = variants[v], _colour(v), 3 - 0.1 * rank  # fusion on top
+                if p.shape[0] > 1:
+                    for seed in p:
+                        ax.plot(*roc_points(y, seed), color=colour, lw=0.8, alpha=0.3, zorder=z)
+                label = f"{v}: {legend[inp][v]}" + ("" if same else f" ({p.shape[0]} seeds)")
+                ax.plot(*mean_roc(y, p), color=colour, lw=2.2, label=label, zorder=z + 1)
+            ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",
+                   xlabel="false positive rate (1 − specificity)",
+                   ylabel="true positive rate (sensitivity)", title=f"text input: {inp}")
+            ax.set_xticks(np.linspace(0, 1, 6))
+            ax.set_yticks(np.linspace(0, 1, 6))
+            ax.grid(alpha=0.25)
+            ax.legend(loc="lower right", frameon=True, framealpha=0.9,
+                      title="in brackets: 95 % interval")
+        lines = [f"ROC on the test studies (n = {y.size}, {int(y.sum())} abnormal"
+                 + ("; 1 seed)" if max(counts) == 1 else ")")]
+        if max(counts) > 1:
+            lines.append("thin: each seed; bold: " + (_seeds_phrase(counts) if same else "mean")
+                         + " (TPR averaged at fixed FPR)")
+        if n > 1 and any("image" in vs for vs in probs.values()):
+            lines.append("the image model reads no text: the same curves in every panel")
+        fig.suptitle("\n".join(lines), fontsize=10.5)
+        _save(fig, path)
+
+
+# --- 3. calibration -------------------------------------------------------------------------------
+
+
+def reliability(labels, probs: dict, calibration: dict, path) -> None:
+    """Reliability diagram per text input: observed fraction abnormal against mean predicted
+    probability in each bin (calibration[input][variant]["bins"], pooled over seeds; marker area
+    grows with the bin's studies), diagonal of perfect calibration, ECE and Brier in the
+    legend; under each panel, the distribution of predicted probabilities per variant."""
+    y = _check_labels(labels)
+    probs = _check_probs(probs, y.size, unit_interval=True)
+    if not isinstance(calibration, dict):
+        raise ValueError("calibration must be a dict: text input -> variant -> {ece, brier, bins}")
+    for inp, variants in probs.items():
+        for v in variants:
+            c = (calibration.get(inp) or {}).get(v)
+            if not isinstance(c, dict):
+                raise ValueError(f"calibration[{inp!r}][{v!r}] is missing")
+            for key in ("ece", "brier", "bins"):
+                if key not in c:
+                    raise ValueError(f"calibration[{inp!r}][{v!r}] lacks {key!r}")
+            for b in c["bins"]:
+                missing = [k for k in ("n", "mean_probability", "fraction_abnormal") if k not in b]
+                if missing:
+                    raise ValueError(f"a bin of calibration[{inp!r}][{v!r}] lacks "
+                                     f"{', '.join(missing)}")
+    counts = [p.shape[0] for vs in probs.values() for p in vs.values()]
+    edges = np.linspace(0, 1, 11)
+
+    with plt.rc_context(STYLE):
+        n = len(probs)
+        fig, axes = plt.subplots(2, n, squeeze=False, layout="constrained", sharex="col",
+                                 figsize=(max(5.9, 0.4 + 4.2 * n), 7.0),
+                                 gridspec_kw={"height_ratios": [1, HIST_ASPECT]})
+        for col, (inp, variants) in enumerate(probs.items()):
+            ax, hist = axes[0, col], axes[1, col]
+            ax.plot([0, 1], [0, 1], ":", color="0.5", lw=1)
+            handles = [plt.Line2D([], [], ls=":", color="0.5", lw=1, label="perfect calibration")]
+            bins = {v: [b for b in calibration[inp][v]["bins"] if _float(b["n"]) > 0
+                        and np.isfinite(_float(b["mean_probability"]))
+                        and np.isfinite(_float(b["fraction_abnormal"]))] for v in variants}
+            n_max = max([_float(b["n"]) for bs in bins.values() for b in bs] or [1.0])
+            for rank, v in enumerate(_ordered(variants)):
+                c, colour, z = calibration[inp][v], _colour(v), 3 - 0.1 * rank  # fusion on top
+                x = [_float(b["mean_probability"]) for b in bins[v]]
+                f = [_float(b["fraction_abnormal"]) for b in bins[v]]
+                area = [12 + 150 * _float(b["n"]) / n_max for b in bins[v]]
+                ece, brier = _float(c["ece"]), _float(c["brier"])
+                stats = ", ".join(f"{name} {val:.3f}" if np.isfinite(val) else f"{name} n/a"
+                                  for name, val in (("ECE", ece), ("Brier", brier)))
+                ax.plot(x, f, "-", color=colour, lw=1.4, alpha=0.85, zorder=z)
+                ax.scatter(x, f, s=area, color=colour, edgecolor="white", lw=0.6, zorder=z + 1)
+                handles.append(plt.Line2D([], [], color=colour, lw=1.4, marker="o", ms=7,
+                                          mec="white", label=f"{v} ({stats})"))
+                p = variants[v].ravel()
+                hist.hist(p, bins=edges, weights=np.full(p.size, 1 / p.size), histtype="step",
+                          color=colour, lw=1.5, zorder=z)
+            ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title=f"text input: {inp}",
+                   ylabel="observed fraction abnormal")
+            ax.set_box_aspect(1)
+            ax.set_yticks(np.linspace(0, 1, 6))
+            ax.grid(alpha=0.25)
+            ax.tick_params(labelbottom=False)
+            hist.set(xlabel="predicted probability of abnormal", ylabel="share of\npredictions")
+            hist.set_xticks(np.linspace(0, 1, 6))
+            hist.set_box_aspect(HIST_ASPECT)
+            hist.grid(alpha=0.25)
+            hist.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45),
+                        frameon=False)
+        seeds = _seeds_phrase(counts).replace("mean over", "pooled over")
+        fig.suptitle(f"Calibration on the test studies (n = {y.size}, {seeds})\n"
+                     "10 equal-width bins; marker area grows with the predictions in the bin",
+                     fontsize=10.5)
+        _save(fig, path)
+
+
+# --- 4. training ----------------------------------------------------------------------------------
+
+
+def _shades(colour: str, n: int) -> list:
+    """n shades of one colour, darker to lighter, for the seeds of one model."""
+    base = np.array(matplotlib.colors.to_rgb(colour))
+    if n == 1:
+        return [tuple(base)]
+    return [tuple(base * (1 + a) if a < 0 else base * (1 - a) + a)
+            for a in np.linspace(-0.35, 0.45, n)]
+
+
+def training_curves(histories: dict, chosen: dict, path) -> None:
+    """Loss (train dashed, validation solid) and validation AUROC per epoch, one column per
+    model (e.g. "fusion · findings+impression"), one line per seed, the kept epoch as a dot.
+
+    histories[label][seed] = [{"epoch", "train": {"loss", ...}, "val": {"loss", "auroc", ...}}];
+    chosen[label][seed] = the epoch kept.
+    """
+    if not isinstance(histories, dict) or not histories:
+        raise ValueError("histories must be a non-empty dict: model label -> seed -> epoch rows")
+    curves = {}  # label -> seed -> (epochs, train loss, val loss, val auroc, kept)
+    for label, seeds in histories.items():
+        if not isinstance(seeds, dict) or not seeds:
+            raise ValueError(f"histories[{label!r}] must be a non-empty dict: seed -> epoch rows")
+        curves[label] = {}
+        for seed, rows in seeds.items():
+            where = f"histories[{label!r}][{seed!r}]"
+            if not rows:
+                raise ValueError(f"{where} has no epochs")
+            try:
+                table = np.array([[r["epoch"], _float(r["train"]["loss"]),
+                                   _float(r["val"]["loss"]), _float(r["val"]["auroc"])]
+                                  for r in rows], dtype=float)
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"{where}: every epoch row needs epoch, train.loss, val.loss "
+                                 f"and val.auroc ({e!r} missing)") from None
+            try:
+                kept = chosen[label][seed]
+            except (KeyError, TypeError):
+                raise ValueError(f"chosen[{label!r}][{seed!r}] is missing (the epoch kept)") \
+                    from None
+            if kept not in table[:, 0]:
+                raise ValueError(f"chosen[{label!r}][{seed!r}] = {kept} is not an epoch of {where}")
+            curves[label][seed] = (table, kept)
+
+    with plt.rc_context(STYLE):
+        n = len(curves)
+        fig, axes = plt.subplots(2, n, squeeze=False, sharex="col", sharey="row",
+                                 layout="constrained", figsize=(max(6.6, 0.8 + 3.2 * n), 5.8))
+        for col, (label, seeds) in enumerate(curves.items()):
+            top, bottom = axes[0, col], axes[1, col]
+            shades = _shades(_colour(label), len(seeds))
+            for shade, (seed, (t, kept)) in zip(shades, seeds.items()):
+                epoch = t[:, 0]
+                top.plot(epoch, t[:, 1], "--", color=shade, lw=1.2, alpha=0.9)
+                top.plot(epoch, t[:, 2], "-", color=shade, lw=1.6)
+                bottom.plot(epoch, t[:, 3], "-", color=shade, lw=1.6,
+                            label=f"seed {seed}" if len(seeds) > 1 else None)
+                i = int(np.flatnonzero(epoch == kept)[0])
+                for ax, value in ((top, t[i, 2]), (bottom, t[i, 3])):
+                    if np.isfinite(value):
+                        ax.plot([kept], [value], "o", ms=7, color=shade, mec="black", mew=0.8,
+                                zorder=4)
+            top.set_title(label, fontweight="bold")
+            bottom.set_xlabel("epoch")
+            bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            for ax in (top, bottom):
+                ax.grid(alpha=0.25)
+            if len(seeds) > 1:
+                bottom.legend(loc="best", frameon=True, framealpha=0.85, fontsize=8)
+        axes[0, 0].set_ylabel("loss (cross-entropy)")
+        axes[1, 0].set_ylabel("validation AUROC")
+        handles = [plt.Line2D([], [], color="0.3", ls="--", label="train loss"),
+                   plt.Line2D([], [], color="0.3", ls="-", label="validation"),
+                   plt.Line2D([], [], ls="none", marker="o", ms=7, color="0.6", mec="black",
+                              label="epoch kept")]
+        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+        counts = [len(s) for s in curves.values()]
+        seeds = ("1 seed" if set(counts) == {1} else
+                 (f"{counts[0]} seeds" if len(set(counts)) == 1 else "several seeds")
+                 + ", one line each in shades of the model's colour")
+        fig.suptitle("Training per epoch: loss on the training and validation studies, "
+                     f"validation AUROC\n({seeds})", fontsize=10.5)
+        _save(fig, path)
 
 
 # --- Grad-CAM (stage `explain`) -------------------------------------------------------------------

@@ -1,49 +1,236 @@
-"""Classification metrics, study-level aggregation and bootstrap intervals (one model; paired),
-over resampled studies or, where patients are known, resampled patients.
+"""Metrics of one model: classification metrics, ranking metrics and their curves, operating
+points chosen on validation, calibration, and study-level aggregation.
 
-Label 1 (abnormal) is the positive class throughout, as in the original.
+Label 1 (abnormal) is the positive class throughout, as in the original. Every pipeline process
+imports this module, so it needs numpy and pandas only (no sklearn, no scipy: about 2 s of
+imports each). Intervals and model comparisons are in cxrfusion/statistics.py.
 """
 from __future__ import annotations
 
 import logging
-import warnings
+from numbers import Real
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
-from sklearn.exceptions import UndefinedMetricWarning
 
 log = logging.getLogger(__name__)
 
+THRESHOLD_RULES = ("youden", "max_f1")
+
+
+# --- row kernels: many score rows on the same studies, one sort per row ------------------------
+
+def _tie_runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows sorted ascending: the first and last position of each element's run of ties."""
+    r, k = ordered.shape
+    pos = np.broadcast_to(np.arange(k), (r, k))
+    differs = ordered[:, 1:] != ordered[:, :-1]
+    starts = np.concatenate([np.ones((r, 1), bool), differs], axis=1)
+    ends = np.concatenate([differs, np.ones((r, 1), bool)], axis=1)
+    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, pos, k)[:, ::-1], axis=1)[:, ::-1]
+    return first, last
+
+
+def midranks(x) -> np.ndarray:
+    """Ranks 1..k along the last axis, ties sharing the mean of their ranks (scipy's rankdata,
+    method "average")."""
+    x = np.asarray(x, dtype=np.float64)
+    if not x.size:
+        return x.copy()
+    rows = x.reshape(-1, x.shape[-1])
+    order = np.argsort(rows, axis=1)
+    first, last = _tie_runs(np.take_along_axis(rows, order, axis=1))
+    ranks = np.empty_like(rows)
+    np.put_along_axis(ranks, order, (first + last) / 2 + 1, axis=1)
+    return ranks.reshape(x.shape)
+
+
+_BLOCK = 16  # rows
+
+
+def ranker(labels, probs):
+    """A function of `copies` (how often each study counts, e.g. in a bootstrap resample; None:
+    once) giving the AUROC and AUPRC of each row of `probs` (rows, studies) against the 0/1
+    `labels`. The rows are sorted once, here, not on every call; nan where a class is missing.
+
+    Both are sums over runs of tied scores: AUROC = sum of abnormal x (normal below + half the
+    normal tied) / (abnormal x normal), Mann-Whitney as sklearn's roc_auc_score; AUPRC = sum of
+    the abnormal in a run x the precision at its score / abnormal, tied scores one point of the
+    curve as in sklearn's average_precision_score. The AUROC sum is exact in float64 and the
+    AUPRC sum runs in score order, so a study copied k times scores exactly as k studies of
+    that score and label.
+    """
+    y = np.asarray(labels) == 1
+    p = np.asarray(probs, dtype=np.float64)
+    rows, k = p.shape
+    if rows > _BLOCK:  # blocks of rows whose temporaries stay in the cache: ~2x faster
+        parts = [ranker(labels, p[i:i + _BLOCK]) for i in range(0, rows, _BLOCK)]
+
+        def rank_blocks(copies=None) -> tuple[np.ndarray, np.ndarray]:
+            aurocs, auprcs = zip(*(part(copies) for part in parts))
+            return np.concatenate(aurocs), np.concatenate(auprcs)
+        return rank_blocks
+    order = np.argsort(p, axis=1)
+    first, last = _tie_runs(np.take_along_axis(p, order, axis=1))
+    # masks as 0/1 floats and flat indices: products and take are several times faster than
+    # np.where and take_along_axis, and this runs once per bootstrap round
+    pos = y[order].astype(np.float64)
+    ends = (last == np.arange(k)).astype(np.float64)  # the last position of each run
+    below = (first + (k + 1) * np.arange(rows)[:, None]).ravel()  # in sums with a 0 column
+
+    def rank(copies=None) -> tuple[np.ndarray, np.ndarray]:
+        w = np.ones(p.shape) if copies is None else np.asarray(copies, np.float64).take(order)
+        cum_pos, cum_all = np.zeros((rows, k + 1)), np.zeros((rows, k + 1))
+        np.cumsum(w * pos, axis=1, out=cum_pos[:, 1:])
+        np.cumsum(w, axis=1, out=cum_all[:, 1:])
+        pos_below = cum_pos.ravel().take(below).reshape(p.shape)  # before the run
+        all_below = cum_all.ravel().take(below).reshape(p.shape)
+        n_pos, n_all = cum_pos[:, -1:], cum_all[:, -1:]
+        run_pos = ends * (cum_pos[:, 1:] - pos_below)  # at the runs' ends only
+        run_neg = cum_all[:, 1:] - all_below - run_pos
+        pairs = (run_pos * (all_below - pos_below + run_neg / 2)).sum(axis=1)
+        terms = run_pos * ((n_pos - pos_below) / np.maximum(n_all - all_below, 1))
+        n_pos, n_neg = n_pos[:, 0], n_all[:, 0] - n_pos[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # cumsum adds in order, so runs without studies (0) change nothing
+            return pairs / (n_pos * n_neg), np.cumsum(terms, axis=1)[:, -1] / n_pos
+    return rank
+
+
+def ranking_rows(labels, probs) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and AUPRC of each row of `probs` (rows, studies): see ranker."""
+    return ranker(labels, probs)()
+
+
+def thresholder(labels, probs, thresholds):
+    """A function of `copies` (as in ranker) giving the F1 and the sensitivity of each row of
+    `probs` (rows, studies) called abnormal at or above its own threshold (one per row, or one
+    for all); 0 where undefined (zero_division=0). Counts are sums of whole numbers: exact."""
+    y = np.asarray(labels) == 1
+    p = np.asarray(probs, dtype=np.float64)
+    called = p >= np.asarray(thresholds, dtype=np.float64).reshape(-1, 1)
+    hits = np.concatenate([called & y, called != y]).astype(np.float64)  # tp, fp + fn
+    abnormal = y.astype(np.float64)
+
+    def score(copies=None) -> tuple[np.ndarray, np.ndarray]:
+        c = np.ones(p.shape[1]) if copies is None else np.asarray(copies, np.float64)
+        counts, n_pos = hits @ c, abnormal @ c
+        tp, wrong = counts[:len(p)], counts[len(p):]
+        f1s = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), 0.0)
+        return f1s, tp / n_pos if n_pos else np.zeros(len(p))
+    return score
+
+
+def threshold_rows(labels, probs, thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """F1 and sensitivity of each row of `probs` (rows, studies): see thresholder."""
+    return thresholder(labels, probs, thresholds)()
+
+
+# --- one model ---------------------------------------------------------------------------------
+
+def _both_classes(y: np.ndarray) -> bool:
+    return bool(len(y)) and y.min() != y.max()
+
+
+def auroc(labels, probs) -> float:
+    """Mann-Whitney form of the AUROC (ties count one half): equals sklearn's roc_auc_score.
+    nan where the labels hold one class only."""
+    y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
+    return float(ranking_rows(y, p[None])[0][0]) if _both_classes(y) else float("nan")
+
+
+def auprc(labels, probs) -> float:
+    """Average precision, tied scores one point of the curve: equals sklearn's
+    average_precision_score. nan where the labels hold one class only."""
+    y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
+    return float(ranking_rows(y, p[None])[1][0]) if _both_classes(y) else float("nan")
+
+
+def f1(labels, probs, threshold: float) -> float:
+    """F1 of calling abnormal at or above `threshold`; 0 without true positives."""
+    return float(threshold_rows(labels, np.asarray(probs, np.float64)[None], threshold)[0][0])
+
+
+def sensitivity(labels, probs, threshold: float) -> float:
+    """Fraction of abnormal studies called abnormal at or above `threshold`; 0 without any."""
+    return float(threshold_rows(labels, np.asarray(probs, np.float64)[None], threshold)[1][0])
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else 0.0
+
 
 def classification_metrics(labels, probs, threshold: float = 0.5, context: str = "") -> dict:
-    """accuracy, precision, recall, f1, auroc, auprc and the confusion matrix [[tn, fp], [fn, tp]].
+    """accuracy, precision, recall, specificity, f1, auroc, auprc and the confusion matrix
+    [[tn, fp], [fn, tp]], a study being called abnormal at or above `threshold`.
 
-    Rows of one class only have no AUROC or AUPRC: they are nan, and a warning says so, naming
-    `context` (what was scored, e.g. "val, epoch 3"), so that a nan never reaches a log or a
-    metrics file unexplained.
+    A ratio without a denominator (no predicted or no actual abnormal / normal) is 0, as
+    sklearn's zero_division=0. Rows of one class only have no AUROC or AUPRC: they are nan, and
+    a warning says so, naming `context` (what was scored, e.g. "val, epoch 3"), so that a nan
+    never reaches a log or a metrics file unexplained.
     """
     y = np.asarray(labels).astype(int)
     p = np.asarray(probs, dtype=np.float64)
-    pred = (p >= threshold).astype(int)
-    both = len(np.unique(y)) == 2  # ranking metrics need both classes
-    if not both and len(y):
+    if not len(y):
+        raise ValueError(f"no rows to score{f' on {context}' if context else ''}")
+    if len(p) != len(y):
+        raise ValueError(f"{len(p)} probabilities for {len(y)} labels: one per row")
+    called, actual = p >= threshold, y == 1
+    tp = int(np.count_nonzero(called & actual))
+    fp = int(np.count_nonzero(called & ~actual))
+    fn = int(np.count_nonzero(~called & actual))
+    tn = len(y) - tp - fp - fn
+    both = _both_classes(y)  # ranking metrics need both classes
+    if not both:
         log.warning("AUROC and AUPRC are undefined (nan)%s: the %d rows hold label %d only",
                     f" on {context}" if context else "", len(y), y[0])
-    with warnings.catch_warnings():
-        # the cases sklearn calls undefined are defined here (zero_division=0) or nan and
-        # warned about above: its own warning would be a second, vaguer message
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        return {
-            "n": int(len(y)),
-            "accuracy": float(skm.accuracy_score(y, pred)),
-            "precision": float(skm.precision_score(y, pred, zero_division=0)),
-            "recall": float(skm.recall_score(y, pred, zero_division=0)),
-            "f1": float(skm.f1_score(y, pred, zero_division=0)),
-            "auroc": float(skm.roc_auc_score(y, p)) if both else float("nan"),
-            "auprc": float(skm.average_precision_score(y, p)) if both else float("nan"),
-            "confusion": skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(),
-        }
+        ranking = (float("nan"), float("nan"))
+    else:
+        aurocs, auprcs = ranking_rows(y, p[None])
+        ranking = (float(aurocs[0]), float(auprcs[0]))
+    return {
+        "n": int(len(y)),
+        "accuracy": (tp + tn) / len(y),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "auroc": ranking[0],
+        "auprc": ranking[1],
+        "confusion": [[tn, fp], [fn, tp]],
+    }
+
+
+def _curve_counts(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At each distinct score, highest first: abnormal and normal studies at or above it."""
+    y = np.asarray(labels).astype(int)
+    p = np.asarray(probs, dtype=np.float64)
+    order = np.argsort(-p, kind="stable")
+    p, y = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]  # last position of each distinct score
+    tps = np.cumsum(y)[last]
+    return tps, last + 1 - tps, p[last]
+
+
+def roc_curve(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds): the points of sklearn's roc_curve(drop_intermediate=False), from
+    (0, 0) at threshold inf down to every distinct score. One class only: the rate without a
+    denominator is nan, as sklearn's."""
+    tps, fps, thresholds = _curve_counts(labels, probs)
+    tps, fps = np.r_[0, tps], np.r_[0, fps]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return fps / fps[-1], tps / tps[-1], np.r_[np.inf, thresholds]
+
+
+def pr_curve(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recall, precision, thresholds): the points of sklearn's precision_recall_curve,
+    thresholds ascending, ending at recall 0, precision 1 (which has no threshold). Without
+    abnormal studies recall is 1 throughout, as sklearn's."""
+    tps, fps, thresholds = _curve_counts(labels, probs)
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1] if tps[-1] else np.ones(len(tps))
+    return np.r_[recall[::-1], 0.0], np.r_[precision[::-1], 1.0], thresholds[::-1]
 
 
 def study_predictions(images: pd.DataFrame) -> pd.DataFrame:
@@ -53,97 +240,118 @@ def study_predictions(images: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
-def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mann-Whitney form of the AUROC (ties count one half): equals sklearn's, ~50x faster."""
-    from scipy.stats import rankdata
+# --- operating points, chosen on validation ----------------------------------------------------
 
-    ranks = rankdata(probs)
-    pos = labels == 1
-    n_pos, n_neg = pos.sum(), len(labels) - pos.sum()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def f1(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    pred = probs >= threshold
-    tp = np.sum(pred & (labels == 1))
-    wrong = np.sum(pred != (labels == 1))
-    return float(2 * tp / (2 * tp + wrong)) if tp else 0.0
-
-
-METRICS = {"auroc": lambda y, p, t: auroc(y, p), "f1": f1}
-
-
-def resamples(labels: np.ndarray, n: int, seed: int, groups=None):
-    """`n` seeded bootstrap resamples (index arrays) of the studies.
-
-    `groups` (one id per study, e.g. its patient): studies of one patient are not independent,
-    so each resample draws groups with replacement, as many draws as there are groups, and
-    takes every study of each drawn group, once per draw (cluster bootstrap). None: each study
-    is its own group (the resamples of the same seed as before groups existed). A resample that
-    holds one class only cannot be scored by the ranking metrics and is redrawn.
-    """
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        raise ValueError("the test studies hold one class only: no metric can be compared on "
-                         "them; use a larger split.test.")
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        def draw():
-            return rng.integers(0, len(labels), len(labels))
-    else:
-        draw = _cluster_draw(np.asarray(groups), len(labels), rng)
-    while n:
-        idx = draw()
-        drawn = labels[idx]
-        if drawn.min() != drawn.max():  # both labels (0/1); np.unique would sort
-            n -= 1
-            yield idx
-
-
-def _cluster_draw(groups: np.ndarray, n_studies: int, rng: np.random.Generator):
-    """A function that draws one cluster resample: the studies of len(groups) drawn groups."""
-    if len(groups) != n_studies:
-        raise ValueError(f"{len(groups)} group ids for {n_studies} studies: one per study")
-    _, group = np.unique(groups, return_inverse=True)
-    order = np.argsort(group, kind="stable")  # study indices, group after group
-    sizes = np.bincount(group)
-    starts = np.cumsum(sizes) - sizes         # where each group begins in `order`
-
-    def draw():
-        drawn = rng.integers(0, len(sizes), len(sizes))
-        lengths = sizes[drawn]
-        ends = np.cumsum(lengths)
-        # position i of drawn group g's block (it begins at ends - lengths) takes
-        # order[starts[g] + i - block begin]: every study of g, once per draw
-        shift = np.repeat(starts[drawn] - (ends - lengths), lengths)
-        return order[shift + np.arange(ends[-1])]
-    return draw
-
-
-def bootstrap_interval(labels, probs, metric: str, n: int, seed: int,
-                       threshold: float = 0.5, groups=None) -> dict:
-    """One model's metric with a 95 % percentile interval over resampled studies, or over
-    resampled `groups` of studies (see resamples; the same resamples as paired_bootstrap with
-    the same seed and groups)."""
-    y, p, f = np.asarray(labels).astype(int), np.asarray(probs, float), METRICS[metric]
-    values = [f(y[idx], p[idx], threshold) for idx in resamples(y, n, seed, groups)]
-    low, high = np.percentile(values, [2.5, 97.5])
-    return {"value": f(y, p, threshold), "ci95": [float(low), float(high)], "resamples": n,
-            "seed": seed}
-
-
-def paired_bootstrap(labels, probs_a, probs_b, metric: str, n: int, seed: int,
-                     threshold: float = 0.5, groups=None) -> dict:
-    """Difference metric(a) - metric(b) with a 95 % percentile interval.
-
-    Both models are scored on the same resampled studies in each round (paired), so the
-    interval reflects the difference, not each model's own noise. `groups`: see resamples.
-    """
+def _candidates(labels, probs, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int,
+                                                   int]:
+    """Distinct validation scores, highest first, with the abnormal (tp) and normal (fp)
+    studies at or above each, and the numbers of abnormal and normal studies."""
     y = np.asarray(labels).astype(int)
-    a, b = np.asarray(probs_a, float), np.asarray(probs_b, float)
-    f = METRICS[metric]
-    diffs = [f(y[idx], a[idx], threshold) - f(y[idx], b[idx], threshold)
-             for idx in resamples(y, n, seed, groups)]
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return {"difference": f(y, a, threshold) - f(y, b, threshold),
-            "ci95": [float(low), float(high)], "resamples": n, "seed": seed}
+    p = np.asarray(probs, dtype=np.float64)
+    if len(p) != len(y):
+        raise ValueError(f"{len(p)} probabilities for {len(y)} labels: one per study")
+    if not _both_classes(y):
+        raise ValueError(f"{what} needs validation studies of both labels; these "
+                         f"{len(y)} hold {'label %d only' % y[0] if len(y) else 'nothing'}")
+    tps, fps, scores = _curve_counts(y, p)
+    n_pos = int(tps[-1])
+    return scores, tps, fps, n_pos, len(y) - n_pos
+
+
+def _below(scores: np.ndarray, i: int) -> float:
+    """A threshold between distinct score i (highest first) and the next lower one (0.0 below
+    the lowest): the validation calls of threshold scores[i], without sitting on a score."""
+    high = float(scores[i])
+    low = float(scores[i + 1]) if i + 1 < len(scores) else min(0.0, high)
+    mid = low + (high - low) / 2
+    return mid if low < mid or low == high else high  # adjacent floats: the score itself
+
+
+def choose_threshold(labels, probs, rule) -> float:
+    """The threshold at or above which a study is called abnormal, from validation predictions.
+
+    `rule`: a number in [0, 1] is the threshold itself; "youden" maximises sensitivity +
+    specificity - 1, "max_f1" maximises F1. The candidates are the distinct validation
+    probabilities; among equal maxima the highest candidate wins (fewest studies called
+    abnormal). The threshold returned lies halfway between it and the next lower distinct
+    validation probability (0.0 below the lowest): the same validation calls, but no
+    validation score sits on the threshold.
+    """
+    if isinstance(rule, Real) and not isinstance(rule, bool):
+        if not 0 <= rule <= 1:
+            raise ValueError(f"threshold {rule} is not a probability in [0, 1]")
+        return float(rule)
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}: use a probability in [0, 1] or one "
+                         f"of {', '.join(THRESHOLD_RULES)}")
+    scores, tps, fps, n_pos, n_neg = _candidates(labels, probs, f"the {rule} threshold")
+    if rule == "youden":
+        # (sensitivity + specificity - 1) * n_pos * n_neg, in integers: equal values tie exactly
+        objective = tps * n_neg - fps * n_pos
+    else:
+        objective = 2 * tps / (tps + fps + n_pos)  # exact ratios of integers: ties stay ties
+    return _below(scores, int(np.argmax(objective)))  # argmax: the first, i.e. highest, maximum
+
+
+def threshold_at_specificity(labels, probs, specificity: float) -> float:
+    """The lowest threshold whose validation specificity (the fraction of normal studies below
+    it) is at least `specificity`: the most sensitive operating point that meets the target.
+
+    Candidates and the halfway convention as in choose_threshold. Where even the highest
+    validation probability leaves too many normal studies at or above it, the threshold lies
+    above every validation probability (halfway to 1.0): nothing is called abnormal.
+    """
+    if not 0 <= specificity <= 1:
+        raise ValueError(f"specificity {specificity} is not a fraction in [0, 1]")
+    y = np.asarray(labels).astype(int)
+    if not np.any(y == 0):
+        raise ValueError("a specificity needs normal validation studies; there are none")
+    p = np.asarray(probs, dtype=np.float64)
+    if len(p) != len(y):
+        raise ValueError(f"{len(p)} probabilities for {len(y)} labels: one per study")
+    tps, fps, scores = _curve_counts(y, p)
+    n_neg = int(fps[-1])
+    meets = (n_neg - fps) / n_neg >= specificity  # True down to some candidate, then False
+    if not meets[0]:
+        top = float(scores[0])
+        return top + (1.0 - top) / 2 if top < 1.0 else float(np.nextafter(top, np.inf))
+    return _below(scores, int(np.flatnonzero(meets)[-1]))
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+def brier(labels, probs) -> float:
+    """Mean squared difference between the probability and the 0/1 label."""
+    y, p = np.asarray(labels, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    return float(np.mean((p - y) ** 2))
+
+
+def calibration(labels, probs, bins: int = 10) -> dict:
+    """Expected calibration error, Brier score, and the table of a reliability diagram.
+
+    `bins` equal-width bins on [0, 1], each [low, high) but the last, which holds 1.0 too. ECE:
+    the sum over non-empty bins of n_b / N x |fraction abnormal - mean probability| in the bin.
+    Each row of `bins` in the result: low, high, n, mean_probability, fraction_abnormal (the
+    last two None for an empty bin).
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    if not len(y) or len(p) != len(y):
+        raise ValueError(f"{len(p)} probabilities for {len(y)} labels: one per study, at least "
+                         "one")
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("probabilities must lie in [0, 1]")
+    if int(bins) != bins or bins < 1:
+        raise ValueError(f"bins {bins}: use a whole number >= 1")
+    edges = np.arange(bins + 1) / bins  # not linspace: 3 x 0.1 > 0.3 would put 0.3 in bin 2
+    which = np.minimum(np.searchsorted(edges, p, side="right") - 1, bins - 1)
+    n = np.bincount(which, minlength=bins)
+    prob_sum = np.bincount(which, weights=p, minlength=bins)
+    label_sum = np.bincount(which, weights=y, minlength=bins)
+    filled = n > 0
+    ece = float(np.sum(np.abs(label_sum[filled] - prob_sum[filled])) / len(y))
+    table = [{"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(n[b]),
+              "mean_probability": float(prob_sum[b] / n[b]) if n[b] else None,
+              "fraction_abnormal": float(label_sum[b] / n[b]) if n[b] else None}
+             for b in range(bins)]
+    return {"ece": ece, "brier": brier(y, p), "bins": table}

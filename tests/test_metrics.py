@@ -1,19 +1,26 @@
-"""cxrfusion/metrics.py: classification metrics, study aggregation, paired bootstrap intervals."""
+"""cxrfusion/metrics.py: classification and ranking metrics, curves, operating points chosen on
+validation, calibration, study aggregation; and the bootstrap intervals of
+cxrfusion/statistics.py that score with them."""
 from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import rankdata
 from sklearn import metrics as skm
-from sklearn.exceptions import UndefinedMetricWarning
 
 from cxrfusion import metrics
-from cxrfusion.metrics import (bootstrap_interval, classification_metrics, paired_bootstrap,
-                            study_predictions)
+from cxrfusion.metrics import (auprc, auroc, brier, calibration, choose_threshold,
+                               classification_metrics, f1, midranks, pr_curve, ranker, roc_curve,
+                               sensitivity, study_predictions, threshold_at_specificity,
+                               thresholder)
+from cxrfusion.statistics import bootstrap_interval, paired_bootstrap
 
 # 4 normal, 6 abnormal studies; at threshold 0.5: tn 3, fp 1 (0.6), fn 2 (0.3, 0.45), tp 4
 LABELS = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
@@ -27,6 +34,7 @@ def test_classification_metrics_by_hand():
     assert m["accuracy"] == pytest.approx(7 / 10)
     assert m["precision"] == pytest.approx(4 / 5)
     assert m["recall"] == pytest.approx(4 / 6)
+    assert m["specificity"] == pytest.approx(3 / 4)
     assert m["f1"] == pytest.approx(8 / 11)              # 2tp / (2tp + fp + fn)
     # 20 of the 24 (abnormal, normal) pairs are ranked right
     assert m["auroc"] == pytest.approx(20 / 24)
@@ -34,20 +42,38 @@ def test_classification_metrics_by_hand():
     assert m["auprc"] == pytest.approx((1 + 1 + 1 + 4 / 5 + 5 / 6 + 6 / 8) / 6)
 
 
-def test_classification_metrics_equal_sklearn():
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 57)
-    p = np.clip(0.35 * y + rng.random(57) * 0.65, 0, 1)
-    m = classification_metrics(y, p, threshold=0.4)
-    pred = (p >= 0.4).astype(int)
-    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
-    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
-    assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
-    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
-    assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p))
-    assert m["auprc"] == pytest.approx(skm.average_precision_score(y, p))
-    assert m["confusion"] == skm.confusion_matrix(y, pred).tolist()
-    assert all(isinstance(m[k], float) for k in ("accuracy", "precision", "recall", "f1", "auroc", "auprc"))
+def _random_case(seed: int, n: int = 57, decimals: int | None = None):
+    """Labels of both classes and informative probabilities; rounded, they tie often."""
+    rng = np.random.default_rng(seed)
+    while True:
+        y = rng.integers(0, 2, n)
+        if 0 < y.sum() < n:
+            break
+    p = np.clip(0.35 * y + rng.random(n) * 0.65, 0, 1)
+    return y, (p if decimals is None else np.round(p, decimals))
+
+
+@pytest.mark.parametrize("seed, n, decimals", [(3, 57, None), (4, 57, 1), (5, 200, 2),
+                                               (6, 9, 1), (7, 31, 0)])
+def test_classification_metrics_equal_sklearn(seed, n, decimals):
+    y, p = _random_case(seed, n, decimals)
+    for threshold in (0.4, 0.5, float(p[0])):            # also a threshold on a score
+        m = classification_metrics(y, p, threshold=threshold)
+        pred = (p >= threshold).astype(int)
+        assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+        assert m["precision"] == pytest.approx(skm.precision_score(y, pred, zero_division=0))
+        assert m["recall"] == pytest.approx(skm.recall_score(y, pred, zero_division=0))
+        assert m["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0,
+                                                                  zero_division=0))
+        assert m["f1"] == pytest.approx(skm.f1_score(y, pred, zero_division=0))
+        assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+        assert m["auprc"] == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
+        assert m["confusion"] == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
+        assert all(type(m[k]) is float for k in ("accuracy", "precision", "recall",
+                                                 "specificity", "f1", "auroc", "auprc"))
+        assert all(type(v) is int for row in m["confusion"] for v in row)
+    if decimals is not None:
+        assert len(np.unique(p)) < len(p)                 # the case does hold ties
 
 
 def test_threshold_is_inclusive_and_one_class_has_no_ranking_metrics():
@@ -56,9 +82,14 @@ def test_threshold_is_inclusive_and_one_class_has_no_ranking_metrics():
     m = classification_metrics([1, 1, 1], [0.9, 0.2, 0.6])
     assert m["confusion"] == [[0, 0], [1, 2]]
     assert m["recall"] == pytest.approx(2 / 3)
+    assert m["specificity"] == 0.0                       # no normal rows: 0, not an error
     assert math.isnan(m["auroc"]) and math.isnan(m["auprc"])
     # no predicted positives: precision 0 instead of a warning or an exception
     assert classification_metrics([0, 1], [0.1, 0.2])["precision"] == 0.0
+    with pytest.raises(ValueError, match="no rows to score on val"):
+        classification_metrics([], [], context="val")
+    with pytest.raises(ValueError, match="3 probabilities for 2 labels"):
+        classification_metrics([0, 1], [0.1, 0.2, 0.3])
 
 
 def test_one_class_nan_is_logged_with_its_reason_and_context(caplog):
@@ -78,24 +109,292 @@ def test_one_class_nan_is_logged_with_its_reason_and_context(caplog):
     assert not caplog.records
 
 
-def test_no_undefined_metric_warning_escapes(monkeypatch):
+def test_no_warning_escapes():
+    # the undefined cases are 0 (zero_division) or nan with the log line above; a numpy
+    # "invalid value" warning on top would be a second, vaguer message
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UndefinedMetricWarning)
+        warnings.simplefilter("error")
         for labels, probs in (([1, 1, 1], [0.9, 0.2, 0.6]), ([0, 0], [0.1, 0.2]),
-                              ([0, 0], [0.9, 0.8]), ([0, 1], [0.1, 0.2])):
+                              ([0, 0], [0.9, 0.8]), ([0, 1], [0.1, 0.2]), ([1], [0.3])):
             classification_metrics(labels, probs)
-    # an sklearn that warns although zero_division is given (as some versions did for recall
-    # without abnormal rows): the warning stays inside, the value is still 0
-    real = skm.recall_score
+            auroc(labels, probs), auprc(labels, probs)
+            f1(labels, probs, 0.5), sensitivity(labels, probs, 0.5)
+            roc_curve(labels, probs), pr_curve(labels, probs)
 
-    def warns(*args, **kwargs):
-        warnings.warn("Recall is ill-defined", UndefinedMetricWarning)
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(metrics.skm, "recall_score", warns)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UndefinedMetricWarning)
-        assert classification_metrics([0, 0], [0.1, 0.7])["recall"] == 0.0
+def test_importing_metrics_needs_neither_sklearn_nor_scipy():
+    # every pipeline process imports it: sklearn and scipy would cost it about 2 s
+    code = ("import sys, cxrfusion.metrics; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=metrics.__file__.rsplit("/cxrfusion/", 1)[0])
+    assert out.stdout.strip() == "[]"
+
+
+# --- ranking metrics and curves -----------------------------------------------------------------
+
+@pytest.mark.parametrize("seed, n, decimals", [(0, 40, None), (1, 40, 1), (2, 300, 2),
+                                               (8, 5, 0), (9, 120, 1)])
+def test_auroc_auprc_equal_sklearn_with_ties(seed, n, decimals):
+    y, p = _random_case(seed, n, decimals)
+    assert auroc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert auprc(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
+    assert auroc(y, 1 - p) == pytest.approx(1 - auroc(y, p), abs=1e-12)
+    assert math.isnan(auroc(np.ones(n), p)) and math.isnan(auprc(np.zeros(n), p))
+
+
+def test_ranking_by_hand_with_a_tie():
+    # abnormal 0.8, 0.5; normal 0.5, 0.2: pairs (0.8, 0.5) 1, (0.8, 0.2) 1, (0.5, 0.5) 1/2,
+    # (0.5, 0.2) 1: 3.5 / 4. The tie is one point of the PR curve: at 0.8 precision 1, at 0.5
+    # precision 2/3, so AP = (1 + 2/3) / 2 (not 1/2 + 1/2 x 1/2 or 1/2 + 1/2 x 1 by order)
+    y, p = [1, 0, 1, 0], [0.8, 0.5, 0.5, 0.2]
+    assert auroc(y, p) == 3.5 / 4
+    assert auprc(y, p) == pytest.approx((1 + 2 / 3) / 2)
+    assert auprc([1, 0, 1, 0], [0.5, 0.5, 0.8, 0.2]) == auprc(y, p)  # the order does not matter
+
+
+def test_midranks_equal_scipy():
+    rng = np.random.default_rng(0)
+    x = np.round(rng.random((4, 30)), 1)
+    assert np.array_equal(midranks(x), np.vstack([rankdata(row) for row in x]))
+    assert np.array_equal(midranks(x[0]), rankdata(x[0]))
+    assert midranks([3.0, 1.0, 3.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
+
+
+def test_ranker_and_thresholder_with_copies_equal_the_copied_studies_exactly():
+    # a bootstrap round scores each study as often as it was drawn: the same numbers, to the
+    # last bit, as scoring the resampled arrays (what bootstrap_interval does)
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1] * 30)
+    probs = np.round(rng.random((20, 60)) * 0.7 + 0.3 * y, 1)  # 20 rows: two blocks of rows
+    thresholds = rng.random(20)
+    rank, score = ranker(y, probs), thresholder(y, probs, thresholds)
+    for _ in range(20):
+        idx = rng.integers(0, 60, 60)
+        copies = np.bincount(idx, minlength=60)
+        a, b = rank(copies), metrics.ranking_rows(y[idx], probs[:, idx])
+        assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+        c, d = score(copies), metrics.threshold_rows(y[idx], probs[:, idx], thresholds)
+        assert c[0].tobytes() == d[0].tobytes() and c[1].tobytes() == d[1].tobytes()
+        for r in (0, 17):                                   # and the one-row functions
+            assert a[0][r] == auroc(y[idx], probs[r, idx])
+            assert a[1][r] == auprc(y[idx], probs[r, idx])
+            assert c[0][r] == f1(y[idx], probs[r, idx], thresholds[r])
+        assert a[0][3] == pytest.approx(skm.roc_auc_score(y[idx], probs[3, idx]))
+        assert a[1][3] == pytest.approx(skm.average_precision_score(y[idx], probs[3, idx]))
+
+
+def test_f1_and_sensitivity_by_hand():
+    # at 0.5: tp 4 (0.9, 0.8, 0.7, 0.55), fp 1 (0.6), fn 2 (0.3, 0.45)
+    assert f1(LABELS, PROBS, 0.5) == pytest.approx(8 / 11)
+    assert sensitivity(LABELS, PROBS, 0.5) == pytest.approx(4 / 6)
+    assert sensitivity(LABELS, PROBS, 0.55) == pytest.approx(4 / 6)  # inclusive
+    assert sensitivity(LABELS, PROBS, 0.56) == pytest.approx(3 / 6)
+    assert f1(LABELS, PROBS, 0.95) == 0.0 and sensitivity(LABELS, PROBS, 0.95) == 0.0
+    assert sensitivity([0, 0], [0.9, 0.1], 0.5) == 0.0       # no abnormal: 0
+
+
+@pytest.mark.parametrize("seed, n, decimals", [(0, 40, None), (1, 40, 1), (2, 7, 0)])
+def test_curves_equal_sklearn(seed, n, decimals):
+    y, p = _random_case(seed, n, decimals)
+    for ours, theirs in zip(roc_curve(y, p), skm.roc_curve(y, p, drop_intermediate=False)):
+        assert ours.shape == theirs.shape
+        assert np.allclose(ours, theirs)
+    precision, recall, thresholds = skm.precision_recall_curve(y, p)
+    for ours, theirs in zip(pr_curve(y, p), (recall, precision, thresholds)):
+        assert ours.shape == theirs.shape
+        assert np.allclose(ours, theirs)
+    # the area under our PR points, as average precision sums it, is the AUPRC
+    r, pr, _ = pr_curve(y, p)
+    assert -np.sum(np.diff(r) * pr[:-1]) == pytest.approx(auprc(y, p))
+
+
+def test_curves_by_hand():
+    fpr, tpr, thresholds = roc_curve([0, 1, 1, 0], [0.1, 0.5, 0.5, 0.3])
+    assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 1, 1, 1]
+    assert thresholds.tolist() == [np.inf, 0.5, 0.3, 0.1]
+    recall, precision, thresholds = pr_curve([0, 1, 1, 0], [0.1, 0.5, 0.5, 0.3])
+    assert recall.tolist() == [1, 1, 1, 0] and thresholds.tolist() == [0.1, 0.3, 0.5]
+    assert precision.tolist() == pytest.approx([2 / 4, 2 / 3, 1, 1])
+
+
+# --- operating points ---------------------------------------------------------------------------
+
+# 4 abnormal, 4 normal validation studies. Called abnormal at or above each distinct score:
+#   score   0.9  0.8  0.7  0.6  0.5  0.4  0.3  0.2
+#   tp       1    2    2    3    3    3    4    4
+#   fp       0    0    1    1    2    3    3    4
+#   youden  1/4  1/2  1/4  1/2  1/4   0   1/4   0     (tp/4 - fp/4)
+#   f1      2/5  4/6  4/7  6/8  6/9  6/10 8/11 8/12   (2tp / (tp + fp + 4))
+# youden: 1/2 at 0.8 and at 0.6, the higher wins: halfway to 0.7 -> 0.75;
+# max_f1: 3/4 at 0.6: halfway to 0.5 -> 0.55
+VAL_LABELS = [1, 1, 0, 1, 0, 0, 1, 0]
+VAL_PROBS = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+
+
+def test_youden_and_max_f1_by_hand_differ():
+    youden = choose_threshold(VAL_LABELS, VAL_PROBS, "youden")
+    best_f1 = choose_threshold(VAL_LABELS, VAL_PROBS, "max_f1")
+    assert youden == pytest.approx(0.75) and best_f1 == pytest.approx(0.55)
+    # the order of the studies does not matter
+    order = [5, 2, 7, 0, 3, 6, 1, 4]
+    shuffled = (np.array(VAL_LABELS)[order], np.array(VAL_PROBS)[order])
+    assert choose_threshold(*shuffled, "youden") == youden
+    assert choose_threshold(*shuffled, "max_f1") == best_f1
+    # and the validation calls are those of the chosen score
+    p = np.array(VAL_PROBS)
+    assert ((p >= youden) == (p >= 0.8)).all() and ((p >= best_f1) == (p >= 0.6)).all()
+    assert classification_metrics(VAL_LABELS, VAL_PROBS, best_f1)["f1"] == pytest.approx(3 / 4)
+
+
+def test_operating_points_with_tied_scores():
+    # abnormal 0.9, 0.6, 0.6; normal 0.6, 0.2, 0.2. At 0.9: tp 1, fp 0 (youden 1/3, f1 2/4);
+    # at 0.6: tp 3, fp 1 (youden 2/3, f1 6/7); at 0.2: tp 3, fp 3 (youden 0, f1 6/9).
+    # Both pick 0.6 - all three tied studies together - halfway to 0.2: 0.4
+    y, p = [1, 1, 0, 1, 0, 0], [0.9, 0.6, 0.6, 0.6, 0.2, 0.2]
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.4)
+    assert choose_threshold(y, p, "max_f1") == pytest.approx(0.4)
+
+
+def test_lowest_score_chosen_goes_halfway_to_zero():
+    # abnormal 0.3, 0.1; normal 0.2. f1: at 0.3 2/3, at 0.2 2/4, at 0.1 4/5 -> 0.1, halfway to
+    # 0.0: 0.05. youden: at 0.3 1/2, at 0.2 -1/2, at 0.1 0 -> 0.3, halfway to 0.2: 0.25
+    y, p = [1, 0, 1], [0.3, 0.2, 0.1]
+    assert choose_threshold(y, p, "max_f1") == pytest.approx(0.05)
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.25)
+    assert choose_threshold([1, 0], [0.0, 0.0], "max_f1") == 0.0  # nothing below 0.0
+
+
+def test_a_number_is_the_threshold_and_bad_rules_are_refused():
+    assert choose_threshold(VAL_LABELS, VAL_PROBS, 0.3) == 0.3
+    assert choose_threshold(VAL_LABELS, VAL_PROBS, 1) == 1.0
+    assert choose_threshold([1, 1], [0.2, 0.3], np.float32(0.5)) == 0.5  # labels not needed
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="not a probability in"):
+            choose_threshold(VAL_LABELS, VAL_PROBS, bad)
+    for bad in ("youdens", "0.5", True, None):
+        with pytest.raises(ValueError, match="unknown threshold rule.*youden, max_f1"):
+            choose_threshold(VAL_LABELS, VAL_PROBS, bad)
+    for rule in ("youden", "max_f1"):
+        with pytest.raises(ValueError, match="both labels; these 3 hold label 1 only"):
+            choose_threshold([1, 1, 1], [0.2, 0.5, 0.9], rule)
+        with pytest.raises(ValueError, match="both labels; these 0 hold nothing"):
+            choose_threshold([], [], rule)
+        with pytest.raises(ValueError, match="2 probabilities for 3 labels"):
+            choose_threshold([0, 1, 1], [0.2, 0.5], rule)
+
+
+# normal 0.1, 0.2, 0.3, 0.4, 0.8; abnormal 0.35, 0.6, 0.7, 0.9. Specificity at each candidate
+# (normal studies strictly below it, of 5):
+#   score  0.9  0.8  0.7  0.6  0.4  0.35  0.3  0.2  0.1
+#   spec    1   4/5  4/5  4/5  3/5  3/5   2/5  1/5   0
+SPEC_LABELS = [0, 0, 0, 0, 0, 1, 1, 1, 1]
+SPEC_PROBS = [0.1, 0.2, 0.3, 0.4, 0.8, 0.35, 0.6, 0.7, 0.9]
+
+
+@pytest.mark.parametrize("target, threshold, sens", [
+    (0.8, 0.5, 3 / 4),     # lowest score of specificity >= 4/5: 0.6, halfway to 0.4
+    (0.75, 0.5, 3 / 4),
+    (0.6, 0.325, 4 / 4),   # 0.35 (not 0.4, also 3/5: the lower is more sensitive), to 0.3
+    (1.0, 0.85, 1 / 4),    # 0.9, halfway to 0.8
+    (0.0, 0.05, 4 / 4),    # the lowest, halfway to 0.0
+])
+def test_threshold_at_specificity_by_hand(target, threshold, sens):
+    t = threshold_at_specificity(SPEC_LABELS, SPEC_PROBS, target)
+    assert t == pytest.approx(threshold)
+    m = classification_metrics(SPEC_LABELS, SPEC_PROBS, t)
+    assert m["specificity"] >= target and m["recall"] == pytest.approx(sens)
+
+
+def test_threshold_at_specificity_with_ties_and_out_of_reach():
+    # normal 0.9 and 0.5, abnormal 0.9 and 0.2: at 0.9 specificity 1/2 (the normal 0.9 is
+    # called with its tied abnormal), at 0.5 0. Target 1/2: 0.9, halfway to 0.5: 0.7
+    y, p = [0, 1, 0, 1], [0.9, 0.9, 0.5, 0.2]
+    assert threshold_at_specificity(y, p, 0.5) == pytest.approx(0.7)
+    # target 1: no validation score reaches it: above them all, halfway to 1.0; nothing called
+    t = threshold_at_specificity(y, p, 1.0)
+    assert t == pytest.approx(0.95)
+    assert classification_metrics(y, p, t)["confusion"] == [[2, 0], [2, 0]]
+    t = threshold_at_specificity([0, 1], [1.0, 0.5], 1.0)
+    assert t > 1.0 and classification_metrics([0, 1], [1.0, 0.5], t)["specificity"] == 1.0
+    with pytest.raises(ValueError, match="needs normal validation studies"):
+        threshold_at_specificity([1, 1], [0.2, 0.3], 0.9)
+    with pytest.raises(ValueError, match="not a fraction in"):
+        threshold_at_specificity(y, p, 1.2)
+
+
+def test_operating_points_on_random_validation_sets_are_the_best_candidates():
+    # brute force over the candidates: the objective at the returned threshold is the maximum
+    for seed in range(6):
+        y, p = _random_case(seed, 50, 1 if seed % 2 else None)
+        scores = np.unique(p)
+        for rule, objective in (("youden", lambda m: m["recall"] + m["specificity"] - 1),
+                                ("max_f1", lambda m: m["f1"])):
+            t = choose_threshold(y, p, rule)
+            best = max(objective(classification_metrics(y, p, s)) for s in scores)
+            assert objective(classification_metrics(y, p, t)) == pytest.approx(best)
+            assert not np.isin(t, p) or t == 0.0                  # not on a validation score
+        t = threshold_at_specificity(y, p, 0.9)
+        spec = classification_metrics(y, p, t)["specificity"]
+        meeting = [s for s in scores if classification_metrics(y, p, s)["specificity"] >= 0.9]
+        assert spec >= 0.9 and not np.isin(t, p)
+        assert ((p >= t) == (p >= min(meeting))).all()
+
+
+# --- calibration --------------------------------------------------------------------------------
+
+# 8 studies (label): 0.1 (0), 0.2 (0), 0.3 (1), 0.25 (0), 0.6 (1), 0.7 (0), 0.9 (1), 1.0 (1)
+CAL_LABELS = [0, 0, 1, 0, 1, 0, 1, 1]
+CAL_PROBS = [0.1, 0.2, 0.3, 0.25, 0.6, 0.7, 0.9, 1.0]
+# Brier: (0.01 + 0.04 + 0.49 + 0.0625 + 0.16 + 0.49 + 0.01 + 0) / 8 = 1.2625 / 8
+
+
+def test_calibration_by_hand_four_bins():
+    # bins [0, .25) [.25, .5) [.5, .75) [.75, 1]:
+    #   0.1, 0.2 (0, 0): mean 0.15, abnormal 0    -> |0 - 0.15|   = 0.15
+    #   0.3, 0.25 (1, 0): mean 0.275, abnormal 1/2 -> |0.5 - 0.275| = 0.225
+    #   0.6, 0.7 (1, 0): mean 0.65, abnormal 1/2   -> 0.15
+    #   0.9, 1.0 (1, 1): mean 0.95, abnormal 1     -> 0.05 (1.0 is in the last bin)
+    # ECE = 2/8 x (0.15 + 0.225 + 0.15 + 0.05) = 0.14375
+    c = calibration(CAL_LABELS, CAL_PROBS, bins=4)
+    assert c["ece"] == pytest.approx(0.14375)
+    assert c["brier"] == pytest.approx(1.2625 / 8) == brier(CAL_LABELS, CAL_PROBS)
+    assert [(b["low"], b["high"], b["n"]) for b in c["bins"]] == [
+        (0.0, 0.25, 2), (0.25, 0.5, 2), (0.5, 0.75, 2), (0.75, 1.0, 2)]
+    assert [b["mean_probability"] for b in c["bins"]] == pytest.approx([0.15, 0.275, 0.65, 0.95])
+    assert [b["fraction_abnormal"] for b in c["bins"]] == [0.0, 0.5, 0.5, 1.0]
+
+
+def test_calibration_by_hand_ten_bins_with_empty_ones():
+    # bins of 0.1; a probability on an edge belongs to the bin above it (0.3 to [0.3, 0.4)):
+    #   [.1,.2) 0.1 (0): 0.1    [.2,.3) 0.2, 0.25 (0, 0): mean 0.225 -> 0.225
+    #   [.3,.4) 0.3 (1): 0.7    [.6,.7) 0.6 (1): 0.4    [.7,.8) 0.7 (0): 0.7
+    #   [.9, 1] 0.9, 1.0 (1, 1): 0.05; bins 0, 4, 5, 8 empty
+    # ECE = (0.1 + 2 x 0.225 + 0.7 + 0.4 + 0.7 + 2 x 0.05) / 8 = 2.45 / 8
+    c = calibration(CAL_LABELS, CAL_PROBS)
+    assert c["ece"] == pytest.approx(2.45 / 8)
+    assert [b["n"] for b in c["bins"]] == [0, 1, 2, 1, 0, 0, 1, 1, 0, 2]
+    assert c["bins"][0] == {"low": 0.0, "high": 0.1, "n": 0, "mean_probability": None,
+                            "fraction_abnormal": None}
+    assert c["bins"][3]["low"] == 0.3 and c["bins"][3]["fraction_abnormal"] == 1.0
+    assert c["bins"][9]["high"] == 1.0 and c["bins"][9]["mean_probability"] == pytest.approx(0.95)
+
+
+def test_calibration_of_a_calibrated_and_of_a_confident_wrong_model():
+    # each bin's probability is its fraction abnormal: ECE 0; always sure and always wrong: 1
+    y = [0, 0, 0, 1, 1, 1, 1, 0]
+    assert calibration(y, [0.25] * 4 + [0.75] * 4, bins=4)["ece"] == pytest.approx(0, abs=1e-15)
+    # the same probabilities, labels swapped between the halves: |0.75 - 0.25| in each bin
+    assert calibration(y[::-1], [0.25] * 4 + [0.75] * 4, bins=4)["ece"] == pytest.approx(0.5)
+    assert calibration([0, 1, 0, 1], [0.5] * 4)["ece"] == 0.0
+    assert calibration([0, 1], [1.0, 0.0])["ece"] == 1.0
+    assert calibration([0, 1], [1.0, 0.0])["brier"] == 1.0
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        calibration([0, 1], [0.5, 1.2])
+    with pytest.raises(ValueError, match="one per study"):
+        calibration([], [])
+    with pytest.raises(ValueError, match="whole number"):
+        calibration([0, 1], [0.5, 0.5], bins=0)
 
 
 def test_study_predictions_mean_per_uid():
