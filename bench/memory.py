@@ -4,15 +4,17 @@
 
 Builds, in a temporary folder, what `train` reads for IU X-ray at full size: data/prepared
 (3,851 studies, 7,466 images, the default split fractions), features/images.h5 (random uint8
-images at --size px), features/text.h5 (768-dim vectors, as BioBERT's) and
-features/images_report.json, with the stages' own writers. Then, each in a child process of its
-own, measures the peak resident memory (ru_maxrss, via wait4):
+images at --size px), the text cache of the first text input (features/text/<input>.h5; 768-dim
+vectors, as BioBERT's) and features/images_report.json, with the stages' own writers. Then,
+each in a child process of its own, measures the peak resident memory (ru_maxrss, via wait4):
   loading   what `train` does before its first step: `load_splits` of the rows it trains on
             (the host memory a GPU run needs; printed also above the imports' own peak);
-  train     `python -m stages.train fusion`, one epoch on the CPU (there the activations of the
-            CPU's forward and backward come on top).
+  train     `python -m stages.train fusion <first seed> <first text input>`, one epoch on the
+            CPU (there the activations of the CPU's forward and backward come on top).
 Prints one JSON object. --code names the checkout whose `stages/` runs (default: this one), so
-that two commits are measured on the same data.
+that two commits are measured on the same data; a checkout from before train.seeds and
+text.inputs (one run per variant, features/text.h5, a `text` column) is measured in its own
+formats.
 
 The backbone is a small one (--backbone, default tinynet_e, an EfficientNet scaled down): the
 question is the copies of the image cache, and EfficientNet-B1 would take ~20 min an epoch on 2
@@ -42,6 +44,14 @@ MAKE_DATA = textwrap.dedent("""
     from cxrfusion.studies import split_studies
     n_images, size = int(sys.argv[1]), int(sys.argv[2])
     p = yaml.safe_load(open("params.yaml"))
+    if hasattr(formats, "text_cache"):  # one cache per text input; the report fields as columns
+        from cxrfusion import params
+        text_input = p["text"]["inputs"][0]
+        text = params.for_text_input(p, text_input)["text"]
+        fields = dict.fromkeys(f for i in p["text"]["inputs"] for f in params.fields_of(i))
+        report, cache = {f: "No acute disease." for f in fields}, formats.text_cache(text_input)
+    else:  # commits before text.inputs: one features/text.h5, studies.csv's `text` column
+        text, report, cache = p["text"], {"text": "No acute disease."}, formats.TEXT_H5
     rng = np.random.default_rng(0)
     n_studies = round(n_images / 1.94)  # IU X-ray: 7,466 images of 3,851 studies
     uids = np.arange(1, n_studies + 1)
@@ -50,7 +60,7 @@ MAKE_DATA = textwrap.dedent("""
     of_image = np.sort(np.concatenate([uids, rng.choice(uids, n_images - n_studies)]))
     studies = pd.DataFrame({"uid": uids, "label": labels, "split": split,
                             "n_images": np.bincount(of_image)[1:], "views": "Frontal",
-                            "mesh": "normal", "text": "No acute disease."})
+                            "mesh": "normal", **report})
     row = of_image - 1
     images = pd.DataFrame({"uid": of_image, "filename": [f"{i}.png" for i in range(n_images)],
                            "view": "Frontal", "label": labels[row], "split": split[row]})
@@ -67,9 +77,9 @@ MAKE_DATA = textwrap.dedent("""
         f.create_dataset("filenames", data=images["filename"].to_numpy(object),
                          dtype=h5py.string_dtype())
         f.create_dataset("skipped", data=np.array([], dtype=object), dtype=h5py.string_dtype())
-    attrs = {**formats.text_cache_attrs(p["text"]), "revision": "None",
+    attrs = {**formats.text_cache_attrs(text), "revision": "None",
              "fingerprint": "sha256:synthetic", "dim": 768}
-    formats.write_text_cache(formats.TEXT_H5, uids, rng.standard_normal((n_studies, 768)), attrs)
+    formats.write_text_cache(cache, uids, rng.standard_normal((n_studies, 768)), attrs)
     with open(formats.IMAGES_REPORT, "w") as f:  # what cache_images reports
         json.dump({"cached": n_images, "skipped": 0, "skipped_files": [], "skipped_images": []}, f)
 """)
@@ -83,7 +93,11 @@ LOAD = textwrap.dedent("""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     names = {"names": ("train", "val")}  # commits before `names` read every split
     kw = names if "names" in inspect.signature(load_splits).parameters else {}
-    splits, _ = load_splits(params.load(), True, True, **kw)
+    p = params.load()
+    if hasattr(params, "for_run"):  # the parameters as the first fusion run reads them
+        from cxrfusion.formats import Run
+        p = params.for_run(p, Run("fusion", p["train"]["seeds"][0], p["text"]["inputs"][0]))
+    splits, _ = load_splits(p, True, True, **kw)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"imports_mb": before / 1024, "loaded_mb": after / 1024}))
 """)
@@ -136,8 +150,11 @@ def main() -> None:
             "loading_peak_above_imports_mb": round(loading["loaded_mb"] - loading["imports_mb"], 1),
         }
         if not a.no_train:
-            seconds, train_peak, _ = peak([sys.executable, "-m", "stages.train", "fusion"], tmp,
-                                          env)
+            # the first fusion run; a commit before train.seeds trains `fusion` alone
+            run = ([str(p["train"]["seeds"][0]), p["text"]["inputs"][0]]
+                   if "seeds" in p["train"] else [])
+            seconds, train_peak, _ = peak([sys.executable, "-m", "stages.train", "fusion", *run],
+                                          tmp, env)
             result.update(backbone=a.backbone, batch=a.batch, epochs=1,
                           train_seconds=round(seconds, 1), train_peak_rss_mb=round(train_peak, 1))
     print(json.dumps(result, indent=2))

@@ -1,4 +1,4 @@
-"""Resumable training: the state after each completed epoch, under checkpoints/<variant>.pt.
+"""Resumable training: the state after each completed epoch, under checkpoints/<run>.pt.
 
 A checkpoint holds the model, the optimizer, the random states (shuffling and dropout) and the
 history, so a resumed run continues exactly where the interrupted one stopped. It lives outside
@@ -15,22 +15,23 @@ from pathlib import Path
 import torch
 
 from cxrfusion.common import atomic_path
+from cxrfusion.formats import Run
 
 log = logging.getLogger(__name__)
 
 FOLDER = Path("checkpoints")
 
 
-def path(variant: str) -> Path:
-    return FOLDER / f"{variant}.pt"
+def path(run: Run) -> Path:
+    return FOLDER / f"{run.variant}-{run.key}.pt"  # e.g. fusion-findings+impression-0.pt
 
 
-def fingerprint(variant: str, params: dict, inputs: list[Path]) -> str:
-    """What a checkpoint must match to be resumed: the variant, all parameters, and the
+def fingerprint(run: Run, params: dict, inputs: list[Path]) -> str:
+    """What a checkpoint must match to be resumed: the run, all parameters, and the
     caches' identity (size and modification time: a rebuilt cache is a new file; hashing
     22 GB of MIMIC-CXR images on every start would cost minutes)."""
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in map(Path, inputs)]
-    return hashlib.sha256(json.dumps([variant, params, stats], sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([run.path, params, stats], sort_keys=True).encode()).hexdigest()
 
 
 def random_states(generator: torch.Generator) -> dict:
@@ -47,23 +48,23 @@ def restore_random_states(generator: torch.Generator, states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save(variant: str, state: dict) -> None:
-    with atomic_path(path(variant)) as tmp:
+def save(run: Run, state: dict) -> None:
+    with atomic_path(path(run)) as tmp:
         torch.save(state, tmp)
 
 
-def load(variant: str, expected: str, device) -> dict | None:
-    """The last checkpoint of `variant` if it matches `expected`, else None."""
-    p = path(variant)
+def load(run: Run, expected: str, device) -> dict | None:
+    """The last checkpoint of `run` if it matches `expected`, else None."""
+    p = path(run)
     if not p.exists():
         return None
     # on the CPU: random states must stay CPU tensors; load_state_dict moves the weights
     state = torch.load(p, map_location="cpu", weights_only=True)  # no arbitrary unpickling
     if state.get("fingerprint") != expected:
-        log.info("%s: ignoring %s (made with other parameters or inputs)", variant, p)
+        log.info("%s: ignoring %s (made with other parameters or inputs)", run.path, p)
         return None
     return state
 
 
-def remove(variant: str) -> None:
-    path(variant).unlink(missing_ok=True)
+def remove(run: Run) -> None:
+    path(run).unlink(missing_ok=True)

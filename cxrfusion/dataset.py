@@ -20,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxrfusion.common import PipelineError
-from cxrfusion.formats import (IMAGES, IMAGES_H5, IMAGES_REPORT, SPLITS, TEXT_H5, read_image_filenames,
+from cxrfusion.formats import (IMAGES, IMAGES_H5, IMAGES_REPORT, SPLITS, read_image_filenames,
                             read_image_rows, read_images_report, read_prepared,
-                            read_skipped_images, read_text_cache, text_cache_attrs)
+                            read_skipped_images, read_text_cache, text_cache,
+                               text_cache_attrs)
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,12 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool,
     rows = pd.concat([rows.loc[rows["split"] == name] for name in names], ignore_index=True)
     text_dim, vectors_by_row, pixels_by_row, cache_rows = 0, None, None, None
     if uses_text:
-        uids, vectors, attrs = read_text_cache(TEXT_H5, expect=text_cache_attrs(p["text"]))
+        cache = text_cache(p["text"]["input"])  # p: resolved for the run (params.for_run)
+        uids, vectors, attrs = read_text_cache(cache, expect=text_cache_attrs(p["text"]))
         row_of = pd.Series(np.arange(len(uids)), index=uids)
         missing = ~rows["uid"].isin(row_of.index)
         if missing.any():
-            raise PipelineError(f"{TEXT_H5} has no vector for {missing.sum()} studies of "
+            raise PipelineError(f"{cache} has no vector for {missing.sum()} studies of "
                                 "images.csv; rebuild it with `dvc repro embed_text`.")
         vectors_by_row = vectors[row_of[rows["uid"]].to_numpy()]
         text_dim = int(attrs["dim"])

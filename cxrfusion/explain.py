@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from cxrfusion import figures
 from cxrfusion.common import PipelineError
 from cxrfusion.dataset import Split
-from cxrfusion.formats import IMAGES_H5, TEXT_H5, read_prepared, read_text_cache, text_cache_attrs
+from cxrfusion.formats import IMAGES_H5, read_prepared, read_text_cache, text_cache, text_cache_attrs
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, normalise
 from cxrfusion.scoring import predict
@@ -45,7 +45,8 @@ def reference_normal(p: dict) -> tuple[int, np.ndarray]:
     """uid and vector of the training study labelled normal whose report vector is nearest
     (Euclidean) to the mean vector of all training studies labelled normal."""
     studies, _ = read_prepared()
-    uids, vectors, _ = read_text_cache(TEXT_H5, expect=text_cache_attrs(p["text"]))
+    uids, vectors, _ = read_text_cache(text_cache(p["text"]["input"]),
+                                       expect=text_cache_attrs(p["text"]))
     normal = studies.loc[(studies["split"] == "train") & (studies["label"] == 0), "uid"]
     rows = np.flatnonzero(np.isin(uids, normal.to_numpy()))
     if not len(rows):

@@ -1,12 +1,14 @@
 """Where every file of the pipeline lives and what is inside it: the one home of file formats.
 
 CSV contract written by `prepare` and read by every later stage:
-  studies.csv  one row per study:  uid, label, split, n_images, views, mesh, text
-               (+ patient, when the raw data names patients: mimic_cxr)
+  studies.csv  one row per study:  uid, label, split, n_images, views, mesh, and one column
+               per report field that a text input names (findings, impression, indication,
+               ...; "" when the report has none) (+ patient, when the raw data names
+               patients: mimic_cxr)
   images.csv   one row per image:  uid, filename, view, label, split
                (filename is relative to data/raw/images/images_normalized; may hold folders)
 HDF5 caches:
-  text.h5      `uids` (int64, N) and `vectors` (float32, N x D) in the same row order, plus
+  text/<input>.h5  one per text input (e.g. text/findings+impression.h5): `uids` (int64, N) and `vectors` (float32, N x D) in the same row order, plus
                attributes that say how the vectors were made (encoder, pooling, casing, ...)
   images.h5    `filenames` (str, N) and `images` (uint8, N x S x S, one image per chunk);
                `skipped` (str): the images of images.csv left out as unreadable (image.skip_bad);
@@ -15,6 +17,7 @@ HDF5 caches:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -33,21 +36,62 @@ STUDIES = PREPARED / "studies.csv"
 IMAGES = PREPARED / "images.csv"
 DATA_REPORT = PREPARED / "report.json"
 
-TEXT_H5 = Path("features/text.h5")
+TEXT_DIR = Path("features/text")  # text/<input>.h5: one cache per text input
 IMAGES_H5 = Path("features/images.h5")
 IMAGES_REPORT = Path("features/images_report.json")
 
 SPLITS = ("train", "val", "test")  # the values of the `split` column
-STUDY_COLUMNS = ["uid", "label", "split", "n_images", "views", "mesh", "text"]
+STUDY_COLUMNS = ["uid", "label", "split", "n_images", "views", "mesh"]  # + the report fields
 IMAGE_COLUMNS = ["uid", "filename", "view", "label", "split"]
+MODELS, METRICS = Path("models"), Path("metrics")
 
 
-def model_dir(variant: str) -> Path:
-    return Path("models") / variant
+def text_cache(text_input: str) -> Path:
+    """The report vectors of one text input, e.g. features/text/findings+impression.h5."""
+    return TEXT_DIR / f"{text_input}.h5"
 
 
-def metrics_dir(variant: str) -> Path:
-    return Path("metrics") / variant
+@dataclass(frozen=True)
+class Run:
+    """One trained model: a variant, trained with one seed on one text input (none for the
+    image model, which reads no report). Its files live under models/<path> and
+    metrics/<path>, e.g. fusion/findings+impression/seed-0 and image/seed-0."""
+    variant: str
+    seed: int
+    text_input: str | None = None
+
+    @property
+    def path(self) -> str:
+        middle = f"{self.text_input}/" if self.text_input else ""
+        return f"{self.variant}/{middle}seed-{self.seed}"
+
+    @property
+    def key(self) -> str:
+        """DVC's name for it: train_fusion@findings+impression-0, train_image@0."""
+        return "-".join(str(k) for k in (self.text_input, self.seed) if k is not None)
+
+    @property
+    def label(self) -> str:
+        """How tables and figures name the model (all seeds): fusion · findings+impression."""
+        return f"{self.variant} · {self.text_input}" if self.text_input else self.variant
+
+    @property
+    def models(self) -> Path:
+        return MODELS / self.path
+
+    @property
+    def metrics(self) -> Path:
+        return METRICS / self.path
+
+
+def evaluation_of(model_folder) -> Path | None:
+    """metrics/<path>/test.json of a model folder under models/ (what `evaluate` wrote for it,
+    including its threshold), else None (a model copied elsewhere)."""
+    try:
+        relative = Path(model_folder).resolve().relative_to(MODELS.resolve())
+    except ValueError:
+        return None
+    return METRICS / relative / "test.json"
 
 
 def load_csv(path: Path, hint: str, **read_args) -> pd.DataFrame:
@@ -61,12 +105,19 @@ def load_csv(path: Path, hint: str, **read_args) -> pd.DataFrame:
                             f"{str(err).strip()}); {hint}") from None
 
 
-def read_prepared() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The studies and images tables written by `prepare` (text stays text, never NaN)."""
+def read_prepared(fields: list[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The studies and images tables written by `prepare` (text stays text, never NaN);
+    `fields`: the report fields the caller reads, which studies.csv must hold."""
     for path in (STUDIES, IMAGES):
         if not path.exists():
             raise PipelineError(f"{path} not found: run `dvc repro prepare` first.")
-    studies = pd.read_csv(STUDIES, keep_default_na=False, dtype={"text": str, "mesh": str})
+    header = pd.read_csv(STUDIES, nrows=0).columns
+    missing = [f for f in fields if f not in header]
+    if missing:
+        raise PipelineError(f"{STUDIES} has no report field {', '.join(missing)}: it was "
+                            "prepared for other text.inputs; rerun `dvc repro prepare`.")
+    text = {c: str for c in header if c not in STUDY_COLUMNS and c != "patient"}
+    studies = pd.read_csv(STUDIES, keep_default_na=False, dtype={**text, "mesh": str})
     images = pd.read_csv(IMAGES, keep_default_na=False)
     return studies, images
 
@@ -94,7 +145,7 @@ def text_cache_attrs(text: dict) -> dict:
     if isinstance(lowercase, bool):  # spelled as in params.yaml: one type whatever was asked
         lowercase = "true" if lowercase else "false"
     return {"model": text["model"], "pooling": text["pooling"], "max_length": text["max_length"],
-            "fields": ",".join(text["fields"]), "lowercase": lowercase}
+            "fields": ",".join(text["fields"]), "lowercase": lowercase}  # fields: of the input
 
 
 def read_text_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -147,7 +147,7 @@ def model_config(model: Classifier, text_dim: int, backbone: str, image_size: in
 
 
 def load_model(folder: Path, device="cpu") -> tuple[Classifier, dict]:
-    """Rebuild a trained model from models/<variant>/ (safetensors: no pickle)."""
+    """Rebuild a trained model from models/<run>/ (safetensors: no pickle)."""
     import json
 
     from safetensors.torch import load_file

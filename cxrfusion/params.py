@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from cxrfusion.common import PipelineError
+from cxrfusion.formats import Run
 
 SOURCES = ("demo", "kaggle", "openi", "local", "mimic_cxr")
 POOLINGS = ("cls", "mean")
@@ -24,6 +25,7 @@ EXPLAINED = ("fusion", "image")  # the variants with an image branch for Grad-CA
 SELECTIONS = ("best_val_loss", "last")
 FITS = ("pad", "crop", "stretch")  # image.fit: how cxrfusion/imaging.py makes an X-ray square
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
+THRESHOLD_RULES = ("youden", "max_f1")  # evaluate.threshold: chosen on validation (cxrfusion/metrics.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -79,6 +81,9 @@ def seed(name, v):
         _fail(name, v, "use an integer from 0 to 2**32 - 1")
 
 
+seed_rule = seed  # inside a section class, `seed` names the section's own option
+
+
 def device(name, v):
     if not isinstance(v, str) or not DEVICE.fullmatch(v):
         _fail(name, v, "use auto, cpu, cuda or cuda:N")
@@ -93,9 +98,41 @@ def any_value(name, v):
     """Checked together with another option (see `_across`), or free."""
 
 
-def report_fields(name, v):
-    if not isinstance(v, list) or not v or any(f not in TEXT_FIELDS for f in v):
-        _fail(name, v, "use a non-empty list of " + ", ".join(TEXT_FIELDS))
+def text_inputs(name, v):
+    """Named field sets: each a field or fields joined by '+' (the name is the field set)."""
+    allowed = ("use a non-empty list of field sets, each a report field or fields joined by '+' "
+               "(e.g. [findings+impression, indication]), the fields among " + ", ".join(TEXT_FIELDS))
+    if not isinstance(v, list) or not v or len(set(map(str, v))) != len(v):
+        _fail(name, v, allowed + ", each once")
+    for item in v:
+        parts = item.split("+") if isinstance(item, str) else [None]
+        if any(f not in TEXT_FIELDS for f in parts) or len(set(parts)) != len(parts):
+            _fail(name, v, allowed)
+
+
+def fields_of(text_input: str) -> list[str]:
+    """The report fields a text input names: findings+impression -> [findings, impression]."""
+    return text_input.split("+")
+
+
+def seeds(name, v):
+    if not isinstance(v, list) or not v or len(set(map(str, v))) != len(v):
+        _fail(name, v, "use a non-empty list of distinct seeds, e.g. [0, 1, 2]")
+    for s in v:
+        seed(name, s)
+
+
+def operating_point(name, v):
+    if v not in THRESHOLD_RULES and not (_number(v) and 0 < v < 1):
+        _fail(name, v, "use a probability strictly between 0 and 1, or a rule applied to each "
+              "model's validation predictions: " + " | ".join(THRESHOLD_RULES))
+
+
+def optional(rule):
+    def check(name, v):
+        if v is not None:
+            rule(name, v)
+    return check
 
 
 def lowercase(name, v):
@@ -130,9 +167,9 @@ class Data:
 
 @dataclass(frozen=True)
 class Demo:
-    studies: int = option(400, positive_int, "synthetic studies (1 to 5 images each)")
+    studies: int = option(360, positive_int, "synthetic studies (1 to 5 images each)")
     image_size: int = option(128, positive_int, "side of the generated PNGs, px")
-    label_noise: float = option(0.05, in_range(0, 0.5, "use a fraction in [0, 0.5)"),
+    label_noise: float = option(0.03, in_range(0, 0.5, "use a fraction in [0, 0.5)"),
                                 "fraction of studies whose label disagrees with image and report")
     seed: int = option(0, seed, "seed of the generator")
 
@@ -157,8 +194,9 @@ class Text:
     model: str = option("models/demo_encoder", text, "hub id or local folder of the frozen "
                         "encoder (the real study: dmis-lab/biobert-base-cased-v1.1)")
     revision: str | None = option(None, any_value, "hub revision (commit) of `model`")
-    fields: tuple = option(("findings", "impression"), report_fields,
-                           "report fields joined into the text; [indication] is leak-free")
+    inputs: tuple = option(("findings+impression", "indication"), text_inputs,
+                           "the text inputs compared, each a report field set embedded once: "
+                           "findings+impression (the original's) | indication (leak-free)")
     pooling: str = option("mean", one_of(*POOLINGS), "cls ([CLS], the original) | mean")
     lowercase: bool | str = option("auto", lowercase, "auto | true | false: lowercase reports "
                                    "before the encoder reads them (auto: as it was trained)")
@@ -191,8 +229,8 @@ class Image:
 
 @dataclass(frozen=True)
 class Model:
-    backbone: str = option("efficientnet_b1.ra4_e3600_r240_in1k", text,
-                           "timm model name.tag (the tag pins the ImageNet weights)")
+    backbone: str = option("tinynet_e.in1k", text, "timm model name.tag (the tag pins the "
+                           "ImageNet weights); the real study: efficientnet_b1.ra4_e3600_r240_in1k")
     hidden: int = option(256, positive_int, "units of the head's hidden layer")
     dropout: float = option(0.3, in_range(0, 1, "use a fraction in [0, 1)"), "head dropout")
     freeze_backbone: bool = option(False, switch, "train the head only, the CNN frozen whole")
@@ -200,10 +238,11 @@ class Model:
 
 @dataclass(frozen=True)
 class Train:
-    epochs: int = option(6, positive_int, "epochs (the real study: 40)")
+    epochs: int = option(4, positive_int, "epochs (the real study: 40)")
     lr: float = option(0.003, positive_number, "Adam learning rate (the original)")
     batch_size: int = option(32, positive_int, "global batch, images (the real study: 64)")
-    seed: int = option(0, seed, "seed of initialisation, order and dropout")
+    seeds: tuple = option((0, 1, 2), seeds, "every variant is trained once per seed "
+                          "(initialisation, order and dropout) on the same split")
     device: str = option("auto", device, "auto | cpu | cuda[:N]")
     amp: bool = option(True, switch, "bf16 autocast of the CNN on CUDA")
     compile: bool = option(False, switch, "torch.compile the model")
@@ -220,8 +259,12 @@ class Train:
 
 @dataclass(frozen=True)
 class Evaluate:
-    threshold: float = option(0.5, fraction, "probability of abnormal at or above which a study "
-                              "is called abnormal")
+    threshold: float | str = option("youden", operating_point, "probability of abnormal at or "
+                                    "above which a study is called abnormal, or the rule that "
+                                    "picks it on each model's validation predictions: youden | "
+                                    "max_f1")
+    specificity: float = option(0.9, fraction, "the fixed specificity, reached on validation, "
+                                "at which test sensitivity is reported")
     bootstrap: int = option(1000, positive_int, "bootstrap resamples, the same for every interval")
     seed: int = option(0, seed, "seed of the resamples")
 
@@ -231,6 +274,11 @@ class Explain:
     variant: str = option("fusion", one_of(*EXPLAINED), "the model explained (it needs a CNN)")
     per_outcome: int = option(3, positive_int, "heatmaps per outcome (TP, TN, FP, FN)")
     seed: int = option(0, seed, "which test studies of each outcome are shown")
+    model_seed: int | None = option(None, optional(seed_rule), "the training seed of the model "
+                                    "explained (null: the first of train.seeds)")
+    text_input: str | None = option(None, optional(text), "the text input of the fusion model "
+                                    "explained, and of the reports swapped (null: the first of "
+                                    "text.inputs)")
 
 
 SECTIONS = {"data": Data, "demo": Demo, "split": Split, "text": Text, "demo_encoder": DemoEncoder,
@@ -250,6 +298,7 @@ def get(params: dict, dotted: str):
 def validate(p: dict) -> dict:
     """`p` itself, once every option passed its rule and the options that depend on each
     other agree; else a PipelineError that names the first bad one."""
+    _replaced(p)
     for section, described in SECTIONS.items():
         for f in fields(described):
             name = f"{section}.{f.name}"
@@ -258,6 +307,17 @@ def validate(p: dict) -> dict:
             f.metadata["rule"](name, get(p, name))
     _across(p)
     return p
+
+
+def _replaced(p: dict) -> None:
+    """An older params.yaml: name what replaced its options before asking for the new ones."""
+    for old, new in (("text.fields", "text.inputs (a list of field sets, e.g. "
+                      "[findings+impression, indication])"),
+                     ("train.seed", "train.seeds (a list, e.g. [0, 1, 2])")):
+        section, key = old.split(".")
+        if key in (p.get(section) or {}):
+            raise PipelineError(f"parameter {old} was replaced by {new}: replace {old} in "
+                                "params.yaml.")
 
 
 def _across(p: dict) -> None:
@@ -272,6 +332,10 @@ def _across(p: dict) -> None:
     if p["split"].get("official", False) and source != "mimic_cxr":
         _fail("split.official", True, "only data.source=mimic_cxr has an official split; "
               "use false")
+    for key, among in (("model_seed", "train.seeds"), ("text_input", "text.inputs")):
+        chosen = p["explain"].get(key)
+        if chosen is not None and chosen not in get(p, among):
+            _fail(f"explain.{key}", chosen, f"use null or one of {among}={get(p, among)}")
     hidden, heads = get(p, "demo_encoder.hidden_size"), get(p, "demo_encoder.heads")
     if hidden % heads:
         _fail("demo_encoder.heads", heads, f"use a divisor of demo_encoder.hidden_size={hidden}")
@@ -296,6 +360,55 @@ def check_variant(variant: str) -> str:
     if variant not in VARIANTS:
         _fail("variant", variant, "use one of " + ", ".join(VARIANTS))
     return variant
+
+
+def runs(p: dict, variants=VARIANTS) -> list[Run]:
+    """Every model the parameters ask for: the image model once per seed, fusion and text once
+    per text input and seed (ordered variant, input, seed)."""
+    t = p["train"]["seeds"]
+    return [Run(v, s, i) for v in variants for i in ([None] if v == "image" else p["text"]["inputs"])
+            for s in t]
+
+
+def run_of(argv: list[str], p: dict) -> Run:
+    """The run a stage's arguments name: `<variant> <seed> [<text input>]`, checked against
+    the parameters (a seed not in train.seeds, or a text input not in text.inputs, would train
+    a model no comparison reads)."""
+    usage = "arguments: <fusion|image|text> <seed> [<text input>, for fusion and text]"
+    if len(argv) not in (2, 3):
+        raise PipelineError(f"{usage}; got {argv}")
+    variant = check_variant(argv[0])
+    if not argv[1].isdigit() or int(argv[1]) not in p["train"]["seeds"]:
+        raise PipelineError(f"seed {argv[1]!r} is not one of train.seeds={p['train']['seeds']}: "
+                            "add it to train.seeds (params.yaml, or `dvc exp run -S "
+                            "'train.seeds=[...]'`) and let `dvc repro` run it.")
+    text_input = argv[2] if len(argv) == 3 else None
+    if (variant == "image") != (text_input is None):
+        raise PipelineError(f"{usage}: the image model reads no report and takes no text input; "
+                            f"fusion and text need one; got {argv}")
+    if text_input is not None and text_input not in p["text"]["inputs"]:
+        raise PipelineError(unknown_input(text_input, p))
+    return Run(variant, int(argv[1]), text_input)
+
+
+def unknown_input(text_input: str, p: dict) -> str:
+    return (f"text input {text_input!r} is not one of text.inputs={p['text']['inputs']}: add it "
+            "to text.inputs (params.yaml, or `dvc exp run -S 'text.inputs=[...]'`).")
+
+
+def for_text_input(p: dict, text_input: str) -> dict:
+    """The parameters as one text input's stages read them: text.input names it and
+    text.fields lists its report fields."""
+    return {**p, "text": {**p["text"], "input": text_input, "fields": fields_of(text_input)}}
+
+
+def for_run(p: dict, run: Run) -> dict:
+    """The parameters of one run, resolved: train.seed is its seed and, for a model that reads
+    a report, text.input / text.fields its text input. Saved beside the model (params.json)."""
+    resolved = for_text_input(p, run.text_input) if run.text_input else dict(p)
+    resolved["train"] = {**p["train"], "seed": run.seed}
+    resolved["run"] = {"variant": run.variant, "seed": run.seed, "text_input": run.text_input}
+    return resolved
 
 
 def _spelled(value) -> str:

@@ -1,8 +1,10 @@
 """Use a trained model: the probability that a new study is abnormal, and its label.
 
-    python -m cxrfusion.predict --model models/fusion --image a.png --image b.png \\
-        --findings "The heart is enlarged." --impression "Cardiomegaly."
-    python -m cxrfusion.predict --model models/image --csv studies.csv --out predictions.csv
+    python -m cxrfusion.predict --model models/fusion/findings+impression/seed-0 \\
+        --image a.png --image b.png --findings "The heart is enlarged." --impression "Cardiomegaly."
+    python -m cxrfusion.predict --model models/image/seed-1 --csv studies.csv --out predictions.csv
+
+Any trained run can be named: models/<variant>[/<text input>]/seed-<seed>.
 
 The study is read exactly as the pipeline read its training and test studies:
   images  `cxrfusion.imaging.load_xray` at the model's image size and fit (what `cache_images`
@@ -12,9 +14,9 @@ The study is read exactly as the pipeline read its training and test studies:
           model's params.json) with `cxrfusion.text_encoder.embed` (what `embed_text` runs);
   study   the mean of its images' probabilities (`cxrfusion.metrics.study_predictions`);
   label   abnormal when the probability is at or above the threshold `evaluate` used
-          (metrics/<variant>/test.json), else the model's `evaluate.threshold`.
+          on validation (metrics/<run>/test.json), else the model's `evaluate.threshold`.
 
-Probabilities agree with metrics/<variant>/predictions.csv to about 1e-7, not always to the
+Probabilities agree with metrics/<run>/predictions.csv to about 1e-7, not always to the
 last bit: on the CPU a row's result depends in its last bit on the batch it is computed in
 (see tests/test_predict_explain.py).
 """
@@ -33,7 +35,7 @@ import torch
 
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device
 from cxrfusion.dataset import Split
-from cxrfusion.formats import TEXT_H5, load_csv, metrics_dir, model_dir, read_text_cache_attrs
+from cxrfusion.formats import evaluation_of, load_csv, read_text_cache_attrs, text_cache
 from cxrfusion.imaging import FITS, BadImage, load_xray
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, load_model
@@ -45,6 +47,7 @@ from cxrfusion.scoring import predict
 
 log = logging.getLogger("predict")
 
+DEFAULT_MODEL = "models/fusion/findings+impression/seed-0"  # the defaults' first fusion run
 OUTPUT_COLUMNS = ["uid", "n_images", "probability", "label", "prediction", "threshold"]
 
 
@@ -52,8 +55,8 @@ OUTPUT_COLUMNS = ["uid", "n_images", "probability", "label", "prediction", "thre
 class Predictor:
     """A trained model with everything needed to read new studies as it was trained to."""
     model: Classifier
-    config: dict                 # models/<variant>/model.json
-    params: dict                 # models/<variant>/params.json: the settings it was trained with
+    config: dict                 # models/<run>/model.json
+    params: dict                 # models/<run>/params.json: the settings it was trained with
     folder: Path
     device: torch.device
     threshold: float
@@ -66,7 +69,7 @@ class Predictor:
 
     @property
     def fields(self) -> list[str]:
-        return list(self.params["text"]["fields"])
+        return list(self.params["text"].get("fields", ()))  # none for the image model
 
     def encoder(self):
         """(tokenizer, model) of the frozen text encoder, loaded once and checked."""
@@ -85,31 +88,36 @@ class Predictor:
 def load_predictor(folder, device: str = "auto", threshold: float | None = None) -> Predictor:
     folder = Path(folder)
     if not folder.is_dir():
-        raise PipelineError(f"model folder {folder} not found: train it first (`dvc repro "
-                            "train@fusion`, `train@image` or `train@text`) or name another with "
-                            "--model.")
+        raise PipelineError(f"model folder {folder} not found: train it first (`dvc repro`; "
+                            "its runs are models/<variant>[/<text input>]/seed-<seed>) or name "
+                            "another with --model.")
     if not (folder / "params.json").exists():
         raise PipelineError(f"{folder / 'params.json'} not found: {folder} was not written by "
                             "`stages.train`; retrain it with `dvc repro`.")
     dev = resolve_device(device, "option --device")
     model, config = load_model(folder, dev)
     params = json.loads((folder / "params.json").read_text())
-    value, source = evaluation_threshold(folder, config["variant"], params, threshold)
+    value, source = evaluation_threshold(folder, params, threshold)
     return Predictor(model, config, params, folder, dev, value, source)
 
 
-def evaluation_threshold(folder, variant: str, params: dict,
-                         override: float | None = None) -> tuple[float, str]:
-    """--threshold; else the one `evaluate` used for this model; else its evaluate.threshold."""
+def evaluation_threshold(folder, params: dict, override: float | None = None) -> tuple[float, str]:
+    """--threshold; else the one `evaluate` chose on validation for this model (metrics/<run>/
+    test.json); else the model's evaluate.threshold when that is a probability, not a rule."""
     if override is not None:
         if not 0 < override < 1:
             raise PipelineError(f"--threshold {override} is not allowed: use a probability "
                                 "strictly between 0 and 1.")
         return float(override), "--threshold"
-    folder, test_json = Path(folder), metrics_dir(variant) / "test.json"
-    if test_json.exists() and folder.resolve() == model_dir(variant).resolve():
+    test_json = evaluation_of(folder)
+    if test_json is not None and test_json.exists():
         return float(json.loads(test_json.read_text())["threshold"]), str(test_json)
-    return float(params["evaluate"]["threshold"]), "params evaluate.threshold"
+    rule = params["evaluate"]["threshold"]
+    if isinstance(rule, str):
+        raise PipelineError(f"{folder} has no evaluation ({test_json or 'it is not under models/'}"
+                            f"): its threshold is chosen by evaluate.threshold={rule} on "
+                            "validation studies; run `dvc repro` (evaluate) or give --threshold.")
+    return float(rule), "params evaluate.threshold"
 
 
 def check_encoder(name: str, tokenizer, encoder, config: dict, folder: Path,
@@ -124,8 +132,9 @@ def check_encoder(name: str, tokenizer, encoder, config: dict, folder: Path,
                             "the encoder is not the one the model was trained with; restore it "
                             "or retrain with `dvc repro`.")
     recorded, source = config.get("text_fingerprint"), folder / "model.json"
-    if recorded is None and TEXT_H5.exists():
-        recorded, source = read_text_cache_attrs(TEXT_H5).get("fingerprint"), TEXT_H5
+    cache = text_cache(config["text_input"]) if config.get("text_input") else None
+    if recorded is None and cache is not None and cache.exists():
+        recorded, source = read_text_cache_attrs(cache).get("fingerprint"), cache
     now = encoder_fingerprint(name, encoder, tokenizer)
     if recorded is None or recorded == now:
         return
@@ -232,13 +241,13 @@ def parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  python -m cxrfusion.predict --image a.png --image b.png \\\n"
                "      --findings 'The heart is enlarged.' --impression 'Cardiomegaly.'\n"
-               "  python -m cxrfusion.predict --model models/image --csv studies.csv --out p.csv\n"
+               "  python -m cxrfusion.predict --model models/image/seed-0 --csv studies.csv --out p.csv\n"
                "output: CSV, one row per study: uid, n_images, probability (of abnormal), label "
                "(1 abnormal), prediction, threshold",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="models/fusion",
-                   help="folder of a trained model, models/<variant>/ as `dvc repro` writes it "
-                        "(default: models/fusion)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="folder of a trained model, models/<variant>[/<text input>]/seed-<seed> "
+                        f"as `dvc repro` writes it (default: {DEFAULT_MODEL})")
     p.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="an image of the study (PNG, or any format Pillow reads); repeat it for "
                         "each image: the study's probability is the mean over its images "
@@ -249,20 +258,20 @@ def parser() -> argparse.ArgumentParser:
     for name in TEXT_FIELDS:
         p.add_argument(f"--{name}", default=None, metavar="TEXT",
                        help=f"the report's {name} (default: none); the fields the model was "
-                            "trained on (its params text.fields) are joined with a space")
+                            "trained on (its text input, e.g. findings+impression) are joined with a space")
     p.add_argument("--uid", default="study",
                    help="the study's name in the output, for one study (default: study)")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="many studies: columns uid, filename (the image's path; one row per "
                         "image, several rows of one uid for several images) and the report, as "
-                        "column text or as the model's text.fields columns (default: none)")
+                        "column text or as the columns of the model's report fields (default: none)")
     p.add_argument("--image-dir", default="", metavar="DIR",
                    help="folder the --csv filenames are relative to (default: none, i.e. "
                         "relative to the current folder)")
     p.add_argument("--threshold", type=float, default=None,
                    help="probability of abnormal at or above which a study is called abnormal "
-                        "(default: the one `evaluate` used, metrics/<variant>/test.json, else "
-                        "the model's evaluate.threshold)")
+                        "(default: the one `evaluate` chose on validation, metrics/<run>/test.json, "
+                        "else the model's evaluate.threshold when it is a probability)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the predictions as CSV to FILE (default: print them to stdout)")
     p.add_argument("--device", default="auto",

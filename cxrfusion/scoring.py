@@ -68,7 +68,7 @@ SCORING = ("device", "amp", "batch_size", "in_memory_gb", "workers")
 
 
 def trained_settings(folder, p: dict) -> dict:
-    """The settings a saved model was trained with (models/<variant>/params.json: its caches'
+    """The settings a saved model was trained with (models/<run>/params.json: its caches'
     text and image settings), with this run's `train.{device, amp, batch_size, in_memory_gb,
     workers}`. `evaluate` and `explain` read the caches as the model was trained on them, so
     they depend on the model, not on params.yaml's image.* and text.*."""

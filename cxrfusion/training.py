@@ -20,7 +20,7 @@ from cxrfusion import checkpoint, distributed
 from cxrfusion.common import PipelineError, atomic_path, write_json
 from cxrfusion.dataset import Split
 from cxrfusion.distributed import World
-from cxrfusion.formats import IMAGES_H5, TEXT_H5, metrics_dir, model_dir, read_text_cache_attrs
+from cxrfusion.formats import IMAGES_H5, Run, read_text_cache_attrs, text_cache
 from cxrfusion.metrics import classification_metrics
 from cxrfusion.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_config,
                              sync_batchnorm)
@@ -137,15 +137,15 @@ def build(variant: str, p: dict, text_dim: int, world: World):
 
 
 @contextlib.contextmanager
-def live_log(variant: str, world: World):
-    """DVCLive's per-epoch metrics (metrics/<variant>/train/), written by rank 0 only, into a
+def live_log(run: Run, world: World):
+    """DVCLive's per-epoch metrics (metrics/<run>/train/), written by rank 0 only, into a
     temporary folder that replaces the previous one only when training ends well."""
     if not world.main:
         yield None
         return
     from dvclive import Live
 
-    with atomic_path(metrics_dir(variant) / "train") as tmp:
+    with atomic_path(run.metrics / "train") as tmp:
         with Live(dir=str(tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
             yield live
 
@@ -158,27 +158,29 @@ def summarise_kept_epoch(live, history: list, chosen: int) -> None:
         live.summary = {"train": kept["train"], "val": kept["val"], "epoch_kept": chosen}
 
 
-def save_model(variant: str, p: dict, model: Classifier, best_state: dict, text_dim: int,
+def save_model(run: Run, p: dict, model: Classifier, best_state: dict, text_dim: int,
                chosen: int, history: list) -> None:
-    """models/<variant>/: weights (safetensors), how to rebuild them, the resolved params."""
+    """models/<run>/: weights (safetensors), how to rebuild them, the resolved params (this
+    run's seed and text input: params.for_run)."""
     from safetensors.torch import save_file
 
     model.load_state_dict(best_state)
     image = p["image"] if model.uses_image else {"size": None, "fit": None}  # text: no image
     backbone = p["model"]["backbone"] if model.uses_image else None
     config = {**model_config(model, text_dim, backbone, image["size"], image_fit=image["fit"]),
-              "epoch": chosen, "select": p["train"]["select"]}
+              "epoch": chosen, "select": p["train"]["select"], "seed": run.seed,
+              "text_input": run.text_input}
     if model.uses_image:  # which ImageNet weights, pinned by name: timm's default tag can move
         config["pretrained"] = p["image"]["pretrained"]
         config["pretrained_tag"] = unwrap(model).cnn.pretrained_cfg.get("tag")
     if model.uses_text:  # which encoder made the vectors: prediction checks its encoder against it
-        attrs = read_text_cache_attrs(TEXT_H5)
+        attrs = read_text_cache_attrs(text_cache(run.text_input))
         config.update(text_model=attrs["model"], text_revision=attrs.get("revision") or None,
                       text_fingerprint=attrs["fingerprint"])
-    with atomic_path(model_dir(variant)) as tmp:
+    with atomic_path(run.models) as tmp:
         tmp.mkdir()
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
         write_json(tmp / CONFIG, config)
         write_json(tmp / "params.json", p)  # the resolved settings next to the weights
         write_json(tmp / "history.json", history)
-    checkpoint.remove(variant)
+    checkpoint.remove(run)

@@ -1,6 +1,9 @@
-"""Stage `embed_text`: read every report once with the frozen encoder into features/text.h5.
+"""Stage `embed_text`: read every report once with the frozen encoder, one text input at a time.
 
-    python -m cxrfusion.launch <text.nproc> stages.embed_text
+    python -m cxrfusion.launch text.nproc stages.embed_text findings+impression
+
+Joins the input's report fields (findings+impression: findings, then impression) as `prepare`
+kept them and writes features/text/<input>.h5.
 
 With several processes (GPUs), each embeds its share of the length-sorted batches and saves it
 beside the cache; rank 0 puts them back in uid order and writes the one HDF5 file.
@@ -8,25 +11,31 @@ beside the cache; rank 0 puts them back in uid order and writes the one HDF5 fil
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import numpy as np
 
 from cxrfusion import distributed, params
 from cxrfusion.common import PipelineError, atomic_path, main
-from cxrfusion.formats import TEXT_H5, read_prepared, text_cache_attrs, write_text_cache
+from cxrfusion.formats import read_prepared, text_cache, text_cache_attrs, write_text_cache
+from cxrfusion.studies import join_text
 from cxrfusion.text_encoder import embed_part, encoder_fingerprint, load_encoder, reads_lowercase
 
 log = logging.getLogger("embed_text")
 
 
-def part_path(rank: int):
-    return TEXT_H5.with_name(f".{TEXT_H5.name}.part{rank}.npz")
+def part_path(out, rank: int):
+    return out.with_name(f".{out.name}.part{rank}.npz")
 
 
-def run(p: dict) -> None:
-    t = p["text"]
-    studies, _ = read_prepared()
+def run(text_input: str, p: dict) -> None:
+    if text_input not in p["text"]["inputs"]:
+        raise PipelineError(params.unknown_input(text_input, p))
+    p = params.for_text_input(p, text_input)
+    t, out = p["text"], text_cache(text_input)
+    studies, _ = read_prepared(t["fields"])
+    reports = studies.apply(join_text, axis=1, fields=t["fields"]).tolist()
     with distributed.running(t["device"], "text.device") as world:
         tokenizer, model = load_encoder(t["model"], t["revision"], world.device, t["lowercase"])
         limit = model.config.max_position_embeddings
@@ -34,34 +43,34 @@ def run(p: dict) -> None:
             raise PipelineError(f"parameter text.max_length={t['max_length']} exceeds what "
                                 f"{t['model']} can read ({limit} tokens): set text.max_length<={limit}.")
         start = time.perf_counter()
-        rows, vectors = embed_part(studies["text"].tolist(), tokenizer, model, t["pooling"],
+        rows, vectors = embed_part(reports, tokenizer, model, t["pooling"],
                                    t["max_length"], t["batch_size"], world.device,
                                    progress=world.main, part=(world.rank, world.size))
         if world.distributed:  # shares meet on disk, not in a gather through every GPU
-            with atomic_path(part_path(world.rank)) as tmp, open(tmp, "wb") as f:
+            with atomic_path(part_path(out, world.rank)) as tmp, open(tmp, "wb") as f:
                 np.savez(f, rows=rows, vectors=vectors)
             distributed.barrier(world)
             if world.main:
-                rows, vectors = merge_parts(world.size, len(studies))
+                rows, vectors = merge_parts(out, world.size, len(studies))
         seconds = time.perf_counter() - start
         if world.main:
             attrs = {**text_cache_attrs(t), "revision": t["revision"] or "",
                      "lowercased": reads_lowercase(tokenizer),  # text.lowercase resolved
                      "fingerprint": encoder_fingerprint(t["model"], model, tokenizer),
                      "dim": vectors.shape[1]}
-            write_text_cache(TEXT_H5, studies["uid"].to_numpy()[rows], vectors, attrs)
-            log.info("embedded %d reports (%d dims) in %.1f s: %.0f reports/s on %d x %s",
-                     len(vectors), vectors.shape[1], seconds, len(vectors) / seconds, world.size,
-                     world.device)
+            write_text_cache(out, studies["uid"].to_numpy()[rows], vectors, attrs)
+            log.info("embedded %d reports (%s, %d dims) in %.1f s: %.0f reports/s on %d x %s",
+                     len(vectors), text_input, vectors.shape[1], seconds,
+                     len(vectors) / seconds, world.size, world.device)
 
 
-def merge_parts(n_parts: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def merge_parts(out, n_parts: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Every process's share, in row (uid) order; the share files are removed."""
     parts = []
     for rank in range(n_parts):
-        with np.load(part_path(rank)) as part:
+        with np.load(part_path(out, rank)) as part:
             parts.append((part["rows"], part["vectors"]))
-    for stale in TEXT_H5.parent.glob(f".{TEXT_H5.name}.part*.npz"):  # this run's and older ones
+    for stale in out.parent.glob(f".{out.name}.part*.npz"):  # this run's and older ones
         stale.unlink()
     rows = np.concatenate([r for r, _ in parts])
     order = np.argsort(rows)
@@ -71,4 +80,4 @@ def merge_parts(n_parts: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 if __name__ == "__main__":
-    main(lambda: run(params.load()))
+    main(lambda: run(sys.argv[1] if len(sys.argv) > 1 else "", params.load()))

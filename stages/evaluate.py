@@ -1,10 +1,20 @@
-"""Stage `evaluate`: score one trained variant on the test studies, once.
+"""Stage `evaluate`: score one trained run on the test studies, once, at thresholds chosen on
+validation studies.
 
-    python -m stages.evaluate fusion
+    python -m stages.evaluate fusion 0 findings+impression
+    python -m stages.evaluate image 0
 
-Writes metrics/<variant>/predictions.csv (uid, filename, label, probability: one row per
-image), test.json (keys `image`: one prediction per image, as the original; `study`: a study's
-probability is the mean over its images) and roc.csv, pr.csv, confusion.csv for `dvc plots`.
+The model scores the validation studies first; `evaluate.threshold` (a probability, or the
+rule youden | max_f1 applied to these validation predictions) fixes the operating point, and
+the threshold that reaches `evaluate.specificity` on validation fixes the second one. Only then
+are the test studies scored, and nothing about them feeds back into either threshold.
+
+Writes metrics/<run>/ (e.g. metrics/fusion/findings+impression/seed-0/):
+  predictions.csv  test images: uid, filename, label, probability
+  test.json        the thresholds and how they were chosen, the test metrics at them (`study`:
+                   a study's probability is the mean over its images; `image`: one prediction
+                   per image, as the original), calibration (Brier, ECE)
+  roc.csv, pr.csv, confusion.csv   the test studies' curves for `dvc plots`
 """
 from __future__ import annotations
 
@@ -12,13 +22,13 @@ import logging
 import sys
 
 import pandas as pd
-from sklearn import metrics as skm
 
 from cxrfusion import params
 from cxrfusion.common import atomic_path, main, resolve_device, write_json
 from cxrfusion.dataset import load_splits
-from cxrfusion.formats import metrics_dir, model_dir
-from cxrfusion.metrics import classification_metrics, study_predictions
+from cxrfusion.formats import Run
+from cxrfusion.metrics import (calibration, choose_threshold, classification_metrics, pr_curve,
+                               roc_curve, study_predictions, threshold_at_specificity)
 from cxrfusion.model import load_model, reads
 from cxrfusion.scoring import predict, trained_settings
 
@@ -30,36 +40,64 @@ def write_csv(df: pd.DataFrame, path) -> None:
         df.to_csv(tmp, index=False)  # full precision: compare recomputes metrics from it
 
 
-def evaluate(variant: str, p: dict) -> dict:
-    device = resolve_device(p["train"]["device"])
-    model, _ = load_model(model_dir(variant), device)
-    trained = trained_settings(model_dir(variant), p)
-    test = load_splits(trained, *reads(variant), names=("test",))[0]["test"].to(device)
-    probs, _ = predict(model, test, p["train"]["batch_size"], p["train"]["amp"])
-    images = test.rows[["uid", "filename", "label"]].assign(probability=probs.astype("float64"))
-    studies = study_predictions(images)
-    threshold = p["evaluate"]["threshold"]
-    result = {"image": classification_metrics(images["label"], images["probability"], threshold,
-                                              f"{variant} test images"),
-              "study": classification_metrics(studies["label"], studies["probability"], threshold,
-                                              f"{variant} test studies"),
-              "threshold": threshold}
+def score(model, split, p: dict) -> pd.DataFrame:
+    """Per image: uid, filename, label and the probability of abnormal."""
+    probs, _ = predict(model, split, p["train"]["batch_size"], p["train"]["amp"])
+    return split.rows[["uid", "filename", "label"]].assign(probability=probs.astype("float64"))
 
-    out = metrics_dir(variant)
+
+def operating_points(val: pd.DataFrame, e: dict) -> dict:
+    """The two thresholds, from the validation studies only."""
+    rule = e["threshold"]
+    return {"threshold": choose_threshold(val["label"], val["probability"], rule),
+            "threshold_rule": rule if isinstance(rule, str) else "fixed",
+            "at_specificity": threshold_at_specificity(val["label"], val["probability"],
+                                                       e["specificity"])}
+
+
+def evaluate(run: Run, p: dict) -> dict:
+    device = resolve_device(p["train"]["device"])
+    model, _ = load_model(run.models, device)
+    trained = trained_settings(run.models, p)
+    splits = load_splits(trained, *reads(run.variant), names=("val", "test"))[0]
+    val = study_predictions(score(model, splits["val"].to(device), p))
+    chosen = operating_points(val, p["evaluate"])
+    images = score(model, splits["test"].to(device), p)  # the test studies, once
+    studies = study_predictions(images)
+    threshold, at_spec = chosen["threshold"], chosen["at_specificity"]
+    fixed = classification_metrics(studies["label"], studies["probability"], at_spec,
+                                   f"{run.path} test studies")
+    result = {
+        "run": {"variant": run.variant, "seed": run.seed, "text_input": run.text_input},
+        "threshold": threshold, "threshold_rule": chosen["threshold_rule"],
+        "study": {**classification_metrics(studies["label"], studies["probability"], threshold,
+                                           f"{run.path} test studies"),
+                  **{k: v for k, v in calibration(studies["label"], studies["probability"]).items()
+                     if k in ("brier", "ece")}},
+        "image": classification_metrics(images["label"], images["probability"], threshold,
+                                        f"{run.path} test images"),
+        "at_specificity": {"target": p["evaluate"]["specificity"], "threshold": at_spec,
+                           "sensitivity": fixed["recall"], "specificity": fixed["specificity"]},
+        "val_studies": len(val),
+    }
+
+    out = run.metrics
     write_csv(images, out / "predictions.csv")
-    fpr, tpr, _ = skm.roc_curve(studies["label"], studies["probability"])
+    fpr, tpr, _ = roc_curve(studies["label"], studies["probability"])
     write_csv(pd.DataFrame({"fpr": fpr, "tpr": tpr}), out / "roc.csv")
-    precision, recall, _ = skm.precision_recall_curve(studies["label"], studies["probability"])
+    recall, precision, _ = pr_curve(studies["label"], studies["probability"])
     write_csv(pd.DataFrame({"recall": recall, "precision": precision}), out / "pr.csv")
     write_csv(pd.DataFrame({"actual": studies["label"],
                             "predicted": (studies["probability"] >= threshold).astype(int)}),
               out / "confusion.csv")
     write_json(out / "test.json", result)
     s = result["study"]
-    log.info("%s test (%d studies): auroc %.3f f1 %.3f accuracy %.3f", variant, s["n"],
-             s["auroc"], s["f1"], s["accuracy"])
+    log.info("%s test (%d studies), threshold %.3f (%s, from %d validation studies): auroc %.3f "
+             "f1 %.3f; sensitivity %.3f at specificity %.3f (target %.2f)", run.path, s["n"],
+             threshold, chosen["threshold_rule"], len(val), s["auroc"], s["f1"],
+             fixed["recall"], fixed["specificity"], p["evaluate"]["specificity"])
     return result
 
 
 if __name__ == "__main__":
-    main(lambda: evaluate(params.check_variant(sys.argv[1] if len(sys.argv) > 1 else ""), params.load()))
+    main(lambda: evaluate(params.run_of(sys.argv[1:], p := params.load()), p))

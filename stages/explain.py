@@ -2,7 +2,9 @@
 
     python -m stages.explain
 
-Reads the model `explain.variant` (fusion | image) and the test studies, and writes
+Reads one trained run, `explain.variant` (fusion | image) trained with `explain.model_seed` (the
+first of train.seeds when null) on `explain.text_input` (the first of text.inputs when null;
+for the image model, the reports swapped in), and the test studies, and writes
   metrics/explain/          Grad-CAM heatmaps overlaid on the X-ray for a seeded selection of
                             test studies, `explain.per_outcome` of each outcome (true positive,
                             true negative, false positive, false negative; fewer when the test
@@ -25,7 +27,7 @@ from cxrfusion import params
 from cxrfusion.common import atomic_path, main, resolve_device, write_json
 from cxrfusion.dataset import load_splits
 from cxrfusion.explain import modality_reliance, reference_normal, select_examples, write_heatmaps
-from cxrfusion.formats import model_dir
+from cxrfusion.formats import Run
 from cxrfusion.model import load_model, normalise
 from cxrfusion.predict import evaluation_threshold
 from cxrfusion.scoring import trained_settings
@@ -36,16 +38,23 @@ OUT = Path("metrics/explain.json")
 FIGURES = Path("metrics/explain")
 
 
-def explain(p: dict) -> dict:
+def explained_run(p: dict) -> Run:
     e = p["explain"]  # checked by params.load
-    variant = e["variant"]
-    t = p["train"]
+    seed = p["train"]["seeds"][0] if e["model_seed"] is None else e["model_seed"]
+    text_input = p["text"]["inputs"][0] if e["text_input"] is None else e["text_input"]
+    return Run(e["variant"], seed, text_input if e["variant"] == "fusion" else None)
+
+
+def explain(p: dict) -> dict:
+    e, t = p["explain"], p["train"]
+    run = explained_run(p)
+    variant = run.variant
     device = resolve_device(t["device"])
-    model, config = load_model(model_dir(variant), device)
-    threshold, source = evaluation_threshold(model_dir(variant), variant, p)
-    trained = trained_settings(model_dir(variant), p)  # the caches as the model read them
-    if not model.uses_text:  # the image model reads no report: today's text cache, as is
-        trained["text"] = p["text"]
+    model, config = load_model(run.models, device)
+    trained = trained_settings(run.models, p)  # the caches as the model read them
+    threshold, source = evaluation_threshold(run.models, trained)
+    if not model.uses_text:  # the image model reads no report: explain.text_input's, as is
+        trained["text"] = params.for_text_input(p, e["text_input"] or p["text"]["inputs"][0])["text"]
     # both inputs, whatever the variant reads
     test = load_splits(trained, True, True, names=("test",))[0]["test"].to(device)
     ref_uid, ref_vector = reference_normal(trained)
@@ -62,7 +71,8 @@ def explain(p: dict) -> dict:
     with atomic_path(FIGURES) as tmp:
         tmp.mkdir()
         write_heatmaps(model, test, picks, threshold, variant, tmp)
-    result = {"variant": variant, "threshold": threshold,
+    result = {"variant": variant, "seed": run.seed, "text_input": trained["text"]["input"],
+              "model": str(run.models), "threshold": threshold,
               "test": {"studies": int(test.rows["uid"].nunique()), "images": len(test)},
               "reference_normal_uid": ref_uid, "heatmaps": len(picks),
               "feature_map": [int(side), int(side)], **reliance}

@@ -1,4 +1,4 @@
-"""Stage `prepare`: validate and merge the two CSVs, label, join text, split by study.
+"""Stage `prepare`: validate and merge the two CSVs, label, keep the report fields, split by study.
 
 The split is by study (uid); when the reports CSV has a `patient` column (mimic_cxr) it is by
 patient instead (every study of a patient in one split; studies.csv then keeps `patient`), or,
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cxrfusion import params
+from cxrfusion.params import TEXT_FIELDS, fields_of
 from cxrfusion.common import PipelineError, atomic_path, main, write_json
 from cxrfusion.formats import (DATA_REPORT, IMAGE_COLUMNS, IMAGES, IMAGES_SUBDIR, PREPARED,
                                PROJECTIONS_CSV, RAW, REPORTS_CSV, SPLITS, STUDIES, STUDY_COLUMNS,
@@ -69,7 +70,8 @@ def official_split(reports: pd.DataFrame, keep: pd.Series, path: Path) -> pd.Ser
 
 
 def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
-    fields = p["text"]["fields"]
+    inputs = p["text"]["inputs"]
+    fields = [f for f in TEXT_FIELDS if any(f in fields_of(i) for i in inputs)]  # all inputs'
     reports = read_csv(raw / REPORTS_CSV, ["uid", "MeSH", *fields])
     projections = read_csv(raw / PROJECTIONS_CSV, ["uid", "filename", "projection"])
     rpath, ppath = raw / REPORTS_CSV, raw / PROJECTIONS_CSV
@@ -115,7 +117,8 @@ def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
     reports["label"] = reports["MeSH"].map(lambda m: label_of(m, p["data"]["keep_unindexed"]))
     unlabelled = reports["label"].isna()
     unindexed = reports["MeSH"].fillna("").str.strip().str.lower() == UNINDEXED
-    reports["text"] = reports.apply(join_text, axis=1, fields=fields)
+    for f in fields:  # each field as text, "" when the report has none; joined per text input
+        reports[f] = reports[f].fillna("").astype(str).str.strip()
     studies = reports.loc[~unlabelled].copy()
     if studies.empty:
         raise PipelineError(f"{rpath}: none of its {len(reports)} studies has a label (MeSH empty"
@@ -150,8 +153,8 @@ def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
             "studies_without_mesh": int((unlabelled & ~unindexed).sum()),
             "images_of_dropped_studies": int(len(projections) - len(images)),
         },
-        "studies_with_empty_text": int((studies["text"] == "").sum()),
-        "text_fields": fields,
+        "studies_with_empty_text": {i: int((studies.apply(join_text, axis=1, fields=fields_of(i))
+                                            == "").sum()) for i in inputs},
         "by_split": {s: {"studies": int((studies["split"] == s).sum()),
                          "images": int((images["split"] == s).sum()),
                          "abnormal_studies": int(((studies["split"] == s) & (studies["label"] == 1)).sum())}
@@ -162,13 +165,14 @@ def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
         report["patients"] = int(studies["patient"].nunique())
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        columns = STUDY_COLUMNS + (["patient"] if by_patient else [])
+        columns = STUDY_COLUMNS + fields + (["patient"] if by_patient else [])
         studies[columns].to_csv(tmp / STUDIES.name, index=False)
         images[IMAGE_COLUMNS].to_csv(tmp / IMAGES.name, index=False)
         write_json(tmp / DATA_REPORT.name, report)
-    if report["studies_with_empty_text"]:
-        log.warning("%d studies have no text in %s: the encoder sees an empty report for them",
-                    report["studies_with_empty_text"], fields)
+    for text_input, empty in report["studies_with_empty_text"].items():
+        if empty:
+            log.warning("%d studies have no %s: the encoder sees an empty report for them",
+                        empty, text_input)
     log.info("prepared %d studies, %d images; split %s", len(studies), len(images),
              {s: v["studies"] for s, v in report["by_split"].items()})
     return report

@@ -24,7 +24,7 @@ TINY = {  # small enough for seconds on 2 CPU cores, large enough for every spli
     "demo": {"studies": 60, "image_size": 48},
     "split": {"min_studies": 5},  # 60 studies leave 7 for validation
     "image": {"size": 32},
-    "train": {"epochs": 2, "batch_size": 8},
+    "train": {"epochs": 2, "batch_size": 8, "seeds": [0, 1]},  # two seeds: a mean and a spread
     "evaluate": {"bootstrap": 50},
     "demo_encoder": {"vocab_size": 200, "hidden_size": 16, "layers": 1, "heads": 2},
 }
@@ -63,16 +63,72 @@ def prepared(workdir, params) -> dict:
 
 @pytest.fixture
 def cached(prepared) -> dict:
-    """Everything `train` reads: the tiny encoder, features/text.h5 and features/images.h5."""
+    """Everything `train` reads: the tiny encoder, features/text/<input>.h5 for every text
+    input and features/images.h5."""
     from stages import cache_images, demo_encoder, embed_text
 
     demo_encoder.run(prepared)
-    embed_text.run(prepared)
+    for text_input in prepared["text"]["inputs"]:
+        embed_text.run(text_input, prepared)
     cache_images.run(prepared)
     return prepared
+
+
+def first_run(variant: str, p: dict, seed: int | None = None, text_input: str | None = None):
+    """The Run of `variant` a test trains: the first of train.seeds (or `seed`) and, for the
+    variants that read a report, the first of text.inputs (or `text_input`)."""
+    from cxrfusion.formats import Run
+
+    seed = p["train"]["seeds"][0] if seed is None else seed
+    if variant == "image":
+        return Run(variant, seed)
+    return Run(variant, seed, text_input or p["text"]["inputs"][0])
+
+
+def resolved(p: dict, variant: str, seed: int | None = None, text_input: str | None = None) -> dict:
+    """The parameters as that run reads them (params.for_run: train.seed, text.input, ...),
+    for calls such as load_splits that take a run's parameters."""
+    from cxrfusion.params import for_run
+
+    return for_run(p, first_run(variant, p, seed, text_input))
 
 
 def pytest_collection_modifyitems(items):
     """The slow end-to-end runs first: with `pytest -n 2` (make test) each takes a worker while
     the other tests share what is left, and both workers finish at about the same time."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# timm's `test_efficientnet` (100 k parameters, random and frozen: only the head trains, in a
+# second) at 64 px: at 32 px the last convolutional block is 1 x 1 and a Grad-CAM heatmap could
+# only be constant. Prediction and Grad-CAM run the same code for any backbone.
+FROZEN = {"image": {"size": 64},
+          "model": {"backbone": "test_efficientnet", "freeze_backbone": True},
+          "train": {"epochs": 1, "device": "cpu"},
+          "explain": {"variant": "fusion", "per_outcome": 2, "seed": 0}}
+
+
+def frozen_project(folder: Path, runs) -> dict:
+    """A whole tiny project in `folder` (the recipe of the `cached` fixture with FROZEN's
+    backbone), with `runs` trained and evaluated; returns its parameters. For module-scoped
+    fixtures: built once for the tests that only read it."""
+    from stages import cache_images, demo_encoder, embed_text
+    from stages.download import download
+    from stages.evaluate import evaluate
+    from stages.prepare import prepare
+    from stages.train import train
+
+    with open(ROOT / "params.yaml") as f:
+        p = merge(merge(yaml.safe_load(f), TINY), FROZEN)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        download(p)
+        prepare(p)
+        demo_encoder.run(p)
+        for text_input in p["text"]["inputs"]:
+            embed_text.run(text_input, p)
+        cache_images.run(p)
+        for run in runs:
+            train(run, p)
+            evaluate(run, p)
+    return p

@@ -3,7 +3,6 @@ patients, each with all of their test studies, not studies one by one."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from cxrfusion import figures, params as params_mod
 from cxrfusion.common import PipelineError
 from stages.download import download
 from cxrfusion.formats import STUDIES, STUDY_COLUMNS
-from cxrfusion.metrics import bootstrap_interval, paired_bootstrap, resamples
+from cxrfusion.statistics import bootstrap_interval, paired_bootstrap, resamples
 from stages.prepare import prepare
 
 
@@ -99,93 +98,192 @@ def test_one_group_id_per_study():
 
 
 # --- compare ----------------------------------------------------------------------------------
+# compare reads, for every run of params.runs (the image model per seed; fusion and text per text
+# input and seed), metrics/<run>/predictions.csv and test.json (evaluate) and models/<run>/
+# history.json and model.json (train). write_runs writes them, synthetic and seeded;
+# prepared_table writes data/prepared as prepare does. tests/test_compare.py uses both.
+
+import re  # noqa: E402
+import zlib  # noqa: E402
+
+from cxrfusion.formats import IMAGES, Run  # noqa: E402
+from cxrfusion.metrics import study_predictions  # noqa: E402
+from cxrfusion.statistics import over_seeds  # noqa: E402
+
+FIGURE_FUNCTIONS = ("forest", "roc_by_input", "reliability", "training_curves")
+STRENGTH = {"fusion": 1.6, "text": 1.1, "image": 0.8}  # how well each variant separates labels
+
 
 @pytest.fixture
 def no_figures(monkeypatch):
-    """compare without drawing: these tests are about its intervals."""
-    for name in ("training_curves", "comparison", "roc", "intervals", "confusion_matrices"):
-        monkeypatch.setattr(figures, name, lambda *args: None)
+    """compare without drawing (seconds saved): these tests are about its numbers. raising:
+    a figure function renamed in compare's module fails here, not silently."""
+    for name in FIGURE_FUNCTIONS:
+        monkeypatch.setattr(figures, name, lambda *args, **kwargs: None)
 
 
-def _scored(uids, labels, seed=0) -> None:
-    """predictions.csv, history.json and model.json of the three variants, as evaluate and
-    train write them (one image per study)."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    row = {k: 0.5 for k in ("loss", "accuracy", "precision", "recall", "f1", "auroc")}
-    for variant in ("fusion", "image", "text"):
-        Path(f"metrics/{variant}").mkdir(parents=True, exist_ok=True)
-        Path(f"models/{variant}").mkdir(parents=True, exist_ok=True)
-        probs = np.clip(0.3 * labels + 0.7 * rng.random(len(labels)), 0, 1)
-        pd.DataFrame({"uid": uids, "filename": [f"{u}.png" for u in uids], "label": labels,
-                      "probability": probs}).to_csv(f"metrics/{variant}/predictions.csv",
-                                                    index=False)
-        Path(f"models/{variant}/history.json").write_text(
-            json.dumps([{"epoch": 1, "train": row, "val": row}]))
-        Path(f"models/{variant}/model.json").write_text(json.dumps({"epoch": 1}))
+def run_rng(run: Run, seed: int = 0) -> np.random.Generator:
+    """One generator per run, from its path: adding a seed or an input leaves the others'
+    numbers as they were."""
+    return np.random.default_rng([seed, zlib.crc32(run.path.encode())])
 
 
-def _prepared_table(uids, labels, patients=None) -> None:
-    """data/prepared as prepare writes it (studies.csv rows shuffled: compare aligns by uid)."""
-    studies = pd.DataFrame({"uid": uids, "label": labels, "split": "test", "n_images": 1,
-                            "views": "Frontal", "mesh": "", "text": "report"})
+def write_run(run: Run, uids, labels, images_per_study=1, seed: int = 0) -> pd.DataFrame:
+    """What evaluate and train write for one run: metrics/<run>/predictions.csv (one row per
+    image, rows shuffled), test.json (thresholds, study brier and ece), models/<run>/
+    history.json and model.json. Returns the predictions as written."""
+    rng = run_rng(run, seed)
+    uids, labels = np.asarray(uids), np.asarray(labels).astype(int)
+    counts = np.broadcast_to(np.asarray(images_per_study), uids.shape)
+    # the indication says little: text-only on it falls clearly below the image model
+    strength = STRENGTH[run.variant] * (0.3 if run.text_input == "indication" else 1.0)
+    study_logit = strength * (2 * labels - 1) + rng.normal(0, 1.0, len(uids))
+    logit = np.repeat(study_logit, counts) + rng.normal(0, 0.8, int(counts.sum()))
+    images = pd.DataFrame({
+        "uid": np.repeat(uids, counts),
+        "filename": [f"{u}_{k}.png" for u, c in zip(uids, counts) for k in range(c)],
+        "label": np.repeat(labels, counts), "probability": 1 / (1 + np.exp(-logit))})
+    images = images.iloc[rng.permutation(len(images))].reset_index(drop=True)
+    run.metrics.mkdir(parents=True, exist_ok=True)
+    images.to_csv(run.metrics / "predictions.csv", index=False)
+    (run.metrics / "test.json").write_text(json.dumps({
+        "run": {"variant": run.variant, "seed": run.seed, "text_input": run.text_input},
+        "threshold": float(0.35 + 0.3 * rng.random()), "threshold_rule": "youden",
+        "study": {"brier": float(0.1 + 0.15 * rng.random()),
+                  "ece": float(0.02 + 0.1 * rng.random())},
+        "at_specificity": {"target": 0.9, "threshold": float(0.7 + 0.2 * rng.random())}}))
+    run.models.mkdir(parents=True, exist_ok=True)
+    history = [{"epoch": e, "train": {"loss": float(1 / e + 0.1 * rng.random())},
+                "val": {"loss": float(1 / e + 0.2 * rng.random()),
+                        "auroc": float(0.5 + 0.4 * rng.random())}} for e in (1, 2, 3)]
+    (run.models / "history.json").write_text(json.dumps(history))
+    (run.models / "model.json").write_text(json.dumps({"epoch": int(rng.integers(1, 4))}))
+    return images
+
+
+def write_runs(p: dict, uids, labels, images_per_study=1, seed: int = 0,
+               skip=()) -> dict:
+    """write_run for every run of params.runs(p) but those in `skip`: {run: predictions}."""
+    return {run: write_run(run, uids, labels, images_per_study, seed)
+            for run in params_mod.runs(p) if run not in skip}
+
+
+def prepared_table(uids, labels, patients=None, images: pd.DataFrame | None = None) -> None:
+    """data/prepared as prepare writes it: studies.csv (STUDY_COLUMNS, one column per report
+    field, then patient where the data names patients; rows shuffled: compare aligns by uid)
+    and images.csv (`images`: uid and filename per image; default one image a study)."""
+    uids, labels = np.asarray(uids), np.asarray(labels)
+    if images is None:
+        images = pd.DataFrame({"uid": uids, "filename": [f"{u}_0.png" for u in uids]})
+    n_images = images.groupby("uid").size()
+    studies = pd.DataFrame({"uid": uids, "label": labels, "split": "test",
+                            "n_images": n_images.reindex(uids, fill_value=0).to_numpy(),
+                            "views": "Frontal", "mesh": "",
+                            "indication": "cough", "findings": "Lungs are clear.",
+                            "impression": "No acute process."})
     if patients is not None:
         studies["patient"] = patients
     studies = studies.sample(frac=1, random_state=0)
     STUDIES.parent.mkdir(parents=True, exist_ok=True)
     studies.to_csv(STUDIES, index=False)
-    studies.assign(filename=studies["uid"].astype(str) + ".png", view="Frontal")[
-        ["uid", "filename", "view", "label", "split"]].to_csv(STUDIES.parent / "images.csv",
-                                                             index=False)
+    label = dict(zip(uids, labels))
+    (images[["uid", "filename"]].assign(view="Frontal", label=images["uid"].map(label),
+                                        split="test").to_csv(IMAGES, index=False))
 
 
-def test_compare_resamples_patients_when_studies_name_them(workdir, params, no_figures, caplog):
+def scored_models(p: dict, text_input: str) -> tuple[np.ndarray, dict]:
+    """over_seeds' inputs for one text input, from the files (as compare should read them):
+    the test labels and {variant: probs (seeds x studies), operating, at_specificity}."""
+    models, labels = {}, None
+    for variant in ("fusion", "image", "text"):
+        rows = []
+        for s in p["train"]["seeds"]:
+            run = Run(variant, s, None if variant == "image" else text_input)
+            studies = study_predictions(pd.read_csv(run.metrics / "predictions.csv"))
+            labels = studies["label"].to_numpy()
+            rows.append((studies["probability"].to_numpy(),
+                         json.loads((run.metrics / "test.json").read_text())))
+        models[variant] = {"probs": np.stack([r[0] for r in rows]),
+                           "operating": np.array([t["threshold"] for _, t in rows]),
+                           "at_specificity": np.array([t["at_specificity"]["threshold"]
+                                                       for _, t in rows])}
+    return labels, models
+
+
+def intervals(stats: dict) -> dict:
+    """(low, high) of every model's and pair's metric in an over_seeds result."""
+    out = {}
+    for kind in ("models", "pairs"):
+        for name, metrics in stats[kind].items():
+            for metric, s in metrics.items():
+                out[kind, name, metric] = (s["low"], s["high"])
+    return out
+
+
+def written_intervals(result: dict, text_input: str) -> dict:
+    """The same keys as intervals(), read from comparison.json's layout."""
+    out = {}
+    for name, metrics in result["models"][text_input].items():
+        for metric in ("auroc", "auprc", "f1", "sensitivity_at_specificity"):
+            out["models", name, metric] = (metrics[metric]["low"], metrics[metric]["high"])
+    for name, metrics in result["differences"][text_input].items():
+        for metric in ("auroc", "auprc", "f1", "sensitivity_at_specificity"):
+            out["pairs", name.replace("_minus_", " - "), metric] = (metrics[metric]["low"],
+                                                                    metrics[metric]["high"])
+    return out
+
+
+def test_compare_resamples_patients_when_studies_name_them(workdir, params, no_figures):
     labels, groups = _patients(n_patients=25, seed=6)
     uids = np.arange(100, 100 + len(labels))
-    _scored(uids, labels)
-    _prepared_table(uids, labels, groups)
-    with caplog.at_level(logging.INFO, logger="compare"):
-        result = compare_mod.compare(params)
+    write_runs(params, uids, labels)
+    prepared_table(uids, labels, groups)
+    result = compare_mod.compare(params)
     assert result["resampled"] == "patients" and result["resampled_units"] == 25
-    assert "resample the 25 test patients" in caplog.text
     written = json.loads(Path("metrics/comparison.json").read_text())
     assert written["resampled"] == "patients" and written["resampled_units"] == 25
+    assert "bootstrap over test patients and seeds" in Path("metrics/comparison.md").read_text()
 
     e = params["evaluate"]
-    fusion = pd.read_csv("metrics/fusion/predictions.csv")
-    by_patient = bootstrap_interval(labels, fusion["probability"], "auroc", e["bootstrap"],
-                                    e["seed"], e["threshold"], groups)
-    ci = written["variants"]["fusion"]["ci95"]["auroc"]
-    assert [ci["low"], ci["high"]] == by_patient["ci95"]
-    by_study = bootstrap_interval(labels, fusion["probability"], "auroc", e["bootstrap"],
-                                  e["seed"], e["threshold"])
-    assert by_study["ci95"] != by_patient["ci95"]
+    for text_input in params["text"]["inputs"]:
+        y, models = scored_models(params, text_input)
+        pairs = [("fusion", "image"), ("fusion", "text"), ("text", "image")]
+        by_patient = intervals(over_seeds(y, models, pairs, e["bootstrap"], e["seed"], groups))
+        assert written_intervals(written, text_input) == by_patient
+        by_study = intervals(over_seeds(y, models, pairs, e["bootstrap"], e["seed"]))
+        assert by_study["models", "fusion", "auroc"] != by_patient["models", "fusion", "auroc"]
+        assert by_study["pairs", "fusion - image", "auroc"] != \
+            by_patient["pairs", "fusion - image", "auroc"]
 
 
 def test_compare_resamples_studies_without_patients(workdir, params, no_figures):
     labels, _ = _patients(n_patients=25, seed=6)
     uids = np.arange(100, 100 + len(labels))
-    _scored(uids, labels)
-    _prepared_table(uids, labels)
+    write_runs(params, uids, labels)
+    prepared_table(uids, labels)
     result = compare_mod.compare(params)
     assert result["resampled"] == "studies" and result["resampled_units"] == len(uids)
+    assert "bootstrap over test studies and seeds" in Path("metrics/comparison.md").read_text()
     e = params["evaluate"]
-    fusion = pd.read_csv("metrics/fusion/predictions.csv")
-    same = bootstrap_interval(labels, fusion["probability"], "f1", e["bootstrap"], e["seed"],
-                              e["threshold"])  # the intervals of before: demo numbers stay
-    ci = result["variants"]["fusion"]["ci95"]["f1"]
-    assert [ci["low"], ci["high"]] == same["ci95"]
+    for text_input in params["text"]["inputs"]:
+        y, models = scored_models(params, text_input)
+        same = over_seeds(y, models, [("fusion", "image"), ("fusion", "text"), ("text", "image")],
+                          e["bootstrap"], e["seed"])
+        assert written_intervals(result, text_input) == intervals(same)
 
 
 def test_compare_refuses_test_studies_missing_from_studies_csv(workdir, params, no_figures):
     labels, groups = _patients(n_patients=10)
     uids = np.arange(len(labels))
-    _scored(uids, labels)
-    _prepared_table(uids[1:], labels[1:], groups[1:])
-    with pytest.raises(PipelineError, match=r"metrics/fusion/predictions.csv.*"
-                                            r"data/prepared/studies.csv.*\[0\].*dvc repro"):
+    write_runs(params, uids, labels)
+    prepared_table(uids[1:], labels[1:], groups[1:])
+    first = params_mod.runs(params)[0].metrics / "predictions.csv"
+    with pytest.raises(PipelineError, match=re.escape(str(first)) + r" scores test studies that "
+                                            r"data/prepared/studies.csv does not hold "
+                                            r"\(uids \[0\]\).*`dvc repro`"):
         compare_mod.compare(params)
-    assert not Path("metrics/comparison.json").exists()
+    for written in ("metrics/comparison.json", "metrics/comparison.md", "metrics/figures"):
+        assert not Path(written).exists(), written
 
 
 def test_compare_on_a_prepared_mimic_layout(tmp_path, workdir, params, no_figures):
@@ -194,9 +292,14 @@ def test_compare_on_a_prepared_mimic_layout(tmp_path, workdir, params, no_figure
     download(params_mod.validate(params))
     prepare(params)
     studies = pd.read_csv(STUDIES)
-    assert list(studies.columns) == STUDY_COLUMNS + ["patient"]
+    fields = [f for f in params_mod.TEXT_FIELDS
+              if any(f in params_mod.fields_of(i) for i in params["text"]["inputs"])]
+    assert list(studies.columns) == STUDY_COLUMNS + fields + ["patient"]
     test = studies[studies["split"] == "test"].sort_values("uid")
-    _scored(test["uid"], test["label"])
+    images = pd.read_csv(IMAGES)
+    per_study = images[images["split"] == "test"].groupby("uid").size()
+    assert per_study.max() > 1  # studies of several images: compare scores the study
+    write_runs(params, test["uid"], test["label"], per_study.loc[test["uid"]].to_numpy())
     result = compare_mod.compare(params)
-    assert result["resampled"] == "patients"
+    assert result["resampled"] == "patients" and result["test_studies"] == len(test)
     assert result["resampled_units"] == test["patient"].nunique() < len(test)

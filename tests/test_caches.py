@@ -1,4 +1,4 @@
-"""The feature caches: features/text.h5 (frozen encoder, pooling, truncation) and
+"""The feature caches: features/text/<input>.h5 (frozen encoder, pooling, truncation) and
 features/images.h5 (decoding, grayscale, resize, bad files)."""
 from __future__ import annotations
 
@@ -29,14 +29,20 @@ ATTRS = {"model": "models/demo_encoder", "pooling": "mean", "max_length": 512,
 def test_text_cache_round_trip(tmp_path):
     uids = np.array([7, 3, 12])
     vectors = np.random.default_rng(0).normal(size=(3, 4))
-    path = tmp_path / "features" / "text.h5"
+    path = tmp_path / "features" / "text" / "findings+impression.h5"
     write_text_cache(path, uids, vectors, ATTRS)
     got_uids, got_vectors, attrs = read_text_cache(path, expect=ATTRS)
     assert got_uids.dtype == np.int64 and got_uids.tolist() == [7, 3, 12]
     assert got_vectors.dtype == np.float32
     np.testing.assert_array_equal(got_vectors, vectors.astype(np.float32))
     assert attrs == ATTRS
-    assert sorted(p.name for p in path.parent.iterdir()) == ["text.h5"]  # no temporary left
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left
+
+
+def test_one_text_cache_per_input():
+    assert formats.text_cache("findings+impression") == Path("features/text/findings+impression.h5")
+    assert formats.text_cache("indication") == Path("features/text/indication.h5")
+    assert not hasattr(formats, "TEXT_H5")  # the one shared cache is gone
 
 
 @pytest.mark.parametrize("key, value", [("pooling", "cls"), ("max_length", 128),
@@ -65,23 +71,39 @@ def test_text_cache_missing_file_and_length_mismatch(tmp_path):
 def test_cached_features_match_the_prepared_tables(cached):
     from cxrfusion.formats import text_cache_attrs as cache_attrs
     from cxrfusion.imaging import load_xray
+    from cxrfusion.params import fields_of, for_text_input
+    from cxrfusion.studies import join_text
     from cxrfusion.text_encoder import embed, load_encoder
 
-    t = cached["text"]
     studies, images = formats.read_prepared()
+    tokenizer, model = None, None
 
-    # text.h5: one vector per study, in the order of studies.csv, each the study's text alone
-    uids, vectors, attrs = read_text_cache(formats.TEXT_H5, expect=cache_attrs(t))
-    assert uids.tolist() == studies["uid"].tolist()
-    assert vectors.shape == (len(studies), cached["demo_encoder"]["hidden_size"])
-    assert attrs["dim"] == vectors.shape[1] and attrs["pooling"] == t["pooling"]
-    assert np.isfinite(vectors).all()
-    tokenizer, model = load_encoder(t["model"], t["revision"], CPU)
-    for i, text in enumerate(studies["text"]):
-        alone = embed([text], tokenizer, model, t["pooling"], t["max_length"], 1, CPU,
-                      progress=False)
-        np.testing.assert_allclose(vectors[i], alone[0], atol=1e-5, err_msg=f"row {i}")
-    assert len({v.tobytes() for v in vectors}) > len(vectors) // 2  # not one vector for all
+    # text/<input>.h5: one vector per study, in the order of studies.csv, each the study's
+    # text of that input (its fields joined) alone
+    assert cached["text"]["inputs"] == ["findings+impression", "indication"]
+    assert sorted(p.name for p in formats.TEXT_DIR.iterdir()) == ["findings+impression.h5",
+                                                                  "indication.h5"]
+    for text_input in cached["text"]["inputs"]:
+        t = for_text_input(cached, text_input)["text"]
+        assert t["fields"] == fields_of(text_input)
+        uids, vectors, attrs = read_text_cache(formats.text_cache(text_input),
+                                               expect=cache_attrs(t))
+        assert attrs["fields"] == ",".join(fields_of(text_input))
+        assert uids.tolist() == studies["uid"].tolist()
+        assert vectors.shape == (len(studies), cached["demo_encoder"]["hidden_size"])
+        assert attrs["dim"] == vectors.shape[1] and attrs["pooling"] == t["pooling"]
+        assert np.isfinite(vectors).all()
+        if tokenizer is None:
+            tokenizer, model = load_encoder(t["model"], t["revision"], CPU)
+        texts = studies.apply(join_text, axis=1, fields=t["fields"])
+        for i, text in enumerate(texts):
+            alone = embed([text], tokenizer, model, t["pooling"], t["max_length"], 1, CPU,
+                          progress=False)
+            np.testing.assert_allclose(vectors[i], alone[0], atol=1e-5,
+                                       err_msg=f"{text_input}, row {i}")
+        # not one vector for all (the demo's indications are a few sentences, often repeated)
+        assert len({v.tobytes() for v in vectors}) > (len(vectors) // 2 if text_input !=
+                                                      "indication" else 5)
 
     # images.h5: one image per row of images.csv, in that order, at image.size
     size = cached["image"]["size"]

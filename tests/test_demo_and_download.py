@@ -21,7 +21,7 @@ from cxrfusion.common import PipelineError
 from stages.download import download
 from cxrfusion.sources.openi import parse_openi_report, safe_extract
 from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
-from cxrfusion.studies import label_of
+from cxrfusion.studies import join_text, label_of
 from stages.prepare import prepare
 
 REPORT_COLUMNS = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings",
@@ -373,7 +373,9 @@ def test_download_openi_from_archives(workdir, params):
     assert rep["studies"] == 3 and rep["images"] == 5
     assert rep["by_view"] == {"Unknown": 5}
     assert dict(zip(studies["uid"], studies["label"])) == {1: 0, 2: 1, 10: 1}
-    assert studies.set_index("uid").loc[2, "text"] == "Borderline cardiomegaly."
+    by_uid = studies.set_index("uid")
+    assert by_uid.loc[2, ["findings", "impression"]].tolist() == ["", "Borderline cardiomegaly."]
+    assert join_text(by_uid.loc[2], ["findings", "impression"]) == "Borderline cardiomegaly."
 
 
 def test_download_openi_report_without_images_is_not_fatal(workdir, params):
@@ -458,12 +460,16 @@ def test_params_yaml_is_valid(params):
     ("train.lr", 0), ("train.lr", -0.001),
     ("train.epochs", 0), ("train.epochs", 2.5), ("train.epochs", True),
     ("image.size", 16),
-    ("text.fields", []), ("text.fields", ["findings", "summary"]),
+    ("text.inputs", []), ("text.inputs", ["findings+summary"]), ("text.inputs", "findings"),
+    ("text.inputs", ["indication", "indication"]), ("text.inputs", ["findings+findings"]),
     ("text.max_length", 0), ("model.dropout", 1.0), ("evaluate.threshold", 1),
+    ("evaluate.threshold", 0), ("evaluate.threshold", "median"), ("evaluate.specificity", 1),
     ("train.select", "best"),
     ("train.nproc", 0), ("text.nproc", 1.5), ("train.in_memory_gb", -1), ("train.workers", -1),
     ("train.workers", 2.5), ("explain.variant", "text"), ("explain.per_outcome", 0),
-    ("explain.seed", "a"), ("train.seed", -1), ("split.seed", 2.5), ("demo.seed", None),
+    ("explain.seed", "a"), ("train.seeds", -1), ("train.seeds", []), ("train.seeds", [0, 0]),
+    ("explain.model_seed", -1), ("explain.text_input", ""),
+    ("split.seed", 2.5), ("demo.seed", None),
     ("train.device", "gpu"), ("text.device", "cuda:x"), ("train.device", "CUDA"),
     ("train.amp", "false"), ("train.deterministic", 1), ("image.skip_bad", "no"),
     ("data.keep_unindexed", None), ("image.pretrained", ""), ("image.pretrained", 1),
@@ -480,7 +486,10 @@ def test_params_validation_names_the_parameter(params, name, value):
 
 @pytest.mark.parametrize("name, value", [("train.device", "cuda:1"), ("text.device", "cpu"),
                                          ("image.pretrained", "weights/b1.safetensors"),
-                                         ("train.seed", 2**32 - 1), ("train.amp", False)])
+                                         ("train.seeds", [2**32 - 1]), ("train.amp", False),
+                                         ("train.seeds", [5]), ("evaluate.threshold", 0.5),
+                                         ("evaluate.threshold", "max_f1"),
+                                         ("text.inputs", ["impression", "comparison+indication"])])
 def test_params_validation_accepts(params, name, value):
     section, key = name.split(".")
     params[section][key] = value

@@ -15,10 +15,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT
-from cxrfusion import distributed
+from conftest import ROOT, first_run, resolved
+from cxrfusion import checkpoint, distributed
 from cxrfusion.common import PipelineError, resolve_device
 from cxrfusion.distributed import World, shard
+from cxrfusion.formats import text_cache
 from cxrfusion.model import Classifier, sync_batchnorm
 from cxrfusion.training import epoch_order
 from stages.train import train
@@ -63,7 +64,7 @@ def test_global_batch_too_small_for_the_processes(cached, monkeypatch):
     monkeypatch.setattr(distributed, "start", lambda device, param: World(0, 4, torch.device("cpu")))
     cached["train"]["batch_size"] = 6
     with pytest.raises(PipelineError, match=r"train.batch_size=6 .* each of the 4 processes.*>=8"):
-        train("fusion", cached)
+        train(first_run("fusion", cached), cached)
 
 
 def test_more_processes_than_gpus(monkeypatch):
@@ -128,8 +129,8 @@ def test_embed_text_names_text_device(prepared, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     prepared["text"]["device"] = "cuda"
     with pytest.raises(PipelineError, match=r"^parameter text\.device='cuda'"):
-        embed_text.run(prepared)
-    assert not Path("features/text.h5").exists()
+        embed_text.run("indication", prepared)
+    assert not text_cache("indication").exists()
 
 
 def test_launch_refuses_a_bad_process_count(workdir):
@@ -145,33 +146,43 @@ def test_two_processes_train_the_same_weights_as_one(cached):
     # SyncBatchNorm, used on GPUs, needs CUDA): compare with neither, the backbone frozen.
     p = cached
     p["model"].update(dropout=0.0, freeze_backbone=True)
-    p["train"].update(epochs=2, batch_size=9)  # shares of 4 and 5 rows: the loss weights matter
-    Path("params.yaml").write_text(yaml.safe_dump(p))
+    # an odd global batch (shares of 4 and 5 rows: the loss weights matter) whose last batch
+    # leaves each process >= 2 rows: two processes then take the steps one process takes
+    import pandas as pd
 
-    done = _launch(2, "stages.train", "fusion")
+    n = int((pd.read_csv("data/prepared/images.csv")["split"] == "train").sum())
+    batch = next(b for b in (9, 11, 7, 13, 15) if n % b == 0 or n % b >= 4)
+    order = [epoch_order(n, batch, torch.Generator().manual_seed(0), world)
+             for world in (World(), World(0, 2))]
+    assert len(order[0]) == len(order[1])  # the premise: the same batches
+    p["train"].update(epochs=2, batch_size=batch)
+    Path("params.yaml").write_text(yaml.safe_dump(p))
+    run = first_run("fusion", p)
+
+    done = _launch(2, "stages.train", "fusion", str(run.seed), run.text_input)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes (gloo)" in done.stderr
-    two = _weights("models/fusion")
-    history_two = json.loads(Path("models/fusion/history.json").read_text())
-    assert not Path("checkpoints/fusion.pt").exists()
+    two = _weights(run.models)
+    history_two = json.loads((run.models / "history.json").read_text())
+    assert not checkpoint.path(run).exists()
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process: the same float summation order
     try:
-        train("fusion", p)
+        train(run, p)
     finally:
         torch.set_num_threads(threads)
-    one = _weights("models/fusion")
+    one = _weights(run.models)
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
-    history_one = json.loads(Path("models/fusion/history.json").read_text())
+    history_one = json.loads((run.models / "history.json").read_text())
     assert len(history_one) == len(history_two) == 2
     for a, b in zip(history_two, history_one):
         assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], rel=1e-4)
         assert a["val"]["loss"] == pytest.approx(b["val"]["loss"], rel=1e-4)
     # the head trained: not a comparison of two untouched initialisations
-    torch.manual_seed(p["train"]["seed"])
+    torch.manual_seed(run.seed)
     untrained = Classifier("fusion", one["head.0.weight"].shape[1] - 1280).state_dict()
     assert not torch.allclose(untrained["head.0.weight"], one["head.0.weight"], atol=1e-3)
 
@@ -189,14 +200,16 @@ def test_synced_batch_norms_compute_what_the_model_did():
 
 def test_embed_text_in_two_processes_writes_the_same_cache(cached):
     Path("params.yaml").write_text(yaml.safe_dump(cached))
-    with h5py.File("features/text.h5") as f:
+    text_input = "findings+impression"
+    cache = text_cache(text_input)
+    with h5py.File(cache) as f:
         uids, vectors = f["uids"][:], f["vectors"][:]
-    done = _launch(2, "stages.embed_text")
+    done = _launch(2, "stages.embed_text", text_input)
     assert done.returncode == 0, done.stderr[-3000:]
-    with h5py.File("features/text.h5") as f:
+    with h5py.File(cache) as f:
         assert np.array_equal(f["uids"][:], uids)
         np.testing.assert_allclose(f["vectors"][:], vectors, rtol=1e-5, atol=1e-6)
-    assert not list(Path("features").glob(".text.h5.part*"))
+    assert not list(cache.parent.glob(f".{cache.name}.part*"))
 
 
 # --- streaming from images.h5 ------------------------------------------------------------------
@@ -206,13 +219,14 @@ def test_streamed_images_train_the_same_model(cached):
 
     p = cached
     p["train"]["epochs"] = 1
-    train("fusion", p)
-    in_memory = _weights("models/fusion")
+    run = first_run("fusion", p)
+    train(run, p)
+    in_memory = _weights(run.models)
 
     p["train"].update(in_memory_gb=0, workers=2)
-    splits, _ = load_splits(p, True, True)
+    splits, _ = load_splits(resolved(p, "fusion"), True, True)
     assert splits["train"].streamed and splits["train"].images is None
-    train("fusion", p)
-    streamed = _weights("models/fusion")
+    train(run, p)
+    streamed = _weights(run.models)
     for key in in_memory:
         assert torch.equal(streamed[key], in_memory[key]), key

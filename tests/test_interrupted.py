@@ -15,9 +15,11 @@ import h5py
 import pandas as pd
 import pytest
 
+from conftest import first_run
 from cxrfusion import figures
+from cxrfusion.params import for_text_input, runs
 from stages import compare, demo_encoder, embed_text, evaluate
-from cxrfusion.formats import TEXT_H5, read_text_cache, text_cache_attrs
+from cxrfusion.formats import read_text_cache, text_cache, text_cache_attrs
 from stages.train import train
 
 
@@ -60,7 +62,9 @@ def test_killed_demo_encoder_keeps_the_previous_encoder(cached, monkeypatch):
 
 
 def test_killed_embed_text_keeps_the_previous_cache(cached, monkeypatch):
-    before = snapshot(str(TEXT_H5))
+    text_input = cached["text"]["inputs"][0]
+    path = text_cache(text_input)
+    before = snapshot(str(path))
     real = h5py.Group.create_dataset
 
     def dies_after_uids(self, name, *args, **kwargs):
@@ -71,24 +75,29 @@ def test_killed_embed_text_keeps_the_previous_cache(cached, monkeypatch):
 
     monkeypatch.setattr(h5py.Group, "create_dataset", dies_after_uids)
     with pytest.raises(Killed):
-        embed_text.run(cached)
+        embed_text.run(text_input, cached)
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
-    assert snapshot(str(TEXT_H5)) == before
-    uids, vectors, _ = read_text_cache(TEXT_H5, expect=text_cache_attrs(cached["text"]))
+    assert snapshot(str(path)) == before
+    expect = text_cache_attrs(for_text_input(cached, text_input)["text"])
+    uids, vectors, _ = read_text_cache(path, expect=expect)
     assert len(uids) == len(vectors) > 0
     assert not leftovers()
 
 
 @pytest.fixture
 def evaluated(cached):
-    for variant in ("fusion", "image", "text"):
-        train(variant, cached)
-        evaluate.evaluate(variant, cached)
+    """Every run `compare` reads, trained for one epoch and evaluated."""
+    cached["train"]["epochs"] = 1
+    for run in runs(cached):
+        train(run, cached)
+        evaluate.evaluate(run, cached)
     return cached
 
 
 def test_killed_evaluate_keeps_the_previous_scores(evaluated, monkeypatch):
-    before = snapshot("metrics/fusion")
+    run = first_run("fusion", evaluated)
+    before = snapshot(str(run.metrics))
+    threshold = json.loads((run.metrics / "test.json").read_text())["threshold"]
     real = pd.DataFrame.to_csv
 
     def half_written(self, path, *args, **kwargs):
@@ -97,27 +106,29 @@ def test_killed_evaluate_keeps_the_previous_scores(evaluated, monkeypatch):
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", half_written)
     evaluated["evaluate"]["threshold"] = 0.3  # new scores would differ
+    assert threshold != 0.3
     with pytest.raises(Killed):
-        evaluate.evaluate("fusion", evaluated)
+        evaluate.evaluate(run, evaluated)
     monkeypatch.setattr(pd.DataFrame, "to_csv", real)
-    assert snapshot("metrics/fusion") == before
-    assert len(pd.read_csv("metrics/fusion/predictions.csv")) > 0
-    assert json.loads(Path("metrics/fusion/test.json").read_text())["threshold"] == 0.5
+    assert snapshot(str(run.metrics)) == before
+    assert len(pd.read_csv(run.metrics / "predictions.csv")) > 0
+    assert json.loads((run.metrics / "test.json").read_text())["threshold"] == threshold
     assert not leftovers()
 
 
 def test_killed_compare_keeps_the_previous_figures_and_intervals(evaluated, monkeypatch):
     compare.compare(evaluated)
-    before = snapshot("metrics/figures", "metrics/comparison.json")
+    outputs = ("metrics/figures", "metrics/comparison.json", "metrics/comparison.md")
+    before = snapshot(*outputs)
 
-    def dies_mid_figures(studies, intervals, path):
-        Path(path).write_bytes(b"\x89PNG partial")
+    def dies_mid_figures(*args):
+        Path(args[-1]).write_bytes(b"\x89PNG partial")
         raise Killed
 
-    monkeypatch.setattr(figures, "roc", dies_mid_figures)
+    monkeypatch.setattr(figures, "reliability", dies_mid_figures)  # after forest.png and roc.png
     evaluated["evaluate"]["bootstrap"] = 20  # new intervals would differ
     with pytest.raises(Killed):
         compare.compare(evaluated)
-    assert snapshot("metrics/figures", "metrics/comparison.json") == before
+    assert snapshot(*outputs) == before
     assert json.loads(Path("metrics/comparison.json").read_text())["differences"]
     assert not leftovers()

@@ -1,9 +1,15 @@
 """The committed results come from the committed code: dvc.lock against the checkout, and
-dvc.yaml's code dependencies against what each stage imports."""
+dvc.yaml's code dependencies against what each stage imports.
+
+dvc.yaml's `foreach` and `matrix` stages expand to one stage per item (embed_text@indication,
+train_fusion@findings+impression-0, ...), with the items from params.yaml; dvc.lock records
+each of them, and only them."""
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
+import itertools
 import re
 from pathlib import Path
 
@@ -14,6 +20,7 @@ from conftest import ROOT
 
 LOCK = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PACKAGES = ("stages", "cxrfusion")
 
 
@@ -21,11 +28,74 @@ def _code_deps(stage: dict) -> list[dict]:
     return [d for d in stage.get("deps", []) if d["path"].endswith((".py", ".sh"))]
 
 
-def _value(dotted: str):
-    value = PARAMS
+def _value(dotted: str, params: dict = PARAMS):
+    value = params
     for key in dotted.split("."):
         value = value[key]
     return value
+
+
+def _items(spec, params: dict):
+    """A foreach/matrix value: a list, or `${dotted.param}` naming one in params.yaml."""
+    if isinstance(spec, str):
+        found = re.fullmatch(r"\$\{\s*([\w.]+)\s*\}", spec)
+        assert found, f"unexpected foreach/matrix value {spec!r}"
+        spec = _value(found.group(1), params)
+    return spec
+
+
+def expanded_names(pipeline: dict, params: dict) -> set[str]:
+    """The stage names DVC gives dvc.yaml's stages: name@item for `foreach` (a list; a dict's
+    keys), name@v1-v2 for `matrix` (its keys' values in order, joined by '-')."""
+    names = set()
+    for name, stage in pipeline.items():
+        if "foreach" in stage:
+            items = _items(stage["foreach"], params)
+            names |= {f"{name}@{item}" for item in items}
+        elif "matrix" in stage:
+            axes = [_items(values, params) for values in stage["matrix"].values()]
+            names |= {f"{name}@{'-'.join(map(str, combo))}" for combo in itertools.product(*axes)}
+        else:
+            names.add(name)
+    return names
+
+
+def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
+    """One train and one evaluate stage per run (cxrfusion.params.runs), named by Run.key."""
+    from cxrfusion.params import runs
+
+    names = expanded_names(PIPELINE, PARAMS)
+    every = runs(PARAMS)
+    wanted = {f"{stage}_{run.variant}@{run.key}" for run in every for stage in ("train", "evaluate")}
+    assert {n for n in names if n.startswith(("train_", "evaluate_"))} == wanted
+    assert {n for n in names if n.startswith("embed_text")} == {
+        f"embed_text@{i}" for i in PARAMS["text"]["inputs"]}
+    assert {"download", "prepare", "demo_encoder", "cache_images", "compare", "explain"} <= names
+    # each run's stage writes that run's folders
+    for run in every:
+        stage = PIPELINE[f"train_{run.variant}"]
+        combo = dict(zip(stage["matrix"], [run.text_input, run.seed] if run.text_input else [run.seed]))
+        outs = [o.replace("${item.input}", str(combo.get("input"))).replace(
+            "${item.seed}", str(combo["seed"])) for o in stage["outs"]]
+        assert outs == [str(run.models)], run
+
+
+def test_expanded_names_follow_the_parameters():
+    params = copy.deepcopy(PARAMS)
+    params["train"]["seeds"] = [4]
+    params["text"]["inputs"] = ["indication"]
+    names = expanded_names(PIPELINE, params)
+    assert {"train_image@4", "train_fusion@indication-4", "evaluate_text@indication-4",
+            "embed_text@indication"} <= names
+    assert not {n for n in names if "findings" in n or n.endswith("-0")}
+
+
+def test_dvc_lock_holds_exactly_the_stages_of_dvc_yaml():
+    """A stage dvc.yaml no longer has (train@fusion, before train was one stage per run) or
+    one it has not run yet: run `make repro` and remove the stale entries from dvc.lock."""
+    expected = expanded_names(PIPELINE, PARAMS)
+    assert not set(LOCK) - expected, f"dvc.lock lists stages dvc.yaml does not: {sorted(set(LOCK) - expected)}"
+    assert not expected - set(LOCK), f"dvc.lock lacks {sorted(expected - set(LOCK))}: run make repro"
 
 
 @pytest.mark.parametrize("name", sorted(LOCK))
@@ -40,7 +110,11 @@ def test_dvc_lock_records_the_code_and_params_in_the_checkout(name):
         assert hashlib.md5(path.read_bytes()).hexdigest() == dep["md5"], (
             f"{name}: {dep['path']} differs from the version dvc.lock recorded: run make repro")
     for key, value in stage.get("params", {}).get("params.yaml", {}).items():
-        assert _value(key) == value, f"{name}: params.yaml {key} is not what dvc.lock recorded"
+        try:
+            now = _value(key)
+        except KeyError:
+            pytest.fail(f"{name}: dvc.lock records parameter {key}, which params.yaml no longer has")
+        assert now == value, f"{name}: params.yaml {key} is not what dvc.lock recorded"
 
 
 def _imports(module: str) -> set[str]:
@@ -62,18 +136,51 @@ def _imports(module: str) -> set[str]:
     return seen
 
 
-def test_each_stage_depends_on_the_code_it_imports():
+def code_deps_problems(name: str, stage: dict) -> list[str]:
+    """What is wrong with one dvc.yaml stage's code dependencies (plain, foreach or matrix):
+    a project module its program imports that its deps do not list, a listed module it does not
+    import, or a stage module importing another."""
+    body = stage.get("do", stage)  # foreach: under `do`; matrix and plain stages: the stage
+    program = re.search(r"\bstages\.(\w+)", body["cmd"]).group(1)
+    modules = _imports(f"stages.{program}") | {f"stages.{program}"}
+    if "cxrfusion.launch" in body["cmd"]:
+        modules |= _imports("cxrfusion.launch") | {"cxrfusion.launch"}
+    problems = []
+    others = {m for m in modules if m.startswith("stages.")} - {f"stages.{program}"}
+    if others:
+        problems.append(f"{name}: stages.{program} imports the stage module(s) {sorted(others)}")
+    needed = {str(Path(*m.split(".")).with_suffix(".py")) for m in modules}
+    listed = {d for d in body["deps"] if isinstance(d, str) and d.endswith(".py")}
+    if needed - listed:
+        problems.append(f"{name} imports {sorted(needed - listed)}, not in its deps")
+    if listed - needed:
+        problems.append(f"{name} lists {sorted(listed - needed)}, which it does not import")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE))
+def test_each_stage_depends_on_the_code_it_imports(name):
     """dvc.yaml lists, for each stage, every project module its program imports (so that a
     change there reruns it), and no stage module imports another stage module."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        body = stage.get("do", stage)
-        program = re.search(r"\bstages\.(\w+)", body["cmd"]).group(1)
-        modules = _imports(f"stages.{program}") | {f"stages.{program}"}
-        if "cxrfusion.launch" in body["cmd"]:
-            modules |= _imports("cxrfusion.launch") | {"cxrfusion.launch"}
-        assert not {m for m in modules if m.startswith("stages.")} - {f"stages.{program}"}, name
-        needed = {str(Path(*m.split(".")).with_suffix(".py")) for m in modules}
-        listed = {d for d in body["deps"] if isinstance(d, str) and d.endswith(".py")}
-        assert needed <= listed, f"{name} imports {sorted(needed - listed)}, not in its deps"
-        assert listed <= needed, f"{name} lists {sorted(listed - needed)}, which it does not import"
+    assert code_deps_problems(name, PIPELINE[name]) == []
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE))
+def test_a_missing_code_dependency_is_caught(name):
+    """The check above fails for every stage, matrix ones included, when one imported module
+    is dropped from its deps, or an unused one is added."""
+    stage = copy.deepcopy(PIPELINE[name])
+    body = stage.get("do", stage)
+    code = [d for d in body["deps"] if isinstance(d, str) and d.endswith(".py")]
+    assert "cxrfusion/formats.py" in code and "cxrfusion/params.py" in code
+    for dropped in ("cxrfusion/formats.py", code[0]):
+        short = copy.deepcopy(stage)
+        short_body = short.get("do", short)
+        short_body["deps"] = [d for d in short_body["deps"] if d != dropped]
+        assert any(problem.endswith("not in its deps") and repr(dropped) in problem
+                   for problem in code_deps_problems(name, short)), (name, dropped)
+    extra = copy.deepcopy(stage)
+    extra_body = extra.get("do", extra)
+    extra_body["deps"] = extra_body["deps"] + ["bench/loop.py"]  # no stage imports it
+    assert any(problem.endswith("which it does not import") and "'bench/loop.py'" in problem
+               for problem in code_deps_problems(name, extra)), name

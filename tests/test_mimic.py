@@ -257,7 +257,8 @@ def test_split_by_patient(layout, workdir, params):
     studies, report = _prepared(workdir, mimic_params(params, layout["folder"]))
     truth = {s["study_id"]: s for s in layout["studies"]}
 
-    assert list(studies.columns) == STUDY_COLUMNS + ["patient"]
+    assert list(studies.columns) == STUDY_COLUMNS + ["indication", "findings", "impression",
+                                                     "patient"]  # the text inputs' fields
     assert (studies["patient"] == studies["uid"].map(lambda u: truth[u]["subject_id"])).all()
     assert studies.groupby("patient")["split"].nunique().max() == 1  # no subject in two splits
     for split in ("train", "val", "test"):  # both labels everywhere (stratified by patient)
@@ -266,7 +267,9 @@ def test_split_by_patient(layout, workdir, params):
     assert layout["no_chexpert"] not in set(studies["uid"])
     assert report["dropped"]["studies_without_mesh"] == 1
     assert report["studies"] == 63 and report["patients"] == studies["patient"].nunique() == 30
-    assert report["studies_with_empty_text"] >= 1  # the study without a report
+    empty = report["studies_with_empty_text"]  # per text input
+    assert set(empty) == set(params["text"]["inputs"])
+    assert all(n >= 1 for n in empty.values())  # the study without a report
     n_test = (studies["split"] == "test").sum()
     assert 0.1 * 63 < n_test < 0.35 * 63
 
@@ -324,7 +327,7 @@ def test_kaggle_layout_keeps_the_split_by_study(tmp_path, params):
     report = prepare(params, raw=raw, out=tmp_path / "prepared")
     assert "patients" not in report
     header = (tmp_path / "prepared" / "studies.csv").read_text().splitlines()[0]
-    assert header.split(",") == STUDY_COLUMNS
+    assert header.split(",") == STUDY_COLUMNS + ["indication", "findings", "impression"]
 
 
 # --- error messages ---------------------------------------------------------------------------
@@ -419,9 +422,11 @@ def test_params_mimic_needs_a_folder(params):
 @pytest.mark.slow
 def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the imported fixture)
     """The pipeline on the generated folder, with the official split (the test studies are
-    known in advance), through a trained and evaluated model: `dvc repro evaluate@text` runs
+    known in advance), through a trained and evaluated model: `dvc repro
+    evaluate_text@findings+impression-0` runs
     download, prepare, the encoder, both caches (JPGs decoded), train and evaluate. The stages
-    after those read only the caches and are the demo's (tests/test_pipeline.py runs them)."""
+    after those read only the caches and are the demo's (tests/test_pipeline.py runs them).
+    One run: the text model of the first text input and seed."""
     layout = make_mimic(tmp_path / "mimic-cxr-jpg")
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["data"].update(source="mimic_cxr", local_dir=str(layout["folder"]))
@@ -429,11 +434,13 @@ def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the importe
     assert p["train"]["epochs"] == 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
-    _run(repo, str(VENV_BIN / "dvc"), "repro", "evaluate@text")
+    _run(repo, str(VENV_BIN / "dvc"), "repro", "evaluate_text@findings+impression-0")
 
     expected_test = sum(s["official"] == "test" and s["label"] is not None
                         for s in layout["studies"])
-    scores = json.loads((repo / "metrics/text/test.json").read_text())
+    scores = json.loads((repo / "metrics/text/findings+impression/seed-0/test.json").read_text())
+    assert scores["run"] == {"variant": "text", "seed": 0, "text_input": "findings+impression"}
+    assert not (repo / "models/text/findings+impression/seed-1").exists()  # only what was asked
     assert scores["study"]["n"] == expected_test == 16
     images = json.loads((repo / "features/images_report.json").read_text())
     assert images["cached"] == len(pd.read_csv(repo / "data/prepared/images.csv"))

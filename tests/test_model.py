@@ -223,14 +223,17 @@ def test_load_model_missing_folder(workdir):
 
 
 def test_saved_model_reloads(cached):
+    from conftest import first_run
     from cxrfusion.dataset import load_splits
+    from cxrfusion.params import for_run
     from cxrfusion.scoring import predict
     from stages.train import train
 
     p = cached
     p["train"].update(epochs=3, select="last")
-    result = train("text", p)
-    folder = Path("models/text")
+    run = first_run("text", p)
+    result = train(run, p)
+    folder = Path("models/text/findings+impression/seed-0")
 
     # safetensors: an 8-byte little-endian header length, then a JSON header (no pickle)
     raw = (folder / "model.safetensors").read_bytes()
@@ -245,9 +248,10 @@ def test_saved_model_reloads(cached):
     assert config["variant"] == "text" and config["text_dim"] == 16
     assert config["hidden"] == 256 and config["dropout"] == pytest.approx(0.3)
     assert config["epoch"] == result["chosen"] == 3 and config["select"] == "last"
+    assert config["seed"] == 0 and config["text_input"] == "findings+impression"
 
     # the reloaded weights reproduce the validation loss logged for the kept epoch
-    splits, _ = load_splits(p, False, True)
+    splits, _ = load_splits(for_run(p, run), False, True)
     probs, loss = predict(model, splits["val"], 8)
     assert loss == pytest.approx(result["history"][-1]["val"]["loss"], rel=1e-6)
 

@@ -1,4 +1,7 @@
-"""End to end: `dvc repro` of the whole pipeline on a tiny demo, in a temporary git repository."""
+"""End to end: `dvc repro` of the whole pipeline on a tiny demo, in a temporary git repository.
+
+The tiny demo trains every run dvc.yaml's matrix stages ask for: each variant once per seed of
+TINY's train.seeds, fusion and text once per text input."""
 from __future__ import annotations
 
 import copy
@@ -9,19 +12,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from conftest import ROOT, TINY, merge
+from cxrfusion.formats import Run
+from cxrfusion.params import runs
 
 VENV_BIN = Path(sys.executable).parent
 VARIANTS = ("fusion", "image", "text")
-FIGURES = ["confusion.png", "intervals.png", "model_comparison.png", "roc.png",
-           "training_fusion.png", "training_image.png", "training_text.png"]
-STAGES = ["download", "prepare", "demo_encoder", "embed_text", "cache_images"] + [
-    f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS] + ["compare", "explain"]
+PAIRS = ("fusion_minus_image", "fusion_minus_text", "text_minus_image")
+FIGURES = ["forest.png", "reliability.png", "roc.png", "training_curves.png"]
+SEED_METRICS = ("auroc", "auprc", "f1", "sensitivity_at_specificity")  # with intervals
 TIMEOUT = 600
+
+
+def stage_names(p: dict) -> list[str]:
+    """Every stage dvc.yaml expands to with these parameters, in pipeline order."""
+    every = runs(p)
+    return (["download", "prepare", "demo_encoder"]
+            + [f"embed_text@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
+            + [f"{stage}_{r.variant}@{r.key}" for stage in ("train", "evaluate") for r in every]
+            + ["compare", "explain"])
 
 
 def _env() -> dict:
@@ -74,37 +88,84 @@ def repo(tmp_path) -> Path:
     return repo
 
 
+def _check_comparison(repo: Path, params: dict) -> dict:
+    """comparison.json: per text input, each variant's metrics over seeds and the paired
+    differences, consistent with each run's test.json."""
+    comparison = json.loads((repo / "metrics/comparison.json").read_text())
+    seeds, inputs = params["train"]["seeds"], params["text"]["inputs"]
+    assert set(comparison) == {"test_studies", "resampled", "resampled_units", "seeds",
+                               "threshold", "specificity", "bootstrap", "models", "differences"}
+    assert comparison["test_studies"] > 0 and comparison["seeds"] == len(seeds) == 2
+    assert comparison["resampled"] == "studies"
+    assert comparison["resampled_units"] == comparison["test_studies"]
+    assert comparison["threshold"] == "youden" and comparison["specificity"] == 0.9
+    assert comparison["bootstrap"] == {"resamples": 50, "seed": 0}
+    assert set(comparison["models"]) == set(comparison["differences"]) == set(inputs)
+    tests = {run: json.loads((repo / run.metrics / "test.json").read_text()) for run in runs(params)}
+    per_seed = [f"seed-{s}" for s in seeds]
+    for text_input in inputs:
+        models = comparison["models"][text_input]
+        assert set(models) == set(VARIANTS)
+        for variant, m in models.items():
+            assert set(m) == set(SEED_METRICS) | {"brier", "ece"}
+            mine = [tests[Run(variant, s, None if variant == "image" else text_input)] for s in seeds]
+            for metric in SEED_METRICS:
+                s = m[metric]
+                assert set(s) == {"mean", "sd", "low", "high", *per_seed}
+                values = [s[k] for k in per_seed]
+                assert s["mean"] == pytest.approx(np.mean(values))
+                assert s["sd"] == pytest.approx(np.std(values, ddof=1))
+                assert 0 <= s["low"] <= s["high"] <= 1
+            for metric in ("auroc", "f1"):  # the interval holds the seeds' mean
+                assert m[metric]["low"] <= m[metric]["mean"] <= m[metric]["high"], (variant, metric)
+            # each seed's numbers are its run's, as evaluate scored it
+            for key, t in zip(per_seed, mine):
+                assert m["auroc"][key] == pytest.approx(t["study"]["auroc"], abs=1e-9)
+                assert m["auprc"][key] == pytest.approx(t["study"]["auprc"], abs=1e-9)
+                assert m["f1"][key] == pytest.approx(t["study"]["f1"], abs=1e-9)
+                assert m["sensitivity_at_specificity"][key] == pytest.approx(
+                    t["at_specificity"]["sensitivity"], abs=1e-9)
+                assert m["brier"][key] == t["study"]["brier"] and m["ece"][key] == t["study"]["ece"]
+        differences = comparison["differences"][text_input]
+        assert set(differences) == set(PAIRS)
+        for name, diff in differences.items():
+            a, b = name.split("_minus_")
+            assert set(diff) == set(SEED_METRICS) | {"delong_p"}
+            for metric in SEED_METRICS:
+                d = diff[metric]
+                assert d["mean"] == pytest.approx(models[a][metric]["mean"] - models[b][metric]["mean"])
+                for key in per_seed:
+                    assert d[key] == pytest.approx(models[a][metric][key] - models[b][metric][key])
+                assert -1 <= d["low"] <= d["high"] <= 1
+                assert d["excludes_zero"] == (d["low"] > 0 or d["high"] < 0)
+            assert set(diff["delong_p"]) == {"seed_averaged", *per_seed}
+            assert all(0 <= p <= 1 for p in diff["delong_p"].values())
+    # the image model reads no report: the same runs under every text input
+    first, other = (comparison["models"][i]["image"] for i in inputs)
+    for metric in SEED_METRICS:
+        assert [first[metric][k] for k in per_seed] == [other[metric][k] for k in per_seed]
+    return comparison
+
+
 @pytest.mark.slow
 def test_dvc_repro_end_to_end(repo):
     dvc = str(VENV_BIN / "dvc")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["demo"]["studies"] == 60 and params["image"]["size"] == 32
     assert params["train"]["epochs"] == 1 and params["evaluate"]["bootstrap"] == 50
+    assert params["train"]["seeds"] == [0, 1]
+    assert params["text"]["inputs"] == ["findings+impression", "indication"]
+    every = runs(params)
+    assert len(every) == 10  # image x 2 seeds, fusion and text x 2 inputs x 2 seeds
+    stages = stage_names(params)
 
     _run(repo, dvc, "repro")
 
-    comparison = json.loads((repo / "metrics/comparison.json").read_text())
-    assert set(comparison["variants"]) == set(VARIANTS)
-    assert comparison["test_studies"] > 0
-    for variant in VARIANTS:
-        m = comparison["variants"][variant]
-        assert m["n"] == comparison["test_studies"]
-        assert 0 <= m["auroc"] <= 1 and 0 <= m["f1"] <= 1
-        assert sum(map(sum, m["confusion"])) == m["n"]
-        for metric in ("auroc", "f1"):  # each model's own interval holds its point estimate
-            low, high = m["ci95"][metric]["low"], m["ci95"][metric]["high"]
-            assert 0 <= low <= m[metric] <= high <= 1
-    assert set(comparison["differences"]) == {"fusion_minus_image", "fusion_minus_text"}
-    for diff in comparison["differences"].values():
-        for metric in ("auroc", "f1"):
-            d = diff[metric]
-            assert d["resamples"] == 50
-            low, high = d["ci95"]["low"], d["ci95"]["high"]
-            assert -1 <= low <= high <= 1
-    for name in ("fusion_minus_image", "fusion_minus_text"):
-        other = name.split("_minus_")[1]
-        assert comparison["differences"][name]["auroc"]["difference"] == pytest.approx(
-            comparison["variants"]["fusion"]["auroc"] - comparison["variants"][other]["auroc"])
+    comparison = _check_comparison(repo, params)
+    table = (repo / "metrics/comparison.md").read_text()
+    assert table.count("\n| ") >= 5 + 2 * 3  # header, 5 models, header, 6 differences
+    for name in params["text"]["inputs"] + ["fusion", "image only", "text only", "AUROC"]:
+        assert name in table
 
     figures = repo / "metrics/figures"
     assert sorted(p.name for p in figures.iterdir()) == FIGURES
@@ -114,27 +175,42 @@ def test_dvc_repro_end_to_end(repo):
             image.load()  # decodes the whole file
             assert image.width > 100 and image.height > 100
 
-    for variant in VARIANTS:
-        test = json.loads((repo / f"metrics/{variant}/test.json").read_text())
+    # every run: its model, its training log and its evaluation, under its own folders
+    for run in every:
+        test = json.loads((repo / run.metrics / "test.json").read_text())
+        assert test["run"] == {"variant": run.variant, "seed": run.seed,
+                               "text_input": run.text_input}
         assert test["study"]["n"] == comparison["test_studies"]
-        # compare scores the same studies, from predictions.csv, as evaluate did
-        for key in ("n", "confusion", "accuracy", "f1", "auroc", "auprc"):
-            assert test["study"][key] == comparison["variants"][variant][key], (variant, key)
-        assert (repo / f"metrics/{variant}/predictions.csv").exists()
-        assert (repo / f"models/{variant}/model.safetensors").exists()
-        assert json.loads((repo / f"models/{variant}/history.json").read_text())[0]["epoch"] == 1
-        assert (repo / f"metrics/{variant}/train/metrics.json").exists()
+        assert test["threshold_rule"] == "youden" and 0 <= test["threshold"] < 1
+        assert test["at_specificity"]["target"] == 0.9
+        assert (repo / run.metrics / "predictions.csv").exists()
+        for plot in ("roc.csv", "pr.csv", "confusion.csv"):
+            assert (repo / run.metrics / plot).exists(), (run, plot)
+        assert (repo / run.models / "model.safetensors").exists()
+        config = json.loads((repo / run.models / "model.json").read_text())
+        assert config["seed"] == run.seed and config["text_input"] == run.text_input
+        assert json.loads((repo / run.models / "history.json").read_text())[0]["epoch"] == 1
+        assert (repo / run.metrics / "train/metrics.json").exists()
     explained = json.loads((repo / "metrics/explain.json").read_text())
+    explained_run = Run("fusion", 0, "findings+impression")  # explain.model_seed, text_input: null
     assert explained["variant"] == "fusion" and explained["test"]["studies"] == comparison["test_studies"]
+    assert explained["model"] == str(explained_run.models) and explained["seed"] == 0
+    assert explained["threshold"] == json.loads(
+        (repo / explained_run.metrics / "test.json").read_text())["threshold"]
     assert {"grid.png", "heatmaps.csv"} <= {p.name for p in (repo / "metrics/explain").iterdir()}
-    for path in ("data/prepared/report.json", "features/images_report.json", "features/text.h5",
-                 "features/images.h5", "models/demo_encoder", "dvc.lock"):
+    for path in ["data/prepared/report.json", "features/images_report.json", "features/images.h5",
+                 "models/demo_encoder", "dvc.lock"] + [
+                 f"features/text/{i}.h5" for i in params["text"]["inputs"]]:
         assert (repo / path).exists(), path
+    assert not (repo / "features/text.h5").exists()  # one cache per text input
+    assert not list((repo / "checkpoints").glob("*.pt"))  # every run finished: none left
+    locked = set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
+    assert locked == set(stages)
 
     # nothing changed: every stage is skipped, nothing reruns
     again = _run(repo, dvc, "repro")
     assert "Running stage" not in again, again
-    for stage in STAGES:
+    for stage in stages:
         assert f"Stage '{stage}' didn't change, skipping" in again, (stage, again)
     assert "Data and pipelines are up to date." in again
     assert json.loads(_run_stdout(repo, dvc, "status", "--json")) == {}
@@ -144,7 +220,7 @@ def test_dvc_repro_end_to_end(repo):
     files = shown[""]["data"]
     assert "metrics/comparison.json" in files
     assert files["metrics/comparison.json"]["data"]["test_studies"] == comparison["test_studies"]
-    assert {f"metrics/{v}/test.json" for v in VARIANTS} <= set(files)
+    assert {f"{run.metrics}/test.json" for run in every} <= set(files)
     assert "metrics/comparison.json" in _run(repo, dvc, "metrics", "show")
 
     # a changed parameter reruns only the stages that read it
@@ -156,26 +232,59 @@ def test_dvc_repro_end_to_end(repo):
         (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
         return set(json.loads(_run_stdout(repo, dvc, "status", "--json")))
 
+    def named(*prefixes: str) -> set:
+        return {s for s in stages if s.startswith(prefixes)}
+
     assert stale_after(evaluate__bootstrap=60) == {"compare"}
-    assert stale_after(evaluate__threshold=0.4) == {
-        "evaluate@fusion", "evaluate@image", "evaluate@text", "compare", "explain"}
+    # the thresholds are chosen in evaluate: every run's evaluation and the comparison of them
+    # (explain follows through the evaluations it reads, below)
+    assert stale_after(evaluate__threshold=0.4) == named("evaluate_") | {"compare"}
+    assert stale_after(evaluate__threshold="max_f1") == named("evaluate_") | {"compare"}
+    assert stale_after(evaluate__specificity=0.8) == named("evaluate_") | {"compare"}
     # how images and reports are fed does not change what is learned: nothing to do
     assert stale_after(train__workers=3, train__in_memory_gb=8, text__batch_size=7,
                        text__nproc=2) == set()
     # the image baseline depends on no report setting, the text model on no image setting
-    assert stale_after(text__max_length=128) == {"embed_text", "train@fusion", "train@text",
-                                                 "explain"}
-    assert stale_after(image__size=48) == {"cache_images", "train@fusion", "train@image"}
-    assert stale_after(image__fit="crop") == {"cache_images", "train@fusion", "train@image"}
-    assert stale_after(model__hidden=64) == {"train@fusion", "train@image", "train@text"}
+    assert stale_after(text__max_length=128) == named("embed_text@", "train_fusion@",
+                                                      "train_text@") | {"explain"}
+    assert stale_after(image__size=48) == {"cache_images"} | named("train_fusion@", "train_image@")
+    assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@", "train_image@")
+    assert stale_after(model__hidden=64) == named("train_")
+    # another seed: its own train and evaluate stages (never run), the existing ones up to date
+    more = {**params, "train": {**params["train"], "seeds": [0, 1, 2]}}
+    new = set(stage_names(more)) - set(stages)
+    assert new == {f"{s}_{r.variant}@{r.key}" for s in ("train", "evaluate")
+                   for r in runs(more) if r.seed == 2}
+    assert len(new) == 2 * 5
+    assert stale_after(train__seeds=[0, 1, 2]) == new | {"compare", "explain"}
+    # another text input: prepare keeps its fields, and its embedding and runs are new
+    wider = {**params, "text": {**params["text"], "inputs": ["findings+impression", "indication",
+                                                            "impression"]}}
+    new = set(stage_names(wider)) - set(stages)
+    assert new == {"embed_text@impression"} | {f"{s}_{r.variant}@{r.key}" for s in ("train", "evaluate")
+                                               for r in runs(wider) if r.text_input == "impression"}
+    assert stale_after(text__inputs=wider["text"]["inputs"]) == new | {"prepare", "compare", "explain"}
 
     # the same parameters again, every stage forced to rerun: byte-identical metrics
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert json.loads(_run_stdout(repo, dvc, "status", "--json")) == {}
     metrics = sorted(str(p.relative_to(repo)) for p in (repo / "metrics").rglob("*.json")) + [
         "data/prepared/report.json", "features/images_report.json"]
-    assert len(metrics) >= 2 + 2 * len(VARIANTS)
+    assert len(metrics) >= 2 + 2 * len(every)
     first = {path: (repo / path).read_bytes() for path in metrics}
     forced = _run(repo, dvc, "repro", "--force")
-    assert all(f"Running stage '{stage}'" in forced for stage in STAGES), forced
+    assert all(f"Running stage '{stage}'" in forced for stage in stages), forced
     for path in metrics:
         assert (repo / path).read_bytes() == first[path], path
+
+    # a changed threshold: once the explained run's evaluation is redone, explain (which reads
+    # it) is stale too, beside the other evaluations and compare; no model is trained again.
+    # (`dvc status` lists only the stages whose own inputs changed; the rest would follow.)
+    assert stale_after(evaluate__threshold=0.4) == named("evaluate_") | {"compare"}
+    explained_stage = f"evaluate_fusion@{explained_run.key}"
+    redone = _run(repo, dvc, "repro", explained_stage)
+    assert {s for s in stages if f"Running stage '{s}'" in redone} == {explained_stage}, redone
+    test = json.loads((repo / explained_run.metrics / "test.json").read_text())
+    assert test["threshold"] == 0.4 and test["threshold_rule"] == "fixed"
+    assert set(json.loads(_run_stdout(repo, dvc, "status", "--json"))) == (
+        named("evaluate_") - {explained_stage}) | {"compare", "explain"}

@@ -1,7 +1,8 @@
 """cxrfusion/predict.py and stages/explain.py on tiny models trained in-process.
 
-One module-scoped project (the recipe of conftest's `cached` fixture, built once instead of
-once per test, which would cost ~10 s a test) with the three variants trained and evaluated.
+One module-scoped project (conftest's `frozen_project`: the recipe of the `cached` fixture,
+built once instead of once per test, which would cost ~10 s a test) with one run of each
+variant trained and evaluated (seed 0; findings+impression for the two that read a report).
 The models use timm's `test_efficientnet` (100 k parameters, random and frozen: only the head
 trains, in a second) at 64 px: at 32 px the last convolutional block is 1 x 1 and a Grad-CAM
 heatmap could only be constant. Prediction and Grad-CAM run the same code for any backbone.
@@ -17,16 +18,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from conftest import ROOT, TINY, merge
+from conftest import TINY, frozen_project
 from cxrfusion.common import PipelineError
-from cxrfusion.formats import read_text_cache_attrs
+from cxrfusion.formats import Run, read_text_cache_attrs, text_cache
 from cxrfusion.metrics import study_predictions
+from cxrfusion.params import for_text_input
 
 VARIANTS = ("fusion", "image", "text")
-FIELDS = ["findings", "impression"]  # params text.fields
+INPUT = "findings+impression"
+FIELDS = ["findings", "impression"]  # the fields of INPUT
+RUNS = {"fusion": Run("fusion", 0, INPUT), "image": Run("image", 0), "text": Run("text", 0, INPUT)}
+MODEL = {v: str(run.models) for v, run in RUNS.items()}  # e.g. models/fusion/findings+impression/seed-0
 RAW_IMAGES = Path("data/raw/images/images_normalized")
 # Exact? Not always, on the CPU: a row's logits depend in their last bit on the size of the
 # batch it is computed in (measured with torch 2.14 on this CPU: the head's Linear layers give
@@ -44,30 +48,8 @@ TOLERANCE = 1e-6
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from stages import cache_images, demo_encoder, embed_text
-    from stages.download import download
-    from stages.evaluate import evaluate
-    from stages.prepare import prepare
-    from stages.train import train
-
-    with open(ROOT / "params.yaml") as f:
-        p = merge(yaml.safe_load(f), TINY)
-    p = merge(p, {"image": {"size": 64},
-                  "model": {"backbone": "test_efficientnet", "freeze_backbone": True},
-                  "train": {"epochs": 1, "device": "cpu"},
-                  "explain": {"variant": "fusion", "per_outcome": 2, "seed": 0}})
     folder = tmp_path_factory.mktemp("project")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        download(p)
-        prepare(p)
-        demo_encoder.run(p)
-        embed_text.run(p)
-        cache_images.run(p)
-        for variant in VARIANTS:
-            train(variant, p)
-            evaluate(variant, p)
-    return folder, p
+    return folder, frozen_project(folder, RUNS.values())
 
 
 @pytest.fixture
@@ -87,7 +69,12 @@ def _test_rows() -> pd.DataFrame:
 
 
 def _evaluated(variant: str) -> pd.DataFrame:
-    return study_predictions(pd.read_csv(f"metrics/{variant}/predictions.csv")).set_index("uid")
+    return study_predictions(pd.read_csv(RUNS[variant].metrics / "predictions.csv")).set_index("uid")
+
+
+def _threshold(variant: str) -> float:
+    """The threshold evaluate chose (on validation) for the variant's run."""
+    return json.loads((RUNS[variant].metrics / "test.json").read_text())["threshold"]
 
 
 def _cli(argv):
@@ -103,14 +90,14 @@ def test_predict_one_study_matches_evaluate(p, variant, capsys):
     uid = rows.groupby("uid").size().idxmax()  # a study with several images: the mean matters
     study = rows[rows["uid"] == uid]
     assert len(study) > 1
-    argv = ["--model", f"models/{variant}", "--uid", uid]
+    argv = ["--model", MODEL[variant], "--uid", uid]
     for path in study["path"]:
         argv += ["--image", path]
     for field in FIELDS:
         argv += [f"--{field}", study[field].iloc[0]]
-    scores = Path(f"metrics/{variant}/test.json")
+    scores = RUNS[variant].metrics / "test.json"
     saved = scores.read_text()
-    # another threshold in test.json than in the params: the one evaluate used must win
+    # another threshold in test.json than evaluate chose: the one test.json holds must win
     scores.write_text(json.dumps({**json.loads(saved), "threshold": 0.37}))
     try:
         out = _cli(argv)
@@ -135,12 +122,13 @@ def test_predict_csv_of_the_test_set_matches_evaluate(p, variant):
         from cxrfusion.studies import join_text
         table = table.assign(text=table.apply(join_text, axis=1, fields=FIELDS)).drop(columns=FIELDS)
     table.to_csv("new_studies.csv", index=False)
-    _cli(["--model", f"models/{variant}", "--csv", "new_studies.csv", "--out", "out.csv"])
+    _cli(["--model", MODEL[variant], "--csv", "new_studies.csv", "--out", "out.csv"])
     out = pd.read_csv("out.csv").set_index("uid")
     expected = _evaluated(variant)
     assert sorted(out.index) == sorted(expected.index)
     diff = (out["probability"] - expected.loc[out.index, "probability"]).abs()
     assert diff.max() <= TOLERANCE
+    assert (out["threshold"] == _threshold(variant)).all()  # evaluate's, from test.json
     if variant != "text":
         assert (out["n_images"] == rows.groupby("uid").size().loc[out.index]).all()
 
@@ -148,36 +136,45 @@ def test_predict_csv_of_the_test_set_matches_evaluate(p, variant):
 def test_predict_errors(p):
     rows = _test_rows()
     image = rows["path"].iloc[0]
-    with pytest.raises(PipelineError, match=r"fusion model in models/fusion reads its report "
+    fusion, image_model, text = MODEL["fusion"], MODEL["image"], MODEL["text"]
+    with pytest.raises(PipelineError, match=r"fusion model in models/fusion/findings\+impression/"
+                                            r"seed-0 reads its report "
                                             r"\(--text, or --findings / --impression\)"):
-        _cli(["--model", "models/fusion", "--image", image])
+        _cli(["--model", fusion, "--image", image])
     with pytest.raises(PipelineError, match=r"reads its images \(--image PATH, repeatable\)"):
-        _cli(["--model", "models/fusion", "--text", "The lungs are clear."])
+        _cli(["--model", fusion, "--text", "The lungs are clear."])
     with pytest.raises(PipelineError, match="reads its images .* and its report"):
-        _cli(["--model", "models/fusion"])
-    with pytest.raises(PipelineError, match=r"image model in models/image reads its images"):
-        _cli(["--model", "models/image", "--text", "The lungs are clear."])
-    with pytest.raises(PipelineError, match=r"text model in models/text reads its report"):
-        _cli(["--model", "models/text", "--image", image])
+        _cli(["--model", fusion])
+    with pytest.raises(PipelineError, match=r"image model in models/image/seed-0 reads its images"):
+        _cli(["--model", image_model, "--text", "The lungs are clear."])
+    with pytest.raises(PipelineError, match=r"text model in models/text/findings\+impression/"
+                                            r"seed-0 reads its report"):
+        _cli(["--model", text, "--image", image])
 
     Path("broken.png").write_bytes(b"not a png")
     with pytest.raises(PipelineError, match=r"cannot read image broken\.png: it is empty, "
                                             "truncated or not an image"):
-        _cli(["--model", "models/image", "--image", image, "--image", "broken.png"])
+        _cli(["--model", image_model, "--image", image, "--image", "broken.png"])
     with pytest.raises(PipelineError, match=r"image absent\.png not found"):
-        _cli(["--model", "models/image", "--image", "absent.png"])
+        _cli(["--model", image_model, "--image", "absent.png"])
     with pytest.raises(PipelineError, match=r"model folder models/nothing not found: train it first"):
         _cli(["--model", "models/nothing", "--text", "x"])
 
     pd.DataFrame({"uid": [1], "findings": ["x"]}).to_csv("partial.csv", index=False)
     with pytest.raises(PipelineError, match=r"partial\.csv: missing column\(s\) filename, text "
                                             r"\(or impression\) for the fusion model"):
-        _cli(["--model", "models/fusion", "--csv", "partial.csv"])
+        _cli(["--model", fusion, "--csv", "partial.csv"])
     pd.DataFrame({"uid": [1]}).to_csv("uids.csv", index=False)
     with pytest.raises(PipelineError, match=r"missing column\(s\) filename for the image model"):
-        _cli(["--model", "models/image", "--csv", "uids.csv"])
+        _cli(["--model", image_model, "--csv", "uids.csv"])
     with pytest.raises(PipelineError, match=r"missing column\(s\) text \(or findings, impression\)"):
-        _cli(["--model", "models/text", "--csv", "uids.csv"])
+        _cli(["--model", text, "--csv", "uids.csv"])
+
+
+def test_predict_defaults_to_the_first_fusion_run(p):
+    from cxrfusion.predict import parser
+
+    assert parser().parse_args([]).model == MODEL["fusion"]
 
 
 def test_predict_exits_1_with_the_message(p, capsys):
@@ -185,23 +182,25 @@ def test_predict_exits_1_with_the_message(p, capsys):
     from cxrfusion.predict import cli
 
     with pytest.raises(SystemExit) as exit_:
-        main(lambda: cli(["--model", "models/fusion", "--text", "No acute disease."]))
+        main(lambda: cli(["--model", MODEL["fusion"], "--text", "No acute disease."]))
     assert exit_.value.code == 1
     err = capsys.readouterr().err
-    assert "ERROR pipeline: the fusion model in models/fusion reads its images" in err
+    assert f"ERROR pipeline: the fusion model in {MODEL['fusion']} reads its images" in err
     assert "Traceback" not in err
 
 
 def _model_with_encoder(variant: str, name: str, hidden: int, seed: int) -> str:
-    """A copy of models/<variant> whose params name another (tiny, random) encoder."""
+    """A copy of the variant's run whose params name another (tiny, random) encoder."""
     from cxrfusion.demo_encoder import build
     from cxrfusion.formats import read_prepared
+    from cxrfusion.studies import join_text
 
     studies, _ = read_prepared()
-    build(studies.loc[studies["split"] == "train", "text"].tolist(), Path("models") / name,
+    train = studies[studies["split"] == "train"]
+    build(train.apply(join_text, axis=1, fields=FIELDS).tolist(), Path("models") / name,
           TINY["demo_encoder"]["vocab_size"], hidden, 1, 2, seed)
     copy = Path("models") / f"{variant}_{name}"
-    shutil.copytree(f"models/{variant}", copy)
+    shutil.copytree(MODEL[variant], copy)
     params = json.loads((copy / "params.json").read_text())
     params["text"]["model"] = f"models/{name}"
     (copy / "params.json").write_text(json.dumps(params))
@@ -209,35 +208,37 @@ def _model_with_encoder(variant: str, name: str, hidden: int, seed: int) -> str:
 
 
 def test_predict_refuses_another_encoder(p):
+    # a copy has no evaluation of its own (metrics/text_encoder8/ does not exist): --threshold
     other_size = _model_with_encoder("text", "encoder8", hidden=8, seed=0)
     with pytest.raises(PipelineError, match=r"the text encoder models/encoder8 gives "
                                             r"8-dimensional report vectors but the model in "
                                             r"models/text_encoder8 was trained on 16-dimensional"):
-        _cli(["--model", other_size, "--text", "The lungs are clear."])
+        _cli(["--model", other_size, "--text", "The lungs are clear.", "--threshold", "0.5"])
     # same size, other weights: only the fingerprint recorded in model.json tells
     other_weights = _model_with_encoder("text", "encoder16", hidden=16, seed=1)
-    recorded = json.loads(Path("models/text/model.json").read_text())["text_fingerprint"]
-    assert recorded == read_text_cache_attrs("features/text.h5")["fingerprint"]
+    recorded = json.loads((RUNS["text"].models / "model.json").read_text())["text_fingerprint"]
+    assert recorded == read_text_cache_attrs(text_cache(INPUT))["fingerprint"]
     with pytest.raises(PipelineError, match=r"the text encoder models/encoder16 \(fingerprint "
                                             r"sha256:\w+\) is not the one whose vectors the "
                                             r"model in models/text_encoder16 was trained on "
                                             r"\(fingerprint sha256:\w+, from "
                                             r"models/text_encoder16/model\.json\)"):
-        _cli(["--model", other_weights, "--text", "The lungs are clear."])
+        _cli(["--model", other_weights, "--text", "The lungs are clear.", "--threshold", "0.5"])
 
 
 # --- explain ---------------------------------------------------------------------------------------
 
 def _test_split(p):
     from cxrfusion.dataset import load_splits
-    return load_splits(p, True, True)[0]["test"]  # both inputs whatever the model reads
+    # both inputs whatever the model reads; the reports of INPUT
+    return load_splits(for_text_input(p, INPUT), True, True)[0]["test"]
 
 
 def test_grad_cam_heatmap(p):
     from cxrfusion.explain import grad_cam
     from cxrfusion.model import load_model, normalise
 
-    model, config = load_model(Path("models/fusion"))
+    model, config = load_model(RUNS["fusion"].models)
     test = _test_split(p)
     x = normalise(test.images[:4], model.pixel_mean, model.pixel_std)
     with torch.no_grad():  # the split Grad-CAM differentiates (features, then classify) is the
@@ -287,19 +288,19 @@ def test_reliance_of_single_input_models(p):
     from cxrfusion.model import load_model
 
     test = _test_split(p)
-    uid, vector = reference_normal(p)
+    uid, vector = reference_normal(for_text_input(p, INPUT))
     studies = pd.read_csv("data/prepared/studies.csv")
     assert studies.set_index("uid").loc[uid, ["split", "label"]].tolist() == ["train", 0]
     normal = torch.from_numpy(vector)
 
-    text_model, _ = load_model(Path("models/text"))
+    text_model, _ = load_model(RUNS["text"].models)
     result, _ = modality_reliance(text_model, test, normal, 0.5, 8)
     _unmoved(result["image_blank"])  # the text model reads no image
     assert result["text_to_normal"]["image"]["mean_abs_change"] > 0
     assert result["text_to_normal"]["study"]["n"] == test.rows["uid"].nunique()
     assert result["text_to_normal"]["image"]["n"] == len(test)
 
-    image_model, _ = load_model(Path("models/image"))
+    image_model, _ = load_model(RUNS["image"].models)
     result, _ = modality_reliance(image_model, test, normal, 0.5, 8)
     _unmoved(result["text_to_normal"])  # the image model reads no report
     assert result["image_blank"]["image"]["mean_abs_change"] > 0
@@ -309,12 +310,16 @@ def test_explain_stage_writes_its_outputs(p):
     from cxrfusion.explain import OUTCOMES
     from stages.explain import explain
 
-    result = explain(p)
+    assert p["explain"]["model_seed"] is None and p["explain"]["text_input"] is None
+    result = explain(p)  # the first seed and text input: the fusion run of RUNS
     saved = json.loads(Path("metrics/explain.json").read_text())
     assert saved == result
-    assert set(saved) == {"variant", "threshold", "test", "reference_normal_uid", "heatmaps",
-                          "feature_map", "text_to_normal", "image_blank"}
-    assert saved["variant"] == "fusion" and saved["threshold"] == 0.5
+    assert set(saved) == {"variant", "seed", "text_input", "model", "threshold", "test",
+                          "reference_normal_uid", "heatmaps", "feature_map", "text_to_normal",
+                          "image_blank"}
+    threshold = _threshold("fusion")  # what evaluate chose on validation, not a default
+    assert saved["variant"] == "fusion" and saved["threshold"] == threshold
+    assert saved["seed"] == 0 and saved["text_input"] == INPUT and saved["model"] == MODEL["fusion"]
     assert saved["feature_map"] == [2, 2]
     for name in ("text_to_normal", "image_blank"):
         assert set(saved[name]) == {"image", "study"}
@@ -326,7 +331,7 @@ def test_explain_stage_writes_its_outputs(p):
 
     # the selection: per outcome min(per_outcome, studies with that outcome), as evaluate scored
     studies = _evaluated("fusion")
-    called, actual = studies["probability"] >= 0.5, studies["label"] == 1
+    called, actual = studies["probability"] >= threshold, studies["label"] == 1
     counts = {"true_positive": (actual & called).sum(), "true_negative": (~actual & ~called).sum(),
               "false_positive": (~actual & called).sum(), "false_negative": (actual & ~called).sum()}
     shown = pd.read_csv("metrics/explain/heatmaps.csv")
@@ -337,7 +342,7 @@ def test_explain_stage_writes_its_outputs(p):
         assert (shown["outcome"] == outcome).sum() == k
     assert shown["file"].tolist() == expected_files and saved["heatmaps"] == len(expected_files)
     assert shown["uid"].is_unique
-    evaluated = pd.read_csv("metrics/fusion/predictions.csv").set_index("filename")
+    evaluated = pd.read_csv(RUNS["fusion"].metrics / "predictions.csv").set_index("filename")
     assert (shown["probability"].to_numpy() == evaluated.loc[shown["filename"], "probability"].to_numpy()).all()
     files = sorted(f.name for f in Path("metrics/explain").iterdir())
     assert files == sorted(expected_files + ["grid.png", "heatmaps.csv"])

@@ -1,4 +1,5 @@
-"""Stage `prepare`: labels, text, the split by study, input validation and the data report."""
+"""Stage `prepare`: labels, report fields, the split by study, input validation and the data
+report."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ import pytest
 from PIL import Image
 
 from cxrfusion.common import PipelineError
-from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
+from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_COLUMNS
+from cxrfusion.params import TEXT_FIELDS, fields_of
 from cxrfusion.studies import join_text, label_of, split_studies
 from stages.prepare import prepare
 
@@ -66,7 +68,8 @@ def basic_raw(root: Path) -> tuple[list[dict], list[dict]]:
 
 
 def read_out(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    studies = pd.read_csv(out / "studies.csv", keep_default_na=False, dtype={"text": str})
+    studies = pd.read_csv(out / "studies.csv", keep_default_na=False,
+                          dtype={f: str for f in TEXT_FIELDS})
     images = pd.read_csv(out / "images.csv", keep_default_na=False)
     return studies, images, json.loads((out / "report.json").read_text())
 
@@ -168,17 +171,27 @@ def test_join_text_follows_field_order():
 
 
 def test_prepare_text_default_fields(tmp_path, params):
+    """The default text inputs (findings+impression, indication): one column per field, each
+    as the report has it (stripped, "" when missing); the text of an input is its fields
+    joined, as embed_text joins them."""
+    assert params["text"]["inputs"] == ["findings+impression", "indication"]
     raw = write_raw(tmp_path / "raw", *basic_raw(tmp_path))
     prepare(params, raw=raw, out=tmp_path / "prepared")
     studies, _, _ = read_out(tmp_path / "prepared")
-    text = dict(zip(studies["uid"], studies["text"]))
+    assert list(studies.columns) == STUDY_COLUMNS + ["indication", "findings", "impression"]
+    by_uid = studies.set_index("uid")
+    assert by_uid.loc[1, ["findings", "impression", "indication"]].tolist() == [
+        "The lungs are clear.", "No acute disease.", "Cough."]
+    assert by_uid.loc[3, "findings"] == ""  # missing: empty, no "nan"
+    text = {uid: join_text(row, fields_of("findings+impression")) for uid, row in by_uid.iterrows()}
     assert text[1] == "The lungs are clear. No acute disease."
     assert text[3] == "Normal chest."  # findings missing: left out, no "nan"
-    assert not any("nan" in t.lower() for t in studies["text"])
+    for field in ("indication", "findings", "impression"):
+        assert not any("nan" in t.lower() for t in studies[field])
 
 
 def test_prepare_text_fields_indication_only(tmp_path, params):
-    params["text"]["fields"] = ["indication"]
+    params["text"]["inputs"] = ["indication"]
     reports, projections = basic_raw(tmp_path)
     reports[1]["indication"] = "  Shortness of breath. "
     reports[2]["indication"] = None
@@ -186,21 +199,31 @@ def test_prepare_text_fields_indication_only(tmp_path, params):
     rep = prepare(params, raw=raw, out=tmp_path / "prepared")
     studies, _, _ = read_out(tmp_path / "prepared")
 
-    text = dict(zip(studies["uid"], studies["text"]))
+    assert list(studies.columns) == STUDY_COLUMNS + ["indication"]  # no other report field
+    text = dict(zip(studies["uid"], studies["indication"]))
     assert text == {1: "Cough.", 2: "Shortness of breath.", 3: "", 7: "Cough.", 8: "Cough."}
-    assert rep["text_fields"] == ["indication"]
-    assert rep["studies_with_empty_text"] == 1
+    assert "text_fields" not in rep
+    assert rep["studies_with_empty_text"] == {"indication": 1}
 
 
 def test_prepare_indication_only_needs_no_findings_column(tmp_path, params):
     """Only the columns that are read are required."""
-    params["text"]["fields"] = ["indication"]
+    params["text"]["inputs"] = ["indication"]
     reports, projections = basic_raw(tmp_path)
     reports = [{k: v for k, v in r.items() if k not in ("findings", "impression")} for r in reports]
     raw = write_raw(tmp_path / "raw", reports, projections)
     prepare(params, raw=raw, out=tmp_path / "prepared")
     studies, _, _ = read_out(tmp_path / "prepared")
-    assert list(studies["text"]) == ["Cough."] * 5
+    assert list(studies["indication"]) == ["Cough."] * 5
+
+
+def test_prepare_needs_the_columns_of_every_input(tmp_path, params):
+    """An input's field absent from the reports CSV is named, as any missing column."""
+    reports, projections = basic_raw(tmp_path)
+    reports = [{k: v for k, v in r.items() if k != "indication"} for r in reports]
+    raw = write_raw(tmp_path / "raw", reports, projections)
+    with pytest.raises(PipelineError, match=r"missing column.*indication"):
+        prepare(params, raw=raw, out=tmp_path / "prepared")
 
 
 # --- the split --------------------------------------------------------------------------------
@@ -402,8 +425,10 @@ def test_prepared_demo_report_is_consistent(prepared):
     assert rep["studies"] + sum(v for k, v in rep["dropped"].items() if k.startswith("studies")) \
         == len(raw_reports)
     assert rep["images"] + rep["dropped"]["images_of_dropped_studies"] == len(raw_images)
-    assert rep["studies_with_empty_text"] == (studies["text"] == "").sum()
-    assert rep["text_fields"] == prepared["text"]["fields"]
+    fields = {i: fields_of(i) for i in prepared["text"]["inputs"]}
+    assert rep["studies_with_empty_text"] == {
+        i: (studies.apply(join_text, axis=1, fields=f) == "").sum() for i, f in fields.items()}
+    assert "text_fields" not in rep
 
 
 # --- a split too small to answer the question -------------------------------------------------

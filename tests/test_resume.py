@@ -7,18 +7,32 @@ from pathlib import Path
 import pytest
 
 import stages.train as train_module
+from conftest import first_run
 from cxrfusion import checkpoint
 
 
-def _weights(variant: str) -> bytes:
-    return Path(f"models/{variant}/model.safetensors").read_bytes()
+def _weights(run) -> bytes:
+    return (run.models / "model.safetensors").read_bytes()
+
+
+def test_checkpoints_are_one_per_run():
+    from cxrfusion.formats import Run
+
+    assert checkpoint.path(Run("fusion", 0, "findings+impression")) == \
+        Path("checkpoints/fusion-findings+impression-0.pt")
+    assert checkpoint.path(Run("image", 2)) == Path("checkpoints/image-2.pt")
+    paths = {checkpoint.path(r) for r in (Run("text", 0, "indication"), Run("text", 1, "indication"),
+                                          Run("text", 0, "findings+impression"),
+                                          Run("fusion", 0, "indication"))}
+    assert len(paths) == 4  # no two runs share a checkpoint
 
 
 def test_interrupted_training_resumes_to_the_same_weights(cached, monkeypatch):
     cached["train"].update(epochs=3, select="last")
-    straight = train_module.train("fusion", cached)
-    expected = _weights("fusion")
-    assert not checkpoint.path("fusion").exists(), "a finished run leaves no checkpoint"
+    run = first_run("fusion", cached)
+    straight = train_module.train(run, cached)
+    expected = _weights(run)
+    assert not checkpoint.path(run).exists(), "a finished run leaves no checkpoint"
 
     real_epoch = train_module.train_epoch
 
@@ -29,19 +43,19 @@ def test_interrupted_training_resumes_to_the_same_weights(cached, monkeypatch):
 
     monkeypatch.setattr(train_module, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_module.train("fusion", cached)
-    assert checkpoint.path("fusion").exists()
-    assert _weights("fusion") == expected, "the interrupted run must not touch the old model"
+        train_module.train(run, cached)
+    assert checkpoint.path(run).exists()
+    assert _weights(run) == expected, "the interrupted run must not touch the old model"
 
     monkeypatch.setattr(train_module, "train_epoch", real_epoch)
     calls = []
     monkeypatch.setattr(train_module, "train_epoch",
                         lambda *a, **k: calls.append(a[6]) or real_epoch(*a, **k))
-    resumed = train_module.train("fusion", cached)
+    resumed = train_module.train(run, cached)
     assert calls == [3], "only the epoch that did not finish is trained again"
     assert resumed == straight
-    assert _weights("fusion") == expected
-    assert not checkpoint.path("fusion").exists()
+    assert _weights(run) == expected
+    assert not checkpoint.path(run).exists()
 
 
 def test_checkpoint_of_other_parameters_is_not_resumed(cached, monkeypatch):
@@ -54,13 +68,21 @@ def test_checkpoint_of_other_parameters_is_not_resumed(cached, monkeypatch):
         return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    run = first_run("text", cached)
     with pytest.raises(KeyboardInterrupt):
-        train_module.train("text", cached)
-    assert checkpoint.path("text").exists()
+        train_module.train(run, cached)
+    assert checkpoint.path(run).exists()
 
     calls = []
     monkeypatch.setattr(train_module, "train_epoch",
                         lambda *a, **k: calls.append(a[6]) or real_epoch(*a, **k))
+    # another run (seed 1) does not resume seed 0's checkpoint, nor remove it
+    other = first_run("text", cached, seed=1)
+    train_module.train(other, cached)
+    assert calls == [1, 2]
+    assert checkpoint.path(run).exists() and not checkpoint.path(other).exists()
+
+    calls.clear()
     cached["train"]["lr"] = 0.001  # another experiment: must start from epoch 1
-    train_module.train("text", cached)
+    train_module.train(run, cached)
     assert calls == [1, 2]

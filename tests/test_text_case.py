@@ -131,23 +131,26 @@ def test_fingerprint_names_the_resolved_casing(cased):
 
 def test_text_cache_records_asked_and_resolved_casing(prepared):
     from stages import demo_encoder, embed_text
-    from cxrfusion.formats import TEXT_H5, read_text_cache, text_cache_attrs
+    from cxrfusion.formats import read_text_cache, text_cache, text_cache_attrs
+    from cxrfusion.params import for_text_input
 
+    text_input = prepared["text"]["inputs"][0]
+    cache = text_cache(text_input)
     demo_encoder.run(prepared)
-    embed_text.run(prepared)  # text.lowercase: auto, the default
-    t = prepared["text"]
-    _, as_is, attrs = read_text_cache(TEXT_H5, expect=text_cache_attrs(t))
+    embed_text.run(text_input, prepared)  # text.lowercase: auto, the default
+    t = for_text_input(prepared, text_input)["text"]
+    _, as_is, attrs = read_text_cache(cache, expect=text_cache_attrs(t))
     assert (attrs["lowercase"], attrs["lowercased"]) == ("auto", False)
     assert attrs["fingerprint"].endswith("_cased")
 
-    t["lowercase"] = True
-    embed_text.run(prepared)
-    _, lowered, attrs = read_text_cache(TEXT_H5, expect=text_cache_attrs(t))
+    prepared["text"]["lowercase"] = t["lowercase"] = True
+    embed_text.run(text_input, prepared)
+    _, lowered, attrs = read_text_cache(cache, expect=text_cache_attrs(t))
     assert (attrs["lowercase"], attrs["lowercased"]) == ("true", True)
     assert attrs["fingerprint"].endswith("_lowercased")
     assert not np.allclose(as_is, lowered, atol=1e-4)  # the demo reports hold capitals
     with pytest.raises(PipelineError, match=r"lowercase: cache has 'true', parameters say 'auto'"):
-        read_text_cache(TEXT_H5, expect=text_cache_attrs({**t, "lowercase": "auto"}))
+        read_text_cache(cache, expect=text_cache_attrs({**t, "lowercase": "auto"}))
 
 
 @pytest.mark.parametrize("value", ["yes", "true", 1, 0, None, "Auto"])

@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from conftest import first_run, resolved
 from cxrfusion.common import PipelineError
 from cxrfusion.dataset import load_splits
+from cxrfusion.formats import text_cache
+from cxrfusion.params import for_run
 from stages.evaluate import evaluate
 from cxrfusion.model import load_model, reads
 from cxrfusion.scoring import predict
@@ -21,10 +24,10 @@ from stages.train import train
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "auprc", "confusion"}
 
 
-def _reloaded_val_loss(variant: str, p: dict) -> float:
-    """Validation loss of the weights saved in models/<variant> (fresh process state)."""
-    model, _ = load_model(Path("models") / variant)
-    splits, _ = load_splits(p, *reads(variant))
+def _reloaded_val_loss(run, p: dict) -> float:
+    """Validation loss of the weights saved in models/<run> (fresh process state)."""
+    model, _ = load_model(run.models)
+    splits, _ = load_splits(for_run(p, run), *reads(run.variant))
     return predict(model, splits["val"], p["train"]["batch_size"])[1]
 
 
@@ -38,7 +41,7 @@ def _batches_per_epoch(p: dict) -> int:
 
 def test_training_lowers_the_loss(cached):
     cached["train"]["epochs"] = 8
-    history = train("text", cached)["history"]
+    history = train(first_run("text", cached), cached)["history"]
     assert [row["epoch"] for row in history] == list(range(1, 9))
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
     for row in history:
@@ -50,82 +53,104 @@ def test_training_lowers_the_loss(cached):
 
 def test_fusion_training_writes_its_outputs(cached):
     p = cached
-    result = train("fusion", p)
+    run = first_run("fusion", p)
+    result = train(run, p)
     history, chosen = result["history"], result["chosen"]
     assert len(history) == 2 and chosen in (1, 2)
 
-    folder = Path("models/fusion")
+    folder = Path("models/fusion/findings+impression/seed-0")
+    assert run.models == folder
     assert sorted(f.name for f in folder.iterdir()) == ["history.json", "model.json",
                                                         "model.safetensors", "params.json"]
+    assert sorted(p.name for p in Path("models/fusion").iterdir()) == ["findings+impression"]
     assert json.loads((folder / "history.json").read_text()) == history
-    assert json.loads((folder / "params.json").read_text()) == p
+    # the run's resolved parameters: its seed and text input, the rest as given
+    saved = json.loads((folder / "params.json").read_text())
+    assert saved == json.loads(json.dumps(for_run(p, run)))
+    assert saved["train"]["seed"] == 0 and saved["train"]["seeds"] == p["train"]["seeds"]
+    assert saved["text"]["input"] == "findings+impression"
+    assert saved["text"]["fields"] == ["findings", "impression"]
+    assert saved["run"] == {"variant": "fusion", "seed": 0, "text_input": "findings+impression"}
     config = json.loads((folder / "model.json").read_text())
     assert config["variant"] == "fusion"
+    assert config["seed"] == 0 and config["text_input"] == "findings+impression"
     # the weights are pinned by name: the backbone with its timm tag, the encoder with its revision
-    assert config["backbone"] == "efficientnet_b1.ra4_e3600_r240_in1k"
-    assert config["pretrained_tag"] == "ra4_e3600_r240_in1k" and config["pretrained"] is False
+    backbone = p["model"]["backbone"]  # name.tag, e.g. efficientnet_b1.ra4_e3600_r240_in1k
+    assert "." in backbone and config["backbone"] == backbone
+    assert config["pretrained_tag"] == backbone.split(".", 1)[1] and config["pretrained"] is False
     assert config["text_model"] == "models/demo_encoder" and config["text_revision"] is None
     assert config["text_dim"] == 16 and config["image_size"] == 32 and config["image_fit"] == "pad"
     assert config["epoch"] == chosen and config["select"] == "best_val_loss"
     assert config["hidden"] == 256 and config["dropout"] == pytest.approx(0.3)
     assert [config["mean"], config["std"]] == [list(s) for s in load_model(folder)[0].input_stats()]
-    assert not list(Path("models").glob(".fusion*"))  # no temporary folder left behind
+    assert not list(folder.parent.glob(".*"))  # no temporary folder left behind
 
     # DVCLive: the kept epoch's metrics, and one row per epoch in the plots
-    live = json.loads(Path("metrics/fusion/train/metrics.json").read_text())
+    assert run.metrics == Path("metrics/fusion/findings+impression/seed-0")
+    live = json.loads(Path("metrics/fusion/findings+impression/seed-0/train/metrics.json").read_text())
     assert live["epoch_kept"] == chosen
     for phase in ("train", "val"):
         for key, value in history[chosen - 1][phase].items():
             assert live[phase][key] == pytest.approx(value)
-        loss = pd.read_csv(f"metrics/fusion/train/plots/metrics/{phase}/loss.tsv", sep="\t")
+        loss = pd.read_csv(run.metrics / f"train/plots/metrics/{phase}/loss.tsv", sep="\t")
         assert loss["step"].tolist() == [0, 1]
         assert loss["loss"].tolist() == pytest.approx([row[phase]["loss"] for row in history])
 
     # the saved weights (batch-norm statistics included) reproduce the kept epoch's val loss
-    assert _reloaded_val_loss("fusion", p) == pytest.approx(history[chosen - 1]["val"]["loss"], rel=1e-5)
+    assert _reloaded_val_loss(run, p) == pytest.approx(history[chosen - 1]["val"]["loss"], rel=1e-5)
 
 
 # --- selection ------------------------------------------------------------------------------------
 
+EIGHT_EPOCHS_SEED = 7  # with this seed the validation loss is lowest at epoch 7 of 8
+
+
 @pytest.fixture
 def eight_epochs(cached) -> dict:
-    # with this seed the validation loss is lowest at epoch 7 of 8: `best` and `last` differ
-    cached["train"].update(epochs=8, seed=1)
+    # `best` and `last` differ: the text model trained with EIGHT_EPOCHS_SEED
+    cached["train"]["epochs"] = 8
     return cached
 
 
+def _eight(p: dict):
+    return first_run("text", p, seed=EIGHT_EPOCHS_SEED)
+
+
 def test_dvc_metrics_show_the_kept_epoch_not_the_last(eight_epochs):
-    result = train("text", eight_epochs)
+    run = _eight(eight_epochs)
+    result = train(run, eight_epochs)
     chosen, history = result["chosen"], result["history"]
     assert chosen == 7  # the fixture's premise: kept and last differ
-    live = json.loads(Path("metrics/text/train/metrics.json").read_text())
+    live = json.loads((run.metrics / "train/metrics.json").read_text())
     assert live["epoch_kept"] == 7
     assert live["val"] == history[6]["val"] != history[7]["val"]
     assert live["train"] == history[6]["train"]
     # the per-epoch plots still hold every epoch
-    loss = pd.read_csv("metrics/text/train/plots/metrics/val/loss.tsv", sep="\t")
+    loss = pd.read_csv(run.metrics / "train/plots/metrics/val/loss.tsv", sep="\t")
     assert loss["loss"].tolist() == pytest.approx([row["val"]["loss"] for row in history])
 
 
 def test_select_last_keeps_the_last_epoch(eight_epochs):
     eight_epochs["train"]["select"] = "last"
-    result = train("text", eight_epochs)
+    run = _eight(eight_epochs)
+    result = train(run, eight_epochs)
     assert result["chosen"] == 8
-    assert json.loads(Path("models/text/model.json").read_text())["epoch"] == 8
-    assert _reloaded_val_loss("text", eight_epochs) == pytest.approx(
+    assert json.loads((run.models / "model.json").read_text())["epoch"] == 8
+    assert _reloaded_val_loss(run, eight_epochs) == pytest.approx(
         result["history"][-1]["val"]["loss"], rel=1e-6)
 
 
 def test_select_best_val_loss_keeps_the_argmin(eight_epochs):
     eight_epochs["train"]["select"] = "best_val_loss"
-    result = train("text", eight_epochs)
+    run = _eight(eight_epochs)
+    result = train(run, eight_epochs)
     losses = [row["val"]["loss"] for row in result["history"]]
     best = int(np.argmin(losses)) + 1
-    assert best < 8, "the example should keep an epoch before the last; pick another train.seed"
+    assert best < 8, "the example should keep an epoch before the last; pick another seed"
     assert result["chosen"] == best
-    assert json.loads(Path("models/text/model.json").read_text())["epoch"] == best
+    assert json.loads((run.models / "model.json").read_text())["epoch"] == best
     # the weights of that epoch were kept, not the last epoch's
-    reloaded = _reloaded_val_loss("text", eight_epochs)
+    reloaded = _reloaded_val_loss(run, eight_epochs)
     assert reloaded == pytest.approx(losses[best - 1], rel=1e-6)
     assert reloaded != pytest.approx(losses[-1], rel=1e-6)
 
@@ -134,31 +159,38 @@ def test_select_best_val_loss_keeps_the_argmin(eight_epochs):
 
 def test_training_is_deterministic(cached):
     cached["train"]["epochs"] = 3
-    first = train("text", cached)
-    weights = Path("models/text/model.safetensors").read_bytes()
-    evaluate("text", cached)
-    scores = Path("metrics/text/test.json").read_bytes()
-    again = train("text", cached)
+    run = first_run("text", cached)
+    first = train(run, cached)
+    weights = (run.models / "model.safetensors").read_bytes()
+    evaluate(run, cached)
+    scores = (run.metrics / "test.json").read_bytes()
+    again = train(run, cached)
     assert again == first
-    assert Path("models/text/model.safetensors").read_bytes() == weights
+    assert (run.models / "model.safetensors").read_bytes() == weights
+    evaluate(run, cached)
+    assert (run.metrics / "test.json").read_bytes() == scores
 
-    cached["train"]["seed"] = 1  # a changed seed changes the training and the test metrics JSON
-    other = train("text", cached)
+    # a changed seed changes the training and the test metrics (its own run, beside seed 0's)
+    other_run = first_run("text", cached, seed=1)
+    other = train(other_run, cached)
     assert other["history"] != first["history"]
     assert other["history"][0]["train"]["loss"] != first["history"][0]["train"]["loss"]
-    evaluate("text", cached)
-    assert Path("metrics/text/test.json").read_bytes() != scores
+    evaluate(other_run, cached)
+    assert json.loads((other_run.metrics / "test.json").read_text())["study"] != \
+        json.loads(scores)["study"]
+    assert (run.models / "model.safetensors").read_bytes() == weights  # seed 0's untouched
 
 
 # --- non-finite loss ------------------------------------------------------------------------------
 
 def test_nan_inputs_stop_training(cached):
-    with h5py.File("features/text.h5", "r+") as f:  # attributes kept: the cache still matches
+    run = first_run("text", cached)
+    with h5py.File(text_cache(run.text_input), "r+") as f:  # attributes kept: the cache still matches
         vectors = f["vectors"][:]
         vectors[:] = np.nan
         f["vectors"][...] = vectors
     with pytest.raises(PipelineError, match=r"loss became nan at epoch 1, batch 1\b"):
-        train("text", cached)
+        train(run, cached)
     assert not Path("models/text").exists()
 
 
@@ -179,7 +211,7 @@ def test_non_finite_loss_names_epoch_and_batch(cached, monkeypatch):
     assert per_epoch > 3
     monkeypatch.setattr(train_module, "forward", forward)
     with pytest.raises(PipelineError) as err:
-        train("text", cached)
+        train(first_run("text", cached), cached)
     message = str(err.value)
     assert "epoch 2, batch 3" in message
     assert "train.lr" in message
@@ -192,9 +224,11 @@ def test_non_finite_loss_names_epoch_and_batch(cached, monkeypatch):
 
 def test_evaluate_writes_predictions_and_metrics(cached):
     p = cached
-    train("text", p)
-    result = evaluate("text", p)
-    out = Path("metrics/text")
+    run = first_run("text", p)
+    train(run, p)
+    result = evaluate(run, p)
+    out = Path("metrics/text/findings+impression/seed-0")
+    assert run.metrics == out
 
     predictions = pd.read_csv(out / "predictions.csv")
     assert list(predictions.columns) == ["uid", "filename", "label", "probability"]
@@ -209,7 +243,16 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     assert predictions["probability"].nunique() > 1
 
     saved = json.loads((out / "test.json").read_text())
-    assert saved["threshold"] == 0.5
+    assert saved == json.loads(json.dumps(result))
+    assert set(saved) == {"run", "threshold", "threshold_rule", "study", "image",
+                          "at_specificity", "val_studies"}
+    assert saved["run"] == {"variant": "text", "seed": 0, "text_input": "findings+impression"}
+    # evaluate.threshold: youden (the default), chosen on the validation studies
+    assert p["evaluate"]["threshold"] == "youden" and saved["threshold_rule"] == "youden"
+    threshold = saved["threshold"]
+    assert 0 <= threshold < 1
+    studies_csv = pd.read_csv("data/prepared/studies.csv")
+    assert saved["val_studies"] == (studies_csv["split"] == "val").sum()
     for level in ("image", "study"):
         assert METRIC_KEYS <= set(saved[level])
         assert saved[level] == result[level]  # floats survive JSON exactly
@@ -218,13 +261,13 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     y, prob = predictions["label"], predictions["probability"]
     assert saved["image"]["n"] == len(predictions)
     assert saved["image"]["auroc"] == pytest.approx(skm.roc_auc_score(y, prob), abs=1e-4)
-    assert saved["image"]["accuracy"] == pytest.approx(skm.accuracy_score(y, prob >= 0.5))
+    assert saved["image"]["accuracy"] == pytest.approx(skm.accuracy_score(y, prob >= threshold))
 
     # study level, by hand: mean probability over a study's images, then sklearn
     studies = predictions.groupby("uid").agg(label=("label", "first"), probability=("probability", "mean"))
     assert (predictions.groupby("uid")["label"].nunique() == 1).all()
     y, prob = studies["label"], studies["probability"]
-    pred = (prob >= 0.5).astype(int)
+    pred = (prob >= threshold).astype(int)
     study = saved["study"]
     assert study["n"] == len(studies) == test_rows["uid"].nunique()
     assert study["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
@@ -234,37 +277,48 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     assert study["auroc"] == pytest.approx(skm.roc_auc_score(y, prob), abs=1e-4)  # csv keeps 6 digits
     assert study["auprc"] == pytest.approx(skm.average_precision_score(y, prob), abs=1e-4)
     assert study["confusion"] == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
+    assert study["brier"] == pytest.approx(skm.brier_score_loss(y, prob))
+    assert 0 <= study["ece"] <= 1
+    # the second operating point: the fixed specificity, reached on validation
+    at = saved["at_specificity"]
+    assert at["target"] == p["evaluate"]["specificity"] == 0.9
+    called = (prob >= at["threshold"]).astype(int)
+    assert at["sensitivity"] == pytest.approx(skm.recall_score(y, called, zero_division=0))
+    assert at["specificity"] == pytest.approx(((called == 0) & (y == 0)).sum() / (y == 0).sum())
 
     # the files `dvc plots` draws are study-level too
     confusion = pd.read_csv(out / "confusion.csv")
     assert len(confusion) == len(studies)
     assert confusion["actual"].tolist() == y.tolist()
+    assert confusion["predicted"].tolist() == pred.tolist()  # at the chosen threshold
     roc = pd.read_csv(out / "roc.csv")
     assert list(roc.columns) == ["fpr", "tpr"] and roc["tpr"].iloc[-1] == 1.0
     assert list(pd.read_csv(out / "pr.csv").columns) == ["recall", "precision"]
 
 
 def test_evaluate_uses_the_saved_model(cached):
-    """Predictions come from models/<variant>: the same weights give the same file."""
-    train("text", cached)
-    evaluate("text", cached)
-    first = Path("metrics/text/predictions.csv").read_text()
-    model, _ = load_model(Path("models/text"))
-    splits, _ = load_splits(cached, False, True)
+    """Predictions come from models/<run>: the same weights give the same file."""
+    run = first_run("text", cached)
+    train(run, cached)
+    evaluate(run, cached)
+    first = (run.metrics / "predictions.csv").read_text()
+    model, _ = load_model(run.models)
+    splits, _ = load_splits(for_run(cached, run), False, True)
     probs, _ = predict(model, splits["test"], 8)
-    assert pd.read_csv("metrics/text/predictions.csv")["probability"].to_numpy() == pytest.approx(probs, rel=1e-5)
-    evaluate("text", cached)
-    assert Path("metrics/text/predictions.csv").read_text() == first
+    assert pd.read_csv(run.metrics / "predictions.csv")["probability"].to_numpy() == pytest.approx(probs, rel=1e-5)
+    evaluate(run, cached)
+    assert (run.metrics / "predictions.csv").read_text() == first
 
 
 def test_predictions_keep_full_precision(cached):
     """compare reads predictions.csv: it must hold the probabilities evaluate scored."""
-    train("text", cached)
-    evaluate("text", cached)
-    model, _ = load_model(Path("models/text"))
-    splits, _ = load_splits(cached, False, True)
+    run = first_run("text", cached)
+    train(run, cached)
+    evaluate(run, cached)
+    model, _ = load_model(run.models)
+    splits, _ = load_splits(for_run(cached, run), False, True)
     probs, _ = predict(model, splits["test"], 8)
-    written = pd.read_csv("metrics/text/predictions.csv")["probability"].to_numpy()
+    written = pd.read_csv(run.metrics / "predictions.csv")["probability"].to_numpy()
     assert np.array_equal(written.astype(np.float32), probs)
 
 
@@ -272,21 +326,24 @@ def test_nan_validation_inputs_stop_training(cached):
     from cxrfusion.formats import read_prepared
 
     cached["train"]["epochs"] = 1
-    train("text", cached)  # a good run first: its outputs must survive the failed one
+    run = first_run("text", cached)
+    train(run, cached)  # a good run first: its outputs must survive the failed one
 
     studies, _ = read_prepared()
     val = set(studies.loc[studies["split"] == "val", "uid"])
-    with h5py.File("features/text.h5", "r+") as f:
+    with h5py.File(text_cache(run.text_input), "r+") as f:
         vectors = f["vectors"][:]
         vectors[np.isin(f["uids"][:], list(val))] = np.nan
         f["vectors"][...] = vectors
-    before = {f: f.read_bytes() for f in Path("metrics/text/train").rglob("*") if f.is_file()}
+    logged = run.metrics / "train"
+    before = {f: f.read_bytes() for f in logged.rglob("*") if f.is_file()}
+    assert before
     with pytest.raises(PipelineError, match="epoch 1"):
-        train("text", cached)
-    assert Path("models/text/model.safetensors").exists()  # the previous run's model
+        train(run, cached)
+    assert (run.models / "model.safetensors").exists()  # the previous run's model
     # and the previous run's training metrics, not the failed run's partial ones
-    assert {f: f.read_bytes() for f in Path("metrics/text/train").rglob("*") if f.is_file()} == before
-    assert not list(Path("metrics/text").glob(".train*"))
+    assert {f: f.read_bytes() for f in logged.rglob("*") if f.is_file()} == before
+    assert not list(run.metrics.glob(".train*"))
 
 
 def test_skipped_images_leave_all_variants_the_same_rows(cached):
@@ -299,7 +356,8 @@ def test_skipped_images_leave_all_variants_the_same_rows(cached):
     cache_images.run(cached)
     assert json.loads(Path("features/images_report.json").read_text())["skipped"] == 1
 
-    by_variant = {v: load_splits(cached, *reads(v))[0] for v in ("fusion", "image", "text")}
+    by_variant = {v: load_splits(resolved(cached, v), *reads(v))[0]
+                  for v in ("fusion", "image", "text")}
     assert broken not in set(by_variant["image"]["test"].rows["filename"])
     for split in ("train", "val", "test"):
         files = {v: by_variant[v][split].rows["filename"].tolist() for v in by_variant}
@@ -309,30 +367,59 @@ def test_skipped_images_leave_all_variants_the_same_rows(cached):
 
 # --- compare --------------------------------------------------------------------------------------
 
-def _write_predictions(variant: str, uids, labels) -> None:
-    Path(f"metrics/{variant}").mkdir(parents=True, exist_ok=True)
+def _write_predictions(run, uids, labels) -> None:
+    """What evaluate writes for a run: predictions.csv and test.json."""
+    run.metrics.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"uid": uids, "filename": [f"{u}.png" for u in uids], "label": labels,
                   "probability": np.linspace(0.1, 0.9, len(uids))}).to_csv(
-        f"metrics/{variant}/predictions.csv", index=False)
+        run.metrics / "predictions.csv", index=False)
+    (run.metrics / "test.json").write_text(json.dumps({
+        "threshold": 0.5, "threshold_rule": "youden", "study": {"brier": 0.2, "ece": 0.1},
+        "at_specificity": {"target": 0.9, "threshold": 0.8}}))
+
+
+def _every_run(params):
+    from cxrfusion.params import runs
+
+    every = runs(params)
+    assert len(every) == 2 + 2 * 2 * 2  # image per seed, fusion and text per input and seed
+    return every
 
 
 def test_compare_refuses_test_studies_of_one_class(workdir, params):
     from stages.compare import compare
 
-    for variant in ("fusion", "image", "text"):
-        _write_predictions(variant, range(6), [1] * 6)
-    with pytest.raises(PipelineError, match=r"metrics/fusion/predictions.csv has label 1.*split.test"):
+    for run in _every_run(params):
+        _write_predictions(run, range(6), [1] * 6)
+    with pytest.raises(PipelineError, match=r"metrics/fusion/findings\+impression/seed-0/"
+                                            r"predictions.csv has label 1.*split.test"):
         compare(params)
     assert not Path("metrics/comparison.json").exists()
 
 
-def test_compare_refuses_variants_scored_on_other_studies(workdir, params):
+def test_compare_refuses_runs_scored_on_other_studies(workdir, params):
+    from cxrfusion.formats import Run
     from stages.compare import compare
 
-    _write_predictions("fusion", range(6), [0, 1] * 3)
-    _write_predictions("image", range(6), [0, 1] * 3)
-    _write_predictions("text", range(1, 7), [0, 1] * 3)  # another split
-    with pytest.raises(PipelineError, match="different test studies"):
+    other = Run("text", 1, "indication")
+    for run in _every_run(params):  # one run on another split
+        _write_predictions(run, range(1, 7) if run == other else range(6), [0, 1] * 3)
+    with pytest.raises(PipelineError, match=r"metrics/text/indication/seed-1/predictions.csv "
+                                            r"scores other test studies than metrics/fusion/"
+                                            r"findings\+impression/seed-0/predictions.csv"):
+        compare(params)
+    assert not Path("metrics/comparison.json").exists()
+
+
+def test_compare_refuses_a_run_not_evaluated(workdir, params):
+    """Every seed of every variant and text input: a missing one is named, not averaged away."""
+    from cxrfusion.formats import Run
+    from stages.compare import compare
+
+    for run in _every_run(params):
+        if run != Run("image", 1):
+            _write_predictions(run, range(6), [0, 1] * 3)
+    with pytest.raises(PipelineError, match=r"metrics/image/seed-1/predictions.csv not found"):
         compare(params)
     assert not Path("metrics/comparison.json").exists()
 
@@ -346,11 +433,11 @@ def test_an_image_cache_of_another_images_csv_is_refused(cached):
     for variant in ("fusion", "image"):
         with pytest.raises(PipelineError, match=r"features/images.h5 neither holds nor skipped 1 "
                                                 r"images .*a_new_image.png.*dvc repro cache_images"):
-            load_splits(cached, *reads(variant))
+            load_splits(resolved(cached, variant), *reads(variant))
     # the text variant reads no pixels, only the list of skipped images, which is stale too
     with pytest.raises(PipelineError, match=r"features/images_report.json counts \d+ images but "
                                             r"data/prepared/images.csv has \d+: .*cache_images"):
-        load_splits(cached, *reads("text"))
+        load_splits(resolved(cached, "text"), *reads("text"))
 
 
 # --- memory: one copy of what is scored -------------------------------------------------------
@@ -360,7 +447,7 @@ def test_splits_are_views_of_one_array_of_only_their_rows(cached):
 
     size = cached["image"]["size"]
     names, pixels = read_image_cache(IMAGES_H5)
-    splits, _ = load_splits(cached, True, True, names=("train", "val"))
+    splits, _ = load_splits(resolved(cached, "fusion"), True, True, names=("train", "val"))
     assert set(splits) == {"train", "val"}  # train reads no test row
     train_images, val_images = splits["train"].images, splits["val"].images
     storage = train_images.untyped_storage()
@@ -373,7 +460,7 @@ def test_splits_are_views_of_one_array_of_only_their_rows(cached):
             np.testing.assert_array_equal(split.images[k].numpy(),
                                           pixels[row_of[split.rows["filename"][k]]])
     # evaluate and explain read the test rows alone
-    test = load_splits(cached, True, False, names=("test",))[0]["test"]
+    test = load_splits(resolved(cached, "image"), True, False, names=("test",))[0]["test"]
     assert test.images.untyped_storage().nbytes() == len(test) * size * size
     assert (test.rows["split"] == "test").all()
 
@@ -396,7 +483,7 @@ def test_host_images_are_copied_batch_by_batch(cached):
     batches as the split held whole on the device."""
     import torch
 
-    split = load_splits(cached, True, True, names=("val",))[0]["val"]
+    split = load_splits(resolved(cached, "fusion"), True, True, names=("val",))[0]["val"]
     whole, host = split.to("cpu"), split.to("cpu", images_too=False)
     assert host.host_images and not whole.host_images  # the copy path, even on the CPU
     index = list(torch.randperm(len(split), generator=torch.Generator().manual_seed(0)).split(5))
@@ -408,11 +495,12 @@ def test_host_images_are_copied_batch_by_batch(cached):
 def test_evaluate_reads_the_caches_as_the_model_was_trained(cached):
     """evaluate depends on the model, not on image.* and text.* in params.yaml: a changed
     image.size (not yet cached) does not make it read the cache otherwise."""
-    train("image", cached)
-    before = evaluate("image", cached)
+    run = first_run("image", cached)
+    train(run, cached)
+    before = evaluate(run, cached)
     cached["image"]["size"] = 48
     cached["text"]["max_length"] = 64
-    assert evaluate("image", cached)["study"] == before["study"]
+    assert evaluate(run, cached)["study"] == before["study"]
 
 
 def test_a_model_saved_before_fit_and_casing_were_recorded_is_refused(tmp_path, params):
@@ -433,4 +521,4 @@ def test_the_text_variant_refuses_a_skip_list_of_other_images(cached):
     report.update(cached=report["cached"] - 1, skipped=1, skipped_images=["not_an_image.png"])
     IMAGES_REPORT.write_text(json.dumps(report))
     with pytest.raises(PipelineError, match=r"images_report.json counts .* another images.csv"):
-        load_splits(cached, *reads("text"))
+        load_splits(resolved(cached, "text"), *reads("text"))
