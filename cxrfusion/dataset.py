@@ -83,6 +83,11 @@ class Split:
                      move(self.text), move(self.labels), self.cache_rows, self.workers,
                      host_images=self.images is not None and not images_too)
 
+    def study_text(self) -> torch.Tensor:
+        """The report vectors, one row a study (the rows hold one per image)."""
+        first = ~self.rows["uid"].duplicated().to_numpy()
+        return self.text[torch.from_numpy(first).to(self.text.device)]
+
     @property
     def nbytes(self) -> int:
         """Bytes of the tensors `to` moves."""

@@ -44,6 +44,12 @@ SPLITS = ("train", "val", "test")  # the values of the `split` column
 STUDY_COLUMNS = ["uid", "label", "split", "n_images", "views", "mesh"]  # + the report fields
 IMAGE_COLUMNS = ["uid", "filename", "view", "label", "split"]
 MODELS, METRICS = Path("models"), Path("metrics")
+# What `evaluate` writes, one file a run in each, by kind: a folder of JSON is what `dvc metrics`
+# lists, a folder of CSV what `dvc plots` draws, file by file
+TEST_METRICS = METRICS / "test"         # <run>.json: thresholds, test metrics, calibration
+PREDICTIONS = METRICS / "predictions"   # <run>.csv: each test image's probability
+CURVES = METRICS / "curves"             # roc/, pr/, confusion/<run>.csv
+TRAIN_LOGS = METRICS / "train"          # <run>/: DVCLive's per-epoch metrics (`train`)
 
 
 def text_cache(text_input: str) -> Path:
@@ -54,8 +60,8 @@ def text_cache(text_input: str) -> Path:
 @dataclass(frozen=True)
 class Run:
     """One trained model: a variant, trained with one seed on one text input (none for the
-    image model, which reads no report). Its files live under models/<path> and
-    metrics/<path>, e.g. fusion/findings+impression/seed-0 and image/seed-0."""
+    image model, which reads no report). Its files are named by its path, e.g.
+    fusion/findings+impression/seed-0 and image/seed-0: models/<path>/, metrics/test/<path>.json."""
     variant: str
     seed: int
     text_input: str | None = None
@@ -80,18 +86,30 @@ class Run:
         return MODELS / self.path
 
     @property
-    def metrics(self) -> Path:
-        return METRICS / self.path
+    def test_metrics(self) -> Path:
+        return TEST_METRICS / f"{self.path}.json"
+
+    @property
+    def predictions(self) -> Path:
+        return PREDICTIONS / f"{self.path}.csv"
+
+    def curve(self, kind: str) -> Path:
+        """roc | pr | confusion"""
+        return CURVES / kind / f"{self.path}.csv"
+
+    @property
+    def train_log(self) -> Path:
+        return TRAIN_LOGS / self.path
 
 
 def evaluation_of(model_folder) -> Path | None:
-    """metrics/<path>/test.json of a model folder under models/ (what `evaluate` wrote for it,
+    """metrics/test/<path>.json of a model folder models/<path> (what `evaluate` wrote for it,
     including its threshold), else None (a model copied elsewhere)."""
     try:
         relative = Path(model_folder).resolve().relative_to(MODELS.resolve())
     except ValueError:
         return None
-    return METRICS / relative / "test.json"
+    return TEST_METRICS / f"{relative.as_posix()}.json"
 
 
 def load_csv(path: Path, hint: str, **read_args) -> pd.DataFrame:

@@ -69,6 +69,9 @@ class Classifier(nn.Module):
             mean, std = self.input_stats()
             self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if self.uses_text:  # the report vector's scaling: identity until fitted, saved with the weights
+            self.register_buffer("text_mean", torch.zeros(text_dim))
+            self.register_buffer("text_scale", torch.ones(text_dim))
 
     def forward(self, image: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
         return self.classify(self.cnn.forward_features(image) if self.uses_image else None, text)
@@ -80,12 +83,24 @@ class Classifier(nn.Module):
         if self.uses_image:
             parts.append(self.cnn.forward_head(features))
         if self.uses_text:
-            parts.append(text)
+            parts.append((text.float() - self.text_mean) / self.text_scale)
         # The CNN may run under bf16 autocast; the head does not: autocast would run its Linear
         # layers in bf16 whatever the input's dtype, and bf16 logits (8 bits of mantissa) tie
         # in AUROC and differ from the CPU's float32 ones.
         with torch.autocast(parts[0].device.type, enabled=False):
             return self.head(torch.cat([part.float() for part in parts], 1))
+
+    def standardise_text(self, vectors: torch.Tensor) -> None:
+        """Have the head read each report-vector dimension standardised by the mean and sd of
+        `vectors` (the training studies', one row a study; model.standardise_text).
+
+        A frozen encoder's vectors vary little between reports around a large common part (the
+        demo's: sd 0.12 a dimension around |mean| 0.46); next to the CNN's 1,280 features,
+        trained with it, the head then learns from the CNN alone (docs/design.md)."""
+        vectors = vectors.double()
+        sd = vectors.std(0, unbiased=False)
+        self.text_mean.copy_(vectors.mean(0))
+        self.text_scale.copy_(torch.where(sd > 0, sd, torch.ones_like(sd)))  # a constant dimension stays 0
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)

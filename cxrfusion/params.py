@@ -167,7 +167,7 @@ class Data:
 
 @dataclass(frozen=True)
 class Demo:
-    studies: int = option(360, positive_int, "synthetic studies (1 to 5 images each)")
+    studies: int = option(500, positive_int, "synthetic studies (1 to 5 images each)")
     image_size: int = option(128, positive_int, "side of the generated PNGs, px")
     label_noise: float = option(0.03, in_range(0, 0.5, "use a fraction in [0, 0.5)"),
                                 "fraction of studies whose label disagrees with image and report")
@@ -217,7 +217,7 @@ class DemoEncoder:
 
 @dataclass(frozen=True)
 class Image:
-    size: int = option(64, in_range(MIN_IMAGE_SIZE, float("inf"), f"the backbone needs at least "
+    size: int = option(48, in_range(MIN_IMAGE_SIZE, float("inf"), f"the backbone needs at least "
                                     f"{MIN_IMAGE_SIZE} px (240 for the real study)", whole=True),
                        "side of the cached images, px (the real study: 240)")
     fit: str = option("pad", one_of(*FITS), "how a non-square X-ray becomes square: pad "
@@ -234,11 +234,13 @@ class Model:
     hidden: int = option(256, positive_int, "units of the head's hidden layer")
     dropout: float = option(0.3, in_range(0, 1, "use a fraction in [0, 1)"), "head dropout")
     freeze_backbone: bool = option(False, switch, "train the head only, the CNN frozen whole")
+    standardise_text: bool = option(True, switch, "standardise each report-vector dimension by "
+                                    "the training studies' mean and sd (false: raw, the original)")
 
 
 @dataclass(frozen=True)
 class Train:
-    epochs: int = option(4, positive_int, "epochs (the real study: 40)")
+    epochs: int = option(3, positive_int, "epochs (the real study: 40)")
     lr: float = option(0.003, positive_number, "Adam learning rate (the original)")
     batch_size: int = option(32, positive_int, "global batch, images (the real study: 64)")
     seeds: tuple = option((0, 1, 2), seeds, "every variant is trained once per seed "

@@ -14,9 +14,9 @@ The study is read exactly as the pipeline read its training and test studies:
           model's params.json) with `cxrfusion.text_encoder.embed` (what `embed_text` runs);
   study   the mean of its images' probabilities (`cxrfusion.metrics.study_predictions`);
   label   abnormal when the probability is at or above the threshold `evaluate` used
-          on validation (metrics/<run>/test.json), else the model's `evaluate.threshold`.
+          on validation (metrics/test/<run>.json), else the model's `evaluate.threshold`.
 
-Probabilities agree with metrics/<run>/predictions.csv to about 1e-7, not always to the
+Probabilities agree with metrics/predictions/<run>.csv to about 1e-7, not always to the
 last bit: on the CPU a row's result depends in its last bit on the batch it is computed in
 (see tests/test_predict_explain.py).
 """
@@ -270,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
                         "relative to the current folder)")
     p.add_argument("--threshold", type=float, default=None,
                    help="probability of abnormal at or above which a study is called abnormal "
-                        "(default: the one `evaluate` chose on validation, metrics/<run>/test.json, "
+                        "(default: the one `evaluate` chose on validation, metrics/test/<run>.json, "
                         "else the model's evaluate.threshold when it is a probability)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the predictions as CSV to FILE (default: print them to stdout)")

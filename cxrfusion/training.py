@@ -116,11 +116,15 @@ def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> boo
     return False
 
 
-def build(variant: str, p: dict, text_dim: int, world: World):
+def build(variant: str, p: dict, train_set: Split, world: World):
     """The model on this rank's device, the optimizer, and the module that takes the steps
-    (wrapped by DDP across processes and by torch.compile when asked)."""
+    (wrapped by DDP across processes and by torch.compile when asked). `train_set` gives the
+    report vectors' size and, under model.standardise_text, their scaling."""
     t, m = p["train"], p["model"]
+    text_dim = 0 if train_set.text is None else train_set.text.shape[1]
     model = Classifier(variant, text_dim, m["backbone"], p["image"]["pretrained"], m["hidden"], m["dropout"])
+    if model.uses_text and m["standardise_text"]:
+        model.standardise_text(train_set.study_text())
     if m["freeze_backbone"]:
         freeze_backbone(model)
     if world.distributed and world.device.type == "cuda":
@@ -138,14 +142,14 @@ def build(variant: str, p: dict, text_dim: int, world: World):
 
 @contextlib.contextmanager
 def live_log(run: Run, world: World):
-    """DVCLive's per-epoch metrics (metrics/<run>/train/), written by rank 0 only, into a
+    """DVCLive's per-epoch metrics (metrics/train/<run>/), written by rank 0 only, into a
     temporary folder that replaces the previous one only when training ends well."""
     if not world.main:
         yield None
         return
     from dvclive import Live
 
-    with atomic_path(run.metrics / "train") as tmp:
+    with atomic_path(run.train_log) as tmp:
         with Live(dir=str(tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
             yield live
 

@@ -51,7 +51,7 @@ def patients_of(uids: pd.Series, predictions: Path) -> np.ndarray | None:
 
 def read_run(run: Run) -> tuple[pd.DataFrame, dict]:
     """A run's test studies (uid, label, probability) and what `evaluate` wrote for it."""
-    predictions, test_json = run.metrics / "predictions.csv", run.metrics / "test.json"
+    predictions, test_json = run.predictions, run.test_metrics
     for path in (predictions, test_json):
         if not path.exists():
             raise PipelineError(f"{path} not found: run `dvc repro` (evaluate) first.")
@@ -88,19 +88,19 @@ def compare(p: dict) -> dict:
     uids, labels = scored[first][0]["uid"], scored[first][0]["label"].to_numpy()
     for run, (df, _) in scored.items():
         if not df["uid"].equals(uids):
-            raise PipelineError(f"{run.metrics / 'predictions.csv'} scores other test studies "
-                                f"than {first.metrics / 'predictions.csv'}: rerun `dvc repro` so "
+            raise PipelineError(f"{run.predictions} scores other test studies "
+                                f"than {first.predictions}: rerun `dvc repro` so "
                                 "that every run uses the same data/prepared split.")
     if len(np.unique(labels)) < 2:
-        raise PipelineError(f"every test study in {first.metrics / 'predictions.csv'} has label "
+        raise PipelineError(f"every test study in {first.predictions} has label "
                             f"{labels[0]}: AUROC and its intervals need both classes; use a larger "
                             "split.test or more studies.")
     abnormal = int((labels == 1).sum())
     if min(abnormal, len(labels) - abnormal) < 2:  # DeLong's test needs two of each
-        raise PipelineError(f"{first.metrics / 'predictions.csv'} holds {abnormal} abnormal and "
+        raise PipelineError(f"{first.predictions} holds {abnormal} abnormal and "
                             f"{len(labels) - abnormal} normal test studies: DeLong's test needs "
                             "two of each or more; use a larger split.test or more studies.")
-    patients = patients_of(uids, first.metrics / "predictions.csv")
+    patients = patients_of(uids, first.predictions)
     units = ({"resampled": "studies", "resampled_units": len(uids)} if patients is None else
              {"resampled": "patients", "resampled_units": len(np.unique(patients))})
 

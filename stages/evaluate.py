@@ -1,20 +1,25 @@
-"""Stage `evaluate`: score one trained run on the test studies, once, at thresholds chosen on
-validation studies.
+"""Stage `evaluate`: score every trained run on the test studies, once, at thresholds chosen
+on validation studies.
 
-    python -m stages.evaluate fusion 0 findings+impression
-    python -m stages.evaluate image 0
+    python -m stages.evaluate                            # every run of train.seeds x text.inputs
+    python -m stages.evaluate fusion 0 findings+impression   # one run (e.g. while developing)
+
+One stage and one process for all runs: scoring takes about a second a run, the imports of
+torch and timm about 5 s a process, so a new seed re-scores every run for less than it would
+cost to start one process per run (training, which takes minutes, stays one stage a run).
 
 The model scores the validation studies first; `evaluate.threshold` (a probability, or the
 rule youden | max_f1 applied to these validation predictions) fixes the operating point, and
 the threshold that reaches `evaluate.specificity` on validation fixes the second one. Only then
 are the test studies scored, and nothing about them feeds back into either threshold.
 
-Writes metrics/<run>/ (e.g. metrics/fusion/findings+impression/seed-0/):
-  predictions.csv  test images: uid, filename, label, probability
-  test.json        the thresholds and how they were chosen, the test metrics at them (`study`:
-                   a study's probability is the mean over its images; `image`: one prediction
-                   per image, as the original), calibration (Brier, ECE)
-  roc.csv, pr.csv, confusion.csv   the test studies' curves for `dvc plots`
+Writes, per run (e.g. <run> = fusion/findings+impression/seed-0):
+  metrics/test/<run>.json         the thresholds and how they were chosen, the test metrics at
+                                  them (`study`: a study's probability is the mean over its
+                                  images; `image`: one prediction per image, as the original),
+                                  calibration (Brier, ECE)
+  metrics/predictions/<run>.csv   test images: uid, filename, label, probability
+  metrics/curves/{roc,pr,confusion}/<run>.csv   the test studies' curves for `dvc plots`
 """
 from __future__ import annotations
 
@@ -22,14 +27,15 @@ import logging
 import sys
 
 import pandas as pd
+from tqdm import tqdm
 
 from cxrfusion import params
-from cxrfusion.common import atomic_path, main, resolve_device, write_json
+from cxrfusion.common import PipelineError, atomic_path, main, resolve_device, write_json
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import Run
 from cxrfusion.metrics import (calibration, choose_threshold, classification_metrics, pr_curve,
                                roc_curve, study_predictions, threshold_at_specificity)
-from cxrfusion.model import load_model, reads
+from cxrfusion.model import WEIGHTS, load_model, reads
 from cxrfusion.scoring import predict, trained_settings
 
 log = logging.getLogger("evaluate")
@@ -81,16 +87,15 @@ def evaluate(run: Run, p: dict) -> dict:
         "val_studies": len(val),
     }
 
-    out = run.metrics
-    write_csv(images, out / "predictions.csv")
+    write_csv(images, run.predictions)
     fpr, tpr, _ = roc_curve(studies["label"], studies["probability"])
-    write_csv(pd.DataFrame({"fpr": fpr, "tpr": tpr}), out / "roc.csv")
+    write_csv(pd.DataFrame({"fpr": fpr, "tpr": tpr}), run.curve("roc"))
     recall, precision, _ = pr_curve(studies["label"], studies["probability"])
-    write_csv(pd.DataFrame({"recall": recall, "precision": precision}), out / "pr.csv")
+    write_csv(pd.DataFrame({"recall": recall, "precision": precision}), run.curve("pr"))
     write_csv(pd.DataFrame({"actual": studies["label"],
                             "predicted": (studies["probability"] >= threshold).astype(int)}),
-              out / "confusion.csv")
-    write_json(out / "test.json", result)
+              run.curve("confusion"))
+    write_json(run.test_metrics, result)
     s = result["study"]
     log.info("%s test (%d studies), threshold %.3f (%s, from %d validation studies): auroc %.3f "
              "f1 %.3f; sensitivity %.3f at specificity %.3f (target %.2f)", run.path, s["n"],
@@ -99,5 +104,14 @@ def evaluate(run: Run, p: dict) -> dict:
     return result
 
 
+def evaluate_all(argv: list[str], p: dict) -> list[dict]:
+    runs = [params.run_of(argv, p)] if argv else params.runs(p)
+    untrained = [str(run.models) for run in runs if not (run.models / WEIGHTS).exists()]
+    if untrained:  # before scoring any: a half-scored set of runs compares nothing
+        raise PipelineError(f"no trained model in {', '.join(untrained)}: train them with "
+                            "`dvc repro` (the train_* stages) first.")
+    return [evaluate(run, p) for run in tqdm(runs, desc="evaluate", unit="run", leave=False)]
+
+
 if __name__ == "__main__":
-    main(lambda: evaluate(params.run_of(sys.argv[1:], p := params.load()), p))
+    main(lambda: evaluate_all(sys.argv[1:], params.load()))

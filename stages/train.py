@@ -4,7 +4,7 @@
     python -m stages.train image 0
 
 Reads only data/prepared/*.csv and the caches of features/ the variant reads. Logs train/val
-metrics every epoch with DVCLive (metrics/<run>/train/), keeps the epoch chosen on validation
+metrics every epoch with DVCLive (metrics/train/<run>/), keeps the epoch chosen on validation
 data (train.select), and writes models/<run>/ (e.g. models/fusion/findings+impression/seed-0):
 model.safetensors, model.json, history.json and params.json, the run's resolved parameters.
 """
@@ -39,7 +39,7 @@ def train(run: Run, p: dict) -> dict:
         seed_everything(t["seed"])
         configure_torch(world.device, t["deterministic"])
         splits, text_dim = load_splits(p, *reads(variant), names=("train", "val"))
-        model, optimizer, step = build(variant, p, text_dim, world)
+        model, optimizer, step = build(variant, p, splits["train"], world)
         on_device = fits_on_device(splits["train"].nbytes + splits["val"].nbytes, world.device)
         train_set, val_set = (splits[s].to(world.device, images_too=on_device) for s in ("train", "val"))
         del splits  # the host copy of the images lives on only where the GPU had no room

@@ -144,9 +144,10 @@ def write_run(run: Run, uids, labels, images_per_study=1, seed: int = 0) -> pd.D
         "filename": [f"{u}_{k}.png" for u, c in zip(uids, counts) for k in range(c)],
         "label": np.repeat(labels, counts), "probability": 1 / (1 + np.exp(-logit))})
     images = images.iloc[rng.permutation(len(images))].reset_index(drop=True)
-    run.metrics.mkdir(parents=True, exist_ok=True)
-    images.to_csv(run.metrics / "predictions.csv", index=False)
-    (run.metrics / "test.json").write_text(json.dumps({
+    for path in (run.predictions, run.test_metrics):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    images.to_csv(run.predictions, index=False)
+    run.test_metrics.write_text(json.dumps({
         "run": {"variant": run.variant, "seed": run.seed, "text_input": run.text_input},
         "threshold": float(0.35 + 0.3 * rng.random()), "threshold_rule": "youden",
         "study": {"brier": float(0.1 + 0.15 * rng.random()),
@@ -199,10 +200,10 @@ def scored_models(p: dict, text_input: str) -> tuple[np.ndarray, dict]:
         rows = []
         for s in p["train"]["seeds"]:
             run = Run(variant, s, None if variant == "image" else text_input)
-            studies = study_predictions(pd.read_csv(run.metrics / "predictions.csv"))
+            studies = study_predictions(pd.read_csv(run.predictions))
             labels = studies["label"].to_numpy()
             rows.append((studies["probability"].to_numpy(),
-                         json.loads((run.metrics / "test.json").read_text())))
+                         json.loads((run.test_metrics).read_text())))
         models[variant] = {"probs": np.stack([r[0] for r in rows]),
                            "operating": np.array([t["threshold"] for _, t in rows]),
                            "at_specificity": np.array([t["at_specificity"]["threshold"]
@@ -277,7 +278,7 @@ def test_compare_refuses_test_studies_missing_from_studies_csv(workdir, params, 
     uids = np.arange(len(labels))
     write_runs(params, uids, labels)
     prepared_table(uids[1:], labels[1:], groups[1:])
-    first = params_mod.runs(params)[0].metrics / "predictions.csv"
+    first = params_mod.runs(params)[0].predictions
     with pytest.raises(PipelineError, match=re.escape(str(first)) + r" scores test studies that "
                                             r"data/prepared/studies.csv does not hold "
                                             r"\(uids \[0\]\).*`dvc repro`"):

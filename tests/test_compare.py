@@ -61,12 +61,12 @@ def _run(variant: str, seed: int, text_input: str) -> Run:
 
 def _study_probs(run: Run) -> pd.Series:
     """A run's study probabilities by hand: the mean over each study's images, by uid."""
-    images = pd.read_csv(run.metrics / "predictions.csv")
+    images = pd.read_csv(run.predictions)
     return images.groupby("uid")["probability"].mean().sort_index()
 
 
 def _test_json(run: Run) -> dict:
-    return json.loads((run.metrics / "test.json").read_text())
+    return json.loads((run.test_metrics).read_text())
 
 
 def _nothing_written() -> None:
@@ -265,10 +265,10 @@ def test_compare_refuses_runs_scored_on_other_studies(workdir, small, no_figures
         images = images[images["uid"] != uids[5]]
     else:  # as many studies, one of them another
         images = images.assign(uid=images["uid"].replace(uids[5], 99999))
-    images.to_csv(other.metrics / "predictions.csv", index=False)
-    with pytest.raises(PipelineError, match=r"^metrics/image/seed-1/predictions.csv scores other "
-                                            r"test studies than metrics/fusion/findings\+"
-                                            r"impression/seed-0/predictions.csv.*`dvc repro`"):
+    images.to_csv(other.predictions, index=False)
+    with pytest.raises(PipelineError, match=r"^metrics/predictions/image/seed-1.csv scores other "
+                                            r"test studies than metrics/predictions/fusion/"
+                                            r"findings\+impression/seed-0.csv.*`dvc repro`"):
         compare(small)
     _nothing_written()
 
@@ -280,9 +280,9 @@ def test_compare_refuses_a_missing_run(workdir, small, no_figures, missing):
     _project(small)
     if missing == "a seed":
         small["train"]["seeds"] = [0, 1, 2]
-        path = "metrics/fusion/findings+impression/seed-2/predictions.csv"
+        path = "metrics/predictions/fusion/findings+impression/seed-2.csv"
     elif missing == "test.json":
-        path = "metrics/text/indication/seed-1/test.json"
+        path = "metrics/test/text/indication/seed-1.json"
     else:
         path = "models/image/seed-0/history.json"
     if missing != "a seed":
@@ -300,10 +300,10 @@ def test_compare_refuses_test_studies_without_two_of_each_label(workdir, small, 
     write_runs(small, uids, labels)
     prepared_table(uids, labels)
     if abnormal in (0, N):
-        message = (rf"every test study in metrics/fusion/findings\+impression/seed-0/"
-                   rf"predictions.csv has label {labels[0]}: .*both classes.*split.test")
+        message = (rf"every test study in metrics/predictions/fusion/findings\+impression/"
+                   rf"seed-0.csv has label {labels[0]}: .*both classes.*split.test")
     else:  # AUROC is defined, DeLong's test (and a useful interval) is not
-        message = (r"metrics/fusion/findings\+impression/seed-0/predictions.csv holds 1 "
+        message = (r"metrics/predictions/fusion/findings\+impression/seed-0.csv holds 1 "
                    r"abnormal and 79 normal test studies: .*two of each.*split.test")
     with pytest.raises(PipelineError, match=message):
         compare(small)
@@ -384,5 +384,5 @@ def test_compare_draws_the_four_figures(workdir, small):
         with Image.open(Path("metrics/figures") / name) as image:
             assert image.format == "PNG" and min(image.size) > 100, name
     assert sorted(p.name for p in Path("metrics").iterdir()) == [
-        "comparison.json", "comparison.md", "figures", "fusion", "image", "text"]  # no temporaries
+        "comparison.json", "comparison.md", "figures", "predictions", "test"]  # no temporaries
     assert len(FIGURE_FUNCTIONS) == len(pngs)

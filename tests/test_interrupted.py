@@ -96,8 +96,8 @@ def evaluated(cached):
 
 def test_killed_evaluate_keeps_the_previous_scores(evaluated, monkeypatch):
     run = first_run("fusion", evaluated)
-    before = snapshot(str(run.metrics))
-    threshold = json.loads((run.metrics / "test.json").read_text())["threshold"]
+    before = [snapshot(str(path)) for path in (run.predictions, run.test_metrics)]
+    threshold = json.loads((run.test_metrics).read_text())["threshold"]
     real = pd.DataFrame.to_csv
 
     def half_written(self, path, *args, **kwargs):
@@ -110,9 +110,9 @@ def test_killed_evaluate_keeps_the_previous_scores(evaluated, monkeypatch):
     with pytest.raises(Killed):
         evaluate.evaluate(run, evaluated)
     monkeypatch.setattr(pd.DataFrame, "to_csv", real)
-    assert snapshot(str(run.metrics)) == before
-    assert len(pd.read_csv(run.metrics / "predictions.csv")) > 0
-    assert json.loads((run.metrics / "test.json").read_text())["threshold"] == threshold
+    assert [snapshot(str(path)) for path in (run.predictions, run.test_metrics)] == before
+    assert len(pd.read_csv(run.predictions)) > 0
+    assert json.loads((run.test_metrics).read_text())["threshold"] == threshold
     assert not leftovers()
 
 

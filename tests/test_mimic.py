@@ -423,8 +423,8 @@ def test_params_mimic_needs_a_folder(params):
 def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the imported fixture)
     """The pipeline on the generated folder, with the official split (the test studies are
     known in advance), through a trained and evaluated model: `dvc repro
-    evaluate_text@findings+impression-0` runs
-    download, prepare, the encoder, both caches (JPGs decoded), train and evaluate. The stages
+    train_text@findings+impression-0` runs download, prepare, the encoder, both caches (JPGs
+    decoded) and train; `python -m stages.evaluate` scores that one run. The stages
     after those read only the caches and are the demo's (tests/test_pipeline.py runs them).
     One run: the text model of the first text input and seed."""
     layout = make_mimic(tmp_path / "mimic-cxr-jpg")
@@ -434,11 +434,12 @@ def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the importe
     assert p["train"]["epochs"] == 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
-    _run(repo, str(VENV_BIN / "dvc"), "repro", "evaluate_text@findings+impression-0")
+    _run(repo, str(VENV_BIN / "dvc"), "repro", "train_text@findings+impression-0")
+    _run(repo, str(VENV_BIN / "python"), "-m", "stages.evaluate", "text", "0", "findings+impression")
 
     expected_test = sum(s["official"] == "test" and s["label"] is not None
                         for s in layout["studies"])
-    scores = json.loads((repo / "metrics/text/findings+impression/seed-0/test.json").read_text())
+    scores = json.loads((repo / "metrics/test/text/findings+impression/seed-0.json").read_text())
     assert scores["run"] == {"variant": "text", "seed": 0, "text_input": "findings+impression"}
     assert not (repo / "models/text/findings+impression/seed-1").exists()  # only what was asked
     assert scores["study"]["n"] == expected_test == 16

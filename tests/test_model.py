@@ -260,3 +260,51 @@ def test_saved_model_reloads(cached):
     probs_again, _ = predict(again, splits["val"], 8)
     assert (probs == probs_again).all()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+# --- report vectors standardised (model.standardise_text) -----------------------------------------
+
+def test_standardised_report_vectors_match_a_hand_computation(tmp_path):
+    """The head reads (vector - training mean) / training sd, a constant dimension as 0; the
+    scaling is part of the saved weights, so a reloaded model scores the same."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = Classifier("text", 3).eval()
+    train = torch.tensor([[1.0, 10.0, 5.0], [3.0, 30.0, 5.0], [5.0, 20.0, 5.0]])
+    model.standardise_text(train)
+    mean, sd = [3.0, 20.0, 5.0], [(8 / 3) ** 0.5, (200 / 3) ** 0.5, 1.0]  # population sd; constant: 1
+    assert model.text_mean.tolist() == pytest.approx(mean)
+    assert model.text_scale.tolist() == pytest.approx(sd)
+    new = torch.tensor([[2.0, 40.0, 7.0]])
+    by_hand = torch.tensor([[(2 - 3) / sd[0], (40 - 20) / sd[1], (7 - 5) / sd[2]]])
+    with torch.no_grad():
+        assert torch.allclose(model(None, new), model.head(by_hand), atol=1e-6)
+        save_file(model.state_dict(), tmp_path / "w.safetensors")
+        reloaded = Classifier("text", 3).eval()
+        reloaded.load_state_dict(load_file(tmp_path / "w.safetensors"))
+        assert torch.equal(reloaded(None, new), model(None, new))
+    assert {"text_mean", "text_scale"} <= set(load_file(tmp_path / "w.safetensors"))
+
+
+@pytest.mark.parametrize("standardise", [True, False])
+def test_training_fits_the_scaling_on_training_studies_once_each(standardise):
+    """build() fits the scaling on the training split, one row a study (a study's images share
+    its report vector: a study with more images must not weigh more); false keeps raw vectors."""
+    import pandas as pd
+
+    from cxrfusion.dataset import Split
+    from cxrfusion.distributed import World
+    from cxrfusion.params import defaults
+    from cxrfusion.training import build
+
+    rows = pd.DataFrame({"uid": [1, 1, 1, 2], "filename": list("abcd"), "view": "Frontal",
+                         "label": [1, 1, 1, 0], "split": "train"})
+    text = torch.tensor([[4.0, 1.0]] * 3 + [[0.0, 3.0]])
+    p = defaults()
+    p["model"]["standardise_text"] = standardise
+    model, _, _ = build("text", p, Split(rows, None, text, torch.tensor(rows["label"])), World())
+    if standardise:  # studies 1 and 2: mean (2, 2), sd (2, 1); per image it would be (3, 1.5)
+        assert model.text_mean.tolist() == [2.0, 2.0] and model.text_scale.tolist() == [2.0, 1.0]
+    else:
+        assert model.text_mean.tolist() == [0.0, 0.0] and model.text_scale.tolist() == [1.0, 1.0]

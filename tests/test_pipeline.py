@@ -34,8 +34,7 @@ def stage_names(p: dict) -> list[str]:
     every = runs(p)
     return (["download", "prepare", "demo_encoder"]
             + [f"embed_text@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
-            + [f"{stage}_{r.variant}@{r.key}" for stage in ("train", "evaluate") for r in every]
-            + ["compare", "explain"])
+            + [f"train_{r.variant}@{r.key}" for r in every] + ["evaluate", "compare", "explain"])
 
 
 def _env() -> dict:
@@ -101,7 +100,7 @@ def _check_comparison(repo: Path, params: dict) -> dict:
     assert comparison["threshold"] == "youden" and comparison["specificity"] == 0.9
     assert comparison["bootstrap"] == {"resamples": 50, "seed": 0}
     assert set(comparison["models"]) == set(comparison["differences"]) == set(inputs)
-    tests = {run: json.loads((repo / run.metrics / "test.json").read_text()) for run in runs(params)}
+    tests = {run: json.loads((repo / run.test_metrics).read_text()) for run in runs(params)}
     per_seed = [f"seed-{s}" for s in seeds]
     for text_input in inputs:
         models = comparison["models"][text_input]
@@ -177,26 +176,26 @@ def test_dvc_repro_end_to_end(repo):
 
     # every run: its model, its training log and its evaluation, under its own folders
     for run in every:
-        test = json.loads((repo / run.metrics / "test.json").read_text())
+        test = json.loads((repo / run.test_metrics).read_text())
         assert test["run"] == {"variant": run.variant, "seed": run.seed,
                                "text_input": run.text_input}
         assert test["study"]["n"] == comparison["test_studies"]
         assert test["threshold_rule"] == "youden" and 0 <= test["threshold"] < 1
         assert test["at_specificity"]["target"] == 0.9
-        assert (repo / run.metrics / "predictions.csv").exists()
-        for plot in ("roc.csv", "pr.csv", "confusion.csv"):
-            assert (repo / run.metrics / plot).exists(), (run, plot)
+        assert (repo / run.predictions).exists()
+        for curve in ("roc", "pr", "confusion"):
+            assert (repo / run.curve(curve)).exists(), (run, curve)
         assert (repo / run.models / "model.safetensors").exists()
         config = json.loads((repo / run.models / "model.json").read_text())
         assert config["seed"] == run.seed and config["text_input"] == run.text_input
         assert json.loads((repo / run.models / "history.json").read_text())[0]["epoch"] == 1
-        assert (repo / run.metrics / "train/metrics.json").exists()
+        assert (repo / run.train_log / "metrics.json").exists()
     explained = json.loads((repo / "metrics/explain.json").read_text())
     explained_run = Run("fusion", 0, "findings+impression")  # explain.model_seed, text_input: null
     assert explained["variant"] == "fusion" and explained["test"]["studies"] == comparison["test_studies"]
     assert explained["model"] == str(explained_run.models) and explained["seed"] == 0
     assert explained["threshold"] == json.loads(
-        (repo / explained_run.metrics / "test.json").read_text())["threshold"]
+        (repo / explained_run.test_metrics).read_text())["threshold"]
     assert {"grid.png", "heatmaps.csv"} <= {p.name for p in (repo / "metrics/explain").iterdir()}
     for path in ["data/prepared/report.json", "features/images_report.json", "features/images.h5",
                  "models/demo_encoder", "dvc.lock"] + [
@@ -220,7 +219,7 @@ def test_dvc_repro_end_to_end(repo):
     files = shown[""]["data"]
     assert "metrics/comparison.json" in files
     assert files["metrics/comparison.json"]["data"]["test_studies"] == comparison["test_studies"]
-    assert {f"{run.metrics}/test.json" for run in every} <= set(files)
+    assert {str(run.test_metrics) for run in every} <= set(files)
     assert "metrics/comparison.json" in _run(repo, dvc, "metrics", "show")
 
     # a changed parameter reruns only the stages that read it
@@ -236,11 +235,11 @@ def test_dvc_repro_end_to_end(repo):
         return {s for s in stages if s.startswith(prefixes)}
 
     assert stale_after(evaluate__bootstrap=60) == {"compare"}
-    # the thresholds are chosen in evaluate: every run's evaluation and the comparison of them
+    # the thresholds are chosen in evaluate: the runs' evaluation and the comparison of them
     # (explain follows through the evaluations it reads, below)
-    assert stale_after(evaluate__threshold=0.4) == named("evaluate_") | {"compare"}
-    assert stale_after(evaluate__threshold="max_f1") == named("evaluate_") | {"compare"}
-    assert stale_after(evaluate__specificity=0.8) == named("evaluate_") | {"compare"}
+    assert stale_after(evaluate__threshold=0.4) == {"evaluate", "compare"}
+    assert stale_after(evaluate__threshold="max_f1") == {"evaluate", "compare"}
+    assert stale_after(evaluate__specificity=0.8) == {"evaluate", "compare"}
     # how images and reports are fed does not change what is learned: nothing to do
     assert stale_after(train__workers=3, train__in_memory_gb=8, text__batch_size=7,
                        text__nproc=2) == set()
@@ -250,20 +249,22 @@ def test_dvc_repro_end_to_end(repo):
     assert stale_after(image__size=48) == {"cache_images"} | named("train_fusion@", "train_image@")
     assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@", "train_image@")
     assert stale_after(model__hidden=64) == named("train_")
-    # another seed: its own train and evaluate stages (never run), the existing ones up to date
+    assert stale_after(model__standardise_text=False) == named("train_fusion@", "train_text@")
+    # another seed: its own train stages (never run), the existing ones up to date; evaluate
+    # scores every run again (a second each)
     more = {**params, "train": {**params["train"], "seeds": [0, 1, 2]}}
     new = set(stage_names(more)) - set(stages)
-    assert new == {f"{s}_{r.variant}@{r.key}" for s in ("train", "evaluate")
-                   for r in runs(more) if r.seed == 2}
-    assert len(new) == 2 * 5
-    assert stale_after(train__seeds=[0, 1, 2]) == new | {"compare", "explain"}
+    assert new == {f"train_{r.variant}@{r.key}" for r in runs(more) if r.seed == 2}
+    assert len(new) == 5
+    assert stale_after(train__seeds=[0, 1, 2]) == new | {"evaluate", "compare", "explain"}
     # another text input: prepare keeps its fields, and its embedding and runs are new
     wider = {**params, "text": {**params["text"], "inputs": ["findings+impression", "indication",
                                                             "impression"]}}
     new = set(stage_names(wider)) - set(stages)
-    assert new == {"embed_text@impression"} | {f"{s}_{r.variant}@{r.key}" for s in ("train", "evaluate")
-                                               for r in runs(wider) if r.text_input == "impression"}
-    assert stale_after(text__inputs=wider["text"]["inputs"]) == new | {"prepare", "compare", "explain"}
+    assert new == {"embed_text@impression"} | {f"train_{r.variant}@{r.key}" for r in runs(wider)
+                                               if r.text_input == "impression"}
+    assert stale_after(text__inputs=wider["text"]["inputs"]) == new | {"prepare", "evaluate",
+                                                                       "compare", "explain"}
 
     # the same parameters again, every stage forced to rerun: byte-identical metrics
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -277,14 +278,12 @@ def test_dvc_repro_end_to_end(repo):
     for path in metrics:
         assert (repo / path).read_bytes() == first[path], path
 
-    # a changed threshold: once the explained run's evaluation is redone, explain (which reads
-    # it) is stale too, beside the other evaluations and compare; no model is trained again.
-    # (`dvc status` lists only the stages whose own inputs changed; the rest would follow.)
-    assert stale_after(evaluate__threshold=0.4) == named("evaluate_") | {"compare"}
-    explained_stage = f"evaluate_fusion@{explained_run.key}"
-    redone = _run(repo, dvc, "repro", explained_stage)
-    assert {s for s in stages if f"Running stage '{s}'" in redone} == {explained_stage}, redone
-    test = json.loads((repo / explained_run.metrics / "test.json").read_text())
+    # a changed threshold: once the evaluations are redone, explain (which reads the explained
+    # run's) is stale too, beside compare; no model is trained again. (`dvc status` lists only
+    # the stages whose own inputs changed; the rest would follow.)
+    assert stale_after(evaluate__threshold=0.4) == {"evaluate", "compare"}
+    redone = _run(repo, dvc, "repro", "evaluate")
+    assert {s for s in stages if f"Running stage '{s}'" in redone} == {"evaluate"}, redone
+    test = json.loads((repo / explained_run.test_metrics).read_text())
     assert test["threshold"] == 0.4 and test["threshold_rule"] == "fixed"
-    assert set(json.loads(_run_stdout(repo, dvc, "status", "--json"))) == (
-        named("evaluate_") - {explained_stage}) | {"compare", "explain"}
+    assert set(json.loads(_run_stdout(repo, dvc, "status", "--json"))) == {"compare", "explain"}

@@ -69,12 +69,12 @@ def _test_rows() -> pd.DataFrame:
 
 
 def _evaluated(variant: str) -> pd.DataFrame:
-    return study_predictions(pd.read_csv(RUNS[variant].metrics / "predictions.csv")).set_index("uid")
+    return study_predictions(pd.read_csv(RUNS[variant].predictions)).set_index("uid")
 
 
 def _threshold(variant: str) -> float:
     """The threshold evaluate chose (on validation) for the variant's run."""
-    return json.loads((RUNS[variant].metrics / "test.json").read_text())["threshold"]
+    return json.loads((RUNS[variant].test_metrics).read_text())["threshold"]
 
 
 def _cli(argv):
@@ -95,7 +95,7 @@ def test_predict_one_study_matches_evaluate(p, variant, capsys):
         argv += ["--image", path]
     for field in FIELDS:
         argv += [f"--{field}", study[field].iloc[0]]
-    scores = RUNS[variant].metrics / "test.json"
+    scores = RUNS[variant].test_metrics
     saved = scores.read_text()
     # another threshold in test.json than evaluate chose: the one test.json holds must win
     scores.write_text(json.dumps({**json.loads(saved), "threshold": 0.37}))
@@ -243,8 +243,8 @@ def test_grad_cam_heatmap(p):
     x = normalise(test.images[:4], model.pixel_mean, model.pixel_std)
     with torch.no_grad():  # the split Grad-CAM differentiates (features, then classify) is the
         #                    backbone's own forward: timm's forward_features + forward_head
-        assert torch.equal(model(x, test.text[:4]),
-                           model.head(torch.cat([model.cnn(x), test.text[:4]], 1)))
+        text = (test.text[:4] - model.text_mean) / model.text_scale  # model.standardise_text
+        assert torch.equal(model(x, test.text[:4]), model.head(torch.cat([model.cnn(x), text], 1)))
     cams = []
     for row in range(3):
         for target in (None, 0, 1):  # None: the more probable class
@@ -342,7 +342,7 @@ def test_explain_stage_writes_its_outputs(p):
         assert (shown["outcome"] == outcome).sum() == k
     assert shown["file"].tolist() == expected_files and saved["heatmaps"] == len(expected_files)
     assert shown["uid"].is_unique
-    evaluated = pd.read_csv(RUNS["fusion"].metrics / "predictions.csv").set_index("filename")
+    evaluated = pd.read_csv(RUNS["fusion"].predictions).set_index("filename")
     assert (shown["probability"].to_numpy() == evaluated.loc[shown["filename"], "probability"].to_numpy()).all()
     files = sorted(f.name for f in Path("metrics/explain").iterdir())
     assert files == sorted(expected_files + ["grid.png", "heatmaps.csv"])

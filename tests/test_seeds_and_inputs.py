@@ -43,8 +43,12 @@ def test_a_run_names_its_folders_and_stage():
     fusion, image = Run("fusion", 0, FI), Run("image", 2)
     assert fusion.path == "fusion/findings+impression/seed-0" and image.path == "image/seed-2"
     assert fusion.models == Path("models/fusion/findings+impression/seed-0")
-    assert fusion.metrics == Path("metrics/fusion/findings+impression/seed-0")
-    assert image.models == Path("models/image/seed-2") and image.metrics == Path("metrics/image/seed-2")
+    assert fusion.test_metrics == Path("metrics/test/fusion/findings+impression/seed-0.json")
+    assert fusion.predictions == Path("metrics/predictions/fusion/findings+impression/seed-0.csv")
+    assert fusion.curve("roc") == Path("metrics/curves/roc/fusion/findings+impression/seed-0.csv")
+    assert fusion.train_log == Path("metrics/train/fusion/findings+impression/seed-0")
+    assert image.models == Path("models/image/seed-2")
+    assert image.test_metrics == Path("metrics/test/image/seed-2.json")
     # the names dvc.yaml's matrix stages give them: train_fusion@findings+impression-0, train_image@2
     assert fusion.key == "findings+impression-0" and image.key == "2"
     assert fusion.label == "fusion · findings+impression" and image.label == "image"
@@ -302,7 +306,7 @@ def trained(cached):
 
 
 def _test_json(run: Run) -> dict:
-    return json.loads((run.metrics / "test.json").read_text())
+    return json.loads((run.test_metrics).read_text())
 
 
 @pytest.mark.parametrize("rule", ["youden", "max_f1"])
@@ -333,7 +337,7 @@ def test_test_predictions_never_move_the_threshold(trained, monkeypatch):
 
     run, p, _ = trained
     before = evaluate_mod.evaluate(run, p)
-    scored = pd.read_csv(run.metrics / "predictions.csv")["probability"].to_numpy()
+    scored = pd.read_csv(run.predictions)["probability"].to_numpy()
     real_score = evaluate_mod.score
 
     def separated(df, high, low):  # every image of an abnormal study `high`, of a normal `low`
@@ -347,7 +351,7 @@ def test_test_predictions_never_move_the_threshold(trained, monkeypatch):
     monkeypatch.setattr(evaluate_mod, "score", test_changed)
     after = evaluate_mod.evaluate(run, p)
     # the test scores changed (evaluate wrote the turned ones) ...
-    np.testing.assert_allclose(pd.read_csv(run.metrics / "predictions.csv")["probability"],
+    np.testing.assert_allclose(pd.read_csv(run.predictions)["probability"],
                                1 - scored, atol=1e-12)
     assert after["study"]["auroc"] == pytest.approx(1 - before["study"]["auroc"])
     assert after["study"]["confusion"] != before["study"]["confusion"]
@@ -377,7 +381,7 @@ def test_a_fixed_threshold_is_used_as_it_is(trained):
     assert saved["threshold"] == 0.42 and saved["threshold_rule"] == "fixed"
     test = direct["test"]
     called = (test["probability"] >= 0.42).astype(int)
-    confusion = pd.read_csv(run.metrics / "confusion.csv")
+    confusion = pd.read_csv(run.curve("confusion"))
     assert confusion["predicted"].tolist() == called.tolist()
     assert saved["study"]["recall"] == pytest.approx(
         ((called == 1) & (test["label"] == 1)).sum() / (test["label"] == 1).sum())
@@ -429,19 +433,19 @@ def test_two_seeds_train_two_models_and_a_seed_trains_the_same_model_again(cache
     assert a.keys() == b.keys()
     assert not all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)  # another initialisation
     assert not np.array_equal(a["head.0.weight"].numpy(), b["head.0.weight"].numpy())
-    p0 = pd.read_csv(zero.metrics / "predictions.csv")
-    p1 = pd.read_csv(one.metrics / "predictions.csv")
+    p0 = pd.read_csv(zero.predictions)
+    p1 = pd.read_csv(one.predictions)
     assert p0["filename"].tolist() == p1["filename"].tolist()  # the same test images
     assert not np.allclose(p0["probability"], p1["probability"], atol=1e-6)
 
     weights = (zero.models / "model.safetensors").read_bytes()
-    predictions = (zero.metrics / "predictions.csv").read_bytes()
-    scores = (zero.metrics / "test.json").read_bytes()
+    predictions = (zero.predictions).read_bytes()
+    scores = (zero.test_metrics).read_bytes()
     train(zero, cached)  # seed 0 again: the same weights, predictions and metrics
     evaluate(zero, cached)
     assert (zero.models / "model.safetensors").read_bytes() == weights
-    assert (zero.metrics / "predictions.csv").read_bytes() == predictions
-    assert (zero.metrics / "test.json").read_bytes() == scores
+    assert (zero.predictions).read_bytes() == predictions
+    assert (zero.test_metrics).read_bytes() == scores
 
 
 def test_compare_reads_every_run_over_seeds_and_inputs(cached):
@@ -477,7 +481,7 @@ def two_seeds(tmp_path_factory):
     folder = tmp_path_factory.mktemp("two_seeds")
     p = frozen_project(folder, TWO_SEEDS)
     for run in TWO_SEEDS:
-        path = folder / run.metrics / "test.json"
+        path = folder / run.test_metrics
         path.write_text(json.dumps({**json.loads(path.read_text()), "threshold": THRESHOLDS[run.seed]}))
     return folder, p
 
@@ -492,7 +496,7 @@ def two(two_seeds, monkeypatch) -> dict:
 def _evaluated(run: Run) -> pd.DataFrame:
     from cxrfusion.metrics import study_predictions
 
-    return study_predictions(pd.read_csv(run.metrics / "predictions.csv")).set_index("uid")
+    return study_predictions(pd.read_csv(run.predictions)).set_index("uid")
 
 
 def _test_csv() -> str:
@@ -554,12 +558,12 @@ def test_explain_explains_the_chosen_seeds_run_at_its_threshold(two, model_seed)
     assert result["threshold"] == THRESHOLDS[run.seed]
     # its heatmaps show that run's predictions, at that run's threshold
     shown = pd.read_csv("metrics/explain/heatmaps.csv")
-    evaluated = pd.read_csv(run.metrics / "predictions.csv").set_index("filename")
+    evaluated = pd.read_csv(run.predictions).set_index("filename")
     np.testing.assert_array_equal(shown["probability"].to_numpy(),
                                   evaluated.loc[shown["filename"], "probability"].to_numpy())
     called = shown["study_probability"] >= THRESHOLDS[run.seed]
     assert (called == shown["outcome"].isin(["true_positive", "false_positive"])).all()
     other = TWO_SEEDS[0] if run is TWO_SEEDS[1] else TWO_SEEDS[1]
-    others = pd.read_csv(other.metrics / "predictions.csv").set_index("filename")
+    others = pd.read_csv(other.predictions).set_index("filename")
     assert not np.allclose(shown["probability"], others.loc[shown["filename"], "probability"],
                            atol=1e-6)

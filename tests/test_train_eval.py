@@ -86,13 +86,13 @@ def test_fusion_training_writes_its_outputs(cached):
     assert not list(folder.parent.glob(".*"))  # no temporary folder left behind
 
     # DVCLive: the kept epoch's metrics, and one row per epoch in the plots
-    assert run.metrics == Path("metrics/fusion/findings+impression/seed-0")
-    live = json.loads(Path("metrics/fusion/findings+impression/seed-0/train/metrics.json").read_text())
+    assert run.train_log == Path("metrics/train/fusion/findings+impression/seed-0")
+    live = json.loads(Path("metrics/train/fusion/findings+impression/seed-0/metrics.json").read_text())
     assert live["epoch_kept"] == chosen
     for phase in ("train", "val"):
         for key, value in history[chosen - 1][phase].items():
             assert live[phase][key] == pytest.approx(value)
-        loss = pd.read_csv(run.metrics / f"train/plots/metrics/{phase}/loss.tsv", sep="\t")
+        loss = pd.read_csv(run.train_log / f"plots/metrics/{phase}/loss.tsv", sep="\t")
         assert loss["step"].tolist() == [0, 1]
         assert loss["loss"].tolist() == pytest.approx([row[phase]["loss"] for row in history])
 
@@ -102,7 +102,7 @@ def test_fusion_training_writes_its_outputs(cached):
 
 # --- selection ------------------------------------------------------------------------------------
 
-EIGHT_EPOCHS_SEED = 7  # with this seed the validation loss is lowest at epoch 7 of 8
+EIGHT_EPOCHS_SEED = 7  # with this seed the validation loss is lowest before epoch 8 (at 2)
 
 
 @pytest.fixture
@@ -120,13 +120,13 @@ def test_dvc_metrics_show_the_kept_epoch_not_the_last(eight_epochs):
     run = _eight(eight_epochs)
     result = train(run, eight_epochs)
     chosen, history = result["chosen"], result["history"]
-    assert chosen == 7  # the fixture's premise: kept and last differ
-    live = json.loads((run.metrics / "train/metrics.json").read_text())
-    assert live["epoch_kept"] == 7
-    assert live["val"] == history[6]["val"] != history[7]["val"]
-    assert live["train"] == history[6]["train"]
+    assert chosen < 8  # the fixture's premise: kept and last differ
+    live = json.loads((run.train_log / "metrics.json").read_text())
+    assert live["epoch_kept"] == chosen
+    assert live["val"] == history[chosen - 1]["val"] != history[7]["val"]
+    assert live["train"] == history[chosen - 1]["train"]
     # the per-epoch plots still hold every epoch
-    loss = pd.read_csv(run.metrics / "train/plots/metrics/val/loss.tsv", sep="\t")
+    loss = pd.read_csv(run.train_log / "plots/metrics/val/loss.tsv", sep="\t")
     assert loss["loss"].tolist() == pytest.approx([row["val"]["loss"] for row in history])
 
 
@@ -163,12 +163,12 @@ def test_training_is_deterministic(cached):
     first = train(run, cached)
     weights = (run.models / "model.safetensors").read_bytes()
     evaluate(run, cached)
-    scores = (run.metrics / "test.json").read_bytes()
+    scores = (run.test_metrics).read_bytes()
     again = train(run, cached)
     assert again == first
     assert (run.models / "model.safetensors").read_bytes() == weights
     evaluate(run, cached)
-    assert (run.metrics / "test.json").read_bytes() == scores
+    assert (run.test_metrics).read_bytes() == scores
 
     # a changed seed changes the training and the test metrics (its own run, beside seed 0's)
     other_run = first_run("text", cached, seed=1)
@@ -176,7 +176,7 @@ def test_training_is_deterministic(cached):
     assert other["history"] != first["history"]
     assert other["history"][0]["train"]["loss"] != first["history"][0]["train"]["loss"]
     evaluate(other_run, cached)
-    assert json.loads((other_run.metrics / "test.json").read_text())["study"] != \
+    assert json.loads((other_run.test_metrics).read_text())["study"] != \
         json.loads(scores)["study"]
     assert (run.models / "model.safetensors").read_bytes() == weights  # seed 0's untouched
 
@@ -227,10 +227,10 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     run = first_run("text", p)
     train(run, p)
     result = evaluate(run, p)
-    out = Path("metrics/text/findings+impression/seed-0")
-    assert run.metrics == out
+    assert run.test_metrics == Path("metrics/test/text/findings+impression/seed-0.json")
+    assert run.predictions == Path("metrics/predictions/text/findings+impression/seed-0.csv")
 
-    predictions = pd.read_csv(out / "predictions.csv")
+    predictions = pd.read_csv(run.predictions)
     assert list(predictions.columns) == ["uid", "filename", "label", "probability"]
     images = pd.read_csv("data/prepared/images.csv")
     test_rows = images[images["split"] == "test"]
@@ -242,7 +242,7 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     assert predictions["probability"].between(0, 1).all()
     assert predictions["probability"].nunique() > 1
 
-    saved = json.loads((out / "test.json").read_text())
+    saved = json.loads(run.test_metrics.read_text())
     assert saved == json.loads(json.dumps(result))
     assert set(saved) == {"run", "threshold", "threshold_rule", "study", "image",
                           "at_specificity", "val_studies"}
@@ -287,13 +287,13 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     assert at["specificity"] == pytest.approx(((called == 0) & (y == 0)).sum() / (y == 0).sum())
 
     # the files `dvc plots` draws are study-level too
-    confusion = pd.read_csv(out / "confusion.csv")
+    confusion = pd.read_csv(run.curve("confusion"))
     assert len(confusion) == len(studies)
     assert confusion["actual"].tolist() == y.tolist()
     assert confusion["predicted"].tolist() == pred.tolist()  # at the chosen threshold
-    roc = pd.read_csv(out / "roc.csv")
+    roc = pd.read_csv(run.curve("roc"))
     assert list(roc.columns) == ["fpr", "tpr"] and roc["tpr"].iloc[-1] == 1.0
-    assert list(pd.read_csv(out / "pr.csv").columns) == ["recall", "precision"]
+    assert list(pd.read_csv(run.curve("pr")).columns) == ["recall", "precision"]
 
 
 def test_evaluate_uses_the_saved_model(cached):
@@ -301,13 +301,13 @@ def test_evaluate_uses_the_saved_model(cached):
     run = first_run("text", cached)
     train(run, cached)
     evaluate(run, cached)
-    first = (run.metrics / "predictions.csv").read_text()
+    first = (run.predictions).read_text()
     model, _ = load_model(run.models)
     splits, _ = load_splits(for_run(cached, run), False, True)
     probs, _ = predict(model, splits["test"], 8)
-    assert pd.read_csv(run.metrics / "predictions.csv")["probability"].to_numpy() == pytest.approx(probs, rel=1e-5)
+    assert pd.read_csv(run.predictions)["probability"].to_numpy() == pytest.approx(probs, rel=1e-5)
     evaluate(run, cached)
-    assert (run.metrics / "predictions.csv").read_text() == first
+    assert (run.predictions).read_text() == first
 
 
 def test_predictions_keep_full_precision(cached):
@@ -318,7 +318,7 @@ def test_predictions_keep_full_precision(cached):
     model, _ = load_model(run.models)
     splits, _ = load_splits(for_run(cached, run), False, True)
     probs, _ = predict(model, splits["test"], 8)
-    written = pd.read_csv(run.metrics / "predictions.csv")["probability"].to_numpy()
+    written = pd.read_csv(run.predictions)["probability"].to_numpy()
     assert np.array_equal(written.astype(np.float32), probs)
 
 
@@ -335,7 +335,7 @@ def test_nan_validation_inputs_stop_training(cached):
         vectors = f["vectors"][:]
         vectors[np.isin(f["uids"][:], list(val))] = np.nan
         f["vectors"][...] = vectors
-    logged = run.metrics / "train"
+    logged = run.train_log
     before = {f: f.read_bytes() for f in logged.rglob("*") if f.is_file()}
     assert before
     with pytest.raises(PipelineError, match="epoch 1"):
@@ -343,7 +343,7 @@ def test_nan_validation_inputs_stop_training(cached):
     assert (run.models / "model.safetensors").exists()  # the previous run's model
     # and the previous run's training metrics, not the failed run's partial ones
     assert {f: f.read_bytes() for f in logged.rglob("*") if f.is_file()} == before
-    assert not list(run.metrics.glob(".train*"))
+    assert not list(run.train_log.parent.glob(f".{run.train_log.name}*"))  # no temporary folder
 
 
 def test_skipped_images_leave_all_variants_the_same_rows(cached):
@@ -369,11 +369,12 @@ def test_skipped_images_leave_all_variants_the_same_rows(cached):
 
 def _write_predictions(run, uids, labels) -> None:
     """What evaluate writes for a run: predictions.csv and test.json."""
-    run.metrics.mkdir(parents=True, exist_ok=True)
+    for path in (run.predictions, run.test_metrics):
+        path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"uid": uids, "filename": [f"{u}.png" for u in uids], "label": labels,
                   "probability": np.linspace(0.1, 0.9, len(uids))}).to_csv(
-        run.metrics / "predictions.csv", index=False)
-    (run.metrics / "test.json").write_text(json.dumps({
+        run.predictions, index=False)
+    run.test_metrics.write_text(json.dumps({
         "threshold": 0.5, "threshold_rule": "youden", "study": {"brier": 0.2, "ece": 0.1},
         "at_specificity": {"target": 0.9, "threshold": 0.8}}))
 
@@ -391,8 +392,8 @@ def test_compare_refuses_test_studies_of_one_class(workdir, params):
 
     for run in _every_run(params):
         _write_predictions(run, range(6), [1] * 6)
-    with pytest.raises(PipelineError, match=r"metrics/fusion/findings\+impression/seed-0/"
-                                            r"predictions.csv has label 1.*split.test"):
+    with pytest.raises(PipelineError, match=r"metrics/predictions/fusion/findings\+impression/"
+                                            r"seed-0.csv has label 1.*split.test"):
         compare(params)
     assert not Path("metrics/comparison.json").exists()
 
@@ -404,9 +405,9 @@ def test_compare_refuses_runs_scored_on_other_studies(workdir, params):
     other = Run("text", 1, "indication")
     for run in _every_run(params):  # one run on another split
         _write_predictions(run, range(1, 7) if run == other else range(6), [0, 1] * 3)
-    with pytest.raises(PipelineError, match=r"metrics/text/indication/seed-1/predictions.csv "
-                                            r"scores other test studies than metrics/fusion/"
-                                            r"findings\+impression/seed-0/predictions.csv"):
+    with pytest.raises(PipelineError, match=r"metrics/predictions/text/indication/seed-1.csv "
+                                            r"scores other test studies than metrics/predictions/"
+                                            r"fusion/findings\+impression/seed-0.csv"):
         compare(params)
     assert not Path("metrics/comparison.json").exists()
 
@@ -419,7 +420,7 @@ def test_compare_refuses_a_run_not_evaluated(workdir, params):
     for run in _every_run(params):
         if run != Run("image", 1):
             _write_predictions(run, range(6), [0, 1] * 3)
-    with pytest.raises(PipelineError, match=r"metrics/image/seed-1/predictions.csv not found"):
+    with pytest.raises(PipelineError, match=r"metrics/predictions/image/seed-1.csv not found"):
         compare(params)
     assert not Path("metrics/comparison.json").exists()
 
