@@ -27,7 +27,7 @@ P_ABNORMAL = 0.64
 P_UNINDEXED = 0.024
 # As in the real data, the report's findings and impression name the finding more reliably than
 # a CNN sees it (real: text AUROC about 0.99); each misses some the other catches
-P_IMAGE_SHOWS = 0.8     # an abnormal study's image shows its finding
+P_IMAGE_SHOWS = 0.7     # an abnormal study's image shows its finding
 P_REPORT_SAYS = 0.95    # an abnormal study's findings and impression mention it
 IMAGES_PER_STUDY = {1: 446, 2: 3210, 3: 181, 4: 13, 5: 1}  # the real counts
 
@@ -53,7 +53,7 @@ SYMPTOMS = ["XXXX-year-old male with chest pain.", "Shortness of breath.", "Hypo
             "XXXX-year-old female, cough and fever.", "Chest pain and dyspnea."]
 ROUTINE = ["Positive TB test", "Preop evaluation", "XXXX", "Routine screening.",
            "XXXX-year-old male, follow-up."]
-P_SYMPTOMS = {True: 0.8, False: 0.2}  # by the hidden state: abnormal, normal
+P_SYMPTOMS = {True: 0.6, False: 0.35}  # by the hidden state: abnormal, normal
 
 
 def _indication(rng, abnormal: bool) -> str:
