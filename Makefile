@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 .PHONY: repro test install
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed .dvc/plots/offline.html
 
 # reinstall only when requirements.txt changes
 $(VENV)/.installed: requirements.txt
@@ -15,6 +15,10 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -c "import torch, timm, transformers, h5py, dvc, dvclive"
 	touch $@
+
+# the page `dvc plots show` fills, vega inline (offline): .dvc/config, plots.html_template
+.dvc/plots/offline.html: $(VENV)/.installed cxrfusion/plot_page.py
+	$(BIN)/python -m cxrfusion.plot_page $@
 
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/dvc repro   # stages call `python`: the venv's
