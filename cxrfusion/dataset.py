@@ -22,8 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import (IMAGES, IMAGES_H5, IMAGES_REPORT, SPLITS, read_image_filenames,
                             read_image_rows, read_images_report, read_prepared,
-                            read_skipped_images, read_text_cache, text_cache,
-                               text_cache_attrs)
+                            read_skipped_images, read_text_cache, text_cache, text_cache_attrs)
 
 log = logging.getLogger(__name__)
 

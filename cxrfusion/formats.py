@@ -8,8 +8,9 @@ CSV contract written by `prepare` and read by every later stage:
   images.csv   one row per image:  uid, filename, view, label, split
                (filename is relative to data/raw/images/images_normalized; may hold folders)
 HDF5 caches:
-  text/<input>.h5  one per text input (e.g. text/findings+impression.h5): `uids` (int64, N) and `vectors` (float32, N x D) in the same row order, plus
-               attributes that say how the vectors were made (encoder, pooling, casing, ...)
+  text/<input>.h5  one per text input (e.g. text/findings+impression.h5): `uids` (int64, N)
+               and `vectors` (float32, N x D) in the same row order, plus attributes that say
+               how the vectors were made (encoder, pooling, casing, ...)
   images.h5    `filenames` (str, N) and `images` (uint8, N x S x S, one image per chunk);
                `skipped` (str): the images of images.csv left out as unreadable (image.skip_bad);
                attributes `size` (S) and `fit` (pad | crop | stretch: how each X-ray was made
@@ -65,6 +66,17 @@ class Run:
     variant: str
     seed: int
     text_input: str | None = None
+
+    @classmethod
+    def of(cls, variant: str, seed: int, text_input: str | None) -> "Run":
+        """The run of `variant` and `seed` on `text_input`: the image model's, which reads no
+        report, whatever the input."""
+        return cls(variant, seed, None if variant == "image" else text_input)
+
+    @property
+    def record(self) -> dict:
+        """How params.json and test.json name the run."""
+        return {"variant": self.variant, "seed": self.seed, "text_input": self.text_input}
 
     @property
     def path(self) -> str:

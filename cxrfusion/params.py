@@ -368,8 +368,8 @@ def runs(p: dict, variants=VARIANTS) -> list[Run]:
     """Every model the parameters ask for: the image model once per seed, fusion and text once
     per text input and seed (ordered variant, input, seed)."""
     t = p["train"]["seeds"]
-    return [Run(v, s, i) for v in variants for i in ([None] if v == "image" else p["text"]["inputs"])
-            for s in t]
+    return list(dict.fromkeys(Run.of(v, s, i) for v in variants for i in p["text"]["inputs"]
+                              for s in t))  # the image model once, not once per input
 
 
 def run_of(argv: list[str], p: dict) -> Run:
@@ -409,7 +409,7 @@ def for_run(p: dict, run: Run) -> dict:
     a report, text.input / text.fields its text input. Saved beside the model (params.json)."""
     resolved = for_text_input(p, run.text_input) if run.text_input else dict(p)
     resolved["train"] = {**p["train"], "seed": run.seed}
-    resolved["run"] = {"variant": run.variant, "seed": run.seed, "text_input": run.text_input}
+    resolved["run"] = run.record
     return resolved
 
 

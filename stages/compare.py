@@ -105,7 +105,7 @@ def compare(p: dict) -> dict:
              {"resampled": "patients", "resampled_units": len(np.unique(patients))})
 
     def model(variant: str, text_input: str | None) -> dict:
-        mine = [scored[Run(variant, s, text_input if variant != "image" else None)] for s in seeds]
+        mine = [scored[Run.of(variant, s, text_input)] for s in seeds]
         return {"probs": np.stack([df["probability"].to_numpy() for df, _ in mine]),
                 "operating": np.array([t["threshold"] for _, t in mine]),
                 "at_specificity": np.array([t["at_specificity"]["threshold"] for _, t in mine]),
@@ -147,11 +147,11 @@ def compare(p: dict) -> dict:
             v: calibration(np.tile(labels, len(seeds)), m["probs"].ravel())  # pooled over seeds
             for v, m in models.items()}
         for v in ("fusion", "text") + (("image",) if text_input == inputs[0] else ()):
-            run = Run(v, seeds[0], text_input if v != "image" else None)
-            histories[run.label] = {s: trained(Run(v, s, run.text_input).models
-                                               / "history.json") for s in seeds}
-            chosen[run.label] = {s: trained(Run(v, s, run.text_input).models
-                                            / "model.json")["epoch"] for s in seeds}
+            label = Run.of(v, seeds[0], text_input).label
+            histories[label] = {s: trained(Run.of(v, s, text_input).models / "history.json")
+                                for s in seeds}
+            chosen[label] = {s: trained(Run.of(v, s, text_input).models / "model.json")["epoch"]
+                             for s in seeds}
 
     with atomic_path(FIGURES) as tmp:
         tmp.mkdir()

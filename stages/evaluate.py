@@ -74,7 +74,7 @@ def evaluate(run: Run, p: dict) -> dict:
     fixed = classification_metrics(studies["label"], studies["probability"], at_spec,
                                    f"{run.path} test studies")
     result = {
-        "run": {"variant": run.variant, "seed": run.seed, "text_input": run.text_input},
+        "run": run.record,
         "threshold": threshold, "threshold_rule": chosen["threshold_rule"],
         "study": {**classification_metrics(studies["label"], studies["probability"], threshold,
                                            f"{run.path} test studies"),
