@@ -34,15 +34,21 @@ def fingerprint(run: Run, params: dict, inputs: list[Path]) -> str:
     return hashlib.sha256(json.dumps([run.path, params, stats], sort_keys=True).encode()).hexdigest()
 
 
-def random_states(generator: torch.Generator) -> dict:
+def random_states(generator: torch.Generator, augment: torch.Generator | None = None) -> dict:
+    """The shuffling, global (dropout) and CUDA streams, and train.augment's when it draws."""
     states = {"shuffle": generator.get_state(), "torch": torch.get_rng_state()}
+    if augment is not None:
+        states["augment"] = augment.get_state()
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
-def restore_random_states(generator: torch.Generator, states: dict) -> None:
+def restore_random_states(generator: torch.Generator, states: dict,
+                          augment: torch.Generator | None = None) -> None:
     generator.set_state(states["shuffle"])
+    if augment is not None:
+        augment.set_state(states["augment"])
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,9 +1,16 @@
 """The classifier: an image branch (timm CNN), a text branch (cached vectors), one MLP head.
 
-    fusion: head(concat(cnn(image), text_vector))
-    image:  head(cnn(image))
-    text:   head(text_vector)
-    head:   Linear(in, 256) -> ReLU -> Dropout(0.3) -> Linear(256, 2)   (the original)
+How the head joins the two (model.fusion):
+    concat     (the original)  head(concat(cnn(image), text_vector))
+    projector                  head(concat(P_i(cnn(image)), P_t(text_vector)))
+    gated                      head(z * P_i(cnn(image)) + (1 - z) * P_t(text_vector)),
+                               z = sigmoid(W [P_i(..), P_t(..)]), one weight a feature and study
+    P: Linear(in, shared_dim) -> LayerNorm -> GELU, one per modality (GLoRIA's, MedCLIP's and
+    BiMediX2's projection into a shared space); the gate is Arevalo et al.'s gated multimodal
+    unit (2017) over the projected vectors.
+    head: Linear(in, 256) -> ReLU -> Dropout(0.3) -> Linear(256, 2)   (the original)
+The image and text models read one modality through the same parts (its projector under
+projector and gated: no gate), so each comparison is like for like.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from cxrfusion.common import PipelineError
+from cxrfusion.params import weight_tags
 
 
 def create_backbone(name: str, pretrained: bool | str) -> nn.Module:
@@ -33,6 +41,9 @@ def create_backbone(name: str, pretrained: bool | str) -> nn.Module:
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise PipelineError(f"model.backbone={name!r} is not a timm model.") from None
+        if "Invalid pretrained tag" in str(err):
+            raise PipelineError(f"model.backbone={name!r}: timm has no such tag; its tagged "
+                                f"weights are {weight_tags(name)}.") from None
         raise _weights_error(name, err) from None
     except (OSError, ValueError) as err:  # no network, no cache, no such file
         raise _weights_error(name, err) from None
@@ -47,6 +58,10 @@ def _weights_error(name: str, err: Exception) -> PipelineError:
         "path of a downloaded .safetensors/.pth file, or set image.pretrained=false.")
 
 
+def projector(width: int, shared_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width, shared_dim), nn.LayerNorm(shared_dim), nn.GELU())
+
+
 def reads(variant: str) -> tuple[bool, bool]:
     """(reads the image, reads the report) for a variant."""
     return variant in ("fusion", "image"), variant in ("fusion", "text")
@@ -54,15 +69,26 @@ def reads(variant: str) -> tuple[bool, bool]:
 
 class Classifier(nn.Module):
     def __init__(self, variant: str, text_dim: int, backbone: str = "efficientnet_b1",
-                 pretrained: bool | str = False, hidden: int = 256, dropout: float = 0.3):
+                 pretrained: bool | str = False, hidden: int = 256, dropout: float = 0.3,
+                 fusion: str = "concat", shared_dim: int = 256):
         super().__init__()
-        self.variant = variant
+        self.variant, self.fusion = variant, fusion
         self.uses_image, self.uses_text = reads(variant)
         self.cnn = create_backbone(backbone, pretrained) if self.uses_image else None
         # what forward_head gives: num_features, or the width of a head conv after the pooling
         # (MobileNetV3's head_hidden_size)
         width = getattr(self.cnn, "head_hidden_size", None) or getattr(self.cnn, "num_features", 0)
-        features = (width if self.uses_image else 0) + (text_dim if self.uses_text else 0)
+        if fusion == "concat":
+            features = (width if self.uses_image else 0) + (text_dim if self.uses_text else 0)
+        else:
+            if self.uses_image:
+                self.image_projector = projector(width, shared_dim)
+            if self.uses_text:
+                self.text_projector = projector(text_dim, shared_dim)
+            gated = fusion == "gated" and self.uses_image and self.uses_text
+            if gated:
+                self.gate = nn.Linear(2 * shared_dim, shared_dim)
+            features = shared_dim * (1 if gated else self.uses_image + self.uses_text)
         self.head = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, 2))
         if self.uses_image:  # made once and moved with the model, not rebuilt every batch
@@ -73,22 +99,42 @@ class Classifier(nn.Module):
             self.register_buffer("text_mean", torch.zeros(text_dim))
             self.register_buffer("text_scale", torch.ones(text_dim))
 
-    def forward(self, image: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
-        return self.classify(self.cnn.forward_features(image) if self.uses_image else None, text)
+    def forward(self, image: torch.Tensor | None, text: torch.Tensor | None,
+                report_weight: bool = False):
+        return self.classify(self.cnn.forward_features(image) if self.uses_image else None, text,
+                             report_weight)
 
-    def classify(self, features: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+    def classify(self, features: torch.Tensor | None, text: torch.Tensor | None,
+                 report_weight: bool = False):
         """Logits from the CNN's last feature maps (what Grad-CAM differentiates) and the
-        report vector: the backbone's pooling, the concatenation, the head."""
-        parts = []
-        if self.uses_image:
-            parts.append(self.cnn.forward_head(features))
-        if self.uses_text:
-            parts.append((text.float() - self.text_mean) / self.text_scale)
+        report vector: the backbone's pooling, the fusion, the head. With `report_weight`,
+        also the weight the gate gives the report, per row (the mean of 1 - z; gated fusion
+        only)."""
+        image = self.cnn.forward_head(features) if self.uses_image else None
+        text = (text.float() - self.text_mean) / self.text_scale if self.uses_text else None
         # The CNN may run under bf16 autocast; the head does not: autocast would run its Linear
         # layers in bf16 whatever the input's dtype, and bf16 logits (8 bits of mantissa) tie
         # in AUROC and differ from the CPU's float32 ones.
-        with torch.autocast(parts[0].device.type, enabled=False):
-            return self.head(torch.cat([part.float() for part in parts], 1))
+        device = (image if image is not None else text).device.type
+        with torch.autocast(device, enabled=False):
+            joined, gate = self.join(None if image is None else image.float(), text)
+            logits = self.head(joined)
+        if not report_weight:
+            return logits
+        if gate is None:
+            raise ValueError(f"a {self.fusion} {self.variant} model has no gate: only gated "
+                             "fusion weighs the report")
+        return logits, (1 - gate).mean(1)
+
+    def join(self, image: torch.Tensor | None, text: torch.Tensor | None):
+        """What the head reads (model.fusion), and the gate z (None unless gated fusion)."""
+        if self.fusion != "concat":
+            image = None if image is None else self.image_projector(image)
+            text = None if text is None else self.text_projector(text)
+            if hasattr(self, "gate"):
+                z = torch.sigmoid(self.gate(torch.cat([image, text], 1)))
+                return z * image + (1 - z) * text, z
+        return torch.cat([part for part in (image, text) if part is not None], 1), None
 
     def standardise_text(self, vectors: torch.Tensor) -> None:
         """Have the head read each report-vector dimension standardised by the mean and sd of
@@ -157,8 +203,16 @@ def model_config(model: Classifier, text_dim: int, backbone: str, image_size: in
     mean, std = model.input_stats()
     return {"variant": model.variant, "text_dim": text_dim, "backbone": backbone,
             "hidden": model.head[0].out_features, "dropout": model.head[2].p,
-            "image_size": image_size, "image_fit": image_fit, "mean": list(mean),
+            "fusion": model.fusion, "shared_dim": shared_dim(model), "image_size": image_size, "image_fit": image_fit, "mean": list(mean),
             "std": list(std)}
+
+
+def shared_dim(model: Classifier) -> int | None:
+    """The projectors' width (None under concat fusion)."""
+    if model.fusion == "concat":
+        return None
+    branch = model.image_projector if model.uses_image else model.text_projector
+    return branch[0].out_features
 
 
 def load_model(folder: Path, device="cpu") -> tuple[Classifier, dict]:
@@ -172,6 +226,8 @@ def load_model(folder: Path, device="cpu") -> tuple[Classifier, dict]:
         raise PipelineError(f"{folder / WEIGHTS} not found: train it with `dvc repro`.")
     config = json.loads((folder / CONFIG).read_text())
     model = Classifier(config["variant"], config["text_dim"], config["backbone"], False,
-                       config["hidden"], config["dropout"])
+                       config["hidden"], config["dropout"],
+                       config.get("fusion", "concat"),  # models saved before model.fusion
+                       config.get("shared_dim") or 256)
     model.load_state_dict(load_file(folder / WEIGHTS))
     return model.to(device).eval(), config

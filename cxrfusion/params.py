@@ -25,6 +25,8 @@ EXPLAINED = ("fusion", "image")  # the variants with an image branch for Grad-CA
 SELECTIONS = ("best_val_loss", "last")
 FITS = ("pad", "crop", "stretch")  # image.fit: how cxrfusion/imaging.py makes an X-ray square
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
+FUSIONS = ("concat", "projector", "gated")  # model.fusion: how the head joins image and report (cxrfusion/model.py)
+AUGMENTS = ("none", "affine", "affine+jitter")  # train.augment (cxrfusion/augment.py)
 THRESHOLD_RULES = ("youden", "max_f1")  # evaluate.threshold: chosen on validation (cxrfusion/metrics.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -128,6 +130,17 @@ def operating_point(name, v):
               "model's validation predictions: " + " | ".join(THRESHOLD_RULES))
 
 
+def image_side(name, v):
+    if v != "auto" and (not _number(v) or v < MIN_IMAGE_SIZE or v != int(v)):
+        _fail(name, v, f"use auto (the backbone's default input) or a whole number of px >= "
+              f"{MIN_IMAGE_SIZE} (EfficientNet downsamples by 32; the real study: 240)")
+
+
+def probability(name, v):
+    if not _number(v) or not 0 <= v <= 1:
+        _fail(name, v, "use a probability in [0, 1]")
+
+
 def optional(rule):
     def check(name, v):
         if v is not None:
@@ -217,9 +230,8 @@ class DemoEncoder:
 
 @dataclass(frozen=True)
 class Image:
-    size: int = option(48, in_range(MIN_IMAGE_SIZE, float("inf"), f"the backbone needs at least "
-                                    f"{MIN_IMAGE_SIZE} px (240 for the real study)", whole=True),
-                       "side of the cached images, px (the real study: 240)")
+    size: int | str = option(48, image_side, "side of the cached images, px (the real study: "
+                             "240), or auto: the default input of model.backbone's weights")
     fit: str = option("pad", one_of(*FITS), "how a non-square X-ray becomes square: pad "
                       "(letterbox) | crop (centre square) | stretch (the original)")
     skip_bad: bool = option(False, switch, "skip unreadable images instead of stopping")
@@ -236,12 +248,23 @@ class Model:
     freeze_backbone: bool = option(False, switch, "train the head only, the CNN frozen whole")
     standardise_text: bool = option(True, switch, "standardise each report-vector dimension by "
                                     "the training studies' mean and sd (false: raw, the original)")
+    fusion: str = option("concat", one_of(*FUSIONS), "concat (the original: features "
+                         "concatenated into the MLP) | projector (each modality projected to "
+                         "shared_dim, then concatenated) | gated (a per-study gate weighs the "
+                         "two projected vectors)")
+    shared_dim: int = option(256, positive_int, "width of the projectors (projector, gated; "
+                             "the image and text models use the same)")
 
 
 @dataclass(frozen=True)
 class Train:
     epochs: int = option(3, positive_int, "epochs (the real study: 40)")
     lr: float = option(0.003, positive_number, "Adam learning rate (the original)")
+    lr_backbone: float | None = option(None, optional(positive_number), "Adam learning rate "
+                                       "of the CNN (null: train.lr, the original)")
+    augment: str = option("none", one_of(*AUGMENTS), "random transforms of the training images "
+                          "(never validation or test): none (the original) | affine | "
+                          "affine+jitter (ranges: augment)")
     batch_size: int = option(32, positive_int, "global batch, images (the real study: 64)")
     seeds: tuple = option((0, 1, 2), seeds, "every variant is trained once per seed "
                           "(initialisation, order and dropout) on the same split")
@@ -257,6 +280,23 @@ class Train:
     workers: int = option(4, in_range(0, 1025, "use a whole number of loader processes >= 0",
                                       whole=True),
                           "loader processes that read a streamed images.h5")
+
+
+@dataclass(frozen=True)
+class Augment:  # read when train.augment is not none; each drawn per image, per batch
+    rotation: float = option(10.0, in_range(0, 180, "use degrees in [0, 180)"),
+                             "degrees: uniform in [-rotation, +rotation]")
+    translate: float = option(0.05, in_range(0, 0.5, "use a fraction of the side in [0, 0.5)"),
+                              "shift, a fraction of the side: uniform in [-t, +t] each axis")
+    scale: float = option(0.1, in_range(0, 1, "use a fraction in [0, 1)"),
+                          "zoom factor: uniform in [1 - scale, 1 + scale]")
+    flip: float = option(0.0, probability,
+                         "probability of a horizontal flip (0: a flipped film puts the heart "
+                         "on the right)")
+    brightness: float = option(0.1, in_range(0, 1, "use a fraction in [0, 1)"),
+                               "affine+jitter: offset uniform in [-b, +b] of the full range")
+    contrast: float = option(0.1, in_range(0, 1, "use a fraction in [0, 1)"),
+                             "affine+jitter: factor uniform in [1 - c, 1 + c] about the mean")
 
 
 @dataclass(frozen=True)
@@ -284,7 +324,7 @@ class Explain:
 
 
 SECTIONS = {"data": Data, "demo": Demo, "split": Split, "text": Text, "demo_encoder": DemoEncoder,
-            "image": Image, "model": Model, "train": Train, "evaluate": Evaluate,
+            "image": Image, "model": Model, "train": Train, "augment": Augment, "evaluate": Evaluate,
             "explain": Explain}
 
 
@@ -355,7 +395,42 @@ def load(path: str | Path = "params.yaml") -> dict:
     if not path.exists():
         raise PipelineError(f"{path} not found: run the stages from the project's root folder.")
     with open(path) as f:
-        return validate(yaml.safe_load(f))
+        return resolve(validate(yaml.safe_load(f)))
+
+
+def resolve(p: dict) -> dict:
+    """The options whose value follows another: image.size `auto` becomes model.backbone's
+    default input side (timm's pretrained config of its tag), so that every stage, and the
+    params.json saved beside a model, reads a number."""
+    if p["image"]["size"] != "auto":
+        return p
+    return {**p, "image": {**p["image"], "size": default_input_size(p["model"]["backbone"])}}
+
+
+def default_input_size(name: str) -> int:
+    """The side of the images timm's weights for `name` (name.tag) were trained at: what
+    image.size `auto` caches (e.g. 240 for efficientnet_b1.ra4_e3600_r240_in1k)."""
+    import timm  # here only: every stage reads its parameters, few need timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        cfg = None
+    if cfg is None:
+        raise PipelineError(f"model.backbone={name!r} has no timm pretrained config, so "
+                            "image.size=auto has no default input to follow: set image.size "
+                            f"to a number of px, or name a timm model.tag ({weight_tags(name)}).")
+    return int(cfg.input_size[-1])
+
+
+def weight_tags(name: str) -> str:
+    """The name.tag of every set of weights timm knows for `name`'s architecture, and where
+    else a family's weights live (EfficientNet-B7's ImageNet weights are TensorFlow ports)."""
+    import timm
+
+    arch = name.split(".")[0]
+    tags = timm.list_pretrained(arch + ".*") or timm.list_pretrained("tf_" + arch + ".*")
+    return ", ".join(tags[:8]) or "none"
 
 
 def check_variant(variant: str) -> str:

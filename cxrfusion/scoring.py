@@ -24,15 +24,18 @@ from cxrfusion.model import Classifier, normalise
 
 
 def forward(model: nn.Module, images: torch.Tensor | None, text: torch.Tensor | None,
-            amp: bool) -> torch.Tensor:
+            amp: bool, report_weight: bool = False):
     """Float32 logits for a batch: uint8 images and report vectors already on the model's
     device (each read only if the variant reads it). `amp` runs the CNN in bf16 on a GPU; the
-    model's head always runs in float32 (Classifier.classify)."""
+    model's head always runs in float32 (Classifier.classify). With `report_weight` (gated
+    fusion): (logits, the gate's weight of the report per row)."""
     core = unwrap(model)
     images = normalise(images, core.pixel_mean, core.pixel_std) if core.uses_image else None
     text = text if core.uses_text else None
     device_type = (images if images is not None else text).device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp and device_type == "cuda"):
+        if report_weight:
+            return model(images, text, report_weight=True)
         return model(images, text).float()
 
 
@@ -61,6 +64,16 @@ def predict(model: nn.Module, split: Split, batch_size: int, amp: bool = True,
     probs = torch.cat(probs).cpu() if probs else torch.zeros(0)
     parts = distributed.gather((probs, loss.item()), world)
     return torch.cat([p for p, _ in parts]).numpy(), sum(l for _, l in parts) / len(split)
+
+
+@torch.no_grad()
+def report_weights(model: Classifier, split: Split, batch_size: int, amp: bool = True) -> np.ndarray:
+    """For a gated fusion model: how much weight its gate gives the report, per row (the mean
+    over features of 1 - z; 0: the image alone, 1: the report alone). One process."""
+    model.eval()
+    weights = [forward(model, images, text, amp, report_weight=True)[1]
+               for _, images, text, _ in split.batches(list(torch.arange(len(split)).split(batch_size)))]
+    return torch.cat(weights).cpu().numpy() if weights else np.zeros(0)
 
 
 # how this machine scores, not what the model learned: taken from params.yaml, not the model

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -22,7 +23,7 @@ from cxrfusion.dataset import Split
 from cxrfusion.distributed import World
 from cxrfusion.formats import IMAGES_H5, Run, read_text_cache_attrs, text_cache
 from cxrfusion.metrics import classification_metrics
-from cxrfusion.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_config,
+from cxrfusion.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_config, reads,
                              sync_batchnorm)
 from cxrfusion.scoring import forward, unwrap
 
@@ -42,10 +43,35 @@ def epoch_order(n: int, batch_size: int, generator: torch.Generator, world: Worl
     return list(batches)
 
 
+class Augmenter:
+    """train.augment's random transform of each training batch (cxrfusion/augment.py), from its
+    own seeded generator: the shuffling and dropout streams are those of augment=none. Every
+    process draws the parameters of the whole global batch and takes its share's, so the
+    augmented batch is the same for any number of processes."""
+
+    def __init__(self, p: dict):
+        from cxrfusion import augment
+
+        self._augment, self.jitter = augment, p["train"]["augment"] == "affine+jitter"
+        self.ranges = augment.Ranges(**p["augment"])
+        stream = np.random.SeedSequence([p["train"]["seed"], 0xA06]).generate_state(1)[0]
+        self.generator = torch.Generator().manual_seed(int(stream))  # checkpointed with the rest
+
+    def __call__(self, images: torch.Tensor, whole: int, world: World) -> torch.Tensor:
+        drawn = self._augment.draw(whole, self.generator, self.ranges, self.jitter)
+        return self._augment.apply(images, distributed.shard(drawn, world))
+
+
+def augmenter(variant: str, p: dict) -> Augmenter | None:
+    """The transform of the training images, or None: train.augment none, or no image read."""
+    return Augmenter(p) if p["train"]["augment"] != "none" and reads(variant)[0] else None
+
+
 def train_epoch(model: Classifier, optimizer, data: Split, batch_size: int, generator, amp: bool,
-                epoch: int, progress: bool = True,
-                world: World = World()) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """One pass over `data` in a seeded random order; `batch_size` is the global batch.
+                epoch: int, progress: bool = True, world: World = World(),
+                augment: Augmenter | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One pass over `data` in a seeded random order; `batch_size` is the global batch;
+    `augment` transforms each batch's images (training only: validation is never augmented).
 
     Each process takes its share of every batch; its loss is scaled so that the gradients DDP
     averages over processes equal those of the whole batch in one process. Returns the rows
@@ -60,6 +86,8 @@ def train_epoch(model: Classifier, optimizer, data: Split, batch_size: int, gene
     for whole, (idx, images, text, labels) in tqdm(steps, total=len(batches), leave=False,
                                                    desc=f"{unwrap(model).variant} epoch {epoch}",
                                                    disable=not progress or not world.main):
+        if augment is not None:
+            images = augment(images, len(whole), world)
         logits = forward(model, images, text, amp)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -122,7 +150,8 @@ def build(variant: str, p: dict, train_set: Split, world: World):
     report vectors' size and, under model.standardise_text, their scaling."""
     t, m = p["train"], p["model"]
     text_dim = 0 if train_set.text is None else train_set.text.shape[1]
-    model = Classifier(variant, text_dim, m["backbone"], p["image"]["pretrained"], m["hidden"], m["dropout"])
+    model = Classifier(variant, text_dim, m["backbone"], p["image"]["pretrained"], m["hidden"],
+                       m["dropout"], m["fusion"], m["shared_dim"])
     if model.uses_text and m["standardise_text"]:
         model.standardise_text(train_set.study_text())
     if m["freeze_backbone"]:
@@ -130,7 +159,7 @@ def build(variant: str, p: dict, train_set: Split, world: World):
     if world.distributed and world.device.type == "cuda":
         model = sync_batchnorm(model)  # batch statistics over all GPUs
     model = model.to(world.device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=t["lr"])
+    optimizer = adam(model, t["lr"], t["lr_backbone"])
     step = model
     if world.distributed:  # same initial weights on every rank: DDP broadcasts rank 0's
         step = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
@@ -138,6 +167,20 @@ def build(variant: str, p: dict, train_set: Split, world: World):
     if t["compile"]:
         step = torch.compile(step)  # same weights, fused kernels
     return model, optimizer, step
+
+
+def adam(model: Classifier, lr: float, lr_backbone: float | None) -> torch.optim.Adam:
+    """Adam over the trainable parameters: at one learning rate (lr_backbone None: the
+    original), or the pretrained CNN's at its own (train.lr_backbone) in a second parameter
+    group, `backbone`, beside `head` (the head and projectors). The groups are saved with the
+    optimizer's state in checkpoints."""
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    if lr_backbone is None or model.cnn is None:
+        return torch.optim.Adam(trainable, lr=lr)
+    cnn = {id(q) for q in model.cnn.parameters()}
+    groups = [{"name": "backbone", "params": [q for q in trainable if id(q) in cnn], "lr": lr_backbone},
+              {"name": "head", "params": [q for q in trainable if id(q) not in cnn], "lr": lr}]
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)  # frozen CNN: no group
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ Writes, per run (e.g. <run> = fusion/findings+impression/seed-0):
                                   them (`study`: a study's probability is the mean over its
                                   images; `image`: one prediction per image, as the original),
                                   calibration (Brier, ECE)
-  metrics/predictions/<run>.csv   test images: uid, filename, label, probability
+  metrics/predictions/<run>.csv   test images: uid, filename, label, probability (and, for
+                                  gated fusion, report_weight: the gate's weight of the report)
   metrics/curves/{roc,pr,confusion}/<run>.csv   the test studies' curves for `dvc plots`
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from cxrfusion.formats import Run
 from cxrfusion.metrics import (calibration, choose_threshold, classification_metrics, pr_curve,
                                roc_curve, study_predictions, threshold_at_specificity)
 from cxrfusion.model import WEIGHTS, load_model, reads
-from cxrfusion.scoring import predict, trained_settings
+from cxrfusion.scoring import predict, report_weights, trained_settings
 
 log = logging.getLogger("evaluate")
 
@@ -50,6 +51,19 @@ def score(model, split, p: dict) -> pd.DataFrame:
     """Per image: uid, filename, label and the probability of abnormal."""
     probs, _ = predict(model, split, p["train"]["batch_size"], p["train"]["amp"])
     return split.rows[["uid", "filename", "label"]].assign(probability=probs.astype("float64"))
+
+
+def gate_summary(images: pd.DataFrame) -> dict:
+    """The weight a gated fusion model gives the report, over the test studies (a study's: the
+    mean over its images): overall and by label, so a reader sees whether the report counts
+    for more in abnormal studies."""
+    studies = images.groupby("uid").agg(label=("label", "first"), w=("report_weight", "mean"))
+    summary = lambda w: {"mean": float(w.mean()), "sd": float(w.std(ddof=0)),
+                         "min": float(w.min()), "max": float(w.max())}
+    return {"studies": summary(studies["w"]),
+            **{name: summary(studies.loc[studies["label"] == label, "w"])
+               for name, label in (("abnormal", 1), ("normal", 0))
+               if (studies["label"] == label).any()}}
 
 
 def operating_points(val: pd.DataFrame, e: dict) -> dict:
@@ -68,7 +82,11 @@ def evaluate(run: Run, p: dict) -> dict:
     splits = load_splits(trained, *reads(run.variant), names=("val", "test"))[0]
     val = study_predictions(score(model, splits["val"].to(device), p))
     chosen = operating_points(val, p["evaluate"])
-    images = score(model, splits["test"].to(device), p)  # the test studies, once
+    test = splits["test"].to(device)
+    images = score(model, test, p)  # the test studies, once
+    if model.fusion == "gated" and model.uses_image and model.uses_text:
+        images["report_weight"] = report_weights(model, test, p["train"]["batch_size"],
+                                                 p["train"]["amp"]).astype("float64")
     studies = study_predictions(images)
     threshold, at_spec = chosen["threshold"], chosen["at_specificity"]
     fixed = classification_metrics(studies["label"], studies["probability"], at_spec,
@@ -86,6 +104,8 @@ def evaluate(run: Run, p: dict) -> dict:
                            "sensitivity": fixed["recall"], "specificity": fixed["specificity"]},
         "val_studies": len(val),
     }
+    if "report_weight" in images:
+        result["report_weight"] = gate_summary(images)
 
     write_csv(images, run.predictions)
     fpr, tpr, _ = roc_curve(studies["label"], studies["probability"])

@@ -22,8 +22,8 @@ from cxrfusion.dataset import load_splits
 from cxrfusion.formats import IMAGES_H5, Run, text_cache
 from cxrfusion.model import reads, trainable_parameters
 from cxrfusion.scoring import predict
-from cxrfusion.training import (build, configure_torch, epoch_metrics, fits_on_device, live_log,
-                                log_epoch, save_model, summarise_kept_epoch, train_epoch)
+from cxrfusion.training import (augmenter, build, configure_torch, epoch_metrics, fits_on_device,
+                                live_log, log_epoch, save_model, summarise_kept_epoch, train_epoch)
 
 log = logging.getLogger("train")
 
@@ -44,9 +44,15 @@ def train(run: Run, p: dict) -> dict:
         train_set, val_set = (splits[s].to(world.device, images_too=on_device) for s in ("train", "val"))
         del splits  # the host copy of the images lives on only where the GPU had no room
         generator = torch.Generator().manual_seed(t["seed"])  # the batches' order: same on all ranks
-        log.info("%s: %d trainable parameters; %d train / %d val images on %d x %s%s", run.path,
-                 trainable_parameters(model), len(train_set), len(val_set), world.size,
-                 world.device, " (streamed)" if train_set.streamed else "")
+        augment = augmenter(variant, p)  # train.augment; None: the images as cached
+        augment_stream = augment.generator if augment else None
+        log.info("%s: %d trainable parameters (%s fusion, learning rates %s); %d train / %d val "
+                 "images on %d x %s%s; augment %s", run.path, trainable_parameters(model),
+                 p["model"]["fusion"], ", ".join(f"{g.get('name', 'all')} {g['lr']:g}"
+                                                  for g in optimizer.param_groups),
+                 len(train_set), len(val_set), world.size, world.device,
+                 " (streamed)" if train_set.streamed else "",
+                 t["augment"] if augment else "none")
 
         inputs = [f for f in (run.text_input and text_cache(run.text_input), IMAGES_H5)
                   if f and f.exists()]
@@ -56,7 +62,7 @@ def train(run: Run, p: dict) -> dict:
         if state:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            checkpoint.restore_random_states(generator, state["random"][world.rank])
+            checkpoint.restore_random_states(generator, state["random"][world.rank], augment_stream)
             history, best, best_state, chosen = state["history"], state["best"], state["best_state"], state["chosen"]
             log.info("%s: resuming after epoch %d from %s", run.path, len(history), checkpoint.path(run))
         with live_log(run, world) as live:
@@ -64,7 +70,7 @@ def train(run: Run, p: dict) -> dict:
                 log_epoch(live, row)
             for epoch in range(len(history) + 1, t["epochs"] + 1):
                 seen, probs, loss = train_epoch(step, optimizer, train_set, t["batch_size"], generator,
-                                                t["amp"], epoch, world=world)
+                                                t["amp"], epoch, world=world, augment=augment)
                 distributed.same_buffers(model, world)  # rank 0's batch-norm statistics
                 row = {"epoch": epoch, "train": epoch_metrics(train_set.labels.cpu()[seen], probs, loss,
                                                              f"{run.path} train, epoch {epoch}")}
@@ -83,7 +89,7 @@ def train(run: Run, p: dict) -> dict:
                 if t["select"] == "last" or val_loss < best:
                     best, best_state = val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}
                     chosen = epoch
-                randoms = distributed.gather(checkpoint.random_states(generator), world)
+                randoms = distributed.gather(checkpoint.random_states(generator, augment_stream), world)
                 if world.main:
                     checkpoint.save(run, {
                         "fingerprint": resume_key, "model": model.state_dict(),

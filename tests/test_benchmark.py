@@ -204,3 +204,28 @@ def test_memory_benchmark_measures_loading_and_training():
     assert result["image_cache_mb"] == pytest.approx(images * size * size / 1e6, abs=0.1)
     assert result["train_peak_rss_mb"] >= result["loading_peak_rss_mb"] > 0
     assert positive_finite(result["train_seconds"]) and result["epochs"] == 1
+
+
+# --- bench/augment.py -----------------------------------------------------------------------------
+
+def test_augment_benchmark_times_augmentation_and_a_training_step(tmp_path):
+    """bench/augment.py --tiny --device cpu: both settings, every time positive, the shares in
+    (0, 1) and equal to augment / (augment + step)."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "augment.py"), "--tiny", "--device",
+                           "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["mode"] == "tiny" and result["device_type"] == "cpu"
+    for name in ("demo", "study"):
+        setting = result["augment"][name]
+        assert {"batch_size", "image_size", "backbone", "repeats"} <= set(setting)
+        for key in ("affine_ms", "affine+jitter_ms", "train_step_ms"):
+            assert positive_finite(setting[key]), (name, key, setting[key])
+        for kind in ("affine", "affine+jitter"):
+            share = setting[f"{kind}_share_of_step"]
+            assert 0 < share < 1
+            assert share == pytest.approx(setting[f"{kind}_ms"] / (setting[f"{kind}_ms"]
+                                                                    + setting["train_step_ms"]),
+                                          rel=1e-3)
+    assert not list(tmp_path.glob("bench-*"))

@@ -250,6 +250,15 @@ def test_dvc_repro_end_to_end(repo):
     assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@", "train_image@")
     assert stale_after(model__hidden=64) == named("train_")
     assert stale_after(model__standardise_text=False) == named("train_fusion@", "train_text@")
+    # the options of issue 18: augmentation and the CNN's rate reach the models with a CNN only
+    cnn_runs = named("train_fusion@", "train_image@")
+    assert stale_after(train__augment="affine") == cnn_runs
+    assert stale_after(augment__rotation=5) == cnn_runs
+    assert stale_after(train__lr_backbone=0.001) == cnn_runs
+    assert stale_after(model__fusion="gated") == named("train_")
+    assert stale_after(model__shared_dim=64) == named("train_")
+    # image.size auto follows the backbone: the cache reads it
+    assert stale_after(model__backbone="test_efficientnet") == {"cache_images"} | cnn_runs
     # another seed: its own train stages (never run), the existing ones up to date; evaluate
     # scores every run again (a second each)
     more = {**params, "train": {**params["train"], "seeds": [0, 1, 2]}}

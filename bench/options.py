@@ -1,0 +1,153 @@
+"""The demo's result for each option a researcher will try first (issue 18), replicated over
+train.seeds like the default: one `dvc exp run -S` per option, and docs/options.md's table.
+
+    python bench/options.py run [NAME ...]   # each option (default: all): dvc exp run --temp
+                                             # -S ... (3 to 6 min each on 2 cores; the
+                                             # workspace is not touched), its comparison kept
+                                             # in docs/options/<name>.json
+    python bench/options.py table            # docs/options.md's results table from them and
+                                             # the committed metrics/comparison.json
+
+Each experiment is an ordinary DVC experiment (`dvc exp show` lists it by name; `dvc exp
+apply <name>` brings it into the workspace). The results are SYNTHETIC: the demo's data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("options")
+
+# name -> the -S settings of its experiment (each option alone, all else the default)
+OPTIONS = {
+    "augment-affine": ["train.augment=affine"],
+    "augment-affine+jitter": ["train.augment=affine+jitter"],
+    "fusion-projector": ["model.fusion=projector"],
+    "fusion-gated": ["model.fusion=gated"],
+    "lr-backbone": ["train.lr_backbone=0.0003"],
+    "backbone-b1": ["model.backbone=efficientnet_b1.ra4_e3600_r240_in1k"],
+}
+KEPT = ROOT / "docs" / "options"
+DOC = ROOT / "docs" / "options.md"
+DIFFERENCES = {"fusion_minus_image": "fusion − image", "fusion_minus_text": "fusion − text"}
+METRICS = {"auroc": "AUROC", "f1": "F1"}
+
+
+def command(name: str) -> str:
+    return "dvc exp run " + " ".join(f"-S {s}" for s in OPTIONS[name])
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def experiment_ref(name: str) -> str:
+    """The newest experiment of that name on the current commit (refs/exps/..../<name>)."""
+    head = git("rev-parse", "HEAD").strip()
+    ref = f"refs/exps/{head[:2]}/{head[2:]}/{name}"
+    if not git("for-each-ref", ref).strip():
+        raise SystemExit(f"no experiment {name!r} on {head[:8]}: run `python bench/options.py "
+                         f"run {name}` first")
+    return ref
+
+
+def run(names: list[str]) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # stages call python
+    KEPT.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        log.info("%s: %s", name, command(name))
+        subprocess.run(["dvc", "exp", "run", "--temp", "--force", "-n", name,
+                        *[a for s in OPTIONS[name] for a in ("-S", s)]], cwd=ROOT, env=env,
+                       check=True)
+        ref = experiment_ref(name)
+        comparison = json.loads(git("show", f"{ref}:metrics/comparison.json"))
+        gates = {}
+        for path in git("ls-tree", "-r", "--name-only", ref, "metrics/test").split():
+            metrics = json.loads(git("show", f"{ref}:{path}"))
+            if "report_weight" in metrics:  # gated fusion: the weight of the report
+                gates[path] = metrics["report_weight"]
+        kept = {"name": name, "command": command(name), "experiment": ref,
+                "commit": git("rev-parse", "HEAD").strip(), "comparison": comparison}
+        if gates:
+            kept["report_weight"] = gates
+        (KEPT / f"{name}.json").write_text(json.dumps(kept, indent=1) + "\n")
+        log.info("%s: kept in %s", name, (KEPT / f"{name}.json").relative_to(ROOT))
+
+
+def _cell(d: dict) -> str:
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def rows(name: str, setting: str, comparison: dict) -> list[str]:
+    out = []
+    for text_input, block in comparison["differences"].items():
+        models = comparison["models"][text_input]
+        cells = [f"{models[v]['auroc']['mean']:.3f}" for v in ("image", "text", "fusion")]
+        cells += [_cell(block[diff][m]) for diff in DIFFERENCES for m in METRICS]
+        out.append(f"| {name} | {setting} | {text_input} | " + " | ".join(cells) + " |")
+    return out
+
+
+def table() -> str:
+    base = json.loads((ROOT / "metrics" / "comparison.json").read_text())
+    header = ["option", "`dvc exp run -S`", "text input", "image AUROC", "text AUROC",
+              "fusion AUROC", *(f"{d} {m}" for d in DIFFERENCES.values() for m in METRICS.values())]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += rows("default (the original's settings)", "(none)", base)
+    gates = []
+    for name in OPTIONS:
+        path = KEPT / f"{name}.json"
+        if not path.exists():
+            lines.append(f"| {name} | `{' '.join(OPTIONS[name])}` | not run |" + " |" * (len(header) - 3))
+            continue
+        kept = json.loads(path.read_text())
+        lines += rows(name, " ".join(f"`{o}`" for o in OPTIONS[name]), kept["comparison"])
+        for run, w in sorted(kept.get("report_weight", {}).items()):
+            seed_input = re.sub(r"^metrics/test/fusion/|\.json$", "", run)
+            gates.append(f"| {seed_input} | {w['studies']['mean']:.3f} | "
+                         f"{w.get('abnormal', {}).get('mean', float('nan')):.3f} | "
+                         f"{w.get('normal', {}).get('mean', float('nan')):.3f} |")
+    n = base["test_studies"]
+    seeds = base["seeds"]
+    text = [f"SYNTHETIC demo data ({n} test studies). Each cell: the mean over {seeds} seeds "
+            "(AUROC of each model), or the paired difference's mean over seeds [95 % interval: "
+            "bootstrap over test studies and seeds], as in metrics/comparison.md.",
+            "", *lines]
+    if gates:
+        text += ["", "Gated fusion: the weight its gate gives the report (mean over the test "
+                 "studies of the mean of 1 − z; 0: the image alone, 1: the report alone).", "",
+                 "| run | all studies | abnormal | normal |", "| --- | --- | --- | --- |", *gates]
+    return "\n".join(text)
+
+
+def write_table() -> None:
+    doc = DOC.read_text()
+    begin, end = "<!-- options table: begin -->", "<!-- options table: end -->"
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{DOC} lacks the markers {begin} ... {end}")
+    head, rest = doc.split(begin)
+    DOC.write_text(f"{head}{begin}\n{table()}\n{end}{rest.split(end)[1]}")
+    log.info("wrote the table into %s", DOC.relative_to(ROOT))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("run").add_argument("names", nargs="*", choices=[[], *OPTIONS], default=[])
+    sub.add_parser("table")
+    a = parser.parse_args()
+    if a.what == "run":
+        run(a.names or list(OPTIONS))
+    write_table()
