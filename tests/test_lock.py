@@ -76,9 +76,10 @@ def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
     for run in every:
         stage = PIPELINE[f"train_{run.variant}"]
         combo = dict(zip(stage["matrix"], [run.text_input, run.seed] if run.text_input else [run.seed]))
-        outs = [o.replace("${item.input}", str(combo.get("input"))).replace(
-            "${item.seed}", str(combo["seed"])) for o in stage["outs"]]
-        assert outs == [str(run.models)], run
+        outs = [(o if isinstance(o, str) else next(iter(o))).replace(
+            "${item.input}", str(combo.get("input"))).replace("${item.seed}", str(combo["seed"]))
+            for o in stage["outs"]]  # a path, or {path: options}
+        assert outs == [str(run.models), str(run.train_log / "plots/metrics")], run
 
 
 def test_expanded_names_follow_the_parameters():

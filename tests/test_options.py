@@ -4,12 +4,14 @@ image size that follows the backbone (image.size auto). Each default must leave 
 untouched, byte for byte."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 
 import stages.train as train_module
-from conftest import first_run
+from conftest import ROOT, TINY, first_run, merge
 from cxrfusion import checkpoint, params
 from cxrfusion.common import PipelineError
 from cxrfusion.model import Classifier, load_model, model_config
@@ -132,13 +134,39 @@ def _weights(run) -> bytes:
     return (run.models / "model.safetensors").read_bytes()
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The tiny project's data and caches, built once for the training tests below, which
+    train with timm's 100 k-parameter EfficientNet (fine-tuned: the backbone's learning rate
+    has something to act on) for seconds, not minutes."""
+    import yaml
+
+    from stages import cache_images, demo_encoder, embed_text
+    from stages.download import download
+    from stages.prepare import prepare
+
+    folder = tmp_path_factory.mktemp("options")
+    with open(ROOT / "params.yaml") as f:
+        p = merge(merge(yaml.safe_load(f), TINY), {"model": {"backbone": BACKBONE},
+                                                   "train": {"epochs": 1}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        download(p)
+        prepare(p)
+        demo_encoder.run(p)
+        for text_input in p["text"]["inputs"]:
+            embed_text.run(text_input, p)
+        cache_images.run(p)
+    return folder, p
+
+
 @pytest.fixture
-def project(cached) -> dict:
-    """The tiny project, trained with timm's 100 k-parameter EfficientNet (fine-tuned: the
-    backbone's learning rate has something to act on) for seconds, not minutes."""
-    cached["model"]["backbone"] = BACKBONE
-    cached["train"]["epochs"] = 1
-    return cached
+def project(built, monkeypatch) -> dict:
+    """A fresh copy of the built project's parameters, in its folder (each test trains the
+    runs it reads)."""
+    folder, p = built
+    monkeypatch.chdir(folder)
+    return copy.deepcopy(p)
 
 
 def test_defaults_train_the_same_weights_as_the_options_switched_off(project):

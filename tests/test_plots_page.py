@@ -1,5 +1,9 @@
 """`dvc plots show` draws offline: the page (cxrfusion/plot_page.py) carries vega inline, and
 headless Chromium, which has no network here, draws every declared plot of the committed demo.
+metrics/dvc.yaml (written by `python -m cxrfusion.charts`: tests/test_charts.py) declares a
+chart per text input (test curves) or per model (training curves) with every run of params.yaml
+in it, titled and labelled in words, each line named by model, seed and studies
+(.dvc/plots/*.json), and by revision when `dvc plots diff` draws several.
 
 Needs Debian's `chromium` (`apt-get install -y chromium`; .ci/run installs it). Without it the
 browser test is skipped on a developer's machine and fails in CI (CI=true).
@@ -7,6 +11,8 @@ browser test is skipped on a developer's machine and fails in CI (CI=true).
 from __future__ import annotations
 
 import configparser
+import copy
+import html
 import os
 import re
 import shutil
@@ -15,8 +21,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from cxrfusion import plot_page
+from cxrfusion import params, plot_page
 from cxrfusion.common import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +59,114 @@ def test_dvc_config_names_the_page_make_install_writes():
     assert "python -m cxrfusion.plot_page" in (ROOT / "Makefile").read_text()
 
 
+def _declared(dvc_yaml: str = "metrics/dvc.yaml") -> dict:
+    """A dvc.yaml's top-level data-series plots, {id: properties}, each naming its files in y
+    as paths from the project's root (DVC reads them relative to the dvc.yaml's folder)."""
+    folder = Path(dvc_yaml).parent
+    found = {}
+    for entry in yaml.safe_load((ROOT / dvc_yaml).read_text())["plots"]:
+        if isinstance(entry, dict):
+            (plot_id, props), = entry.items()
+            if isinstance((props or {}).get("y"), dict):
+                y = {(folder / path).as_posix(): column for path, column in props["y"].items()}
+                found[plot_id] = {**props, "y": y}
+    return found
+
+
+def _dvclive_files(run) -> dict:
+    """{path: metric} of what DVCLive wrote for `run` in the committed demo (train/ and val/)."""
+    return {f.relative_to(ROOT).as_posix(): f.stem
+            for f in sorted((ROOT / run.train_log / "plots/metrics").glob("*/*.tsv"))}
+
+
+def test_the_charts_name_every_run_params_yaml_asks_for():
+    """Top-level plots take no foreach: their lists of files are written out in metrics/dvc.yaml,
+    and must follow train.seeds and text.inputs (and what evaluate and DVCLive write). The
+    root dvc.yaml declares the figures only."""
+    assert yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] == [
+        "metrics/figures", "metrics/explain/grid.png"]
+    assert set(yaml.safe_load((ROOT / "metrics/dvc.yaml").read_text())) == {"plots"}  # no stages
+    p = params.load(ROOT / "params.yaml")
+    runs = params.runs(p)
+    expected: dict[str, dict] = {}
+    for kind, column in (("roc", "tpr"), ("pr", "precision"), ("confusion", "actual")):
+        for text_input in p["text"]["inputs"]:  # the image model beside each text input's
+            expected[f"{kind}_{text_input}"] = {
+                run.curve(kind).as_posix(): column
+                for run in runs if run.text_input in (text_input, None)}
+    for run in runs:
+        logged = _dvclive_files(run)
+        assert {Path(f).parent.name for f in logged} == {"train", "val"}, run.path
+        plot_id = "_".join(["training", run.variant] + ([run.text_input] if run.text_input else []))
+        expected.setdefault(plot_id, {}).update(logged)
+    declared = _declared()
+    assert {plot_id: props["y"] for plot_id, props in declared.items()} == expected
+    for files in expected.values():
+        for path, column in files.items():  # the committed demo's files, with that column
+            header = (ROOT / path).read_text().splitlines()[0]
+            assert column in re.split(r"[,\t]", header), (path, header)
+    for template in {props["template"] for props in declared.values()}:
+        path = ROOT / ".dvc/plots" / f"{template}.json"  # DVC's folder of custom templates
+        assert path.exists(), path
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT)
+        assert ignored.returncode == 1, f"{path} is git-ignored: it would not be committed"
+
+
+def _renderers(revisions: list[str]) -> list:
+    """What `dvc plots show` (one revision) or `dvc plots diff` (several) draws, as DVC's
+    renderers: the committed demo's data, copied under each revision's name."""
+    from dvc.render.match import match_defs_renderers
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        shown = repo.plots.show()
+        data = {rev: copy.deepcopy(shown["workspace"]) for rev in revisions}
+        matched = match_defs_renderers(data, templates_dir=repo.plots.templates_dir)
+    return [r.renderer for r in matched]
+
+
+def _texts(renderer) -> set[str]:
+    """Every text the chart draws (title, axes, legends, headers), rendered by vega offline."""
+    import vl_convert
+
+    svg = vl_convert.vegalite_to_svg(renderer.get_filled_template())
+    return {html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)}
+
+
+def _tagged(names: set[str], revisions: list[str]) -> set[str]:
+    """How a legend names a series: by itself, or with its revision when there are several."""
+    return names if len(revisions) == 1 else {f"{n} ({rev})" for n in names for rev in revisions}
+
+
+@pytest.mark.parametrize("revisions", [["workspace"], ["workspace", "HEAD"]],
+                         ids=["show", "diff"])
+def test_every_chart_reads_in_words_and_names_its_runs(revisions, monkeypatch):
+    """Titles and axis labels are words, not file paths; each line or panel is named by model,
+    seed and studies (training or validation), and by revision when there are several."""
+    monkeypatch.chdir(ROOT)
+    p = params.load(ROOT / "params.yaml")
+    runs = params.runs(p)
+    declared = _declared()
+    renderers = _renderers(revisions)
+    charts = {r.name: r for r in renderers if r.TYPE == "vega"}
+    assert set(declared) <= set(charts)
+    seeds = {f"seed {s}" for s in p["train"]["seeds"]}
+    for plot_id, props in declared.items():
+        texts = _texts(charts[plot_id])
+        assert props["title"] in texts
+        for text in texts | {props["title"], props.get("x_label", ""), props.get("y_label", "")}:
+            assert not re.search(r"/|\.(csv|tsv)\b|seed-\d", text), f"{plot_id}: {text!r}"
+        kind, models = plot_id.split("_")[0], {r.variant for r in runs}
+        if kind == "confusion":   # a row a model; a column a seed (and revision)
+            expected = models | _tagged(seeds, revisions)
+        elif kind == "training":  # a panel a metric; a colour the studies (and revision)...
+            expected = {"loss", "AUROC"} | _tagged({"training", "validation"}, revisions) | seeds
+        else:                     # ...or the model (and revision); a dash a seed
+            expected = _tagged(models, revisions) | seeds
+        assert expected <= texts, f"{plot_id}: {sorted(texts)}"
+    assert set(charts) == set(declared)  # no chart a file (the train stages declare none)
+
+
 def _chromium() -> str:
     found = shutil.which("chromium")
     if found:
@@ -80,14 +195,17 @@ def test_dvc_plots_show_draws_every_plot_in_chromium(tmp_path):
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run([str(VENV_BIN / "dvc"), "plots", "show", "--html-template", str(template),
                     "-o", str(out)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=240)
-    html = (out / "index.html").read_text()
-    charts = html.count("vegaEmbed('#")
+    page = (out / "index.html").read_text()
+    charts = page.count("vegaEmbed('#")
     figures = sorted(p.name for p in (ROOT / "metrics/figures").glob("*.png")) + ["grid.png"]
-    assert charts >= 15 * 3  # at least the ROC, PR and confusion data of every run
-    assert not re.search(r"<script[^>]*\bsrc=", html)  # nothing to fetch
+    declared = _declared()
+    assert charts == len(declared)  # a chart per text input or model
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # nothing to fetch
 
     dom = _browse(chromium, out / "index.html", tmp_path, "--dump-dom").stdout
     assert dom.count('class="marks"') == charts, "a plot did not draw (no SVG in its container)"
+    for props in declared.values():  # drawn with its title in words
+        assert html.escape(props["title"], quote=False) in dom, props["title"]
     images = re.findall(r'<img[^>]*src="(static/[^"]+)"', dom)
     assert len(images) == len(figures)
     for src in images:  # the PNGs DVC copied beside the page, each one a real image
