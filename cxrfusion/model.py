@@ -203,8 +203,8 @@ def model_config(model: Classifier, text_dim: int, backbone: str, image_size: in
     mean, std = model.input_stats()
     return {"variant": model.variant, "text_dim": text_dim, "backbone": backbone,
             "hidden": model.head[0].out_features, "dropout": model.head[2].p,
-            "fusion": model.fusion, "shared_dim": shared_dim(model), "image_size": image_size, "image_fit": image_fit, "mean": list(mean),
-            "std": list(std)}
+            "fusion": model.fusion, "shared_dim": shared_dim(model), "image_size": image_size,
+            "image_fit": image_fit, "mean": list(mean), "std": list(std)}
 
 
 def shared_dim(model: Classifier) -> int | None:

@@ -256,7 +256,7 @@ def test_cache_images_stage_uses_image_fit(workdir, params, monkeypatch):
 # --- the model records its fit; prediction reads images with it --------------------------------
 
 def fake_model():
-    return SimpleNamespace(variant="image", input_stats=lambda: ((0.5,), (0.25,)),
+    return SimpleNamespace(variant="image", fusion="concat", input_stats=lambda: ((0.5,), (0.25,)),
                            head=[SimpleNamespace(out_features=8), None, SimpleNamespace(p=0.3)])
 
 
