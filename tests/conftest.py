@@ -108,10 +108,10 @@ FROZEN = {"image": {"size": 64},
           "explain": {"variant": "fusion", "per_outcome": 2, "seed": 0}}
 
 
-def frozen_project(folder: Path, runs) -> dict:
-    """A whole tiny project in `folder` (the recipe of the `cached` fixture with FROZEN's
-    backbone), with `runs` trained and evaluated; returns its parameters. For module-scoped
-    fixtures: built once for the tests that only read it."""
+def built_project(folder: Path, override: dict, runs=()) -> dict:
+    """A whole tiny project in `folder` (the recipe of the `cached` fixture, params.yaml with
+    TINY and then `override`), with `runs` trained and evaluated; returns its parameters. For
+    module-scoped fixtures: built once for the tests of a file."""
     from stages import cache_images, demo_encoder, embed_text
     from stages.download import download
     from stages.evaluate import evaluate
@@ -119,7 +119,7 @@ def frozen_project(folder: Path, runs) -> dict:
     from stages.train import train
 
     with open(ROOT / "params.yaml") as f:
-        p = merge(merge(yaml.safe_load(f), TINY), FROZEN)
+        p = merge(merge(yaml.safe_load(f), TINY), override)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         download(p)
@@ -132,3 +132,8 @@ def frozen_project(folder: Path, runs) -> dict:
             train(run, p)
             evaluate(run, p)
     return p
+
+
+def frozen_project(folder: Path, runs) -> dict:
+    """built_project with FROZEN's backbone: for the tests that only read the trained runs."""
+    return built_project(folder, FROZEN, runs)

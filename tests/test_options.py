@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import stages.train as train_module
-from conftest import ROOT, TINY, first_run, merge
+from conftest import built_project, first_run
 from cxrfusion import checkpoint, params
 from cxrfusion.common import PipelineError
 from cxrfusion.model import Classifier, load_model, model_config
@@ -139,25 +139,8 @@ def built(tmp_path_factory):
     """The tiny project's data and caches, built once for the training tests below, which
     train with timm's 100 k-parameter EfficientNet (fine-tuned: the backbone's learning rate
     has something to act on) for seconds, not minutes."""
-    import yaml
-
-    from stages import cache_images, demo_encoder, embed_text
-    from stages.download import download
-    from stages.prepare import prepare
-
     folder = tmp_path_factory.mktemp("options")
-    with open(ROOT / "params.yaml") as f:
-        p = merge(merge(yaml.safe_load(f), TINY), {"model": {"backbone": BACKBONE},
-                                                   "train": {"epochs": 1}})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        download(p)
-        prepare(p)
-        demo_encoder.run(p)
-        for text_input in p["text"]["inputs"]:
-            embed_text.run(text_input, p)
-        cache_images.run(p)
-    return folder, p
+    return folder, built_project(folder, {"model": {"backbone": BACKBONE}, "train": {"epochs": 1}})
 
 
 @pytest.fixture
