@@ -93,6 +93,22 @@ def resolved(p: dict, variant: str, seed: int | None = None, text_input: str | N
     return for_run(p, first_run(variant, p, seed, text_input))
 
 
+def interrupt_training_at(monkeypatch, epoch: int):
+    """Make stages.train's training stop with KeyboardInterrupt when epoch `epoch` starts, as if
+    the machine went away then; returns the real train_epoch, to restore or wrap."""
+    import stages.train as train_module
+
+    real_epoch = train_module.train_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[6] == epoch:  # train_epoch(model, optimizer, data, batch_size, generator, amp, epoch)
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    return real_epoch
+
+
 def pytest_collection_modifyitems(items):
     """The slow end-to-end runs first: with `pytest -n 2` (make test) each takes a worker while
     the other tests share what is left, and both workers finish at about the same time."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import stages.train as train_module
-from conftest import built_project, first_run
+from conftest import built_project, first_run, interrupt_training_at
 from cxrfusion import checkpoint, params
 from cxrfusion.common import PipelineError
 from cxrfusion.model import Classifier, load_model, model_config
@@ -185,14 +185,7 @@ def test_augmented_and_two_rate_training_resumes_to_the_same_weights(project, mo
     train_module.train(run, cached)
     expected = _weights(run)
 
-    real_epoch = train_module.train_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[6] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    real_epoch = interrupt_training_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(run, cached)
     state = torch.load(checkpoint.path(run), weights_only=True)

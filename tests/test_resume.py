@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import stages.train as train_module
-from conftest import first_run
+from conftest import first_run, interrupt_training_at
 from cxrfusion import checkpoint
 
 
@@ -34,14 +34,7 @@ def test_interrupted_training_resumes_to_the_same_weights(cached, monkeypatch):
     expected = _weights(run)
     assert not checkpoint.path(run).exists(), "a finished run leaves no checkpoint"
 
-    real_epoch = train_module.train_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[6] == 3:  # train_epoch(model, optimizer, data, batch_size, generator, amp, epoch)
-            raise KeyboardInterrupt  # as if the machine went away during epoch 3
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    real_epoch = interrupt_training_at(monkeypatch, 3)  # as if the machine went away in epoch 3
     with pytest.raises(KeyboardInterrupt):
         train_module.train(run, cached)
     assert checkpoint.path(run).exists()
@@ -60,14 +53,7 @@ def test_interrupted_training_resumes_to_the_same_weights(cached, monkeypatch):
 
 def test_checkpoint_of_other_parameters_is_not_resumed(cached, monkeypatch):
     cached["train"]["epochs"] = 2
-    real_epoch = train_module.train_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[6] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    real_epoch = interrupt_training_at(monkeypatch, 2)
     run = first_run("text", cached)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(run, cached)
