@@ -170,6 +170,8 @@ weights() {  # weights DETERMINISTIC: the hash and the validation losses of fusi
 {
   set_param train.seeds "[0, 1]"  # seed 0: the repeatability runs; 1: the options run
   set_param text.inputs "[$input]"
+  set_param compare.primary "fusion-image/$input"  # the declared family names the input run
+  set_param compare.secondary "[]"
   for setting in $PARAMS; do
     set_param "${setting%%=*}" "${setting#*=}"
   done

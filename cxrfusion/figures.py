@@ -8,13 +8,15 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cxrfusion.metrics import roc_curve, tpr_at  # noqa: E402
+
 VARIANTS = ("fusion", "image", "text")  # the order every figure uses
 COLOURS = {"fusion": "tab:purple", "image": "tab:blue", "text": "tab:orange"}
 METRICS = {  # metric -> (column title, short name for the axis)
     "auroc": ("AUROC difference", "AUROC"),
     "auprc": ("AUPRC difference", "AUPRC"),
-    "f1": ("F1 difference", "F1"),
-    "sensitivity_at_specificity": ("Sensitivity at fixed specificity", "sensitivity"),
+    "sensitivity_at_specificity": ("Sensitivity at fixed specificity\n(test ROC)", "sensitivity"),
+    "f1": ("F1 at the validation threshold", "F1"),
 }
 STYLE = {  # readable at the size a paper prints a figure
     "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
@@ -106,43 +108,31 @@ def _check_probs(probs, n: int, unit_interval: bool = False) -> dict:
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to
-    (1, 1); tied scores give one diagonal step (as sklearn's roc_curve, without dropping points)."""
-    y = np.asarray(labels, dtype=int)
-    s = np.asarray(scores, dtype=float)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # last study of each distinct score
-    tp = np.cumsum(y)[last]
-    fp = last + 1 - tp
-    return np.r_[0.0, fp / (y.size - y.sum())], np.r_[0.0, tp / y.sum()]
+    """(false positive rate, true positive rate) of metrics.roc_curve: every distinct
+    threshold, from (0, 0) to (1, 1), tied scores one diagonal step."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return fpr, tpr
 
 
-def tpr_on_grid(fpr: np.ndarray, tpr: np.ndarray, grid: np.ndarray = ROC_GRID) -> np.ndarray:
-    """The ROC curve's true positive rate at each grid false positive rate, linear between the
-    curve's points; where the curve rises vertically at a grid point, the top of the rise."""
-    j = np.clip(np.searchsorted(fpr, grid, side="right") - 1, 0, fpr.size - 1)
-    k = np.minimum(j + 1, fpr.size - 1)
-    x0, x1 = fpr[j], fpr[k]
-    w = np.divide(grid - x0, x1 - x0, out=np.zeros_like(grid, dtype=float), where=x1 > x0)
-    return tpr[j] + w * (tpr[k] - tpr[j])
-
-
-def mean_roc(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vertical averaging: TPR of each seed's curve on ROC_GRID, averaged; starts at (0, 0)."""
-    curves = [tpr_on_grid(*roc_points(labels, p)) for p in np.atleast_2d(probs)]
-    return np.r_[0.0, ROC_GRID], np.r_[0.0, np.mean(curves, axis=0)]
+def mean_roc(labels: np.ndarray, probs: np.ndarray, at=()) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical averaging: TPR of each seed's curve (read as metrics.tpr_at reads it) on
+    ROC_GRID and the false positive rates `at`, averaged; starts at (0, 0). At 1 - the table's
+    specificity, it is the table's mean sensitivity."""
+    grid = np.union1d(ROC_GRID, np.asarray(at, dtype=float))
+    curves = [tpr_at(*roc_points(labels, p), grid) for p in np.atleast_2d(probs)]
+    return np.r_[0.0, grid], np.r_[0.0, np.mean(curves, axis=0)]
 
 
 # --- 1. the answer at a glance --------------------------------------------------------------------
 
 
-def forest(differences: dict, path) -> None:
+def forest(differences: dict, path, margin: float | None = None) -> None:
     """Paired differences between the variants on the test studies, per text input.
 
     differences[input][pair][metric] = {"mean", "low", "high", "per_seed": [...]}; one column
     per metric, one row per pair grouped by text input; filled marker = mean with its 95 %
-    interval as a bar, open markers = single seeds, vertical line at 0. nan values are skipped.
+    interval as a bar, open markers = single seeds, vertical line at 0; on the AUROC panel,
+    dotted lines at +-`margin` (the equivalence margin). nan values are skipped.
     """
     if not isinstance(differences, dict) or not differences:
         raise ValueError("differences must be a non-empty dict: text input -> pair -> metric")
@@ -191,6 +181,9 @@ def forest(differences: dict, path) -> None:
                 if g % 2 == 1:
                     ax.axhspan(header - 0.5, nxt - 0.5, color="0.94", zorder=0, lw=0)
             ax.axvline(0, color="0.35", lw=1, zorder=1)
+            if margin and m == "auroc":
+                for x in (-margin, margin):
+                    ax.axvline(x, color="0.45", lw=0.9, ls=":", zorder=1)
             for row, inp, pair in rows:
                 d = differences[inp][pair].get(m)
                 if d is None:
@@ -231,6 +224,9 @@ def forest(differences: dict, path) -> None:
         if several:
             handles.append(plt.Line2D([], [], ls="none", marker="o", ms=4.5, mfc="none",
                                       mec="0.3", label="single seed (drawn just below)"))
+        if margin and "auroc" in metrics:
+            handles.append(plt.Line2D([], [], color="0.45", lw=0.9, ls=":",
+                                      label=f"equivalence margin ±{margin:g} (AUROC)"))
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
         fig.suptitle("Paired differences between models on the test studies\n"
                      f"({seeds}, 95 % interval; > 0: the first model is better)", fontsize=10.5)
@@ -240,12 +236,15 @@ def forest(differences: dict, path) -> None:
 # --- 2. ROC ---------------------------------------------------------------------------------------
 
 
-def roc_by_input(labels, probs: dict, legend: dict, path) -> None:
+def roc_by_input(labels, probs: dict, legend: dict, path, specificity: float | None = None,
+                 at_specificity: dict | None = None) -> None:
     """ROC curves on the test studies, one panel per text input.
 
     labels: (N,) 0/1; probs[input][variant]: (seeds, N); legend[input][variant]: text after the
     variant's name in the legend (e.g. "AUROC 0.93 [0.86, 0.98]"). Thin lines: single seeds;
-    bold: TPR averaged over seeds on a common FPR grid (vertical averaging).
+    bold: TPR averaged over seeds on a common FPR grid (vertical averaging). `specificity`: a
+    dotted line where the table reads sensitivity, and at_specificity[input][variant] (the
+    table's value) marked on it.
     """
     y = _check_labels(labels)
     probs = _check_probs(probs, y.size)
@@ -269,7 +268,14 @@ def roc_by_input(labels, probs: dict, legend: dict, path) -> None:
                     for seed in p:
                         ax.plot(*roc_points(y, seed), color=colour, lw=0.8, alpha=0.3, zorder=z)
                 label = f"{v}: {legend[inp][v]}" + ("" if same else f" ({p.shape[0]} seeds)")
-                ax.plot(*mean_roc(y, p), color=colour, lw=2.2, label=label, zorder=z + 1)
+                at = () if specificity is None else (1 - specificity,)
+                ax.plot(*mean_roc(y, p, at), color=colour, lw=2.2, label=label, zorder=z + 1)
+                if specificity is not None and at_specificity:
+                    ax.plot([1 - specificity], [at_specificity[inp][v]], "o", ms=6,
+                            color=colour, mec="white", mew=0.8, zorder=z + 2)
+            if specificity is not None:
+                ax.axvline(1 - specificity, color="0.5", lw=0.9, ls="--", zorder=1,
+                           label=f"{specificity:.0%} specificity (Table 2)")
             ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",
                    xlabel="false positive rate (1 − specificity)",
                    ylabel="true positive rate (sensitivity)", title=f"text input: {inp}")
@@ -294,9 +300,11 @@ def roc_by_input(labels, probs: dict, legend: dict, path) -> None:
 
 def reliability(labels, probs: dict, calibration: dict, path) -> None:
     """Reliability diagram per text input: observed fraction abnormal against mean predicted
-    probability in each bin (calibration[input][variant]["bins"], pooled over seeds; marker area
-    grows with the bin's studies), diagonal of perfect calibration, ECE and Brier in the
-    legend; under each panel, the distribution of predicted probabilities per variant."""
+    probability in each bin (calibration[input][variant]["bins"]: each seed's equal-mass bins,
+    a bin's "seed" saying whose; marker area grows with the bin's studies), diagonal of
+    perfect calibration, and in the legend the ECE and Brier score the table reports (means
+    over seeds of each seed's value); under each panel, the distribution of predicted
+    probabilities per variant."""
     y = _check_labels(labels)
     probs = _check_probs(probs, y.size, unit_interval=True)
     if not isinstance(calibration, dict):
@@ -332,14 +340,17 @@ def reliability(labels, probs: dict, calibration: dict, path) -> None:
             n_max = max([_float(b["n"]) for bs in bins.values() for b in bs] or [1.0])
             for rank, v in enumerate(_ordered(variants)):
                 c, colour, z = calibration[inp][v], _colour(v), 3 - 0.1 * rank  # fusion on top
-                x = [_float(b["mean_probability"]) for b in bins[v]]
-                f = [_float(b["fraction_abnormal"]) for b in bins[v]]
-                area = [12 + 150 * _float(b["n"]) / n_max for b in bins[v]]
                 ece, brier = _float(c["ece"]), _float(c["brier"])
                 stats = ", ".join(f"{name} {val:.3f}" if np.isfinite(val) else f"{name} n/a"
                                   for name, val in (("ECE", ece), ("Brier", brier)))
-                ax.plot(x, f, "-", color=colour, lw=1.4, alpha=0.85, zorder=z)
-                ax.scatter(x, f, s=area, color=colour, edgecolor="white", lw=0.6, zorder=z + 1)
+                for seed in dict.fromkeys(b.get("seed") for b in bins[v]):
+                    mine = [b for b in bins[v] if b.get("seed") == seed]
+                    x = [_float(b["mean_probability"]) for b in mine]
+                    f = [_float(b["fraction_abnormal"]) for b in mine]
+                    area = [12 + 150 * _float(b["n"]) / n_max for b in mine]
+                    ax.plot(x, f, "-", color=colour, lw=1.2, alpha=0.7, zorder=z)
+                    ax.scatter(x, f, s=area, color=colour, edgecolor="white", lw=0.6,
+                               alpha=0.85, zorder=z + 1)
                 handles.append(plt.Line2D([], [], color=colour, lw=1.4, marker="o", ms=7,
                                           mec="white", label=f"{v} ({stats})"))
                 p = variants[v].ravel()
@@ -357,10 +368,13 @@ def reliability(labels, probs: dict, calibration: dict, path) -> None:
             hist.grid(alpha=0.25)
             hist.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45),
                         frameon=False)
-        seeds = _seeds_phrase(counts).replace("mean over", "pooled over")
-        fig.suptitle(f"Calibration on the test studies (n = {y.size}, {seeds})\n"
-                     "10 equal-width bins; marker area grows with the predictions in the bin",
-                     fontsize=10.5)
+        binning = next(iter(next(iter(calibration.values())).values())).get("binning", "bins")
+        several = max(counts) > 1
+        fig.suptitle(f"Calibration on the test studies (n = {y.size}; "
+                     f"{'one line per seed' if several else '1 seed'})\n{binning}"
+                     f"{' per seed' if several else ''}; marker area grows with the studies in "
+                     f"the bin\nECE and Brier in the legend: "
+                     f"{'mean over seeds, ' if several else ''}as in the table", fontsize=10.5)
         _save(fig, path)
 
 

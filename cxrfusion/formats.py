@@ -49,6 +49,7 @@ MODELS, METRICS = Path("models"), Path("metrics")
 # lists, a folder of CSV what `dvc plots` draws, file by file
 TEST_METRICS = METRICS / "test"         # <run>.json: thresholds, test metrics, calibration
 PREDICTIONS = METRICS / "predictions"   # <run>.csv: each test image's probability
+VALIDATION = METRICS / "validation"     # <run>.csv: each validation image's probability
 CURVES = METRICS / "curves"             # roc/, pr/, confusion/<run>.csv
 TRAIN_LOGS = METRICS / "train"          # <run>/: DVCLive's per-epoch metrics (`train`)
 
@@ -104,6 +105,11 @@ class Run:
     @property
     def predictions(self) -> Path:
         return PREDICTIONS / f"{self.path}.csv"
+
+    @property
+    def validation(self) -> Path:
+        """The validation images' predictions, from which its threshold was chosen."""
+        return VALIDATION / f"{self.path}.csv"
 
     def curve(self, kind: str) -> Path:
         """roc | pr | confusion"""

@@ -103,28 +103,122 @@ def ranking_rows(labels, probs) -> tuple[np.ndarray, np.ndarray]:
     return ranker(labels, probs)()
 
 
-def thresholder(labels, probs, thresholds):
-    """A function of `copies` (as in ranker) giving the F1 and the sensitivity of each row of
-    `probs` (rows, studies) called abnormal at or above its own threshold (one per row, or one
-    for all); 0 where undefined (zero_division=0). Counts are sums of whole numbers: exact."""
+def operating_rows(labels, probs):
+    """A function of (thresholds, copies) giving the sensitivity, specificity and F1 of each row
+    of `probs` (rows, studies) called abnormal at or above its own threshold (one per row, or
+    one for all); `copies` as in ranker. A ratio without a denominator is 0 (zero_division=0).
+    Counts are sums of whole numbers: exact."""
     y = np.asarray(labels) == 1
     p = np.asarray(probs, dtype=np.float64)
-    called = p >= np.asarray(thresholds, dtype=np.float64).reshape(-1, 1)
-    hits = np.concatenate([called & y, called != y]).astype(np.float64)  # tp, fp + fn
-    abnormal = y.astype(np.float64)
+    abnormal, normal = y.astype(np.float64), (~y).astype(np.float64)
 
-    def score(copies=None) -> tuple[np.ndarray, np.ndarray]:
+    def score(thresholds, copies=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = np.ones(p.shape[1]) if copies is None else np.asarray(copies, np.float64)
-        counts, n_pos = hits @ c, abnormal @ c
-        tp, wrong = counts[:len(p)], counts[len(p):]
-        f1s = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), 0.0)
-        return f1s, tp / n_pos if n_pos else np.zeros(len(p))
+        called = (p >= np.asarray(thresholds, np.float64).reshape(-1, 1)).astype(np.float64)
+        tp, fp = (called * abnormal) @ c, (called * normal) @ c
+        n_pos, n_neg = abnormal @ c, normal @ c
+        fn = n_pos - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sens = np.where(n_pos > 0, tp / n_pos, 0.0)
+            spec = np.where(n_neg > 0, (n_neg - fp) / n_neg, 0.0)
+            f1s = np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        return sens, spec, f1s
     return score
 
 
-def threshold_rows(labels, probs, thresholds) -> tuple[np.ndarray, np.ndarray]:
-    """F1 and sensitivity of each row of `probs` (rows, studies): see thresholder."""
-    return thresholder(labels, probs, thresholds)()
+FPR_TOLERANCE = 1e-12  # 1 - 0.9 is 0.09999999999999998: a point at 4/40 = 0.1 still meets 90 %
+
+
+def tpr_at(fpr: np.ndarray, tpr: np.ndarray, x) -> np.ndarray:
+    """The ROC curve's true positive rate at false positive rate(s) `x`, read as the curve is
+    drawn: straight lines between its points (fpr ascending, as roc_curve gives them); where
+    the curve rises vertically at `x`, the top of the rise (the most sensitive threshold that
+    keeps the false positive rate at `x`)."""
+    fpr, tpr = np.asarray(fpr, np.float64), np.asarray(tpr, np.float64)
+    x = np.asarray(x, np.float64)
+    j = np.clip(np.searchsorted(fpr, x + FPR_TOLERANCE, side="right") - 1, 0, fpr.size - 1)
+    k = np.minimum(j + 1, fpr.size - 1)
+    x0, x1 = fpr[j], fpr[k]
+    w = np.divide(x - x0, x1 - x0, out=np.zeros(np.shape(x)), where=x1 > x0)
+    return tpr[j] + np.clip(w, 0.0, 1.0) * (tpr[k] - tpr[j])
+
+
+def sensitivity_at_specificity(labels, probs, specificity: float) -> float:
+    """Sensitivity on the ROC curve of these studies where specificity is `specificity`,
+    threshold-free: linear between the curve's points (tpr_at), as the ROC figure draws it."""
+    fpr, tpr, _ = roc_curve(labels, probs)
+    return float(tpr_at(fpr, tpr, 1.0 - specificity))
+
+
+def roc_rows(labels, probs, specificity: float):
+    """A function of `copies` (as in ranker) giving each row's sensitivity_at_specificity: the
+    ROC of the resampled studies, read at 1 - `specificity` as tpr_at reads it. Rows are
+    sorted once, here; a tied run of scores is one point of the curve."""
+    y = np.asarray(labels) == 1
+    p = np.asarray(probs, dtype=np.float64)
+    rows, k = p.shape
+    order = np.argsort(-p, axis=1, kind="stable")  # highest first, as the curve runs
+    _, last = _tie_runs(-np.take_along_axis(p, order, axis=1))
+    ends = (last + (k * np.arange(rows))[:, None]).ravel()  # each study's run end, flat
+    pos = y[order].astype(np.float64)
+    x = 1.0 - specificity
+
+    def read(copies=None) -> np.ndarray:
+        w = np.ones(p.shape) if copies is None else np.asarray(copies, np.float64).take(order)
+        tps = np.cumsum(w * pos, axis=1).ravel().take(ends).reshape(p.shape)
+        fps = np.cumsum(w * (1 - pos), axis=1).ravel().take(ends).reshape(p.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpr = np.hstack([np.zeros((rows, 1)), tps / tps[:, -1:]])
+            fpr = np.hstack([np.zeros((rows, 1)), fps / fps[:, -1:]])
+        j = (fpr <= x + FPR_TOLERANCE).sum(axis=1) - 1  # the last point at or left of x
+        r = np.arange(rows)
+        k1 = np.minimum(j + 1, k)
+        x0, x1 = fpr[r, j], fpr[r, k1]
+        w_ = np.divide(x - x0, x1 - x0, out=np.zeros(rows), where=x1 > x0)
+        return tpr[r, j] + np.clip(w_, 0.0, 1.0) * (tpr[r, k1] - tpr[r, j])
+    return read
+
+
+def ece_bins(n: int) -> int:
+    """Equal-mass bins for the ECE of n studies: the cube root of n, rounded up (5 bins of about
+    20 studies for 98; 9 of about 80 for 700). Ten bins of ten studies put a perfectly
+    calibrated model's ECE near 0.1 by noise alone; fewer, fuller bins lower that floor."""
+    return max(1, int(np.ceil(round(n ** (1 / 3), 9))))
+
+
+def _equal_mass_bins(sorted_scores: np.ndarray, bins: int) -> np.ndarray:
+    """The bin (0..bins-1) of each position of ascending rows: position i of n in bin
+    floor(i x bins / n), tied scores in the bin of their run's first position."""
+    first, _ = _tie_runs(sorted_scores)
+    return first * bins // sorted_scores.shape[1]
+
+
+def calibration_rows(labels, probs, bins: int | None = None):
+    """A function of `copies` (as in ranker) giving each row's Brier score and ECE; the ECE's
+    equal-mass bins (ece_bins) are those of the rows' own scores on these studies, fixed
+    across resamples."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    rows, k = p.shape
+    bins = bins or ece_bins(k)
+    order = np.argsort(p, axis=1, kind="stable")
+    which = _equal_mass_bins(np.take_along_axis(p, order, axis=1), bins)
+    ends = np.stack([(which <= b).sum(axis=1) for b in range(bins)], axis=1)  # (rows, bins)
+    starts = np.hstack([np.zeros((rows, 1), int), ends[:, :-1]])
+    offset = (k + 1) * np.arange(rows)[:, None]
+    gap = y[order] - np.take_along_axis(p, order, axis=1)  # label - probability, ascending
+    squared = (p - y) ** 2
+
+    def score(copies=None) -> tuple[np.ndarray, np.ndarray]:
+        c = np.ones(k) if copies is None else np.asarray(copies, np.float64)
+        total = c.sum()
+        cum = np.zeros((rows, k + 1))
+        np.cumsum(c.take(order) * gap, axis=1, out=cum[:, 1:])
+        flat = cum.ravel()
+        per_bin = flat.take(ends + offset) - flat.take(starts + offset)
+        # row sums, not a matrix product: a row scores the same bits beside any other rows
+        return (squared * c).sum(axis=1) / total, np.abs(per_bin).sum(axis=1) / total
+    return score
 
 
 # --- one model ---------------------------------------------------------------------------------
@@ -149,12 +243,12 @@ def auprc(labels, probs) -> float:
 
 def f1(labels, probs, threshold: float) -> float:
     """F1 of calling abnormal at or above `threshold`; 0 without true positives."""
-    return float(threshold_rows(labels, np.asarray(probs, np.float64)[None], threshold)[0][0])
+    return float(operating_rows(labels, np.asarray(probs, np.float64)[None])(threshold)[2][0])
 
 
 def sensitivity(labels, probs, threshold: float) -> float:
     """Fraction of abnormal studies called abnormal at or above `threshold`; 0 without any."""
-    return float(threshold_rows(labels, np.asarray(probs, np.float64)[None], threshold)[1][0])
+    return float(operating_rows(labels, np.asarray(probs, np.float64)[None])(threshold)[0][0])
 
 
 def _ratio(num: int, den: int) -> float:
@@ -293,31 +387,6 @@ def choose_threshold(labels, probs, rule) -> float:
     return _below(scores, int(np.argmax(objective)))  # argmax: the first, i.e. highest, maximum
 
 
-def threshold_at_specificity(labels, probs, specificity: float) -> float:
-    """The lowest threshold whose validation specificity (the fraction of normal studies below
-    it) is at least `specificity`: the most sensitive operating point that meets the target.
-
-    Candidates and the halfway convention as in choose_threshold. Where even the highest
-    validation probability leaves too many normal studies at or above it, the threshold lies
-    above every validation probability (halfway to 1.0): nothing is called abnormal.
-    """
-    if not 0 <= specificity <= 1:
-        raise ValueError(f"specificity {specificity} is not a fraction in [0, 1]")
-    y = np.asarray(labels).astype(int)
-    if not np.any(y == 0):
-        raise ValueError("a specificity needs normal validation studies; there are none")
-    p = np.asarray(probs, dtype=np.float64)
-    if len(p) != len(y):
-        raise ValueError(f"{len(p)} probabilities for {len(y)} labels: one per study")
-    tps, fps, scores = _curve_counts(y, p)
-    n_neg = int(fps[-1])
-    meets = (n_neg - fps) / n_neg >= specificity  # True down to some candidate, then False
-    if not meets[0]:
-        top = float(scores[0])
-        return top + (1.0 - top) / 2 if top < 1.0 else float(np.nextafter(top, np.inf))
-    return _below(scores, int(np.flatnonzero(meets)[-1]))
-
-
 # --- calibration -------------------------------------------------------------------------------
 
 def brier(labels, probs) -> float:
@@ -326,13 +395,29 @@ def brier(labels, probs) -> float:
     return float(np.mean((p - y) ** 2))
 
 
-def calibration(labels, probs, bins: int = 10) -> dict:
+def calibrated_ece(probs, bins: int | None = None, draws: int = 1000, seed: int = 0,
+                   quantile: float = 0.95) -> float:
+    """The ECE's noise floor: the `quantile` of the ECE that a perfectly calibrated model with
+    these scores would have, its labels drawn as Bernoulli(probability) `draws` times (seeded),
+    with the same equal-mass bins. An ECE below it is what noise alone gives."""
+    p = np.asarray(probs, dtype=np.float64)
+    bins = bins or ece_bins(len(p))
+    order = np.argsort(p, kind="stable")
+    which = _equal_mass_bins(p[order][None], bins)[0]
+    labels = np.random.default_rng(seed).random((draws, len(p))) < p[order]
+    gaps = labels - p[order]                                   # (draws, studies), ascending p
+    per_bin = np.stack([gaps[:, which == b].sum(axis=1) for b in np.unique(which)], axis=1)
+    return float(np.quantile(np.abs(per_bin).sum(axis=1) / len(p), quantile))
+
+
+def calibration(labels, probs, bins: int | None = None) -> dict:
     """Expected calibration error, Brier score, and the table of a reliability diagram.
 
-    `bins` equal-width bins on [0, 1], each [low, high) but the last, which holds 1.0 too. ECE:
-    the sum over non-empty bins of n_b / N x |fraction abnormal - mean probability| in the bin.
-    Each row of `bins` in the result: low, high, n, mean_probability, fraction_abnormal (the
-    last two None for an empty bin).
+    `bins` equal-mass bins (None: ece_bins of the number of studies): the studies sorted by
+    probability, position i of n in bin floor(i x bins / n), tied probabilities in one bin.
+    ECE: the sum over bins of n_b / N x |fraction abnormal - mean probability| in the bin (the
+    same number as calibration_rows). Each row of `bins` in the result: low, high (the lowest
+    and highest probability in it), n, mean_probability, fraction_abnormal.
     """
     y = np.asarray(labels, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
@@ -341,17 +426,17 @@ def calibration(labels, probs, bins: int = 10) -> dict:
                          "one")
     if not np.all((p >= 0) & (p <= 1)):
         raise ValueError("probabilities must lie in [0, 1]")
-    if int(bins) != bins or bins < 1:
+    if bins is not None and (int(bins) != bins or bins < 1):
         raise ValueError(f"bins {bins}: use a whole number >= 1")
-    edges = np.arange(bins + 1) / bins  # not linspace: 3 x 0.1 > 0.3 would put 0.3 in bin 2
-    which = np.minimum(np.searchsorted(edges, p, side="right") - 1, bins - 1)
-    n = np.bincount(which, minlength=bins)
-    prob_sum = np.bincount(which, weights=p, minlength=bins)
-    label_sum = np.bincount(which, weights=y, minlength=bins)
-    filled = n > 0
-    ece = float(np.sum(np.abs(label_sum[filled] - prob_sum[filled])) / len(y))
-    table = [{"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(n[b]),
-              "mean_probability": float(prob_sum[b] / n[b]) if n[b] else None,
-              "fraction_abnormal": float(label_sum[b] / n[b]) if n[b] else None}
-             for b in range(bins)]
-    return {"ece": ece, "brier": brier(y, p), "bins": table}
+    bins = int(bins or ece_bins(len(y)))
+    brier_score, ece = calibration_rows(y, p[None], bins)()
+    order = np.argsort(p, kind="stable")
+    which = _equal_mass_bins(p[order][None], bins)[0]
+    table = []
+    for b in np.unique(which):
+        members = order[which == b]
+        table.append({"low": float(p[members].min()), "high": float(p[members].max()),
+                      "n": int(len(members)), "mean_probability": float(p[members].mean()),
+                      "fraction_abnormal": float(y[members].mean())})
+    return {"ece": float(ece[0]), "brier": float(brier_score[0]), "bins": table,
+            "binning": f"{bins} equal-mass bins"}

@@ -8,6 +8,7 @@ the same values; a test keeps the two in step).
 """
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import MISSING, dataclass, field, fields
@@ -30,6 +31,56 @@ AUGMENTS = ("none", "affine", "affine+jitter")  # train.augment (cxrfusion/augme
 THRESHOLD_RULES = ("youden", "max_f1")  # evaluate.threshold: chosen on validation (cxrfusion/metrics.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+# --- the comparisons compare.primary and compare.secondary name (cxrfusion/inference.py) -----
+
+PAIRS = (("fusion", "image"), ("fusion", "text"), ("text", "image"))  # first minus second
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One AUROC difference: models a - b on one text input's runs."""
+    a: str
+    b: str
+    text_input: str
+
+    @classmethod
+    def parse(cls, name: str) -> "Comparison":
+        """fusion-image/indication -> Comparison("fusion", "image", "indication")."""
+        pair, sep, text_input = str(name).partition("/")
+        a, dash, b = pair.partition("-")
+        if not (sep and dash and text_input) or (a, b) not in PAIRS:
+            allowed = ", ".join(f"{x}-{y}" for x, y in PAIRS)
+            raise ValueError(f"{name!r} is not a comparison: write <pair>/<text input>, the pair "
+                             f"one of {allowed} (e.g. fusion-image/indication)")
+        return cls(a, b, text_input)
+
+    @property
+    def name(self) -> str:
+        return f"{self.a}-{self.b}/{self.text_input}"
+
+    @property
+    def key(self) -> str:
+        """The key of its pair in comparison.json's differences[text input]."""
+        return f"{self.a}_minus_{self.b}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.a} − {self.b}"
+
+
+def family(primary: str, secondary: list[str]) -> dict[str, str]:
+    """The declared family: comparison name -> role (primary | secondary), primary first."""
+    names = [Comparison.parse(primary).name] + [Comparison.parse(s).name for s in secondary]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the family names a comparison twice: {names}")
+    return {name: "primary" if i == 0 else "secondary" for i, name in enumerate(names)}
+
+
+def smallest_adjusted_p(resamples: int, family_size: int) -> float:
+    """The smallest Holm-adjusted p a family can reach: family size x bootstrap_p's floor."""
+    return min(1.0, family_size * 2 / (resamples + 1))
 
 
 def _fail(name: str, value, allowed: str):
@@ -128,6 +179,20 @@ def operating_point(name, v):
     if v not in THRESHOLD_RULES and not (_number(v) and 0 < v < 1):
         _fail(name, v, "use a probability strictly between 0 and 1, or a rule applied to each "
               "model's validation predictions: " + " | ".join(THRESHOLD_RULES))
+
+
+def comparison(name, v):
+    try:
+        Comparison.parse(v)
+    except ValueError as e:
+        _fail(name, v, str(e))
+
+
+def comparisons(name, v):
+    if not isinstance(v, list):
+        _fail(name, v, "use a list of comparisons, e.g. [fusion-text/indication]")
+    for item in v:
+        comparison(name, item)
 
 
 def image_side(name, v):
@@ -305,10 +370,33 @@ class Evaluate:
                                     "above which a study is called abnormal, or the rule that "
                                     "picks it on each model's validation predictions: youden | "
                                     "max_f1")
-    specificity: float = option(0.9, fraction, "the fixed specificity, reached on validation, "
-                                "at which test sensitivity is reported")
-    bootstrap: int = option(1000, positive_int, "bootstrap resamples, the same for every interval")
+    specificity: float = option(0.9, fraction, "the specificity at which each run's test ROC is "
+                                "read for sensitivity (threshold-free, linear between points)")
+
+
+SECONDARY = ("fusion-image/findings+impression", "fusion-text/findings+impression",
+             "text-image/findings+impression", "fusion-text/indication", "text-image/indication")
+
+
+@dataclass(frozen=True)
+class Compare:
+    primary: str = option("fusion-image/indication", comparison, "the comparison the study "
+                          "answers first: an AUROC difference <model>-<model>/<text input> "
+                          "(first minus second); the indication cannot leak the label")
+    secondary: list = option(SECONDARY, comparisons, "the rest of the declared family; with the "
+                             "primary, Holm-adjusted together (cxrfusion/inference.py)")
+    alpha: float = option(0.05, in_range(0.001, 0.5, "use a level in [0.001, 0.5)"),
+                          "family-wise error rate; intervals hold at 1 - alpha, the equivalence "
+                          "test's at 1 - 2 alpha")
+    margin: float = option(0.05, in_range(0.001, 0.5, "use an AUROC difference in [0.001, 0.5)"),
+                           "AUROC difference within which two models count as equivalent")
+    bootstrap: int = option(2000, positive_int, "bootstrap resamples of every interval and "
+                            "p-value (the smallest p is 2 / (bootstrap + 1))")
     seed: int = option(0, seed, "seed of the resamples")
+    resample_validation: bool = option(True, switch, "redraw the validation studies in each "
+                                       "round and choose every run's threshold again on them, "
+                                       "so that intervals at a threshold include its "
+                                       "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -325,7 +413,7 @@ class Explain:
 
 SECTIONS = {"data": Data, "demo": Demo, "split": Split, "text": Text, "demo_encoder": DemoEncoder,
             "image": Image, "model": Model, "train": Train, "augment": Augment, "evaluate": Evaluate,
-            "explain": Explain}
+            "compare": Compare, "explain": Explain}
 
 
 def get(params: dict, dotted: str):
@@ -355,7 +443,9 @@ def _replaced(p: dict) -> None:
     """An older params.yaml: name what replaced its options before asking for the new ones."""
     for old, new in (("text.fields", "text.inputs (a list of field sets, e.g. "
                       "[findings+impression, indication])"),
-                     ("train.seed", "train.seeds (a list, e.g. [0, 1, 2])")):
+                     ("train.seed", "train.seeds (a list, e.g. [0, 1, 2])"),
+                     ("evaluate.bootstrap", "compare.bootstrap"),
+                     ("evaluate.seed", "compare.seed")):
         section, key = old.split(".")
         if key in (p.get(section) or {}):
             raise PipelineError(f"parameter {old} was replaced by {new}: replace {old} in "
@@ -378,9 +468,32 @@ def _across(p: dict) -> None:
         chosen = p["explain"].get(key)
         if chosen is not None and chosen not in get(p, among):
             _fail(f"explain.{key}", chosen, f"use null or one of {among}={get(p, among)}")
+    _family(p)
     hidden, heads = get(p, "demo_encoder.hidden_size"), get(p, "demo_encoder.heads")
     if hidden % heads:
         _fail("demo_encoder.heads", heads, f"use a divisor of demo_encoder.hidden_size={hidden}")
+
+
+def _family(p: dict) -> None:
+    """The declared family names text inputs the pipeline trains, each comparison once, and the
+    bootstrap can reach alpha after Holm's adjustment."""
+    c, inputs = p["compare"], get(p, "text.inputs")
+    for key, names in (("primary", [c["primary"]]), ("secondary", c["secondary"])):
+        for name in names:
+            if Comparison.parse(name).text_input not in inputs:
+                _fail(f"compare.{key}", c[key], f"{name} names a text input that is not one of "
+                      f"text.inputs={inputs}; declare comparisons of the inputs trained (e.g. "
+                      f"-S compare.primary=fusion-image/{inputs[0]} -S 'compare.secondary=[]')")
+    try:
+        members = family(c["primary"], c["secondary"])
+    except ValueError as e:
+        _fail("compare.secondary", c["secondary"], str(e))
+    floor = smallest_adjusted_p(c["bootstrap"], len(members))
+    if floor >= c["alpha"]:
+        needed = math.ceil(2 * len(members) / c["alpha"])
+        _fail("compare.bootstrap", c["bootstrap"], f"with a family of {len(members)} the "
+              f"smallest Holm-adjusted p is {floor:.3g}, never below compare.alpha="
+              f"{c['alpha']}; use {needed} or more")
 
 
 def defaults() -> dict:

@@ -1,6 +1,7 @@
-"""Comparing models on the same test studies: bootstrap intervals (one model; paired), over
-resampled studies or, where patients are known, resampled patients; DeLong's test of two
-AUROCs; and intervals over both test studies and training seeds (over_seeds).
+"""Comparing models on the same test studies: bootstrap resamples of studies or, where patients
+are known, of patients; the one quantile rule of every interval and the p-values that invert it
+(interval, bootstrap_p, equivalence_p); intervals over both test studies and training seeds
+(over_seeds); DeLong's test of two AUROCs.
 
 Label 1 (abnormal) is the positive class throughout. numpy only, as cxrfusion/metrics.py.
 """
@@ -10,7 +11,8 @@ import math
 
 import numpy as np
 
-from cxrfusion.metrics import auprc, auroc, f1, midranks, ranker, sensitivity, thresholder
+from cxrfusion.metrics import (auprc, auroc, calibration_rows, choose_threshold, f1, midranks,
+                               operating_rows, ranker, roc_rows, sensitivity)
 
 METRICS = {"auroc": lambda y, p, t: auroc(y, p), "auprc": lambda y, p, t: auprc(y, p),
            "f1": f1, "sensitivity": sensitivity}
@@ -63,6 +65,46 @@ def _cluster_draw(groups: np.ndarray, n_studies: int, rng: np.random.Generator):
     return draw
 
 
+# --- the quantile rule: intervals and the p-values that invert them ---------------------------
+
+def order_rank(level: float, n: int) -> int:
+    """k: a `level` interval over n bootstrap values runs from the k-th smallest to the k-th
+    largest, k = ceil((1 - level) (n + 1) / 2) - 1, so that it excludes a value exactly when
+    the p-values below fall under 1 - level (Davison & Hinkley's (count + 1) / (n + 1))."""
+    k = math.ceil(round((1 - level) * (n + 1) / 2, 9)) - 1
+    if k < 1:
+        raise ValueError(f"{n} bootstrap resamples are too few for a {level:.0%} interval: "
+                         f"use {math.ceil(2 / (1 - level))} or more")
+    return k
+
+
+def interval(values, level: float = 0.95) -> tuple[float, float]:
+    """The `level` percentile interval of bootstrap values: k-th smallest to k-th largest
+    (order_rank). bootstrap_p(values) < 1 - level exactly when it excludes 0, ties at 0
+    included; equivalence_p(values, m) < (1 - level) / 2 exactly when it lies inside (-m, m)."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    k = order_rank(level, len(v))
+    return float(v[k - 1]), float(v[len(v) - k])
+
+
+def bootstrap_p(values) -> float:
+    """Two-sided p-value of "the difference is 0" from bootstrap values of the difference:
+    2 x (the smaller count of values at or below 0, and at or above 0, + 1) / (n + 1), at most
+    1. Its floor is 2 / (n + 1): n resamples can show no more than that."""
+    v = np.asarray(values, dtype=np.float64)
+    tail = min(int((v <= 0).sum()), int((v >= 0).sum()))
+    return min(1.0, 2 * (tail + 1) / (len(v) + 1))
+
+
+def equivalence_p(values, margin: float) -> float:
+    """Two one-sided tests of "the difference lies within (-margin, +margin)": the larger of
+    the one-sided p-values (count at or below -margin, and at or above +margin, + 1) / (n + 1).
+    Below alpha exactly when the 1 - 2 alpha interval lies inside the margins."""
+    v = np.asarray(values, dtype=np.float64)
+    tail = max(int((v <= -margin).sum()), int((v >= margin).sum()))
+    return min(1.0, (tail + 1) / (len(v) + 1))
+
+
 def bootstrap_interval(labels, probs, metric: str, n: int, seed: int,
                        threshold: float = 0.5, groups=None) -> dict:
     """One model's metric with a 95 % percentile interval over resampled studies, or over
@@ -70,7 +112,7 @@ def bootstrap_interval(labels, probs, metric: str, n: int, seed: int,
     the same seed and groups)."""
     y, p, f = np.asarray(labels).astype(int), np.asarray(probs, float), METRICS[metric]
     values = [f(y[idx], p[idx], threshold) for idx in resamples(y, n, seed, groups)]
-    low, high = np.percentile(values, [2.5, 97.5])
+    low, high = interval(values)
     return {"value": f(y, p, threshold), "ci95": [float(low), float(high)], "resamples": n,
             "seed": seed}
 
@@ -87,9 +129,163 @@ def paired_bootstrap(labels, probs_a, probs_b, metric: str, n: int, seed: int,
     f = METRICS[metric]
     diffs = [f(y[idx], a[idx], threshold) - f(y[idx], b[idx], threshold)
              for idx in resamples(y, n, seed, groups)]
-    low, high = np.percentile(diffs, [2.5, 97.5])
+    low, high = interval(diffs)
     return {"difference": f(y, a, threshold) - f(y, b, threshold),
             "ci95": [float(low), float(high)], "resamples": n, "seed": seed}
+
+
+# --- over test studies and training seeds -------------------------------------------------------
+
+SEED_METRICS = ("auroc", "auprc", "sensitivity_at_specificity",  # threshold-free
+                "sensitivity", "specificity", "f1",  # at the threshold chosen on validation
+                "brier", "ece")                      # calibration
+
+
+def _seed_scorer(y: np.ndarray, probs: np.ndarray, specificity: float):
+    """A function of (thresholds, copies) giving (rows, SEED_METRICS): each seed row's metrics
+    on the studies as often as `copies` counts them (ranker); the rows are sorted once, here."""
+    rank, read_roc = ranker(y, probs), roc_rows(y, probs, specificity)
+    operate, calibrate = operating_rows(y, probs), calibration_rows(y, probs)
+
+    def score(thresholds, copies=None) -> np.ndarray:
+        aurocs, auprcs = rank(copies)
+        sens, spec, f1s = operate(thresholds, copies)
+        briers, eces = calibrate(copies)
+        return np.stack([aurocs, auprcs, read_roc(copies), sens, spec, f1s, briers, eces], axis=1)
+    return score
+
+
+def _rows(model: dict, name: str, key: str, shape: tuple) -> np.ndarray:
+    a = np.asarray(model[key], dtype=np.float64)
+    if a.shape != shape:
+        raise ValueError(f"model {name!r}: {key} of shape {a.shape}, expected {shape}")
+    return a
+
+
+def _stacked(labels, models: dict, pairs, validation) -> tuple:
+    """Labels, and every model's seed rows stacked and checked: (y, blocks, probs, thresholds,
+    val_probs or None, rules); blocks: name -> (first row, seeds)."""
+    y = np.asarray(labels)
+    if y.ndim != 1 or not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be one 0/1 label per test study")
+    y = y.astype(int)
+    needed = {"probs", "thresholds"} | ({"val_probs", "rule"} if validation else set())
+    rows, thresholds, val_rows, rules, blocks = [], [], [], [], {}
+    for name, model in models.items():
+        missing = needed - set(model)
+        if missing:
+            raise ValueError(f"model {name!r} lacks {', '.join(sorted(missing))}")
+        p = np.asarray(model["probs"], dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != len(y) or not len(p):
+            raise ValueError(f"model {name!r}: probs of shape {p.shape}, expected (seeds, "
+                             f"{len(y)}): one row per training seed, one column per test study")
+        blocks[name] = (sum(len(r) for r in rows), len(p))
+        rows.append(p)
+        thresholds.append(_rows(model, name, "thresholds", (len(p),)))
+        if validation:
+            val_rows.append(_rows(model, name, "val_probs",
+                                  (len(p), len(validation["labels"]))))
+            rules += [model["rule"]] * len(p)
+    if not rows:
+        raise ValueError("no models")
+    for a, b in pairs:
+        for name in (a, b):
+            if name not in blocks:
+                raise ValueError(f"pair ({a!r}, {b!r}): no model {name!r}")
+        if blocks[a][1] != blocks[b][1]:
+            raise ValueError(f"pair ({a!r}, {b!r}): {blocks[a][1]} and {blocks[b][1]} seeds; a "
+                             "pair compares seed rows by index, so both need the same seeds")
+    return (y, blocks, np.vstack(rows), np.concatenate(thresholds),
+            np.vstack(val_rows) if validation else None, rules)
+
+
+def _rechooser(validation: dict | None, val_probs, rules, thresholds, n: int, stream):
+    """An iterator of each round's thresholds, one per seed row: with `validation`, each round
+    draws the validation studies (resamples, from its own stream: the test and seed draws stay
+    as they are) and re-chooses every row's threshold by its model's rule on them, the same
+    draw for every model; without, the thresholds as given, every round."""
+    if validation is None:
+        while True:
+            yield thresholds
+    y = np.asarray(validation["labels"]).astype(int)
+    for idx in resamples(y, n, stream, validation.get("groups")):
+        yield np.array([choose_threshold(y[idx], p[idx], rule)
+                        for p, rule in zip(val_probs, rules)])
+
+
+def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
+               specificity: float = 0.9, validation: dict | None = None,
+               level: float = 0.95) -> dict:
+    """Each model's metrics and each pair's differences, as means over training seeds, with
+    `level` percentile intervals (interval) that cover which test studies were drawn, how
+    training runs vary and, with `validation`, where each run's threshold fell.
+
+    `models`: {name: {"probs": (seeds, studies), "thresholds": (seeds,) chosen on validation,
+    and with `validation` "val_probs": (seeds, validation studies) and "rule": the rule that
+    chose them (choose_threshold)}}; `pairs`: (a, b) names, compared seed row by seed row
+    (per_seed); `validation`: None, or {"labels": (validation studies,), "groups": patients or
+    None}; `specificity`: where sensitivity_at_specificity reads each test ROC.
+
+    Method, a two-level bootstrap: each of `n` rounds draws the test studies resamples(labels,
+    n, seed, groups) draws; from a second generator spawned from `seed`, for each model
+    independently S_m of its S_m seed rows with replacement; and, with `validation`, from a
+    third, the validation studies, on which every row's threshold is chosen again. The model's
+    value in the round is the mean over the drawn rows of the metric on the drawn studies, a
+    pair's the difference of its models' values. `rounds` keeps each pair's values per round;
+    `study_rounds` the same with every seed row kept (only the studies drawn), the test-study
+    part of the variance. One seed per model, no validation: the intervals of
+    bootstrap_interval/paired_bootstrap.
+    """
+    if n < 1:
+        raise ValueError(f"{n} resamples: use 1 or more")
+    pairs = [tuple(pair) for pair in pairs]
+    y, blocks, probs, thresholds, val_probs, rules = _stacked(labels, models, pairs, validation)
+    score = _seed_scorer(y, probs, specificity)
+    point = score(thresholds)
+    shape = (len(blocks), n, len(SEED_METRICS))
+    rounds, study_rounds = np.empty(shape), np.empty(shape)
+    seed_stream, val_stream = np.random.SeedSequence(seed).spawn(2)
+    seed_rng = np.random.default_rng(seed_stream)
+    chosen = _rechooser(validation, val_probs, rules, thresholds, n, val_stream)
+    n_seeds = np.array([s for _, s in blocks.values()])
+    offsets = np.repeat([f for f, _ in blocks.values()], n_seeds)  # each model's first row
+    highs, starts = np.repeat(n_seeds, n_seeds), np.cumsum(n_seeds) - n_seeds
+    for r, idx in enumerate(resamples(y, n, seed, groups)):
+        # a resample is the number of copies of each study: no sort per round
+        values = score(next(chosen), np.bincount(idx, minlength=len(y)))
+        drawn = offsets + seed_rng.integers(0, highs)  # S_m seed rows of each model
+        rounds[:, r] = np.add.reduceat(values[drawn], starts, axis=0) / n_seeds[:, None]
+        study_rounds[:, r] = np.add.reduceat(values, starts, axis=0) / n_seeds[:, None]
+
+    def bounds(values: np.ndarray) -> dict:
+        low, high = interval(values, level)
+        return {"low": low, "high": high}
+
+    index = {name: m for m, name in enumerate(blocks)}
+    out_models = {}
+    for name, (first, seeds) in blocks.items():
+        per_seed = point[first:first + seeds]
+        out_models[name] = {
+            metric: {"per_seed": per_seed[:, j].tolist(), "mean": float(per_seed[:, j].mean()),
+                     "sd": float(per_seed[:, j].std(ddof=1)) if seeds > 1 else float("nan"),
+                     **bounds(rounds[index[name], :, j])}
+            for j, metric in enumerate(SEED_METRICS)}
+    out_pairs, pair_rounds, pair_study_rounds = {}, {}, {}
+    for a, b in pairs:
+        (fa, seeds), (fb, _) = blocks[a], blocks[b]
+        diffs = point[fa:fa + seeds] - point[fb:fb + seeds]
+        name = f"{a} - {b}"
+        pair_rounds[name] = {m: rounds[index[a], :, j] - rounds[index[b], :, j]
+                             for j, m in enumerate(SEED_METRICS)}
+        pair_study_rounds[name] = {m: study_rounds[index[a], :, j] - study_rounds[index[b], :, j]
+                                   for j, m in enumerate(SEED_METRICS)}
+        out_pairs[name] = {
+            metric: {"per_seed": diffs[:, j].tolist(),
+                     "mean": out_models[a][metric]["mean"] - out_models[b][metric]["mean"],
+                     **bounds(pair_rounds[name][metric])}
+            for j, metric in enumerate(SEED_METRICS)}
+    return {"models": out_models, "pairs": out_pairs, "rounds": pair_rounds,
+            "study_rounds": pair_study_rounds, "resamples": n, "seed": seed, "level": level}
 
 
 # --- DeLong -------------------------------------------------------------------------------------
@@ -130,113 +326,3 @@ def delong(labels, probs_a, probs_b) -> dict:
             "se": se, "z": z, "p": math.erfc(abs(z) / math.sqrt(2))}
 
 
-# --- over test studies and training seeds -------------------------------------------------------
-
-SEED_METRICS = ("auroc", "auprc", "f1", "sensitivity_at_specificity")
-
-
-def _seed_scorer(y: np.ndarray, probs: np.ndarray, operating: np.ndarray,
-                 at_specificity: np.ndarray):
-    """A function of `copies` (see ranker) giving (rows, SEED_METRICS): each seed row's metrics;
-    the rows are sorted and thresholded once, here."""
-    rank = ranker(y, probs)
-    at_operating, at_target = thresholder(y, probs, operating), thresholder(y, probs,
-                                                                            at_specificity)
-
-    def score(copies=None) -> np.ndarray:
-        aurocs, auprcs = rank(copies)
-        return np.stack([aurocs, auprcs, at_operating(copies)[0], at_target(copies)[1]], axis=1)
-    return score
-
-
-def _stacked(labels, models: dict, pairs) -> tuple[np.ndarray, dict, np.ndarray, np.ndarray,
-                                                   np.ndarray]:
-    """Labels and every model's seed rows stacked, checked; blocks: name -> (first row, seeds)."""
-    y = np.asarray(labels)
-    if y.ndim != 1 or not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be one 0/1 label per test study")
-    y = y.astype(int)
-    rows, operating, at_spec, blocks = [], [], [], {}
-    for name, model in models.items():
-        missing = {"probs", "operating", "at_specificity"} - set(model)
-        if missing:
-            raise ValueError(f"model {name!r} lacks {', '.join(sorted(missing))}")
-        p = np.asarray(model["probs"], dtype=np.float64)
-        if p.ndim != 2 or p.shape[1] != len(y) or not len(p):
-            raise ValueError(f"model {name!r}: probs of shape {p.shape}, expected (seeds, "
-                             f"{len(y)}): one row per training seed, one column per test study")
-        for key in ("operating", "at_specificity"):
-            t = np.asarray(model[key], dtype=np.float64)
-            if t.shape != (len(p),):
-                raise ValueError(f"model {name!r}: {key} of shape {t.shape}, expected "
-                                 f"({len(p)},): one threshold per training seed")
-        blocks[name] = (sum(len(r) for r in rows), len(p))
-        rows.append(p)
-        operating.append(np.asarray(model["operating"], dtype=np.float64))
-        at_spec.append(np.asarray(model["at_specificity"], dtype=np.float64))
-    if not rows:
-        raise ValueError("no models")
-    for a, b in pairs:
-        for name in (a, b):
-            if name not in blocks:
-                raise ValueError(f"pair ({a!r}, {b!r}): no model {name!r}")
-        if blocks[a][1] != blocks[b][1]:
-            raise ValueError(f"pair ({a!r}, {b!r}): {blocks[a][1]} and {blocks[b][1]} seeds; a "
-                             "pair compares seed rows by index, so both need the same seeds")
-    return y, blocks, np.vstack(rows), np.concatenate(operating), np.concatenate(at_spec)
-
-
-def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None) -> dict:
-    """Each model's metrics and each pair's differences, as means over training seeds, with 95 %
-    percentile intervals that cover which test studies were drawn and how training runs vary.
-
-    `models`: {name: {"probs": (seeds, studies), "operating": (seeds,) F1 thresholds,
-    "at_specificity": (seeds,) thresholds of the fixed specificity}}, thresholds chosen on
-    validation; `pairs`: (a, b) names, compared seed row by seed row (per_seed).
-
-    Method, a two-level bootstrap: each of `n` rounds draws the test studies resamples(labels,
-    n, seed, groups) draws and, from a second generator spawned from `seed`, for each model
-    independently S_m of its S_m seed rows with replacement; the model's value in the round is
-    the mean over the drawn rows of the metric on the drawn studies, a pair's the difference of
-    its models' values. One seed per model: the intervals of bootstrap_interval/paired_bootstrap.
-    """
-    if n < 1:
-        raise ValueError(f"{n} resamples: use 1 or more")
-    pairs = [tuple(pair) for pair in pairs]
-    y, blocks, probs, operating, at_spec = _stacked(labels, models, pairs)
-    score = _seed_scorer(y, probs, operating, at_spec)
-    point = score()
-    rounds = np.empty((len(blocks), n, len(SEED_METRICS)))
-    seed_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-    n_seeds = np.array([s for _, s in blocks.values()])
-    offsets = np.repeat([f for f, _ in blocks.values()], n_seeds)  # each model's first row
-    highs, starts = np.repeat(n_seeds, n_seeds), np.cumsum(n_seeds) - n_seeds
-    for r, idx in enumerate(resamples(y, n, seed, groups)):
-        # a resample is the number of copies of each study: no sort per round
-        values = score(np.bincount(idx, minlength=len(y)))
-        drawn = offsets + seed_rng.integers(0, highs)  # S_m seed rows of each model
-        rounds[:, r] = np.add.reduceat(values[drawn], starts, axis=0) / n_seeds[:, None]
-
-    def interval(values: np.ndarray) -> dict:
-        low, high = np.percentile(values, [2.5, 97.5])
-        return {"low": float(low), "high": float(high)}
-
-    index = {name: m for m, name in enumerate(blocks)}
-    out_models = {}
-    for name, (first, seeds) in blocks.items():
-        per_seed = point[first:first + seeds]
-        out_models[name] = {
-            metric: {"per_seed": per_seed[:, j].tolist(), "mean": float(per_seed[:, j].mean()),
-                     "sd": float(per_seed[:, j].std(ddof=1)) if seeds > 1 else float("nan"),
-                     **interval(rounds[index[name], :, j])}
-            for j, metric in enumerate(SEED_METRICS)}
-    out_pairs = {}
-    for a, b in pairs:
-        (fa, seeds), (fb, _) = blocks[a], blocks[b]
-        diffs = point[fa:fa + seeds] - point[fb:fb + seeds]
-        out_pairs[f"{a} - {b}"] = {
-            metric: {"per_seed": diffs[:, j].tolist(),
-                     "mean": out_models[a][metric]["mean"] - out_models[b][metric]["mean"],
-                     **interval(rounds[index[a], :, j] - rounds[index[b], :, j])}
-            for j, metric in enumerate(SEED_METRICS)}
-    return {"models": out_models, "pairs": out_pairs, "resamples": n, "seed": seed}

@@ -9,17 +9,20 @@ torch and timm about 5 s a process, so a new seed re-scores every run for less t
 cost to start one process per run (training, which takes minutes, stays one stage a run).
 
 The model scores the validation studies first; `evaluate.threshold` (a probability, or the
-rule youden | max_f1 applied to these validation predictions) fixes the operating point, and
-the threshold that reaches `evaluate.specificity` on validation fixes the second one. Only then
-are the test studies scored, and nothing about them feeds back into either threshold.
+rule youden | max_f1 applied to these validation predictions) fixes the operating point. Only
+then are the test studies scored, and nothing about them feeds back into the threshold. The
+sensitivity at `evaluate.specificity` needs no threshold: it is read off the test ROC.
 
 Writes, per run (e.g. <run> = fusion/findings+impression/seed-0):
-  metrics/test/<run>.json         the thresholds and how they were chosen, the test metrics at
-                                  them (`study`: a study's probability is the mean over its
-                                  images; `image`: one prediction per image, as the original),
-                                  calibration (Brier, ECE)
+  metrics/test/<run>.json         the threshold and how it was chosen, the test metrics at it
+                                  (`study`: a study's probability is the mean over its images;
+                                  `image`: one prediction per image, as the original), the
+                                  sensitivity at the fixed specificity, calibration (Brier, ECE
+                                  over equal-mass bins)
   metrics/predictions/<run>.csv   test images: uid, filename, label, probability (and, for
                                   gated fusion, report_weight: the gate's weight of the report)
+  metrics/validation/<run>.csv    validation images: uid, filename, label, probability (the
+                                  threshold's source: `compare` chooses it again on resamples)
   metrics/curves/{roc,pr,confusion}/<run>.csv   the test studies' curves for `dvc plots`
 """
 from __future__ import annotations
@@ -35,7 +38,7 @@ from cxrfusion.common import PipelineError, atomic_path, main, resolve_device, w
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import Run
 from cxrfusion.metrics import (calibration, choose_threshold, classification_metrics, pr_curve,
-                               roc_curve, study_predictions, threshold_at_specificity)
+                               roc_curve, sensitivity_at_specificity, study_predictions)
 from cxrfusion.model import WEIGHTS, load_model, reads
 from cxrfusion.scoring import predict, report_weights, trained_settings
 
@@ -66,13 +69,11 @@ def gate_summary(images: pd.DataFrame) -> dict:
                if (studies["label"] == label).any()}}
 
 
-def operating_points(val: pd.DataFrame, e: dict) -> dict:
-    """The two thresholds, from the validation studies only."""
+def operating_point(val: pd.DataFrame, e: dict) -> dict:
+    """The threshold, from the validation studies only."""
     rule = e["threshold"]
     return {"threshold": choose_threshold(val["label"], val["probability"], rule),
-            "threshold_rule": rule if isinstance(rule, str) else "fixed",
-            "at_specificity": threshold_at_specificity(val["label"], val["probability"],
-                                                       e["specificity"])}
+            "threshold_rule": rule if isinstance(rule, str) else "fixed"}
 
 
 def evaluate(run: Run, p: dict) -> dict:
@@ -80,34 +81,36 @@ def evaluate(run: Run, p: dict) -> dict:
     model, _ = load_model(run.models, device)
     trained = trained_settings(run.models, p)
     splits = load_splits(trained, *reads(run.variant), names=("val", "test"))[0]
-    val = study_predictions(score(model, splits["val"].to(device), p))
-    chosen = operating_points(val, p["evaluate"])
+    val_images = score(model, splits["val"].to(device), p)
+    val = study_predictions(val_images)
+    chosen = operating_point(val, p["evaluate"])
     test = splits["test"].to(device)
     images = score(model, test, p)  # the test studies, once
     if model.fusion == "gated" and model.uses_image and model.uses_text:
         images["report_weight"] = report_weights(model, test, p["train"]["batch_size"],
                                                  p["train"]["amp"]).astype("float64")
     studies = study_predictions(images)
-    threshold, at_spec = chosen["threshold"], chosen["at_specificity"]
-    fixed = classification_metrics(studies["label"], studies["probability"], at_spec,
-                                   f"{run.path} test studies")
+    threshold, specificity = chosen["threshold"], p["evaluate"]["specificity"]
     result = {
         "run": run.record,
         "threshold": threshold, "threshold_rule": chosen["threshold_rule"],
         "study": {**classification_metrics(studies["label"], studies["probability"], threshold,
                                            f"{run.path} test studies"),
                   **{k: v for k, v in calibration(studies["label"], studies["probability"]).items()
-                     if k in ("brier", "ece")}},
+                     if k in ("brier", "ece", "binning")}},
         "image": classification_metrics(images["label"], images["probability"], threshold,
                                         f"{run.path} test images"),
-        "at_specificity": {"target": p["evaluate"]["specificity"], "threshold": at_spec,
-                           "sensitivity": fixed["recall"], "specificity": fixed["specificity"]},
+        "sensitivity_at_specificity": {  # threshold-free: read off the test ROC
+            "specificity": specificity,
+            "sensitivity": sensitivity_at_specificity(studies["label"], studies["probability"],
+                                                      specificity)},
         "val_studies": len(val),
     }
     if "report_weight" in images:
         result["report_weight"] = gate_summary(images)
 
     write_csv(images, run.predictions)
+    write_csv(val_images, run.validation)
     fpr, tpr, _ = roc_curve(studies["label"], studies["probability"])
     write_csv(pd.DataFrame({"fpr": fpr, "tpr": tpr}), run.curve("roc"))
     recall, precision, _ = pr_curve(studies["label"], studies["probability"])
@@ -117,10 +120,11 @@ def evaluate(run: Run, p: dict) -> dict:
               run.curve("confusion"))
     write_json(run.test_metrics, result)
     s = result["study"]
-    log.info("%s test (%d studies), threshold %.3f (%s, from %d validation studies): auroc %.3f "
-             "f1 %.3f; sensitivity %.3f at specificity %.3f (target %.2f)", run.path, s["n"],
-             threshold, chosen["threshold_rule"], len(val), s["auroc"], s["f1"],
-             fixed["recall"], fixed["specificity"], p["evaluate"]["specificity"])
+    log.info("%s test (%d studies), threshold %.3f (%s, from %d validation studies): auroc %.3f; "
+             "at the threshold sensitivity %.3f specificity %.3f f1 %.3f; sensitivity %.3f at "
+             "specificity %.2f (test ROC)", run.path, s["n"], threshold, chosen["threshold_rule"],
+             len(val), s["auroc"], s["recall"], s["specificity"], s["f1"],
+             result["sensitivity_at_specificity"]["sensitivity"], specificity)
     return result
 
 

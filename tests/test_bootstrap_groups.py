@@ -103,14 +103,14 @@ def test_one_group_id_per_study():
 # history.json and model.json (train). write_runs writes them, synthetic and seeded;
 # prepared_table writes data/prepared as prepare does. tests/test_compare.py uses both.
 
-import re  # noqa: E402
 import zlib  # noqa: E402
 
 from cxrfusion.formats import IMAGES, Run  # noqa: E402
-from cxrfusion.metrics import study_predictions  # noqa: E402
-from cxrfusion.statistics import over_seeds  # noqa: E402
+from cxrfusion.metrics import choose_threshold, study_predictions  # noqa: E402
+from cxrfusion.statistics import SEED_METRICS, over_seeds  # noqa: E402
 
 FIGURE_FUNCTIONS = ("forest", "roc_by_input", "reliability", "training_curves")
+VAL_OFFSET = 10**6  # validation uids: a test study's uid + VAL_OFFSET (its label, another draw)
 STRENGTH = {"fusion": 1.6, "text": 1.1, "image": 0.8}  # how well each variant separates labels
 
 
@@ -128,31 +128,44 @@ def run_rng(run: Run, seed: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(run.path.encode())])
 
 
-def write_run(run: Run, uids, labels, images_per_study=1, seed: int = 0) -> pd.DataFrame:
-    """What evaluate and train write for one run: metrics/<run>/predictions.csv (one row per
-    image, rows shuffled), test.json (thresholds, study brier and ece), models/<run>/
-    history.json and model.json. Returns the predictions as written."""
+def write_run(run: Run, uids, labels, images_per_study=1, seed: int = 0,
+              val=None) -> pd.DataFrame:
+    """What evaluate and train write for one run: its test and validation predictions (one row
+    per image, rows shuffled; the validation studies are the test studies' uids +
+    VAL_OFFSET, with their labels; `val`: (uids, labels) of other ones, an image each), its
+    test.json (the youden threshold of those validation
+    predictions, study brier and ece), models/<run>/history.json and model.json. Returns the
+    test predictions as written."""
     rng = run_rng(run, seed)
     uids, labels = np.asarray(uids), np.asarray(labels).astype(int)
     counts = np.broadcast_to(np.asarray(images_per_study), uids.shape)
     # the indication says little: text-only on it falls clearly below the image model
     strength = STRENGTH[run.variant] * (0.3 if run.text_input == "indication" else 1.0)
-    study_logit = strength * (2 * labels - 1) + rng.normal(0, 1.0, len(uids))
-    logit = np.repeat(study_logit, counts) + rng.normal(0, 0.8, int(counts.sum()))
-    images = pd.DataFrame({
-        "uid": np.repeat(uids, counts),
-        "filename": [f"{u}_{k}.png" for u, c in zip(uids, counts) for k in range(c)],
-        "label": np.repeat(labels, counts), "probability": 1 / (1 + np.exp(-logit))})
-    images = images.iloc[rng.permutation(len(images))].reset_index(drop=True)
-    for path in (run.predictions, run.test_metrics):
+
+    def scored(uids, labels=labels, counts=counts) -> pd.DataFrame:
+        study_logit = strength * (2 * labels - 1) + rng.normal(0, 1.0, len(uids))
+        logit = np.repeat(study_logit, counts) + rng.normal(0, 0.8, int(counts.sum()))
+        images = pd.DataFrame({
+            "uid": np.repeat(uids, counts),
+            "filename": [f"{u}_{k}.png" for u, c in zip(uids, counts) for k in range(c)],
+            "label": np.repeat(labels, counts), "probability": 1 / (1 + np.exp(-logit))})
+        return images.iloc[rng.permutation(len(images))].reset_index(drop=True)
+
+    images = scored(uids)
+    val_images = (scored(uids + VAL_OFFSET) if val is None else
+                  scored(np.asarray(val[0]), np.asarray(val[1]).astype(int), np.ones(len(val[0]), int)))
+    for path in (run.predictions, run.validation, run.test_metrics):
         path.parent.mkdir(parents=True, exist_ok=True)
     images.to_csv(run.predictions, index=False)
+    val_images.to_csv(run.validation, index=False)
+    val = study_predictions(val_images)
+    both = val["label"].nunique() == 2  # one label only (a refusal's test): a fixed threshold
     run.test_metrics.write_text(json.dumps({
         "run": {"variant": run.variant, "seed": run.seed, "text_input": run.text_input},
-        "threshold": float(0.35 + 0.3 * rng.random()), "threshold_rule": "youden",
+        "threshold": choose_threshold(val["label"], val["probability"], "youden") if both
+        else 0.5, "threshold_rule": "youden" if both else "fixed",
         "study": {"brier": float(0.1 + 0.15 * rng.random()),
-                  "ece": float(0.02 + 0.1 * rng.random())},
-        "at_specificity": {"target": 0.9, "threshold": float(0.7 + 0.2 * rng.random())}}))
+                  "ece": float(0.02 + 0.1 * rng.random())}}))
     run.models.mkdir(parents=True, exist_ok=True)
     history = [{"epoch": e, "train": {"loss": float(1 / e + 0.1 * rng.random())},
                 "val": {"loss": float(1 / e + 0.2 * rng.random()),
@@ -163,27 +176,31 @@ def write_run(run: Run, uids, labels, images_per_study=1, seed: int = 0) -> pd.D
 
 
 def write_runs(p: dict, uids, labels, images_per_study=1, seed: int = 0,
-               skip=()) -> dict:
+               skip=(), val=None) -> dict:
     """write_run for every run of params.runs(p) but those in `skip`: {run: predictions}."""
-    return {run: write_run(run, uids, labels, images_per_study, seed)
+    return {run: write_run(run, uids, labels, images_per_study, seed, val)
             for run in params_mod.runs(p) if run not in skip}
 
 
 def prepared_table(uids, labels, patients=None, images: pd.DataFrame | None = None) -> None:
     """data/prepared as prepare writes it: studies.csv (STUDY_COLUMNS, one column per report
     field, then patient where the data names patients; rows shuffled: compare aligns by uid)
-    and images.csv (`images`: uid and filename per image; default one image a study)."""
+    and images.csv (`images`: uid and filename per image; default one image a study). The test
+    studies `uids` and, as write_run scores them, their validation twins (uid + VAL_OFFSET,
+    patient + "v")."""
     uids, labels = np.asarray(uids), np.asarray(labels)
     if images is None:
         images = pd.DataFrame({"uid": uids, "filename": [f"{u}_0.png" for u in uids]})
-    n_images = images.groupby("uid").size()
-    studies = pd.DataFrame({"uid": uids, "label": labels, "split": "test",
-                            "n_images": n_images.reindex(uids, fill_value=0).to_numpy(),
+    n_images = images.groupby("uid").size().reindex(uids, fill_value=0).to_numpy()
+    studies = pd.DataFrame({"uid": np.r_[uids, uids + VAL_OFFSET], "label": np.r_[labels, labels],
+                            "split": ["test"] * len(uids) + ["val"] * len(uids),
+                            "n_images": np.r_[n_images, n_images],
                             "views": "Frontal", "mesh": "",
                             "indication": "cough", "findings": "Lungs are clear.",
                             "impression": "No acute process."})
     if patients is not None:
-        studies["patient"] = patients
+        studies["patient"] = np.r_[np.asarray(patients, dtype=object),
+                                   [f"{g}v" for g in patients]]
     studies = studies.sample(frac=1, random_state=0)
     STUDIES.parent.mkdir(parents=True, exist_ok=True)
     studies.to_csv(STUDIES, index=False)
@@ -192,23 +209,34 @@ def prepared_table(uids, labels, patients=None, images: pd.DataFrame | None = No
                                         split="test").to_csv(IMAGES, index=False))
 
 
-def scored_models(p: dict, text_input: str) -> tuple[np.ndarray, dict]:
+def scored_models(p: dict, text_input: str) -> tuple[np.ndarray, dict, np.ndarray]:
     """over_seeds' inputs for one text input, from the files (as compare should read them):
-    the test labels and {variant: probs (seeds x studies), operating, at_specificity}."""
-    models, labels = {}, None
+    the test labels, {variant: probs (seeds x studies), val_probs, thresholds, rule} and the
+    validation labels."""
+    models, labels, val_labels = {}, None, None
     for variant in ("fusion", "image", "text"):
         rows = []
         for s in p["train"]["seeds"]:
             run = Run(variant, s, None if variant == "image" else text_input)
             studies = study_predictions(pd.read_csv(run.predictions))
-            labels = studies["label"].to_numpy()
-            rows.append((studies["probability"].to_numpy(),
+            val = study_predictions(pd.read_csv(run.validation))
+            labels, val_labels = studies["label"].to_numpy(), val["label"].to_numpy()
+            rows.append((studies["probability"].to_numpy(), val["probability"].to_numpy(),
                          json.loads((run.test_metrics).read_text())))
         models[variant] = {"probs": np.stack([r[0] for r in rows]),
-                           "operating": np.array([t["threshold"] for _, t in rows]),
-                           "at_specificity": np.array([t["at_specificity"]["threshold"]
-                                                       for _, t in rows])}
-    return labels, models
+                           "val_probs": np.stack([r[1] for r in rows]),
+                           "thresholds": np.array([t["threshold"] for _, _, t in rows]),
+                           "rule": "youden"}
+    return labels, models, val_labels
+
+
+def bootstrap_of(p: dict, y, models, val_labels, groups=None, val_groups=None) -> dict:
+    """over_seeds as compare calls it with `p`'s compare section."""
+    c = p["compare"]
+    return over_seeds(y, models, [("fusion", "image"), ("fusion", "text"), ("text", "image")],
+                      c["bootstrap"], c["seed"], groups, specificity=p["evaluate"]["specificity"],
+                      validation={"labels": val_labels, "groups": val_groups},
+                      level=1 - c["alpha"])
 
 
 def intervals(stats: dict) -> dict:
@@ -225,10 +253,10 @@ def written_intervals(result: dict, text_input: str) -> dict:
     """The same keys as intervals(), read from comparison.json's layout."""
     out = {}
     for name, metrics in result["models"][text_input].items():
-        for metric in ("auroc", "auprc", "f1", "sensitivity_at_specificity"):
+        for metric in SEED_METRICS:
             out["models", name, metric] = (metrics[metric]["low"], metrics[metric]["high"])
     for name, metrics in result["differences"][text_input].items():
-        for metric in ("auroc", "auprc", "f1", "sensitivity_at_specificity"):
+        for metric in SEED_METRICS:
             out["pairs", name.replace("_minus_", " - "), metric] = (metrics[metric]["low"],
                                                                     metrics[metric]["high"])
     return out
@@ -245,13 +273,12 @@ def test_compare_resamples_patients_when_studies_name_them(workdir, params, no_f
     assert written["resampled"] == "patients" and written["resampled_units"] == 25
     assert "bootstrap over test patients and seeds" in Path("metrics/comparison.md").read_text()
 
-    e = params["evaluate"]
+    val_groups = np.array([f"{g}v" for g in groups], dtype=object)
     for text_input in params["text"]["inputs"]:
-        y, models = scored_models(params, text_input)
-        pairs = [("fusion", "image"), ("fusion", "text"), ("text", "image")]
-        by_patient = intervals(over_seeds(y, models, pairs, e["bootstrap"], e["seed"], groups))
+        y, models, yv = scored_models(params, text_input)
+        by_patient = intervals(bootstrap_of(params, y, models, yv, groups, val_groups))
         assert written_intervals(written, text_input) == by_patient
-        by_study = intervals(over_seeds(y, models, pairs, e["bootstrap"], e["seed"]))
+        by_study = intervals(bootstrap_of(params, y, models, yv))
         assert by_study["models", "fusion", "auroc"] != by_patient["models", "fusion", "auroc"]
         assert by_study["pairs", "fusion - image", "auroc"] != \
             by_patient["pairs", "fusion - image", "auroc"]
@@ -265,12 +292,10 @@ def test_compare_resamples_studies_without_patients(workdir, params, no_figures)
     result = compare_mod.compare(params)
     assert result["resampled"] == "studies" and result["resampled_units"] == len(uids)
     assert "bootstrap over test studies and seeds" in Path("metrics/comparison.md").read_text()
-    e = params["evaluate"]
     for text_input in params["text"]["inputs"]:
-        y, models = scored_models(params, text_input)
-        same = over_seeds(y, models, [("fusion", "image"), ("fusion", "text"), ("text", "image")],
-                          e["bootstrap"], e["seed"])
-        assert written_intervals(result, text_input) == intervals(same)
+        y, models, yv = scored_models(params, text_input)
+        assert written_intervals(result, text_input) == intervals(bootstrap_of(params, y, models,
+                                                                               yv))
 
 
 def test_compare_refuses_test_studies_missing_from_studies_csv(workdir, params, no_figures):
@@ -278,8 +303,7 @@ def test_compare_refuses_test_studies_missing_from_studies_csv(workdir, params, 
     uids = np.arange(len(labels))
     write_runs(params, uids, labels)
     prepared_table(uids[1:], labels[1:], groups[1:])
-    first = params_mod.runs(params)[0].predictions
-    with pytest.raises(PipelineError, match=re.escape(str(first)) + r" scores test studies that "
+    with pytest.raises(PipelineError, match=r"the predictions score studies that "
                                             r"data/prepared/studies.csv does not hold "
                                             r"\(uids \[0\]\).*`dvc repro`"):
         compare_mod.compare(params)
@@ -300,7 +324,9 @@ def test_compare_on_a_prepared_mimic_layout(tmp_path, workdir, params, no_figure
     images = pd.read_csv(IMAGES)
     per_study = images[images["split"] == "test"].groupby("uid").size()
     assert per_study.max() > 1  # studies of several images: compare scores the study
-    write_runs(params, test["uid"], test["label"], per_study.loc[test["uid"]].to_numpy())
+    val = studies[studies["split"] == "val"].sort_values("uid")
+    write_runs(params, test["uid"], test["label"], per_study.loc[test["uid"]].to_numpy(),
+               val=(val["uid"], val["label"]))
     result = compare_mod.compare(params)
     assert result["resampled"] == "patients" and result["test_studies"] == len(test)
     assert result["resampled_units"] == test["patient"].nunique() < len(test)

@@ -27,6 +27,7 @@ def test_the_committed_charts_are_what_params_yaml_writes(tmp_path):
 def _parameters(seeds: list[int], inputs: list[str]) -> dict:
     p = params.defaults()
     p["train"]["seeds"], p["text"]["inputs"] = seeds, inputs
+    p["compare"].update(primary=f"fusion-image/{inputs[0]}", secondary=[])  # of these inputs
     return params.validate(p)
 
 

@@ -5,26 +5,33 @@ comparison.json, and the refusals' messages. The figures are drawn in one test o
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import average_precision_score, f1_score, recall_score, roc_auc_score
+from sklearn.metrics import (average_precision_score, brier_score_loss, f1_score, recall_score,
+                             roc_auc_score)
 
+from cxrfusion import figures, params as params_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run
-from cxrfusion.statistics import delong
+from cxrfusion.inference import holm
+from cxrfusion.metrics import calibration, sensitivity_at_specificity
+from cxrfusion.results import MEASURES, sentence
+from cxrfusion.statistics import SEED_METRICS, delong
 from stages.compare import compare
-from cxrfusion import figures
 from test_bootstrap_groups import FIGURE_FUNCTIONS, prepared_table, write_runs
 
 N = 80
-METRICS = ("auroc", "auprc", "f1", "sensitivity_at_specificity")
+METRICS = SEED_METRICS
 PAIRS = {"fusion_minus_image": ("fusion", "image"), "fusion_minus_text": ("fusion", "text"),
          "text_minus_image": ("text", "image")}
 OUTPUTS = ("metrics/comparison.json", "metrics/comparison.md", "metrics/figures")
+INFERENCE = {"p", "p_adjusted", "p_equivalence", "equivalence_interval", "role", "verdict",
+             "design"}
 
 
 @pytest.fixture
@@ -36,8 +43,9 @@ def no_figures(monkeypatch):
 
 @pytest.fixture
 def small(params) -> dict:
-    """TINY's params (seeds [0, 1], both text inputs) with 100 bootstrap resamples."""
-    params["evaluate"]["bootstrap"] = 100
+    """TINY's params: seeds [0, 1], both text inputs, 240 bootstrap resamples (the fewest
+    that let Holm over the default family of 6 reach 0.05)."""
+    assert params["compare"]["bootstrap"] == 240
     return params
 
 
@@ -76,15 +84,30 @@ def _nothing_written() -> None:
 
 # --- comparison.json ------------------------------------------------------------------------------
 
+def _direct(labels, probs, t: dict, specificity: float) -> dict:
+    """One run's metrics by hand (sklearn, or the functions tested against it)."""
+    called = probs >= t["threshold"]
+    return {"auroc": roc_auc_score(labels, probs),
+            "auprc": average_precision_score(labels, probs),
+            "sensitivity_at_specificity": sensitivity_at_specificity(labels, probs, specificity),
+            "sensitivity": recall_score(labels, called),
+            "specificity": recall_score(1 - labels, ~called),
+            "f1": f1_score(labels, called),
+            "brier": brier_score_loss(labels, probs),
+            "ece": calibration(labels, probs)["ece"]}
+
+
 def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures):
     seeds, inputs = small["train"]["seeds"], small["text"]["inputs"]
     uids, labels, _ = _project(small)
     result = compare(small)
     written = json.loads(Path("metrics/comparison.json").read_text())
     assert written == result  # the file is what compare returns (no nan with two seeds)
-    assert written["test_studies"] == N and written["seeds"] == len(seeds)
+    assert written["test_studies"] == N == written["validation_studies"]
+    assert written["seeds"] == len(seeds) and written["ece_bins"] == 5
     assert written["resampled"] == "studies" and written["resampled_units"] == N
-    assert written["bootstrap"] == {"resamples": 100, "seed": small["evaluate"]["seed"]}
+    assert written["bootstrap"] == {"resamples": 240, "seed": small["compare"]["seed"],
+                                    "validation_resampled": True, "level": 0.95}
     assert set(written["models"]) == set(inputs) == set(written["differences"])
     per_seed = {f"seed-{s}" for s in seeds}
 
@@ -92,61 +115,61 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
         models = written["models"][text_input]
         assert set(models) == {"fusion", "image", "text"}
         for variant, m in models.items():
-            assert set(m) == set(METRICS) | {"brier", "ece"}
+            assert set(m) == set(METRICS) | {"ece_floor"}
+            assert set(m["ece_floor"]) == {"mean"} | per_seed
             for metric in METRICS:
                 assert set(m[metric]) == {"mean", "sd", "low", "high"} | per_seed, metric
-            for metric in ("brier", "ece"):
-                assert set(m[metric]) == {"mean", "sd"} | per_seed, metric
-            direct = {metric: [] for metric in (*METRICS, "brier", "ece")}
+            direct = {metric: [] for metric in METRICS}
             for s in seeds:
                 run = _run(variant, s, text_input)
-                probs, t = _study_probs(run), _test_json(run)
+                probs = _study_probs(run)
                 assert probs.index.tolist() == uids.tolist()
-                direct["auroc"].append(roc_auc_score(labels, probs))
-                direct["auprc"].append(average_precision_score(labels, probs))
-                direct["f1"].append(f1_score(labels, probs >= t["threshold"]))
-                direct["sensitivity_at_specificity"].append(
-                    recall_score(labels, probs >= t["at_specificity"]["threshold"]))
-                direct["brier"].append(t["study"]["brier"])
-                direct["ece"].append(t["study"]["ece"])
+                for metric, v in _direct(labels, probs.to_numpy(), _test_json(run),
+                                         small["evaluate"]["specificity"]).items():
+                    direct[metric].append(v)
             for metric, values in direct.items():
                 where = (text_input, variant, metric)
                 for s, v in zip(seeds, values):
                     assert m[metric][f"seed-{s}"] == pytest.approx(v, abs=1e-12), where
                 assert m[metric]["mean"] == pytest.approx(np.mean(values), abs=1e-12), where
                 assert m[metric]["sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-12), where
-            for metric in METRICS:
-                s = m[metric]
-                assert 0 <= s["low"] <= s["mean"] <= s["high"] <= 1, (text_input, variant, metric)
+                assert 0 <= m[metric]["low"] <= m[metric]["high"] <= 1, where
 
         differences = written["differences"][text_input]
         assert set(differences) == set(PAIRS)
         for name, (a, b) in PAIRS.items():
             d = differences[name]
-            assert set(d) == set(METRICS) | {"delong_p"}
+            assert set(d) == set(METRICS) | {"delong"}
             for metric in METRICS:
-                assert set(d[metric]) == {"mean", "low", "high", "excludes_zero"} | per_seed
+                extra = INFERENCE if metric == "auroc" else set()
+                assert set(d[metric]) == {"mean", "low", "high"} | per_seed | extra, metric
                 ma, mb = models[a][metric], models[b][metric]
                 assert d[metric]["mean"] == pytest.approx(ma["mean"] - mb["mean"], abs=1e-12)
                 for s in seeds:
                     assert d[metric][f"seed-{s}"] == pytest.approx(
                         ma[f"seed-{s}"] - mb[f"seed-{s}"], abs=1e-12)
-                assert d[metric]["low"] <= d[metric]["mean"] <= d[metric]["high"]
-                assert d[metric]["excludes_zero"] is bool(d[metric]["low"] > 0
-                                                          or d[metric]["high"] < 0)
+                assert d[metric]["low"] <= d[metric]["high"]
             pa = np.stack([_study_probs(_run(a, s, text_input)) for s in seeds])
             pb = np.stack([_study_probs(_run(b, s, text_input)) for s in seeds])
-            assert set(d["delong_p"]) == {"seed_averaged"} | per_seed
-            assert d["delong_p"]["seed_averaged"] == pytest.approx(
-                delong(labels, pa.mean(0), pb.mean(0))["p"], rel=1e-12)
+            ensemble = delong(labels, pa.mean(0), pb.mean(0))
+            assert set(d["delong"]) == {"ensemble"} | per_seed
+            assert d["delong"]["ensemble"] == pytest.approx(
+                {k: ensemble[k] for k in ("auroc_a", "auroc_b", "difference", "p")}, rel=1e-12)
+            # the ensemble's own difference, not the seed-mean's
+            assert d["delong"]["ensemble"]["difference"] == pytest.approx(
+                roc_auc_score(labels, pa.mean(0)) - roc_auc_score(labels, pb.mean(0)))
             for s, x, y in zip(seeds, pa, pb):
-                assert d["delong_p"][f"seed-{s}"] == pytest.approx(delong(labels, x, y)["p"],
-                                                                   rel=1e-12)
+                assert d["delong"][f"seed-{s}"]["p"] == pytest.approx(delong(labels, x, y)["p"],
+                                                                      rel=1e-12)
     # the synthetic runs hold differences clear of zero either way, and some not
-    auroc = {(i, name): written["differences"][i][name]["auroc"] for i in inputs for name in PAIRS}
-    assert auroc[inputs[0], "fusion_minus_image"]["low"] > 0
-    assert auroc["indication", "text_minus_image"]["high"] < 0
-    assert {d["excludes_zero"] for d in auroc.values()} == {True, False}
+    verdicts = {(i, name): written["differences"][i][name]["auroc"]["verdict"]
+                for i in inputs for name in PAIRS}
+    assert verdicts[inputs[0], "fusion_minus_image"] == "higher"
+    # significant before the adjustment (p 0.0498 of 240 resamples), not after (Holm's 0.199)
+    d = written["differences"]["indication"]["fusion_minus_image"]["auroc"]
+    assert d["high"] < 0 and d["p"] < 0.05 < d["p_adjusted"]
+    assert verdicts["indication", "fusion_minus_image"] == "inconclusive"
+    assert "inconclusive" in verdicts.values(), verdicts
 
     # the image model reads no report: one set of runs, the same numbers for every text input
     first, second = (written["models"][i] for i in inputs)
@@ -154,6 +177,59 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
     assert first["fusion"]["auroc"]["seed-0"] != second["fusion"]["auroc"]["seed-0"]
     assert (written["differences"][inputs[0]]["fusion_minus_image"]
             != written["differences"][inputs[1]]["fusion_minus_image"])
+
+
+def _auroc_rows(result: dict) -> dict:
+    return {f"{a}-{b}/{i}": result["differences"][i][f"{a}_minus_{b}"]["auroc"]
+            for i in result["differences"] for a, b in PAIRS.values()}
+
+
+def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
+    """p agrees with the interval in the same row; the Holm p is Holm over the declared family;
+    the verdict follows the precedence; the primary's sentence is the answer."""
+    _project(small)
+    result = compare(small)
+    c, rows = small["compare"], _auroc_rows(result)
+    alpha, margin = c["alpha"], c["margin"]
+    family = [c["primary"], *c["secondary"]]
+    assert result["question"] == {
+        "primary": c["primary"], "family": family, "adjustment": "holm", "alpha": alpha,
+        "margin": margin, "answer": sentence(params_mod.Comparison.parse(c["primary"]),
+                                             rows[c["primary"]], alpha, margin, "studies")}
+    adjusted = holm({name: rows[name]["p"] for name in family})
+    for name, d in rows.items():
+        assert (d["p"] < alpha) == (d["low"] > 0 or d["high"] < 0), name
+        assert 2 / 241 <= d["p"] <= 1
+        assert d["role"] == ("primary" if name == c["primary"] else "secondary")
+        assert d["p_adjusted"] == pytest.approx(adjusted[name]) and d["p_adjusted"] >= d["p"]
+        eq = d["equivalence_interval"]
+        assert (d["p_equivalence"] < alpha) == (-margin < eq["low"] and eq["high"] < margin)
+        assert d["low"] <= eq["low"] <= eq["high"] <= d["high"]  # the 90 % inside the 95 %
+        expected = ("higher" if d["p_adjusted"] < alpha and d["low"] > 0 else
+                    "lower" if d["p_adjusted"] < alpha else
+                    "equivalent" if d["p_equivalence"] < alpha else "inconclusive")
+        assert d["verdict"] == expected, name
+        g = d["design"]
+        assert g["alpha"] == pytest.approx(alpha / 6) and g["power"] == 0.8
+        assert g["se"] == pytest.approx(math.hypot(g["se_studies"], g["sd_seeds"] / math.sqrt(2)))
+        assert g["detectable"] > 2 * g["se"]
+    assert {d["verdict"] for d in rows.values()} >= {"higher", "inconclusive"}
+
+
+def test_comparisons_outside_the_family_are_exploratory(workdir, small, no_figures):
+    small["compare"]["secondary"] = ["fusion-text/indication"]
+    _project(small)
+    rows = _auroc_rows(compare(small))
+    family = {small["compare"]["primary"], "fusion-text/indication"}
+    adjusted = holm({name: rows[name]["p"] for name in family})
+    for name, d in rows.items():
+        if name in family:
+            assert d["p_adjusted"] == pytest.approx(adjusted[name])
+        else:
+            assert d["role"] == "exploratory" and d["p_adjusted"] is None
+            assert d["design"]["alpha"] == small["compare"]["alpha"]
+    text = Path("metrics/comparison.md").read_text()
+    assert "exploratory" in text and "exploratory, unadjusted p" in text
 
 
 def test_compare_scores_studies_not_images(workdir, small, no_figures):
@@ -181,7 +257,6 @@ def test_compare_scores_studies_not_images(workdir, small, no_figures):
 NUMBER = r"([+-]?\d+\.\d{3})"
 MODEL_CELL = re.compile(rf"^{NUMBER} ± {NUMBER} \[{NUMBER}, {NUMBER}\]$")
 DIFF_CELL = re.compile(rf"^{NUMBER} \[{NUMBER}, {NUMBER}\]$")
-MEAN_SD = re.compile(rf"^{NUMBER} ± {NUMBER}$")
 
 
 def _tables(text: str) -> list[list[list[str]]]:
@@ -209,49 +284,92 @@ def _close(cell: str, value: float) -> None:
     assert float(cell) == pytest.approx(value, abs=5e-4 + 1e-9), (cell, value)
 
 
+def _cell(pattern, cell: str, d: dict, keys) -> None:
+    parsed = pattern.match(cell)
+    assert parsed, cell
+    for got, key in zip(parsed.groups(), keys):
+        _close(got, d[key])
+
+
+NAMES = {"fusion − image": "fusion_minus_image", "fusion − text": "fusion_minus_text",
+         "text − image": "text_minus_image"}
+
+
 def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     _project(small)
     result = compare(small)
-    inputs = small["text"]["inputs"]
+    inputs, spec = small["text"]["inputs"], small["evaluate"]["specificity"]
     text = Path("metrics/comparison.md").read_text()
+    assert text.startswith("**Primary question** (`compare.primary` = fusion-image/indication)")
+    assert result["question"]["answer"] in text.splitlines()[0]
     assert f"Test studies: {N}; seeds per model: 2 (0, 1)" in text
-    models, differences = _tables(text)
+    assert "1 − 0.9" not in text and "at 90% specificity on validation" not in text
+    inferential, models, descriptive = _tables(text)
+
+    # Table 1: the primary first, then the secondary comparisons as declared
+    assert inferential[0][:8] == ["text input", "comparison", "role", "Δ AUROC [95% interval]",
+                                  "p", "Holm p", "90% interval", "verdict"]
+    declared = [small["compare"]["primary"], *small["compare"]["secondary"]]
+    assert [f"{r[1].replace(' − ', '-')}/{r[0]}" for r in inferential[1:]] == declared
+    for row in inferential[1:]:
+        d = result["differences"][row[0]][NAMES[row[1]]]["auroc"]
+        _cell(DIFF_CELL, row[3], d, ("mean", "low", "high"))
+        assert row[2] == d["role"] and row[7] == f"**{d['verdict']}**"
+        for cell, key in ((row[4], "p"), (row[5], "p_adjusted")):
+            assert float(cell) == pytest.approx(d[key], rel=5e-3, abs=5e-4), (cell, key)
+        _cell(re.compile(rf"^\[{NUMBER}, {NUMBER}\]$"), row[6], d["equivalence_interval"],
+              ("low", "high"))
+        _close(row[8], d["design"]["detectable"])
+
+    # Table 2: every column named by what it measures, the image model once
     header = models[0]
-    assert header[:2] == ["text input", "model"] and header[-2:] == ["Brier", "ECE"]
-    assert header[2:6] == ["AUROC", "AUPRC", "F1", "Sensitivity at 90% specificity"]
+    names = {k: v.format(specificity=spec, ece_bins=5) for k, v in MEASURES.items()}
+    assert header == ["text input", "model", *names.values(), "ECE noise floor"]
+    assert "Sensitivity at 90% specificity (test ROC)" in header
     rows = models[1:]
-    # the image model once, then text only and fusion for each input
     assert [(r[0], r[1]) for r in rows] == [("— (reads no report)", "image only")] + [
         (i, v) for i in inputs for v in ("text only", "fusion")]
     variant = {"image only": "image", "text only": "text", "fusion": "fusion"}
     for row in rows:
         text_input = inputs[0] if row[1] == "image only" else row[0]
         m = result["models"][text_input][variant[row[1]]]
-        for cell, metric in zip(row[2:6], METRICS):
-            parsed = MODEL_CELL.match(cell)
-            assert parsed, cell
-            for got, key in zip(parsed.groups(), ("mean", "sd", "low", "high")):
-                _close(got, m[metric][key])
-        for cell, metric in zip(row[6:], ("brier", "ece")):
-            parsed = MEAN_SD.match(cell)
-            assert parsed, cell
-            _close(parsed[1], m[metric]["mean"])
-            _close(parsed[2], m[metric]["sd"])
+        for cell, metric in zip(row[2:-1], names):
+            _cell(MODEL_CELL, cell, m[metric], ("mean", "sd", "low", "high"))
+        _close(row[-1], m["ece_floor"]["mean"])
 
-    assert differences[0][:2] == ["text input", "difference"] and differences[0][-1] == "DeLong p"
-    rows = differences[1:]
-    names = {"fusion − image": "fusion_minus_image", "fusion − text": "fusion_minus_text",
-             "text − image": "text_minus_image"}
-    assert [(r[0], r[1]) for r in rows] == [(i, n) for i in inputs for n in names]
-    for row in rows:
-        d = result["differences"][row[0]][names[row[1]]]
-        for cell, metric in zip(row[2:6], METRICS):
-            parsed = DIFF_CELL.match(cell)
-            assert parsed, cell
-            assert all(g[0] in "+-" for g in parsed.groups()), cell  # signed
-            for got, key in zip(parsed.groups(), ("mean", "low", "high")):
-                _close(got, d[metric][key])
-        assert float(row[6]) == float(f"{d['delong_p']['seed_averaged']:.3g}")
+    # Table 3: every other measure's paired differences, signed, descriptive
+    assert descriptive[0] == ["text input", "comparison",
+                              *(v for k, v in names.items() if k != "auroc")]
+    assert [(r[0], r[1]) for r in descriptive[1:]] == [(i, n) for i in inputs for n in NAMES]
+    for row in descriptive[1:]:
+        d = result["differences"][row[0]][NAMES[row[1]]]
+        for cell, metric in zip(row[2:], [k for k in names if k != "auroc"]):
+            assert all(g[0] in "+-" for g in DIFF_CELL.match(cell).groups()), cell
+            _cell(DIFF_CELL, cell, d[metric], ("mean", "low", "high"))
+
+
+def test_result_sentences_follow_the_verdicts(workdir, small, no_figures):
+    """No sentence says "no difference", "level" or "adds nothing"; an inconclusive row says
+    it is not shown either way, with what the design could have detected."""
+    _project(small)
+    result = compare(small)
+    text = Path("metrics/comparison.md").read_text()
+    said = [line for line in text.splitlines() if line.startswith("- *")]
+    rows = _auroc_rows(result)
+    assert len(said) == len(rows)
+    for line in said:
+        lowered = line.lower()
+        assert not any(w in lowered for w in ("no difference", "level with", "adds nothing",
+                                              "not above"))
+    for name, d in rows.items():
+        c = params_mod.Comparison.parse(name)
+        line = next(x for x in said if x.startswith(f"- *{c.text_input}, {c.label}*"))
+        words = {"higher": "ranks the test studies better", "lower": "ranks the test studies "
+                 "worse", "equivalent": "are equivalent within ±0.05",
+                 "inconclusive": "Not shown either way"}
+        assert words[d["verdict"]] in line, (name, line)
+        if d["verdict"] == "inconclusive":
+            assert f"detect a difference of {d['design']['detectable']:.3f}" in line
 
 
 # --- refusals -------------------------------------------------------------------------------------
@@ -266,14 +384,26 @@ def test_compare_refuses_runs_scored_on_other_studies(workdir, small, no_figures
     else:  # as many studies, one of them another
         images = images.assign(uid=images["uid"].replace(uids[5], 99999))
     images.to_csv(other.predictions, index=False)
-    with pytest.raises(PipelineError, match=r"^metrics/predictions/image/seed-1.csv scores other "
-                                            r"test studies than metrics/predictions/fusion/"
-                                            r"findings\+impression/seed-0.csv.*`dvc repro`"):
+    with pytest.raises(PipelineError, match=r"^image/seed-1 scores other test studies than "
+                                            r"fusion/findings\+impression/seed-0.*`dvc repro`"):
         compare(small)
     _nothing_written()
 
 
-@pytest.mark.parametrize("missing", ["a seed", "test.json", "history.json"])
+def test_compare_refuses_validation_predictions_that_do_not_give_the_threshold(
+        workdir, small, no_figures):
+    _project(small)
+    run = Run("text", 0, "indication")
+    t = _test_json(run)
+    run.test_metrics.write_text(json.dumps({**t, "threshold": t["threshold"] + 0.01}))
+    with pytest.raises(PipelineError, match=r"^metrics/validation/text/indication/seed-0.csv does "
+                                            r"not give the threshold of metrics/test/text/"
+                                            r"indication/seed-0.json.*rerun `dvc repro`"):
+        compare(small)
+    _nothing_written()
+
+
+@pytest.mark.parametrize("missing", ["a seed", "test.json", "validation", "history.json"])
 def test_compare_refuses_a_missing_run(workdir, small, no_figures, missing):
     """A seed of train.seeds never trained, a run not evaluated, a model folder without its
     history: named, with what to run, not averaged away (and no traceback)."""
@@ -283,6 +413,8 @@ def test_compare_refuses_a_missing_run(workdir, small, no_figures, missing):
         path = "metrics/predictions/fusion/findings+impression/seed-2.csv"
     elif missing == "test.json":
         path = "metrics/test/text/indication/seed-1.json"
+    elif missing == "validation":
+        path = "metrics/validation/fusion/indication/seed-0.csv"
     else:
         path = "models/image/seed-0/history.json"
     if missing != "a seed":
@@ -299,12 +431,8 @@ def test_compare_refuses_test_studies_without_two_of_each_label(workdir, small, 
     labels[:abnormal] = 1
     write_runs(small, uids, labels)
     prepared_table(uids, labels)
-    if abnormal in (0, N):
-        message = (rf"every test study in metrics/predictions/fusion/findings\+impression/"
-                   rf"seed-0.csv has label {labels[0]}: .*both classes.*split.test")
-    else:  # AUROC is defined, DeLong's test (and a useful interval) is not
-        message = (r"metrics/predictions/fusion/findings\+impression/seed-0.csv holds 1 "
-                   r"abnormal and 79 normal test studies: .*two of each.*split.test")
+    message = (rf"the test studies hold {abnormal} abnormal and {N - abnormal} normal: the "
+               r"comparison needs two of each or more; use a larger split.test")
     with pytest.raises(PipelineError, match=message):
         compare(small)
     _nothing_written()
@@ -322,7 +450,7 @@ def test_adding_a_seed_adds_its_keys(workdir, small, no_figures):
     assert "seeds per model: 3 (0, 1, 2)" in Path("metrics/comparison.md").read_text()
     for text_input in small["text"]["inputs"]:
         for variant in ("fusion", "image", "text"):
-            for metric in (*METRICS, "brier", "ece"):
+            for metric in METRICS:
                 before = two["models"][text_input][variant][metric]
                 after = three["models"][text_input][variant][metric]
                 assert "seed-2" not in before and "seed-2" in after
@@ -332,7 +460,7 @@ def test_adding_a_seed_adds_its_keys(workdir, small, no_figures):
                 assert after["mean"] == pytest.approx(np.mean(values), abs=1e-12)
                 assert after["sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
         for d in three["differences"][text_input].values():
-            assert set(d["delong_p"]) == {"seed_averaged", "seed-0", "seed-1", "seed-2"}
+            assert set(d["delong"]) == {"ensemble", "seed-0", "seed-1", "seed-2"}
             assert {"seed-0", "seed-1", "seed-2"} <= set(d["auroc"])
     assert json.loads(Path("metrics/comparison.json").read_text()) == three
 
@@ -345,13 +473,14 @@ def test_one_seed(workdir, small, no_figures):
     assert written["seeds"] == 1
     for models in written["models"].values():
         for m in models.values():
-            for metric in (*METRICS, "brier", "ece"):
+            for metric in METRICS:
                 assert not {k for k in m[metric] if k.startswith("seed-")} - {"seed-0"}
                 assert m[metric]["mean"] == m[metric]["seed-0"]
     for differences in written["differences"].values():
         for d in differences.values():
-            assert set(d["delong_p"]) == {"seed_averaged", "seed-0"}
-            assert d["delong_p"]["seed_averaged"] == d["delong_p"]["seed-0"]
+            assert set(d["delong"]) == {"ensemble", "seed-0"}
+            assert d["delong"]["ensemble"]["p"] == d["delong"]["seed-0"]["p"]
+            assert d["auroc"]["design"]["sd_seeds"] == 0.0
             assert d["auroc"]["mean"] == pytest.approx(d["auroc"]["seed-0"], abs=1e-12)
     assert result["models"].keys() == written["models"].keys()
     # the table shows no spread over one seed, and never "nan"
@@ -384,5 +513,36 @@ def test_compare_draws_the_four_figures(workdir, small):
         with Image.open(Path("metrics/figures") / name) as image:
             assert image.format == "PNG" and min(image.size) > 100, name
     assert sorted(p.name for p in Path("metrics").iterdir()) == [
-        "comparison.json", "comparison.md", "figures", "predictions", "test"]  # no temporaries
+        "comparison.json", "comparison.md", "figures", "predictions", "test",
+        "validation"]  # no temporaries
     assert len(FIGURE_FUNCTIONS) == len(pngs)
+
+
+def test_the_figures_show_the_tables_numbers(workdir, small, monkeypatch):
+    """The reliability figure's legend is the table's ECE and Brier, and its bins are the ones
+    that ECE is made of; the ROC figure's marked point is the table's sensitivity, on its mean
+    curve."""
+    drawn = {}
+    for name in FIGURE_FUNCTIONS:
+        monkeypatch.setattr(figures, name, lambda *a, _name=name, **k: drawn.update(
+            {_name: (a, k)}))
+    uids, labels, _ = _project(small)
+    result = compare(small)
+    (y, probs, calibration_, _), _ = drawn["reliability"]
+    for text_input, variants in calibration_.items():
+        for v, c in variants.items():
+            m = result["models"][text_input][v]
+            assert (c["ece"], c["brier"]) == (m["ece"]["mean"], m["brier"]["mean"])
+            assert c["binning"] == "5 equal-mass bins"
+            per_seed = [sum(b["n"] * abs(b["fraction_abnormal"] - b["mean_probability"])
+                            for b in c["bins"] if b["seed"] == s) / N for s in (0, 1)]
+            assert np.mean(per_seed) == pytest.approx(c["ece"], abs=1e-12)
+    args, kwargs = drawn["roc_by_input"]
+    spec = small["evaluate"]["specificity"]
+    assert kwargs["specificity"] == spec
+    for text_input, variants in args[1].items():
+        for v, rows in variants.items():
+            fpr, tpr = figures.mean_roc(labels, rows, at=(1 - spec,))
+            at = kwargs["at_specificity"][text_input][v]
+            assert at == result["models"][text_input][v]["sensitivity_at_specificity"]["mean"]
+            assert tpr[np.flatnonzero(fpr == 1 - spec)[0]] == pytest.approx(at, abs=1e-12)

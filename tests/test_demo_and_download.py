@@ -493,6 +493,8 @@ def test_params_validation_names_the_parameter(params, name, value):
 def test_params_validation_accepts(params, name, value):
     section, key = name.split(".")
     params[section][key] = value
+    if name == "text.inputs":  # the declared family names the inputs it compares
+        params["compare"].update(primary=f"fusion-image/{value[0]}", secondary=[])
     assert params_mod.validate(params) is params
 
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cxrfusion import figures
+from cxrfusion.metrics import sensitivity_at_specificity, tpr_at
 
 VARIANTS = ("fusion", "image", "text")
 PAIRS = ("fusion - image", "fusion - text", "text - image")
@@ -224,9 +225,13 @@ def test_mean_roc_averages_true_positive_rates_at_fixed_false_positive_rates():
     y = _labels()
     fpr, tpr = figures.mean_roc(y, scores[None])
     f, t = figures.roc_points(y, scores)
-    on_grid = figures.tpr_on_grid(f, t)
+    on_grid = tpr_at(f, t, figures.ROC_GRID)
     np.testing.assert_allclose(tpr[1:], on_grid)
     assert np.all(np.diff(tpr) >= -1e-12)  # never decreasing
+    # a false positive rate off the grid is added, where the table reads sensitivity
+    fpr, tpr = figures.mean_roc(y, scores[None], at=(0.1234,))
+    assert tpr[np.flatnonzero(fpr == 0.1234)[0]] == pytest.approx(
+        sensitivity_at_specificity(y, scores, 1 - 0.1234), abs=1e-12)
 
 
 # --- inputs that do not fit -----------------------------------------------------------------------

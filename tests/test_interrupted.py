@@ -126,7 +126,7 @@ def test_killed_compare_keeps_the_previous_figures_and_intervals(evaluated, monk
         raise Killed
 
     monkeypatch.setattr(figures, "reliability", dies_mid_figures)  # after forest.png and roc.png
-    evaluated["evaluate"]["bootstrap"] = 20  # new intervals would differ
+    evaluated["compare"]["bootstrap"] = 300  # new intervals would differ
     with pytest.raises(Killed):
         compare.compare(evaluated)
     assert snapshot(*outputs) == before

@@ -25,7 +25,8 @@ VENV_BIN = Path(sys.executable).parent
 VARIANTS = ("fusion", "image", "text")
 PAIRS = ("fusion_minus_image", "fusion_minus_text", "text_minus_image")
 FIGURES = ["forest.png", "reliability.png", "roc.png", "training_curves.png"]
-SEED_METRICS = ("auroc", "auprc", "f1", "sensitivity_at_specificity")  # with intervals
+SEED_METRICS = ("auroc", "auprc", "sensitivity_at_specificity", "sensitivity", "specificity",
+                "f1", "brier", "ece")  # each with an interval
 TIMEOUT = 600
 
 
@@ -92,13 +93,17 @@ def _check_comparison(repo: Path, params: dict) -> dict:
     differences, consistent with each run's test.json."""
     comparison = json.loads((repo / "metrics/comparison.json").read_text())
     seeds, inputs = params["train"]["seeds"], params["text"]["inputs"]
-    assert set(comparison) == {"test_studies", "resampled", "resampled_units", "seeds",
-                               "threshold", "specificity", "bootstrap", "models", "differences"}
+    assert set(comparison) == {"test_studies", "validation_studies", "resampled",
+                               "resampled_units", "seeds", "threshold", "specificity",
+                               "bootstrap", "ece_bins", "question", "models", "differences"}
     assert comparison["test_studies"] > 0 and comparison["seeds"] == len(seeds) == 2
     assert comparison["resampled"] == "studies"
     assert comparison["resampled_units"] == comparison["test_studies"]
     assert comparison["threshold"] == "youden" and comparison["specificity"] == 0.9
-    assert comparison["bootstrap"] == {"resamples": 50, "seed": 0}
+    assert comparison["bootstrap"] == {"resamples": 240, "seed": 0, "validation_resampled": True,
+                                       "level": 0.95}
+    assert comparison["question"]["primary"] == "fusion-image/indication"
+    assert len(comparison["question"]["family"]) == 6
     assert set(comparison["models"]) == set(comparison["differences"]) == set(inputs)
     tests = {run: json.loads((repo / run.test_metrics).read_text()) for run in runs(params)}
     per_seed = [f"seed-{s}" for s in seeds]
@@ -106,7 +111,7 @@ def _check_comparison(repo: Path, params: dict) -> dict:
         models = comparison["models"][text_input]
         assert set(models) == set(VARIANTS)
         for variant, m in models.items():
-            assert set(m) == set(SEED_METRICS) | {"brier", "ece"}
+            assert set(m) == set(SEED_METRICS) | {"ece_floor"}
             mine = [tests[Run(variant, s, None if variant == "image" else text_input)] for s in seeds]
             for metric in SEED_METRICS:
                 s = m[metric]
@@ -115,30 +120,32 @@ def _check_comparison(repo: Path, params: dict) -> dict:
                 assert s["mean"] == pytest.approx(np.mean(values))
                 assert s["sd"] == pytest.approx(np.std(values, ddof=1))
                 assert 0 <= s["low"] <= s["high"] <= 1
-            for metric in ("auroc", "f1"):  # the interval holds the seeds' mean
-                assert m[metric]["low"] <= m[metric]["mean"] <= m[metric]["high"], (variant, metric)
             # each seed's numbers are its run's, as evaluate scored it
             for key, t in zip(per_seed, mine):
                 assert m["auroc"][key] == pytest.approx(t["study"]["auroc"], abs=1e-9)
                 assert m["auprc"][key] == pytest.approx(t["study"]["auprc"], abs=1e-9)
                 assert m["f1"][key] == pytest.approx(t["study"]["f1"], abs=1e-9)
                 assert m["sensitivity_at_specificity"][key] == pytest.approx(
-                    t["at_specificity"]["sensitivity"], abs=1e-9)
-                assert m["brier"][key] == t["study"]["brier"] and m["ece"][key] == t["study"]["ece"]
+                    t["sensitivity_at_specificity"]["sensitivity"], abs=1e-9)
+                for metric, saved in (("sensitivity", "recall"), ("specificity", "specificity"),
+                                      ("brier", "brier"), ("ece", "ece")):
+                    assert m[metric][key] == pytest.approx(t["study"][saved], abs=1e-12)
         differences = comparison["differences"][text_input]
         assert set(differences) == set(PAIRS)
         for name, diff in differences.items():
             a, b = name.split("_minus_")
-            assert set(diff) == set(SEED_METRICS) | {"delong_p"}
+            assert set(diff) == set(SEED_METRICS) | {"delong"}
             for metric in SEED_METRICS:
                 d = diff[metric]
                 assert d["mean"] == pytest.approx(models[a][metric]["mean"] - models[b][metric]["mean"])
                 for key in per_seed:
                     assert d[key] == pytest.approx(models[a][metric][key] - models[b][metric][key])
                 assert -1 <= d["low"] <= d["high"] <= 1
-                assert d["excludes_zero"] == (d["low"] > 0 or d["high"] < 0)
-            assert set(diff["delong_p"]) == {"seed_averaged", *per_seed}
-            assert all(0 <= p <= 1 for p in diff["delong_p"].values())
+            auroc = diff["auroc"]
+            assert (auroc["p"] < 0.05) == (auroc["low"] > 0 or auroc["high"] < 0)
+            assert auroc["verdict"] in ("higher", "lower", "equivalent", "inconclusive")
+            assert set(diff["delong"]) == {"ensemble", *per_seed}
+            assert all(0 <= d["p"] <= 1 for d in diff["delong"].values())
     # the image model reads no report: the same runs under every text input
     first, other = (comparison["models"][i]["image"] for i in inputs)
     for metric in SEED_METRICS:
@@ -151,7 +158,7 @@ def test_dvc_repro_end_to_end(repo):
     dvc = str(VENV_BIN / "dvc")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["demo"]["studies"] == 60 and params["image"]["size"] == 32
-    assert params["train"]["epochs"] == 1 and params["evaluate"]["bootstrap"] == 50
+    assert params["train"]["epochs"] == 1 and params["compare"]["bootstrap"] == 240
     assert params["train"]["seeds"] == [0, 1]
     assert params["text"]["inputs"] == ["findings+impression", "indication"]
     every = runs(params)
@@ -162,7 +169,7 @@ def test_dvc_repro_end_to_end(repo):
 
     comparison = _check_comparison(repo, params)
     table = (repo / "metrics/comparison.md").read_text()
-    assert table.count("\n| ") >= 5 + 2 * 3  # header, 5 models, header, 6 differences
+    assert table.count("\n| ") >= 1 + 6 + 1 + 5 + 1 + 6  # Table 1, 2 and 3: headers and rows
     for name in params["text"]["inputs"] + ["fusion", "image only", "text only", "AUROC"]:
         assert name in table
 
@@ -181,8 +188,8 @@ def test_dvc_repro_end_to_end(repo):
                                "text_input": run.text_input}
         assert test["study"]["n"] == comparison["test_studies"]
         assert test["threshold_rule"] == "youden" and 0 <= test["threshold"] < 1
-        assert test["at_specificity"]["target"] == 0.9
-        assert (repo / run.predictions).exists()
+        assert test["sensitivity_at_specificity"]["specificity"] == 0.9
+        assert (repo / run.predictions).exists() and (repo / run.validation).exists()
         for curve in ("roc", "pr", "confusion"):
             assert (repo / run.curve(curve)).exists(), (run, curve)
         assert (repo / run.models / "model.safetensors").exists()
@@ -234,7 +241,9 @@ def test_dvc_repro_end_to_end(repo):
     def named(*prefixes: str) -> set:
         return {s for s in stages if s.startswith(prefixes)}
 
-    assert stale_after(evaluate__bootstrap=60) == {"compare"}
+    assert stale_after(compare__bootstrap=300) == {"compare"}
+    assert stale_after(compare__margin=0.03, compare__primary="fusion-text/indication") == {
+        "compare"}
     # the thresholds are chosen in evaluate: the runs' evaluation and the comparison of them
     # (explain follows through the evaluations it reads, below)
     assert stale_after(evaluate__threshold=0.4) == {"evaluate", "compare"}

@@ -357,7 +357,6 @@ def test_test_predictions_never_move_the_threshold(trained, monkeypatch):
     assert after["study"]["confusion"] != before["study"]["confusion"]
     # ... the thresholds did not
     assert after["threshold"] == before["threshold"]
-    assert after["at_specificity"]["threshold"] == before["at_specificity"]["threshold"]
 
     def val_changed(model, split, params):
         df = real_score(model, split, params)
@@ -388,27 +387,33 @@ def test_a_fixed_threshold_is_used_as_it_is(trained):
 
 
 @pytest.mark.parametrize("target", [0.9, 0.6])
-def test_the_fixed_specificity_is_reached_on_validation(trained, target):
-    from cxrfusion.metrics import threshold_at_specificity
+def test_sensitivity_at_the_fixed_specificity_is_read_off_the_test_roc(trained, target):
+    from sklearn.metrics import roc_curve
+
+    from cxrfusion.metrics import choose_threshold, study_predictions
     from stages.evaluate import evaluate
 
     run, p, direct = trained
     p["evaluate"]["specificity"] = target
     evaluate(run, p)
-    at = _test_json(run)["at_specificity"]
-    assert at["target"] == target
-    val, test = direct["val"], direct["test"]
-    normal = val["probability"][val["label"] == 0]
-    assert len(normal) >= 2
-    assert (normal < at["threshold"]).mean() >= target  # on validation: the target is met
-    # and it is the validation choice, not the test one
-    assert at["threshold"] == pytest.approx(
-        threshold_at_specificity(val["label"], val["probability"], target), abs=1e-9)
-    # what is reported is the test studies at that threshold
-    called = test["probability"] >= at["threshold"]
-    positive, negative = test["label"] == 1, test["label"] == 0
-    assert at["sensitivity"] == pytest.approx((called & positive).sum() / positive.sum())
-    assert at["specificity"] == pytest.approx((~called & negative).sum() / negative.sum())
+    at = _test_json(run)["sensitivity_at_specificity"]
+    assert at["specificity"] == target
+    test = direct["test"]
+    fpr, tpr, _ = roc_curve(test["label"], test["probability"], drop_intermediate=False)
+    x = 1 - target  # threshold-free: on the test ROC, linear between its points
+    on = np.isclose(fpr, x, atol=1e-12)
+    if on.any():
+        expected = tpr[on].max()
+    else:
+        a, b = np.flatnonzero(fpr < x)[-1], np.flatnonzero(fpr > x)[0]
+        expected = tpr[a] + (tpr[b] - tpr[a]) * (x - fpr[a]) / (fpr[b] - fpr[a])
+    assert at["sensitivity"] == pytest.approx(expected, abs=1e-12)
+    # the validation predictions are saved, and they give the threshold evaluate chose
+    val = study_predictions(pd.read_csv(run.validation))
+    assert val["uid"].tolist() == direct["val"]["uid"].tolist()
+    np.testing.assert_allclose(val["probability"], direct["val"]["probability"], atol=1e-12)
+    assert choose_threshold(val["label"], val["probability"], "youden") == (
+        _test_json(run)["threshold"])
 
 
 # --- seeds ---------------------------------------------------------------------------------------
@@ -465,7 +470,7 @@ def test_compare_reads_every_run_over_seeds_and_inputs(cached):
     comparison = _check_comparison(Path("."), cached)
     assert comparison == json.loads(json.dumps(result))
     assert sorted(p.name for p in Path("metrics/figures").iterdir()) == FIGURES
-    assert Path("metrics/comparison.md").read_text().startswith("Test studies: ")
+    assert Path("metrics/comparison.md").read_text().startswith("**Primary question**")
 
 
 # --- predict and explain: the chosen seed's run and its threshold -------------------------------

@@ -11,7 +11,9 @@ import pytest
 from scipy.stats import norm
 from sklearn import metrics as skm
 
-from cxrfusion.statistics import (SEED_METRICS, bootstrap_interval, delong, over_seeds,
+from cxrfusion.metrics import calibration, choose_threshold, sensitivity_at_specificity
+from cxrfusion.statistics import (SEED_METRICS, bootstrap_interval, bootstrap_p, delong,
+                                  equivalence_p, interval, order_rank, over_seeds,
                                   paired_bootstrap)
 
 
@@ -89,13 +91,17 @@ def test_delong_refuses_what_it_cannot_test():
 
 # --- over_seeds ---------------------------------------------------------------------------------
 
-def _model(y, strengths, operating=0.5, at_specificity=0.6, seed=0, decimals=2) -> dict:
-    """One seed row per strength (rounded: scores tie), thresholds per seed."""
+def _model(y, strengths, thresholds=0.5, seed=0, decimals=2) -> dict:
+    """One seed row per strength (rounded: scores tie), a threshold per seed."""
     rng = np.random.default_rng(seed)
     s = len(strengths)
     return {"probs": np.vstack([_scores(y, k, rng, decimals) for k in strengths]),
-            "operating": np.broadcast_to(operating, (s,)).astype(float),
-            "at_specificity": np.broadcast_to(at_specificity, (s,)).astype(float)}
+            "thresholds": np.broadcast_to(thresholds, (s,)).astype(float)}
+
+
+def _arrays(result: dict) -> dict:
+    """over_seeds' result without its rounds (numpy arrays, for the stage's own use)."""
+    return {k: v for k, v in result.items() if k not in ("rounds", "study_rounds")}
 
 
 def _patients(n_studies: int, seed: int = 0) -> np.ndarray:
@@ -110,7 +116,11 @@ def test_over_seeds_is_seeded_and_json_able():
     y = _labels(80)
     models = {"a": _model(y, [0.5, 0.3, 0.4]), "b": _model(y, [0.2, 0.25, 0.1], seed=1)}
     first = over_seeds(y, models, [("a", "b")], n=100, seed=3)
-    assert first == over_seeds(y, models, [("a", "b")], n=100, seed=3)
+    again = over_seeds(y, models, [("a", "b")], n=100, seed=3)
+    assert _arrays(first) == _arrays(again)
+    assert all(np.array_equal(first["rounds"]["a - b"][m], again["rounds"]["a - b"][m])
+               for m in SEED_METRICS)
+    first = _arrays(first)
     assert json.loads(json.dumps(first)) == first          # plain lists, floats, strings
     other = over_seeds(y, models, [("a", "b")], n=100, seed=4)
     for metric in SEED_METRICS:
@@ -129,11 +139,11 @@ def test_one_seed_gives_the_intervals_of_bootstrap_interval_and_paired_bootstrap
     # resamples of bootstrap_interval / paired_bootstrap: the same numbers, exactly
     y = np.random.default_rng(5).permutation(_labels(90))
     groups = _patients(len(y)) if patients else None
-    models = {"a": _model(y, [0.35], operating=0.45, at_specificity=0.62),
-              "b": _model(y, [0.15], operating=0.45, at_specificity=0.62, seed=2)}
+    models = {"a": _model(y, [0.35], thresholds=0.45),
+              "b": _model(y, [0.15], thresholds=0.45, seed=2)}
     r = over_seeds(y, models, [("a", "b")], n=150, seed=7, groups=groups)
     reference = {"auroc": ("auroc", 0.5), "auprc": ("auprc", 0.5), "f1": ("f1", 0.45),
-                 "sensitivity_at_specificity": ("sensitivity", 0.62)}
+                 "sensitivity": ("sensitivity", 0.45)}
     for metric, (name, threshold) in reference.items():
         for model in ("a", "b"):
             single = bootstrap_interval(y, models[model]["probs"][0], name, 150, 7, threshold,
@@ -154,19 +164,21 @@ def test_one_seed_gives_the_intervals_of_bootstrap_interval_and_paired_bootstrap
 
 def test_per_seed_values_and_means_equal_a_direct_computation():
     y = np.random.default_rng(6).permutation(_labels(120))
-    a = _model(y, [0.4, 0.3, 0.35], operating=[0.4, 0.5, 0.55], at_specificity=[0.6, 0.7, 0.65])
-    b = _model(y, [0.2, 0.1, 0.25], operating=[0.5, 0.45, 0.6], at_specificity=[0.7, 0.6, 0.5],
-               seed=3)
-    r = over_seeds(y, {"a": a, "b": b}, [("a", "b")], n=200, seed=0)
+    a = _model(y, [0.4, 0.3, 0.35], thresholds=[0.4, 0.5, 0.55])
+    b = _model(y, [0.2, 0.1, 0.25], thresholds=[0.5, 0.45, 0.6], seed=3)
+    r = over_seeds(y, {"a": a, "b": b}, [("a", "b")], n=200, seed=0, specificity=0.8)
 
     def direct(m):
-        rows = zip(m["probs"], m["operating"], m["at_specificity"])
-        return {"auroc": [skm.roc_auc_score(y, p) for p in m["probs"]],
-                "auprc": [skm.average_precision_score(y, p) for p in m["probs"]],
-                "f1": [skm.f1_score(y, p >= t) for p, t, _ in rows],
-                "sensitivity_at_specificity": [skm.recall_score(y, p >= t) for p, _, t in
-                                               zip(m["probs"], m["operating"],
-                                                   m["at_specificity"])]}
+        rows = list(zip(m["probs"], m["thresholds"]))
+        return {"auroc": [skm.roc_auc_score(y, p) for p, _ in rows],
+                "auprc": [skm.average_precision_score(y, p) for p, _ in rows],
+                "sensitivity_at_specificity": [sensitivity_at_specificity(y, p, 0.8)
+                                               for p, _ in rows],
+                "sensitivity": [skm.recall_score(y, p >= t) for p, t in rows],
+                "specificity": [skm.recall_score(1 - y, p < t) for p, t in rows],
+                "f1": [skm.f1_score(y, p >= t) for p, t in rows],
+                "brier": [skm.brier_score_loss(y, p) for p, _ in rows],
+                "ece": [calibration(y, p)["ece"] for p, _ in rows]}
 
     da, db = direct(a), direct(b)
     for metric in SEED_METRICS:
@@ -174,13 +186,91 @@ def test_per_seed_values_and_means_equal_a_direct_computation():
         assert got["per_seed"] == pytest.approx(da[metric], abs=1e-12)
         assert got["mean"] == pytest.approx(np.mean(da[metric]))
         assert got["sd"] == pytest.approx(np.std(da[metric], ddof=1))
-        assert got["low"] <= got["mean"] <= got["high"]
         pair = r["pairs"]["a - b"][metric]
         assert pair["per_seed"] == pytest.approx(np.subtract(da[metric], db[metric]), abs=1e-12)
         assert pair["mean"] == pytest.approx(np.mean(da[metric]) - np.mean(db[metric]))
-        assert pair["low"] <= pair["mean"] <= pair["high"]
+        assert got["low"] <= got["high"] and pair["low"] <= pair["high"]
     # a clearly better model: every difference of ranking is positive, interval included
     assert r["pairs"]["a - b"]["auroc"]["low"] > 0 and r["pairs"]["a - b"]["auprc"]["low"] > 0
+
+
+def test_resampled_validation_moves_only_what_the_threshold_decides():
+    # the validation draws come from a stream of their own: the test-study and seed draws,
+    # and so every threshold-free interval, are the same with or without them
+    rng = np.random.default_rng(8)
+    y, yv = rng.permutation(_labels(100)), rng.permutation(_labels(60))
+    models = {}
+    for name, strengths in (("a", [0.4, 0.3]), ("b", [0.2, 0.25])):
+        m = _model(y, strengths, seed=len(name) + ord(name))
+        m["val_probs"] = _model(yv, strengths, seed=ord(name))["probs"]
+        m["rule"] = "youden"
+        m["thresholds"] = np.array([choose_threshold(yv, v, "youden") for v in m["val_probs"]])
+        models[name] = m
+    fixed = over_seeds(y, models, [("a", "b")], n=200, seed=1)
+    moved = over_seeds(y, models, [("a", "b")], n=200, seed=1,
+                       validation={"labels": yv, "groups": None})
+    for metric in ("auroc", "auprc", "sensitivity_at_specificity", "brier", "ece"):
+        assert moved["pairs"]["a - b"][metric] == fixed["pairs"]["a - b"][metric], metric
+        assert moved["models"]["a"][metric] == fixed["models"]["a"][metric], metric
+    for metric in ("sensitivity", "specificity", "f1"):
+        assert moved["models"]["a"][metric]["per_seed"] == fixed["models"]["a"][metric]["per_seed"]
+        assert moved["models"]["a"][metric]["low"] != fixed["models"]["a"][metric]["low"], metric
+    width = {k: r["models"]["a"]["specificity"]["high"] - r["models"]["a"]["specificity"]["low"]
+             for k, r in (("fixed", fixed), ("moved", moved))}
+    assert width["moved"] > width["fixed"]  # where the threshold fell is uncertain too
+    # a fixed probability is chosen the same on any validation draw: nothing moves
+    for m in models.values():
+        m["rule"], m["thresholds"] = 0.5, np.full(2, 0.5)
+    assert _arrays(over_seeds(y, models, [("a", "b")], n=50, seed=1)) == _arrays(
+        over_seeds(y, models, [("a", "b")], n=50, seed=1, validation={"labels": yv}))
+
+
+def test_study_rounds_keep_every_seed():
+    # identical seed rows: drawing seeds changes nothing, so both kinds of rounds agree
+    y = _labels(60)
+    a = _model(y, [0.4])
+    a = {k: np.repeat(v, 3, axis=0) for k, v in a.items()}
+    b = _model(y, [0.1, 0.2, 0.3], seed=4)
+    r = over_seeds(y, {"a": a, "b": a}, [("a", "b")], n=80, seed=0)
+    assert np.array_equal(r["rounds"]["a - b"]["auroc"], r["study_rounds"]["a - b"]["auroc"])
+    r = over_seeds(y, {"a": a, "b": b}, [("a", "b")], n=80, seed=0)
+    assert not np.array_equal(r["rounds"]["a - b"]["auroc"], r["study_rounds"]["a - b"]["auroc"])
+    # with every seed kept, a round's difference is the mean of the per-seed differences
+    assert np.var(r["study_rounds"]["a - b"]["auroc"]) < np.var(r["rounds"]["a - b"]["auroc"])
+
+
+# --- the quantile rule -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [40, 199, 240, 1000, 2000])
+def test_the_p_values_invert_the_intervals_ties_included(n):
+    # "p < alpha" exactly when the 1 - alpha interval excludes 0, and "equivalence_p < alpha"
+    # exactly when the 1 - 2 alpha interval lies inside (-m, m): at every level the bootstrap
+    # can state, on values with many ties at 0 and at the margins
+    rng = np.random.default_rng(n)
+    for trial in range(60):
+        values = np.round(rng.normal(rng.normal(0, 0.06), 0.05, n), int(rng.integers(1, 4)))
+        margin = float(rng.choice([0.05, 0.1, 0.03]))
+        p, p_eq = bootstrap_p(values), equivalence_p(values, margin)
+        for alpha in (0.01, 0.05, 0.1, 0.2, 0.45, p, p_eq, p + 1e-9, p_eq + 1e-9):
+            if not 0 < alpha < 0.5 or (alpha * (n + 1) / 2) <= 1:
+                continue                  # a level these n values cannot state (order_rank)
+            low, high = interval(values, 1 - alpha)
+            assert (p < alpha) == (low > 0 or high < 0), (alpha, p, low, high)
+            low, high = interval(values, 1 - 2 * alpha)
+            assert (p_eq < alpha) == (-margin < low and high < margin), (alpha, p_eq)
+
+
+def test_the_quantile_rule_by_hand():
+    values = np.arange(1, 40)            # 39 values 1..39: k = ceil(0.05 x 40 / 2) - 1 = 0
+    with pytest.raises(ValueError, match="39 bootstrap resamples are too few for a 95% interval"):
+        interval(values)
+    values = np.arange(-9, 31)           # 40 values -9..30; k = ceil(1.025) - 1 = 1
+    assert interval(values) == (-9.0, 30.0)
+    assert order_rank(0.95, 2000) == 50 and order_rank(0.9, 2000) == 100
+    assert bootstrap_p(values) == pytest.approx(2 * (10 + 1) / 41)   # 10 values <= 0
+    assert bootstrap_p(np.ones(99)) == 2 / 100                        # its floor
+    assert bootstrap_p(np.zeros(99)) == 1.0                           # ties at 0: both tails
+    assert equivalence_p(values, 5) == pytest.approx((26 + 1) / 41)   # 5..30 at or above 5
 
 
 def test_seeds_that_disagree_widen_the_interval():
@@ -204,7 +294,7 @@ def test_seeds_that_disagree_widen_the_interval():
 
 def test_a_model_against_itself_differs_by_exactly_nothing():
     y = _labels(60)
-    models = {"a": _model(y, [0.4, 0.1, 0.3], operating=[0.3, 0.5, 0.7])}
+    models = {"a": _model(y, [0.4, 0.1, 0.3], thresholds=[0.3, 0.5, 0.7])}
     r = over_seeds(y, models, [("a", "a")], n=100, seed=0)
     for metric in SEED_METRICS:
         d = r["pairs"]["a - a"][metric]
@@ -234,10 +324,10 @@ def test_over_seeds_refuses_mismatched_shapes():
     refused({"a": {**good, "probs": good["probs"][:, :-1]}},
             match=r"model 'a': probs of shape \(2, 19\), expected \(seeds, 20\)")
     refused({"a": {**good, "probs": good["probs"][0]}}, match=r"probs of shape \(20,\)")
-    refused({"a": {**good, "operating": good["operating"][:1]}},
-            match=r"model 'a': operating of shape \(1,\), expected \(2,\)")
-    refused({"a": {**good, "at_specificity": 0.5}}, match=r"at_specificity of shape \(\)")
-    refused({"a": {"probs": good["probs"]}}, match="model 'a' lacks at_specificity, operating")
+    refused({"a": {**good, "thresholds": good["thresholds"][:1]}},
+            match=r"model 'a': thresholds of shape \(1,\), expected \(2,\)")
+    refused({"a": {**good, "thresholds": 0.5}}, match=r"thresholds of shape \(\)")
+    refused({"a": {"probs": good["probs"]}}, match="model 'a' lacks thresholds")
     refused({"a": good, "b": _model(y, [0.3, 0.2, 0.1])}, [("a", "b")],
             match=r"pair \('a', 'b'\): 2 and 3 seeds")
     refused({"a": good}, [("a", "c")], match="no model 'c'")

@@ -12,6 +12,7 @@ import pytest
 from sklearn import metrics as skm
 
 from conftest import first_run, resolved
+from cxrfusion import metrics as metrics_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import text_cache
@@ -245,7 +246,7 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     saved = json.loads(run.test_metrics.read_text())
     assert saved == json.loads(json.dumps(result))
     assert set(saved) == {"run", "threshold", "threshold_rule", "study", "image",
-                          "at_specificity", "val_studies"}
+                          "sensitivity_at_specificity", "val_studies"}
     assert saved["run"] == {"variant": "text", "seed": 0, "text_input": "findings+impression"}
     # evaluate.threshold: youden (the default), chosen on the validation studies
     assert p["evaluate"]["threshold"] == "youden" and saved["threshold_rule"] == "youden"
@@ -279,12 +280,16 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     assert study["confusion"] == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
     assert study["brier"] == pytest.approx(skm.brier_score_loss(y, prob))
     assert 0 <= study["ece"] <= 1
-    # the second operating point: the fixed specificity, reached on validation
-    at = saved["at_specificity"]
-    assert at["target"] == p["evaluate"]["specificity"] == 0.9
-    called = (prob >= at["threshold"]).astype(int)
-    assert at["sensitivity"] == pytest.approx(skm.recall_score(y, called, zero_division=0))
-    assert at["specificity"] == pytest.approx(((called == 0) & (y == 0)).sum() / (y == 0).sum())
+    assert study["binning"] == f"{metrics_mod.ece_bins(len(studies))} equal-mass bins"
+    # the fixed specificity: read off the test ROC, no threshold (tested by hand elsewhere)
+    at = saved["sensitivity_at_specificity"]
+    assert at["specificity"] == p["evaluate"]["specificity"] == 0.9
+    assert at["sensitivity"] == pytest.approx(
+        metrics_mod.sensitivity_at_specificity(y, prob, 0.9), abs=1e-4)
+    # the validation predictions are saved, one row per validation image
+    val = pd.read_csv(run.validation)
+    assert set(val["uid"]) == set(studies_csv.loc[studies_csv["split"] == "val", "uid"])
+    assert list(val.columns) == ["uid", "filename", "label", "probability"]
 
     # the files `dvc plots` draws are study-level too
     confusion = pd.read_csv(run.curve("confusion"))
@@ -368,15 +373,14 @@ def test_skipped_images_leave_all_variants_the_same_rows(cached):
 # --- compare --------------------------------------------------------------------------------------
 
 def _write_predictions(run, uids, labels) -> None:
-    """What evaluate writes for a run: predictions.csv and test.json."""
-    for path in (run.predictions, run.test_metrics):
+    """What evaluate writes for a run: its test and validation predictions, and test.json."""
+    for path in (run.predictions, run.validation, run.test_metrics):
         path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"uid": uids, "filename": [f"{u}.png" for u in uids], "label": labels,
-                  "probability": np.linspace(0.1, 0.9, len(uids))}).to_csv(
-        run.predictions, index=False)
+    for path in (run.predictions, run.validation):
+        pd.DataFrame({"uid": uids, "filename": [f"{u}.png" for u in uids], "label": labels,
+                      "probability": np.linspace(0.1, 0.9, len(uids))}).to_csv(path, index=False)
     run.test_metrics.write_text(json.dumps({
-        "threshold": 0.5, "threshold_rule": "youden", "study": {"brier": 0.2, "ece": 0.1},
-        "at_specificity": {"target": 0.9, "threshold": 0.8}}))
+        "threshold": 0.5, "threshold_rule": "fixed", "study": {"brier": 0.2, "ece": 0.1}}))
 
 
 def _every_run(params):
@@ -392,8 +396,8 @@ def test_compare_refuses_test_studies_of_one_class(workdir, params):
 
     for run in _every_run(params):
         _write_predictions(run, range(6), [1] * 6)
-    with pytest.raises(PipelineError, match=r"metrics/predictions/fusion/findings\+impression/"
-                                            r"seed-0.csv has label 1.*split.test"):
+    with pytest.raises(PipelineError, match=r"the test studies hold 6 abnormal and 0 normal: .*"
+                                            r"split.test"):
         compare(params)
     assert not Path("metrics/comparison.json").exists()
 
@@ -405,9 +409,8 @@ def test_compare_refuses_runs_scored_on_other_studies(workdir, params):
     other = Run("text", 1, "indication")
     for run in _every_run(params):  # one run on another split
         _write_predictions(run, range(1, 7) if run == other else range(6), [0, 1] * 3)
-    with pytest.raises(PipelineError, match=r"metrics/predictions/text/indication/seed-1.csv "
-                                            r"scores other test studies than metrics/predictions/"
-                                            r"fusion/findings\+impression/seed-0.csv"):
+    with pytest.raises(PipelineError, match=r"text/indication/seed-1 scores other test studies "
+                                            r"than fusion/findings\+impression/seed-0"):
         compare(params)
     assert not Path("metrics/comparison.json").exists()
 

@@ -1,0 +1,206 @@
+"""The comparison as a reader reads it: metrics/comparison.md, which README.md shows, written
+from comparison.json alone. Every column is named by what it measures; every sentence that
+states a result is made from a verdict (cxrfusion/inference.py), never typed by hand."""
+from __future__ import annotations
+
+from cxrfusion.params import PAIRS, Comparison
+
+MEASURES = {  # metric -> what the column measures
+    "auroc": "AUROC",
+    "auprc": "AUPRC",
+    "sensitivity_at_specificity": "Sensitivity at {specificity:.0%} specificity (test ROC)",
+    "sensitivity": "Sensitivity at the validation threshold",
+    "specificity": "Specificity at the validation threshold",
+    "f1": "F1 at the validation threshold",
+    "brier": "Brier score",
+    "ece": "ECE ({ece_bins} equal-mass bins)",
+}
+MODEL_NAMES = {"image": "image only", "text": "text only", "fusion": "fusion"}
+NOUNS = {"image": "the image model", "text": "the text model", "fusion": "fusion"}
+
+
+def measures(result: dict) -> dict:
+    return {k: v.format(**result) for k, v in MEASURES.items()}
+
+
+def cell(s: dict, prefix: str = "", signed: bool = False) -> str:
+    """mean ± sd [low, high]; the sd where there is one (a model over several seeds)."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    sd = f" ± {s['sd']:.3f}" if s.get("sd") is not None else ""
+    return f"{prefix}{f.format(s['mean'])}{sd} [{f.format(s['low'])}, {f.format(s['high'])}]"
+
+
+def p_value(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _ci(d: dict, key: str = "") -> str:
+    low, high = (d[key]["low"], d[key]["high"]) if key else (d["low"], d["high"])
+    return f"{low:+.3f} to {high:+.3f}"
+
+
+def sentence(c: Comparison, d: dict, alpha: float, margin: float, units: str) -> str:
+    """One comparison's result in words, from its verdict: never "no difference" where the
+    verdict is inconclusive. `units`: what the test set counts (studies, or patients)."""
+    adjusted = d["p_adjusted"] is not None
+    what = (f"{c.a} − {c.b} AUROC {d['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(d)}; "
+            f"{'Holm-adjusted' if adjusted else 'exploratory, unadjusted'} p = "
+            f"{p_value(d['p_adjusted'] if adjusted else d['p'])})")
+    if d["verdict"] in ("higher", "lower"):
+        side = "better" if d["verdict"] == "higher" else "worse"
+        return (f"{NOUNS[c.a].capitalize()} ranks the test studies {side} than {NOUNS[c.b]}: "
+                f"{what}.")
+    if d["verdict"] == "equivalent":
+        return (f"{NOUNS[c.a].capitalize()} and {NOUNS[c.b]} are equivalent within ±{margin:g} "
+                f"AUROC: {what}; "
+                f"the {1 - 2 * alpha:.0%} interval {_ci(d, 'equivalence_interval')} lies "
+                "inside the margins.")
+    g = d["design"]
+    reach = (f"about {g['units_for_equivalence']:,} test {units} would be needed to show "
+             f"equivalence within ±{margin:g}" if g["units_for_equivalence"] else
+             f"no number of test {units} would show equivalence within ±{margin:g} with "
+             f"{len_seeds(d)} seeds (their spread alone is too large; about "
+             f"{g['seeds_needed']} would be needed)")
+    return (f"Not shown either way: {what}. Neither a difference nor equivalence within "
+            f"±{margin:g} is shown; the design would detect a difference of "
+            f"{g['detectable']:.3f} with {g['power']:.0%} power, and {reach}.")
+
+
+def len_seeds(d: dict) -> int:
+    return sum(key.startswith("seed-") for key in d)
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _header(*titles) -> list[str]:
+    return [_row(titles), "|" + " --- |" * len(titles)]
+
+
+def method(result: dict, p: dict) -> str:
+    b, q = result["bootstrap"], result["question"]
+    rule = p["evaluate"]["threshold"]
+    rule = rule if isinstance(rule, str) else f"fixed at {rule}"
+    units = result["resampled"]
+    val = (f" Each round also redraws the {result['validation_studies']} validation studies "
+           f"and chooses every run's threshold ({rule}) again on them, so intervals at the "
+           "threshold include where it fell." if b["validation_resampled"] else
+           f" Thresholds ({rule}) stay as chosen on the validation studies.")
+    return (f"Test studies: {result['test_studies']}; seeds per model: {result['seeds']} "
+            f"({', '.join(map(str, p['train']['seeds']))}). Every number is a mean over seeds. "
+            f"Intervals: {b['level']:.0%}, from one two-level bootstrap over test {units} and "
+            f"seeds ({b['resamples']:,} resamples, seed {b['seed']}).{val} Intervals are not "
+            f"adjusted for multiplicity; the Holm-adjusted p is, over the declared family of "
+            f"{len(q['family'])} comparisons at α = {q['alpha']:g}.")
+
+
+def inferential(result: dict) -> list[str]:
+    """Table 1: the AUROC differences, one test and one verdict a row."""
+    q, units = result["question"], result["resampled"]
+    level, eq = f"{1 - q['alpha']:.0%}", f"{1 - 2 * q['alpha']:.0%}"
+    lines = [f"**Table 1. AUROC differences: the inferential rows.** p: bootstrap, two-sided, "
+             f"inverting the {level} interval (p < {q['alpha']:g} exactly when it excludes 0); "
+             f"Holm p: adjusted over the family. Verdict: higher or lower when the Holm p < "
+             f"{q['alpha']:g}; else equivalent when the {eq} interval lies inside "
+             f"±{q['margin']:g} (two one-sided tests); else inconclusive. Detectable: the "
+             f"difference the design finds with 80 % power at α / {len(q['family'])}; last "
+             f"column: test {units} that would show equivalence within ±{q['margin']:g} with "
+             "80 % power if the true difference were 0 (— : the spread between seeds alone "
+             "is too large).", ""]
+    lines += _header("text input", "comparison", "role", f"Δ AUROC [{level} interval]", "p",
+                     "Holm p", f"{eq} interval", "verdict", "detectable Δ",
+                     f"test {units} for equivalence")
+    for c, d in _auroc_rows(result):
+        g = d["design"]
+        lines.append(_row([c.text_input, c.label, d["role"], cell(d, signed=True),
+                           p_value(d["p"]), p_value(d["p_adjusted"]),
+                           f"[{d['equivalence_interval']['low']:+.3f}, "
+                           f"{d['equivalence_interval']['high']:+.3f}]", f"**{d['verdict']}**",
+                           f"{g['detectable']:.3f}",
+                           f"{g['units_for_equivalence']:,}" if g["units_for_equivalence"]
+                           else "—"]))
+    return lines
+
+
+def _auroc_rows(result: dict):
+    """(Comparison, its AUROC entry): the primary first, then the family, then the rest."""
+    order = {name: i for i, name in enumerate(result["question"]["family"])}
+    rows = [(Comparison(a, b, i), result["differences"][i][f"{a}_minus_{b}"]["auroc"])
+            for i in result["differences"] for a, b in PAIRS]
+    return sorted(rows, key=lambda r: order.get(r[0].name, len(order)))
+
+
+def findings(result: dict) -> list[str]:
+    q = result["question"]
+    lines = ["**What the rows say** (generated from the verdicts):", ""]
+    for c, d in _auroc_rows(result):
+        lines.append(f"- *{c.text_input}, {c.label}* ({d['role']}): "
+                     f"{sentence(c, d, q['alpha'], q['margin'], result['resampled'])}")
+    return lines
+
+
+def models(result: dict) -> list[str]:
+    """Table 2: each model on the test studies, descriptive."""
+    names = measures(result)
+    lines = ["**Table 2. Each model on the test studies (descriptive).** Cell: mean ± sd over "
+             "seeds [interval]. Sensitivity at a fixed specificity is read off each run's "
+             "test ROC, linear between its points (as the ROC figure draws it; tied scores are "
+             "one diagonal step, what breaking the tie at random gives), so every model is "
+             "compared at the same specificity; the validation threshold is each run's own. "
+             "ECE noise floor: the 95th percentile of the ECE a perfectly calibrated model with "
+             "the same scores would have by chance (labels drawn from its probabilities, 1,000 "
+             "times; mean over seeds): an ECE below it is not evidence of miscalibration.", ""]
+    lines += _header("text input", "model", *names.values(), "ECE noise floor")
+    inputs = list(result["models"])
+    for i, text_input in enumerate(inputs):
+        for v in (("image",) if i == 0 else ()) + ("text", "fusion"):
+            m = result["models"][text_input][v]
+            lines.append(_row(["— (reads no report)" if v == "image" else text_input,
+                               MODEL_NAMES[v], *(cell(m[k]) for k in names),
+                               f"{m['ece_floor']['mean']:.3f}"]))
+    return lines
+
+
+def descriptive(result: dict) -> list[str]:
+    """Table 3: the paired differences of every other measure, descriptive."""
+    names = {k: v for k, v in measures(result).items() if k != "auroc"}
+    lines = ["**Table 3. Paired differences of the other measures (descriptive: outside the "
+             "family, no test).** Cell: mean over seeds [interval].", ""]
+    lines += _header("text input", "comparison", *names.values())
+    for text_input, pairs in result["differences"].items():
+        for a, b in PAIRS:
+            d = pairs[f"{a}_minus_{b}"]
+            lines.append(_row([text_input, f"{a} − {b}",
+                               *(cell(d[k], signed=True) for k in names)]))
+    return lines
+
+
+def table(result: dict, p: dict) -> str:
+    """metrics/comparison.md: the answer to the primary question first, then the method, the
+    inferential table and its sentences, the models, and the descriptive differences."""
+    q = result["question"]
+    primary = Comparison.parse(q["primary"])
+    verdict = result["differences"][primary.text_input][primary.key]["auroc"]["verdict"]
+    lines = [f"**Primary question** (`compare.primary` = {primary.name}): with the "
+             f"{primary.text_input} as text input, does {NOUNS[primary.a]} rank the test studies "
+             f"better than {NOUNS[primary.b]} (AUROC)? **{verdict.capitalize()}.** "
+             f"{q['answer']}", "",
+             method(result, p), "", *inferential(result), "", *findings(result), "",
+             *models(result), "", *descriptive(result)]
+    return "\n".join(lines) + "\n"
+
+
+def forest_rows(result: dict, inputs: list[str], seeds: list[int]) -> dict:
+    """The differences as the forest plot reads them: per input, pair and metric."""
+    shown = ("auroc", "auprc", "sensitivity_at_specificity", "f1")
+    rows = {}
+    for text_input in inputs:
+        rows[text_input] = {}
+        for a, b in PAIRS:
+            d = result["differences"][text_input][f"{a}_minus_{b}"]
+            rows[text_input][f"{a} - {b}"] = {
+                m: {**d[m], "per_seed": [d[m][f"seed-{s}"] for s in seeds]} for m in shown}
+    return rows
