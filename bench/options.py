@@ -6,10 +6,14 @@ train.seeds like the default: one `dvc exp run -S` per option, and docs/options.
                                              # workspace is not touched), its comparison kept
                                              # in docs/options/<name>.json
     python bench/options.py table            # docs/options.md's results table from them and
-                                             # the committed metrics/comparison.json
+                                             # the workspace's metrics/comparison.json
 
 Each experiment is an ordinary DVC experiment (`dvc exp show` lists it by name; `dvc exp
-apply <name>` brings it into the workspace). The results are SYNTHETIC: the demo's data.
+apply <name>` brings it into the workspace). docs/options/<name>.json keeps the experiment's
+whole metrics/comparison.json (every model, difference and seed, the declared question and
+each AUROC difference's verdict) under "comparison". A file kept before stages/compare.py gave
+verdicts has none: its table row says so, with the command that reruns it. The results are
+SYNTHETIC: the demo's data.
 """
 from __future__ import annotations
 
@@ -39,7 +43,6 @@ OPTIONS = {
 KEPT = ROOT / "docs" / "options"
 DOC = ROOT / "docs" / "options.md"
 DIFFERENCES = {"fusion_minus_image": "fusion − image", "fusion_minus_text": "fusion − text"}
-METRICS = {"auroc": "AUROC", "f1": "F1"}
 
 
 def command(name: str) -> str:
@@ -72,6 +75,9 @@ def run(names: list[str]) -> None:
                        check=True)
         ref = experiment_ref(name)
         comparison = json.loads(git("show", f"{ref}:metrics/comparison.json"))
+        if not has_verdicts(comparison):  # kept whole: models, differences, the question
+            raise SystemExit(f"{ref}:metrics/comparison.json has no verdicts: the experiment "
+                             "ran an older stages/compare.py; commit the current one and rerun")
         gates = {}
         for path in git("ls-tree", "-r", "--name-only", ref, "metrics/test").split():
             metrics = json.loads(git("show", f"{ref}:{path}"))
@@ -85,34 +91,90 @@ def run(names: list[str]) -> None:
         log.info("%s: kept in %s", name, (KEPT / f"{name}.json").relative_to(ROOT))
 
 
+def has_verdicts(comparison: dict) -> bool:
+    """Whether a comparison.json is of the schema with verdicts (stages/compare.py since the
+    declared question): every AUROC difference records one, and the question is declared."""
+    return "question" in comparison and all(
+        "verdict" in d.get("auroc", {})
+        for pairs in comparison["differences"].values() for d in pairs.values())
+
+
 def _cell(d: dict) -> str:
     return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
+def rule(comparison: dict) -> str:
+    """How a comparison's intervals (and verdicts, where it has them) were made."""
+    b, units = comparison["bootstrap"], comparison["resampled"]
+    if not has_verdicts(comparison):
+        return (f"{0.95:.0%} interval from a two-level bootstrap over test {units} and seeds "
+                f"({b['resamples']:,} resamples), thresholds fixed as chosen on the validation "
+                "studies; no test and no verdict (run before the declared question)")
+    q = comparison["question"]
+    redrawn = ("the validation studies redrawn and every run's threshold chosen again on them"
+               if b.get("validation_resampled") else "thresholds fixed as chosen on validation")
+    adjusted = "Holm-adjusted" if q["adjustment"] == "holm" else f"{q['adjustment']}-adjusted"
+    return (f"{1 - q['alpha']:.0%} interval from a two-level bootstrap over test {units} and "
+            f"seeds ({b['resamples']:,} resamples, {redrawn}); the AUROC verdict as "
+            f"metrics/comparison.md gives it: higher or lower when the {adjusted} p over the "
+            f"family of {len(q['family'])} comparisons is below {q['alpha']:g}, equivalent "
+            f"when the {1 - 2 * q['alpha']:.0%} interval lies inside ±{q['margin']:g}, else "
+            "inconclusive")
+
+
+NO_VERDICT = "— (run before verdicts)"
+
+
 def rows(name: str, setting: str, comparison: dict) -> list[str]:
+    verdicts = has_verdicts(comparison)
     out = []
     for text_input, block in comparison["differences"].items():
         models = comparison["models"][text_input]
         cells = [f"{models[v]['auroc']['mean']:.3f}" for v in ("image", "text", "fusion")]
-        cells += [_cell(block[diff][m]) for diff in DIFFERENCES for m in METRICS]
+        for diff in DIFFERENCES:
+            cells += [_cell(block[diff]["auroc"]),
+                      f"**{block[diff]['auroc']['verdict']}**" if verdicts else NO_VERDICT]
+        cells += [_cell(block[diff]["f1"]) for diff in DIFFERENCES]
         out.append(f"| {name} | {setting} | {text_input} | " + " | ".join(cells) + " |")
     return out
+
+
+def caption(rules: dict) -> list[str]:
+    """One line per rule: the rows that used it, where they were run, how to rerun them."""
+    lines = []
+    for (text, verdicts), kept in rules.items():
+        names = [name for name, _ in kept]
+        commits = sorted({commit[:8] for _, commit in kept if commit})
+        where = (f"experiments on commit {', '.join(commits)}" if commits else
+                 "the workspace's metrics/comparison.json")
+        rerun = ("" if verdicts else
+                 f" Their verdict cells read “{NO_VERDICT}”; to give them verdicts, rerun "
+                 f"`python bench/options.py run {' '.join(n for n in names if n in OPTIONS)}`.")
+        lines.append(f"- {', '.join(names)} ({where}): {text}.{rerun}")
+    return lines
 
 
 def table() -> str:
     base = json.loads((ROOT / "metrics" / "comparison.json").read_text())
     header = ["option", "`dvc exp run -S`", "text input", "image AUROC", "text AUROC",
-              "fusion AUROC", *(f"{d} {m}" for d in DIFFERENCES.values() for m in METRICS.values())]
+              "fusion AUROC", *(f"{d} {m}" for d in DIFFERENCES.values()
+                                for m in ("AUROC", "AUROC verdict")),
+              *(f"{d} F1 (descriptive)" for d in DIFFERENCES.values())]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += rows("default (the original's settings)", "(none)", base)
+    rules = {(rule(base), has_verdicts(base)): [("default", None)]}  # -> (row, commit)
     gates = []
-    for name in OPTIONS:
+    for name, settings in OPTIONS.items():
         path = KEPT / f"{name}.json"
         if not path.exists():
-            lines.append(f"| {name} | `{' '.join(OPTIONS[name])}` | not run |" + " |" * (len(header) - 3))
+            lines.append(f"| {name} | `{' '.join(settings)}` | not run |"
+                         + " |" * (len(header) - 3))
             continue
         kept = json.loads(path.read_text())
-        lines += rows(name, " ".join(f"`{o}`" for o in OPTIONS[name]), kept["comparison"])
+        comparison = kept["comparison"]
+        lines += rows(name, " ".join(f"`{o}`" for o in settings), comparison)
+        rules.setdefault((rule(comparison), has_verdicts(comparison)), []).append(
+            (name, kept.get("commit")))
         for run, w in sorted(kept.get("report_weight", {}).items()):
             seed_input = re.sub(r"^metrics/test/fusion/|\.json$", "", run)
             gates.append(f"| {seed_input} | {w['studies']['mean']:.3f} | "
@@ -121,12 +183,14 @@ def table() -> str:
     n = base["test_studies"]
     seeds = base["seeds"]
     text = [f"SYNTHETIC demo data ({n} test studies). Each cell: the mean over {seeds} seeds "
-            "(AUROC of each model), or the paired difference's mean over seeds [95 % interval: "
-            "bootstrap over test studies and seeds], as in metrics/comparison.md.",
-            "", *lines]
+            "(AUROC of each model), or the paired difference's mean over seeds [interval]; F1 "
+            "at the threshold chosen on validation is descriptive (no test). "
+            + ("The rows did not all use one rule:" if len(rules) > 1 else "The rule:"), "",
+            *caption(rules), "", *lines]
     if gates:
-        text += ["", "Gated fusion: the weight its gate gives the report (mean over the test "
-                 "studies of the mean of 1 − z; 0: the image alone, 1: the report alone).", "",
+        text += ["", ("Gated fusion: the weight its gate gives the report (mean over the test "
+                      "studies of the mean of 1 − z; 0: the image alone, 1: the report "
+                      "alone)."), "",
                  "| run | all studies | abnormal | normal |", "| --- | --- | --- | --- |", *gates]
     return "\n".join(text)
 
