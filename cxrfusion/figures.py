@@ -132,7 +132,8 @@ def forest(differences: dict, path, margin: float | None = None) -> None:
     differences[input][pair][metric] = {"mean", "low", "high", "per_seed": [...]}; one column
     per metric, one row per pair grouped by text input; filled marker = mean with its 95 %
     interval as a bar, open markers = single seeds, vertical line at 0; on the AUROC panel,
-    dotted lines at +-`margin` (the equivalence margin). nan values are skipped.
+    dotted lines at +-`margin` (the equivalence margin), and each row's "verdict" where it has
+    one, beside its interval. nan values are skipped.
     """
     if not isinstance(differences, dict) or not differences:
         raise ValueError("differences must be a non-empty dict: text input -> pair -> metric")
@@ -201,6 +202,10 @@ def forest(differences: dict, path, margin: float | None = None) -> None:
                     ax.plot([low, high], [row, row], "|", color=colour, ms=8, mew=1.6, zorder=3)
                 if np.isfinite(mean):
                     ax.plot([mean], [row], "D", ms=7, color=colour, mec="white", mew=0.8, zorder=4)
+                if d.get("verdict") and np.isfinite(high):  # the row's verdict (Table 1)
+                    ax.annotate(d["verdict"], (high, row), xytext=(4, 0),
+                                textcoords="offset points", ha="left", va="center",
+                                fontsize=7.5, fontstyle="italic", color=colour, zorder=5)
                 elif not (np.isfinite(low) and np.isfinite(high)) and not np.isfinite(seeds).any():
                     ax.text(0.98, row, "n/a ", transform=ax.get_yaxis_transform(), ha="right",
                             va="center", color="0.5", fontsize=8.5)
