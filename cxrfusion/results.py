@@ -109,7 +109,7 @@ def inferential(result: dict) -> list[str]:
              f"difference the design finds with 80 % power at α / {len(q['family'])}; last "
              f"column: test {units} that would show equivalence within ±{q['margin']:g} with "
              "80 % power if the true difference were 0 (— : the spread between seeds alone "
-             "is too large).", ""]
+             "is too large; n/a: a difference is shown).", ""]
     lines += _header("text input", "comparison", "role", f"Δ AUROC [{level} interval]", "p",
                      "Holm p", f"{eq} interval", "verdict", "detectable Δ",
                      f"test {units} for equivalence")
@@ -119,10 +119,16 @@ def inferential(result: dict) -> list[str]:
                            p_value(d["p"]), p_value(d["p_adjusted"]),
                            f"[{d['equivalence_interval']['low']:+.3f}, "
                            f"{d['equivalence_interval']['high']:+.3f}]", f"**{d['verdict']}**",
-                           f"{g['detectable']:.3f}",
-                           f"{g['units_for_equivalence']:,}" if g["units_for_equivalence"]
-                           else "—"]))
+                           f"{g['detectable']:.3f}", _for_equivalence(d)]))
     return lines
+
+
+def _for_equivalence(d: dict) -> str:
+    """The test units that would show equivalence: n/a where a difference is shown."""
+    if d["verdict"] in ("higher", "lower"):
+        return "n/a"
+    n = d["design"]["units_for_equivalence"]
+    return f"{n:,}" if n else "—"
 
 
 def _auroc_rows(result: dict):
