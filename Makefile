@@ -22,6 +22,7 @@ $(VENV)/.installed: requirements.txt
 
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/dvc repro   # stages call `python`: the venv's
+	$(BIN)/python -m cxrfusion.results README.md   # README's results block: this run's table
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadfile   # 2 processes: the slow end-to-end runs side by side

@@ -13,7 +13,7 @@ each in a child process of its own, measures the peak resident memory (ru_maxrss
             CPU (there the activations of the CPU's forward and backward come on top).
 Prints one JSON object. --code names the checkout whose `stages/` runs (default: this one), so
 that two commits are measured on the same data; a checkout from before train.seeds and
-text.inputs (one run per variant, features/text.h5, a `text` column) is measured in its own
+text.inputs (one run per variant, a single text.h5 report cache, a `text` column) is measured in its own
 formats.
 
 The backbone is a small one (--backbone, default tinynet_e, an EfficientNet scaled down): the
@@ -50,7 +50,7 @@ MAKE_DATA = textwrap.dedent("""
         text = params.for_text_input(p, text_input)["text"]
         fields = dict.fromkeys(f for i in p["text"]["inputs"] for f in params.fields_of(i))
         report, cache = {f: "No acute disease." for f in fields}, formats.text_cache(text_input)
-    else:  # commits before text.inputs: one features/text.h5, studies.csv's `text` column
+    else:  # commits before text.inputs: one text.h5 report cache, studies.csv's `text` column
         text, report, cache = p["text"], {"text": "No acute disease."}, formats.TEXT_H5
     rng = np.random.default_rng(0)
     n_studies = round(n_images / 1.94)  # IU X-ray: 7,466 images of 3,851 studies

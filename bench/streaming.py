@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/streaming.py [--images 4000] [--size 240] [--batch 64]
 
-Writes a throw-away features/images.h5-format cache of random uint8 images in a temporary
+Writes a throw-away cache in the format of features/images.h5 of random uint8 images in a temporary
 folder (with the project's own writer, cxrfusion.formats.create_image_cache), then reads whole
 epochs through cxrfusion.dataset.Split.batches, the path `train` takes when the cache exceeds
 `train.in_memory_gb`, with 0, 1, 2, ... loader processes. Prints one JSON object: bytes per

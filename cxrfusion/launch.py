@@ -5,7 +5,7 @@ N is a number or a parameter that holds it (`python -m cxrfusion.launch train.np
 N = 1 runs the stage in this very process: no launcher start-up (about 10 s a stage on the
 CPU). N > 1 hands over to PyTorch's own launcher, exactly as
 `torchrun --standalone --nproc_per_node N -m stages.X [args]` on one machine; for several
-machines call torchrun yourself (README.md, "Scaling").
+machines call torchrun yourself (docs/scaling.md, "Scaling").
 """
 from __future__ import annotations
 

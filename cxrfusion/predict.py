@@ -124,7 +124,7 @@ def check_encoder(name: str, tokenizer, encoder, config: dict, folder: Path,
                   lowercase="auto") -> None:
     """The encoder must be the one whose vectors the model was trained on, reading reports in
     the same case: the fingerprint saved in model.json (or, for models saved without one, the
-    one of features/text.h5) names both. `lowercase`: the text.lowercase it was loaded with."""
+    one of features/text/<input>.h5) names both. `lowercase`: the text.lowercase it was loaded with."""
     hidden, text_dim = encoder.config.hidden_size, config["text_dim"]
     if hidden != text_dim:
         raise PipelineError(f"the text encoder {name} gives {hidden}-dimensional report vectors but "

@@ -3,7 +3,13 @@ from comparison.json alone. Every column is named by what it measures; every sen
 states a result is made from a verdict (cxrfusion/inference.py), never typed by hand."""
 from __future__ import annotations
 
+import re
+import sys
+from pathlib import Path
+
 from cxrfusion.params import PAIRS, Comparison
+
+README_BLOCK = re.compile(r"<!-- results: metrics/comparison\.md -->\n(.*?)<!-- /results -->", re.S)
 
 MEASURES = {  # metric -> what the column measures
     "auroc": "AUROC",
@@ -199,6 +205,22 @@ def table(result: dict, p: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(result: dict) -> dict:
+    """metrics/summary.json, the headline DVC's experiment table shows: the image model's AUROC
+    (it reads no report: once), per text input fusion's and the text model's, and each AUROC
+    difference's mean, interval ends and verdict (23 numbers for two inputs). Everything else
+    is in comparison.json."""
+    first = next(iter(result["models"].values()))
+    out = {"image": {"auroc": first["image"]["auroc"]["mean"]}}
+    for text_input, models in result["models"].items():
+        out[text_input] = {"auroc": {v: models[v]["auroc"]["mean"] for v in ("fusion", "text")}}
+        for a, b in PAIRS:
+            d = result["differences"][text_input][f"{a}_minus_{b}"]["auroc"]
+            out[text_input][f"{a}-{b}"] = {"mean": d["mean"], "low": d["low"], "high": d["high"],
+                                           "verdict": d["verdict"]}
+    return out
+
+
 def forest_rows(result: dict, inputs: list[str], seeds: list[int]) -> dict:
     """The differences as the forest plot reads them: per input, pair and metric."""
     shown = ("auroc", "auprc", "sensitivity_at_specificity", "f1")
@@ -210,3 +232,17 @@ def forest_rows(result: dict, inputs: list[str], seeds: list[int]) -> dict:
             rows[text_input][f"{a} - {b}"] = {
                 m: {**d[m], "per_seed": [d[m][f"seed-{s}"] for s in seeds]} for m in shown}
     return rows
+
+
+def into_readme(readme: Path, table: str) -> str:
+    """README.md's text with its results block replaced by `table` (comparison.md)."""
+    text = readme.read_text()
+    if not README_BLOCK.search(text):
+        raise SystemExit(f"{readme} has no <!-- results: metrics/comparison.md --> block")
+    return README_BLOCK.sub(lambda _: f"<!-- results: metrics/comparison.md -->\n{table}"
+                                      "<!-- /results -->", text)
+
+
+if __name__ == "__main__":  # `make repro`: README.md's block follows metrics/comparison.md
+    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    readme.write_text(into_readme(readme, Path("metrics/comparison.md").read_text()))

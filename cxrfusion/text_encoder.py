@@ -151,7 +151,7 @@ def encoder_fingerprint(name: str, model, tokenizer) -> str:
     tokenizer reads reports: `sha256:<hex>_cased` or `..._lowercased`.
 
     The casing is part of it because the same files give other vectors read otherwise, and
-    so it reaches features/text.h5 and every model.json that records the fingerprint."""
+    so it reaches features/text/<input>.h5 and every model.json that records the fingerprint."""
     folder = Path(name)
     if folder.is_dir():
         digest = hashlib.sha256()

@@ -11,9 +11,10 @@ p-value that inverts its interval, Holm-adjusted over the declared family, and a
 (cxrfusion/inference.py); the other measures are descriptive. DeLong's test, per seed and for
 the seed-averaged ensemble, is kept in comparison.json.
 
-Writes metrics/comparison.json, metrics/comparison.md (the results, as README.md shows them;
-cxrfusion/results.py) and metrics/figures/ (forest plot, ROC curves, reliability, training
-curves).
+Writes metrics/comparison.json (everything), metrics/summary.json (the headline `dvc exp show`
+and `dvc metrics diff` list: each model's AUROC, each AUROC difference and its verdict),
+metrics/comparison.md (the results, as README.md shows them; cxrfusion/results.py) and
+metrics/figures/ (forest plot, ROC curves, reliability, training curves).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from cxrfusion.statistics import delong, over_seeds
 log = logging.getLogger("compare")
 
 OUT = Path("metrics/comparison.json")
+SUMMARY = Path("metrics/summary.json")  # the headline: the one file dvc.yaml declares a metric
 TABLE = Path("metrics/comparison.md")
 FIGURES = Path("metrics/figures")
 
@@ -167,30 +169,26 @@ def answer(result: dict, rounds: dict, p: dict) -> None:
     c = p["compare"]
     alpha, margin = c["alpha"], c["margin"]
     roles = params.family(c["primary"], c["secondary"])
-    rows = {}
-    for text_input, pairs in result["differences"].items():
-        for a, b in PAIRS:
-            comparison = Comparison(a, b, text_input)
-            d = pairs[comparison.key]["auroc"]
-            d.update(inference.unadjusted(rounds[text_input][comparison.key][0], alpha, margin))
-            d["role"] = roles.get(comparison.name, "exploratory")
-            rows[comparison.name] = d
-    adjusted = inference.holm({name: rows[name]["p"] for name in roles})
-    for name, d in rows.items():
-        c_ = Comparison.parse(name)
-        all_rounds, study_rounds, per_seed = rounds[c_.text_input][c_.key]
-        d["p_adjusted"] = adjusted.get(name)
-        d["verdict"] = inference.verdict(d["p_adjusted"] if name in roles else d["p"],
+    rows = {Comparison(a, b, i): result["differences"][i][f"{a}_minus_{b}"]["auroc"]
+            for i in result["differences"] for a, b in PAIRS}
+    for comparison, d in rows.items():
+        d.update(inference.unadjusted(rounds[comparison.text_input][comparison.key][0], alpha,
+                                      margin))
+        d["role"] = roles.get(comparison.name, "exploratory")
+    adjusted = inference.holm({cmp.name: d["p"] for cmp, d in rows.items() if cmp.name in roles})
+    for comparison, d in rows.items():
+        _, study_rounds, per_seed = rounds[comparison.text_input][comparison.key]
+        member = comparison.name in roles
+        d["p_adjusted"] = adjusted.get(comparison.name)
+        d["verdict"] = inference.verdict(d["p_adjusted"] if member else d["p"],
                                          d["p_equivalence"], d["low"], d["high"], alpha)
         d["design"] = inference.design(study_rounds, per_seed, result["resampled_units"],
-                                       alpha / len(roles) if name in roles else alpha, alpha,
-                                       margin)
+                                       alpha / len(roles) if member else alpha, alpha, margin)
     primary = Comparison.parse(c["primary"])
     result["question"] = {
         "primary": primary.name, "family": list(roles), "adjustment": "holm", "alpha": alpha,
         "margin": margin,
-        "answer": results.sentence(primary, rows[primary.name], alpha, margin,
-                                   result["resampled"])}
+        "answer": results.sentence(primary, rows[primary], alpha, margin, result["resampled"])}
 
 
 # --- 4. figures ------------------------------------------------------------------------------
@@ -271,6 +269,7 @@ def compare(p: dict) -> dict:
     with atomic_path(TABLE) as tmp:
         tmp.write_text(results.table(result, p))
     write_json(OUT, result)
+    write_json(SUMMARY, results.summary(result))
     log.info("%s", result["question"]["answer"])
     log.info("wrote %s, %s and %s/", TABLE, OUT, FIGURES)
     return result

@@ -20,6 +20,7 @@ from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run
 from cxrfusion.inference import holm
 from cxrfusion.metrics import calibration, sensitivity_at_specificity
+from cxrfusion import results as results_mod
 from cxrfusion.results import MEASURES, sentence
 from cxrfusion.statistics import SEED_METRICS, delong
 from stages.compare import compare
@@ -29,7 +30,8 @@ N = 80
 METRICS = SEED_METRICS
 PAIRS = {"fusion_minus_image": ("fusion", "image"), "fusion_minus_text": ("fusion", "text"),
          "text_minus_image": ("text", "image")}
-OUTPUTS = ("metrics/comparison.json", "metrics/comparison.md", "metrics/figures")
+OUTPUTS = ("metrics/comparison.json", "metrics/summary.json", "metrics/comparison.md",
+           "metrics/figures")
 INFERENCE = {"p", "p_adjusted", "p_equivalence", "equivalence_interval", "role", "verdict",
              "design"}
 
@@ -177,6 +179,26 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
     assert first["fusion"]["auroc"]["seed-0"] != second["fusion"]["auroc"]["seed-0"]
     assert (written["differences"][inputs[0]]["fusion_minus_image"]
             != written["differences"][inputs[1]]["fusion_minus_image"])
+
+
+def test_the_summary_is_the_headline_of_the_comparison(workdir, small, no_figures):
+    _project(small)
+    result = compare(small)
+    summary = json.loads(Path("metrics/summary.json").read_text())
+    assert summary == results_mod.summary(result)
+    assert set(summary) == {"image", *small["text"]["inputs"]}
+    assert summary["image"] == {"auroc": result["models"]["indication"]["image"]["auroc"]["mean"]}
+    numbers = 1
+    for text_input in small["text"]["inputs"]:
+        mine = summary[text_input]
+        assert mine["auroc"] == {v: result["models"][text_input][v]["auroc"]["mean"]
+                                 for v in ("fusion", "text")}
+        for name, key in (("fusion-image", "fusion_minus_image"), ("fusion-text",
+                          "fusion_minus_text"), ("text-image", "text_minus_image")):
+            d = result["differences"][text_input][key]["auroc"]
+            assert mine[name] == {k: d[k] for k in ("mean", "low", "high", "verdict")}
+        numbers += 2 + 3 * 3
+    assert numbers == 23 <= 30  # what `dvc exp show` and `dvc metrics diff` list
 
 
 def _auroc_rows(result: dict) -> dict:
@@ -513,7 +535,7 @@ def test_compare_draws_the_four_figures(workdir, small):
         with Image.open(Path("metrics/figures") / name) as image:
             assert image.format == "PNG" and min(image.size) > 100, name
     assert sorted(p.name for p in Path("metrics").iterdir()) == [
-        "comparison.json", "comparison.md", "figures", "predictions", "test",
+        "comparison.json", "comparison.md", "figures", "predictions", "summary.json", "test",
         "validation"]  # no temporaries
     assert len(FIGURE_FUNCTIONS) == len(pngs)
 

@@ -79,7 +79,8 @@ def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
         outs = [(o if isinstance(o, str) else next(iter(o))).replace(
             "${item.input}", str(combo.get("input"))).replace("${item.seed}", str(combo["seed"]))
             for o in stage["outs"]]  # a path, or {path: options}
-        assert outs == [str(run.models), str(run.train_log / "plots/metrics")], run
+        assert outs == [str(run.models), str(run.train_log / "plots/metrics"),
+                        str(run.train_log / "metrics.json")], run
 
 
 def test_expanded_names_follow_the_parameters():

@@ -88,6 +88,13 @@ def repo(tmp_path) -> Path:
     return repo
 
 
+def _leaves(tree, kinds) -> list:
+    """The values of a nested dict that are of `kinds` (bool excluded)."""
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _leaves(v, kinds)]
+    return [tree] if isinstance(tree, kinds) and not isinstance(tree, bool) else []
+
+
 def _check_comparison(repo: Path, params: dict) -> dict:
     """comparison.json: per text input, each variant's metrics over seeds and the paired
     differences, consistent with each run's test.json."""
@@ -222,12 +229,22 @@ def test_dvc_repro_end_to_end(repo):
     assert json.loads(_run_stdout(repo, dvc, "status", "--json")) == {}
     assert "up to date" in _run(repo, dvc, "status")
 
+    # DVC's table: the headline file only, 30 numbers or fewer; the rest by path
     shown = json.loads(_run_stdout(repo, dvc, "metrics", "show", "--json"))
     files = shown[""]["data"]
-    assert "metrics/comparison.json" in files
-    assert files["metrics/comparison.json"]["data"]["test_studies"] == comparison["test_studies"]
-    assert {str(run.test_metrics) for run in every} <= set(files)
-    assert "metrics/comparison.json" in _run(repo, dvc, "metrics", "show")
+    assert list(files) == ["metrics/summary.json"]
+    summary = files["metrics/summary.json"]["data"]
+    numbers = _leaves(summary, (int, float))
+    assert len(numbers) <= 30 and summary["image"]["auroc"] == pytest.approx(
+        comparison["models"]["indication"]["image"]["auroc"]["mean"])
+    for text_input in params["text"]["inputs"]:
+        d = comparison["differences"][text_input]["fusion_minus_image"]["auroc"]
+        assert summary[text_input]["fusion-image"] == pytest.approx(
+            {k: d[k] for k in ("mean", "low", "high", "verdict")})
+    by_path = json.loads(_run_stdout(repo, dvc, "metrics", "show", "--json",
+                                     "metrics/comparison.json", "metrics/test"))[""]["data"]
+    assert by_path["metrics/comparison.json"]["data"]["test_studies"] == comparison["test_studies"]
+    assert {str(run.test_metrics) for run in every} <= set(by_path)
 
     # a changed parameter reruns only the stages that read it
     def stale_after(**changes) -> set:
