@@ -77,3 +77,4 @@ def test_no_stage_writes_the_charts_and_the_readme_says_how():
             path = out if isinstance(out, str) else next(iter(out))
             assert path not in ("metrics", "metrics/", str(charts.CHARTS)), (name, path)
     assert "python -m cxrfusion.charts" in (ROOT / "README.md").read_text()
+    assert "python -m cxrfusion.charts" in (ROOT / "docs/plots.md").read_text()
