@@ -8,6 +8,10 @@ train.seeds like the default: one `dvc exp run -S` per option, and docs/options.
     python bench/options.py table            # docs/options.md's results table from them and
                                              # the workspace's metrics/comparison.json
 
+Not DVC's queue (docs/sweeps.md): on the 2-core development machine a second queue worker would
+share the same cores, so one `--temp` experiment at a time is as fast, and it lets the script
+read each experiment's comparison as it ends.
+
 Each experiment is an ordinary DVC experiment (`dvc exp show` lists it by name; `dvc exp
 apply <name>` brings it into the workspace). docs/options/<name>.json keeps the experiment's
 whole metrics/comparison.json (every model, difference and seed, the declared question and

@@ -98,7 +98,7 @@ def _texts() -> dict[str, str]:
 def _exists(path: str, known: dict) -> bool:
     path = path.rstrip("/.:")
     if re.search(r"[<*${]", path):  # a pattern (<run>, *, $input, {run}): its fixed part
-        fixed = re.split(r"[<*${]", path)[0].rstrip("/")
+        fixed = re.split(r"[<*${]", path)[0].rstrip("/.")
         return not fixed or any(k == fixed or k.startswith(fixed) for k in known["files"])
     return path in known["files"] or any(path.startswith(out + "/") for out in known["outputs"])
 

@@ -30,6 +30,21 @@ def test_readme_results_are_the_generated_table():
         "workspace's: run `make repro` (or `python -m cxrfusion.results README.md`)")
 
 
+def test_the_counts_readme_states_are_the_outputs():
+    """The headline's size, as README states it, is metrics/summary.json's."""
+    import json
+    import re
+
+    def numbers(tree) -> int:
+        if isinstance(tree, dict):
+            return sum(numbers(v) for v in tree.values())
+        return isinstance(tree, (int, float)) and not isinstance(tree, bool)
+
+    summary = json.loads((ROOT / "metrics/summary.json").read_text())
+    stated = re.search(r"verdict \((\d+) numbers\)", (ROOT / "README.md").read_text())
+    assert stated and int(stated.group(1)) == numbers(summary) <= 30
+
+
 def test_readme_states_no_result_by_hand():
     """Every sentence that states a result is inside the generated block, made from a verdict:
     outside it, no wording that reads an interval holding zero as no effect."""

@@ -14,7 +14,8 @@ import pytest
 from conftest import ROOT
 
 VENV_BIN = Path(sys.executable).parent
-WORKSPACE_CHECKS = ["tests/test_readme.py", "tests/test_lock.py", "tests/test_charts.py"]
+WORKSPACE_CHECKS = ["tests/test_readme.py", "tests/test_lock.py", "tests/test_charts.py",
+                    "tests/test_paths.py"]
 
 
 def _copy(to: Path) -> None:
