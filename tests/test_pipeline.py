@@ -67,6 +67,10 @@ def _run_stdout(cwd: Path, *args: str) -> str:
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
+    return make_repo(tmp_path)
+
+
+def make_repo(tmp_path: Path) -> Path:
     """A git + DVC repository holding the pipeline's code with TINY parameters."""
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import VENV_BIN, _run, _run_stdout, repo  # noqa: F401 (a fixture)
+from test_pipeline import VENV_BIN, _run, _run_stdout, make_repo
 
 DVC = str(VENV_BIN / "dvc")
 FIRST = ("download", "prepare")  # stages that cache outputs (studies.csv, images.csv)
 
 
 @pytest.fixture
-def project(repo: Path) -> Path:
+def project(tmp_path: Path) -> Path:
     """The tiny pipeline with its first stages run and committed, a bare Git repository as
     `origin` and a local folder as its default DVC remote (in .dvc/config.local)."""
+    repo = make_repo(tmp_path)
     _run(repo, DVC, "repro", *FIRST)
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-q", "-m", "first stages")
