@@ -33,8 +33,6 @@ def _copy(to: Path) -> None:
 
 @pytest.mark.slow
 def test_the_workspace_checks_pass_after_a_repro_with_other_rounding(tmp_path):
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed: the copy is made from `git ls-files`")
     copy = tmp_path / "copy"
     copy.mkdir()
     _copy(copy)
