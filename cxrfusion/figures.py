@@ -383,6 +383,46 @@ def reliability(labels, probs: dict, calibration: dict, path) -> None:
         _save(fig, path)
 
 
+# --- participant flow --------------------------------------------------------------------------
+
+
+def _box(ax, x, y, text, width=0.42, colour="0.96"):
+    ax.text(x, y, text, ha="center", va="center", fontsize=9, wrap=True,
+            bbox={"boxstyle": "round,pad=0.5", "facecolor": colour, "edgecolor": "0.35"})
+
+
+def flow_diagram(flowed: dict, path) -> None:
+    """The participant flow (reporting.flow) as a diagram: read, excluded, kept, skipped,
+    then one box per split."""
+    f = flowed
+    excluded = "\n".join(f"{why}: {n}" for why, n in f["dropped"].items())
+    empty = ", ".join(f"{i} {n}" for i, n in f["empty_text"].items())
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7.5, 6.2))
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.axis("off")
+        arrow = {"arrowstyle": "->", "color": "0.35", "lw": 1.2}
+        _box(ax, 0.35, 0.92, f"Read from the dataset\n{f['read']['studies']} studies, "
+             f"{f['read']['images']} images")
+        _box(ax, 0.8, 0.76, f"Excluded studies\n{excluded}\n(and {f['dropped_images']} "
+             "images)", width=0.3, colour="0.92")
+        _box(ax, 0.35, 0.6, f"Kept\n{f['kept']['studies']} studies, {f['kept']['images']} "
+             f"images\nempty text input: {empty}")
+        _box(ax, 0.8, 0.44, f"Unreadable images\nskipped: {f['images_skipped']}", width=0.3,
+             colour="0.92")
+        ax.annotate("", (0.35, 0.66), (0.35, 0.87), arrowprops=arrow)
+        ax.annotate("", (0.66, 0.76), (0.35, 0.76), arrowprops=arrow)
+        ax.annotate("", (0.66, 0.44), (0.35, 0.44), arrowprops=arrow)
+        ax.plot([0.35, 0.35], [0.54, 0.34], color="0.35", lw=1.2)  # the trunk to the split
+        for x, (split, s) in zip((0.15, 0.5, 0.85), f["by_split"].items()):
+            patients = f"\n{s['patients']} patients" if "patients" in s else ""
+            _box(ax, x, 0.14, f"{split}\n{s['studies']} studies\n({s['abnormal']} abnormal)\n"
+                 f"{s['images']} images{patients}\nno readable image: {s['no_readable_image']}")
+            ax.annotate("", (x, 0.255), (0.35, 0.34), arrowprops=arrow)
+        fig.suptitle("Participant flow: from the dataset to each split", fontsize=11)
+        _save(fig, path)
+
+
 # --- 4. training ----------------------------------------------------------------------------------
 
 

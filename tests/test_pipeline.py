@@ -35,7 +35,8 @@ def stage_names(p: dict) -> list[str]:
     every = runs(p)
     return (["download", "prepare", "demo_encoder"]
             + [f"embed_text@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
-            + [f"train_{r.variant}@{r.key}" for r in every] + ["evaluate", "compare", "explain"])
+            + [f"train_{r.variant}@{r.key}" for r in every] + ["evaluate", "compare", "explain",
+                                                                   "report"])
 
 
 def _env() -> dict:

@@ -82,9 +82,9 @@ def _dvclive_files(run) -> dict:
 def test_the_charts_name_every_run_params_yaml_asks_for():
     """Top-level plots take no foreach: their lists of files are written out in metrics/dvc.yaml,
     and must follow train.seeds and text.inputs (and what evaluate and DVCLive write). The
-    root dvc.yaml declares the figures only."""
+    root dvc.yaml declares the figures only (compare's, Grad-CAM's grid, the report's flow)."""
     assert yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] == [
-        "metrics/figures", "metrics/explain/grid.png"]
+        "metrics/figures", "metrics/explain/grid.png", "metrics/report/flow.png"]
     assert set(yaml.safe_load((ROOT / "metrics/dvc.yaml").read_text())) == {"plots"}  # no stages
     p = params.load(ROOT / "params.yaml")
     runs = params.runs(p)
@@ -197,7 +197,8 @@ def test_dvc_plots_show_draws_every_plot_in_chromium(tmp_path):
                     "-o", str(out)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=240)
     page = (out / "index.html").read_text()
     charts = page.count("vegaEmbed('#")
-    figures = sorted(p.name for p in (ROOT / "metrics/figures").glob("*.png")) + ["grid.png"]
+    figures = sorted(p.name for p in (ROOT / "metrics/figures").glob("*.png")) + ["grid.png",
+                                                                                   "flow.png"]
     declared = _declared()
     assert charts == len(declared)  # a chart per text input or model
     assert not re.search(r"<script[^>]*\bsrc=", page)  # nothing to fetch

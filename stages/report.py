@@ -1,0 +1,50 @@
+"""Stage `report`: the study report a reviewer asks for, around the comparison's answer.
+
+Writes metrics/report.md (participant flow, characteristics by partition and their balance,
+reproducibility, the CLAIM items it fills; cxrfusion/reporting.py) and metrics/report/flow.png
+(the participant flow). It reads only what the stages before it wrote, and a dataset without
+patients or views gives the sections that apply.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from cxrfusion import figures, params, reporting
+from cxrfusion.common import PipelineError, atomic_path, main
+from cxrfusion.formats import DATA_REPORT, IMAGES_REPORT, read_prepared
+
+log = logging.getLogger("report")
+
+REPORT = Path("metrics/report.md")
+FIGURES = Path("metrics/report")
+
+
+def read_json(path: Path) -> dict:
+    if not path.exists():
+        raise PipelineError(f"{path} not found: run `dvc repro` first.")
+    return json.loads(path.read_text())
+
+
+def report(p: dict) -> str:
+    studies, images = read_prepared()
+    flowed = reporting.flow(studies, images, read_json(DATA_REPORT), read_json(IMAGES_REPORT))
+    table = reporting.characteristics(studies, p["text"]["inputs"])
+    first = {run.variant: run for run in params.runs(p) if run.seed == p["train"]["seeds"][0]}
+    reproduced = {"changed": reporting.changed_parameters(p), "versions": reporting.versions(),
+                  "pins": {run.label: reporting.pins(read_json(run.models / "model.json"))
+                           for run in first.values()}}
+    sizes = {split: s["studies"] for split, s in flowed["by_split"].items()}
+    text = reporting.markdown(p, flowed, table, reporting.balance(table, sizes), reproduced)
+    with atomic_path(FIGURES) as tmp:
+        tmp.mkdir()
+        figures.flow_diagram(flowed, tmp / "flow.png")
+    with atomic_path(REPORT) as tmp:
+        tmp.write_text(text)
+    log.info("wrote %s and %s/", REPORT, FIGURES)
+    return text
+
+
+if __name__ == "__main__":
+    main(lambda: report(params.load()))

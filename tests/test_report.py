@@ -1,0 +1,149 @@
+"""Stage `report` (stages/report.py, cxrfusion/reporting.py): every count of the participant flow
+equals what the stages wrote, recomputed here from their files; a dataset with patients, or with
+unreadable images, gives the rows that apply; the balance check flags a bad split and not noise;
+the report is the same bytes when run again."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import built_project
+from cxrfusion import reporting
+from cxrfusion.formats import DATA_REPORT, IMAGES, IMAGES_REPORT, STUDIES
+from cxrfusion.params import runs
+from stages.report import REPORT, report
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny project through cache_images, and the model.json of each run the report reads."""
+    folder = tmp_path_factory.mktemp("report")
+    p = built_project(folder, {})
+    for run in runs(p):
+        (folder / run.models).mkdir(parents=True, exist_ok=True)
+        (folder / run.models / "model.json").write_text(json.dumps(
+            {"backbone": None if run.variant == "text" else "tinynet_e.in1k",
+             "pretrained": False, "text_model": "models/demo_encoder", "text_revision": None}))
+    return folder, p
+
+
+@pytest.fixture
+def inside(project, monkeypatch):
+    folder, p = project
+    monkeypatch.chdir(folder)
+    return p
+
+
+def _rows(text: str, header: str) -> dict:
+    """The rows of the markdown table under the line starting `header`: first cell -> cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    out = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out[cells[0]] = cells[1:]
+    return out
+
+
+def test_every_count_of_the_flow_is_the_stage_outputs(inside):
+    text = report(inside)
+    studies, images = pd.read_csv(STUDIES), pd.read_csv(IMAGES)
+    prepared = json.loads(DATA_REPORT.read_text())
+    steps = _rows(text, "| step |")
+    dropped = prepared["dropped"]
+    read = len(studies) + dropped["studies_unindexed"] + dropped["studies_without_mesh"]
+    assert steps["read from the dataset"] == [str(read), str(len(images)
+                                               + dropped["images_of_dropped_studies"])]
+    assert read == inside["demo"]["studies"]  # the demo writes this many studies
+    assert steps["kept"] == [str(len(studies)), str(len(images))]
+    assert steps["dropped: No Indexing (never labelled)"][0] == str(dropped["studies_unindexed"])
+    for text_input in inside["text"]["inputs"]:
+        fields = text_input.split("+")
+        empty = studies[fields].fillna("").apply(lambda r: "".join(r).strip() == "", axis=1)
+        assert steps[f"kept with an empty {text_input}"][0] == str(int(empty.sum()))
+    splits = _rows(text, "| split |")
+    for split in ("train", "val", "test"):
+        mine = studies[studies["split"] == split]
+        assert splits[split][:3] == [str(len(mine)), str(int(mine["label"].sum())),
+                                     str(int((images["split"] == split).sum()))]
+        assert splits[split][3] == "0"  # every image readable
+    assert "Patients are not named by this dataset" in text
+    assert (Path("metrics/report/flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n")
+
+
+def test_studies_without_a_readable_image_are_counted_where_they_are(inside):
+    images = pd.read_csv(IMAGES)
+    test_study = images[images["split"] == "test"]["uid"].iloc[0]
+    lost = images.loc[images["uid"] == test_study, "filename"].tolist()
+    one_more = images.loc[images["split"] == "train", "filename"].iloc[0]  # one image of many
+    before = IMAGES_REPORT.read_text()
+    try:
+        IMAGES_REPORT.write_text(json.dumps({"skipped_images": lost + [one_more]}))
+        flowed = reporting.flow(pd.read_csv(STUDIES), images, json.loads(DATA_REPORT.read_text()),
+                                json.loads(IMAGES_REPORT.read_text()))
+    finally:
+        IMAGES_REPORT.write_text(before)
+    assert flowed["images_skipped"] == len(lost) + 1
+    n_train = images[images["filename"] == one_more]["uid"].map(
+        images.groupby("uid").size()).iloc[0]
+    assert flowed["by_split"]["test"]["no_readable_image"] == 1
+    assert flowed["by_split"]["train"]["no_readable_image"] == (1 if n_train == 1 else 0)
+    assert flowed["by_split"]["val"]["no_readable_image"] == 0
+
+
+def test_patients_are_counted_per_split_where_the_data_names_them(inside):
+    studies, images = pd.read_csv(STUDIES), pd.read_csv(IMAGES)
+    studies["patient"] = [f"p{i // 2}" for i in range(len(studies))]  # two studies a patient
+    flowed = reporting.flow(studies, images, json.loads(DATA_REPORT.read_text()),
+                            json.loads(IMAGES_REPORT.read_text()))
+    for split in ("train", "val", "test"):
+        assert flowed["by_split"][split]["patients"] == (
+            studies.loc[studies["split"] == split, "patient"].nunique())
+    table = reporting.characteristics(studies, inside["text"]["inputs"])
+    text = reporting.markdown(inside, flowed, table, reporting.balance(
+        table, {s: v["studies"] for s, v in flowed["by_split"].items()}),
+        {"changed": {}, "versions": {}, "pins": {}})
+    assert "Split by patient" in text and "| split | studies | abnormal | images | studies with " \
+        "no readable image | patients |" in text
+    assert "Patients are not named" not in text
+
+
+def test_the_balance_check_flags_a_bad_split_not_noise():
+    a, b = {"mean": 0.6, "sd": 0.49}, {"mean": 0.3, "sd": 0.458}
+    assert reporting.standardised_difference(a, b) == pytest.approx(0.3 / np.sqrt(
+        (0.49 ** 2 + 0.458 ** 2) / 2))
+    table = {s: {"abnormal": a if s == "train" else b, "images per study": {"mean": 2, "sd": 0}}
+             for s in ("train", "val", "test")}
+    checked = reporting.balance(table, {"train": 300, "val": 60, "test": 100})
+    assert checked["train vs test"]["characteristic"] == "abnormal"
+    assert checked["train vs test"]["bound"] == pytest.approx(1.96 * np.sqrt(1 / 300 + 1 / 100))
+    assert abs(checked["train vs test"]["difference"]) > checked["train vs test"]["bound"]
+    close = {s: {"abnormal": {"mean": 0.6 - 0.01 * (s != "train"), "sd": 0.49}}
+             for s in ("train", "val", "test")}
+    quiet = reporting.balance(close, {"train": 300, "val": 60, "test": 100})
+    assert all(abs(v["difference"]) < v["bound"] for v in quiet.values())
+
+
+def test_reproducibility_names_what_changed_and_what_was_read(inside):
+    changed = reporting.changed_parameters(inside)
+    assert changed["demo.studies"] == 60 and changed["image.size"] == 32  # TINY's
+    assert "train.lr" not in changed
+    text = report(inside)
+    assert "`demo.studies=60`" in text and "torch " in text
+    assert "backbone `tinynet_e.in1k`" in text and "None" not in text
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b|\bcommit [0-9a-f]{7,}", text)  # no dates, commits
+    assert "| Ground truth: source, annotators and their qualifications | not filled" in text
+
+
+def test_the_report_is_the_same_bytes_again(inside):
+    report(inside)
+    first = (REPORT.read_bytes(), Path("metrics/report/flow.png").read_bytes())
+    report(inside)
+    assert (REPORT.read_bytes(), Path("metrics/report/flow.png").read_bytes()) == first
