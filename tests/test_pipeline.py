@@ -329,4 +329,5 @@ def test_dvc_repro_end_to_end(repo):
     assert {s for s in stages if f"Running stage '{s}'" in redone} == {"evaluate"}, redone
     test = json.loads((repo / explained_run.test_metrics).read_text())
     assert test["threshold"] == 0.4 and test["threshold_rule"] == "fixed"
-    assert set(json.loads(_run_stdout(repo, dvc, "status", "--json"))) == {"compare", "explain"}
+    assert set(json.loads(_run_stdout(repo, dvc, "status", "--json"))) == {
+        "compare", "explain", "report"}  # the report lists the changed threshold
