@@ -16,6 +16,8 @@ from cxrfusion.params import defaults, fields_of
 from cxrfusion.studies import join_text
 
 PACKAGES = ("torch", "timm", "transformers", "dvc", "numpy", "scikit-learn")
+FAILURES = 5  # the test studies listed where two models disagree most, per comparison
+WORDS = 12    # the first words of a study's report shown beside it
 Z95 = 1.96  # a split is flagged when a difference exceeds what random assignment gives 95 % of
 # the time: |standardised difference| > 1.96 sqrt(1/n_a + 1/n_b) (its standard error)
 
@@ -132,7 +134,94 @@ def pins(model_json: dict) -> dict:
     return {k: model_json[k] for k in keys if model_json.get(k) is not None}
 
 
-# --- 4. CLAIM 2024 -------------------------------------------------------------------------------
+# --- 4. failure analysis -------------------------------------------------------------------------
+
+def _excerpt(text: str) -> str:
+    words = text.split()
+    return " ".join(words[:WORDS]) + (" …" if len(words) > WORDS else "") if words else "(empty)"
+
+
+def failures(studies: pd.DataFrame, scored: dict, explained: pd.DataFrame | None,
+             inputs: list[str]) -> dict:
+    """The test studies where fusion and the image model, and fusion and the text model,
+    disagree most (by seed-mean probability), and the studies every run gets wrong at its own
+    validation threshold; each with its label, every model's probability (mean and spread over
+    seeds), the first words of its report per text input, and its Grad-CAM file where `explain`
+    drew one. `scored`: {Run: (test studies: uid, label, probability; threshold)}."""
+    test = studies[studies["split"] == "test"].set_index("uid")
+    words = {i: test.apply(join_text, axis=1, fields=fields_of(i)).map(_excerpt) for i in inputs}
+    gradcam = ({} if explained is None else
+               explained.drop_duplicates("uid").set_index("uid")["file"].to_dict())
+
+    def model(variant, text_input):
+        rows = [df.set_index("uid")["probability"] for run, (df, _) in scored.items()
+                if run.variant == variant and run.text_input in (text_input, None)]
+        table = pd.concat(rows, axis=1)
+        return table.mean(axis=1), table.std(axis=1, ddof=0)
+
+    def row(uid, probs) -> dict:
+        return {"uid": int(uid), "label": int(test.loc[uid, "label"]),
+                "probability": {name: [float(m[uid]), float(sd[uid])]
+                                for name, (m, sd) in probs.items()},
+                "words": {i: words[i][uid] for i in inputs}, "gradcam": gradcam.get(uid)}
+
+    out = {"disagreements": {}}
+    for text_input in inputs:
+        probs = {"fusion": model("fusion", text_input), "image": model("image", None),
+                 "text": model("text", text_input)}
+        for other in ("image", "text"):
+            gap = (probs["fusion"][0] - probs[other][0]).abs().sort_values(ascending=False,
+                                                                           kind="stable")
+            out["disagreements"][(text_input, other)] = [
+                {**row(uid, probs), "gap": float(gap[uid])} for uid in gap.index[:FAILURES]]
+    wrong = None
+    for df, threshold in scored.values():
+        miss = (df["probability"] >= threshold).astype(int) != df["label"]
+        mine = set(df.loc[miss, "uid"])
+        wrong = mine if wrong is None else wrong & mine
+    first = inputs[0]
+    out["always_wrong"] = [row(uid, {"fusion": model("fusion", first),
+                                     "image": model("image", None),
+                                     "text": model("text", first)})
+                           for uid in sorted(wrong or ())]
+    return out
+
+
+def _failure_lines(failed: dict, inputs: list[str]) -> list[str]:
+    def table(rows, gap: bool) -> list[str]:
+        head = ["study", "label", "fusion", "image", "text"] + (["gap"] if gap else []) + [
+            f"{i}: first words" for i in inputs] + ["Grad-CAM"]
+        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for r in rows:
+            p = r["probability"]
+            cells = [str(r["uid"]), "abnormal" if r["label"] else "normal",
+                     *(f"{p[v][0]:.2f} ± {p[v][1]:.2f}" for v in ("fusion", "image", "text"))]
+            cells += [f"{r['gap']:.2f}"] if gap else []
+            cells += [r["words"][i].replace("|", "/") for i in inputs]
+            cells.append(f"![](explain/{r['gradcam']})" if r["gradcam"] else "—")
+            lines.append("| " + " | ".join(cells) + " |")
+        return lines
+
+    lines = ["## Failure analysis", "",
+             "Test studies. Probability of abnormal: mean ± SD over seeds. Grad-CAM: the "
+             "explained run's heatmap (`explain.*`), where it drew the study. On real data "
+             "these rows quote patients' reports: a derivative of the dataset, under its "
+             "licence, not for publication as is.", ""]
+    for (text_input, other), rows in failed["disagreements"].items():
+        lines += [f"**Fusion against the {other} model, text input {text_input}**: the "
+                  f"{len(rows)} test studies where their seed-mean probabilities differ most "
+                  "(gap).", "", *table(rows, gap=True), ""]
+    always = failed["always_wrong"]
+    lines.append(f"**Wrong for every run** of every model, each at its own validation "
+                 f"threshold: {len(always)} studies" + (" (probabilities: the first text "
+                                                        f"input, {inputs[0]})." if always
+                                                        else "."))
+    if always:
+        lines += ["", *table(always, gap=False)]
+    return lines + [""]
+
+
+# --- 5. CLAIM 2024 -------------------------------------------------------------------------------
 
 CLAIM = [  # (the item, where this report or the project fills it, or why it cannot)
     ("Data sources; eligibility (inclusion and exclusion)", "Participant flow"),
@@ -150,20 +239,22 @@ CLAIM = [  # (the item, where this report or the project fills it, or why it can
      "docs/pipeline.md, params.yaml, Reproducibility"),
     ("Performance metrics, their uncertainty and the statistical test",
      "metrics/comparison.md, docs/statistics.md"),
-    ("Robustness and subgroup analysis", "not yet filled (issue 28, items 4 and 5)"),
-    ("Failure analysis", "not yet filled"),
+    ("Robustness and subgroup analysis", "not yet filled"),
+    ("Failure analysis", "Failure analysis: the studies the models disagree on most, and those "
+     "every run gets wrong"),
     ("Software, code and data availability (item 41)", "Reproducibility; the code is this "
      "repository; the data are the dataset's, under its licence"),
 ]
 
 
-# --- 5. the report, in markdown ------------------------------------------------------------------
+# --- 6. the report, in markdown ------------------------------------------------------------------
 
 def _cell(s: dict, share: bool) -> str:
     return f"{s['mean']:.1%}" if share else f"{s['mean']:.2f} ± {s['sd']:.2f}"
 
 
-def markdown(p: dict, flowed: dict, table: dict, balanced: dict, reproduced: dict) -> str:
+def markdown(p: dict, flowed: dict, table: dict, balanced: dict, reproduced: dict,
+             failed: dict | None = None) -> str:
     f = flowed
     lines = ["# Study report", "",
              "Generated by `dvc repro` (stage `report`) from the stages' outputs. On real data "
@@ -209,6 +300,8 @@ def markdown(p: dict, flowed: dict, table: dict, balanced: dict, reproduced: dic
                 "within it")
         lines.append(f"- {pair}: largest standardised difference {b['difference']:+.3f} "
                      f"({b['characteristic']}); random assignment: ±{b['bound']:.3f}; {flag}")
+    if failed is not None:
+        lines += ["", *_failure_lines(failed, p["text"]["inputs"])]
     r = reproduced
     lines += ["", "## Reproducibility", "",
               "Parameters that differ from the described defaults (`python -m "

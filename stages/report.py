@@ -1,9 +1,9 @@
 """Stage `report`: the study report a reviewer asks for, around the comparison's answer.
 
 Writes metrics/report.md (participant flow, characteristics by partition and their balance,
-reproducibility, the CLAIM items it fills; cxrfusion/reporting.py) and metrics/report/flow.png
-(the participant flow). It reads only what the stages before it wrote, and a dataset without
-patients or views gives the sections that apply.
+failure analysis, reproducibility, the CLAIM items it fills; cxrfusion/reporting.py) and
+metrics/report/flow.png (the participant flow). It reads only what the stages before it
+wrote, and a dataset without patients or views gives the sections that apply.
 """
 from __future__ import annotations
 
@@ -11,20 +11,35 @@ import json
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from cxrfusion import figures, params, reporting
 from cxrfusion.common import PipelineError, atomic_path, main
 from cxrfusion.formats import DATA_REPORT, IMAGES_REPORT, read_prepared
+from cxrfusion.metrics import study_predictions
 
 log = logging.getLogger("report")
 
 REPORT = Path("metrics/report.md")
 FIGURES = Path("metrics/report")
+HEATMAPS = Path("metrics/explain/heatmaps.csv")  # the studies explain drew (optional)
 
 
 def read_json(path: Path) -> dict:
     if not path.exists():
         raise PipelineError(f"{path} not found: run `dvc repro` first.")
     return json.loads(path.read_text())
+
+
+def scored_runs(p: dict) -> dict:
+    """Every run's test studies (uid, label, probability) and its validation threshold."""
+    out = {}
+    for run in params.runs(p):
+        if not run.predictions.exists():
+            raise PipelineError(f"{run.predictions} not found: run `dvc repro` (evaluate) first.")
+        out[run] = (study_predictions(pd.read_csv(run.predictions)),
+                    read_json(run.test_metrics)["threshold"])
+    return out
 
 
 def report(p: dict) -> str:
@@ -36,7 +51,11 @@ def report(p: dict) -> str:
                   "pins": {run.label: reporting.pins(read_json(run.models / "model.json"))
                            for run in first.values()}}
     sizes = {split: s["studies"] for split, s in flowed["by_split"].items()}
-    text = reporting.markdown(p, flowed, table, reporting.balance(table, sizes), reproduced)
+    failed = reporting.failures(studies, scored_runs(p),
+                                pd.read_csv(HEATMAPS) if HEATMAPS.exists() else None,
+                                p["text"]["inputs"])
+    text = reporting.markdown(p, flowed, table, reporting.balance(table, sizes), reproduced,
+                              failed)
     with atomic_path(FIGURES) as tmp:
         tmp.mkdir()
         figures.flow_diagram(flowed, tmp / "flow.png")

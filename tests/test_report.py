@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import built_project
+from test_bootstrap_groups import write_runs
 from cxrfusion import reporting
 from cxrfusion.formats import DATA_REPORT, IMAGES, IMAGES_REPORT, STUDIES
 from cxrfusion.params import runs
@@ -24,6 +25,10 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     """A tiny project through cache_images, and the model.json of each run the report reads."""
     folder = tmp_path_factory.mktemp("report")
     p = built_project(folder, {})
+    with pytest.MonkeyPatch.context() as mp:  # what evaluate writes, synthetic: test_compare's
+        mp.chdir(folder)
+        test = pd.read_csv(STUDIES).query("split == 'test'")
+        write_runs(p, test["uid"].to_numpy(), test["label"].to_numpy())
     for run in runs(p):
         (folder / run.models).mkdir(parents=True, exist_ok=True)
         (folder / run.models / "model.json").write_text(json.dumps(
@@ -147,3 +152,48 @@ def test_the_report_is_the_same_bytes_again(inside):
     first = (REPORT.read_bytes(), Path("metrics/report/flow.png").read_bytes())
     report(inside)
     assert (REPORT.read_bytes(), Path("metrics/report/flow.png").read_bytes()) == first
+
+
+def _seed_means(p: dict, variant: str, text_input) -> pd.Series:
+    rows = [pd.read_csv(run.predictions).groupby("uid")["probability"].mean()
+            for run in runs(p) if run.variant == variant
+            and run.text_input in (text_input, None)]
+    return pd.concat(rows, axis=1).mean(axis=1)
+
+
+def test_failure_analysis_lists_the_largest_disagreements_and_the_studies_every_run_misses(
+        inside):
+    studies = pd.read_csv(STUDIES)
+    explained = pd.DataFrame({"file": ["false_positive_1.png"], "uid": [int(
+        studies.query("split == 'test'")["uid"].iloc[0])]})
+    from stages.report import scored_runs
+
+    failed = reporting.failures(studies, scored_runs(inside), explained, inside["text"]["inputs"])
+    for text_input in inside["text"]["inputs"]:
+        fusion = _seed_means(inside, "fusion", text_input)
+        for other in ("image", "text"):
+            gap = (fusion - _seed_means(inside, other, None if other == "image" else
+                                        text_input)).abs().sort_values(ascending=False)
+            rows = failed["disagreements"][text_input, other]
+            assert [r["uid"] for r in rows] == gap.index[:reporting.FAILURES].tolist()
+            assert [r["gap"] for r in rows] == pytest.approx(gap.iloc[:reporting.FAILURES])
+    # every run of every model wrong at its own threshold, by hand
+    wrong = None
+    for run in runs(inside):
+        df = pd.read_csv(run.predictions).groupby("uid").agg(label=("label", "first"),
+                                                             probability=("probability", "mean"))
+        threshold = json.loads(run.test_metrics.read_text())["threshold"]
+        mine = set(df.index[(df["probability"] >= threshold).astype(int) != df["label"]])
+        wrong = mine if wrong is None else wrong & mine
+    assert [r["uid"] for r in failed["always_wrong"]] == sorted(wrong)
+    # words, not uids alone; the Grad-CAM file where explain drew the study
+    row = next(r for rows in failed["disagreements"].values() for r in rows)
+    study = studies.set_index("uid").loc[row["uid"]]
+    text = " ".join(str(study[f]) for f in ("findings", "impression") if isinstance(study[f], str))
+    first = " ".join(text.split()[:reporting.WORDS])
+    assert row["words"]["findings+impression"].startswith(first)
+    drawn = [r for rows in failed["disagreements"].values() for r in rows if r["gradcam"]]
+    assert all(r["uid"] == explained["uid"].iloc[0] for r in drawn)
+    text = report(inside)
+    assert "## Failure analysis" in text and "not for publication as is" in text
+    assert f"every model, each at its own validation threshold: {len(wrong)} studies" in text
