@@ -166,9 +166,9 @@ def failures(studies: pd.DataFrame, scored: dict, explained: pd.DataFrame | None
                 "words": {i: words[i][uid] for i in inputs}, "gradcam": gradcam.get(uid)}
 
     out = {"disagreements": {}}
-    for text_input in inputs:
-        probs = {"fusion": model("fusion", text_input), "image": model("image", None),
-                 "text": model("text", text_input)}
+    by_input = {i: {"fusion": model("fusion", i), "image": model("image", None),
+                    "text": model("text", i)} for i in inputs}
+    for text_input, probs in by_input.items():
         for other in ("image", "text"):
             gap = (probs["fusion"][0] - probs[other][0]).abs().sort_values(ascending=False,
                                                                            kind="stable")
@@ -179,11 +179,7 @@ def failures(studies: pd.DataFrame, scored: dict, explained: pd.DataFrame | None
         miss = (df["probability"] >= threshold).astype(int) != df["label"]
         mine = set(df.loc[miss, "uid"])
         wrong = mine if wrong is None else wrong & mine
-    first = inputs[0]
-    out["always_wrong"] = [row(uid, {"fusion": model("fusion", first),
-                                     "image": model("image", None),
-                                     "text": model("text", first)})
-                           for uid in sorted(wrong or ())]
+    out["always_wrong"] = [row(uid, by_input[inputs[0]]) for uid in sorted(wrong or ())]
     return out
 
 
