@@ -386,9 +386,19 @@ def reliability(labels, probs: dict, calibration: dict, path) -> None:
 # --- participant flow --------------------------------------------------------------------------
 
 
-def _box(ax, x, y, text, width=0.42, colour="0.96"):
-    ax.text(x, y, text, ha="center", va="center", fontsize=9, wrap=True,
-            bbox={"boxstyle": "round,pad=0.5", "facecolor": colour, "edgecolor": "0.35"})
+def _box(ax, x, y, text, colour="0.96"):
+    """A rounded box of text centred on (x, y); arrows end on its edge (_arrow)."""
+    return ax.text(x, y, text, ha="center", va="center", fontsize=9,
+                   bbox={"boxstyle": "round,pad=0.5", "facecolor": colour, "edgecolor": "0.35"})
+
+
+def _arrow(ax, start, box, start_box=None) -> None:
+    """An arrow from `start` (a point, or the centre of `start_box`) to the edge of `box`."""
+    start = start_box.get_position() if start_box else start
+    ax.annotate("", box.get_position(), start, arrowprops={
+        "arrowstyle": "->", "color": "0.35", "lw": 1.2, "shrinkA": 0, "shrinkB": 0,
+        "patchA": start_box.get_bbox_patch() if start_box else None,
+        "patchB": box.get_bbox_patch()})
 
 
 def flow_diagram(flowed: dict, path) -> None:
@@ -401,24 +411,21 @@ def flow_diagram(flowed: dict, path) -> None:
         fig, ax = plt.subplots(figsize=(7.5, 6.2))
         ax.set(xlim=(0, 1), ylim=(0, 1))
         ax.axis("off")
-        arrow = {"arrowstyle": "->", "color": "0.35", "lw": 1.2}
-        _box(ax, 0.35, 0.92, f"Read from the dataset\n{f['read']['studies']} studies, "
-             f"{f['read']['images']} images")
-        _box(ax, 0.8, 0.76, f"Excluded studies\n{excluded}\n(and {f['dropped_images']} "
-             "images)", width=0.3, colour="0.92")
-        _box(ax, 0.35, 0.6, f"Kept\n{f['kept']['studies']} studies, {f['kept']['images']} "
-             f"images\nempty text input: {empty}")
-        _box(ax, 0.8, 0.44, f"Unreadable images\nskipped: {f['images_skipped']}", width=0.3,
-             colour="0.92")
-        ax.annotate("", (0.35, 0.66), (0.35, 0.87), arrowprops=arrow)
-        ax.annotate("", (0.66, 0.76), (0.35, 0.76), arrowprops=arrow)
-        ax.annotate("", (0.66, 0.44), (0.35, 0.44), arrowprops=arrow)
-        ax.plot([0.35, 0.35], [0.54, 0.34], color="0.35", lw=1.2)  # the trunk to the split
+        read = _box(ax, 0.35, 0.92, f"Read from the dataset\n{f['read']['studies']} studies, "
+                    f"{f['read']['images']} images")
+        kept = _box(ax, 0.35, 0.6, f"Kept\n{f['kept']['studies']} studies, "
+                    f"{f['kept']['images']} images\nempty text input: {empty}")
+        _arrow(ax, None, kept, start_box=read)
+        _arrow(ax, (0.35, 0.76), _box(ax, 0.8, 0.76, f"Excluded studies\n{excluded}\n(and "
+                                      f"{f['dropped_images']} images)", colour="0.92"))
+        _arrow(ax, (0.35, 0.44), _box(ax, 0.8, 0.44, "Unreadable images\nskipped: "
+                                      f"{f['images_skipped']}", colour="0.92"))
+        ax.plot([0.35, 0.35], [0.6, 0.34], color="0.35", lw=1.2)  # the trunk, from behind Kept
         for x, (split, s) in zip((0.15, 0.5, 0.85), f["by_split"].items()):
             patients = f"\n{s['patients']} patients" if "patients" in s else ""
-            _box(ax, x, 0.14, f"{split}\n{s['studies']} studies\n({s['abnormal']} abnormal)\n"
-                 f"{s['images']} images{patients}\nno readable image: {s['no_readable_image']}")
-            ax.annotate("", (x, 0.255), (0.35, 0.34), arrowprops=arrow)
+            _arrow(ax, (0.35, 0.34), _box(
+                ax, x, 0.14, f"{split}\n{s['studies']} studies\n({s['abnormal']} abnormal)\n"
+                f"{s['images']} images{patients}\nno readable image: {s['no_readable_image']}"))
         fig.suptitle("Participant flow: from the dataset to each split", fontsize=11)
         _save(fig, path)
 

@@ -29,6 +29,7 @@ TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
 FUSIONS = ("concat", "projector", "gated")  # model.fusion: how the head joins image and report (cxrfusion/model.py)
 AUGMENTS = ("none", "affine", "affine+jitter")  # train.augment (cxrfusion/augment.py)
 THRESHOLD_RULES = ("youden", "max_f1")  # evaluate.threshold: chosen on validation (cxrfusion/metrics.py)
+SUBGROUPS = ("view", "images", "words")  # report.subgroups (cxrfusion/subgroups.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -193,6 +194,13 @@ def comparisons(name, v):
         _fail(name, v, "use a list of comparisons, e.g. [fusion-text/indication]")
     for item in v:
         comparison(name, item)
+
+
+def subgroup_kinds(name, v):
+    if (not isinstance(v, list) or len(set(map(str, v))) != len(v)
+            or any(k not in SUBGROUPS for k in v)):
+        _fail(name, v, "use a list of distinct subgroup kinds among " + ", ".join(SUBGROUPS)
+              + " (or [] for none)")
 
 
 def image_side(name, v):
@@ -411,9 +419,20 @@ class Explain:
                                     "text.inputs)")
 
 
+@dataclass(frozen=True)
+class Report:
+    subgroups: list = option(SUBGROUPS, subgroup_kinds, "subgroups of the test studies on which "
+                             "each model's AUROC and the family's differences are scored "
+                             "(exploratory, outside the family): view (with a lateral view, or "
+                             "without) | images (one, or several) | words (report length "
+                             "tertiles of each text input, cut on the training studies)")
+    min_per_label: int = option(5, positive_int, "a subgroup with fewer test studies of either "
+                                "label is listed, not scored")
+
+
 SECTIONS = {"data": Data, "demo": Demo, "split": Split, "text": Text, "demo_encoder": DemoEncoder,
             "image": Image, "model": Model, "train": Train, "augment": Augment, "evaluate": Evaluate,
-            "compare": Compare, "explain": Explain}
+            "compare": Compare, "explain": Explain, "report": Report}
 
 
 def get(params: dict, dotted: str):

@@ -11,9 +11,10 @@ from importlib import metadata
 
 import pandas as pd
 
+from cxrfusion import params, subgroups
 from cxrfusion.formats import SPLITS
 from cxrfusion.params import defaults, fields_of
-from cxrfusion.studies import join_text
+from cxrfusion.studies import join_text, report_words
 
 PACKAGES = ("torch", "timm", "transformers", "dvc", "numpy", "scikit-learn")
 FAILURES = 5  # the test studies listed where two models disagree most, per comparison
@@ -25,20 +26,21 @@ Z95 = 1.96  # a split is flagged when a difference exceeds what random assignmen
 # --- 1. participant flow -------------------------------------------------------------------------
 
 def flow(studies: pd.DataFrame, images: pd.DataFrame, prepared: dict, cached: dict) -> dict:
-    """From the raw dataset to each split: prepare's report.json (what it read and dropped),
-    cache_images' images_report.json (what it skipped), the tables (what each split holds)."""
+    """From the raw dataset to each split: prepare's report.json (what it read and dropped, and
+    what each split holds), cache_images' images_report.json (what it skipped), and the tables
+    (the studies left with no readable image: every image of theirs skipped)."""
     dropped = prepared["dropped"]
     skipped = set(cached.get("skipped_images", []))
     unreadable = images.assign(bad=images["filename"].isin(skipped)).groupby("uid")["bad"].all()
     by_split = {}
     for split in SPLITS:
-        mine = studies[studies["split"] == split]
+        counted = prepared["by_split"][split]
+        mine = studies.loc[studies["split"] == split, "uid"]
         by_split[split] = {
-            "studies": len(mine), "abnormal": int(mine["label"].sum()),
-            "images": int((images["split"] == split).sum()),
-            "no_readable_image": int(unreadable.reindex(mine["uid"], fill_value=False).sum())}
-        if "patient" in studies.columns:
-            by_split[split]["patients"] = int(mine["patient"].nunique())
+            "studies": counted["studies"], "abnormal": counted["abnormal_studies"],
+            "images": counted["images"],
+            "no_readable_image": int(unreadable.reindex(mine, fill_value=False).sum()),
+            **({"patients": counted["patients"]} if "patients" in counted else {})}
     return {
         "read": {"studies": prepared["studies"] + dropped["studies_unindexed"]
                  + dropped["studies_without_mesh"],
@@ -55,10 +57,6 @@ def flow(studies: pd.DataFrame, images: pd.DataFrame, prepared: dict, cached: di
 
 # --- 2. characteristics by partition -------------------------------------------------------------
 
-def _words(texts: pd.Series) -> pd.Series:
-    return texts.fillna("").str.split().str.len()
-
-
 def characteristics(studies: pd.DataFrame, inputs: list[str]) -> dict:
     """Per split: each characteristic's mean and standard deviation (a share for a yes/no)."""
     columns = {"abnormal": studies["label"].astype(float),
@@ -66,9 +64,9 @@ def characteristics(studies: pd.DataFrame, inputs: list[str]) -> dict:
                "with a lateral view": studies["views"].fillna("").str.contains("Lateral")
                .astype(float)}
     for text_input in inputs:
-        text = studies.apply(join_text, axis=1, fields=fields_of(text_input))
-        columns[f"{text_input}: words"] = _words(text).astype(float)
-        columns[f"{text_input}: empty"] = (text == "").astype(float)
+        words = report_words(studies, fields_of(text_input))
+        columns[f"{text_input}: words"] = words.astype(float)
+        columns[f"{text_input}: empty"] = (words == 0).astype(float)
     table = pd.DataFrame(columns)
     out = {}
     for split in SPLITS:
@@ -235,7 +233,8 @@ CLAIM = [  # (the item, where this report or the project fills it, or why it can
      "docs/pipeline.md, params.yaml, Reproducibility"),
     ("Performance metrics, their uncertainty and the statistical test",
      "metrics/comparison.md, docs/statistics.md"),
-    ("Robustness and subgroup analysis", "not yet filled"),
+    ("Robustness and subgroup analysis", "Robustness by subgroup (exploratory; declared in "
+     "`report.subgroups`)"),
     ("Failure analysis", "Failure analysis: the studies the models disagree on most, and those "
      "every run gets wrong"),
     ("Software, code and data availability (item 41)", "Reproducibility; the code is this "
@@ -249,8 +248,32 @@ def _cell(s: dict, share: bool) -> str:
     return f"{s['mean']:.1%}" if share else f"{s['mean']:.2f} ± {s['sd']:.2f}"
 
 
+def _subgroup_lines(p: dict, subgrouped: tuple) -> list[str]:
+    rows, left_out = subgrouped
+    c, minimum = p["compare"], p["report"]["min_per_label"]
+    lines = ["## Robustness by subgroup", "",
+             f"Exploratory: outside the declared family, unadjusted {1 - c['alpha']:.0%} "
+             "intervals, no verdict. Subgroups of the test studies declared in "
+             "`report.subgroups`; report length is cut at the tertiles of the training "
+             "studies. Each subgroup is scored in the comparison's own bootstrap rounds (the "
+             "same test-study and seed draws, restricted to its members); a round whose drawn "
+             f"members lack a label is skipped (rounds scored, of {c['bootstrap']}). A subgroup "
+             f"with fewer than {minimum} test studies of either label is listed, not scored. An "
+             "interval that holds 0 shows no difference either way in that subgroup: not "
+             "shown, which is not the absence of one."]
+    if left_out:
+        lines.append("Left out: " + "; ".join(left_out) + ".")
+    if not rows or not any(rows.values()):
+        return lines + ["", "No subgroup declared (`report.subgroups: []`).", ""]
+    family = params.family(c["primary"], c["secondary"])
+    for text_input, by_name in rows.items():
+        lines += ["", f"**Text input {text_input}**: AUROC, mean over seeds [interval].", "",
+                  *subgroups.table(by_name, family, text_input, minimum)]
+    return lines + [""]
+
+
 def markdown(p: dict, flowed: dict, table: dict, balanced: dict, reproduced: dict,
-             failed: dict | None = None) -> str:
+             failed: dict | None = None, subgrouped: tuple | None = None) -> str:
     f = flowed
     lines = ["# Study report", "",
              "Generated by `dvc repro` (stage `report`) from the stages' outputs. On real data "
@@ -269,9 +292,12 @@ def markdown(p: dict, flowed: dict, table: dict, balanced: dict, reproduced: dic
         lines.append(f"| kept with an empty {text_input} | {n} | |")
     patients = "patients" in f["by_split"]["train"]
     unit = "patient (all of a patient's studies in one split)" if patients else "study (uid)"
-    lines += ["", f"Split by {unit}, stratified by label, seed {p['split']['seed']}: "
-              f"{p['split']['test']:.0%} test, then {p['split']['val']:.0%} of the rest "
-              "for validation (model selection and thresholds).",
+    how = ("The dataset's official split (`split.official`; its validate partition is "
+           "val, for model selection and thresholds)." if p["split"].get("official") else
+           f"Split by {unit}, stratified by label, seed {p['split']['seed']}: "
+           f"{p['split']['test']:.0%} test, then {p['split']['val']:.0%} of the rest "
+           "for validation (model selection and thresholds).")
+    lines += ["", how,
               "", "| split | studies | abnormal | images | studies with no readable image |"
               + (" patients |" if patients else ""),
               "| --- | --- | --- | --- | --- |" + (" --- |" if patients else "")]
@@ -296,6 +322,8 @@ def markdown(p: dict, flowed: dict, table: dict, balanced: dict, reproduced: dic
                 "within it")
         lines.append(f"- {pair}: largest standardised difference {b['difference']:+.3f} "
                      f"({b['characteristic']}); random assignment: ±{b['bound']:.3f}; {flag}")
+    if subgrouped is not None:
+        lines += ["", *_subgroup_lines(p, subgrouped)]
     if failed is not None:
         lines += ["", *_failure_lines(failed, p["text"]["inputs"])]
     r = reproduced

@@ -1,7 +1,8 @@
 """Comparing models on the same test studies: bootstrap resamples of studies or, where patients
 are known, of patients; the one quantile rule of every interval and the p-values that invert it
 (interval, bootstrap_p, equivalence_p); intervals over both test studies and training seeds
-(over_seeds); DeLong's test of two AUROCs.
+(over_seeds), and on subgroups of the test studies within the same rounds (on_subgroups);
+DeLong's test of two AUROCs.
 
 Label 1 (abnormal) is the positive class throughout. numpy only, as cxrfusion/metrics.py.
 """
@@ -213,6 +214,32 @@ def _rechooser(validation: dict | None, val_probs, rules, thresholds, n: int, st
                         for p, rule in zip(val_probs, rules)])
 
 
+def _draws(y: np.ndarray, blocks: dict, n: int, seed: int, groups=None):
+    """The `n` rounds of the two-level bootstrap, the same for every caller with the same
+    arguments: (copies of each test study, the seed rows drawn for each model in `blocks`
+    order). The test studies come from resamples(y, n, seed, groups); the seed rows, S_m of
+    each model's S_m with replacement, from the first generator spawned from `seed` (the second
+    is the validation studies', _rechooser)."""
+    seed_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
+    n_seeds = np.array([s for _, s in blocks.values()])
+    offsets = np.repeat([f for f, _ in blocks.values()], n_seeds)  # each model's first row
+    highs = np.repeat(n_seeds, n_seeds)
+    for idx in resamples(y, n, seed, groups):
+        # a resample is the number of copies of each study: no sort per round
+        yield np.bincount(idx, minlength=len(y)), offsets + seed_rng.integers(0, highs)
+
+
+def _per_model(blocks: dict):
+    """A function averaging seed rows (rows, ...) into one row per model of `blocks`."""
+    n_seeds = np.array([s for _, s in blocks.values()])
+    starts = np.cumsum(n_seeds) - n_seeds
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        sums = np.add.reduceat(values, starts, axis=0)
+        return sums / n_seeds.reshape((-1,) + (1,) * (values.ndim - 1))
+    return mean
+
+
 def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
                specificity: float = 0.9, validation: dict | None = None,
                level: float = 0.95) -> dict:
@@ -244,18 +271,13 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
     point = score(thresholds)
     shape = (len(blocks), n, len(SEED_METRICS))
     rounds, study_rounds = np.empty(shape), np.empty(shape)
-    seed_stream, val_stream = np.random.SeedSequence(seed).spawn(2)
-    seed_rng = np.random.default_rng(seed_stream)
-    chosen = _rechooser(validation, val_probs, rules, thresholds, n, val_stream)
-    n_seeds = np.array([s for _, s in blocks.values()])
-    offsets = np.repeat([f for f, _ in blocks.values()], n_seeds)  # each model's first row
-    highs, starts = np.repeat(n_seeds, n_seeds), np.cumsum(n_seeds) - n_seeds
-    for r, idx in enumerate(resamples(y, n, seed, groups)):
-        # a resample is the number of copies of each study: no sort per round
-        values = score(next(chosen), np.bincount(idx, minlength=len(y)))
-        drawn = offsets + seed_rng.integers(0, highs)  # S_m seed rows of each model
-        rounds[:, r] = np.add.reduceat(values[drawn], starts, axis=0) / n_seeds[:, None]
-        study_rounds[:, r] = np.add.reduceat(values, starts, axis=0) / n_seeds[:, None]
+    chosen = _rechooser(validation, val_probs, rules, thresholds, n,
+                        np.random.SeedSequence(seed).spawn(2)[1])
+    per_model = _per_model(blocks)
+    for r, (copies, drawn) in enumerate(_draws(y, blocks, n, seed, groups)):
+        values = score(next(chosen), copies)
+        rounds[:, r] = per_model(values[drawn])
+        study_rounds[:, r] = per_model(values)
 
     def bounds(values: np.ndarray) -> dict:
         low, high = interval(values, level)
@@ -286,6 +308,58 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
             for j, metric in enumerate(SEED_METRICS)}
     return {"models": out_models, "pairs": out_pairs, "rounds": pair_rounds,
             "study_rounds": pair_study_rounds, "resamples": n, "seed": seed, "level": level}
+
+
+# --- on subgroups of the test studies, within the same rounds ---------------------------------
+
+def on_subgroups(labels, models: dict, pairs, members: dict, n: int, seed: int, groups=None, *,
+                 level: float = 0.95) -> dict:
+    """Each model's AUROC and each pair's AUROC difference on subgroups of the test studies,
+    scored in the rounds of over_seeds with the same labels, models, n, seed and groups: the
+    same test-study and seed draws, each round's drawn studies restricted to the subgroup's
+    members (the draws stay paired between models and with the whole test set).
+
+    `members`: {subgroup: a bool per test study}. A round whose drawn members lack a label
+    cannot be scored and is skipped; `rounds` counts those that were scored. Intervals are
+    `level` percentile intervals (interval) over them; None where too few rounds were scored
+    for one. Means are over seeds of each run's AUROC on the members, as in over_seeds.
+    """
+    pairs = [tuple(pair) for pair in pairs]
+    y, blocks, probs, *_ = _stacked(labels, models, pairs, None)
+    masks = {}
+    for name, m in members.items():
+        mask = np.asarray(m)
+        if mask.shape != y.shape or mask.dtype != bool:
+            raise ValueError(f"subgroup {name!r}: members of shape {mask.shape} and type "
+                             f"{mask.dtype}, expected one bool per test study ({len(y)})")
+        masks[name] = mask.astype(np.float64)
+    rank, per_model = ranker(y, probs), _per_model(blocks)
+    values = {name: np.full((len(blocks), n), np.nan) for name in masks}
+    for r, (copies, drawn) in enumerate(_draws(y, blocks, n, seed, groups)):
+        for name, mask in masks.items():
+            values[name][:, r] = per_model(rank(copies * mask)[0][drawn])  # nan: a label absent
+    index = {name: m for m, name in enumerate(blocks)}
+    out = {}
+    for name, mask in masks.items():
+        point = per_model(rank(mask)[0])
+        scored = values[name][:, ~np.isnan(values[name]).any(axis=0)]
+        out[name] = {
+            "studies": int(mask.sum()), "abnormal": int(mask[y == 1].sum()),
+            "rounds": scored.shape[1],
+            "models": {m: _summary(point[index[m]], scored[index[m]], level) for m in blocks},
+            "pairs": {f"{a} - {b}": _summary(point[index[a]] - point[index[b]],
+                                             scored[index[a]] - scored[index[b]], level)
+                      for a, b in pairs}}
+    return out
+
+
+def _summary(mean: float, rounds: np.ndarray, level: float) -> dict:
+    """mean, and the `level` interval of the rounds (None where too few for one)."""
+    try:
+        low, high = interval(rounds, level)
+    except ValueError:
+        low = high = None
+    return {"mean": float(mean), "low": low, "high": high}
 
 
 # --- DeLong -------------------------------------------------------------------------------------

@@ -30,6 +30,13 @@ def join_text(row: pd.Series, fields: list[str]) -> str:
     return " ".join(parts)
 
 
+def report_words(studies: pd.DataFrame, fields: list[str]) -> pd.Series:
+    """How many words each study's report holds in the named fields (0 when they are empty)."""
+    texts = pd.Series([join_text(row, fields) for _, row in studies.iterrows()],
+                      index=studies.index, dtype=object)
+    return texts.str.split().str.len().astype(int)
+
+
 def split_studies(uids: np.ndarray, labels: np.ndarray, test: float, val: float,
                   seed: int) -> np.ndarray:
     """Assign train/val/test per study, stratified by label, reproducible for a seed.

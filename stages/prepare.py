@@ -69,6 +69,18 @@ def official_split(reports: pd.DataFrame, keep: pd.Series, path: Path) -> pd.Ser
     return values[keep]
 
 
+def split_counts(studies: pd.DataFrame, images: pd.DataFrame, split: str,
+                 by_patient: bool) -> dict:
+    """What one split holds: studies, abnormal studies, images and, when the data name them,
+    patients (the participant flow of the study report reads these)."""
+    mine = studies["split"] == split
+    counts = {"studies": int(mine.sum()), "images": int((images["split"] == split).sum()),
+              "abnormal_studies": int((mine & (studies["label"] == 1)).sum())}
+    if by_patient:
+        counts["patients"] = int(studies.loc[mine, "patient"].nunique())
+    return counts
+
+
 def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
     inputs = p["text"]["inputs"]
     fields = [f for f in TEXT_FIELDS if any(f in fields_of(i) for i in inputs)]  # all inputs'
@@ -155,10 +167,7 @@ def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
         },
         "studies_with_empty_text": {i: int((studies.apply(join_text, axis=1, fields=fields_of(i))
                                             == "").sum()) for i in inputs},
-        "by_split": {s: {"studies": int((studies["split"] == s).sum()),
-                         "images": int((images["split"] == s).sum()),
-                         "abnormal_studies": int(((studies["split"] == s) & (studies["label"] == 1)).sum())}
-                     for s in SPLITS},
+        "by_split": {s: split_counts(studies, images, s, by_patient) for s in SPLITS},
         "by_view": {v: int(n) for v, n in images["view"].value_counts().sort_index().items()},
     }
     if by_patient:

@@ -1,8 +1,9 @@
 """Stage `report`: the study report a reviewer asks for, around the comparison's answer.
 
 Writes metrics/report.md (participant flow, characteristics by partition and their balance,
-failure analysis, reproducibility, the CLAIM items it fills; cxrfusion/reporting.py) and
-metrics/report/flow.png (the participant flow). It reads only what the stages before it
+robustness by subgroup, failure analysis, reproducibility, the CLAIM items it fills;
+cxrfusion/reporting.py, cxrfusion/subgroups.py), metrics/report/flow.png (the participant
+flow) and metrics/report/subgroups.json (the subgroup tables' numbers). It reads only what the stages before it
 wrote, and a dataset without patients or views gives the sections that apply.
 """
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrfusion import figures, params, reporting
-from cxrfusion.common import PipelineError, atomic_path, main
+from cxrfusion import figures, params, reporting, subgroups
+from cxrfusion.common import PipelineError, atomic_path, main, write_json
 from cxrfusion.formats import DATA_REPORT, IMAGES_REPORT, read_prepared
 from cxrfusion.metrics import study_predictions
 
@@ -22,6 +23,7 @@ log = logging.getLogger("report")
 
 REPORT = Path("metrics/report.md")
 FIGURES = Path("metrics/report")
+SUBGROUPS = FIGURES / "subgroups.json"  # the subgroup table's numbers, for a reader's own use
 HEATMAPS = Path("metrics/explain/heatmaps.csv")  # the studies explain drew (optional)
 
 
@@ -51,14 +53,18 @@ def report(p: dict) -> str:
                   "pins": {run.label: reporting.pins(read_json(run.models / "model.json"))
                            for run in first.values()}}
     sizes = {split: s["studies"] for split, s in flowed["by_split"].items()}
-    failed = reporting.failures(studies, scored_runs(p),
+    scored = scored_runs(p)
+    failed = reporting.failures(studies, scored,
                                 pd.read_csv(HEATMAPS) if HEATMAPS.exists() else None,
                                 p["text"]["inputs"])
+    subgrouped = subgroups.score(studies, scored, p)
     text = reporting.markdown(p, flowed, table, reporting.balance(table, sizes), reproduced,
-                              failed)
+                              failed, subgrouped)
     with atomic_path(FIGURES) as tmp:
         tmp.mkdir()
         figures.flow_diagram(flowed, tmp / "flow.png")
+        write_json(tmp / SUBGROUPS.name, {"subgroups": subgrouped[0],
+                                          "left_out": subgrouped[1]})
     with atomic_path(REPORT) as tmp:
         tmp.write_text(text)
     log.info("wrote %s and %s/", REPORT, FIGURES)

@@ -431,6 +431,8 @@ def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the importe
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["data"].update(source="mimic_cxr", local_dir=str(layout["folder"]))
     p["split"].update(official=True, min_studies=0, min_per_label=0)  # a miniature dataset
+    p["text"]["inputs"] = ["findings+impression"]  # one text input: half the runs to train
+    p["compare"].update(primary="fusion-image/findings+impression", secondary=[])
     assert p["train"]["epochs"] == 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
@@ -455,3 +457,25 @@ def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the importe
     assert (raw / IMAGES_SUBDIR).is_symlink()
     assert list((raw / "images").iterdir()) == [raw / IMAGES_SUBDIR]
     assert len(list(layout["folder"].rglob("*.jpg"))) == 125
+
+    # then the rest: every variant trained and scored, compared by patient, and the study report
+    # (with one text input: the sections that apply)
+    _run(repo, str(VENV_BIN / "dvc"), "repro")
+    comparison = json.loads((repo / "metrics/comparison.json").read_text())
+    assert comparison["resampled"] == "patients" and comparison["test_studies"] == 16
+    text = (repo / "metrics/report.md").read_text()
+    assert "The dataset's official split" in text and "Patients are not named" not in text
+    flow = {}
+    for line in text.split("| split | studies |")[1].splitlines()[2:5]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        flow[cells[0]] = cells[1:]
+    for split in ("train", "val", "test"):
+        mine = studies[studies["split"] == split]
+        assert flow[split][0] == str(len(mine)) == str(report["by_split"][split]["studies"])
+        assert flow[split][4] == str(mine["patient"].nunique()) == str(
+            report["by_split"][split]["patients"])
+    for text_input in p["text"]["inputs"]:
+        assert f"**Text input {text_input}**" in text
+        assert f"**Fusion against the image model, text input {text_input}**" in text
+    assert "| with a lateral view |" in text  # MIMIC names views: PA, AP, LATERAL, LL
+    assert (repo / "metrics/report/flow.png").stat().st_size > 0

@@ -17,7 +17,8 @@ from test_bootstrap_groups import write_runs
 from cxrfusion import reporting
 from cxrfusion.formats import DATA_REPORT, IMAGES, IMAGES_REPORT, STUDIES
 from cxrfusion.params import runs
-from stages.report import REPORT, report
+from stages.prepare import split_counts
+from stages.report import REPORT, SUBGROUPS, report
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +105,14 @@ def test_studies_without_a_readable_image_are_counted_where_they_are(inside):
 
 
 def test_patients_are_counted_per_split_where_the_data_names_them(inside):
+    """prepare counts each split's patients (split_counts; tests/test_mimic.py runs it on a
+    dataset with patients); the flow carries its counts."""
     studies, images = pd.read_csv(STUDIES), pd.read_csv(IMAGES)
     studies["patient"] = [f"p{i // 2}" for i in range(len(studies))]  # two studies a patient
-    flowed = reporting.flow(studies, images, json.loads(DATA_REPORT.read_text()),
-                            json.loads(IMAGES_REPORT.read_text()))
+    prepared = json.loads(DATA_REPORT.read_text())
+    prepared["by_split"] = {s: split_counts(studies, images, s, by_patient=True)
+                            for s in ("train", "val", "test")}
+    flowed = reporting.flow(studies, images, prepared, json.loads(IMAGES_REPORT.read_text()))
     for split in ("train", "val", "test"):
         assert flowed["by_split"][split]["patients"] == (
             studies.loc[studies["split"] == split, "patient"].nunique())
@@ -197,3 +202,91 @@ def test_failure_analysis_lists_the_largest_disagreements_and_the_studies_every_
     text = report(inside)
     assert "## Failure analysis" in text and "not for publication as is" in text
     assert f"every model, each at its own validation threshold: {len(wrong)} studies" in text
+
+
+# --- robustness by subgroup ---------------------------------------------------------------------
+
+def _tables(text: str) -> dict:
+    """The subgroup tables: text input -> {subgroup: cells}."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("**Text input "):
+            text_input = line.split("**")[1].removeprefix("Text input ")
+            out[text_input] = _rows(text[text.index(line):], "| subgroup |")
+    return out
+
+
+def test_subgroups_are_listed_or_scored_with_their_counts(inside, monkeypatch):
+    p = json.loads(json.dumps(inside))
+    studies = pd.read_csv(STUDIES).set_index("uid")
+    test = studies[studies["split"] == "test"]
+    lateral = test["views"].str.contains("Lateral")
+    for minimum in (inside["report"]["min_per_label"], 1):
+        p["report"]["min_per_label"] = minimum
+        tables = _tables(report(p))
+        saved = json.loads(SUBGROUPS.read_text())
+        assert set(tables) == set(p["text"]["inputs"]) == set(saved["subgroups"])
+        rows = tables[p["text"]["inputs"][0]]
+        assert rows["with a lateral view"][0] == f"{lateral.sum()} ({test['label'][lateral].sum()})"
+        assert rows["one image"][0] == (f"{(test['n_images'] == 1).sum()} "
+                                        f"({test['label'][test['n_images'] == 1].sum()})")
+        for name, cells in rows.items():
+            members = saved["subgroups"][p["text"]["inputs"][0]][name]
+            few = min(members["abnormal"], members["studies"] - members["abnormal"]) < minimum
+            assert (cells[2] == f"not scored: fewer than {minimum} of a label") == few, name
+            if not few:
+                assert cells[2] == results_cell(members["models"]["fusion"])
+    # report length tertiles for each text input, on each input's table
+    assert sum(name.startswith(f"{i}: ") for i in p["text"]["inputs"] for name in rows) >= 4
+
+
+def results_cell(s: dict) -> str:
+    from cxrfusion.results import cell
+    return cell(s)
+
+
+def test_a_scored_subgroup_is_each_runs_auroc_on_its_members_averaged_over_seeds(inside):
+    from sklearn.metrics import roc_auc_score
+
+    p = json.loads(json.dumps(inside))
+    p["report"]["min_per_label"] = 1
+    report(p)
+    saved = json.loads(SUBGROUPS.read_text())["subgroups"]
+    studies = pd.read_csv(STUDIES).set_index("uid")
+    text_input = p["text"]["inputs"][0]
+    name = "one image" if "rounds" in saved[text_input]["one image"] else "several images"
+    for variant in ("fusion", "image", "text"):
+        aurocs = []
+        for run in runs(p):
+            if run.variant == variant and run.text_input in (text_input, None):
+                df = pd.read_csv(run.predictions).groupby("uid").agg(
+                    label=("label", "first"), probability=("probability", "mean"))
+                n = studies.loc[df.index, "n_images"]
+                mine = df[(n == 1) if name == "one image" else (n > 1)]
+                aurocs.append(roc_auc_score(mine["label"], mine["probability"]))
+        assert saved[text_input][name]["models"][variant]["mean"] == pytest.approx(
+            np.mean(aurocs), abs=1e-12)
+
+
+def test_one_text_input_no_views_and_no_subgroups_give_the_sections_that_apply(inside):
+    p = json.loads(json.dumps(inside))
+    first = p["text"]["inputs"][0]
+    p["text"]["inputs"] = [first]
+    p["compare"].update(primary=f"fusion-image/{first}", secondary=[])
+    studies = pd.read_csv(STUDIES)
+    before = STUDIES.read_bytes()
+    try:
+        studies.assign(views="Unknown").to_csv(STUDIES, index=False)
+        text = report(p)
+    finally:
+        STUDIES.write_bytes(before)
+    tables = _tables(text)
+    assert list(tables) == [first]
+    assert "Left out: view: the dataset names no image's view (every view Unknown)." in text
+    assert "fusion − image (primary)" in text and "fusion − text" not in text.split(
+        "## Robustness by subgroup")[1].split("## Failure analysis")[0]
+    assert not any("lateral" in name for name in tables[first])
+    p["report"]["subgroups"] = []
+    text = report(p)
+    assert "No subgroup declared (`report.subgroups: []`)." in text
+    assert "| Robustness and subgroup analysis | Robustness by subgroup" in text
