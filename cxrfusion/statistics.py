@@ -12,11 +12,14 @@ import math
 
 import numpy as np
 
-from cxrfusion.metrics import (auprc, auroc, calibration_rows, choose_threshold, f1, midranks,
-                               operating_rows, ranker, roc_rows, sensitivity)
-
-METRICS = {"auroc": lambda y, p, t: auroc(y, p), "auprc": lambda y, p, t: auprc(y, p),
-           "f1": f1, "sensitivity": sensitivity}
+from cxrfusion.metrics import (
+    calibration_rows,
+    choose_threshold,
+    midranks,
+    operating_rows,
+    ranker,
+    roc_rows,
+)
 
 
 def resamples(labels: np.ndarray, n: int, seed: int, groups=None):
@@ -104,35 +107,6 @@ def equivalence_p(values, margin: float) -> float:
     v = np.asarray(values, dtype=np.float64)
     tail = max(int((v <= -margin).sum()), int((v >= margin).sum()))
     return min(1.0, (tail + 1) / (len(v) + 1))
-
-
-def bootstrap_interval(labels, probs, metric: str, n: int, seed: int,
-                       threshold: float = 0.5, groups=None) -> dict:
-    """One model's metric with a 95 % percentile interval over resampled studies, or over
-    resampled `groups` of studies (see resamples; the same resamples as paired_bootstrap with
-    the same seed and groups)."""
-    y, p, f = np.asarray(labels).astype(int), np.asarray(probs, float), METRICS[metric]
-    values = [f(y[idx], p[idx], threshold) for idx in resamples(y, n, seed, groups)]
-    low, high = interval(values)
-    return {"value": f(y, p, threshold), "ci95": [float(low), float(high)], "resamples": n,
-            "seed": seed}
-
-
-def paired_bootstrap(labels, probs_a, probs_b, metric: str, n: int, seed: int,
-                     threshold: float = 0.5, groups=None) -> dict:
-    """Difference metric(a) - metric(b) with a 95 % percentile interval.
-
-    Both models are scored on the same resampled studies in each round (paired), so the
-    interval reflects the difference, not each model's own noise. `groups`: see resamples.
-    """
-    y = np.asarray(labels).astype(int)
-    a, b = np.asarray(probs_a, float), np.asarray(probs_b, float)
-    f = METRICS[metric]
-    diffs = [f(y[idx], a[idx], threshold) - f(y[idx], b[idx], threshold)
-             for idx in resamples(y, n, seed, groups)]
-    low, high = interval(diffs)
-    return {"difference": f(y, a, threshold) - f(y, b, threshold),
-            "ci95": [float(low), float(high)], "resamples": n, "seed": seed}
 
 
 # --- over test studies and training seeds -------------------------------------------------------
@@ -260,8 +234,9 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
     value in the round is the mean over the drawn rows of the metric on the drawn studies, a
     pair's the difference of its models' values. `rounds` keeps each pair's values per round;
     `study_rounds` the same with every seed row kept (only the studies drawn), the test-study
-    part of the variance. One seed per model, no validation: the intervals of
-    bootstrap_interval/paired_bootstrap.
+    part of the variance. One seed per model, no validation: the intervals of one model's, and
+    one pair's, plain percentile bootstrap over the same resamples (tests/bootstrap_reference.py,
+    the reference tests/test_statistics.py checks it against).
     """
     if n < 1:
         raise ValueError(f"{n} resamples: use 1 or more")
@@ -279,35 +254,49 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
         rounds[:, r] = per_model(values[drawn])
         study_rounds[:, r] = per_model(values)
 
-    def bounds(values: np.ndarray) -> dict:
-        low, high = interval(values, level)
-        return {"low": low, "high": high}
-
+    models_out = _model_summaries(blocks, point, rounds, level)
+    pairs_out, pair_rounds, pair_study_rounds = {}, {}, {}
     index = {name: m for m, name in enumerate(blocks)}
-    out_models = {}
-    for name, (first, seeds) in blocks.items():
-        per_seed = point[first:first + seeds]
-        out_models[name] = {
-            metric: {"per_seed": per_seed[:, j].tolist(), "mean": float(per_seed[:, j].mean()),
-                     "sd": float(per_seed[:, j].std(ddof=1)) if seeds > 1 else float("nan"),
-                     **bounds(rounds[index[name], :, j])}
-            for j, metric in enumerate(SEED_METRICS)}
-    out_pairs, pair_rounds, pair_study_rounds = {}, {}, {}
     for a, b in pairs:
-        (fa, seeds), (fb, _) = blocks[a], blocks[b]
-        diffs = point[fa:fa + seeds] - point[fb:fb + seeds]
         name = f"{a} - {b}"
         pair_rounds[name] = {m: rounds[index[a], :, j] - rounds[index[b], :, j]
                              for j, m in enumerate(SEED_METRICS)}
         pair_study_rounds[name] = {m: study_rounds[index[a], :, j] - study_rounds[index[b], :, j]
                                    for j, m in enumerate(SEED_METRICS)}
-        out_pairs[name] = {
-            metric: {"per_seed": diffs[:, j].tolist(),
-                     "mean": out_models[a][metric]["mean"] - out_models[b][metric]["mean"],
-                     **bounds(pair_rounds[name][metric])}
-            for j, metric in enumerate(SEED_METRICS)}
-    return {"models": out_models, "pairs": out_pairs, "rounds": pair_rounds,
+        pairs_out[name] = _pair_summary(blocks, point, a, b, models_out, pair_rounds[name], level)
+    return {"models": models_out, "pairs": pairs_out, "rounds": pair_rounds,
             "study_rounds": pair_study_rounds, "resamples": n, "seed": seed, "level": level}
+
+
+def _bounds(values: np.ndarray, level: float) -> dict:
+    low, high = interval(values, level)
+    return {"low": low, "high": high}
+
+
+def _model_summaries(blocks: dict, point: np.ndarray, rounds: np.ndarray, level: float) -> dict:
+    """Per model and metric: each seed's value, their mean and sd, and the interval of the
+    model's values over the rounds."""
+    out = {}
+    for m, (name, (first, seeds)) in enumerate(blocks.items()):
+        per_seed = point[first:first + seeds]
+        out[name] = {
+            metric: {"per_seed": per_seed[:, j].tolist(), "mean": float(per_seed[:, j].mean()),
+                     "sd": float(per_seed[:, j].std(ddof=1)) if seeds > 1 else float("nan"),
+                     **_bounds(rounds[m, :, j], level)}
+            for j, metric in enumerate(SEED_METRICS)}
+    return out
+
+
+def _pair_summary(blocks: dict, point: np.ndarray, a: str, b: str, models: dict,
+                  pair_rounds: dict, level: float) -> dict:
+    """Per metric: a - b seed row by seed row, the difference of the means, and the interval
+    of the differences over the rounds."""
+    (fa, seeds), (fb, _) = blocks[a], blocks[b]
+    diffs = point[fa:fa + seeds] - point[fb:fb + seeds]
+    return {metric: {"per_seed": diffs[:, j].tolist(),
+                     "mean": models[a][metric]["mean"] - models[b][metric]["mean"],
+                     **_bounds(pair_rounds[metric], level)}
+            for j, metric in enumerate(SEED_METRICS)}
 
 
 # --- on subgroups of the test studies, within the same rounds ---------------------------------

@@ -41,7 +41,8 @@ def run(text_input: str, p: dict) -> None:
         limit = model.config.max_position_embeddings
         if t["max_length"] > limit:
             raise PipelineError(f"parameter text.max_length={t['max_length']} exceeds what "
-                                f"{t['model']} can read ({limit} tokens): set text.max_length<={limit}.")
+                                f"{t['model']} can read ({limit} tokens): set "
+                                f"text.max_length<={limit}.")
         start = time.perf_counter()
         rows, vectors = embed_part(reports, tokenizer, model, t["pooling"],
                                    t["max_length"], t["batch_size"], world.device,

@@ -37,8 +37,15 @@ from cxrfusion import params
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device, write_json
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import Run
-from cxrfusion.metrics import (calibration, choose_threshold, classification_metrics, pr_curve,
-                               roc_curve, sensitivity_at_specificity, study_predictions)
+from cxrfusion.metrics import (
+    calibration,
+    choose_threshold,
+    classification_metrics,
+    pr_curve,
+    roc_curve,
+    sensitivity_at_specificity,
+    study_predictions,
+)
 from cxrfusion.model import WEIGHTS, load_model, reads
 from cxrfusion.scoring import predict, report_weights, trained_settings
 
@@ -61,8 +68,10 @@ def gate_summary(images: pd.DataFrame) -> dict:
     mean over its images): overall and by label, so a reader sees whether the report counts
     for more in abnormal studies."""
     studies = images.groupby("uid").agg(label=("label", "first"), w=("report_weight", "mean"))
-    summary = lambda w: {"mean": float(w.mean()), "sd": float(w.std(ddof=0)),
-                         "min": float(w.min()), "max": float(w.max())}
+
+    def summary(w):
+        return {"mean": float(w.mean()), "sd": float(w.std(ddof=0)),
+                "min": float(w.min()), "max": float(w.max())}
     return {"studies": summary(studies["w"]),
             **{name: summary(studies.loc[studies["label"] == label, "w"])
                for name, label in (("abnormal", 1), ("normal", 0))

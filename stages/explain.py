@@ -54,7 +54,8 @@ def explain(p: dict) -> dict:
     trained = trained_settings(run.models, p)  # the caches as the model read them
     threshold, source = evaluation_threshold(run.models, trained)
     if not model.uses_text:  # the image model reads no report: explain.text_input's, as is
-        trained["text"] = params.for_text_input(p, e["text_input"] or p["text"]["inputs"][0])["text"]
+        reports = e["text_input"] or p["text"]["inputs"][0]
+        trained["text"] = params.for_text_input(p, reports)["text"]
     # both inputs, whatever the variant reads
     test = load_splits(trained, True, True, names=("test",))[0]["test"].to(device)
     ref_uid, ref_vector = reference_normal(trained)
@@ -63,7 +64,8 @@ def explain(p: dict) -> dict:
     picks = select_examples(test.rows, probs, threshold, e["per_outcome"], e["seed"])
     with torch.no_grad():
         side = model.cnn.forward_features(normalise(
-            torch.zeros(1, config["image_size"], config["image_size"], dtype=torch.uint8, device=device),
+            torch.zeros(1, config["image_size"], config["image_size"], dtype=torch.uint8,
+                        device=device),
             model.pixel_mean, model.pixel_std)).shape[-1]
     if side < 2:
         log.warning("the last convolutional block is %dx%d at %d px: the heatmaps cannot localise "

@@ -3,8 +3,9 @@
 Writes metrics/report.md (participant flow, characteristics by partition and their balance,
 robustness by subgroup, failure analysis, reproducibility, the CLAIM items it fills;
 cxrfusion/reporting.py, cxrfusion/subgroups.py), metrics/report/flow.png (the participant
-flow) and metrics/report/subgroups.json (the subgroup tables' numbers). It reads only what the stages before it
-wrote, and a dataset without patients or views gives the sections that apply.
+flow) and metrics/report/subgroups.json (the subgroup tables' numbers). It reads only what
+the stages before it wrote, and a dataset without patients or views gives the sections that
+apply.
 """
 from __future__ import annotations
 

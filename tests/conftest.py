@@ -101,7 +101,7 @@ def interrupt_training_at(monkeypatch, epoch: int):
     real_epoch = train_module.train_epoch
 
     def interrupted(*args, **kwargs):
-        if args[6] == epoch:  # train_epoch(model, optimizer, data, batch_size, generator, amp, epoch)
+        if kwargs["epoch"] == epoch:
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 

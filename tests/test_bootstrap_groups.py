@@ -8,14 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
+from bootstrap_reference import bootstrap_interval, paired_bootstrap
 from mimic_layout import make_mimic
-from stages import compare as compare_mod
-from cxrfusion import figures, params as params_mod
+
+from cxrfusion import figures
+from cxrfusion import params as params_mod
 from cxrfusion.common import PipelineError
-from stages.download import download
 from cxrfusion.formats import STUDIES, STUDY_COLUMNS
-from cxrfusion.statistics import bootstrap_interval, paired_bootstrap, resamples
+from cxrfusion.statistics import resamples
+from stages import compare as compare_mod
+from stages.download import download
 from stages.prepare import prepare
 
 
@@ -153,7 +155,8 @@ def write_run(run: Run, uids, labels, images_per_study=1, seed: int = 0,
 
     images = scored(uids)
     val_images = (scored(uids + VAL_OFFSET) if val is None else
-                  scored(np.asarray(val[0]), np.asarray(val[1]).astype(int), np.ones(len(val[0]), int)))
+                  scored(np.asarray(val[0]), np.asarray(val[1]).astype(int),
+                         np.ones(len(val[0]), int)))
     for path in (run.predictions, run.validation, run.test_metrics):
         path.parent.mkdir(parents=True, exist_ok=True)
     images.to_csv(run.predictions, index=False)

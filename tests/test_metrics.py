@@ -12,15 +12,33 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from bootstrap_reference import bootstrap_interval, paired_bootstrap
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from cxrfusion import metrics
-from cxrfusion.metrics import (auprc, auroc, brier, calibrated_ece, calibration, calibration_rows,
-                               choose_threshold, classification_metrics, ece_bins, f1, midranks,
-                               operating_rows, pr_curve, ranker, roc_curve, roc_rows, sensitivity,
-                               sensitivity_at_specificity, study_predictions, tpr_at)
-from cxrfusion.statistics import bootstrap_interval, paired_bootstrap
+from cxrfusion.metrics import (
+    auprc,
+    auroc,
+    brier,
+    calibrated_ece,
+    calibration,
+    calibration_rows,
+    choose_threshold,
+    classification_metrics,
+    ece_bins,
+    f1,
+    midranks,
+    operating_rows,
+    pr_curve,
+    ranker,
+    roc_curve,
+    roc_rows,
+    sensitivity,
+    sensitivity_at_specificity,
+    study_predictions,
+    tpr_at,
+)
 
 # 4 normal, 6 abnormal studies; at threshold 0.5: tn 3, fp 1 (0.6), fn 2 (0.3, 0.45), tp 4
 LABELS = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
@@ -78,7 +96,8 @@ def test_classification_metrics_equal_sklearn(seed, n, decimals):
 
 def test_threshold_is_inclusive_and_one_class_has_no_ranking_metrics():
     # a probability equal to the threshold is called abnormal
-    assert classification_metrics([0, 1], [0.2, 0.7], threshold=0.7)["confusion"] == [[1, 0], [0, 1]]
+    assert (classification_metrics([0, 1], [0.2, 0.7], threshold=0.7)["confusion"]
+            == [[1, 0], [0, 1]])
     m = classification_metrics([1, 1, 1], [0.9, 0.2, 0.6])
     assert m["confusion"] == [[0, 0], [1, 2]]
     assert m["recall"] == pytest.approx(2 / 3)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import first_run, interrupt_training_at
 
 import stages.train as train_module
-from conftest import first_run, interrupt_training_at
 from cxrfusion import checkpoint
 
 
@@ -21,7 +21,8 @@ def test_checkpoints_are_one_per_run():
     assert checkpoint.path(Run("fusion", 0, "findings+impression")) == \
         Path("checkpoints/fusion-findings+impression-0.pt")
     assert checkpoint.path(Run("image", 2)) == Path("checkpoints/image-2.pt")
-    paths = {checkpoint.path(r) for r in (Run("text", 0, "indication"), Run("text", 1, "indication"),
+    paths = {checkpoint.path(r) for r in (Run("text", 0, "indication"),
+                                          Run("text", 1, "indication"),
                                           Run("text", 0, "findings+impression"),
                                           Run("fusion", 0, "indication"))}
     assert len(paths) == 4  # no two runs share a checkpoint
@@ -43,7 +44,7 @@ def test_interrupted_training_resumes_to_the_same_weights(cached, monkeypatch):
     monkeypatch.setattr(train_module, "train_epoch", real_epoch)
     calls = []
     monkeypatch.setattr(train_module, "train_epoch",
-                        lambda *a, **k: calls.append(a[6]) or real_epoch(*a, **k))
+                        lambda *a, **k: calls.append(k["epoch"]) or real_epoch(*a, **k))
     resumed = train_module.train(run, cached)
     assert calls == [3], "only the epoch that did not finish is trained again"
     assert resumed == straight
@@ -61,7 +62,7 @@ def test_checkpoint_of_other_parameters_is_not_resumed(cached, monkeypatch):
 
     calls = []
     monkeypatch.setattr(train_module, "train_epoch",
-                        lambda *a, **k: calls.append(a[6]) or real_epoch(*a, **k))
+                        lambda *a, **k: calls.append(k["epoch"]) or real_epoch(*a, **k))
     # another run (seed 1) does not resume seed 0's checkpoint, nor remove it
     other = first_run("text", cached, seed=1)
     train_module.train(other, cached)

@@ -8,13 +8,20 @@ import math
 
 import numpy as np
 import pytest
+from bootstrap_reference import bootstrap_interval, paired_bootstrap
 from scipy.stats import norm
 from sklearn import metrics as skm
 
 from cxrfusion.metrics import calibration, choose_threshold, sensitivity_at_specificity
-from cxrfusion.statistics import (SEED_METRICS, bootstrap_interval, bootstrap_p, delong,
-                                  equivalence_p, interval, order_rank, over_seeds,
-                                  paired_bootstrap)
+from cxrfusion.statistics import (
+    SEED_METRICS,
+    bootstrap_p,
+    delong,
+    equivalence_p,
+    interval,
+    order_rank,
+    over_seeds,
+)
 
 
 def _labels(n: int) -> np.ndarray:

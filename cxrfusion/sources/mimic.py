@@ -49,10 +49,12 @@ SECTION_FIELDS = {  # report heading -> field of indiana_reports.csv (other sect
     "INDICATION": "indication", "HISTORY": "indication", "CLINICAL HISTORY": "indication",
     "REASON FOR EXAMINATION": "indication", "REASON FOR EXAM": "indication",
     "COMPARISON": "comparison", "COMPARISONS": "comparison",
-    "FINDINGS": "findings", "FINDINGS AND IMPRESSION": "findings", "FINDINGS/IMPRESSION": "findings",
+    "FINDINGS": "findings", "FINDINGS AND IMPRESSION": "findings",
+    "FINDINGS/IMPRESSION": "findings",
     "IMPRESSION": "impression", "CONCLUSION": "impression",
 }
-# upper-case words, also with / ( ) & , - (FINDINGS/IMPRESSION, PROVISIONAL FINDINGS IMPRESSION (PFI))
+# upper-case words, also with / ( ) & , - (FINDINGS/IMPRESSION,
+# PROVISIONAL FINDINGS IMPRESSION (PFI))
 HEADING = re.compile(r"^[ \t]*([A-Z(][A-Z()/&,-]*(?: [A-Z()/&,-]+)*):", re.MULTILINE)
 WHITESPACE = re.compile(r"\s+")
 
@@ -178,9 +180,34 @@ def convert(local_dir: str | Path, out: Path) -> dict:
     root = local_dir.resolve()
     meta, meta_path = read_table(root, METADATA,
                                  ["dicom_id", "subject_id", "study_id", "ViewPosition"])
-    chexpert, chexpert_path = read_table(root, CHEXPERT, ["study_id", NO_FINDING, *FINDINGS])
-    splits, split_path = read_table(root, SPLIT, ["study_id", "split"])
+    labels, chexpert_path = _labels(root)
+    official_of = _official_splits(root)
+    patient_of = _one_per_study(meta, meta_path, "subject_id")
+    meta, absent = _images_on_disk(meta, meta_path, root)
+    projections = pd.DataFrame({"uid": meta["study_id"].astype("int64"),
+                                "filename": meta["filename"],
+                                "projection": meta["ViewPosition"].map(view_of)})
+    projections = projections.sort_values(["uid", "filename"])
+    reports, no_report, unlabelled = _reports(sorted(set(meta["study_id"]), key=int), root,
+                                              patient_of, labels, official_of)
+    if unlabelled:
+        log.warning("%d studies have no row in %s: left unlabelled (prepare drops them)",
+                    unlabelled, chexpert_path.name)
 
+    out.mkdir(parents=True)
+    reports.to_csv(out / REPORTS_CSV, index=False)
+    projections.to_csv(out / PROJECTIONS_CSV, index=False)
+    (out / IMAGES_SUBDIR).parent.mkdir(parents=True)
+    os.symlink(root, out / IMAGES_SUBDIR, target_is_directory=True)
+    summary = {"studies": len(reports), "images": len(projections), "images_absent": absent,
+               "studies_without_report": no_report, "studies_without_chexpert": unlabelled}
+    log.info("mimic_cxr: %s", summary)
+    return summary
+
+
+def _official_splits(root: Path) -> dict:
+    """study_id -> train | val | test, from the split file."""
+    splits, split_path = read_table(root, SPLIT, ["study_id", "split"])
     split = splits["split"].str.strip()
     bad = ~split.isin(OFFICIAL_SPLITS)
     if bad.any():
@@ -188,16 +215,23 @@ def convert(local_dir: str | Path, out: Path) -> dict:
                             f"{', '.join(OFFICIAL_SPLITS)}; "
                             f"e.g. {splits.loc[bad, 'split'].iloc[0]!r} is not.")
     splits["split"] = split.map(OFFICIAL_SPLITS)
-    patient_of = _one_per_study(meta, meta_path, "subject_id")
-    official_of = _one_per_study(splits, split_path, "split")
+    return _one_per_study(splits, split_path, "split")
+
+
+def _labels(root: Path) -> tuple[dict, Path]:
+    """study_id -> its CheXpert row, one per study; and the file's path."""
+    chexpert, chexpert_path = read_table(root, CHEXPERT, ["study_id", NO_FINDING, *FINDINGS])
     dup = chexpert["study_id"].duplicated(keep=False)
     if dup.any():
         dups = sorted(set(chexpert.loc[dup, "study_id"]))[:10]
         raise PipelineError(f"{chexpert_path}: studies {dups} have more than one row; "
                             "each study must have one.")
-    labels = chexpert.set_index("study_id").to_dict("index")
+    return chexpert.set_index("study_id").to_dict("index"), chexpert_path
 
-    # images: only those on disk (a partial download of files/ is common), one row each
+
+def _images_on_disk(meta: pd.DataFrame, meta_path: Path, root: Path) -> tuple[pd.DataFrame, int]:
+    """The metadata rows whose JPG is under root/files/ (a partial download of files/ is
+    common), one row per image with its `filename`; and how many were absent."""
     meta["dicom_id"] = meta["dicom_id"].str.strip()
     meta = meta.drop_duplicates("dicom_id")
     meta["filename"] = [image_path(s, t, d) for s, t, d in
@@ -213,14 +247,15 @@ def convert(local_dir: str | Path, out: Path) -> dict:
         log.warning("%d of %d images listed in %s are not under %s (first: %s): left out "
                     "(a partial download?)", absent, len(meta), meta_path.name, root,
                     meta.loc[[not p for p in present], "filename"].iloc[0])
-    meta = meta.loc[present]
-    projections = pd.DataFrame({"uid": meta["study_id"].astype("int64"),
-                                "filename": meta["filename"],
-                                "projection": meta["ViewPosition"].map(view_of)})
-    projections = projections.sort_values(["uid", "filename"])
+    return meta.loc[present], absent
 
+
+def _reports(study_ids: list, root: Path, patient_of: dict, labels: dict,
+             official_of: dict) -> tuple[pd.DataFrame, int, int]:
+    """One row per study: its patient, label (as MeSH), report fields and official split;
+    with the count of studies without a report file and without a CheXpert row."""
     rows, no_report, unlabelled = [], [], 0
-    for study_id in tqdm(sorted(set(meta["study_id"]), key=int), desc="reports", unit="report"):
+    for study_id in tqdm(study_ids, desc="reports", unit="report"):
         subject_id = patient_of[study_id]
         path = root / report_path(subject_id, study_id)
         if path.is_file():
@@ -236,18 +271,6 @@ def convert(local_dir: str | Path, out: Path) -> dict:
         log.warning("%d of %d studies have no report file (first: %s): kept with empty text; "
                     "unzip mimic-cxr-reports.zip (MIMIC-CXR) into %s", len(no_report), len(rows),
                     no_report[0], root)
-    if unlabelled:
-        log.warning("%d studies have no row in %s: left unlabelled (prepare drops them)",
-                    unlabelled, chexpert_path.name)
     reports = pd.DataFrame(rows, columns=["uid", "patient", "MeSH", *REPORT_FIELDS,
                                           "official_split"])
-
-    out.mkdir(parents=True)
-    reports.to_csv(out / REPORTS_CSV, index=False)
-    projections.to_csv(out / PROJECTIONS_CSV, index=False)
-    (out / IMAGES_SUBDIR).parent.mkdir(parents=True)
-    os.symlink(root, out / IMAGES_SUBDIR, target_is_directory=True)
-    summary = {"studies": len(reports), "images": len(projections), "images_absent": absent,
-               "studies_without_report": len(no_report), "studies_without_chexpert": unlabelled}
-    log.info("mimic_cxr: %s", summary)
-    return summary
+    return reports, len(no_report), unlabelled

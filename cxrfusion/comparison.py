@@ -1,0 +1,171 @@
+"""The declared question answered from every run's predictions (stage `compare`): per text
+input, each model's metrics over seeds and the paired differences (statistics.over_seeds),
+DeLong per seed and for the ensemble, each AUROC difference's test, family-adjusted p, verdict
+and design (cxrfusion/inference.py), and the figures of comparison.json.
+
+`scored`: {Run: {"test", "val": studies (uid, label, probability), "evaluation": what
+`evaluate` wrote, "rule": the rule that chose its threshold}}, every run on the same studies.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cxrfusion import figures, inference, params, results
+from cxrfusion.formats import Run
+from cxrfusion.metrics import calibrated_ece, calibration, ece_bins
+from cxrfusion.params import PAIRS, Comparison
+from cxrfusion.statistics import delong, over_seeds
+
+
+def answer_question(scored: dict, labels: np.ndarray, validation_studies: int,
+                    validation: dict | None, groups, p: dict) -> dict:
+    """comparison.json: the test set, the bootstrap, every model and difference per text
+    input, and the declared question's answer. `validation`: the validation studies' labels
+    and patients when they are redrawn (compare.resample_validation), else None; `groups`: each
+    test study's patient, or None."""
+    c, seeds = p["compare"], p["train"]["seeds"]
+    result = {"test_studies": len(labels), "validation_studies": validation_studies,
+              **({"resampled": "studies", "resampled_units": len(labels)} if groups is None
+                 else {"resampled": "patients", "resampled_units": len(np.unique(groups))}),
+              "seeds": len(seeds), "threshold": p["evaluate"]["threshold"],
+              "specificity": p["evaluate"]["specificity"],
+              "bootstrap": {"resamples": c["bootstrap"], "seed": c["seed"],
+                            "validation_resampled": c["resample_validation"],
+                            "level": 1 - c["alpha"]},
+              "ece_bins": ece_bins(len(labels)),  # equal-mass
+              "models": {}, "differences": {}}
+    rounds = {}
+    for text_input in p["text"]["inputs"]:
+        result["models"][text_input], result["differences"][text_input], rounds[text_input] = (
+            compare_input(scored, text_input, labels, validation, groups, p))
+    answer(result, rounds, p)
+    return result
+
+
+# --- per text input -----------------------------------------------------------------
+
+def spread(sd) -> float | None:
+    """A standard deviation over seeds; None (JSON null) with one seed, where it has none: a
+    NaN would make comparison.json unreadable to strict JSON readers."""
+    return None if sd is None or not np.isfinite(sd) else float(sd)
+
+
+def by_seed(values, seeds) -> dict:
+    """Per-seed numbers as named keys (`dvc metrics` list named numbers, not lists)."""
+    return {f"seed-{s}": v for s, v in zip(seeds, values)}
+
+
+def model_rows(scored: dict, variant: str, text_input: str, seeds) -> dict:
+    """over_seeds' input for one model: its seed rows of test and validation probabilities."""
+    mine = [scored[Run.of(variant, s, text_input)] for s in seeds]
+    return {"probs": np.stack([r["test"]["probability"].to_numpy() for r in mine]),
+            "val_probs": np.stack([r["val"]["probability"].to_numpy() for r in mine]),
+            "thresholds": np.array([r["evaluation"]["threshold"] for r in mine]),
+            "rule": mine[0]["rule"]}
+
+
+def delong_rows(labels, a: np.ndarray, b: np.ndarray, seeds) -> dict:
+    """DeLong's test where it is valid: per seed, and for the ensemble of each model's
+    seed-averaged predictions (its own AUROCs and difference, not the seed-mean's)."""
+    ensemble = delong(labels, a.mean(0), b.mean(0))
+    return {"ensemble": {k: ensemble[k] for k in ("auroc_a", "auroc_b", "difference", "p")},
+            **by_seed([{k: d[k] for k in ("difference", "p")}
+                       for d in (delong(labels, x, y) for x, y in zip(a, b))], seeds)}
+
+
+def compare_input(scored: dict, text_input: str, labels, validation: dict | None, groups,
+                  p: dict) -> tuple[dict, dict, dict]:
+    """One text input's models and paired differences, and the bootstrap rounds of each
+    pair's AUROC difference (all, and with every seed kept)."""
+    c, seeds = p["compare"], p["train"]["seeds"]
+    models = {v: model_rows(scored, v, text_input, seeds) for v in ("fusion", "image", "text")}
+    stats = over_seeds(labels, models, list(PAIRS), c["bootstrap"], c["seed"], groups,
+                       specificity=p["evaluate"]["specificity"], validation=validation,
+                       level=1 - c["alpha"])
+    summary = {v: {metric: {"mean": s["mean"], "sd": spread(s["sd"]), "low": s["low"],
+                            "high": s["high"], **by_seed(s["per_seed"], seeds)}
+                   for metric, s in stats["models"][v].items()} for v in models}
+    for v, m in models.items():  # what noise alone gives a calibrated model with these scores
+        floors = [calibrated_ece(row, seed=c["seed"]) for row in m["probs"]]
+        summary[v]["ece_floor"] = {"mean": float(np.mean(floors)), **by_seed(floors, seeds)}
+    differences, rounds = {}, {}
+    for a, b in PAIRS:
+        s = stats["pairs"][f"{a} - {b}"]
+        key = Comparison(a, b, text_input).key
+        differences[key] = {metric: {"mean": d["mean"], "low": d["low"], "high": d["high"],
+                                     **by_seed(d["per_seed"], seeds)} for metric, d in s.items()}
+        differences[key]["delong"] = delong_rows(labels, models[a]["probs"],
+                                                 models[b]["probs"], seeds)
+        rounds[key] = (stats["rounds"][f"{a} - {b}"]["auroc"],
+                       stats["study_rounds"][f"{a} - {b}"]["auroc"], s["auroc"]["per_seed"])
+    return summary, differences, rounds
+
+
+# --- the declared question -------------------------------------------------------------------
+
+def answer(result: dict, rounds: dict, p: dict) -> None:
+    """Each AUROC difference's test, family-adjusted p, verdict and design, in `result`."""
+    c = p["compare"]
+    alpha, margin = c["alpha"], c["margin"]
+    roles = params.family(c["primary"], c["secondary"])
+    rows = {Comparison(a, b, i): result["differences"][i][f"{a}_minus_{b}"]["auroc"]
+            for i in result["differences"] for a, b in PAIRS}
+    for comparison, d in rows.items():
+        d.update(inference.unadjusted(rounds[comparison.text_input][comparison.key][0], alpha,
+                                      margin))
+        d["role"] = roles.get(comparison.name, "exploratory")
+    adjusted = inference.holm({cmp.name: d["p"] for cmp, d in rows.items() if cmp.name in roles})
+    for comparison, d in rows.items():
+        _, study_rounds, per_seed = rounds[comparison.text_input][comparison.key]
+        member = comparison.name in roles
+        d["p_adjusted"] = adjusted.get(comparison.name)
+        d["verdict"] = inference.verdict(d["p_adjusted"] if member else d["p"],
+                                         d["p_equivalence"], d["low"], d["high"], alpha)
+        d["design"] = inference.design(study_rounds, per_seed, result["resampled_units"],
+                                       alpha / len(roles) if member else alpha, alpha, margin)
+    primary = Comparison.parse(c["primary"])
+    result["question"] = {
+        "primary": primary.name, "family": list(roles), "adjustment": "holm", "alpha": alpha,
+        "margin": margin,
+        "answer": results.sentence(primary, rows[primary], alpha, margin, result["resampled"])}
+
+
+# --- figures ------------------------------------------------------------------------------
+
+def draw(result: dict, scored: dict, labels, histories: tuple, path: Path, p: dict) -> None:
+    """forest.png, roc.png, reliability.png and training_curves.png in `path`; `histories`:
+    training_histories' (per model label and seed, the epochs and the epoch kept)."""
+    seeds, inputs = p["train"]["seeds"], p["text"]["inputs"]
+    spec = p["evaluate"]["specificity"]
+    probs = {i: {v: model_rows(scored, v, i, seeds)["probs"] for v in ("fusion", "image", "text")}
+             for i in inputs}
+    figures.forest(results.forest_rows(result, inputs, seeds), path / "forest.png",
+                   margin=p["compare"]["margin"])
+    figures.roc_by_input(labels, probs, {i: {v: results.cell(result["models"][i][v]["auroc"],
+                                                             "AUROC ") for v in probs[i]}
+                                         for i in inputs},
+                         path / "roc.png", specificity=spec,
+                         at_specificity={i: {v: result["models"][i][v]
+                                             ["sensitivity_at_specificity"]["mean"]
+                                             for v in probs[i]} for i in inputs})
+    figures.reliability(labels, probs, reliability_inputs(result, labels, probs),
+                        path / "reliability.png")
+    figures.training_curves(*histories, path / "training_curves.png")
+
+
+def reliability_inputs(result: dict, labels, probs: dict) -> dict:
+    """Per input and model: each seed's equal-mass bins, and the table's seed-mean ECE and
+    Brier, so that the figure shows what the table reports."""
+    out = {}
+    for text_input, variants in probs.items():
+        out[text_input] = {}
+        for v, rows in variants.items():
+            per_seed = [calibration(labels, row) for row in rows]
+            m = result["models"][text_input][v]
+            out[text_input][v] = {"ece": m["ece"]["mean"], "brier": m["brier"]["mean"],
+                                  "binning": per_seed[0]["binning"],
+                                  "bins": [{**b, "seed": s} for s, c in enumerate(per_seed)
+                                           for b in c["bins"]]}
+    return out
