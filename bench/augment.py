@@ -1,4 +1,5 @@
-"""What cxrfusion.augment costs a training step, on the device.
+"""Measures docs/options.md's "What augmentation costs" figures: what cxrfusion.augment costs a
+training step, on the device: python bench/augment.py [--tiny] [--device cpu] [--threads N]
 
   augment   ms per batch of cxrfusion.augment.augment (default Ranges) on random uint8 images
             already on the device, affine and affine+jitter, at the demo's size (batch 32, 48
@@ -9,29 +10,29 @@
             the study's EfficientNet-B1;
   share     the augmentation's part of an augmented step: augment / (augment + train).
 
-Medians over repeats after warm-up. Alone (bench/benchmark.py does not run it):
-
-    .venv/bin/python bench/augment.py [--tiny] [--device cpu] [--threads N]
+Medians over repeats after warm-up, as one JSON object (docs/options.md quotes a run with
+--device cpu --threads 1). bench/benchmark.py does not run it.
 """
 from __future__ import annotations
 
+import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `cxrfusion`
 
-import os  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+# bench.common first: it sets environment defaults that must precede importing torch
+from bench.common import LR, TEXT_DIM, Sizes, free_memory, log, main, sync
 
-from bench.common import LR, TEXT_DIM, Sizes, free_memory, log, main, sync  # noqa: E402
+# isort: split
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from cxrfusion.augment import Ranges, augment  # noqa: E402
-from cxrfusion.model import Classifier  # noqa: E402
-from cxrfusion.scoring import forward  # noqa: E402
+from cxrfusion.augment import Ranges, augment
+from cxrfusion.model import Classifier
+from cxrfusion.scoring import forward
 
 DEMO_BACKBONE = "tinynet_e.in1k"                        # params.yaml model.backbone
 STUDY_BACKBONE = "efficientnet_b1.ra4_e3600_r240_in1k"  # the real study's
@@ -96,7 +97,8 @@ def measure_setting(batch: int, size: int, backbone: str, mode: str,
     log.info("train step, %s, batch %d at %d px: %.1f ms", backbone, batch, size,
              out["train_step_ms"])
     for name in ("affine", "affine+jitter"):
-        out[f"{name}_share_of_step"] = out[f"{name}_ms"] / (out[f"{name}_ms"] + out["train_step_ms"])
+        out[f"{name}_share_of_step"] = out[f"{name}_ms"] / (out[f"{name}_ms"]
+                                                            + out["train_step_ms"])
     out["repeats"] = {"augment": REPEATS[mode]["augment"][1], "train": REPEATS[mode]["train"][1]}
     free_memory(device)
     return out

@@ -1,5 +1,6 @@
-"""What a backbone costs: parameters, feature width, default input size, FLOPs per image and the
-image cache of the IU X-ray collection, for timm models named on the command line.
+"""Measures docs/backbones.md's tables (python bench/backbones.py --markdown): what a backbone
+costs: parameters, feature width, default input size, FLOPs per image and the image cache of the
+IU X-ray collection, for timm models named on the command line.
 
 For each name (timm `name.tag`; default: B1 as the real study runs it, B7 with ImageNet weights,
 B7 without a tag, and the demo's tinynet_e), with random weights (pretrained=False: FLOPs and
@@ -40,31 +41,31 @@ B7s); nothing is downloaded.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
+import statistics
 import sys
+import time
+from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `cxrfusion`
 
-from bench.common import (STUDY_IMAGES, TEXT_DIM, device_name, log, rounded,  # noqa: E402
-                          versions)
+# bench.common first: it sets environment defaults that must precede importing torch
+from bench.common import STUDY_IMAGES, TEXT_DIM, device_name, log, rounded, versions
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from datetime import date  # noqa: E402
+# isort: split
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import conv_backward_flop as stock_conv_backward_flop
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
-from torch.utils.flop_counter import conv_backward_flop as stock_conv_backward_flop  # noqa: E402
-
-from cxrfusion.common import setup_logging  # noqa: E402
-from cxrfusion.model import Classifier  # noqa: E402
-from cxrfusion.scoring import forward  # noqa: E402
+from cxrfusion.common import setup_logging
+from cxrfusion.model import Classifier
+from cxrfusion.scoring import forward
 
 MODELS = ["efficientnet_b1.ra4_e3600_r240_in1k", "tf_efficientnet_b7.ra_in1k", "efficientnet_b7",
           "tinynet_e.in1k"]
@@ -96,7 +97,8 @@ class Counter(FlopCounterMode):
 
         def corrected(*args, out_shape=None, **kwargs):
             flops = conv_backward_flop(*args, out_shape=out_shape, **kwargs)
-            self.stock_excess += stock_conv_backward_flop(*args, out_val=out_shape, **kwargs) - flops
+            stock = stock_conv_backward_flop(*args, out_val=out_shape, **kwargs)
+            self.stock_excess += stock - flops
             return flops
 
         super().__init__(display=False,
@@ -226,10 +228,12 @@ def ratios(models: dict) -> dict:
                                              / ref["sides"][side]["forward_flops"])
         own, ref_own = m["sides"][str(m["default_side"])], ref["sides"][str(ref["default_side"])]
         r["forward_flops_default_vs_default"] = own["forward_flops"] / ref_own["forward_flops"]
-        r["image_cache_default_vs_default"] = own["image_cache_bytes"] / ref_own["image_cache_bytes"]
+        r["image_cache_default_vs_default"] = (own["image_cache_bytes"]
+                                               / ref_own["image_cache_bytes"])
         r["sides_default_vs_default"] = f"{m['default_side']} px vs {ref['default_side']} px"
         if "cpu_train_step" in m and "cpu_train_step" in ref:
-            r["cpu_train_step"] = m["cpu_train_step"]["median_s"] / ref["cpu_train_step"]["median_s"]
+            r["cpu_train_step"] = (m["cpu_train_step"]["median_s"]
+                                   / ref["cpu_train_step"]["median_s"])
         out[f"{name} / {names[0]}"] = r
     return out
 
@@ -276,7 +280,8 @@ def markdown(result: dict) -> str:
         same = ", ".join(f"{num(v)} x at {k.rsplit('_', 1)[1]} px" for k, v in r.items()
                          if k.startswith("forward_flops_at_"))
         cells = [f"`{pair}`", f"{num(r['params'])} x", same or "-",
-                 f"{num(r['forward_flops_default_vs_default'])} x ({r['sides_default_vs_default']})",
+                 f"{num(r['forward_flops_default_vs_default'])} x "
+                 f"({r['sides_default_vs_default']})",
                  f"{num(r['image_cache_default_vs_default'])} x"]
         if timed:
             cells.append(f"{num(r['cpu_train_step'])} x" if "cpu_train_step" in r else "-")
@@ -304,7 +309,8 @@ def table_row(cells: list[str]) -> str:
 
 
 def _steps(result: dict) -> str:
-    steps = {m["cpu_train_step"]["steps"] for m in result["models"].values() if "cpu_train_step" in m}
+    steps = {m["cpu_train_step"]["steps"] for m in result["models"].values()
+             if "cpu_train_step" in m}
     return ", ".join(map(str, sorted(steps)))
 
 

@@ -1,31 +1,40 @@
-"""The two caches the project builds before training: images and reports.
+"""Measures bench/README.md's cache_images and embed_text sections: the two caches the project
+builds before training: python bench/caches.py [--tiny] [--device cpu]
 
   cache_images    cxrfusion.imaging.cache_images on full-size synthetic PNGs, 1 process vs
                   os.cpu_count() processes; scaling efficiency = all / (cores x one).
   embed_text      cxrfusion.text_encoder.embed over 3,851 reports of IU X-ray length with a
                   BERT-base-size encoder (cxrfusion.demo_encoder tokenizer, random weights).
 
-Alone (prints those two sections as one JSON object; bench/benchmark.py runs them too):
-
-    .venv/bin/python bench/caches.py [--tiny] [--device cpu]
+Alone it prints those two sections as one JSON object; bench/benchmark.py runs them too.
 """
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `cxrfusion`
 
-import time  # noqa: E402
+# bench.common first: it sets environment defaults that must precede importing torch
+from bench.common import (
+    STUDY_REPORTS,
+    Inputs,
+    Sizes,
+    image_cache_rows,
+    log,
+    main,
+    make_inputs,
+    peak_gib,
+    sync,
+    write_image_cache,
+)
 
-from bench.common import (STUDY_REPORTS, Inputs, Sizes, image_cache_rows, log, main,  # noqa: E402
-                          make_inputs, peak_gib, sync, write_image_cache)
+# isort: split
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cxrfusion.text_encoder import embed, load_encoder  # noqa: E402
-
+from cxrfusion.text_encoder import embed, load_encoder
 
 # --- cache_images ----------------------------------------------------------------------------
 
@@ -39,7 +48,8 @@ def time_cache_images(inputs: Inputs, n: int, out: Path, size: int, workers: int
 def measure_cache_images(s: Sizes, inputs: Inputs) -> tuple[dict, Path]:
     """Rates with 1 process and with os.cpu_count() processes; the latter's HDF5 file is the
     image cache the project loop reads."""
-    one = time_cache_images(inputs, s.cache_images_one, inputs.work / "images_1.h5", s.cache_size, 1)
+    one = time_cache_images(inputs, s.cache_images_one, inputs.work / "images_1.h5",
+                            s.cache_size, 1)
     cache = inputs.work / "images.h5"
     n_all, cores = image_cache_rows(s)
     every = time_cache_images(inputs, n_all, cache, s.cache_size, cores)
@@ -68,13 +78,14 @@ def measure_embed_text(s: Sizes, folder: Path, texts: list[str], device: torch.d
     log.info("embed_text: %d reports in %.2f s: %.0f reports/s", len(texts), seconds, rate)
     cfg = model.config
     return {"reports_per_s": rate, "reports": len(texts), "seconds": seconds,
-            "seconds_for_3851": STUDY_REPORTS / rate, "load_s": load_s, "batch_size": s.embed_batch,
-            "pooling": "cls", "max_length": 512, "bf16": device.type == "cuda",
+            "seconds_for_3851": STUDY_REPORTS / rate, "load_s": load_s,
+            "batch_size": s.embed_batch, "pooling": "cls", "max_length": 512,
+            "bf16": device.type == "cuda",
             "median_words": float(np.median([len(t.split()) for t in texts])),
             "median_tokens": float(np.median(tokens)), "max_tokens": int(max(tokens)),
             "encoder": {"hidden_size": cfg.hidden_size, "layers": cfg.num_hidden_layers,
-                        "heads": cfg.num_attention_heads, "intermediate_size": cfg.intermediate_size,
-                        "vocab_size": cfg.vocab_size},
+                        "heads": cfg.num_attention_heads,
+                        "intermediate_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size},
             "peak_gib": peak_gib(device)}
 
 
@@ -82,7 +93,8 @@ def measure_embed_text(s: Sizes, folder: Path, texts: list[str], device: torch.d
 
 def measure(s: Sizes, device: torch.device, result: dict, work: Path, args) -> None:
     inputs = make_inputs(s, work, result)
-    result["cache_images"], _ = measure_cache_images(s, inputs)  # forks first: see write_image_cache
+    # forks first: see write_image_cache
+    result["cache_images"], _ = measure_cache_images(s, inputs)
     result["embed_text"] = measure_embed_text(s, inputs.encoder, inputs.texts, device)
 
 

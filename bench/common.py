@@ -1,68 +1,52 @@
-"""What the benchmark's scripts share: sizes (full and --tiny), the device, timing, synthetic
-pictures and reports, the projection, ratios and targets, JSON output and SIGTERM handling.
+"""What two or more of bench/'s measuring scripts share; not run itself (bench/README.md).
 
-Imported first by every script in bench/ (as `bench.common`, with the repository root on
-sys.path): it sets the environment defaults that must be in place before torch is imported.
+Imported first by benchmark.py, original_step.py, loop.py, caches.py, augment.py and
+backbones.py, as `bench.common` once they have put the repository root on sys.path (so that
+`cxrfusion` is this checkout's): it sets the environment defaults that must be in place before
+torch is imported. It holds the study's constants, the sizes (full and --tiny), the device and
+timing helpers, the synthetic PNGs, reports and encoder, the image cache the loop reads, JSON
+rounding, and the command line (SIGTERM handling included).
 """
 from __future__ import annotations
 
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import signal
 import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `cxrfusion` is imported from this checkout
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import signal  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would clutter the log (read when tqdm
 #                                            is imported: before torch, which imports it)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from cxrfusion.common import PipelineError, resolve_device, setup_logging  # noqa: E402
-from cxrfusion.demo_encoder import build as build_encoder  # noqa: E402
-from cxrfusion.imaging import cache_images  # noqa: E402
-from cxrfusion.sources.demo import FINDINGS, _study, draw_xray  # noqa: E402
+from cxrfusion.common import PipelineError, resolve_device, setup_logging
+from cxrfusion.demo_encoder import build as build_encoder
+from cxrfusion.imaging import cache_images
+from cxrfusion.sources.demo import FINDINGS, _study, draw_xray
 
 log = logging.getLogger("benchmark")  # one logger for every script: the same log lines
 
 # The real study (the Kaggle release's CSVs, params.yaml, README "Running the real study")
 STUDY_IMAGES = 7_466
 STUDY_REPORTS = 3_851
-STUDY_TRAIN_IMAGES = 6_000
-STUDY_EPOCHS = 40
-STUDY_CNN_VARIANTS = 2  # fusion and image; the text variant trains the head alone
 REPORT_WORDS_MEDIAN, REPORT_WORDS_P95, REPORT_WORDS_MAX = 34, 76, 230
 TEXT_DIM = 768  # BioBERT / BERT-base
 FIT = "pad"  # image.fit: the default; synthetic PNGs are square, so any fit gives the same pixels
 LR = 3e-3
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-MIN_GAIN = 0.05  # a larger batch is "useful" when it is more than 5 % faster
-
-TARGETS = {  # name: (comparison, threshold)
-    "project_loop_vs_compute_ceiling": (">=", 0.90),
-    "project_loop_vs_original_step": (">=", 20.0),
-    "embed_text_s": ("<", 10.0),
-    "cache_images_scaling_efficiency": (">=", 0.80),
-    "projected_full_study_s": ("<=", 300.0),
-}
 
 
 @dataclass(frozen=True)
@@ -125,7 +109,9 @@ def free_memory(device: torch.device) -> None:
 
 
 def peak_gib(device: torch.device) -> float | None:
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
 
 
 def device_name(device: torch.device) -> str:
@@ -149,22 +135,6 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "timm": timm.__version__,
             "transformers": transformers.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
-
-
-@contextlib.contextmanager
-def time_limit(seconds: int):
-    """Raise TimeoutError in this (main) thread after `seconds`: a measurement that would
-    outlast the machine's lease gives up and the rest of the result is kept."""
-    def expire(signum, frame):
-        raise TimeoutError(f"gave up after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --- synthetic inputs -----------------------------------------------------------------------
@@ -249,6 +219,8 @@ def make_inputs(s: Sizes, work: Path, result: dict, encoder: bool = True) -> Inp
     return Inputs(work, png_dir, names, texts, folder)
 
 
+# --- the image cache the project loop reads (caches.py times it, loop.py writes it) ----------
+
 def write_image_cache(inputs: Inputs, n: int, out: Path, size: int, workers: int) -> dict:
     """cxrfusion.imaging.cache_images over n files (the PNGs cycled) into `out`.
 
@@ -256,7 +228,8 @@ def write_image_cache(inputs: Inputs, n: int, out: Path, size: int, workers: int
     process first tokenises in parallel (embed_text), or it can deadlock (torch.compile's
     workers are started with fork + exec: safe)."""
     filenames = [inputs.names[i % len(inputs.names)] for i in range(n)]
-    report = cache_images(filenames, inputs.png_dir, out, size, FIT, skip_bad=False, workers=workers)
+    report = cache_images(filenames, inputs.png_dir, out, size, FIT, skip_bad=False,
+                          workers=workers)
     assert report["cached"] == n, report
     return report
 
@@ -268,57 +241,11 @@ def image_cache_rows(s: Sizes) -> tuple[int, int]:
     return s.cache_images_per_worker * cores, cores
 
 
-# --- the projection, the ratios and the verdicts ---------------------------------------------
+# --- one script's run: options, header, SIGTERM, JSON out ------------------------------------
 
 def rnd(x: float, digits: int = 3) -> float:
     return float(f"{x:.{digits + 1}g}") if x and math.isfinite(x) else x
 
-
-def project_full_study(result: dict) -> dict:
-    """Seconds for the real study's caches and training at the measured rates."""
-    images = STUDY_IMAGES / result["cache_images"]["images_per_s_all_workers"]
-    reports = result["embed_text"]["seconds_for_3851"]
-    cnn = STUDY_CNN_VARIANTS * STUDY_EPOCHS * STUDY_TRAIN_IMAGES / result["project_loop"]["images_per_s"]
-    text = STUDY_EPOCHS * STUDY_TRAIN_IMAGES / result["project_loop"]["text_only_images_per_s"]
-    return {"total_s": images + reports + cnn + text, "cache_images_s": images,
-            "embed_text_s": reports, "cnn_variants_s": cnn, "text_variant_s": text,
-            "assumes": f"{STUDY_IMAGES} images cached on all cores; {STUDY_REPORTS} reports; "
-                       f"{STUDY_CNN_VARIANTS} CNN variants x {STUDY_EPOCHS} epochs x "
-                       f"{STUDY_TRAIN_IMAGES} images at project_loop.images_per_s (best batch); "
-                       "text-only variant measured (head-only train_epoch at the default batch)",
-            "excludes": "process and CUDA start-up, model building, Split.to, the per-epoch "
-                        "validation pass, evaluate and compare"}
-
-
-def verdicts(values: dict) -> dict:
-    check = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
-    return {name: {"value": rnd(values[name]), "target": f"{op} {threshold}",
-                   "pass": bool(check[op](values[name], threshold))}
-            for name, (op, threshold) in TARGETS.items()}
-
-
-def summarise(result: dict) -> None:
-    """The projection, the ratios and the verdicts, from every section measured."""
-    loop, ceiling = result["project_loop"], result["compute_ceiling"]["images_per_s_by_batch"]
-    original = result["original_step"]["images_per_s"]
-    result["projection"] = project_full_study(result)
-    result["projected_full_study_s"] = result["projection"]["total_s"]
-    result["ratios"] = {
-        "project_loop_vs_compute_ceiling": loop["images_per_s"] / ceiling[str(loop["best_batch"])],
-        "project_loop_vs_compute_ceiling_default_batch":
-            loop["images_per_s_default_batch"] / ceiling[str(loop["default_batch"])],
-        "project_loop_vs_original_step": loop["images_per_s"] / original,
-        "project_loop_default_batch_vs_original_step": loop["images_per_s_default_batch"] / original,
-    }
-    result["targets"] = verdicts({**result["ratios"],
-                                  "embed_text_s": result["embed_text"]["seconds_for_3851"],
-                                  "cache_images_scaling_efficiency":
-                                      result["cache_images"]["scaling_efficiency"],
-                                  "projected_full_study_s": result["projected_full_study_s"]})
-    result["all_targets_pass"] = all(t["pass"] for t in result["targets"].values())
-
-
-# --- one script's run: options, header, SIGTERM, JSON out ------------------------------------
 
 def rounded(obj):
     if isinstance(obj, float):
@@ -344,30 +271,18 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="give the compiled measurement up after S seconds (default 300)")
 
 
-def header(s: Sizes, device: torch.device, result: dict) -> None:
-    """What every result starts with: the mode, the machine, the versions and the sizes."""
-    result.update(mode=s.mode, device=device_name(device), device_type=device.type,
-                  cpu_count=os.cpu_count(), versions=versions(), sizes=asdict(s))
-
-
-def run_in_tempdir(measure, s: Sizes, device: torch.device, result: dict, args) -> None:
-    """header, then measure(s, device, result, work, args) in a temporary folder that is removed
-    at the end (a section appears in `result` once it is complete); then benchmark_s."""
-    started = time.perf_counter()
-    header(s, device, result)
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        measure(s, device, result, Path(tmp), args)
-    result["benchmark_s"] = time.perf_counter() - started
-
-
 def main(name: str, description: str, measure, argv=None, add_options=None) -> None:
-    """The command line of every script in bench/: --tiny and --device (and what add_options
-    adds); measure(s, device, result, work, args) fills `result`, which is printed as one JSON
-    object on stdout, also when SIGTERM stops the run (with "stopped"; exit status 1)."""
+    """The command line of every script in bench/ that measures on a device: --tiny and
+    --device (and what add_options adds). Every result starts with the mode, the machine, the
+    versions and the sizes; then measure(s, device, result, work, args) fills `result` in a
+    temporary folder `work` that is removed at the end (a section appears once complete); then
+    benchmark_s. `result` is printed as one JSON object on stdout, also when SIGTERM stops the
+    run (with "stopped"; exit status 1)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes: a CPU smoke test of every code path (< 1 minute)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda[:N]")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda when present) | cpu | cuda[:N]")
     if add_options is not None:
         add_options(parser)
     args = parser.parse_args(argv)
@@ -390,8 +305,13 @@ def main(name: str, description: str, measure, argv=None, add_options=None) -> N
     signal.signal(signal.SIGTERM, stop)
     result: dict = {}
     try:
-        run_in_tempdir(measure, s, device, result, args)
-        if "all_targets_pass" in result:
+        started = time.perf_counter()
+        result.update(mode=s.mode, device=device_name(device), device_type=device.type,
+                      cpu_count=os.cpu_count(), versions=versions(), sizes=asdict(s))
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            measure(s, device, result, Path(tmp), args)
+        result["benchmark_s"] = time.perf_counter() - started
+        if "all_targets_pass" in result:  # benchmark.py's
             log.info("done in %.0f s; all targets pass: %s", result["benchmark_s"],
                      result["all_targets_pass"])
         else:

@@ -1,4 +1,5 @@
-"""Does the answer hold? Compare two runs' metrics/comparison.json, verdict by verdict.
+"""The check behind docs/demo.md's "Across CPU kernels" (README: "Does the answer hold?"):
+compares two runs' metrics/comparison.json, verdict by verdict.
 
     python bench/conclusions.py A/metrics/comparison.json B/metrics/comparison.json
 
@@ -150,7 +151,7 @@ def questions(a: dict, b: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", type=Path, help="run A's metrics/comparison.json")
     parser.add_argument("b", type=Path, help="run B's metrics/comparison.json")
     args = parser.parse_args(argv)

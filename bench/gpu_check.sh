@@ -1,6 +1,7 @@
 #!/bin/bash
-# The GPU checks in one call (issue 5): bench/benchmark.py at full size with train.compile, then
-# the demo's stages run directly (no dvc) through the real code on the GPU, in a scratch copy.
+# Measures docs/performance.md's GPU numbers and checks, in one call (issue 5): bench/benchmark.py
+# at full size with train.compile, then the demo's stages run directly (no dvc) through the real
+# code on the GPU, in a scratch copy.
 #
 #   OUT=out BENCH_LIMIT=380 bash bench/gpu_check.sh   # on one H100/H200, from a checkout
 #                                                     # (no make repro needed)

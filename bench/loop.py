@@ -1,11 +1,12 @@
-"""The project's own training loop, with random weights and a synthetic image cache.
+"""Measures bench/README.md's project_loop, compute_ceiling and options sections, with random
+weights and a synthetic image cache: python bench/loop.py [--tiny] [--device cpu] [--compile]
 
   project_loop    cxrfusion.imaging.cache_images -> features HDF5 ->
                   cxrfusion.formats.read_image_cache -> cxrfusion.dataset.Split on the device ->
-                  cxrfusion.training.train_epoch (Classifier "fusion", bf16 autocast, channels_last).
-                  Images/s over whole epochs at the study's batch 64 and at the largest useful
-                  batch (larger batches are tried until one gains <= 5 % or runs out of memory);
-                  also the text-only variant at the default batch.
+                  cxrfusion.training.train_epoch (Classifier "fusion", bf16 autocast,
+                  channels_last). Images/s over whole epochs at the study's batch 64 and at the
+                  largest useful batch (larger batches are tried until one gains <= 5 % or runs
+                  out of memory); also the text-only variant at the default batch.
   compute_ceiling the same model and batch on one fixed batch already on the device:
                   normalise + forward + backward + Adam step. project_loop / compute_ceiling
                   says how much the loop itself costs.
@@ -13,33 +14,65 @@
                   cuDNN autotuning) and, with --compile, train.compile=true: images/s and the
                   ratio to the default; an option that fails is recorded, not raised.
 
-Alone (prints those three sections as one JSON object; bench/benchmark.py runs them too):
-
-    .venv/bin/python bench/loop.py [--tiny] [--device cpu] [--compile] [--compile-limit S]
+Alone it prints those three sections as one JSON object (--compile-limit S gives compiling up
+after S seconds); bench/benchmark.py runs them too.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `cxrfusion`
 
-import os  # noqa: E402
-import time  # noqa: E402
+# bench.common first: it sets environment defaults that must precede importing torch
+from bench.common import (
+    FIT,
+    LR,
+    TEXT_DIM,
+    Sizes,
+    add_compile_options,
+    free_memory,
+    image_cache_rows,
+    log,
+    main,
+    make_inputs,
+    peak_gib,
+    sync,
+    write_image_cache,
+)
 
-from bench.common import (FIT, LR, MIN_GAIN, TEXT_DIM, Sizes, add_compile_options,  # noqa: E402
-                          free_memory, image_cache_rows, log, main, make_inputs, peak_gib, sync,
-                          time_limit, write_image_cache)
+# isort: split
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from cxrfusion.dataset import Split
+from cxrfusion.formats import read_image_cache
+from cxrfusion.model import Classifier, normalise
+from cxrfusion.training import configure_torch, train_epoch
 
-from cxrfusion.dataset import Split  # noqa: E402
-from cxrfusion.formats import read_image_cache  # noqa: E402
-from cxrfusion.model import Classifier, normalise  # noqa: E402
-from cxrfusion.training import configure_torch, train_epoch  # noqa: E402
+MIN_GAIN = 0.05  # a larger batch is "useful" when it is more than 5 % faster
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raise TimeoutError in this (main) thread after `seconds`: a measurement that would
+    outlast the machine's lease gives up and the rest of the result is kept."""
+    def expire(signum, frame):
+        raise TimeoutError(f"gave up after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def load_split(cache: Path, size: int, n: int, device: torch.device) -> tuple[Split, float]:
@@ -73,7 +106,8 @@ def new_classifier(variant: str, device: torch.device):
 def measure_epochs(variant: str, split: Split, batch: int, s: Sizes, device: torch.device,
                    compile: bool = False) -> float:
     """Images/s of cxrfusion.training.train_epoch over whole epochs, after warm-up epochs (which
-    include torch.compile's compiling when `compile`: as cxrfusion.training.build wraps the model)."""
+    include torch.compile's compiling when `compile`: as cxrfusion.training.build wraps the
+    model)."""
     model, optimizer = new_classifier(variant, device)
     step = torch.compile(model) if compile else model
     generator = torch.Generator().manual_seed(0)
@@ -136,7 +170,8 @@ def measure_project_loop(s: Sizes, split: Split, device: torch.device) -> dict:
     return {"images_per_s": rates[best], "best_batch": best,
             "images_per_s_default_batch": rates[s.default_batch], "default_batch": s.default_batch,
             "images_per_s_by_batch": {str(b): r for b, r in rates.items()},
-            "out_of_memory_batches": oom, "peak_gib_by_batch": {str(b): peaks.get(b) for b in rates},
+            "out_of_memory_batches": oom,
+            "peak_gib_by_batch": {str(b): peaks.get(b) for b in rates},
             "text_only_images_per_s": text_rate, "image_size": s.cache_size,
             "images_per_epoch": len(split), "warmup_epochs": s.warmup_epochs,
             "timed_epochs": s.timed_epochs, "amp_bf16": device.type == "cuda"}
@@ -144,10 +179,9 @@ def measure_project_loop(s: Sizes, split: Split, device: torch.device) -> dict:
 
 # --- compute_ceiling -------------------------------------------------------------------------
 
-def measure_compute_ceiling(s: Sizes, split: Split, batch: int, device: torch.device) -> float:
-    """Images/s of normalise + forward (bf16 autocast on CUDA) + backward + Adam step on one
-    fixed batch already on the device: the loop without indexing, shuffling or bookkeeping."""
-    free_memory(device)
+def ceiling_step(split: Split, batch: int, device: torch.device):
+    """normalise + forward (bf16 autocast on CUDA) + backward + Adam step of a new fusion model
+    on one fixed batch already on the device, as a function of no arguments."""
     model, optimizer = new_classifier("fusion", device)
     model.train()
     idx = torch.arange(batch, device=split.labels.device) % len(split)
@@ -162,6 +196,13 @@ def measure_compute_ceiling(s: Sizes, split: Split, batch: int, device: torch.de
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def measure_compute_ceiling(s: Sizes, split: Split, batch: int, device: torch.device) -> float:
+    """Images/s of ceiling_step: the loop without indexing, shuffling or bookkeeping."""
+    free_memory(device)
+    step = ceiling_step(split, batch, device)
     for _ in range(s.ceiling_warmup_steps):
         step()
     steps = max(s.ceiling_min_steps, s.train_images // batch)
@@ -172,7 +213,7 @@ def measure_compute_ceiling(s: Sizes, split: Split, batch: int, device: torch.de
     sync(device)
     rate = steps * batch / (time.perf_counter() - start)
     log.info("compute_ceiling: batch %d: %.1f images/s", batch, rate)
-    del model, optimizer
+    del step  # and with it the model and optimizer it holds, before free_memory
     free_memory(device)
     return rate
 
@@ -188,7 +229,8 @@ def measure_options(s: Sizes, split: Split, device: torch.device, compile: bool,
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")  # configure_torch sets it
     configure_torch(device, True)
     try:
-        out["deterministic_images_per_s"] = measure_epochs("fusion", split, s.default_batch, s, device)
+        out["deterministic_images_per_s"] = measure_epochs("fusion", split, s.default_batch, s,
+                                                           device)
         log.info("train.deterministic: %.1f images/s", out["deterministic_images_per_s"])
     except RuntimeError as err:
         out["deterministic_error"] = f"{type(err).__name__}: {str(err)[:400]}"

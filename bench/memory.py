@@ -1,4 +1,5 @@
-"""Peak host memory of `train` at the real study's size, on this machine's CPU.
+"""Measures docs/scaling.md's host-memory row (and docs/design.md's peak): peak host memory of
+`train` at the real study's size, on this machine's CPU.
 
     .venv/bin/python bench/memory.py [--code DIR] [--images 7466] [--size 240] [--batch 64]
 
@@ -13,8 +14,8 @@ each in a child process of its own, measures the peak resident memory (ru_maxrss
             CPU (there the activations of the CPU's forward and backward come on top).
 Prints one JSON object. --code names the checkout whose `stages/` runs (default: this one), so
 that two commits are measured on the same data; a checkout from before train.seeds and
-text.inputs (one run per variant, a single text.h5 report cache, a `text` column) is measured in its own
-formats.
+text.inputs (one run per variant, a single text.h5 report cache, a `text` column) is measured in
+its own formats.
 
 The backbone is a small one (--backbone, default tinynet_e, an EfficientNet scaled down): the
 question is the copies of the image cache, and EfficientNet-B1 would take ~20 min an epoch on 2

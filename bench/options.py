@@ -1,5 +1,5 @@
-"""The demo's result for each option a researcher will try first (issue 18), replicated over
-train.seeds like the default: one `dvc exp run -S` per option, and docs/options.md's table.
+"""Fills docs/options.md's results table: the demo's result for each option a researcher will
+try first (issue 18), replicated over train.seeds like the default, one `dvc exp run -S` each.
 
     python bench/options.py run [NAME ...]   # each option (default: all): dvc exp run --temp
                                              # -S ... (3 to 6 min each on 2 cores; the

@@ -1,31 +1,32 @@
-"""The original notebook's training step, as it was, with random weights.
+"""Measures bench/README.md's original_step section: the original notebook's training step, as
+it was, with random weights: python bench/original_step.py [--tiny] [--device cpu]
 
   original_step   a Dataset that decodes full-size PNGs with PIL every time (RGB, 224 px,
                   ImageNet Normalize), DataLoader batch 8 / 2 workers, a frozen BERT-base
                   forward on 512-token padded text inside every step, torchvision
                   EfficientNet-B1 fully fine-tuned + MLP head, Adam, fp32. Images/s with loading.
 
-Alone (prints that section as one JSON object; bench/benchmark.py runs it too):
-
-    .venv/bin/python bench/original_step.py [--tiny] [--device cpu]
+Alone it prints that section as one JSON object; bench/benchmark.py runs it too.
 """
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `cxrfusion`
 
-import time  # noqa: E402
+# bench.common first: it sets environment defaults that must precede importing torch
+from bench.common import LR, Inputs, Sizes, free_memory, log, main, make_inputs, peak_gib, sync
 
-from bench.common import (IMAGENET_MEAN, IMAGENET_STD, LR, Inputs, Sizes, free_memory,  # noqa: E402
-                          log, main, make_inputs, peak_gib, sync)
+# isort: split
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class NotebookDataset(torch.utils.data.Dataset):

@@ -1,14 +1,15 @@
-"""How fast the streamed image cache feeds training, and how big the cache is on disk.
+"""Measures docs/scaling.md's image-cache rows (its size on disk, streamed reads): how fast the
+streamed image cache feeds training, and how big the cache is on disk.
 
     .venv/bin/python bench/streaming.py [--images 4000] [--size 240] [--batch 64]
 
-Writes a throw-away cache in the format of features/images.h5 of random uint8 images in a temporary
-folder (with the project's own writer, cxrfusion.formats.create_image_cache), then reads whole
-epochs through cxrfusion.dataset.Split.batches, the path `train` takes when the cache exceeds
-`train.in_memory_gb`, with 0, 1, 2, ... loader processes. Prints one JSON object: bytes per
-cached image, the projected cache size for IU X-ray and MIMIC-CXR, and images/s per setting.
-The file was just written, so it is read from the page cache: this is the loader's ceiling,
-not the disk's.
+Writes a throw-away cache in the format of features/images.h5 of random uint8 images in a
+temporary folder (with the project's own writer, cxrfusion.formats.create_image_cache), then
+reads whole epochs through cxrfusion.dataset.Split.batches, the path `train` takes when the
+cache exceeds `train.in_memory_gb`, with 0, 1, 2, ... loader processes. Prints one JSON
+object: bytes per cached image, the projected cache size for IU X-ray and MIMIC-CXR, and
+images/s per setting. The file was just written, so it is read from the page cache: this is the
+loader's ceiling, not the disk's.
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cxrfusion.dataset import Split  # noqa: E402
-from cxrfusion.formats import IMAGES_H5, create_image_cache  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `cxrfusion`
+from cxrfusion.dataset import Split
+from cxrfusion.formats import IMAGES_H5, create_image_cache
 
 IMAGES = {"iu_xray": 7470, "mimic_cxr": 377110}
 
@@ -56,9 +57,12 @@ def epoch_rate(n: int, batch: int, workers: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=4000, help="images in the test cache (default 4000)")
-    ap.add_argument("--size", type=int, default=240, help="image side, px (default 240: the real study)")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=4000,
+                    help="images in the test cache (default 4000)")
+    ap.add_argument("--size", type=int, default=240,
+                    help="image side, px (default 240: the real study)")
     ap.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     ap.add_argument("--workers", type=int, nargs="+", default=None,
                     help="loader processes to try (default 0 1 2 ... up to the CPU count)")

@@ -98,9 +98,11 @@ def test_tiny_run_leaves_no_files(tiny):
 ])
 def test_each_script_runs_alone(tmp_path, script, sections):
     """bench/<script>.py --tiny prints the header and its own sections, nothing else measured."""
-    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--tiny", "--device",
-                           "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--tiny",
+                           "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout)
     assert result["mode"] == "tiny" and result["device_type"] == "cpu"
@@ -161,20 +163,22 @@ def test_synthetic_reports_have_iu_xray_lengths(bench):
 def test_time_limit_interrupts_and_then_disarms(bench):
     start = time.perf_counter()
     with pytest.raises(TimeoutError, match="after 1 s"):
-        with bench.common.time_limit(1):
+        with bench.loop.time_limit(1):
             time.sleep(10)
     assert time.perf_counter() - start < 5
     assert signal.alarm(0) == 0  # no alarm left pending
-    with bench.common.time_limit(5):  # a block that ends in time is left alone
+    with bench.loop.time_limit(5):  # a block that ends in time is left alone
         pass
     assert signal.alarm(0) == 0
 
 
 def test_sigterm_prints_the_sections_measured_so_far(tmp_path):
     """A `timeout` that stops the benchmark still gets every complete section, as JSON."""
-    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 240
     for line in proc.stderr:  # the second section's log line: the first is in the result
         if "original_step:" in line or time.monotonic() > deadline:
@@ -211,9 +215,11 @@ def test_memory_benchmark_measures_loading_and_training():
 def test_augment_benchmark_times_augmentation_and_a_training_step(tmp_path):
     """bench/augment.py --tiny --device cpu: both settings, every time positive, the shares in
     (0, 1) and equal to augment / (augment + step)."""
-    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "augment.py"), "--tiny", "--device",
-                           "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "augment.py"), "--tiny",
+                           "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["mode"] == "tiny" and result["device_type"] == "cpu"
