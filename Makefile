@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: repro test install
+.PHONY: repro test lint install
 
 install: $(VENV)/.installed .dvc/plots/offline.html
 
@@ -26,3 +26,6 @@ repro: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadfile   # 2 processes: the slow end-to-end runs side by side
+
+lint: install
+	$(BIN)/ruff check .   # pyflakes, pycodestyle, import order; line length 100 (pyproject.toml)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
 # the columns of draw's output, one row per image:
 #   rotation     degrees, positive counter-clockwise as displayed (torchvision's convention)
 #   translate_x  shift as a fraction of the side, positive to the right

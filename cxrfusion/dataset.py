@@ -20,9 +20,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxrfusion.common import PipelineError
-from cxrfusion.formats import (IMAGES, IMAGES_H5, IMAGES_REPORT, SPLITS, read_image_filenames,
-                            read_image_rows, read_images_report, read_prepared,
-                            read_skipped_images, read_text_cache, text_cache, text_cache_attrs)
+from cxrfusion.formats import (
+    IMAGES,
+    IMAGES_H5,
+    IMAGES_REPORT,
+    SPLITS,
+    read_image_filenames,
+    read_image_rows,
+    read_images_report,
+    read_prepared,
+    read_skipped_images,
+    read_text_cache,
+    text_cache,
+    text_cache_attrs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +75,12 @@ class Split:
                 yield idx, images, None if self.text is None else self.text[idx], self.labels[idx]
             return
         # one item = one whole batch (batch_size=None): a single HDF5 read per batch
-        loader = DataLoader(CachedImages(IMAGES_H5, self.cache_rows), sampler=[i.numpy() for i in index],
+        loader = DataLoader(CachedImages(IMAGES_H5, self.cache_rows),
+                            sampler=[i.numpy() for i in index],
                             batch_size=None, num_workers=self.workers,
                             pin_memory=device.type == "cuda",
-                            generator=torch.Generator())  # not the global one: dropout stays as in memory
+                            # not the global one: dropout stays as in memory
+                            generator=torch.Generator())
         for idx, pixels in zip(index, loader):
             idx = idx.to(device, non_blocking=True)
             yield (idx, pixels.to(device, non_blocking=True),
@@ -139,7 +152,8 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool,
     if uses_image:
         expect = {"size": p["image"]["size"], "fit": p["image"]["fit"]}
         filenames = read_image_filenames(IMAGES_H5, expect=expect)
-        cache_rows = pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]].to_numpy()
+        cache_rows = (pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]]
+                      .to_numpy())
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each holds its own copy
         gigabytes = len(rows) * p["image"]["size"] ** 2 / 1e9 * processes
         if gigabytes <= p["train"]["in_memory_gb"]:
@@ -147,7 +161,8 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool,
             cache_rows = None
         else:
             log.info("images: %.1f GB > train.in_memory_gb=%s: streamed from %s by %d loader "
-                     "processes", gigabytes, p["train"]["in_memory_gb"], IMAGES_H5, p["train"]["workers"])
+                     "processes", gigabytes, p["train"]["in_memory_gb"], IMAGES_H5,
+                     p["train"]["workers"])
 
     splits, start = {}, 0
     for name in names:

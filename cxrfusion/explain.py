@@ -31,11 +31,16 @@ import torch.nn.functional as F
 from cxrfusion import figures
 from cxrfusion.common import PipelineError
 from cxrfusion.dataset import Split
-from cxrfusion.formats import IMAGES_H5, read_prepared, read_text_cache, text_cache, text_cache_attrs
+from cxrfusion.formats import (
+    IMAGES_H5,
+    read_prepared,
+    read_text_cache,
+    text_cache,
+    text_cache_attrs,
+)
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, normalise
 from cxrfusion.scoring import predict
-
 
 OUTCOMES = {"true_positive": "true positive", "true_negative": "true negative",
             "false_positive": "false positive", "false_negative": "false negative"}
@@ -74,7 +79,8 @@ def _changes(rows: pd.DataFrame, base: np.ndarray, new: np.ndarray, threshold: f
     keys = rows[["uid", "label"]]
     study_a = study_predictions(keys.assign(probability=base.astype(np.float64)))
     study_b = study_predictions(keys.assign(probability=new.astype(np.float64)))
-    return {"image": stats(base, new), "study": stats(study_a["probability"], study_b["probability"])}
+    return {"image": stats(base, new),
+            "study": stats(study_a["probability"], study_b["probability"])}
 
 
 def modality_reliance(model: Classifier, split: Split, normal_text: torch.Tensor | None,
@@ -139,7 +145,8 @@ def grad_cam(model: Classifier, image: torch.Tensor, text: torch.Tensor | None =
         (grads,) = torch.autograd.grad(score, features)
     weights = grads.mean((2, 3), keepdim=True)
     cam = F.relu((weights * features).sum(1, keepdim=True)).detach()
-    cam = F.interpolate(cam, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
+    cam = F.interpolate(cam, size=tuple(image.shape[-2:]), mode="bilinear",
+                        align_corners=False)[0, 0]
     top = cam.max()
     cam = cam / top if top > 0 else torch.zeros_like(cam)
     return cam.cpu().numpy().astype(np.float32), probability

@@ -136,7 +136,8 @@ def load_csv(path: Path, hint: str, **read_args) -> pd.DataFrame:
     `hint`, what to do about it."""
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, **read_args)
-    except (OSError, ValueError, EOFError) as err:  # UnicodeDecodeError, EmptyDataError, ParserError
+    except (OSError, ValueError, EOFError) as err:
+        # UnicodeDecodeError, EmptyDataError, ParserError
         raise PipelineError(f"{path}: cannot be read as CSV ({type(err).__name__}: "
                             f"{str(err).strip()}); {hint}") from None
 

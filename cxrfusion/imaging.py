@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from cxrfusion.common import PipelineError, atomic_path
 from cxrfusion.formats import create_image_cache
-
 from cxrfusion.params import FITS  # the one list: params.yaml's image.fit is checked against it
 
 log = logging.getLogger(__name__)
@@ -154,4 +153,5 @@ def cache_images(filenames: list[str], image_dir, out, size: int, fit: str, skip
     log.info("cached %d images at %d px (fit %s) in %.1f s: %.0f images/s with %d process%s",
              len(kept), size, fit, seconds, len(paths) / seconds, workers,
              "" if workers == 1 else "es")
-    return {"cached": len(kept), "skipped": len(bad), "skipped_files": bad, "skipped_images": skipped}
+    return {"cached": len(kept), "skipped": len(bad), "skipped_files": bad,
+            "skipped_images": skipped}

@@ -93,9 +93,11 @@ class Classifier(nn.Module):
                                   nn.Linear(hidden, 2))
         if self.uses_image:  # made once and moved with the model, not rebuilt every batch
             mean, std = self.input_stats()
-            self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1),
+                                 persistent=False)
             self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        if self.uses_text:  # the report vector's scaling: identity until fitted, saved with the weights
+        # the report vector's scaling: identity until fitted, saved with the weights
+        if self.uses_text:
             self.register_buffer("text_mean", torch.zeros(text_dim))
             self.register_buffer("text_scale", torch.ones(text_dim))
 
@@ -146,7 +148,8 @@ class Classifier(nn.Module):
         vectors = vectors.double()
         sd = vectors.std(0, unbiased=False)
         self.text_mean.copy_(vectors.mean(0))
-        self.text_scale.copy_(torch.where(sd > 0, sd, torch.ones_like(sd)))  # a constant dimension stays 0
+        # a constant dimension stays 0
+        self.text_scale.copy_(torch.where(sd > 0, sd, torch.ones_like(sd)))
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)
@@ -157,7 +160,8 @@ class Classifier(nn.Module):
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The mean and std the backbone was trained with (ImageNet for timm's weights)."""
         cfg = self.cnn.pretrained_cfg if self.cnn is not None else {}
-        return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        return (tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                tuple(cfg.get("std", (0.229, 0.224, 0.225))))
 
 
 def trainable_parameters(model: nn.Module) -> int:

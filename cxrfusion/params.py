@@ -26,9 +26,11 @@ EXPLAINED = ("fusion", "image")  # the variants with an image branch for Grad-CA
 SELECTIONS = ("best_val_loss", "last")
 FITS = ("pad", "crop", "stretch")  # image.fit: how cxrfusion/imaging.py makes an X-ray square
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
-FUSIONS = ("concat", "projector", "gated")  # model.fusion: how the head joins image and report (cxrfusion/model.py)
+# model.fusion: how the head joins image and report (cxrfusion/model.py)
+FUSIONS = ("concat", "projector", "gated")
 AUGMENTS = ("none", "affine", "affine+jitter")  # train.augment (cxrfusion/augment.py)
-THRESHOLD_RULES = ("youden", "max_f1")  # evaluate.threshold: chosen on validation (cxrfusion/metrics.py)
+# evaluate.threshold: chosen on validation (cxrfusion/metrics.py)
+THRESHOLD_RULES = ("youden", "max_f1")
 SUBGROUPS = ("view", "images", "words")  # report.subgroups (cxrfusion/subgroups.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -155,7 +157,8 @@ def any_value(name, v):
 def text_inputs(name, v):
     """Named field sets: each a field or fields joined by '+' (the name is the field set)."""
     allowed = ("use a non-empty list of field sets, each a report field or fields joined by '+' "
-               "(e.g. [findings+impression, indication]), the fields among " + ", ".join(TEXT_FIELDS))
+               "(e.g. [findings+impression, indication]), the fields among "
+               + ", ".join(TEXT_FIELDS))
     if not isinstance(v, list) or not v or len(set(map(str, v))) != len(v):
         _fail(name, v, allowed + ", each once")
     for item in v:
@@ -431,8 +434,8 @@ class Report:
 
 
 SECTIONS = {"data": Data, "demo": Demo, "split": Split, "text": Text, "demo_encoder": DemoEncoder,
-            "image": Image, "model": Model, "train": Train, "augment": Augment, "evaluate": Evaluate,
-            "compare": Compare, "explain": Explain, "report": Report}
+            "image": Image, "model": Model, "train": Train, "augment": Augment,
+            "evaluate": Evaluate, "compare": Compare, "explain": Explain, "report": Report}
 
 
 def get(params: dict, dotted: str):

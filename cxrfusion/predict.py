@@ -40,10 +40,15 @@ from cxrfusion.imaging import FITS, BadImage, load_xray
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, load_model
 from cxrfusion.params import TEXT_FIELDS
-from cxrfusion.studies import join_text
-from cxrfusion.text_encoder import (CASINGS, embed, encoder_fingerprint, fingerprint_casing,
-                                 load_encoder)
 from cxrfusion.scoring import predict
+from cxrfusion.studies import join_text
+from cxrfusion.text_encoder import (
+    CASINGS,
+    embed,
+    encoder_fingerprint,
+    fingerprint_casing,
+    load_encoder,
+)
 
 log = logging.getLogger("predict")
 
@@ -124,13 +129,14 @@ def check_encoder(name: str, tokenizer, encoder, config: dict, folder: Path,
                   lowercase="auto") -> None:
     """The encoder must be the one whose vectors the model was trained on, reading reports in
     the same case: the fingerprint saved in model.json (or, for models saved without one, the
-    one of features/text/<input>.h5) names both. `lowercase`: the text.lowercase it was loaded with."""
+    one of features/text/<input>.h5) names both. `lowercase`: the text.lowercase it was loaded
+    with."""
     hidden, text_dim = encoder.config.hidden_size, config["text_dim"]
     if hidden != text_dim:
-        raise PipelineError(f"the text encoder {name} gives {hidden}-dimensional report vectors but "
-                            f"the model in {folder} was trained on {text_dim}-dimensional ones: "
-                            "the encoder is not the one the model was trained with; restore it "
-                            "or retrain with `dvc repro`.")
+        raise PipelineError(f"the text encoder {name} gives {hidden}-dimensional report vectors "
+                            f"but the model in {folder} was trained on {text_dim}-dimensional "
+                            "ones: the encoder is not the one the model was trained with; "
+                            "restore it or retrain with `dvc repro`.")
     recorded, source = config.get("text_fingerprint"), folder / "model.json"
     cache = text_cache(config["text_input"]) if config.get("text_input") else None
     if recorded is None and cache is not None and cache.exists():
@@ -241,7 +247,8 @@ def parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  python -m cxrfusion.predict --image a.png --image b.png \\\n"
                "      --findings 'The heart is enlarged.' --impression 'Cardiomegaly.'\n"
-               "  python -m cxrfusion.predict --model models/image/seed-0 --csv studies.csv --out p.csv\n"
+               "  python -m cxrfusion.predict --model models/image/seed-0 --csv studies.csv "
+               "--out p.csv\n"
                "output: CSV, one row per study: uid, n_images, probability (of abnormal), label "
                "(1 abnormal), prediction, threshold",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,20 +265,23 @@ def parser() -> argparse.ArgumentParser:
     for name in TEXT_FIELDS:
         p.add_argument(f"--{name}", default=None, metavar="TEXT",
                        help=f"the report's {name} (default: none); the fields the model was "
-                            "trained on (its text input, e.g. findings+impression) are joined with a space")
+                            "trained on (its text input, e.g. findings+impression) are joined "
+                            "with a space")
     p.add_argument("--uid", default="study",
                    help="the study's name in the output, for one study (default: study)")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="many studies: columns uid, filename (the image's path; one row per "
                         "image, several rows of one uid for several images) and the report, as "
-                        "column text or as the columns of the model's report fields (default: none)")
+                        "column text or as the columns of the model's report fields "
+                        "(default: none)")
     p.add_argument("--image-dir", default="", metavar="DIR",
                    help="folder the --csv filenames are relative to (default: none, i.e. "
                         "relative to the current folder)")
     p.add_argument("--threshold", type=float, default=None,
                    help="probability of abnormal at or above which a study is called abnormal "
-                        "(default: the one `evaluate` chose on validation, metrics/test/<run>.json, "
-                        "else the model's evaluate.threshold when it is a probability)")
+                        "(default: the one `evaluate` chose on validation, "
+                        "metrics/test/<run>.json, else the model's evaluate.threshold when it "
+                        "is a probability)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the predictions as CSV to FILE (default: print them to stdout)")
     p.add_argument("--device", default="auto",
@@ -302,7 +312,8 @@ def _one_study(args, predictor: Predictor) -> tuple[pd.DataFrame, pd.Series | No
     if model.uses_text and ignored:
         log.warning("the model was trained on %s only: --%s ignored", ", ".join(fields),
                     ", --".join(ignored))
-    text = args.text if args.text is not None else join_text(pd.Series({f: given.get(f) for f in fields}), fields)
+    text = (args.text if args.text is not None
+            else join_text(pd.Series({f: given.get(f) for f in fields}), fields))
     paths = args.image if model.uses_image else [""]
     images = pd.DataFrame({"uid": args.uid, "path": [str(p) for p in paths]})
     return images, pd.Series({args.uid: text}) if model.uses_text else None
@@ -315,7 +326,8 @@ def _many_studies(args, predictor: Predictor) -> tuple[pd.DataFrame, pd.Series |
         raise PipelineError(f"--csv {path} not found.")
     table = load_csv(path, "give comma-separated UTF-8 text with a header line (uid, filename, "
                            "text or the report fields).")
-    if args.image or args.text is not None or any(getattr(args, f) is not None for f in TEXT_FIELDS):
+    if (args.image or args.text is not None
+            or any(getattr(args, f) is not None for f in TEXT_FIELDS)):
         raise PipelineError("give either --csv or one study's --image/--text/fields, not both.")
     needed = ["uid"] + (["filename"] if model.uses_image else [])
     missing = [c for c in needed if c not in table.columns]
@@ -330,7 +342,8 @@ def _many_studies(args, predictor: Predictor) -> tuple[pd.DataFrame, pd.Series |
         raise PipelineError(f"{path} holds no study.")
     texts = None
     if model.uses_text:
-        text = table["text"] if "text" in table.columns else table.apply(join_text, axis=1, fields=fields)
+        text = (table["text"] if "text" in table.columns
+                else table.apply(join_text, axis=1, fields=fields))
         per_uid = text.groupby(table["uid"], sort=False)
         differ = per_uid.nunique() > 1
         if differ.any():

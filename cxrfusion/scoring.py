@@ -54,7 +54,8 @@ def predict(model: nn.Module, split: Split, batch_size: int, amp: bool = True,
     With several processes each scores its share of the rows; all get every row's result.
     """
     model.eval()
-    mine = [b for b in distributed.shard(torch.arange(len(split)), world).split(batch_size) if len(b)]
+    mine = [b for b in distributed.shard(torch.arange(len(split)), world).split(batch_size)
+            if len(b)]
     # kept on the device until the end: no wait on the GPU per batch (float64, as Python's sum)
     probs, loss = [], torch.zeros((), dtype=torch.float64, device=split.labels.device)
     for _, images, text, labels in split.batches(mine):
@@ -63,16 +64,19 @@ def predict(model: nn.Module, split: Split, batch_size: int, amp: bool = True,
         probs.append(logits.softmax(1)[:, 1])
     probs = torch.cat(probs).cpu() if probs else torch.zeros(0)
     parts = distributed.gather((probs, loss.item()), world)
-    return torch.cat([p for p, _ in parts]).numpy(), sum(l for _, l in parts) / len(split)
+    return (torch.cat([p for p, _ in parts]).numpy(),
+            sum(part_loss for _, part_loss in parts) / len(split))
 
 
 @torch.no_grad()
-def report_weights(model: Classifier, split: Split, batch_size: int, amp: bool = True) -> np.ndarray:
+def report_weights(model: Classifier, split: Split, batch_size: int,
+                   amp: bool = True) -> np.ndarray:
     """For a gated fusion model: how much weight its gate gives the report, per row (the mean
     over features of 1 - z; 0: the image alone, 1: the report alone). One process."""
     model.eval()
     weights = [forward(model, images, text, amp, report_weight=True)[1]
-               for _, images, text, _ in split.batches(list(torch.arange(len(split)).split(batch_size)))]
+               for _, images, text, _
+               in split.batches(list(torch.arange(len(split)).split(batch_size)))]
     return torch.cat(weights).cpu().numpy() if weights else np.zeros(0)
 
 

@@ -10,7 +10,6 @@ import pandas as pd
 
 from cxrfusion.common import PipelineError
 
-
 UNINDEXED = "no indexing"
 
 

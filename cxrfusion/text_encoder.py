@@ -199,7 +199,8 @@ def embed_part(texts: list[str], tokenizer, model, pooling: str, max_length: int
     """`embed` of process k of n (part=(k, n)): every n-th batch from the k-th, so n processes
     together embed every text in exactly the batches one process would. Returns the rows of
     `texts` it embedded (ascending) and their vectors."""
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    lengths = [len(ids) for ids
+               in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
     batches = [order[i:i + batch_size] for i in range(0, len(texts), batch_size)][part[0]::part[1]]
     rows = np.sort(np.concatenate(batches)) if batches else np.zeros(0, dtype=np.int64)
@@ -209,6 +210,8 @@ def embed_part(texts: list[str], tokenizer, model, pooling: str, max_length: int
         batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
                           padding=True, return_tensors="pt").to(device)
         with amp:
-            hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        out[np.searchsorted(rows, idx)] = pool(hidden.float(), batch["attention_mask"], pooling).cpu().numpy()
+            hidden = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).last_hidden_state
+        out[np.searchsorted(rows, idx)] = pool(hidden.float(), batch["attention_mask"],
+                                               pooling).cpu().numpy()
     return rows, out

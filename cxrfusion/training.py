@@ -23,8 +23,15 @@ from cxrfusion.dataset import Split
 from cxrfusion.distributed import World
 from cxrfusion.formats import IMAGES_H5, Run, read_text_cache_attrs, text_cache
 from cxrfusion.metrics import classification_metrics
-from cxrfusion.model import (CONFIG, WEIGHTS, Classifier, freeze_backbone, model_config, reads,
-                             sync_batchnorm)
+from cxrfusion.model import (
+    CONFIG,
+    WEIGHTS,
+    Classifier,
+    freeze_backbone,
+    model_config,
+    reads,
+    sync_batchnorm,
+)
 from cxrfusion.scoring import forward, unwrap
 
 log = logging.getLogger(__name__)
@@ -35,7 +42,8 @@ def epoch_metrics(labels, probs, loss, context: str) -> dict:
     return {"loss": loss, **{k: m[k] for k in ("accuracy", "precision", "recall", "f1", "auroc")}}
 
 
-def epoch_order(n: int, batch_size: int, generator: torch.Generator, world: World) -> list[torch.Tensor]:
+def epoch_order(n: int, batch_size: int, generator: torch.Generator,
+                world: World) -> list[torch.Tensor]:
     """The global batches of one epoch, from one seeded permutation: the same on every rank."""
     batches = torch.randperm(n, generator=generator).split(batch_size)
     if len(batches) > 1 and len(batches[-1]) < 2 * world.size:
@@ -96,13 +104,16 @@ def train_epoch(model: Classifier, optimizer, data: Split, batch_size: int, gene
         losses.append(loss.detach())
         probs.append(logits.detach().softmax(1)[:, 1])
     sizes = torch.tensor([len(i) for i in mine], dtype=torch.float32)
-    parts = distributed.gather((torch.cat(mine), torch.cat(probs).cpu(), torch.stack(losses).cpu(), sizes), world)
-    losses = torch.stack([l for _, _, l, _ in parts], 1).flatten()  # batch-major: step 1 of every rank, ...
+    parts = distributed.gather((torch.cat(mine), torch.cat(probs).cpu(),
+                                torch.stack(losses).cpu(), sizes), world)
+    # batch-major: step 1 of every rank, ...
+    losses = torch.stack([rank_losses for _, _, rank_losses, _ in parts], 1).flatten()
     sizes = torch.stack([n for _, _, _, n in parts], 1).flatten()
     bad = (~torch.isfinite(losses)).nonzero()
     if len(bad):
         raise PipelineError(f"loss became {losses[bad[0, 0]].item()} at epoch {epoch}, batch "
-                            f"{bad[0, 0].item() // world.size + 1}: lower train.lr or check the inputs.")
+                            f"{bad[0, 0].item() // world.size + 1}: lower train.lr or check the "
+                            "inputs.")
     seen = torch.cat([i for i, _, _, _ in parts])
     return seen, torch.cat([p for _, p, _, _ in parts]), float((losses * sizes).sum() / sizes.sum())
 
@@ -162,7 +173,8 @@ def build(variant: str, p: dict, train_set: Split, world: World):
     optimizer = adam(model, t["lr"], t["lr_backbone"])
     step = model
     if world.distributed:  # same initial weights on every rank: DDP broadcasts rank 0's
-        step = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+        step = DistributedDataParallel(
+            model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
         torch.manual_seed(t["seed"] + world.rank)  # each rank its own dropout masks
     if t["compile"]:
         step = torch.compile(step)  # same weights, fused kernels
@@ -178,7 +190,8 @@ def adam(model: Classifier, lr: float, lr_backbone: float | None) -> torch.optim
     if lr_backbone is None or model.cnn is None:
         return torch.optim.Adam(trainable, lr=lr)
     cnn = {id(q) for q in model.cnn.parameters()}
-    groups = [{"name": "backbone", "params": [q for q in trainable if id(q) in cnn], "lr": lr_backbone},
+    groups = [{"name": "backbone", "params": [q for q in trainable if id(q) in cnn],
+               "lr": lr_backbone},
               {"name": "head", "params": [q for q in trainable if id(q) not in cnn], "lr": lr}]
     return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)  # frozen CNN: no group
 

@@ -91,7 +91,8 @@ def make_mimic(root: Path, seed: int = 0, gz: bool = True) -> dict:
             positives = []
             if abnormal:
                 positives = sorted(str(p) for p in
-                                   rng.choice(ABNORMAL, size=int(rng.integers(1, 3)), replace=False))
+                                   rng.choice(ABNORMAL, size=int(rng.integers(1, 3)),
+                                              replace=False))
                 row.update({p: 1.0 for p in positives})
                 row[str(rng.choice([a for a in ABNORMAL if a not in positives]))] = -1.0
                 row[str(rng.choice([a for a in ABNORMAL if a not in row]))] = 0.0
@@ -119,10 +120,12 @@ def make_mimic(root: Path, seed: int = 0, gz: bool = True) -> dict:
                 _image(rng, abnormal).save(root / folder / f"{dicom}.jpg", quality=90)
                 dicoms.append({"dicom_id": dicom, "view": view,
                                "filename": f"{folder}/{dicom}.jpg"})
-            report, fields = _report(rng, "abnormal" if abnormal else "normal", positives, len(studies) % 5)
+            report, fields = _report(rng, "abnormal" if abnormal else "normal", positives,
+                                     len(studies) % 5)
             (root / f"{folder}.txt").write_text(report)
-            studies.append({"subject_id": subject, "study_id": str(study_id), "official": OFFICIAL[i],
-                            "label": int(abnormal), "images": dicoms, "report": report, "fields": fields,
+            studies.append({"subject_id": subject, "study_id": str(study_id),
+                            "official": OFFICIAL[i], "label": int(abnormal), "images": dicoms,
+                            "report": report, "fields": fields,
                             "mesh": ";".join(positives) if abnormal else "normal"})
 
     # quirks: an abnormal study with only uncertain findings, one without a CheXpert row,

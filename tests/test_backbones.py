@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `cxrfusion` and `bench` from this checkout, under plain `pytest` too
+    # `cxrfusion` and `bench` from this checkout, under plain `pytest` too
+    sys.path.insert(0, str(ROOT))
 
 from bench.backbones import Counter, markdown  # noqa: E402
 from bench.backbones import main as backbones_main  # noqa: E402

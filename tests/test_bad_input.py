@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stages import embed_text
 from cxrfusion.formats import STUDIES, read_text_cache, text_cache
+from stages import embed_text
 
 INPUT = "findings+impression"  # the report fields findings, then impression
 

@@ -321,8 +321,7 @@ def image_dir(tmp_path) -> Path:
 
 
 def test_cache_images_writes_every_image(tmp_path, image_dir):
-    from cxrfusion.imaging import cache_images
-    from cxrfusion.imaging import load_xray
+    from cxrfusion.imaging import cache_images, load_xray
 
     out = tmp_path / "features" / "images.h5"
     report = cache_images(GOOD, image_dir, out, 24, "pad", skip_bad=False, workers=2)
@@ -362,8 +361,7 @@ def test_cache_images_bad_files_stop_and_keep_previous_cache(tmp_path, image_dir
 
 
 def test_cache_images_skip_bad(tmp_path, image_dir):
-    from cxrfusion.imaging import cache_images
-    from cxrfusion.imaging import load_xray
+    from cxrfusion.imaging import cache_images, load_xray
 
     out = tmp_path / "images.h5"
     order = [GOOD[0], BAD[0], GOOD[1], BAD[1], BAD[2], GOOD[2]]
@@ -413,4 +411,5 @@ def test_demo_encoder_is_byte_identical_for_a_seed(tmp_path):
     for f in sorted((tmp_path / "a").iterdir()):
         assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
     build(texts, tmp_path / "c", 60, 16, 1, 2, seed=1)
-    assert (tmp_path / "c" / "model.safetensors").read_bytes() != (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() != (
+        tmp_path / "a" / "model.safetensors").read_bytes()

@@ -12,19 +12,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import (average_precision_score, brier_score_loss, f1_score, recall_score,
-                             roc_auc_score)
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+)
+from test_bootstrap_groups import FIGURE_FUNCTIONS, prepared_table, write_runs
 
-from cxrfusion import figures, params as params_mod
+from cxrfusion import figures
+from cxrfusion import params as params_mod
+from cxrfusion import results as results_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run
 from cxrfusion.inference import holm
 from cxrfusion.metrics import calibration, sensitivity_at_specificity
-from cxrfusion import results as results_mod
 from cxrfusion.results import MEASURES, sentence
 from cxrfusion.statistics import SEED_METRICS, delong
 from stages.compare import compare
-from test_bootstrap_groups import FIGURE_FUNCTIONS, prepared_table, write_runs
 
 N = 80
 METRICS = SEED_METRICS

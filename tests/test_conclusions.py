@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("conclusions", Path(__file__).parents[1] / "bench/conclusions.py")
+spec = importlib.util.spec_from_file_location(
+    "conclusions", Path(__file__).parents[1] / "bench/conclusions.py")
 conclusions = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(conclusions)
 

@@ -15,13 +15,13 @@ import yaml
 from PIL import Image
 
 from cxrfusion import params as params_mod
-from cxrfusion.sources import demo as demo_data
-from stages import download as download_mod
 from cxrfusion.common import PipelineError
-from stages.download import download
-from cxrfusion.sources.openi import parse_openi_report, safe_extract
 from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
+from cxrfusion.sources import demo as demo_data
+from cxrfusion.sources.openi import parse_openi_report, safe_extract
 from cxrfusion.studies import join_text, label_of
+from stages import download as download_mod
+from stages.download import download
 from stages.prepare import prepare
 
 REPORT_COLUMNS = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings",
@@ -296,7 +296,8 @@ def png_bytes(value: int) -> bytes:
 
 OPENI_REPORTS = [
     (1, ["normal"], {"COMPARISON": "None.", "INDICATION": "Positive TB test",
-                     "FINDINGS": "The cardiac silhouette and mediastinum size are within normal limits.",
+                     "FINDINGS": "The cardiac silhouette and mediastinum size are within "
+                                 "normal limits.",
                      "IMPRESSION": "Normal chest x-XXXX."},
      ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"]),
     (2, ["Cardiomegaly/borderline", "Pulmonary Artery/enlarged"],

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ROOT, first_run, resolved
 from safetensors.torch import load_file
 
-from conftest import ROOT, first_run, resolved
 from cxrfusion import checkpoint, distributed
 from cxrfusion.common import PipelineError, resolve_device
 from cxrfusion.distributed import World, shard
@@ -61,7 +61,8 @@ def test_the_shares_of_all_ranks_make_one_process_epoch():
 
 
 def test_global_batch_too_small_for_the_processes(cached, monkeypatch):
-    monkeypatch.setattr(distributed, "start", lambda device, param: World(0, 4, torch.device("cpu")))
+    monkeypatch.setattr(distributed, "start",
+                        lambda device, param: World(0, 4, torch.device("cpu")))
     cached["train"]["batch_size"] = 6
     with pytest.raises(PipelineError, match=r"train.batch_size=6 .* each of the 4 processes.*>=8"):
         train(first_run("fusion", cached), cached)

@@ -153,7 +153,8 @@ def test_the_same_inputs_give_the_same_bytes(tmp_path):
         figures.forest(differences, tmp_path / f"forest_{name}.png")
         figures.roc_by_input(y, probs, _legend(probs), tmp_path / f"roc_{name}.png")
     for fig in ("forest", "roc"):
-        assert (tmp_path / f"{fig}_one.png").read_bytes() == (tmp_path / f"{fig}_two.png").read_bytes()
+        assert ((tmp_path / f"{fig}_one.png").read_bytes()
+                == (tmp_path / f"{fig}_two.png").read_bytes())
 
 
 def test_nan_values_are_skipped_not_fatal(tmp_path):

@@ -199,7 +199,8 @@ def test_its_python_imports_what_exists(script):
     for body in bodies:
         tree = ast.parse(body)
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] in ("cxrfusion", "stages"):
+            if (isinstance(node, ast.ImportFrom)
+                    and node.module.split(".")[0] in ("cxrfusion", "stages")):
                 module = importlib.import_module(node.module)
                 for alias in node.names:
                     assert hasattr(module, alias.name) or importlib.util.find_spec(

@@ -9,8 +9,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from cxrfusion import params
 from cxrfusion.common import PipelineError
 from cxrfusion.inference import design, holm, unadjusted, verdict

@@ -14,12 +14,12 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
-
 from conftest import first_run
+
 from cxrfusion import figures
+from cxrfusion.formats import read_text_cache, text_cache, text_cache_attrs
 from cxrfusion.params import for_text_input, runs
 from stages import compare, demo_encoder, embed_text, evaluate
-from cxrfusion.formats import read_text_cache, text_cache, text_cache_attrs
 from stages.train import train
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 LOCK = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
@@ -75,7 +74,8 @@ def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
     # each run's stage writes that run's folders
     for run in every:
         stage = PIPELINE[f"train_{run.variant}"]
-        combo = dict(zip(stage["matrix"], [run.text_input, run.seed] if run.text_input else [run.seed]))
+        combo = dict(zip(stage["matrix"],
+                         [run.text_input, run.seed] if run.text_input else [run.seed]))
         outs = [(o if isinstance(o, str) else next(iter(o))).replace(
             "${item.input}", str(combo.get("input"))).replace("${item.seed}", str(combo["seed"]))
             for o in stage["outs"]]  # a path, or {path: options}
@@ -97,8 +97,10 @@ def test_dvc_lock_holds_exactly_the_stages_of_dvc_yaml():
     """A stage dvc.yaml no longer has (train@fusion, before train was one stage per run) or
     one it has not run yet: run `make repro` and remove the stale entries from dvc.lock."""
     expected = expanded_names(PIPELINE, PARAMS)
-    assert not set(LOCK) - expected, f"dvc.lock lists stages dvc.yaml does not: {sorted(set(LOCK) - expected)}"
-    assert not expected - set(LOCK), f"dvc.lock lacks {sorted(expected - set(LOCK))}: run make repro"
+    assert not set(LOCK) - expected, (
+        f"dvc.lock lists stages dvc.yaml does not: {sorted(set(LOCK) - expected)}")
+    assert not expected - set(LOCK), (
+        f"dvc.lock lacks {sorted(expected - set(LOCK))}: run make repro")
 
 
 @pytest.mark.parametrize("name", sorted(LOCK))
@@ -116,7 +118,8 @@ def test_dvc_lock_records_the_code_and_params_in_the_checkout(name):
         try:
             now = _value(key)
         except KeyError:
-            pytest.fail(f"{name}: dvc.lock records parameter {key}, which params.yaml no longer has")
+            pytest.fail(f"{name}: dvc.lock records parameter {key}, "
+                        "which params.yaml no longer has")
         assert now == value, f"{name}: params.yaml {key} is not what dvc.lock recorded"
 
 

@@ -13,17 +13,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from mimic_layout import make_mimic
 from test_pipeline import VENV_BIN, _run, repo  # noqa: F401  (repo is a fixture)
 from test_prepare import basic_raw, write_raw
+
 from cxrfusion import params as params_mod
-from cxrfusion.sources import mimic
-from cxrfusion.imaging import cache_images
 from cxrfusion.common import PipelineError
-from stages.download import download
 from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_COLUMNS
+from cxrfusion.imaging import cache_images
+from cxrfusion.sources import mimic
 from cxrfusion.studies import label_of
+from stages.download import download
 from stages.prepare import prepare
 
 SPLIT_OF = {"train": "train", "validate": "val", "test": "test"}
@@ -124,8 +124,10 @@ def test_report_fields_missing_sections_aliases_and_repeats():
         ["indication", "comparison", "findings", "impression"])
     assert mimic.report_fields("FINDINGS:\n\nIMPRESSION: Clear.")["findings"] is None
     # headings with "AND", "/" or parentheses (common in MIMIC-CXR)
-    assert mimic.report_fields("INDICATION: cough\n\nFINDINGS AND IMPRESSION: Small left effusion.") == {
-        "indication": "cough", "comparison": None, "findings": "Small left effusion.", "impression": None}
+    assert mimic.report_fields("INDICATION: cough\n\n"
+                               "FINDINGS AND IMPRESSION: Small left effusion.") == {
+        "indication": "cough", "comparison": None, "findings": "Small left effusion.",
+        "impression": None}
     assert mimic.report_fields("COMPARISON: None.\nFINDINGS/IMPRESSION: Clear lungs.\n"
                                "PROVISIONAL FINDINGS IMPRESSION (PFI): Clear.") == {
         "indication": None, "comparison": "None.", "findings": "Clear lungs.", "impression": None}
@@ -437,7 +439,8 @@ def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the importe
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
     _run(repo, str(VENV_BIN / "dvc"), "repro", "train_text@findings+impression-0")
-    _run(repo, str(VENV_BIN / "python"), "-m", "stages.evaluate", "text", "0", "findings+impression")
+    _run(repo, str(VENV_BIN / "python"), "-m", "stages.evaluate", "text", "0",
+         "findings+impression")
 
     expected_test = sum(s["official"] == "test" and s["label"] is not None
                         for s in layout["studies"])

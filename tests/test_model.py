@@ -1,4 +1,5 @@
-"""cxrfusion/model.py: the classifier's variants, sizes, input normalisation, backbone errors, saving."""
+"""cxrfusion/model.py: the classifier's variants, sizes, input normalisation, backbone errors, \
+saving."""
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,14 @@ import pytest
 import torch
 
 from cxrfusion.common import PipelineError
-from cxrfusion.model import (Classifier, create_backbone, freeze_backbone, load_model, normalise,
-                          trainable_parameters)
+from cxrfusion.model import (
+    Classifier,
+    create_backbone,
+    freeze_backbone,
+    load_model,
+    normalise,
+    trainable_parameters,
+)
 
 HEAD_768 = (768 * 256 + 256) + (256 * 2 + 2)
 
@@ -224,6 +231,7 @@ def test_load_model_missing_folder(workdir):
 
 def test_saved_model_reloads(cached):
     from conftest import first_run
+
     from cxrfusion.dataset import load_splits
     from cxrfusion.params import for_run
     from cxrfusion.scoring import predict
@@ -259,7 +267,8 @@ def test_saved_model_reloads(cached):
     again, _ = load_model(folder)
     probs_again, _ = predict(again, splits["val"], 8)
     assert (probs == probs_again).all()
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 again.state_dict().values()))
 
 
 # --- report vectors standardised (model.standardise_text) -----------------------------------------
@@ -273,7 +282,8 @@ def test_standardised_report_vectors_match_a_hand_computation(tmp_path):
     model = Classifier("text", 3).eval()
     train = torch.tensor([[1.0, 10.0, 5.0], [3.0, 30.0, 5.0], [5.0, 20.0, 5.0]])
     model.standardise_text(train)
-    mean, sd = [3.0, 20.0, 5.0], [(8 / 3) ** 0.5, (200 / 3) ** 0.5, 1.0]  # population sd; constant: 1
+    # population sd; constant: 1
+    mean, sd = [3.0, 20.0, 5.0], [(8 / 3) ** 0.5, (200 / 3) ** 0.5, 1.0]
     assert model.text_mean.tolist() == pytest.approx(mean)
     assert model.text_scale.tolist() == pytest.approx(sd)
     new = torch.tensor([[2.0, 40.0, 7.0]])

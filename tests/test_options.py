@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import built_project, first_run, interrupt_training_at
 
 import stages.train as train_module
-from conftest import built_project, first_run, interrupt_training_at
 from cxrfusion import checkpoint, params
 from cxrfusion.common import PipelineError
 from cxrfusion.model import Classifier, load_model, model_config
@@ -113,7 +113,8 @@ def test_one_learning_rate_by_default_in_the_original_order():
     optimizer = adam(model, 0.003, None)
     assert len(optimizer.param_groups) == 1
     assert optimizer.param_groups[0]["lr"] == 0.003
-    assert [id(q) for q in optimizer.param_groups[0]["params"]] == [id(q) for q in model.parameters()]
+    assert ([id(q) for q in optimizer.param_groups[0]["params"]]
+            == [id(q) for q in model.parameters()])
 
 
 def test_backbone_learning_rate_is_its_own_group():

@@ -11,7 +11,6 @@ import tokenize
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from test_lock import expanded_names
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, TINY, merge
 from PIL import Image
 
-from conftest import ROOT, TINY, merge
 from cxrfusion.formats import Run
 from cxrfusion.params import runs
 
@@ -124,7 +124,8 @@ def _check_comparison(repo: Path, params: dict) -> dict:
         assert set(models) == set(VARIANTS)
         for variant, m in models.items():
             assert set(m) == set(SEED_METRICS) | {"ece_floor"}
-            mine = [tests[Run(variant, s, None if variant == "image" else text_input)] for s in seeds]
+            mine = [tests[Run(variant, s, None if variant == "image" else text_input)]
+                    for s in seeds]
             for metric in SEED_METRICS:
                 s = m[metric]
                 assert set(s) == {"mean", "sd", "low", "high", *per_seed}
@@ -149,7 +150,8 @@ def _check_comparison(repo: Path, params: dict) -> dict:
             assert set(diff) == set(SEED_METRICS) | {"delong"}
             for metric in SEED_METRICS:
                 d = diff[metric]
-                assert d["mean"] == pytest.approx(models[a][metric]["mean"] - models[b][metric]["mean"])
+                assert d["mean"] == pytest.approx(models[a][metric]["mean"]
+                                                  - models[b][metric]["mean"])
                 for key in per_seed:
                     assert d[key] == pytest.approx(models[a][metric][key] - models[b][metric][key])
                 assert -1 <= d["low"] <= d["high"] <= 1
@@ -211,7 +213,8 @@ def test_dvc_repro_end_to_end(repo):
         assert (repo / run.train_log / "metrics.json").exists()
     explained = json.loads((repo / "metrics/explain.json").read_text())
     explained_run = Run("fusion", 0, "findings+impression")  # explain.model_seed, text_input: null
-    assert explained["variant"] == "fusion" and explained["test"]["studies"] == comparison["test_studies"]
+    assert (explained["variant"] == "fusion"
+            and explained["test"]["studies"] == comparison["test_studies"])
     assert explained["model"] == str(explained_run.models) and explained["seed"] == 0
     assert explained["threshold"] == json.loads(
         (repo / explained_run.test_metrics).read_text())["threshold"]
@@ -280,7 +283,8 @@ def test_dvc_repro_end_to_end(repo):
     assert stale_after(text__max_length=128) == named("embed_text@", "train_fusion@",
                                                       "train_text@") | {"explain"}
     assert stale_after(image__size=48) == {"cache_images"} | named("train_fusion@", "train_image@")
-    assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@", "train_image@")
+    assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@",
+                                                                       "train_image@")
     assert stale_after(model__hidden=64) == named("train_")
     assert stale_after(model__standardise_text=False) == named("train_fusion@", "train_text@")
     # the options of issue 18: augmentation and the CNN's rate reach the models with a CNN only

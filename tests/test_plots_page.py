@@ -173,7 +173,8 @@ def _chromium() -> str:
         return found
     if os.environ.get("CI"):
         pytest.fail("chromium is not installed: .ci/run installs it (apt-get install -y chromium)")
-    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium): browser test skipped")
+    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium): "
+                "browser test skipped")
 
 
 def _browse(chromium: str, page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -194,7 +195,8 @@ def test_dvc_plots_show_draws_every_plot_in_chromium(tmp_path):
     out = tmp_path / "plots"
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run([str(VENV_BIN / "dvc"), "plots", "show", "--html-template", str(template),
-                    "-o", str(out)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=240)
+                    "-o", str(out)], cwd=ROOT, env=env, check=True, capture_output=True,
+                   timeout=240)
     page = (out / "index.html").read_text()
     charts = page.count("vegaEmbed('#")
     figures = sorted(p.name for p in (ROOT / "metrics/figures").glob("*.png")) + ["grid.png",

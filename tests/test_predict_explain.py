@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY, frozen_project
 from PIL import Image
 
-from conftest import TINY, frozen_project
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run, read_text_cache_attrs, text_cache
 from cxrfusion.metrics import study_predictions
@@ -30,7 +30,8 @@ VARIANTS = ("fusion", "image", "text")
 INPUT = "findings+impression"
 FIELDS = ["findings", "impression"]  # the fields of INPUT
 RUNS = {"fusion": Run("fusion", 0, INPUT), "image": Run("image", 0), "text": Run("text", 0, INPUT)}
-MODEL = {v: str(run.models) for v, run in RUNS.items()}  # e.g. models/fusion/findings+impression/seed-0
+# e.g. models/fusion/findings+impression/seed-0
+MODEL = {v: str(run.models) for v, run in RUNS.items()}
 RAW_IMAGES = Path("data/raw/images/images_normalized")
 # Exact? Not always, on the CPU: a row's logits depend in their last bit on the size of the
 # batch it is computed in (measured with torch 2.14 on this CPU: the head's Linear layers give
@@ -82,7 +83,7 @@ def _cli(argv):
     return cli([str(a) for a in argv])
 
 
-# --- predict ---------------------------------------------------------------------------------------
+# --- predict --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_predict_one_study_matches_evaluate(p, variant, capsys):
@@ -110,7 +111,8 @@ def test_predict_one_study_matches_evaluate(p, variant, capsys):
     assert out["label"].iloc[0] == int(out["probability"].iloc[0] >= 0.37)
     assert out["prediction"].iloc[0] == ("abnormal" if out["label"].iloc[0] else "normal")
     printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
-    assert list(printed.columns) == ["uid", "n_images", "probability", "label", "prediction", "threshold"]
+    assert list(printed.columns) == ["uid", "n_images", "probability", "label", "prediction",
+                                     "threshold"]
     assert printed["probability"].iloc[0] == out["probability"].iloc[0]  # printed in full
 
 
@@ -120,7 +122,8 @@ def test_predict_csv_of_the_test_set_matches_evaluate(p, variant):
     table = rows[["uid", "path", *FIELDS]].rename(columns={"path": "filename"})
     if variant == "fusion":  # the report as one joined column instead of its fields
         from cxrfusion.studies import join_text
-        table = table.assign(text=table.apply(join_text, axis=1, fields=FIELDS)).drop(columns=FIELDS)
+        table = table.assign(text=table.apply(join_text, axis=1, fields=FIELDS)).drop(
+            columns=FIELDS)
     table.to_csv("new_studies.csv", index=False)
     _cli(["--model", MODEL[variant], "--csv", "new_studies.csv", "--out", "out.csv"])
     out = pd.read_csv("out.csv").set_index("uid")
@@ -157,7 +160,8 @@ def test_predict_errors(p):
         _cli(["--model", image_model, "--image", image, "--image", "broken.png"])
     with pytest.raises(PipelineError, match=r"image absent\.png not found"):
         _cli(["--model", image_model, "--image", "absent.png"])
-    with pytest.raises(PipelineError, match=r"model folder models/nothing not found: train it first"):
+    with pytest.raises(PipelineError,
+                       match=r"model folder models/nothing not found: train it first"):
         _cli(["--model", "models/nothing", "--text", "x"])
 
     pd.DataFrame({"uid": [1], "findings": ["x"]}).to_csv("partial.csv", index=False)
@@ -167,7 +171,8 @@ def test_predict_errors(p):
     pd.DataFrame({"uid": [1]}).to_csv("uids.csv", index=False)
     with pytest.raises(PipelineError, match=r"missing column\(s\) filename for the image model"):
         _cli(["--model", image_model, "--csv", "uids.csv"])
-    with pytest.raises(PipelineError, match=r"missing column\(s\) text \(or findings, impression\)"):
+    with pytest.raises(PipelineError,
+                       match=r"missing column\(s\) text \(or findings, impression\)"):
         _cli(["--model", text, "--csv", "uids.csv"])
 
 
@@ -226,7 +231,7 @@ def test_predict_refuses_another_encoder(p):
         _cli(["--model", other_weights, "--text", "The lungs are clear.", "--threshold", "0.5"])
 
 
-# --- explain ---------------------------------------------------------------------------------------
+# --- explain --------------------------------------------------------------------------------------
 
 def _test_split(p):
     from cxrfusion.dataset import load_splits
@@ -333,7 +338,8 @@ def test_explain_stage_writes_its_outputs(p):
     studies = _evaluated("fusion")
     called, actual = studies["probability"] >= threshold, studies["label"] == 1
     counts = {"true_positive": (actual & called).sum(), "true_negative": (~actual & ~called).sum(),
-              "false_positive": (~actual & called).sum(), "false_negative": (actual & ~called).sum()}
+              "false_positive": (~actual & called).sum(),
+              "false_negative": (actual & ~called).sum()}
     shown = pd.read_csv("metrics/explain/heatmaps.csv")
     expected_files = []
     for outcome in OUTCOMES:
@@ -343,7 +349,8 @@ def test_explain_stage_writes_its_outputs(p):
     assert shown["file"].tolist() == expected_files and saved["heatmaps"] == len(expected_files)
     assert shown["uid"].is_unique
     evaluated = pd.read_csv(RUNS["fusion"].predictions).set_index("filename")
-    assert (shown["probability"].to_numpy() == evaluated.loc[shown["filename"], "probability"].to_numpy()).all()
+    assert (shown["probability"].to_numpy()
+            == evaluated.loc[shown["filename"], "probability"].to_numpy()).all()
     files = sorted(f.name for f in Path("metrics/explain").iterdir())
     assert files == sorted(expected_files + ["grid.png", "heatmaps.csv"])
     for name in expected_files + ["grid.png"]:

@@ -52,7 +52,8 @@ def write_raw(root: Path, reports: list[dict], projections: list[dict],
         root / PROJECTIONS_CSV, index=False)
     for row in projections:
         if row["filename"] not in skip_images:
-            Image.fromarray(np.full((4, 4), 7, np.uint8)).save(root / IMAGES_SUBDIR / row["filename"])
+            Image.fromarray(np.full((4, 4), 7, np.uint8)).save(
+                root / IMAGES_SUBDIR / row["filename"])
     return root
 
 
@@ -60,7 +61,8 @@ def basic_raw(root: Path) -> tuple[list[dict], list[dict]]:
     """Six studies: two normal, two abnormal, one `No Indexing` (two images), one more normal."""
     reports = [report(1, "normal"), report(2, "Cardiomegaly/mild"),
                report(3, "normal", findings=None, impression="Normal chest."),
-               report(5, "No Indexing"), report(7, "Opacity/lung/base/right;Pleural Effusion/left "),
+               report(5, "No Indexing"),
+               report(7, "Opacity/lung/base/right;Pleural Effusion/left "),
                report(8, "Normal")]
     projections = [image(1, 1), image(1, 2, "Lateral"), image(2, 3), image(3, 4),
                    image(5, 5), image(5, 6, "Lateral"), image(7, 7), image(8, 8, "Lateral")]
@@ -151,7 +153,8 @@ FIELDS = ["indication", "findings", "impression"]
 
 
 @pytest.mark.parametrize("row, expected", [
-    ({"indication": "Cough.", "findings": "Clear.", "impression": "Normal."}, "Cough. Clear. Normal."),
+    ({"indication": "Cough.", "findings": "Clear.", "impression": "Normal."},
+     "Cough. Clear. Normal."),
     ({"indication": np.nan, "findings": "Clear.", "impression": "Normal."}, "Clear. Normal."),
     ({"indication": None, "findings": np.nan, "impression": " Normal. "}, "Normal."),
     ({"indication": "", "findings": "   ", "impression": "Normal."}, "Normal."),
@@ -336,7 +339,8 @@ ERRORS = {
     "uid not integer": (REPORTS_CSV, [r"uid", r"integer", r"\blines? 4\b", r"3a"]),
     "uid not whole": (REPORTS_CSV, [r"uid", r"integer", r"\blines? 4\b"]),
     "duplicate uid": (REPORTS_CSV, [r"duplicate", r"\b2\b", r"\blines? 3, 5\b"]),
-    "image file missing": (PROJECTIONS_CSV, [r"missing", r"3_IM-0004-1001\.dcm\.png", r"\blines? 5\b"]),
+    "image file missing": (PROJECTIONS_CSV,
+                           [r"missing", r"3_IM-0004-1001\.dcm\.png", r"\blines? 5\b"]),
     "study without image": (REPORTS_CSV, [r"no image", r"\blines? 4\b"]),
     "uid without report": (PROJECTIONS_CSV, [r"no report", r"\blines? 10\b"]),
     "duplicate filename": (PROJECTIONS_CSV, [r"filename", r"\blines? 2, 10\b"]),
@@ -381,7 +385,8 @@ def test_prepare_unreadable_csv_names_the_file(tmp_path, params, damage):
         path.write_bytes(b"")
     else:
         path.write_text(path.read_text() + "9,normal,x,x,x,x,x,x,one too many\n")
-    with pytest.raises(PipelineError, match=re.escape(str(path)) + r": cannot be read as CSV .*UTF-8"):
+    with pytest.raises(PipelineError,
+                       match=re.escape(str(path)) + r": cannot be read as CSV .*UTF-8"):
         prepare(params, raw=raw, out=tmp_path / "prepared")
     assert not (tmp_path / "prepared").exists()
 

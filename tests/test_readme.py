@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from conftest import ROOT
+
 from cxrfusion.results import README_BLOCK as BLOCK
 
 

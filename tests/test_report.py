@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import built_project
 from test_bootstrap_groups import write_runs
+
 from cxrfusion import reporting
 from cxrfusion.formats import DATA_REPORT, IMAGES, IMAGES_REPORT, STUDIES
 from cxrfusion.params import runs

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, first_run, frozen_project
+
 from cxrfusion import params as params_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run, read_text_cache, text_cache
@@ -49,7 +49,8 @@ def test_a_run_names_its_folders_and_stage():
     assert fusion.train_log == Path("metrics/train/fusion/findings+impression/seed-0")
     assert image.models == Path("models/image/seed-2")
     assert image.test_metrics == Path("metrics/test/image/seed-2.json")
-    # the names dvc.yaml's matrix stages give them: train_fusion@findings+impression-0, train_image@2
+    # the names dvc.yaml's matrix stages give them: train_fusion@findings+impression-0,
+    # train_image@2
     assert fusion.key == "findings+impression-0" and image.key == "2"
     assert fusion.label == "fusion · findings+impression" and image.label == "image"
     assert len({r.path for r in runs(params_mod.defaults())}) == len(runs(params_mod.defaults()))
@@ -190,9 +191,10 @@ def test_explained_run(params):
     (["indication", "impression+findings"], ["indication", "findings", "impression"]),
 ])
 def test_prepare_writes_one_column_per_field_of_the_inputs(tmp_path, params, inputs, columns):
+    from test_prepare import basic_raw, write_raw
+
     from cxrfusion.formats import STUDY_COLUMNS
     from stages.prepare import prepare
-    from test_prepare import basic_raw, write_raw
 
     params["split"].update(min_studies=0, min_per_label=0)
     params["text"]["inputs"] = inputs
@@ -233,10 +235,10 @@ def _vectors(text_input: str) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def test_embed_text_for_indication_reads_the_indication_only(cached):
-    from stages import embed_text
     from cxrfusion.formats import STUDIES
     from cxrfusion.studies import join_text
     from cxrfusion.text_encoder import embed, load_encoder
+    from stages import embed_text
 
     uids, indication, attrs = _vectors(IND)
     fi_uids, findings, fi_attrs = _vectors(FI)
@@ -420,6 +422,7 @@ def test_sensitivity_at_the_fixed_specificity_is_read_off_the_test_roc(trained, 
 
 def test_two_seeds_train_two_models_and_a_seed_trains_the_same_model_again(cached):
     from safetensors.torch import load_file
+
     from stages.evaluate import evaluate
     from stages.train import train
 
@@ -457,10 +460,11 @@ def test_compare_reads_every_run_over_seeds_and_inputs(cached):
     """compare in-process on every run of two seeds and two text inputs: the numbers of each
     model are means over its seeds, each seed's its run's own (the checks of the end-to-end
     test, tests/test_pipeline.py, on outputs made without DVC)."""
+    from test_pipeline import FIGURES, _check_comparison
+
     from stages.compare import compare
     from stages.evaluate import evaluate
     from stages.train import train
-    from test_pipeline import FIGURES, _check_comparison
 
     cached["train"]["epochs"] = 1
     for run in runs(cached):
@@ -487,7 +491,8 @@ def two_seeds(tmp_path_factory):
     p = frozen_project(folder, TWO_SEEDS)
     for run in TWO_SEEDS:
         path = folder / run.test_metrics
-        path.write_text(json.dumps({**json.loads(path.read_text()), "threshold": THRESHOLDS[run.seed]}))
+        path.write_text(json.dumps({**json.loads(path.read_text()),
+                                    "threshold": THRESHOLDS[run.seed]}))
     return folder, p
 
 
@@ -542,7 +547,8 @@ def test_a_model_outside_models_has_no_threshold_of_its_own(two, tmp_path):
                                             r"threshold is chosen by evaluate.threshold=youden"
                                             r".*--threshold"):
         cli(["--model", str(copy_), "--csv", csv])
-    assert (cli(["--model", str(copy_), "--csv", csv, "--threshold", "0.4"])["threshold"] == 0.4).all()
+    assert (cli(["--model", str(copy_), "--csv", csv, "--threshold", "0.4"])["threshold"]
+            == 0.4).all()
     saved = json.loads((copy_ / "params.json").read_text())
     saved["evaluate"]["threshold"] = 0.45  # trained with a fixed threshold: that one
     (copy_ / "params.json").write_text(json.dumps(saved))
@@ -558,7 +564,8 @@ def test_explain_explains_the_chosen_seeds_run_at_its_threshold(two, model_seed)
     run = TWO_SEEDS[1] if model_seed == 1 else TWO_SEEDS[0]  # null: the first of train.seeds
     result = explain(two)
     assert result == json.loads(Path("metrics/explain.json").read_text())
-    assert result["model"] == str(run.models) == f"models/fusion/findings+impression/seed-{run.seed}"
+    assert result["model"] == str(run.models) == (
+        f"models/fusion/findings+impression/seed-{run.seed}")
     assert result["seed"] == run.seed and result["text_input"] == FI
     assert result["threshold"] == THRESHOLDS[run.seed]
     # its heatmaps show that run's predictions, at that run's threshold

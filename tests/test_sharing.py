@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_pipeline import VENV_BIN, _run, _run_stdout, make_repo
 
 DVC = str(VENV_BIN / "dvc")

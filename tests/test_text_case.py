@@ -17,8 +17,14 @@ import pytest
 import torch
 
 from cxrfusion.common import PipelineError
-from cxrfusion.text_encoder import (embed, encoder_fingerprint, fingerprint_casing, load_encoder,
-                                 reads_lowercase, resolve_lowercase)
+from cxrfusion.text_encoder import (
+    embed,
+    encoder_fingerprint,
+    fingerprint_casing,
+    load_encoder,
+    reads_lowercase,
+    resolve_lowercase,
+)
 
 CPU = torch.device("cpu")
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -130,9 +136,9 @@ def test_fingerprint_names_the_resolved_casing(cased):
 
 
 def test_text_cache_records_asked_and_resolved_casing(prepared):
-    from stages import demo_encoder, embed_text
     from cxrfusion.formats import read_text_cache, text_cache, text_cache_attrs
     from cxrfusion.params import for_text_input
+    from stages import demo_encoder, embed_text
 
     text_input = prepared["text"]["inputs"][0]
     cache = text_cache(text_input)

@@ -9,17 +9,17 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import first_run, resolved
 from sklearn import metrics as skm
 
-from conftest import first_run, resolved
 from cxrfusion import metrics as metrics_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import text_cache
-from cxrfusion.params import for_run
-from stages.evaluate import evaluate
 from cxrfusion.model import load_model, reads
+from cxrfusion.params import for_run
 from cxrfusion.scoring import predict
+from stages.evaluate import evaluate
 from stages.train import train
 
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "auprc", "confusion"}
@@ -88,7 +88,8 @@ def test_fusion_training_writes_its_outputs(cached):
 
     # DVCLive: the kept epoch's metrics, and one row per epoch in the plots
     assert run.train_log == Path("metrics/train/fusion/findings+impression/seed-0")
-    live = json.loads(Path("metrics/train/fusion/findings+impression/seed-0/metrics.json").read_text())
+    live = json.loads(
+        Path("metrics/train/fusion/findings+impression/seed-0/metrics.json").read_text())
     assert live["epoch_kept"] == chosen
     for phase in ("train", "val"):
         for key, value in history[chosen - 1][phase].items():
@@ -186,7 +187,8 @@ def test_training_is_deterministic(cached):
 
 def test_nan_inputs_stop_training(cached):
     run = first_run("text", cached)
-    with h5py.File(text_cache(run.text_input), "r+") as f:  # attributes kept: the cache still matches
+    # attributes kept: the cache still matches
+    with h5py.File(text_cache(run.text_input), "r+") as f:
         vectors = f["vectors"][:]
         vectors[:] = np.nan
         f["vectors"][...] = vectors
@@ -237,9 +239,11 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     test_rows = images[images["split"] == "test"]
     assert len(predictions) == len(test_rows) > 0
     assert predictions["filename"].is_unique
-    merged = predictions.merge(test_rows, on="filename", suffixes=("", "_csv"), validate="one_to_one")
+    merged = predictions.merge(test_rows, on="filename", suffixes=("", "_csv"),
+                               validate="one_to_one")
     assert len(merged) == len(test_rows)
-    assert (merged["uid"] == merged["uid_csv"]).all() and (merged["label"] == merged["label_csv"]).all()
+    assert ((merged["uid"] == merged["uid_csv"]).all()
+            and (merged["label"] == merged["label_csv"]).all())
     assert predictions["probability"].between(0, 1).all()
     assert predictions["probability"].nunique() > 1
 
@@ -265,7 +269,8 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     assert saved["image"]["accuracy"] == pytest.approx(skm.accuracy_score(y, prob >= threshold))
 
     # study level, by hand: mean probability over a study's images, then sklearn
-    studies = predictions.groupby("uid").agg(label=("label", "first"), probability=("probability", "mean"))
+    studies = predictions.groupby("uid").agg(label=("label", "first"),
+                                             probability=("probability", "mean"))
     assert (predictions.groupby("uid")["label"].nunique() == 1).all()
     y, prob = studies["label"], studies["probability"]
     pred = (prob >= threshold).astype(int)
@@ -275,7 +280,8 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     assert study["precision"] == pytest.approx(skm.precision_score(y, pred, zero_division=0))
     assert study["recall"] == pytest.approx(skm.recall_score(y, pred, zero_division=0))
     assert study["f1"] == pytest.approx(skm.f1_score(y, pred, zero_division=0))
-    assert study["auroc"] == pytest.approx(skm.roc_auc_score(y, prob), abs=1e-4)  # csv keeps 6 digits
+    # csv keeps 6 digits
+    assert study["auroc"] == pytest.approx(skm.roc_auc_score(y, prob), abs=1e-4)
     assert study["auprc"] == pytest.approx(skm.average_precision_score(y, prob), abs=1e-4)
     assert study["confusion"] == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
     assert study["brier"] == pytest.approx(skm.brier_score_loss(y, prob))
@@ -436,7 +442,8 @@ def test_an_image_cache_of_another_images_csv_is_refused(cached):
     pd.concat([images, extra]).to_csv("data/prepared/images.csv", index=False)
     for variant in ("fusion", "image"):
         with pytest.raises(PipelineError, match=r"features/images.h5 neither holds nor skipped 1 "
-                                                r"images .*a_new_image.png.*dvc repro cache_images"):
+                                                r"images .*a_new_image.png.*dvc repro "
+                                                r"cache_images"):
             load_splits(resolved(cached, variant), *reads(variant))
     # the text variant reads no pixels, only the list of skipped images, which is stale too
     with pytest.raises(PipelineError, match=r"features/images_report.json counts \d+ images but "

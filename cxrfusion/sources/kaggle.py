@@ -9,13 +9,13 @@ from pathlib import Path
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
 
-
 KAGGLE_DATASET = "raddar/chest-xrays-indiana-university"
 
 
 def link_kaggle_layout(src: Path, out: Path) -> None:
     """Copy the two CSVs from a Kaggle-layout folder and link (not copy) its images."""
-    missing = [str(p) for p in (REPORTS_CSV, PROJECTIONS_CSV, IMAGES_SUBDIR) if not (src / p).exists()]
+    missing = [str(p) for p in (REPORTS_CSV, PROJECTIONS_CSV, IMAGES_SUBDIR)
+               if not (src / p).exists()]
     if missing:
         raise PipelineError(f"{src} does not hold the Kaggle layout: missing {', '.join(missing)}. "
                             f"Expected {REPORTS_CSV}, {PROJECTIONS_CSV} and {IMAGES_SUBDIR}/*.png.")

@@ -31,7 +31,8 @@ def safe_extract(archive: Path, dest: Path) -> None:
     with tarfile.open(archive) as tar:
         for member in tar:
             target = (dest / member.name).resolve()
-            if not target.is_relative_to(dest) or member.issym() or member.islnk() or member.isdev():
+            if (not target.is_relative_to(dest) or member.issym() or member.islnk()
+                    or member.isdev()):
                 raise PipelineError(f"{archive}: refusing unsafe member {member.name!r} "
                                     "(it would write outside the target folder, or is a link "
                                     "or device); the archive is damaged or malicious.")
