@@ -96,7 +96,8 @@ def new_classifier(variant: str, device: torch.device):
     """The model and optimizer as cxrfusion.training.build builds them at the defaults (concat
     fusion, one Adam learning rate, no augmentation; random backbone)."""
     torch.manual_seed(0)
-    model = Classifier(variant, TEXT_DIM).to(device, memory_format=torch.channels_last)
+    model = Classifier(variant, TEXT_DIM, "efficientnet_b1").to(  # the real study's CNN
+        device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=LR)
     return model, optimizer
 

@@ -19,8 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cxrfusion import distributed
+from cxrfusion.distributed import World
+from cxrfusion.model import reads
 
 # the columns of draw's output, one row per image:
 #   rotation     degrees, positive counter-clockwise as displayed (torchvision's convention)
@@ -133,7 +138,31 @@ def apply(images: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
 
 def augment(images: torch.Tensor, generator: torch.Generator, ranges: Ranges,
             jitter: bool) -> torch.Tensor:
-    """apply(images, draw(len(images), generator, ranges, jitter)): what the training loop
-    calls on every batch when train.augment is affine (jitter=False) or affine+jitter."""
+    """apply(images, draw(len(images), generator, ranges, jitter)): one batch in one process
+    (bench/augment.py times it). The training loop calls Augmenter, which draws for the whole
+    global batch and applies each process's share."""
     return apply(images, draw(len(images), generator, ranges, jitter))
 
+
+# --- in the training loop ------------------------------------------------------------------
+
+class Augmenter:
+    """train.augment's random transform of each training batch (draw, then apply), from its
+    own seeded generator: the shuffling and dropout streams are those of augment=none. Every
+    process draws the parameters of the whole global batch and takes its share's, so the
+    augmented batch is the same for any number of processes."""
+
+    def __init__(self, p: dict):
+        self.jitter = p["train"]["augment"] == "affine+jitter"
+        self.ranges = Ranges(**p["augment"])
+        stream = np.random.SeedSequence([p["train"]["seed"], 0xA06]).generate_state(1)[0]
+        self.generator = torch.Generator().manual_seed(int(stream))  # checkpointed with the rest
+
+    def __call__(self, images: torch.Tensor, whole: int, world: World) -> torch.Tensor:
+        drawn = draw(whole, self.generator, self.ranges, self.jitter)
+        return apply(images, distributed.shard(drawn, world))
+
+
+def augmenter(variant: str, p: dict) -> Augmenter | None:
+    """The transform of the training images, or None: train.augment none, or no image read."""
+    return Augmenter(p) if p["train"]["augment"] != "none" and reads(variant)[0] else None

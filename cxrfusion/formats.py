@@ -120,16 +120,6 @@ class Run:
         return TRAIN_LOGS / self.path
 
 
-def evaluation_of(model_folder) -> Path | None:
-    """metrics/test/<path>.json of a model folder models/<path> (what `evaluate` wrote for it,
-    including its threshold), else None (a model copied elsewhere)."""
-    try:
-        relative = Path(model_folder).resolve().relative_to(MODELS.resolve())
-    except ValueError:
-        return None
-    return TEST_METRICS / f"{relative.as_posix()}.json"
-
-
 def load_csv(path: Path, hint: str, **read_args) -> pd.DataFrame:
     """A CSV from outside the pipeline (raw data, `predict --csv`), every column as text. A file
     that is not readable CSV (empty, not UTF-8, ragged rows) stops the stage with its name and

@@ -2,8 +2,8 @@
 points chosen on validation, calibration, and study-level aggregation.
 
 Label 1 (abnormal) is the positive class throughout, as in the original. Every pipeline process
-imports this module, so it needs numpy and pandas only (no sklearn, no scipy: about 2 s of
-imports each). Intervals and model comparisons are in cxrfusion/statistics.py.
+imports this module, so it needs numpy, pandas and cxrfusion.params only (no sklearn, no scipy:
+about 2 s of imports each). Intervals and model comparisons are in cxrfusion/statistics.py.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from numbers import Real
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger(__name__)
+from cxrfusion.params import THRESHOLD_RULES  # evaluate.threshold's rules, applied here
 
-THRESHOLD_RULES = ("youden", "max_f1")
+log = logging.getLogger(__name__)
 
 
 # --- row kernels: many score rows on the same studies, one sort per row ------------------------

@@ -8,17 +8,20 @@ How the head joins the two (model.fusion):
     P: Linear(in, shared_dim) -> LayerNorm -> GELU, one per modality (GLoRIA's, MedCLIP's and
     BiMediX2's projection into a shared space); the gate is Arevalo et al.'s gated multimodal
     unit (2017) over the projected vectors.
-    head: Linear(in, 256) -> ReLU -> Dropout(0.3) -> Linear(256, 2)   (the original)
+    head: Linear(in, model.hidden) -> ReLU -> Dropout(model.dropout) -> Linear(model.hidden, 2)
+          (the original's: 256 hidden units, dropout 0.3)
 The image and text models read one modality through the same parts (its projector under
 projector and gated: no gate), so each comparison is like for like.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from cxrfusion import params
 from cxrfusion.common import PipelineError
 from cxrfusion.params import weight_tags
 
@@ -62,15 +65,19 @@ def projector(width: int, shared_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, shared_dim), nn.LayerNorm(shared_dim), nn.GELU())
 
 
+# the head's defaults are params.yaml's (cxrfusion/params.py, section model): one description
+HEAD = {f.name: f.default for f in fields(params.Model)}
+
+
 def reads(variant: str) -> tuple[bool, bool]:
     """(reads the image, reads the report) for a variant."""
     return variant in ("fusion", "image"), variant in ("fusion", "text")
 
 
 class Classifier(nn.Module):
-    def __init__(self, variant: str, text_dim: int, backbone: str = "efficientnet_b1",
-                 pretrained: bool | str = False, hidden: int = 256, dropout: float = 0.3,
-                 fusion: str = "concat", shared_dim: int = 256):
+    def __init__(self, variant: str, text_dim: int, backbone: str, pretrained: bool | str = False,
+                 hidden: int = HEAD["hidden"], dropout: float = HEAD["dropout"],
+                 fusion: str = HEAD["fusion"], shared_dim: int = HEAD["shared_dim"]):
         super().__init__()
         self.variant, self.fusion = variant, fusion
         self.uses_image, self.uses_text = reads(variant)

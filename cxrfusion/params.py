@@ -29,7 +29,7 @@ TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
 # model.fusion: how the head joins image and report (cxrfusion/model.py)
 FUSIONS = ("concat", "projector", "gated")
 AUGMENTS = ("none", "affine", "affine+jitter")  # train.augment (cxrfusion/augment.py)
-# evaluate.threshold: chosen on validation (cxrfusion/metrics.py)
+# evaluate.threshold: the rules choose_threshold applies on validation (cxrfusion/metrics.py)
 THRESHOLD_RULES = ("youden", "max_f1")
 SUBGROUPS = ("view", "images", "words")  # report.subgroups (cxrfusion/subgroups.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
@@ -623,10 +623,10 @@ def for_run(p: dict, run: Run) -> dict:
     return resolved
 
 
-def _spelled(value) -> str:
+def spelled(value) -> str:
     """A default as params.yaml spells it."""
     if isinstance(value, tuple):
-        return "[" + ", ".join(map(_spelled, value)) + "]"
+        return "[" + ", ".join(map(spelled, value)) + "]"
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     return str(value)
@@ -638,7 +638,7 @@ def describe() -> str:
     for section, described in SECTIONS.items():
         lines.append(f"{section}:")
         for f in fields(described):
-            lines.append(f"  {f.name}: {_spelled(f.default)}  # {f.metadata['doc']}")
+            lines.append(f"  {f.name}: {spelled(f.default)}  # {f.metadata['doc']}")
     return "\n".join(lines)
 
 

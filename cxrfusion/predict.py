@@ -35,11 +35,12 @@ import torch
 
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device
 from cxrfusion.dataset import Split
-from cxrfusion.formats import evaluation_of, load_csv, read_text_cache_attrs, text_cache
+from cxrfusion.formats import load_csv, read_text_cache_attrs, text_cache
 from cxrfusion.imaging import FITS, BadImage, load_xray
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, load_model
 from cxrfusion.params import TEXT_FIELDS
+from cxrfusion.saved_model import evaluation_threshold
 from cxrfusion.scoring import predict
 from cxrfusion.studies import join_text
 from cxrfusion.text_encoder import (
@@ -104,25 +105,6 @@ def load_predictor(folder, device: str = "auto", threshold: float | None = None)
     params = json.loads((folder / "params.json").read_text())
     value, source = evaluation_threshold(folder, params, threshold)
     return Predictor(model, config, params, folder, dev, value, source)
-
-
-def evaluation_threshold(folder, params: dict, override: float | None = None) -> tuple[float, str]:
-    """--threshold; else the one `evaluate` chose on validation for this model (metrics/<run>/
-    test.json); else the model's evaluate.threshold when that is a probability, not a rule."""
-    if override is not None:
-        if not 0 < override < 1:
-            raise PipelineError(f"--threshold {override} is not allowed: use a probability "
-                                "strictly between 0 and 1.")
-        return float(override), "--threshold"
-    test_json = evaluation_of(folder)
-    if test_json is not None and test_json.exists():
-        return float(json.loads(test_json.read_text())["threshold"]), str(test_json)
-    rule = params["evaluate"]["threshold"]
-    if isinstance(rule, str):
-        raise PipelineError(f"{folder} has no evaluation ({test_json or 'it is not under models/'}"
-                            f"): its threshold is chosen by evaluate.threshold={rule} on "
-                            "validation studies; run `dvc repro` (evaluate) or give --threshold.")
-    return float(rule), "params evaluate.threshold"
 
 
 def check_encoder(name: str, tokenizer, encoder, config: dict, folder: Path,

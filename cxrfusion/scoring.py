@@ -7,9 +7,6 @@ concatenation and the head in float32).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -17,7 +14,6 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from cxrfusion import distributed
-from cxrfusion.common import PipelineError
 from cxrfusion.dataset import Split
 from cxrfusion.distributed import World
 from cxrfusion.model import Classifier, normalise
@@ -78,25 +74,3 @@ def report_weights(model: Classifier, split: Split, batch_size: int,
                for _, images, text, _
                in split.batches(list(torch.arange(len(split)).split(batch_size)))]
     return torch.cat(weights).cpu().numpy() if weights else np.zeros(0)
-
-
-# how this machine scores, not what the model learned: taken from params.yaml, not the model
-SCORING = ("device", "amp", "batch_size", "in_memory_gb", "workers")
-
-
-def trained_settings(folder, p: dict) -> dict:
-    """The settings a saved model was trained with (models/<run>/params.json: its caches'
-    text and image settings), with this run's `train.{device, amp, batch_size, in_memory_gb,
-    workers}`. `evaluate` and `explain` read the caches as the model was trained on them, so
-    they depend on the model, not on params.yaml's image.* and text.*."""
-    path = Path(folder) / "params.json"
-    if not path.exists():
-        raise PipelineError(f"{path} not found: {folder} was not written by `stages.train`; "
-                            "retrain it with `dvc repro`.")
-    trained = json.loads(path.read_text())
-    missing = [f"{s}.{k}" for s, k in (("image", "fit"), ("text", "lowercase"))
-               if k not in trained.get(s, {})]
-    if missing:
-        raise PipelineError(f"{path} has no {', '.join(missing)}: the model was trained before "
-                            "the pipeline recorded it; retrain it with `dvc repro`.")
-    return {**trained, "train": {**trained["train"], **{k: p["train"][k] for k in SCORING}}}

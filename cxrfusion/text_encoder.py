@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from cxrfusion.common import PipelineError
+from cxrfusion.params import spelled
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def load_encoder(name: str, revision: str | None, device: torch.device, lowercas
     try:
         model = AutoModel.from_pretrained(name, revision=revision)  # trust_remote_code stays off
         lower, why = resolve_lowercase(name, revision, lowercase)
-        log.info("text.lowercase=%s: %s: reading reports %s", _spelled(lowercase), why,
+        log.info("text.lowercase=%s: %s: reading reports %s", spelled(lowercase), why,
                  CASINGS[lower])
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, do_lower_case=lower)
     except (OSError, ValueError) as err:
@@ -53,8 +54,8 @@ def load_encoder(name: str, revision: str | None, device: torch.device, lowercas
     if reads_lowercase(tokenizer) != lower:  # a tokenizer class that ignores do_lower_case
         raise PipelineError(
             f"the tokenizer of text.model={name!r} ({type(tokenizer).__name__}) reads reports "
-            f"{CASINGS[not lower]} although text.lowercase resolved to {_spelled(lower)} "
-            f"({why}): it ignores do_lower_case; set text.lowercase: {_spelled(not lower)}.")
+            f"{CASINGS[not lower]} although text.lowercase resolved to {spelled(lower)} "
+            f"({why}): it ignores do_lower_case; set text.lowercase: {spelled(not lower)}.")
     if not Path(name).is_dir() and revision is None:  # the hub's main branch can move
         log.warning("text.model=%s is read at the hub's current main (commit %s), not at a pinned "
                     "revision: set text.revision to that commit so that a rerun reads the same "
@@ -87,7 +88,7 @@ def resolve_lowercase(name: str, revision: str | None, lowercase="auto") -> tupl
             if not isinstance(value, bool):
                 raise PipelineError(f"{config} sets do_lower_case={value!r}, not true or false: "
                                     "set text.lowercase: true or false in params.yaml.")
-            return value, f"{name}/tokenizer_config.json sets do_lower_case={_spelled(value)}"
+            return value, f"{name}/tokenizer_config.json sets do_lower_case={spelled(value)}"
     none = f"{name} has no tokenizer_config.json that sets do_lower_case"
     fast = _encoder_file(name, revision, "tokenizer.json")
     if fast is not None:
@@ -139,11 +140,6 @@ def _encoder_file(name: str, revision: str | None, filename: str) -> Path | None
             f"reached: download the model folder (`huggingface-cli download {name} --local-dir "
             "models/...`) and set text.model to it, or set text.lowercase: true or false."
         ) from None
-
-
-def _spelled(value) -> str:
-    """A text.lowercase value as params.yaml spells it."""
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def encoder_fingerprint(name: str, model, tokenizer) -> str:

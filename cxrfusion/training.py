@@ -11,13 +11,13 @@ import contextlib
 import logging
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cxrfusion import checkpoint, distributed
+from cxrfusion.augment import Augmenter
 from cxrfusion.common import PipelineError, atomic_path, write_json
 from cxrfusion.dataset import Split
 from cxrfusion.distributed import World
@@ -29,7 +29,6 @@ from cxrfusion.model import (
     Classifier,
     freeze_backbone,
     model_config,
-    reads,
     sync_batchnorm,
 )
 from cxrfusion.scoring import forward, unwrap
@@ -49,30 +48,6 @@ def epoch_order(n: int, batch_size: int, generator: torch.Generator,
     if len(batches) > 1 and len(batches[-1]) < 2 * world.size:
         batches = batches[:-1]  # batch norm cannot train on a single image (per process)
     return list(batches)
-
-
-class Augmenter:
-    """train.augment's random transform of each training batch (cxrfusion/augment.py), from its
-    own seeded generator: the shuffling and dropout streams are those of augment=none. Every
-    process draws the parameters of the whole global batch and takes its share's, so the
-    augmented batch is the same for any number of processes."""
-
-    def __init__(self, p: dict):
-        from cxrfusion import augment
-
-        self._augment, self.jitter = augment, p["train"]["augment"] == "affine+jitter"
-        self.ranges = augment.Ranges(**p["augment"])
-        stream = np.random.SeedSequence([p["train"]["seed"], 0xA06]).generate_state(1)[0]
-        self.generator = torch.Generator().manual_seed(int(stream))  # checkpointed with the rest
-
-    def __call__(self, images: torch.Tensor, whole: int, world: World) -> torch.Tensor:
-        drawn = self._augment.draw(whole, self.generator, self.ranges, self.jitter)
-        return self._augment.apply(images, distributed.shard(drawn, world))
-
-
-def augmenter(variant: str, p: dict) -> Augmenter | None:
-    """The transform of the training images, or None: train.augment none, or no image read."""
-    return Augmenter(p) if p["train"]["augment"] != "none" and reads(variant)[0] else None
 
 
 def train_epoch(model: Classifier, optimizer, data: Split, batch_size: int, generator, amp: bool,

@@ -47,7 +47,8 @@ from cxrfusion.metrics import (
     study_predictions,
 )
 from cxrfusion.model import WEIGHTS, load_model, reads
-from cxrfusion.scoring import predict, report_weights, trained_settings
+from cxrfusion.saved_model import trained_settings
+from cxrfusion.scoring import predict, report_weights
 
 log = logging.getLogger("evaluate")
 

@@ -29,8 +29,7 @@ from cxrfusion.dataset import load_splits
 from cxrfusion.explain import modality_reliance, reference_normal, select_examples, write_heatmaps
 from cxrfusion.formats import Run
 from cxrfusion.model import load_model, normalise
-from cxrfusion.predict import evaluation_threshold
-from cxrfusion.scoring import trained_settings
+from cxrfusion.saved_model import evaluation_threshold, trained_settings
 
 log = logging.getLogger("explain")
 

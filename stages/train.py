@@ -17,13 +17,13 @@ import sys
 import torch
 
 from cxrfusion import checkpoint, distributed, params
+from cxrfusion.augment import augmenter
 from cxrfusion.common import PipelineError, main, seed_everything
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import Run
 from cxrfusion.model import reads, trainable_parameters
 from cxrfusion.scoring import predict
 from cxrfusion.training import (
-    augmenter,
     build,
     configure_torch,
     epoch_metrics,

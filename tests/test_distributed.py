@@ -184,7 +184,8 @@ def test_two_processes_train_the_same_weights_as_one(cached):
         assert a["val"]["loss"] == pytest.approx(b["val"]["loss"], rel=1e-4)
     # the head trained: not a comparison of two untouched initialisations
     torch.manual_seed(run.seed)
-    untrained = Classifier("fusion", one["head.0.weight"].shape[1] - 1280).state_dict()
+    untrained = Classifier("fusion", one["head.0.weight"].shape[1] - 1280,
+                           "efficientnet_b1").state_dict()
     assert not torch.allclose(untrained["head.0.weight"], one["head.0.weight"], atol=1e-3)
 
 

@@ -27,7 +27,7 @@ HEAD_768 = (768 * 256 + 256) + (256 * 2 + 2)
 def models() -> dict:
     """One untrained model per variant (text_dim 768, as with BioBERT), in eval mode."""
     torch.manual_seed(0)
-    return {v: Classifier(v, 768).eval() for v in ("fusion", "image", "text")}
+    return {v: Classifier(v, 768, "efficientnet_b1").eval() for v in ("fusion", "image", "text")}
 
 
 def _images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -279,7 +279,7 @@ def test_standardised_report_vectors_match_a_hand_computation(tmp_path):
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
-    model = Classifier("text", 3).eval()
+    model = Classifier("text", 3, "efficientnet_b1").eval()
     train = torch.tensor([[1.0, 10.0, 5.0], [3.0, 30.0, 5.0], [5.0, 20.0, 5.0]])
     model.standardise_text(train)
     # population sd; constant: 1
@@ -291,7 +291,7 @@ def test_standardised_report_vectors_match_a_hand_computation(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(None, new), model.head(by_hand), atol=1e-6)
         save_file(model.state_dict(), tmp_path / "w.safetensors")
-        reloaded = Classifier("text", 3).eval()
+        reloaded = Classifier("text", 3, "efficientnet_b1").eval()
         reloaded.load_state_dict(load_file(tmp_path / "w.safetensors"))
         assert torch.equal(reloaded(None, new), model(None, new))
     assert {"text_mean", "text_scale"} <= set(load_file(tmp_path / "w.safetensors"))

@@ -128,7 +128,7 @@ def test_backbone_learning_rate_is_its_own_group():
     model.cnn.requires_grad_(False)  # model.freeze_backbone: nothing of the CNN to optimise
     assert [g["name"] for g in adam(model, 0.003, 1e-4).param_groups] == ["head"]
     # the text model has no CNN: one learning rate
-    assert len(adam(Classifier("text", TEXT), 0.003, 1e-4).param_groups) == 1
+    assert len(adam(Classifier("text", TEXT, BACKBONE), 0.003, 1e-4).param_groups) == 1
 
 
 def _weights(run) -> bytes:

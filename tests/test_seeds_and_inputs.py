@@ -284,7 +284,8 @@ def _direct_study_predictions(run: Run, p: dict) -> dict[str, pd.DataFrame]:
     from cxrfusion.dataset import load_splits
     from cxrfusion.metrics import study_predictions
     from cxrfusion.model import load_model, reads
-    from cxrfusion.scoring import predict, trained_settings
+    from cxrfusion.saved_model import trained_settings
+    from cxrfusion.scoring import predict
 
     model, _ = load_model(run.models)
     splits = load_splits(trained_settings(run.models, p), *reads(run.variant),

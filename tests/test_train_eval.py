@@ -515,7 +515,7 @@ def test_evaluate_reads_the_caches_as_the_model_was_trained(cached):
 
 
 def test_a_model_saved_before_fit_and_casing_were_recorded_is_refused(tmp_path, params):
-    from cxrfusion.scoring import trained_settings
+    from cxrfusion.saved_model import trained_settings
 
     old = {**params, "image": {k: v for k, v in params["image"].items() if k != "fit"}}
     (tmp_path / "params.json").write_text(json.dumps(old))
