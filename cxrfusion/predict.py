@@ -9,7 +9,7 @@ Any trained run can be named: models/<variant>[/<text input>]/seed-<seed>.
 The study is read exactly as the pipeline read its training and test studies:
   images  `cxrfusion.imaging.load_xray` at the model's image size and fit (what `cache_images`
           cached), normalised and scored by `cxrfusion.scoring.predict` (what `evaluate` runs);
-  report  the fields the model was trained on, joined by `stages.prepare.join_text`, read by
+  report  the fields the model was trained on, joined by `cxrfusion.studies.join_text`, read by
           the same frozen encoder (model, revision, lowercase, pooling, max_length from the
           model's params.json) with `cxrfusion.text_encoder.embed` (what `embed_text` runs);
   study   the mean of its images' probabilities (`cxrfusion.metrics.study_predictions`);
