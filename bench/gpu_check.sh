@@ -23,7 +23,7 @@
 #                    give the same sha256 (the false ones are reported only)
 #   bf16             cxrfusion.scoring.forward on the trained model: logits and the head's
 #                    output float32, the CNN's last block bfloat16 (not applicable on a CPU)
-#   GPU vs CPU       cxrfusion.scoring.predict of the validation split with the same weights on
+#   GPU vs CPU       cxrfusion.scoring.score of the validation split with the same weights on
 #                    the CPU (float32) and on the GPU (amp: bf16 CNN): max |prob diff| < 0.05,
 #                    mean < 0.005, study AUROCs within 0.01 (bf16 emulated on the CPU gave the
 #                    demo's model max 0.015, mean 0.0009, the same validation AUROC)
@@ -232,7 +232,8 @@ from cxrfusion.common import resolve_device
 from cxrfusion.dataset import load_splits
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import load_model, reads
-from cxrfusion.scoring import forward, predict, trained_settings
+from cxrfusion.saved_model import trained_settings
+from cxrfusion.scoring import forward, score
 
 p = params.load()
 run = params.run_of(sys.argv[1:], p)
@@ -269,8 +270,8 @@ print(f"CHECK bf16 autocast on {device}: logits {logits.dtype}, head {seen['head
 
 # the validation split scored by the same weights on the CPU (float32) and on the device (amp)
 cpu_model, _ = load_model(run.models, "cpu")
-cpu_probs, cpu_loss = predict(cpu_model, val, batch, amp=False)
-dev_probs, dev_loss = predict(model, on_device, batch, amp=True)
+cpu_probs, cpu_loss = score(cpu_model, val, batch, amp=False)
+dev_probs, dev_loss = score(model, on_device, batch, amp=True)
 
 def auroc(probs):
     s = study_predictions(val.rows[["uid", "label"]].assign(probability=probs.astype("float64")))

@@ -40,7 +40,7 @@ from cxrfusion.formats import (
 )
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, normalise
-from cxrfusion.scoring import predict
+from cxrfusion.scoring import score
 
 OUTCOMES = {"true_positive": "true positive", "true_negative": "true negative",
             "false_positive": "false positive", "false_negative": "false negative"}
@@ -100,12 +100,12 @@ def modality_reliance(model: Classifier, split: Split, normal_text: torch.Tensor
         split = _replace(split, images=None)
     if not model.uses_text:
         split = _replace(split, text=None)
-    base, _ = predict(model, split, batch_size, amp)
+    base, _ = score(model, split, batch_size, amp)
     result = {}
     if model.uses_text:
         vector = normal_text.to(split.text.device, split.text.dtype).reshape(1, -1)
         swapped = _replace(split, text=vector.expand(len(split), -1).contiguous())
-        text_probs, _ = predict(model, swapped, batch_size, amp)
+        text_probs, _ = score(model, swapped, batch_size, amp)
     else:  # a model that reads no report cannot move when it changes
         text_probs = base
     result["text_to_normal"] = _changes(split.rows, base, text_probs, threshold)
@@ -114,7 +114,7 @@ def modality_reliance(model: Classifier, split: Split, normal_text: torch.Tensor
         if size is None:
             raise ValueError("a streamed split needs image_size")
         blank = torch.zeros((len(split), size, size), dtype=torch.uint8, device=split.labels.device)
-        blank_probs, _ = predict(model, _replace(split, images=blank), batch_size, amp)
+        blank_probs, _ = score(model, _replace(split, images=blank), batch_size, amp)
     else:  # a model that reads no image cannot move when it is blanked
         blank_probs = base
     result["image_blank"] = _changes(split.rows, base, blank_probs, threshold)

@@ -44,14 +44,14 @@ IMAGES_REPORT = Path("features/images_report.json")
 SPLITS = ("train", "val", "test")  # the values of the `split` column
 STUDY_COLUMNS = ["uid", "label", "split", "n_images", "views", "mesh"]  # + the report fields
 IMAGE_COLUMNS = ["uid", "filename", "view", "label", "split"]
-MODELS, METRICS = Path("models"), Path("metrics")
+MODELS, METRICS_FOLDER = Path("models"), Path("metrics")
 # What `evaluate` writes, one file a run in each, by kind: a folder of JSON is what `dvc metrics`
 # lists, a folder of CSV what `dvc plots` draws, file by file
-TEST_METRICS = METRICS / "test"         # <run>.json: thresholds, test metrics, calibration
-PREDICTIONS = METRICS / "predictions"   # <run>.csv: each test image's probability
-VALIDATION = METRICS / "validation"     # <run>.csv: each validation image's probability
-CURVES = METRICS / "curves"             # roc/, pr/, confusion/<run>.csv
-TRAIN_LOGS = METRICS / "train"          # <run>/: DVCLive's per-epoch metrics (`train`)
+TEST_METRICS = METRICS_FOLDER / "test"         # <run>.json: thresholds, test metrics, calibration
+PREDICTIONS = METRICS_FOLDER / "predictions"   # <run>.csv: each test image's probability
+VALIDATION = METRICS_FOLDER / "validation"     # <run>.csv: each validation image's probability
+CURVES = METRICS_FOLDER / "curves"             # roc/, pr/, confusion/<run>.csv
+TRAIN_LOGS = METRICS_FOLDER / "train"          # <run>/: DVCLive's per-epoch metrics (`train`)
 
 
 def text_cache(text_input: str) -> Path:

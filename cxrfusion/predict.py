@@ -8,7 +8,7 @@ Any trained run can be named: models/<variant>[/<text input>]/seed-<seed>.
 
 The study is read exactly as the pipeline read its training and test studies:
   images  `cxrfusion.imaging.load_xray` at the model's image size and fit (what `cache_images`
-          cached), normalised and scored by `cxrfusion.scoring.predict` (what `evaluate` runs);
+          cached), normalised and scored by `cxrfusion.scoring.score` (what `evaluate` runs);
   report  the fields the model was trained on, joined by `cxrfusion.studies.join_text`, read by
           the same frozen encoder (model, revision, lowercase, pooling, max_length from the
           model's params.json) with `cxrfusion.text_encoder.embed` (what `embed_text` runs);
@@ -41,7 +41,7 @@ from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, load_model
 from cxrfusion.params import TEXT_FIELDS
 from cxrfusion.saved_model import evaluation_threshold
-from cxrfusion.scoring import predict
+from cxrfusion.scoring import score
 from cxrfusion.studies import join_text
 from cxrfusion.text_encoder import (
     CASINGS,
@@ -207,7 +207,7 @@ def predict_studies(predictor: Predictor, images: pd.DataFrame,
     labels = torch.zeros(len(rows), dtype=torch.int64)  # unknown: only the loss reads them
     split = Split(rows, pixels, vectors, labels).to(predictor.device)
     t = predictor.params["train"]
-    probs, _ = predict(model, split, t["batch_size"], t["amp"])
+    probs, _ = score(model, split, t["batch_size"], t["amp"])
     scored = rows.assign(probability=probs.astype("float64"))
     studies = study_predictions(scored.assign(label=0)).drop(columns="label")
     studies["n_images"] = studies["uid"].map(rows.groupby("uid").size()) if model.uses_image else 0

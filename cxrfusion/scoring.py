@@ -43,7 +43,7 @@ def unwrap(model: nn.Module) -> Classifier:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int, amp: bool = True,
+def score(model: nn.Module, split: Split, batch_size: int, amp: bool = True,
             world: World = World()) -> tuple[np.ndarray, float]:
     """Probability of abnormal for every row, and the mean cross-entropy loss.
 

@@ -10,19 +10,18 @@ lets training read only small arrays. All CPU cores decode in parallel
 """
 from __future__ import annotations
 
-from cxrfusion import params
+from cxrfusion import imaging, params
 from cxrfusion.common import main, write_json
 from cxrfusion.formats import IMAGES_H5, IMAGES_REPORT, IMAGES_SUBDIR, RAW, read_prepared
-from cxrfusion.imaging import cache_images
 
 
-def run(p: dict) -> None:
+def cache_images(p: dict) -> None:
     i = p["image"]
     _, images = read_prepared()
-    report = cache_images(images["filename"].tolist(), RAW / IMAGES_SUBDIR, IMAGES_H5,
-                          i["size"], i["fit"], i["skip_bad"])
+    report = imaging.cache_images(images["filename"].tolist(), RAW / IMAGES_SUBDIR, IMAGES_H5,
+                                  i["size"], i["fit"], i["skip_bad"])
     write_json(IMAGES_REPORT, report)
 
 
 if __name__ == "__main__":
-    main(lambda: run(params.load()))
+    main(lambda: cache_images(params.load()))

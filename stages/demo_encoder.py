@@ -18,7 +18,7 @@ from cxrfusion.studies import join_text
 OUT = Path("models/demo_encoder")
 
 
-def run(p: dict) -> None:
+def demo_encoder(p: dict) -> None:
     e = p["demo_encoder"]
     studies, _ = read_prepared()
     fields = [f for f in TEXT_FIELDS if f in studies.columns]  # every text input's
@@ -28,4 +28,4 @@ def run(p: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(lambda: run(params.load()))
+    main(lambda: demo_encoder(params.load()))

@@ -29,7 +29,7 @@ def part_path(out, rank: int):
     return out.with_name(f".{out.name}.part{rank}.npz")
 
 
-def run(text_input: str, p: dict) -> None:
+def embed_text(text_input: str, p: dict) -> None:
     if text_input not in p["text"]["inputs"]:
         raise PipelineError(params.unknown_input(text_input, p))
     p = params.for_text_input(p, text_input)
@@ -81,4 +81,4 @@ def merge_parts(out, n_parts: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]
 
 
 if __name__ == "__main__":
-    main(lambda: run(sys.argv[1] if len(sys.argv) > 1 else "", params.load()))
+    main(lambda: embed_text(sys.argv[1] if len(sys.argv) > 1 else "", params.load()))

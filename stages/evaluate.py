@@ -48,7 +48,7 @@ from cxrfusion.metrics import (
 )
 from cxrfusion.model import WEIGHTS, load_model, reads
 from cxrfusion.saved_model import trained_settings
-from cxrfusion.scoring import predict, report_weights
+from cxrfusion.scoring import report_weights, score
 
 log = logging.getLogger("evaluate")
 
@@ -58,9 +58,9 @@ def write_csv(df: pd.DataFrame, path) -> None:
         df.to_csv(tmp, index=False)  # full precision: compare recomputes metrics from it
 
 
-def score(model, split, p: dict) -> pd.DataFrame:
+def image_probabilities(model, split, p: dict) -> pd.DataFrame:
     """Per image: uid, filename, label and the probability of abnormal."""
-    probs, _ = predict(model, split, p["train"]["batch_size"], p["train"]["amp"])
+    probs, _ = score(model, split, p["train"]["batch_size"], p["train"]["amp"])
     return split.rows[["uid", "filename", "label"]].assign(probability=probs.astype("float64"))
 
 
@@ -91,11 +91,11 @@ def evaluate(run: Run, p: dict) -> dict:
     model, _ = load_model(run.models, device)
     trained = trained_settings(run.models, p)
     splits = load_splits(trained, *reads(run.variant), names=("val", "test"))[0]
-    val_images = score(model, splits["val"].to(device), p)
+    val_images = image_probabilities(model, splits["val"].to(device), p)
     val = study_predictions(val_images)
     chosen = operating_point(val, p["evaluate"])
     test = splits["test"].to(device)
-    images = score(model, test, p)  # the test studies, once
+    images = image_probabilities(model, test, p)  # the test studies, once
     if model.fusion == "gated" and model.uses_image and model.uses_text:
         images["report_weight"] = report_weights(model, test, p["train"]["batch_size"],
                                                  p["train"]["amp"]).astype("float64")

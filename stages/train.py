@@ -22,7 +22,7 @@ from cxrfusion.common import PipelineError, main, seed_everything
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import Run
 from cxrfusion.model import reads, trainable_parameters
-from cxrfusion.scoring import predict
+from cxrfusion.scoring import score
 from cxrfusion.training import (
     build,
     configure_torch,
@@ -113,7 +113,7 @@ def validate(run: Run, p: dict, scorer, train_set, val_set, trained: tuple, epoc
     seen, probs, loss = trained
     row = {"epoch": epoch, "train": epoch_metrics(train_set.labels.cpu()[seen], probs, loss,
                                                  f"{run.path} train, epoch {epoch}")}
-    val_probs, val_loss = predict(scorer, val_set, t["batch_size"], t["amp"], world)
+    val_probs, val_loss = score(scorer, val_set, t["batch_size"], t["amp"], world)
     if not math.isfinite(val_loss):
         raise PipelineError(f"validation loss became {val_loss} at epoch {epoch}: "
                             "lower train.lr or check the inputs.")

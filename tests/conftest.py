@@ -67,10 +67,10 @@ def cached(prepared) -> dict:
     input and features/images.h5."""
     from stages import cache_images, demo_encoder, embed_text
 
-    demo_encoder.run(prepared)
+    demo_encoder.demo_encoder(prepared)
     for text_input in prepared["text"]["inputs"]:
-        embed_text.run(text_input, prepared)
-    cache_images.run(prepared)
+        embed_text.embed_text(text_input, prepared)
+    cache_images.cache_images(prepared)
     return prepared
 
 
@@ -140,10 +140,10 @@ def built_project(folder: Path, override: dict, runs=()) -> dict:
         mp.chdir(folder)
         download(p)
         prepare(p)
-        demo_encoder.run(p)
+        demo_encoder.demo_encoder(p)
         for text_input in p["text"]["inputs"]:
-            embed_text.run(text_input, p)
-        cache_images.run(p)
+            embed_text.embed_text(text_input, p)
+        cache_images.cache_images(p)
         for run in runs:
             train(run, p)
             evaluate(run, p)

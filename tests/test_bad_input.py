@@ -26,14 +26,14 @@ def test_embed_text_takes_non_ascii_long_and_empty_reports(cached):
     studies = _set_texts({0: "Épanchement pleural — cœur élargi, 5 mm nodule (≥ 3 cm?) ✓",
                           1: " ".join(["The lungs are clear."] * 400),   # ~2,000 tokens
                           2: ""})
-    embed_text.run(INPUT, cached)
+    embed_text.embed_text(INPUT, cached)
     uids, vectors, attrs = read_text_cache(text_cache(INPUT))
     assert list(uids) == studies["uid"].tolist()
     assert np.isfinite(vectors).all()
     assert attrs["max_length"] == 32
     # a long report is cut at max_length: more of the same text changes nothing
     _set_texts({1: " ".join(["The lungs are clear."] * 800)})
-    embed_text.run(INPUT, cached)
+    embed_text.embed_text(INPUT, cached)
     _, longer, _ = read_text_cache(text_cache(INPUT))
     np.testing.assert_array_equal(longer[1], vectors[1])
     np.testing.assert_array_equal(longer[0], vectors[0])

@@ -382,17 +382,17 @@ def test_cache_images_stage_reports_skipped(prepared):
     from stages import cache_images
 
     cached = prepared
-    cache_images.run(cached)
+    cache_images.cache_images(cached)
     images = pd.read_csv(formats.IMAGES, keep_default_na=False)
     victim = formats.RAW / formats.IMAGES_SUBDIR / images["filename"].iloc[1]
     victim.write_bytes(b"")
     with pytest.raises(PipelineError, match=images["filename"].iloc[1].replace(".", r"\.")):
-        cache_images.run(cached)
+        cache_images.cache_images(cached)
     names, _ = read_image_cache(formats.IMAGES_H5)
     assert len(names) == len(images)  # the previous cache is still whole
 
     cached["image"]["skip_bad"] = True
-    cache_images.run(cached)
+    cache_images.cache_images(cached)
     report = json.loads(formats.IMAGES_REPORT.read_text())
     assert report["cached"] == len(images) - 1 and report["skipped"] == 1
     assert images["filename"].iloc[1] in report["skipped_files"][0]

@@ -130,7 +130,7 @@ def test_embed_text_names_text_device(prepared, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     prepared["text"]["device"] = "cuda"
     with pytest.raises(PipelineError, match=r"^parameter text\.device='cuda'"):
-        embed_text.run("indication", prepared)
+        embed_text.embed_text("indication", prepared)
     assert not text_cache("indication").exists()
 
 

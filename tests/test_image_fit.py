@@ -248,7 +248,7 @@ def test_cache_images_stage_uses_image_fit(workdir, params, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 1)  # one decoding process (cxrfusion.imaging)
     for fit in ("crop", "stretch"):
         params["image"]["fit"] = fit
-        cache_images.run(params)
+        cache_images.cache_images(params)
         names, pixels = read_image_cache(formats.IMAGES_H5, expect={"fit": fit, "size": 32})
         np.testing.assert_array_equal(pixels[0], load_xray(folder / "wide.png", 32, fit))
 
@@ -293,7 +293,7 @@ def test_predict_reads_images_with_the_models_fit(tmp_path, monkeypatch, recorde
         seen["images"] = split.images.cpu().numpy()
         return np.full(len(split), 0.7), None
 
-    monkeypatch.setattr(predict_mod, "predict", scores)
+    monkeypatch.setattr(predict_mod, "score", scores)
     config = {"variant": "image", "image_size": 40}
     if recorded:
         config["image_fit"] = recorded

@@ -56,7 +56,7 @@ def test_killed_demo_encoder_keeps_the_previous_encoder(cached, monkeypatch):
     monkeypatch.setattr(BertModel, "save_pretrained", half_saved)
     cached["demo_encoder"]["hidden_size"] = 32  # a different encoder: every file would change
     with pytest.raises(Killed):
-        demo_encoder.run(cached)
+        demo_encoder.demo_encoder(cached)
     assert snapshot("models/demo_encoder") == before
     assert not leftovers()
 
@@ -75,7 +75,7 @@ def test_killed_embed_text_keeps_the_previous_cache(cached, monkeypatch):
 
     monkeypatch.setattr(h5py.Group, "create_dataset", dies_after_uids)
     with pytest.raises(Killed):
-        embed_text.run(text_input, cached)
+        embed_text.embed_text(text_input, cached)
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
     assert snapshot(str(path)) == before
     expect = text_cache_attrs(for_text_input(cached, text_input)["text"])

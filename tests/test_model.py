@@ -234,7 +234,7 @@ def test_saved_model_reloads(cached):
 
     from cxrfusion.dataset import load_splits
     from cxrfusion.params import for_run
-    from cxrfusion.scoring import predict
+    from cxrfusion.scoring import score
     from stages.train import train
 
     p = cached
@@ -260,12 +260,12 @@ def test_saved_model_reloads(cached):
 
     # the reloaded weights reproduce the validation loss logged for the kept epoch
     splits, _ = load_splits(for_run(p, run), False, True)
-    probs, loss = predict(model, splits["val"], 8)
+    probs, loss = score(model, splits["val"], 8)
     assert loss == pytest.approx(result["history"][-1]["val"]["loss"], rel=1e-6)
 
     # and loading is deterministic (dropout off, no random init left)
     again, _ = load_model(folder)
-    probs_again, _ = predict(again, splits["val"], 8)
+    probs_again, _ = score(again, splits["val"], 8)
     assert (probs == probs_again).all()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  again.state_dict().values()))

@@ -220,14 +220,14 @@ def test_embed_text_refuses_studies_prepared_for_other_inputs(prepared):
 
     only = {**prepared, "text": {**prepared["text"], "inputs": [FI]}}
     prepare(only)
-    demo_encoder.run(prepared)
+    demo_encoder.demo_encoder(prepared)
     with pytest.raises(PipelineError, match=r"studies.csv has no report field indication: it was "
                                             r"prepared for other text.inputs; rerun `dvc repro "
                                             r"prepare`"):
-        embed_text.run(IND, prepared)
+        embed_text.embed_text(IND, prepared)
     assert not text_cache(IND).exists()
     with pytest.raises(PipelineError, match=r"text input 'impression' is not one of text.inputs"):
-        embed_text.run("impression", prepared)  # not asked for: no cache no run reads
+        embed_text.embed_text("impression", prepared)  # not asked for: no cache no run reads
 
 
 def _vectors(text_input: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -269,7 +269,7 @@ def test_embed_text_for_indication_reads_the_indication_only(cached):
     studies.loc[k, "impression"] = "Congestive heart failure."
     studies.to_csv(STUDIES, index=False)
     for text_input in (FI, IND):
-        embed_text.run(text_input, cached)
+        embed_text.embed_text(text_input, cached)
     _, indication_after, _ = _vectors(IND)
     _, findings_after, _ = _vectors(FI)
     np.testing.assert_array_equal(indication_after, indication)  # every study, bit for bit
@@ -285,14 +285,14 @@ def _direct_study_predictions(run: Run, p: dict) -> dict[str, pd.DataFrame]:
     from cxrfusion.metrics import study_predictions
     from cxrfusion.model import load_model, reads
     from cxrfusion.saved_model import trained_settings
-    from cxrfusion.scoring import predict
+    from cxrfusion.scoring import score
 
     model, _ = load_model(run.models)
     splits = load_splits(trained_settings(run.models, p), *reads(run.variant),
                          names=("val", "test"))[0]
     out = {}
     for name, split in splits.items():
-        probs, _ = predict(model, split, p["train"]["batch_size"], p["train"]["amp"])
+        probs, _ = score(model, split, p["train"]["batch_size"], p["train"]["amp"])
         out[name] = study_predictions(split.rows[["uid", "filename", "label"]].assign(
             probability=probs.astype("float64")))
     return out

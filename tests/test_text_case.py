@@ -142,15 +142,15 @@ def test_text_cache_records_asked_and_resolved_casing(prepared):
 
     text_input = prepared["text"]["inputs"][0]
     cache = text_cache(text_input)
-    demo_encoder.run(prepared)
-    embed_text.run(text_input, prepared)  # text.lowercase: auto, the default
+    demo_encoder.demo_encoder(prepared)
+    embed_text.embed_text(text_input, prepared)  # text.lowercase: auto, the default
     t = for_text_input(prepared, text_input)["text"]
     _, as_is, attrs = read_text_cache(cache, expect=text_cache_attrs(t))
     assert (attrs["lowercase"], attrs["lowercased"]) == ("auto", False)
     assert attrs["fingerprint"].endswith("_cased")
 
     prepared["text"]["lowercase"] = t["lowercase"] = True
-    embed_text.run(text_input, prepared)
+    embed_text.embed_text(text_input, prepared)
     _, lowered, attrs = read_text_cache(cache, expect=text_cache_attrs(t))
     assert (attrs["lowercase"], attrs["lowercased"]) == ("true", True)
     assert attrs["fingerprint"].endswith("_lowercased")

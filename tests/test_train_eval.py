@@ -18,7 +18,7 @@ from cxrfusion.dataset import load_splits
 from cxrfusion.formats import text_cache
 from cxrfusion.model import load_model, reads
 from cxrfusion.params import for_run
-from cxrfusion.scoring import predict
+from cxrfusion.scoring import score
 from stages.evaluate import evaluate
 from stages.train import train
 
@@ -29,7 +29,7 @@ def _reloaded_val_loss(run, p: dict) -> float:
     """Validation loss of the weights saved in models/<run> (fresh process state)."""
     model, _ = load_model(run.models)
     splits, _ = load_splits(for_run(p, run), *reads(run.variant))
-    return predict(model, splits["val"], p["train"]["batch_size"])[1]
+    return score(model, splits["val"], p["train"]["batch_size"])[1]
 
 
 def _batches_per_epoch(p: dict) -> int:
@@ -315,7 +315,7 @@ def test_evaluate_uses_the_saved_model(cached):
     first = (run.predictions).read_text()
     model, _ = load_model(run.models)
     splits, _ = load_splits(for_run(cached, run), False, True)
-    probs, _ = predict(model, splits["test"], 8)
+    probs, _ = score(model, splits["test"], 8)
     assert pd.read_csv(run.predictions)["probability"].to_numpy() == pytest.approx(probs, rel=1e-5)
     evaluate(run, cached)
     assert (run.predictions).read_text() == first
@@ -328,7 +328,7 @@ def test_predictions_keep_full_precision(cached):
     evaluate(run, cached)
     model, _ = load_model(run.models)
     splits, _ = load_splits(for_run(cached, run), False, True)
-    probs, _ = predict(model, splits["test"], 8)
+    probs, _ = score(model, splits["test"], 8)
     written = pd.read_csv(run.predictions)["probability"].to_numpy()
     assert np.array_equal(written.astype(np.float32), probs)
 
@@ -364,7 +364,7 @@ def test_skipped_images_leave_all_variants_the_same_rows(cached):
     broken = images.loc[images["split"] == "test", "filename"].iloc[0]
     Path("data/raw/images/images_normalized", broken).write_bytes(b"not a png")
     cached["image"]["skip_bad"] = True
-    cache_images.run(cached)
+    cache_images.cache_images(cached)
     assert json.loads(Path("features/images_report.json").read_text())["skipped"] == 1
 
     by_variant = {v: load_splits(resolved(cached, v), *reads(v))[0]
