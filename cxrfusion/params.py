@@ -3,8 +3,10 @@
 Each section is a dataclass; each field is an `option(default, rule, doc)`. `validate` checks a
 parameters dict against these descriptions before any work starts, and a bad value stops the
 stage with the parameter's name, its value and what is allowed. `python -m cxrfusion.params`
-prints every option with its default. The defaults are the offline demo's (params.yaml holds
-the same values; a test keeps the two in step).
+prints every option with its default. The defaults are the offline demo's. params.yaml is
+written from these sections (`python -m cxrfusion.params --yaml params.yaml`): its values are
+the defaults, its comments the sections' docstrings and the options' docs, so a description is
+edited here only (tests/test_params_yaml.py keeps the file in step).
 """
 from __future__ import annotations
 
@@ -241,62 +243,96 @@ def option(default, rule, doc: str, required: bool = True):
 
 
 # --- the sections ---------------------------------------------------------------------------------
+# Each section's docstring and each option's doc are params.yaml's comments: `render_yaml` writes
+# the file from them (`python -m cxrfusion.params --yaml params.yaml`), so edit them here.
 
 @dataclass(frozen=True)
 class Data:
+    """Where the studies come from: stage `download` puts the dataset under data/raw (demo:
+    synthetic, offline)."""
     source: str = option("demo", one_of(*SOURCES), "where data/raw comes from: demo (synthetic, "
-                         "offline) | kaggle | openi | local | mimic_cxr (a PhysioNet folder)")
-    local_dir: str | None = option(None, any_value, "for local: a folder in the Kaggle layout; "
-                                   "for mimic_cxr: the MIMIC-CXR-JPG folder")
+                         "offline) | kaggle | openi | local | mimic_cxr (a MIMIC-CXR-JPG folder "
+                         "from PhysioNet, never downloaded here: see README.md)")
+    local_dir: str | None = option(None, any_value, "for `local`: a folder in the Kaggle layout, "
+                                   "holding indiana_reports.csv, indiana_projections.csv and "
+                                   "images/images_normalized/*.png; for `mimic_cxr`: the "
+                                   "MIMIC-CXR-JPG folder, holding mimic-cxr-2.0.0-*.csv.gz and "
+                                   "files/")
     openi_url: str = option("https://openi.nlm.nih.gov/imgs/collections", text,
-                            "for openi: where NLMCXR_png.tgz and NLMCXR_reports.tgz are")
-    keep_unindexed: bool = option(False, switch, "keep MeSH 'No Indexing' studies as abnormal "
-                                  "(the original); false drops them (never labelled)")
+                            "for `openi`: where the .tgz files (NLMCXR_png.tgz and "
+                            "NLMCXR_reports.tgz) are")
+    keep_unindexed: bool = option(False, switch, "MeSH \"No Indexing\" studies were never "
+                                  "labelled: false drops them; true keeps them as abnormal, as "
+                                  "the original did")
 
 
 @dataclass(frozen=True)
 class Demo:
-    studies: int = option(500, positive_int, "synthetic studies (1 to 5 images each)")
+    """The synthetic dataset of `data.source: demo` (SYNTHETIC, not patients)."""
+    studies: int = option(500, positive_int, "number of synthetic studies (1 to 5 images each, "
+                          "about 2 on average)")
     image_size: int = option(128, positive_int, "side of the generated PNGs, px")
     label_noise: float = option(0.03, in_range(0, 0.5, "use a fraction in [0, 0.5)"),
-                                "fraction of studies whose label disagrees with image and report")
+                                "fraction of studies whose label disagrees with their image and "
+                                "report")
     seed: int = option(0, seed, "seed of the generator")
 
 
 @dataclass(frozen=True)
 class Split:
-    test: float = option(0.2, fraction, "fraction of studies (patients) held out for the test")
-    val: float = option(0.15, fraction, "fraction of the rest for model selection")
+    """By study (uid), or by patient when the data names patients (mimic_cxr), stratified by
+    label (stage `prepare`)."""
+    test: float = option(0.2, fraction, "fraction of studies (of patients) held out for the "
+                         "final test (the original 80:20)")
+    val: float = option(0.15, fraction, "fraction of the remaining studies (patients) for model "
+                        "selection")
     seed: int = option(42, seed, "seed of the split")
-    official: bool = option(False, switch, "use the dataset's official split (mimic_cxr only)",
-                            required=False)
+    official: bool = option(False, switch, "true: use the dataset's official split instead "
+                            "(mimic_cxr only; its `validate` becomes val)", required=False)
     min_studies: int = option(10, in_range(0, float("inf"), "use a whole number >= 0 (0: no "
                                            "minimum)", whole=True),
-                              "prepare refuses a split with fewer studies")
+                              "prepare refuses a train, val or test split with fewer studies; "
+                              "0 switches the check off (unit tests of hand-made tables)")
     min_per_label: int = option(2, in_range(0, float("inf"), "use a whole number >= 0 (0: no "
                                             "minimum)", whole=True),
-                                "prepare refuses a split with fewer studies of either label")
+                                "prepare refuses a train, val or test split with fewer studies "
+                                "of either label (AUROC and a threshold need both); 0 switches "
+                                "the check off (unit tests of hand-made tables)")
 
 
 @dataclass(frozen=True)
 class Text:
+    """The frozen text encoder that reads every report once, per text input (stage
+    `embed_text`: one vector a study)."""
     model: str = option("models/demo_encoder", text, "hub id or local folder of the frozen "
-                        "encoder (the real study: dmis-lab/biobert-base-cased-v1.1)")
-    revision: str | None = option(None, any_value, "hub revision (commit) of `model`")
+                        "encoder; the real study: dmis-lab/biobert-base-cased-v1.1")
+    revision: str | None = option(None, any_value, "hub revision (branch, tag or commit) when "
+                                  "`model` is a hub id")
     inputs: tuple = option(("findings+impression", "indication"), text_inputs,
-                           "the text inputs compared, each a report field set embedded once: "
-                           "findings+impression (the original's) | indication (leak-free)")
-    pooling: str = option("mean", one_of(*POOLINGS), "cls ([CLS], the original) | mean")
+                           "the text inputs compared: each a field set (report fields joined by "
+                           "+), embedded once; fusion and text-only are trained on each. The "
+                           "original read findings + impression, where the radiologist's "
+                           "conclusion (and so the label) is written; the indication (why the "
+                           "X-ray was taken) is written before it and cannot leak it")
+    pooling: str = option("mean", one_of(*POOLINGS), "cls (the original and the real study: "
+                          "[CLS] of the last layer) | mean (mask-aware average; the demo "
+                          "default: the random tiny BERT's [CLS] vector barely varies between "
+                          "reports)")
     lowercase: bool | str = option("auto", lowercase, "auto | true | false: lowercase reports "
-                                   "before the encoder reads them (auto: as it was trained)")
+                                   "before the encoder reads them; auto follows its "
+                                   "tokenizer_config.json, else its vocabulary (BioBERT ships "
+                                   "none: its cased vocabulary makes auto read reports cased)")
     max_length: int = option(512, positive_int, "tokens; longer reports are truncated")
     batch_size: int = option(32, positive_int, "reports per forward pass")
     device: str = option("auto", device, "auto | cpu | cuda[:N]")
-    nproc: int = option(1, positive_int, "processes (GPUs) sharing the work (torchrun)")
+    nproc: int = option(1, positive_int, "processes (GPUs) sharing the work, launched with "
+                        "torchrun")
 
 
 @dataclass(frozen=True)
 class DemoEncoder:
+    """The tiny BERT built offline for the demo (random weights; the real study reads
+    BioBERT)."""
     vocab_size: int = option(1000, positive_int, "WordPiece vocabulary of the tiny BERT")
     hidden_size: int = option(64, positive_int, "its width")
     layers: int = option(2, positive_int, "its layers")
@@ -306,83 +342,135 @@ class DemoEncoder:
 
 @dataclass(frozen=True)
 class Image:
-    size: int | str = option(48, image_side, "side of the cached images, px (the real study: "
-                             "240), or auto: the default input of model.backbone's weights")
-    fit: str = option("pad", one_of(*FITS), "how a non-square X-ray becomes square: pad "
-                      "(letterbox) | crop (centre square) | stretch (the original)")
-    skip_bad: bool = option(False, switch, "skip unreadable images instead of stopping")
-    pretrained: bool | str = option(False, weights, "timm's ImageNet weights: true, false or "
-                                    "the path of a weights file (the real study: true)")
+    """Every X-ray decoded once, grayscale, fitted into image.size x image.size (stage
+    `cache_images`), and the CNN's ImageNet weights."""
+    size: int | str = option(48, image_side, "side of the cached images, px: images are cached "
+                             "as size x size grayscale; the real study: 240; auto: the default "
+                             "input of model.backbone's weights (timm's pretrained config: 240 "
+                             "for B1, 600 for B7; docs/backbones.md)")
+    fit: str = option("pad", one_of(*FITS), "how a non-square X-ray becomes size x size: pad "
+                      "(letterbox: long side to size, aspect kept, short side padded with the "
+                      "border's median) | crop (short side to size, centre square kept; cuts "
+                      "the lung bases of tall films) | stretch (the original's Resize((224, "
+                      "224)): squashes the heart-to-chest width ratio of cardiomegaly)")
+    skip_bad: bool = option(False, switch, "true: skip unreadable images (counted in "
+                            "features/images_report.json) instead of stopping")
+    pretrained: bool | str = option(False, weights, "load timm's ImageNet weights for the "
+                                    "backbone: true, false or the path of a weights file (the "
+                                    "real study: true)")
 
 
 @dataclass(frozen=True)
 class Model:
-    backbone: str = option("tinynet_e.in1k", text, "timm model name.tag (the tag pins the "
-                           "ImageNet weights); the real study: efficientnet_b1.ra4_e3600_r240_in1k")
+    """The classifier: the CNN and the head that reads its features, the report vector, or
+    both (cxrfusion/model.py)."""
+    backbone: str = option("tinynet_e.in1k", text, "timm model name.tag; the tag pins which "
+                           "ImageNet weights image.pretrained loads. The real study: "
+                           "efficientnet_b1.ra4_e3600_r240_in1k (B1, timm 1.0.31's default "
+                           "tag). The demo: tinynet_e, a 0.8 M-parameter EfficientNet with the "
+                           "same 1,280 features, so its 9 CNN runs (3 seeds x image, 2 x "
+                           "fusion) fit in minutes on 2 CPU cores; any timm model name")
     hidden: int = option(256, positive_int, "units of the head's hidden layer")
     dropout: float = option(0.3, in_range(0, 1, "use a fraction in [0, 1)"), "head dropout")
-    freeze_backbone: bool = option(False, switch, "train the head only, the CNN frozen whole")
-    standardise_text: bool = option(True, switch, "standardise each report-vector dimension by "
-                                    "the training studies' mean and sd (false: raw, the original)")
-    fusion: str = option("concat", one_of(*FUSIONS), "concat (the original: features "
-                         "concatenated into the MLP) | projector (each modality projected to "
-                         "shared_dim, then concatenated) | gated (a per-study gate weighs the "
-                         "two projected vectors)")
+    freeze_backbone: bool = option(False, switch, "true trains only the head, the CNN frozen "
+                                   "whole (525,058 parameters for BioBERT fusion)")
+    standardise_text: bool = option(True, switch, "the head reads each report-vector dimension "
+                                    "standardised by the training studies' mean and sd (saved "
+                                    "with the weights); false: raw vectors, as the original. "
+                                    "Raw, the frozen encoder's small between-report variation "
+                                    "drowns beside the CNN's 1,280 features (docs/design.md, "
+                                    "\"Report vectors standardised\")")
+    fusion: str = option("concat", one_of(*FUSIONS), "how the head joins image and report: "
+                         "concat (the original: the 1,280 + 768 features concatenated into the "
+                         "MLP) | projector (each modality through its own Linear + LayerNorm + "
+                         "GELU to shared_dim, then concatenated) | gated (a learned per-study "
+                         "gate weighs the two projected vectors; its weight of the report is "
+                         "saved for the test studies). The image and text models read their "
+                         "one modality through the same projector, so comparisons stay like "
+                         "for like")
     shared_dim: int = option(256, positive_int, "width of the projectors (projector, gated; "
                              "the image and text models use the same)")
 
 
 @dataclass(frozen=True)
 class Train:
+    """How every run is trained: each variant once per seed, fusion and text once per text
+    input too (stages `train_image`, `train_fusion`, `train_text`)."""
     epochs: int = option(3, positive_int, "epochs (the real study: 40)")
     lr: float = option(0.003, positive_number, "Adam learning rate (the original)")
     lr_backbone: float | None = option(None, optional(positive_number), "Adam learning rate "
-                                       "of the CNN (null: train.lr, the original)")
-    augment: str = option("none", one_of(*AUGMENTS), "random transforms of the training images "
-                          "(never validation or test): none (the original) | affine | "
-                          "affine+jitter (ranges: augment)")
-    batch_size: int = option(32, positive_int, "global batch, images (the real study: 64)")
+                                       "of the CNN, in its own parameter group (null: train.lr, "
+                                       "the original); fine-tuning a pretrained CNN usually "
+                                       "takes 10 to 100 times less than its new head")
+    augment: str = option("none", one_of(*AUGMENTS), "random transforms of the training images, "
+                          "per image and batch, on the training device (validation and test "
+                          "never): none (the original) | affine (rotation, shift, zoom, flip: "
+                          "ranges in augment, below) | affine+jitter (and brightness/contrast)")
+    batch_size: int = option(32, positive_int, "images per step, the global batch of all "
+                             "processes; the real study: 64 (docs/performance.md, \"Batch "
+                             "size\")")
     seeds: tuple = option((0, 1, 2), seeds, "every variant is trained once per seed "
-                          "(initialisation, order and dropout) on the same split")
+                          "(initialisation, batch order, dropout) on the same split; the "
+                          "comparison averages over them and its intervals include their "
+                          "spread")
     device: str = option("auto", device, "auto | cpu | cuda[:N]")
-    amp: bool = option(True, switch, "bf16 autocast of the CNN on CUDA")
-    compile: bool = option(False, switch, "torch.compile the model")
-    deterministic: bool = option(False, switch, "deterministic GPU kernels (slower)")
-    select: str = option("best_val_loss", one_of(*SELECTIONS), "which epoch's weights are kept")
-    nproc: int = option(1, positive_int, "processes (one per GPU) launched with torchrun")
+    amp: bool = option(True, switch, "bf16 autocast of the CNN on CUDA (ignored on the CPU)")
+    compile: bool = option(False, switch, "torch.compile the model (the first epoch compiles; "
+                           "gain on a GPU not yet measured: bench/benchmark.py --compile)")
+    deterministic: bool = option(False, switch, "true: deterministic GPU kernels (slower; "
+                                 "docs/design.md, \"Reproducibility\")")
+    select: str = option("best_val_loss", one_of(*SELECTIONS), "which epoch's weights are kept: "
+                         "best_val_loss | last")
+    nproc: int = option(1, positive_int, "processes (one per GPU) launched with torchrun; "
+                        "batch_size and lr are global: the same optimisation for any nproc "
+                        "(docs/scaling.md, \"Scaling\")")
     in_memory_gb: float = option(16, in_range(0, float("inf"), "use a size in GB >= 0 (0 always "
                                               "streams)"),
-                                 "image caches up to this size are held in memory, larger streamed")
+                                 "image caches up to this size (uint8, GB, times the processes "
+                                 "on a machine) are held in memory (and on the GPU); larger "
+                                 "ones (MIMIC-CXR) are streamed from images.h5")
     workers: int = option(4, in_range(0, 1025, "use a whole number of loader processes >= 0",
                                       whole=True),
-                          "loader processes that read a streamed images.h5")
+                          "loader processes that read images.h5 when it is streamed")
 
 
 @dataclass(frozen=True)
-class Augment:  # read when train.augment is not none; each drawn per image, per batch
-    rotation: float = option(10.0, in_range(0, 180, "use degrees in [0, 180)"),
-                             "degrees: uniform in [-rotation, +rotation]")
+class Augment:
+    """The ranges of train.augment, read when it is not none; each drawn per image, per batch
+    (cxrfusion/augment.py says why these)."""
+    rotation: float = option(10, in_range(0, 180, "use degrees in [0, 180)"),
+                             "degrees: uniform in [-rotation, +rotation], [-10, +10] by default "
+                             "(torchxrayvision: 45; films are taken in a standard position)")
     translate: float = option(0.05, in_range(0, 0.5, "use a fraction of the side in [0, 0.5)"),
-                              "shift, a fraction of the side: uniform in [-t, +t] each axis")
+                              "shift, a fraction of the side, each axis: uniform in [-translate, "
+                              "+translate], [-0.05, +0.05] by default")
     scale: float = option(0.1, in_range(0, 1, "use a fraction in [0, 1)"),
-                          "zoom factor: uniform in [1 - scale, 1 + scale]")
+                          "zoom factor: uniform in [1 - scale, 1 + scale], [0.9, 1.1] by default")
     flip: float = option(0.0, probability,
-                         "probability of a horizontal flip (0: a flipped film puts the heart "
-                         "on the right)")
+                         "probability of a horizontal flip (MedFuse flips; 0 here: a flipped "
+                         "frontal film puts the heart on the right)")
     brightness: float = option(0.1, in_range(0, 1, "use a fraction in [0, 1)"),
-                               "affine+jitter: offset uniform in [-b, +b] of the full range")
+                               "affine+jitter: offset uniform in [-brightness, +brightness] of "
+                               "the full range, [-0.1, +0.1] by default")
     contrast: float = option(0.1, in_range(0, 1, "use a fraction in [0, 1)"),
-                             "affine+jitter: factor uniform in [1 - c, 1 + c] about the mean")
+                             "affine+jitter: factor uniform in [1 - contrast, 1 + contrast] "
+                             "about each image's mean, [0.9, 1.1] by default")
 
 
 @dataclass(frozen=True)
 class Evaluate:
-    threshold: float | str = option("youden", operating_point, "probability of abnormal at or "
-                                    "above which a study is called abnormal, or the rule that "
-                                    "picks it on each model's validation predictions: youden | "
-                                    "max_f1")
-    specificity: float = option(0.9, fraction, "the specificity at which each run's test ROC is "
-                                "read for sensitivity (threshold-free, linear between points)")
+    """How each run's test predictions are scored (stage `evaluate`)."""
+    threshold: float | str = option("youden", operating_point, "where a study is called "
+                                    "abnormal: a probability of abnormal at or above which it "
+                                    "is (e.g. 0.5), or a rule applied to each model's own "
+                                    "validation predictions: youden (max sensitivity + "
+                                    "specificity - 1: the default, it does not lean on the 64 % "
+                                    "abnormal prevalence) | max_f1 (max F1, leans towards "
+                                    "calling abnormal); never chosen on test studies")
+    specificity: float = option(0.9, fraction, "sensitivity is also read off each run's test "
+                                "ROC at this specificity: threshold-free, linear between the "
+                                "curve's points (as the ROC figure draws it), so every model "
+                                "is compared at the same specificity")
 
 
 SECONDARY = ("fusion-image/findings+impression", "fusion-text/findings+impression",
@@ -391,46 +479,66 @@ SECONDARY = ("fusion-image/findings+impression", "fusion-text/findings+impressio
 
 @dataclass(frozen=True)
 class Compare:
+    """The declared question and how it is answered (cxrfusion/inference.py)."""
     primary: str = option("fusion-image/indication", comparison, "the comparison the study "
-                          "answers first: an AUROC difference <model>-<model>/<text input> "
-                          "(first minus second); the indication cannot leak the label")
-    secondary: list = option(SECONDARY, comparisons, "the rest of the declared family; with the "
-                             "primary, Holm-adjusted together (cxrfusion/inference.py)")
+                          "answers first, an AUROC difference <model>-<model>/<text input> "
+                          "(first minus second): here fusion minus the image model's, with the "
+                          "indication as text input (written before the X-ray is read, so it "
+                          "cannot leak the label)")
+    secondary: list = option(SECONDARY, comparisons, "the rest of the declared family, "
+                             "Holm-adjusted together with the primary; findings+impression is "
+                             "the original's input, which holds the radiologist's conclusion "
+                             "(and so, nearly, the label)")
     alpha: float = option(0.05, in_range(0.001, 0.5, "use a level in [0.001, 0.5)"),
-                          "family-wise error rate; intervals hold at 1 - alpha, the equivalence "
-                          "test's at 1 - 2 alpha")
+                          "family-wise error rate: p-values are Holm-adjusted over the family "
+                          "(primary and secondary); intervals hold at 1 - alpha, the "
+                          "equivalence test's at 1 - 2 alpha")
     margin: float = option(0.05, in_range(0.001, 0.5, "use an AUROC difference in [0.001, 0.5)"),
-                           "AUROC difference within which two models count as equivalent")
-    bootstrap: int = option(2000, positive_int, "bootstrap resamples of every interval and "
-                            "p-value (the smallest p is 2 / (bootstrap + 1))")
-    seed: int = option(0, seed, "seed of the resamples")
+                           "AUROC difference within which two models count as equivalent (two "
+                           "one-sided tests at alpha: the 1 - 2 alpha interval inside "
+                           "+-margin); 0.05 is about the gap between a fair and a good reader "
+                           "of a finding, smaller than most reported gains of adding a modality")
+    bootstrap: int = option(2000, positive_int, "resamples of every interval and p-value; the "
+                            "smallest p is 2 / (bootstrap + 1), 2 / 2001 here, so Holm over 6 "
+                            "can reach 0.006 < alpha, and a p near 0.05 is known to +-0.005 "
+                            "(its Monte Carlo standard error)")
+    seed: int = option(0, seed, "seed of the resamples (test studies, seeds, validation "
+                       "studies)")
     resample_validation: bool = option(True, switch, "redraw the validation studies in each "
                                        "round and choose every run's threshold again on them, "
-                                       "so that intervals at a threshold include its "
-                                       "uncertainty")
+                                       "so that F1, sensitivity and specificity at the "
+                                       "threshold carry its uncertainty too")
 
 
 @dataclass(frozen=True)
 class Explain:
-    variant: str = option("fusion", one_of(*EXPLAINED), "the model explained (it needs a CNN)")
-    per_outcome: int = option(3, positive_int, "heatmaps per outcome (TP, TN, FP, FN)")
+    """Stage `explain`: Grad-CAM heatmaps and modality reliance (test set)."""
+    variant: str = option("fusion", one_of(*EXPLAINED), "the model explained: fusion | image "
+                          "(Grad-CAM needs the image branch)")
+    per_outcome: int = option(3, positive_int, "heatmaps per outcome (true/false "
+                              "positive/negative test studies: TP, TN, FP, FN); fewer when the "
+                              "test set has fewer")
     seed: int = option(0, seed, "which test studies of each outcome are shown")
     model_seed: int | None = option(None, optional(seed_rule), "the training seed of the model "
-                                    "explained (null: the first of train.seeds)")
+                                    "explained (null: the first of train.seeds); `predict "
+                                    "--model models/<variant>/.../seed-N` likewise")
     text_input: str | None = option(None, optional(text), "the text input of the fusion model "
-                                    "explained, and of the reports swapped (null: the first of "
-                                    "text.inputs)")
+                                    "explained, and of the reports swapped for the image model "
+                                    "(null: the first of text.inputs)")
 
 
 @dataclass(frozen=True)
 class Report:
+    """Stage `report`: the study report, metrics/report.md."""
     subgroups: list = option(SUBGROUPS, subgroup_kinds, "subgroups of the test studies on which "
-                             "each model's AUROC and the family's differences are scored "
-                             "(exploratory, outside the family): view (with a lateral view, or "
-                             "without) | images (one, or several) | words (report length "
-                             "tertiles of each text input, cut on the training studies)")
+                             "each model's AUROC and the family's differences are scored, in "
+                             "the comparison's bootstrap rounds (exploratory, outside the "
+                             "family): view (with a lateral view, or without) | images (one, or "
+                             "several) | words (report length tertiles of each text input, cut "
+                             "on the training studies); [] for none")
     min_per_label: int = option(5, positive_int, "a subgroup with fewer test studies of either "
-                                "label is listed, not scored")
+                                "label is listed, not scored (an AUROC of fewer is mostly "
+                                "noise)")
 
 
 SECTIONS = {"data": Data, "demo": Demo, "split": Split, "text": Text, "demo_encoder": DemoEncoder,
@@ -624,12 +732,12 @@ def for_run(p: dict, run: Run) -> dict:
 
 
 def spelled(value) -> str:
-    """A default as params.yaml spells it."""
+    """A value as params.yaml spells it, YAML's own spelling: null, true, false, numbers, a list
+    in brackets, a string bare unless YAML would read it otherwise (then quoted)."""
     if isinstance(value, tuple):
-        return "[" + ", ".join(map(spelled, value)) + "]"
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    return str(value)
+        value = list(value)
+    dumped = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True)
+    return dumped.removesuffix("...\n").strip()
 
 
 def describe() -> str:
@@ -642,5 +750,97 @@ def describe() -> str:
     return "\n".join(lines)
 
 
+# --- params.yaml, written from the sections -------------------------------------------------------
+
+HEADER = ("Parameters of the pipeline. The defaults run the offline synthetic demo on 2 CPU cores "
+          "in a few minutes. The real study (IU X-ray, BioBERT, ImageNet weights, 240 px, 40 "
+          "epochs) is one `dvc exp run` away: see docs/real-study.md, \"Running the real "
+          "study\". Written by `python -m cxrfusion.params --yaml params.yaml` from "
+          "cxrfusion/params.py, which describes every option once: edit a description there, "
+          "not here.")
+WIDTH = 100      # params.yaml's lines end by this column
+COMMENT_AT = 26  # ...and its comments start at column 27 (0-based 26)
+FLOW_LIST = 50   # a list whose `  name: [...]` is longer is written one item a line
+
+
+def section_doc(described) -> str:
+    """A section's description: its dataclass's docstring (not the signature @dataclass writes
+    for a class that has none)."""
+    doc = described.__doc__ or ""
+    if doc.startswith(described.__name__ + "("):
+        raise ValueError(f"{described.__name__} has no docstring: params.yaml describes each "
+                         "section with it")
+    return " ".join(doc.split())
+
+
+def _words(doc: str) -> list[str]:
+    """A description's words; a quoted phrase, a `command` and a reference (docs/<page>.md,
+    "Heading") stay on one line."""
+    words = []
+    for word in re.findall(r'[^\s"`]*(?:"[^"]*"|`[^`]*`)\S*|\S+', " ".join(doc.split())):
+        if words and words[-1].endswith(".md,") and word.startswith('"'):
+            words[-1] += " " + word
+        else:
+            words.append(word)
+    return words
+
+
+def _commented(lefts: list[str], doc: str) -> list[str]:
+    """`lefts` (a key and its value, or a list's lines) with `doc` as the comment beside them,
+    from column 27 (or 3 spaces after the longest line that reaches it), wrapped at WIDTH; its
+    continuation lines begin `#   `, on lines of their own once `lefts` run out."""
+    words, lines = _words(doc), []
+    beyond = max((len(left) + 3 for left in lefts if len(left) + 2 > COMMENT_AT), default=0)
+    for i in range(max(len(lefts), 1) + len(words)):
+        left = lefts[i] if i < len(lefts) else ""
+        if not words:
+            if left:
+                lines.append(left)
+            continue
+        start = COMMENT_AT if len(left) + 2 <= COMMENT_AT else beyond
+        line = left.ljust(start) + ("# " if i == 0 else "#   ") + words.pop(0)
+        while words and len(line) + 1 + len(words[0]) <= WIDTH:
+            line += " " + words.pop(0)
+        lines.append(line)
+    return lines
+
+
+def _option(name: str, value) -> list[str]:
+    """`  name: value`, or a long list one item a line."""
+    line = f"  {name}: {spelled(value)}"
+    if not isinstance(value, (list, tuple)) or not value or len(line) <= FLOW_LIST:
+        return [line]
+    return [f"  {name}:"] + [f"    - {spelled(item)}" for item in value]
+
+
+def render_yaml() -> str:
+    """params.yaml: every section and option at its default, each described by its doc."""
+    lines = []
+    for word in _words(HEADER):
+        if lines and len(lines[-1]) + 1 + len(word) <= WIDTH:
+            lines[-1] += " " + word
+        else:
+            lines.append("# " + word)
+    for section, described in SECTIONS.items():
+        lines += ["", *_commented([f"{section}:"], section_doc(described))]
+        for f in fields(described):
+            lines += _commented(_option(f.name, f.default), f.metadata["doc"])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    """No argument: every option, its default and meaning. `--yaml`: params.yaml's text;
+    `--yaml PATH`: written to PATH."""
+    if not argv:
+        sys.stdout.write(describe() + "\n")
+    elif argv[0] == "--yaml" and len(argv) <= 2:
+        if len(argv) == 2:
+            Path(argv[1]).write_text(render_yaml())
+        else:
+            sys.stdout.write(render_yaml())
+    else:
+        sys.exit("usage: python -m cxrfusion.params [--yaml [PATH]]")
+
+
 if __name__ == "__main__":
-    sys.stdout.write(describe() + "\n")
+    main(sys.argv[1:])

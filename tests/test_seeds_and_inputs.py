@@ -341,7 +341,7 @@ def test_test_predictions_never_move_the_threshold(trained, monkeypatch):
     run, p, _ = trained
     before = evaluate_mod.evaluate(run, p)
     scored = pd.read_csv(run.predictions)["probability"].to_numpy()
-    real_score = evaluate_mod.score
+    real_score = evaluate_mod.image_probabilities
 
     def separated(df, high, low):  # every image of an abnormal study `high`, of a normal `low`
         return df.assign(probability=np.where(df["label"] == 1, high, low))
@@ -351,7 +351,7 @@ def test_test_predictions_never_move_the_threshold(trained, monkeypatch):
         test = (split.rows["split"] == "test").all()
         return df.assign(probability=1 - df["probability"]) if test else df
 
-    monkeypatch.setattr(evaluate_mod, "score", test_changed)
+    monkeypatch.setattr(evaluate_mod, "image_probabilities", test_changed)
     after = evaluate_mod.evaluate(run, p)
     # the test scores changed (evaluate wrote the turned ones) ...
     np.testing.assert_allclose(pd.read_csv(run.predictions)["probability"],
@@ -365,7 +365,7 @@ def test_test_predictions_never_move_the_threshold(trained, monkeypatch):
         df = real_score(model, split, params)
         return separated(df, 0.8, 0.2) if (split.rows["split"] == "val").all() else df
 
-    monkeypatch.setattr(evaluate_mod, "score", val_changed)
+    monkeypatch.setattr(evaluate_mod, "image_probabilities", val_changed)
     moved = evaluate_mod.evaluate(run, p)
     # validation studies separated at 0.8 / 0.2: youden's threshold lies halfway, 0.5
     assert moved["threshold"] == 0.5 != before["threshold"]

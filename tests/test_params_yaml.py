@@ -1,0 +1,83 @@
+"""params.yaml is written from cxrfusion/params.py, which describes every option once: the file's
+values are the described defaults and its comments the descriptions, never typed by hand."""
+from __future__ import annotations
+
+import dataclasses
+
+import yaml
+from conftest import ROOT
+
+from cxrfusion import params
+
+
+def _typed(tree):
+    """A parsed tree with the type of every value and the order of every mapping."""
+    if isinstance(tree, dict):
+        return [(key, _typed(value)) for key, value in tree.items()]
+    if isinstance(tree, (list, tuple)):
+        return ["list", [_typed(item) for item in tree]]
+    return [type(tree).__name__, tree]
+
+
+def test_params_yaml_is_what_params_py_writes():
+    assert (ROOT / "params.yaml").read_text() == params.render_yaml(), (
+        "params.yaml is not what cxrfusion/params.py writes: edit descriptions and defaults in "
+        "cxrfusion/params.py, then run `python -m cxrfusion.params --yaml params.yaml`")
+
+
+def test_the_written_file_reads_back_as_the_defaults_types_and_order_included():
+    written = params.render_yaml()
+    assert _typed(yaml.safe_load(written)) == _typed(params.defaults())
+    long = [line for line in written.splitlines() if len(line) > params.WIDTH]
+    assert not long, f"lines longer than {params.WIDTH}: {long}"
+
+
+def test_every_option_and_section_is_described():
+    for section, described in params.SECTIONS.items():
+        assert params.section_doc(described).strip(), f"section {section} has no description"
+        for f in dataclasses.fields(described):
+            assert f.metadata["doc"].strip(), f"{section}.{f.name} has no description"
+
+
+def test_a_section_without_a_docstring_is_refused():
+    @dataclasses.dataclass(frozen=True)
+    class Bare:
+        x: int = params.option(1, params.positive_int, "an option")
+
+    try:
+        params.section_doc(Bare)
+    except ValueError as e:
+        assert "Bare has no docstring" in str(e)
+    else:
+        raise AssertionError("a section without a docstring was described by its signature")
+
+
+def test_a_changed_description_changes_the_file(monkeypatch):
+    before = params.render_yaml()
+    option = dataclasses.fields(params.Augment)[0]  # augment.rotation
+    changed = {**option.metadata, "doc": "a description written by this test"}
+    monkeypatch.setattr(option, "metadata", changed)
+    after = params.render_yaml()
+    assert after != before
+    assert "  rotation: 10            # a description written by this test\n" in after
+    monkeypatch.setattr(params.Report, "__doc__", "a section description written by this test")
+    assert "report:                   # a section description written by this test\n" in (
+        params.render_yaml())
+
+
+def test_values_are_spelled_as_yaml_reads_them():
+    for value in ("none", "null", "true", "10", "a: b", "#x", "", "fusion-image/indication",
+                  1e-05, 0.0, 10, None, False, ["a, b", "c"], ("x",)):
+        read = yaml.safe_load(f"key: {params.spelled(value)}  # a comment")["key"]
+        expected = list(value) if isinstance(value, tuple) else value
+        assert _typed(read) == _typed(expected), (value, params.spelled(value))
+    assert params.spelled("none") == "none" and params.spelled("null") == "'null'"
+
+
+def test_the_command_prints_and_writes_the_file(tmp_path, capsys):
+    params.main(["--yaml"])
+    assert capsys.readouterr().out == params.render_yaml()
+    params.main(["--yaml", str(tmp_path / "params.yaml")])
+    assert (tmp_path / "params.yaml").read_text() == params.render_yaml()
+    params.main([])
+    assert capsys.readouterr().out == params.describe() + "\n"
