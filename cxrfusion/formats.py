@@ -18,6 +18,7 @@ HDF5 caches:
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,11 +178,7 @@ def text_cache_attrs(text: dict) -> dict:
 
 def read_text_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """uids, vectors and attributes; refuses a cache whose attributes differ from `expect`."""
-    if not Path(path).exists():
-        raise PipelineError(f"{path} not found: run `dvc repro embed_text` first.")
-    with h5py.File(path, "r") as f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
-        _check_attrs(path, attrs, expect or {})
+    with _checked(path, "embed_text", expect) as (f, attrs):
         return f["uids"][:], f["vectors"][:], attrs
 
 
@@ -206,11 +203,7 @@ def create_image_cache(f: h5py.File, n: int, size: int, fit: str) -> h5py.Datase
 
 def read_image_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """filenames and all images in memory (uint8, N x S x S)."""
-    if not Path(path).exists():
-        raise PipelineError(f"{path} not found: run `dvc repro cache_images` first.")
-    with h5py.File(path, "r") as f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
-        _check_attrs(path, attrs, expect or {})
+    with _checked(path, "cache_images", expect) as (f, _):
         return f["filenames"].asstr()[:], f["images"][:]
 
 
@@ -218,11 +211,8 @@ def read_image_rows(path, rows: np.ndarray, expect: dict | None = None) -> np.nd
     """Only the images at `rows` of an image cache, in that order (uint8, len(rows) x S x S):
     one array, no copy of the whole cache. Runs of consecutive rows are read as one slice
     (h5py's fancy selection of scattered rows is ~30x slower than slices)."""
-    if not Path(path).exists():
-        raise PipelineError(f"{path} not found: run `dvc repro cache_images` first.")
     rows = np.asarray(rows, dtype=np.int64)
-    with h5py.File(path, "r") as f:
-        _check_attrs(path, {k: _plain(v) for k, v in f.attrs.items()}, expect or {})
+    with _checked(path, "cache_images", expect) as (f, _):
         images = f["images"]
         out = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
         order = np.argsort(rows, kind="stable")
@@ -236,10 +226,7 @@ def read_image_rows(path, rows: np.ndarray, expect: dict | None = None) -> np.nd
 
 def read_image_filenames(path, expect: dict | None = None) -> np.ndarray:
     """Only the index of an image cache (which images it holds, in row order): no pixels."""
-    if not Path(path).exists():
-        raise PipelineError(f"{path} not found: run `dvc repro cache_images` first.")
-    with h5py.File(path, "r") as f:
-        _check_attrs(path, {k: _plain(v) for k, v in f.attrs.items()}, expect or {})
+    with _checked(path, "cache_images", expect) as (f, _):
         return f["filenames"].asstr()[:]
 
 
@@ -261,6 +248,18 @@ def read_images_report(path) -> dict:
         raise PipelineError(f"{path} lists no skipped_images: it was written by an older "
                             "cache_images; rebuild it with `dvc repro -f cache_images`.")
     return report
+
+
+@contextlib.contextmanager
+def _checked(path, stage: str, expect: dict | None):
+    """A cache opened for reading, (file, its attributes): it must exist (else: the stage that
+    writes it) and its attributes must be `expect`'s (_check_attrs)."""
+    if not Path(path).exists():
+        raise PipelineError(f"{path} not found: run `dvc repro {stage}` first.")
+    with h5py.File(path, "r") as f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        _check_attrs(path, attrs, expect or {})
+        yield f, attrs
 
 
 def _plain(value):
