@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # written inside the checkout under test, with its own formats (attributes differ by version)
 MAKE_DATA = textwrap.dedent("""
-    import json, sys
+    import inspect, json, sys
     import h5py, numpy as np, pandas as pd, yaml
     from cxrfusion import formats
     from cxrfusion.studies import split_studies
@@ -48,11 +48,14 @@ MAKE_DATA = textwrap.dedent("""
     if hasattr(formats, "text_cache"):  # one cache per text input; the report fields as columns
         from cxrfusion import params
         text_input = p["text"]["inputs"][0]
-        text = params.for_text_input(p, text_input)["text"]
+        if "fields" in inspect.signature(formats.text_cache_attrs).parameters:
+            text = (p["text"], params.fields_of(text_input))  # the input's fields an argument
+        else:  # commits before: text.fields slipped into the parameters
+            text = (params.for_text_input(p, text_input)["text"],)
         fields = dict.fromkeys(f for i in p["text"]["inputs"] for f in params.fields_of(i))
         report, cache = {f: "No acute disease." for f in fields}, formats.text_cache(text_input)
     else:  # commits before text.inputs: one text.h5 report cache, studies.csv's `text` column
-        text, report, cache = p["text"], {"text": "No acute disease."}, formats.TEXT_H5
+        text, report, cache = (p["text"],), {"text": "No acute disease."}, formats.TEXT_H5
     rng = np.random.default_rng(0)
     n_studies = round(n_images / 1.94)  # IU X-ray: 7,466 images of 3,851 studies
     uids = np.arange(1, n_studies + 1)
@@ -78,7 +81,7 @@ MAKE_DATA = textwrap.dedent("""
         f.create_dataset("filenames", data=images["filename"].to_numpy(object),
                          dtype=h5py.string_dtype())
         f.create_dataset("skipped", data=np.array([], dtype=object), dtype=h5py.string_dtype())
-    attrs = {**formats.text_cache_attrs(text), "revision": "None",
+    attrs = {**formats.text_cache_attrs(*text), "revision": "None",
              "fingerprint": "sha256:synthetic", "dim": 768}
     formats.write_text_cache(cache, uids, rng.standard_normal((n_studies, 768)), attrs)
     with open(formats.IMAGES_REPORT, "w") as f:  # what cache_images reports
@@ -95,10 +98,13 @@ LOAD = textwrap.dedent("""
     names = {"names": ("train", "val")}  # commits before `names` read every split
     kw = names if "names" in inspect.signature(load_splits).parameters else {}
     p = params.load()
-    if hasattr(params, "for_run"):  # the parameters as the first fusion run reads them
+    reads = True  # what the first fusion run reads: commits before took a flag for the text
+    if "text_input" in inspect.signature(load_splits).parameters:  # ...now its text input
+        reads = p["text"]["inputs"][0]
+    elif hasattr(params, "for_run"):  # ...with the run's values slipped into the parameters
         from cxrfusion.formats import Run
         p = params.for_run(p, Run("fusion", p["train"]["seeds"][0], p["text"]["inputs"][0]))
-    splits, _ = load_splits(p, True, True, **kw)
+    splits, _ = load_splits(p, True, reads, **kw)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"imports_mb": before / 1024, "loaded_mb": after / 1024}))
 """)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from cxrfusion import distributed
 from cxrfusion.distributed import World
+from cxrfusion.formats import Run
 from cxrfusion.model import reads
 
 # the columns of draw's output, one row per image:
@@ -152,10 +153,10 @@ class Augmenter:
     process draws the parameters of the whole global batch and takes its share's, so the
     augmented batch is the same for any number of processes."""
 
-    def __init__(self, p: dict):
+    def __init__(self, p: dict, seed: int):
         self.jitter = p["train"]["augment"] == "affine+jitter"
         self.ranges = Ranges(**p["augment"])
-        stream = np.random.SeedSequence([p["train"]["seed"], 0xA06]).generate_state(1)[0]
+        stream = np.random.SeedSequence([seed, 0xA06]).generate_state(1)[0]  # the run's seed
         self.generator = torch.Generator().manual_seed(int(stream))  # checkpointed with the rest
 
     def __call__(self, images: torch.Tensor, whole: int, world: World) -> torch.Tensor:
@@ -163,6 +164,9 @@ class Augmenter:
         return apply(images, distributed.shard(drawn, world))
 
 
-def augmenter(variant: str, p: dict) -> Augmenter | None:
-    """The transform of the training images, or None: train.augment none, or no image read."""
-    return Augmenter(p) if p["train"]["augment"] != "none" and reads(variant)[0] else None
+def augmenter(run: Run, p: dict) -> Augmenter | None:
+    """The transform of the run's training images, or None: train.augment none, or no image
+    read."""
+    if p["train"]["augment"] == "none" or not reads(run.variant)[0]:
+        return None
+    return Augmenter(p, run.seed)

@@ -34,6 +34,7 @@ from cxrfusion.formats import (
     text_cache,
     text_cache_attrs,
 )
+from cxrfusion.params import fields_of
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,10 @@ class CachedImages(Dataset):
         return torch.from_numpy(np.stack([images[r] for r in self.cache_rows[rows]]))
 
 
-def load_splits(p: dict, uses_image: bool, uses_text: bool,
+def load_splits(p: dict, uses_image: bool, text_input: str | None,
                 names: tuple[str, ...] = SPLITS) -> tuple[dict[str, Split], int]:
-    """The Splits `names` (train, val, test) and the text vector size (0 when no text is read).
+    """The Splits `names` (train, val, test), with the images when `uses_image` and the report
+    vectors of `text_input` unless it is None, and the vector size (0 when no text is read).
 
     Only the rows of those splits are read. Their pixels are one array, each Split a view of
     its own slice of it: one copy of what is scored in host memory, however many splits.
@@ -139,9 +141,10 @@ def load_splits(p: dict, uses_image: bool, uses_text: bool,
                                 "split.test / split.val.")
     rows = pd.concat([rows.loc[rows["split"] == name] for name in names], ignore_index=True)
     text_dim, vectors_by_row, pixels_by_row, cache_rows = 0, None, None, None
-    if uses_text:
-        cache = text_cache(p["text"]["input"])  # p: resolved for the run (params.for_run)
-        uids, vectors, attrs = read_text_cache(cache, expect=text_cache_attrs(p["text"]))
+    if text_input is not None:
+        cache = text_cache(text_input)
+        expect = text_cache_attrs(p["text"], fields_of(text_input))
+        uids, vectors, attrs = read_text_cache(cache, expect=expect)
         row_of = pd.Series(np.arange(len(uids)), index=uids)
         missing = ~rows["uid"].isin(row_of.index)
         if missing.any():

@@ -164,8 +164,9 @@ def write_text_cache(path, uids, vectors, attrs: dict) -> None:
             f.attrs[key] = value
 
 
-def text_cache_attrs(text: dict) -> dict:
-    """What the vectors depend on (from params `text`); readers compare these with theirs.
+def text_cache_attrs(text: dict, fields: list[str]) -> dict:
+    """What the vectors of a text input depend on (params `text`, and the input's report
+    `fields`); readers compare these with theirs.
 
     `lowercase` is text.lowercase as asked (auto, true, false); `embed_text` adds `lowercased`,
     what it resolved to, and puts the same in the encoder's fingerprint (`..._cased`)."""
@@ -173,7 +174,7 @@ def text_cache_attrs(text: dict) -> dict:
     if isinstance(lowercase, bool):  # spelled as in params.yaml: one type whatever was asked
         lowercase = "true" if lowercase else "false"
     return {"model": text["model"], "pooling": text["pooling"], "max_length": text["max_length"],
-            "fields": ",".join(text["fields"]), "lowercase": lowercase}  # fields: of the input
+            "fields": ",".join(fields), "lowercase": lowercase}
 
 
 def read_text_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -716,19 +716,17 @@ def unknown_input(text_input: str, p: dict) -> str:
             "to text.inputs (params.yaml, or `dvc exp run -S 'text.inputs=[...]'`).")
 
 
-def for_text_input(p: dict, text_input: str) -> dict:
-    """The parameters as one text input's stages read them: text.input names it and
-    text.fields lists its report fields."""
-    return {**p, "text": {**p["text"], "input": text_input, "fields": fields_of(text_input)}}
-
-
-def for_run(p: dict, run: Run) -> dict:
-    """The parameters of one run, resolved: train.seed is its seed and, for a model that reads
-    a report, text.input / text.fields its text input. Saved beside the model (params.json)."""
-    resolved = for_text_input(p, run.text_input) if run.text_input else dict(p)
-    resolved["train"] = {**p["train"], "seed": run.seed}
-    resolved["run"] = run.record
-    return resolved
+def record(p: dict, run: Run) -> dict:
+    """What models/<run>/params.json records: the parameters the run was trained with, its seed
+    as train.seed, its text input as text.input and text.fields (a model that reads a report)
+    and the run itself. Code takes a run's own values from the Run; this is their record."""
+    recorded = dict(p)
+    if run.text_input:
+        recorded["text"] = {**p["text"], "input": run.text_input,
+                            "fields": fields_of(run.text_input)}
+    recorded["train"] = {**p["train"], "seed": run.seed}
+    recorded["run"] = run.record
+    return recorded
 
 
 def spelled(value) -> str:

@@ -23,7 +23,6 @@ last bit: on the CPU a row's result depends in its last bit on the batch it is c
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -36,11 +35,11 @@ import torch
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device
 from cxrfusion.dataset import Split
 from cxrfusion.formats import load_csv, read_text_cache_attrs, text_cache
-from cxrfusion.imaging import FITS, BadImage, load_xray
+from cxrfusion.imaging import BadImage, load_xray
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, load_model
 from cxrfusion.params import TEXT_FIELDS
-from cxrfusion.saved_model import evaluation_threshold
+from cxrfusion.saved_model import evaluation_threshold, image_fit, saved_settings
 from cxrfusion.scoring import score
 from cxrfusion.studies import join_text
 from cxrfusion.text_encoder import (
@@ -81,10 +80,7 @@ class Predictor:
         """(tokenizer, model) of the frozen text encoder, loaded once and checked."""
         if self._encoder is None:
             t = self.params["text"]
-            if "lowercase" not in t:
-                log.warning("%s records no text.lowercase (saved before it existed): "
-                            "resolving it as auto", self.folder / "params.json")
-            lowercase = t.get("lowercase", "auto")
+            lowercase = t["lowercase"]  # recorded: saved_model.saved_settings checked it
             tokenizer, encoder = load_encoder(t["model"], t["revision"], self.device, lowercase)
             check_encoder(t["model"], tokenizer, encoder, self.config, self.folder, lowercase)
             self._encoder = (tokenizer, encoder)
@@ -97,12 +93,9 @@ def load_predictor(folder, device: str = "auto", threshold: float | None = None)
         raise PipelineError(f"model folder {folder} not found: train it first (`dvc repro`; "
                             "its runs are models/<variant>[/<text input>]/seed-<seed>) or name "
                             "another with --model.")
-    if not (folder / "params.json").exists():
-        raise PipelineError(f"{folder / 'params.json'} not found: {folder} was not written by "
-                            "`stages.train`; retrain it with `dvc repro`.")
+    params = saved_settings(folder)
     dev = resolve_device(device, "option --device")
     model, config = load_model(folder, dev)
-    params = json.loads((folder / "params.json").read_text())
     value, source = evaluation_threshold(folder, params, threshold)
     return Predictor(model, config, params, folder, dev, value, source)
 
@@ -149,24 +142,9 @@ def check_encoder(name: str, tokenizer, encoder, config: dict, folder: Path,
 
 # --- reading a study ------------------------------------------------------------------------------
 
-def model_image_fit(config: dict, folder) -> str:
-    """How the model's training images were made square (model.json's `image_fit`). A model
-    saved before models recorded it was trained on stretched images, the only fit there was."""
-    source = Path(folder) / "model.json"
-    fit = config.get("image_fit")
-    if fit is None:
-        log.warning("%s records no image_fit (saved before image.fit existed): reading images "
-                    "with fit stretch, as it was trained; retrain to record it.", source)
-        return "stretch"
-    if fit not in FITS:
-        raise PipelineError(f"{source}: image_fit={fit!r} is not one of {', '.join(FITS)}; "
-                            "retrain the model with `dvc repro`.")
-    return fit
-
-
 def load_images(paths: list, size: int, fit: str) -> torch.Tensor:
     """uint8 (N, size, size), decoded and fitted as `cache_images` does (the one shared
-    function); `fit` is the model's (`model_image_fit`), whatever params.yaml says now."""
+    function); `fit` is the model's (`saved_model.image_fit`), whatever params.yaml says now."""
     out = []
     for path in paths:
         if not Path(path).is_file():
@@ -198,7 +176,7 @@ def predict_studies(predictor: Predictor, images: pd.DataFrame,
     model, config = predictor.model, predictor.config
     rows = images.reset_index(drop=True)
     pixels = (load_images(rows["path"].tolist(), config["image_size"],
-                          model_image_fit(config, predictor.folder))
+                          image_fit(config, predictor.folder))
               if model.uses_image else None)
     vectors = None
     if model.uses_text:

@@ -1,6 +1,8 @@
 """What a trained model's folder (models/<run>/) records, read back: the settings it was trained
-with (params.json) and the threshold `evaluate` chose for it on validation studies
-(metrics/test/<run>.json). evaluate, explain and the prediction CLI read a model through here.
+with (params.json), how its images were made square (model.json) and the threshold `evaluate`
+chose for it on validation studies (metrics/test/<run>.json). evaluate, explain and the
+prediction CLI read a model through here, under one rule: a model saved before the pipeline
+recorded a setting that reading it needs is refused, with the command that retrains it.
 """
 from __future__ import annotations
 
@@ -9,27 +11,47 @@ from pathlib import Path
 
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import MODELS, TEST_METRICS
+from cxrfusion.params import FITS
 
 # how this machine scores, not what the model learned: taken from params.yaml, not the model
 SCORING = ("device", "amp", "batch_size", "in_memory_gb", "workers")
+# what reading a model's inputs needs and early models did not record (params.json)
+RECORDED = (("image", "fit"), ("text", "lowercase"))
+RETRAIN = "the model was trained before the pipeline recorded it; retrain it with `dvc repro`."
 
 
-def trained_settings(folder, p: dict) -> dict:
-    """The settings a saved model was trained with (models/<run>/params.json: its caches'
-    text and image settings), with this run's `train.{device, amp, batch_size, in_memory_gb,
-    workers}`. `evaluate` and `explain` read the caches as the model was trained on them, so
-    they depend on the model, not on params.yaml's image.* and text.*."""
+def saved_settings(folder) -> dict:
+    """The settings a saved model was trained with (models/<run>/params.json)."""
     path = Path(folder) / "params.json"
     if not path.exists():
         raise PipelineError(f"{path} not found: {folder} was not written by `stages.train`; "
                             "retrain it with `dvc repro`.")
     trained = json.loads(path.read_text())
-    missing = [f"{s}.{k}" for s, k in (("image", "fit"), ("text", "lowercase"))
-               if k not in trained.get(s, {})]
+    missing = [f"{s}.{k}" for s, k in RECORDED if k not in trained.get(s, {})]
     if missing:
-        raise PipelineError(f"{path} has no {', '.join(missing)}: the model was trained before "
-                            "the pipeline recorded it; retrain it with `dvc repro`.")
+        raise PipelineError(f"{path} has no {', '.join(missing)}: {RETRAIN}")
+    return trained
+
+
+def trained_settings(folder, p: dict) -> dict:
+    """The settings a saved model was trained with (its caches' text and image settings), with
+    this run's `train.{device, amp, batch_size, in_memory_gb, workers}`. `evaluate` and
+    `explain` read the caches as the model was trained on them, so they depend on the model,
+    not on params.yaml's image.* and text.*."""
+    trained = saved_settings(folder)
     return {**trained, "train": {**trained["train"], **{k: p["train"][k] for k in SCORING}}}
+
+
+def image_fit(config: dict, folder) -> str:
+    """How the model's training images were made square (model.json's `image_fit`)."""
+    source = Path(folder) / "model.json"
+    fit = config.get("image_fit")
+    if fit is None:
+        raise PipelineError(f"{source} has no image_fit: {RETRAIN}")
+    if fit not in FITS:
+        raise PipelineError(f"{source}: image_fit={fit!r} is not one of {', '.join(FITS)}; "
+                            "retrain the model with `dvc repro`.")
+    return fit
 
 
 def evaluation_of(model_folder) -> Path | None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cxrfusion import checkpoint, distributed
+from cxrfusion import checkpoint, distributed, params
 from cxrfusion.augment import Augmenter
 from cxrfusion.common import PipelineError, atomic_path, write_json
 from cxrfusion.dataset import Split
@@ -130,13 +130,13 @@ def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> boo
     return False
 
 
-def build(variant: str, p: dict, train_set: Split, world: World):
-    """The model on this rank's device, the optimizer, and the module that takes the steps
-    (wrapped by DDP across processes and by torch.compile when asked). `train_set` gives the
-    report vectors' size and, under model.standardise_text, their scaling."""
+def build(run: Run, p: dict, train_set: Split, world: World):
+    """The run's model on this rank's device, the optimizer, and the module that takes the
+    steps (wrapped by DDP across processes and by torch.compile when asked). `train_set` gives
+    the report vectors' size and, under model.standardise_text, their scaling."""
     t, m = p["train"], p["model"]
     text_dim = 0 if train_set.text is None else train_set.text.shape[1]
-    model = Classifier(variant, text_dim, m["backbone"], p["image"]["pretrained"], m["hidden"],
+    model = Classifier(run.variant, text_dim, m["backbone"], p["image"]["pretrained"], m["hidden"],
                        m["dropout"], m["fusion"], m["shared_dim"])
     if model.uses_text and m["standardise_text"]:
         model.standardise_text(train_set.study_text())
@@ -150,7 +150,7 @@ def build(variant: str, p: dict, train_set: Split, world: World):
     if world.distributed:  # same initial weights on every rank: DDP broadcasts rank 0's
         step = DistributedDataParallel(
             model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
-        torch.manual_seed(t["seed"] + world.rank)  # each rank its own dropout masks
+        torch.manual_seed(run.seed + world.rank)  # each rank its own dropout masks
     if t["compile"]:
         step = torch.compile(step)  # same weights, fused kernels
     return model, optimizer, step
@@ -195,8 +195,8 @@ def summarise_kept_epoch(live, history: list, chosen: int) -> None:
 
 def save_model(run: Run, p: dict, model: Classifier, best_state: dict, text_dim: int,
                chosen: int, history: list) -> None:
-    """models/<run>/: weights (safetensors), how to rebuild them, the resolved params (this
-    run's seed and text input: params.for_run)."""
+    """models/<run>/: weights (safetensors), how to rebuild them, and params.json, the
+    parameters it was trained with (params.record: with the run's seed and text input)."""
     from safetensors.torch import save_file
 
     model.load_state_dict(best_state)
@@ -216,6 +216,6 @@ def save_model(run: Run, p: dict, model: Classifier, best_state: dict, text_dim:
         tmp.mkdir()
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
         write_json(tmp / CONFIG, config)
-        write_json(tmp / "params.json", p)  # the resolved settings next to the weights
+        write_json(tmp / "params.json", params.record(p, run))  # the settings beside the weights
         write_json(tmp / "history.json", history)
     checkpoint.remove(run)

@@ -32,10 +32,9 @@ def part_path(out, rank: int):
 def embed_text(text_input: str, p: dict) -> None:
     if text_input not in p["text"]["inputs"]:
         raise PipelineError(params.unknown_input(text_input, p))
-    p = params.for_text_input(p, text_input)
-    t, out = p["text"], text_cache(text_input)
-    studies, _ = read_prepared(t["fields"])
-    reports = studies.apply(join_text, axis=1, fields=t["fields"]).tolist()
+    t, out, fields = p["text"], text_cache(text_input), params.fields_of(text_input)
+    studies, _ = read_prepared(fields)
+    reports = studies.apply(join_text, axis=1, fields=fields).tolist()
     with distributed.running(t["device"], "text.device") as world:
         tokenizer, model = load_encoder(t["model"], t["revision"], world.device, t["lowercase"])
         limit = model.config.max_position_embeddings
@@ -55,7 +54,7 @@ def embed_text(text_input: str, p: dict) -> None:
                 rows, vectors = merge_parts(out, world.size, len(studies))
         seconds = time.perf_counter() - start
         if world.main:
-            attrs = {**text_cache_attrs(t), "revision": t["revision"] or "",
+            attrs = {**text_cache_attrs(t, fields), "revision": t["revision"] or "",
                      "lowercased": reads_lowercase(tokenizer),  # text.lowercase resolved
                      "fingerprint": encoder_fingerprint(t["model"], model, tokenizer),
                      "dim": vectors.shape[1]}

@@ -90,7 +90,8 @@ def evaluate(run: Run, p: dict) -> dict:
     device = resolve_device(p["train"]["device"])
     model, _ = load_model(run.models, device)
     trained = trained_settings(run.models, p)
-    splits = load_splits(trained, *reads(run.variant), names=("val", "test"))[0]
+    splits = load_splits(trained, reads(run.variant)[0], run.text_input,
+                         names=("val", "test"))[0]
     val_images = image_probabilities(model, splits["val"].to(device), p)
     val = study_predictions(val_images)
     chosen = operating_point(val, p["evaluate"])

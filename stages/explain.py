@@ -52,12 +52,13 @@ def explain(p: dict) -> dict:
     model, config = load_model(run.models, device)
     trained = trained_settings(run.models, p)  # the caches as the model read them
     threshold, source = evaluation_threshold(run.models, trained)
-    if not model.uses_text:  # the image model reads no report: explain.text_input's, as is
+    reports = run.text_input  # the image model reads none: explain.text_input's, as embedded
+    if not model.uses_text:
         reports = e["text_input"] or p["text"]["inputs"][0]
-        trained["text"] = params.for_text_input(p, reports)["text"]
+        trained["text"] = p["text"]
     # both inputs, whatever the variant reads
-    test = load_splits(trained, True, True, names=("test",))[0]["test"].to(device)
-    ref_uid, ref_vector = reference_normal(trained)
+    test = load_splits(trained, True, reports, names=("test",))[0]["test"].to(device)
+    ref_uid, ref_vector = reference_normal(trained, reports)
     reliance, probs = modality_reliance(model, test, torch.from_numpy(ref_vector), threshold,
                                         t["batch_size"], t["amp"], config["image_size"])
     picks = select_examples(test.rows, probs, threshold, e["per_outcome"], e["seed"])
@@ -72,7 +73,7 @@ def explain(p: dict) -> dict:
     with atomic_path(FIGURES) as tmp:
         tmp.mkdir()
         write_heatmaps(model, test, picks, threshold, variant, tmp)
-    result = {"variant": variant, "seed": run.seed, "text_input": trained["text"]["input"],
+    result = {"variant": variant, "seed": run.seed, "text_input": reports,
               "model": str(run.models), "threshold": threshold,
               "test": {"studies": int(test.rows["uid"].nunique()), "images": len(test)},
               "reference_normal_uid": ref_uid, "heatmaps": len(picks),

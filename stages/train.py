@@ -41,12 +41,11 @@ log = logging.getLogger("train")
 def train(run: Run, p: dict) -> dict:
     """The loop: set up, resume where an interrupted run stopped, then per epoch train,
     validate, keep the best weights and save a checkpoint; finally save the epoch kept."""
-    p = params.for_run(p, run)  # train.seed: this run's; text.input: its reports
     t = p["train"]
     with distributed.running(t["device"], "train.device") as world:
         model, optimizer, step, train_set, val_set, text_dim = set_up(run, p, world)
-        generator = torch.Generator().manual_seed(t["seed"])  # batch order: same on all ranks
-        augment = augmenter(run.variant, p)  # train.augment; None: the images as cached
+        generator = torch.Generator().manual_seed(run.seed)  # batch order: same on all ranks
+        augment = augmenter(run, p)  # train.augment; None: the images as cached
         log_set_up(run, p, model, optimizer, train_set, val_set, world, augment)
         resume_key, progress = checkpoint.resume(run, p, model, optimizer, generator, augment,
                                                  world)
@@ -85,10 +84,11 @@ def set_up(run: Run, p: dict, world) -> tuple:
         raise PipelineError(f"parameter train.batch_size={t['batch_size']} is the global batch "
                             f"and must give each of the {world.size} processes at least 2 "
                             f"images: use train.batch_size>={2 * world.size}.")
-    seed_everything(t["seed"])
+    seed_everything(run.seed)
     configure_torch(world.device, t["deterministic"])
-    splits, text_dim = load_splits(p, *reads(run.variant), names=("train", "val"))
-    model, optimizer, step = build(run.variant, p, splits["train"], world)
+    splits, text_dim = load_splits(p, reads(run.variant)[0], run.text_input,
+                                   names=("train", "val"))
+    model, optimizer, step = build(run, p, splits["train"], world)
     on_device = fits_on_device(splits["train"].nbytes + splits["val"].nbytes, world.device)
     train_set, val_set = (splits[s].to(world.device, images_too=on_device)
                           for s in ("train", "val"))

@@ -85,12 +85,14 @@ def first_run(variant: str, p: dict, seed: int | None = None, text_input: str | 
     return Run(variant, seed, text_input or p["text"]["inputs"][0])
 
 
-def resolved(p: dict, variant: str, seed: int | None = None, text_input: str | None = None) -> dict:
-    """The parameters as that run reads them (params.for_run: train.seed, text.input, ...),
-    for calls such as load_splits that take a run's parameters."""
-    from cxrfusion.params import for_run
+def splits_of(p: dict, variant: str, names: tuple | None = None):
+    """load_splits as the first run of `variant` reads them (conftest.first_run): the images
+    if it reads them, the report vectors of its text input if it reads a report."""
+    from cxrfusion.dataset import load_splits
+    from cxrfusion.model import reads
 
-    return for_run(p, first_run(variant, p, seed, text_input))
+    names = {"names": names} if names else {}
+    return load_splits(p, reads(variant)[0], first_run(variant, p).text_input, **names)
 
 
 def interrupt_training_at(monkeypatch, epoch: int):

@@ -71,7 +71,7 @@ def test_text_cache_missing_file_and_length_mismatch(tmp_path):
 def test_cached_features_match_the_prepared_tables(cached):
     from cxrfusion.formats import text_cache_attrs as cache_attrs
     from cxrfusion.imaging import load_xray
-    from cxrfusion.params import fields_of, for_text_input
+    from cxrfusion.params import fields_of
     from cxrfusion.studies import join_text
     from cxrfusion.text_encoder import embed, load_encoder
 
@@ -83,11 +83,11 @@ def test_cached_features_match_the_prepared_tables(cached):
     assert cached["text"]["inputs"] == ["findings+impression", "indication"]
     assert sorted(p.name for p in formats.TEXT_DIR.iterdir()) == ["findings+impression.h5",
                                                                   "indication.h5"]
-    for text_input in cached["text"]["inputs"]:
-        t = for_text_input(cached, text_input)["text"]
-        assert t["fields"] == fields_of(text_input)
+    t = cached["text"]
+    for text_input in t["inputs"]:
+        fields = fields_of(text_input)
         uids, vectors, attrs = read_text_cache(formats.text_cache(text_input),
-                                               expect=cache_attrs(t))
+                                               expect=cache_attrs(t, fields))
         assert attrs["fields"] == ",".join(fields_of(text_input))
         assert uids.tolist() == studies["uid"].tolist()
         assert vectors.shape == (len(studies), cached["demo_encoder"]["hidden_size"])
@@ -95,7 +95,7 @@ def test_cached_features_match_the_prepared_tables(cached):
         assert np.isfinite(vectors).all()
         if tokenizer is None:
             tokenizer, model = load_encoder(t["model"], t["revision"], CPU)
-        texts = studies.apply(join_text, axis=1, fields=t["fields"])
+        texts = studies.apply(join_text, axis=1, fields=fields)
         for i, text in enumerate(texts):
             alone = embed([text], tokenizer, model, t["pooling"], t["max_length"], 1, CPU,
                           progress=False)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, first_run, resolved
+from conftest import ROOT, first_run, splits_of
 from safetensors.torch import load_file
 
 from cxrfusion import checkpoint, distributed
@@ -217,7 +217,6 @@ def test_embed_text_in_two_processes_writes_the_same_cache(cached):
 # --- streaming from images.h5 ------------------------------------------------------------------
 
 def test_streamed_images_train_the_same_model(cached):
-    from cxrfusion.dataset import load_splits
 
     p = cached
     p["train"]["epochs"] = 1
@@ -226,7 +225,7 @@ def test_streamed_images_train_the_same_model(cached):
     in_memory = _weights(run.models)
 
     p["train"].update(in_memory_gb=0, workers=2)
-    splits, _ = load_splits(resolved(p, "fusion"), True, True)
+    splits, _ = splits_of(p, "fusion")
     assert splits["train"].streamed and splits["train"].images is None
     train(run, p)
     streamed = _weights(run.models)

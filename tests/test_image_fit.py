@@ -5,7 +5,6 @@ the chest, the ratio that defines cardiomegaly.
 """
 from __future__ import annotations
 
-import logging
 from types import SimpleNamespace
 
 import h5py
@@ -269,21 +268,22 @@ def test_model_config_records_the_fit():
         model_config(fake_model(), 16, "efficientnet_b1", 64)
 
 
-def test_model_image_fit(tmp_path, caplog):
-    from cxrfusion.predict import model_image_fit
+def test_model_image_fit(tmp_path):
+    """model.json's image_fit; a model saved before it was recorded is refused (the one rule of
+    saved_model for evaluate, explain and the prediction CLI)."""
+    from cxrfusion.saved_model import image_fit
 
-    assert model_image_fit({"image_fit": "crop"}, tmp_path) == "crop"
-    with caplog.at_level(logging.WARNING, logger="predict"):
-        assert model_image_fit({"image_size": 32}, tmp_path) == "stretch"
-    assert str(tmp_path / "model.json") in caplog.text and "stretch" in caplog.text
+    assert image_fit({"image_fit": "crop"}, tmp_path) == "crop"
+    with pytest.raises(PipelineError, match="model.json has no image_fit: the model was trained "
+                       "before the pipeline recorded it; retrain it with `dvc repro`"):
+        image_fit({"image_size": 32}, tmp_path)
     with pytest.raises(PipelineError, match="model.json"):
-        model_image_fit({"image_fit": "squash"}, tmp_path)
+        image_fit({"image_fit": "squash"}, tmp_path)
 
 
-@pytest.mark.parametrize("recorded", ["crop", "pad", None])
+@pytest.mark.parametrize("recorded", ["crop", "pad", "stretch"])
 def test_predict_reads_images_with_the_models_fit(tmp_path, monkeypatch, recorded):
-    """predict_studies decodes with model.json's image_fit (stretch for an older model.json),
-    whatever params.yaml says now."""
+    """predict_studies decodes with model.json's image_fit, whatever params.yaml says now."""
     from cxrfusion import predict as predict_mod
 
     path = save(tmp_path, disc(120, 60))
@@ -294,15 +294,13 @@ def test_predict_reads_images_with_the_models_fit(tmp_path, monkeypatch, recorde
         return np.full(len(split), 0.7), None
 
     monkeypatch.setattr(predict_mod, "score", scores)
-    config = {"variant": "image", "image_size": 40}
-    if recorded:
-        config["image_fit"] = recorded
+    config = {"variant": "image", "image_size": 40, "image_fit": recorded}
     predictor = predict_mod.Predictor(
         SimpleNamespace(uses_image=True, uses_text=False), config,
         {"train": {"batch_size": 4, "amp": False}}, tmp_path, torch.device("cpu"), 0.5, "test")
     out = predict_mod.predict_studies(predictor, pd.DataFrame({"uid": [1], "path": [path]}), None)
     assert out["probability"].tolist() == [pytest.approx(0.7)]
-    want = load_xray(path, 40, recorded or "stretch")
+    want = load_xray(path, 40, recorded)
     np.testing.assert_array_equal(seen["images"][0], want)
-    assert predict_mod.load_images([path], 40, recorded or "stretch").numpy()[0].tolist() \
+    assert predict_mod.load_images([path], 40, recorded).numpy()[0].tolist() \
         == want.tolist()

@@ -18,7 +18,7 @@ from conftest import first_run
 
 from cxrfusion import figures
 from cxrfusion.formats import read_text_cache, text_cache, text_cache_attrs
-from cxrfusion.params import for_text_input, runs
+from cxrfusion.params import fields_of, runs
 from stages import compare, demo_encoder, embed_text, evaluate
 from stages.train import train
 
@@ -78,7 +78,7 @@ def test_killed_embed_text_keeps_the_previous_cache(cached, monkeypatch):
         embed_text.embed_text(text_input, cached)
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
     assert snapshot(str(path)) == before
-    expect = text_cache_attrs(for_text_input(cached, text_input)["text"])
+    expect = text_cache_attrs(cached["text"], fields_of(text_input))
     uids, vectors, _ = read_text_cache(path, expect=expect)
     assert len(uids) == len(vectors) > 0
     assert not leftovers()

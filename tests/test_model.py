@@ -233,7 +233,6 @@ def test_saved_model_reloads(cached):
     from conftest import first_run
 
     from cxrfusion.dataset import load_splits
-    from cxrfusion.params import for_run
     from cxrfusion.scoring import score
     from stages.train import train
 
@@ -259,7 +258,7 @@ def test_saved_model_reloads(cached):
     assert config["seed"] == 0 and config["text_input"] == "findings+impression"
 
     # the reloaded weights reproduce the validation loss logged for the kept epoch
-    splits, _ = load_splits(for_run(p, run), False, True)
+    splits, _ = load_splits(p, False, run.text_input)
     probs, loss = score(model, splits["val"], 8)
     assert loss == pytest.approx(result["history"][-1]["val"]["loss"], rel=1e-6)
 
@@ -305,6 +304,7 @@ def test_training_fits_the_scaling_on_training_studies_once_each(standardise):
 
     from cxrfusion.dataset import Split
     from cxrfusion.distributed import World
+    from cxrfusion.formats import Run
     from cxrfusion.params import defaults
     from cxrfusion.training import build
 
@@ -313,7 +313,8 @@ def test_training_fits_the_scaling_on_training_studies_once_each(standardise):
     text = torch.tensor([[4.0, 1.0]] * 3 + [[0.0, 3.0]])
     p = defaults()
     p["model"]["standardise_text"] = standardise
-    model, _, _ = build("text", p, Split(rows, None, text, torch.tensor(rows["label"])), World())
+    train_set = Split(rows, None, text, torch.tensor(rows["label"]))
+    model, _, _ = build(Run("text", 0, "indication"), p, train_set, World())
     if standardise:  # studies 1 and 2: mean (2, 2), sd (2, 1); per image it would be (3, 1.5)
         assert model.text_mean.tolist() == [2.0, 2.0] and model.text_scale.tolist() == [2.0, 1.0]
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,6 @@ from PIL import Image
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run, read_text_cache_attrs, text_cache
 from cxrfusion.metrics import study_predictions
-from cxrfusion.params import for_text_input
 
 VARIANTS = ("fusion", "image", "text")
 INPUT = "findings+impression"
@@ -176,6 +176,32 @@ def test_predict_errors(p):
         _cli(["--model", text, "--csv", "uids.csv"])
 
 
+@pytest.mark.parametrize("setting", ["image.fit", "text.lowercase"])
+def test_a_model_saved_before_a_setting_was_recorded_is_refused_alike(p, setting):
+    """One rule for evaluate, explain and the prediction CLI (saved_model.saved_settings): a
+    model whose params.json lacks a setting that reading its inputs needs is refused, with the
+    command that retrains it; nothing falls back to a guess."""
+    from stages.evaluate import evaluate
+    from stages.explain import explain
+
+    saved = RUNS["fusion"].models / "params.json"
+    original = saved.read_text()
+    older = json.loads(original)
+    section, key = setting.split(".")
+    del older[section][key]
+    message = (f"{saved} has no {setting}: the model was trained before the pipeline recorded "
+               "it; retrain it with `dvc repro`")
+    try:
+        saved.write_text(json.dumps(older))
+        for reads_the_model in (lambda: evaluate(RUNS["fusion"], p), lambda: explain(p),
+                                lambda: _cli(["--model", MODEL["fusion"], "--image",
+                                              _test_rows()["path"].iloc[0], "--text", "x"])):
+            with pytest.raises(PipelineError, match=re.escape(message)):
+                reads_the_model()
+    finally:
+        saved.write_text(original)
+
+
 def test_predict_defaults_to_the_first_fusion_run(p):
     from cxrfusion.predict import parser
 
@@ -236,7 +262,7 @@ def test_predict_refuses_another_encoder(p):
 def _test_split(p):
     from cxrfusion.dataset import load_splits
     # both inputs whatever the model reads; the reports of INPUT
-    return load_splits(for_text_input(p, INPUT), True, True)[0]["test"]
+    return load_splits(p, True, INPUT)[0]["test"]
 
 
 def test_grad_cam_heatmap(p):
@@ -293,7 +319,7 @@ def test_reliance_of_single_input_models(p):
     from cxrfusion.model import load_model
 
     test = _test_split(p)
-    uid, vector = reference_normal(for_text_input(p, INPUT))
+    uid, vector = reference_normal(p, INPUT)
     studies = pd.read_csv("data/prepared/studies.csv")
     assert studies.set_index("uid").loc[uid, ["split", "label"]].tolist() == ["train", 0]
     normal = torch.from_numpy(vector)

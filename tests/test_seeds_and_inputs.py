@@ -20,7 +20,7 @@ from conftest import ROOT, first_run, frozen_project
 from cxrfusion import params as params_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run, read_text_cache, text_cache
-from cxrfusion.params import fields_of, for_run, for_text_input, run_of, runs, validate
+from cxrfusion.params import fields_of, record, run_of, runs, validate
 
 FI, IND = "findings+impression", "indication"
 
@@ -83,9 +83,10 @@ def test_run_of_refuses_what_no_comparison_reads(params, argv, message):
         run_of(argv, params)
 
 
-def test_for_run_resolves_seed_and_input_without_touching_the_parameters(params):
+def test_record_names_the_run_without_touching_the_parameters(params):
+    """params.json's record of a run: its seed and text input beside the parameters."""
     original = copy.deepcopy(params)
-    resolved = for_run(params, Run("text", 1, IND))
+    resolved = record(params, Run("text", 1, IND))
     assert resolved["train"]["seed"] == 1 and resolved["train"]["seeds"] == [0, 1]
     assert resolved["text"]["input"] == IND and resolved["text"]["fields"] == ["indication"]
     assert resolved["run"] == {"variant": "text", "seed": 1, "text_input": IND}
@@ -93,9 +94,9 @@ def test_for_run_resolves_seed_and_input_without_touching_the_parameters(params)
         assert resolved[section] == params[section], section
     assert {k: v for k, v in resolved["train"].items() if k != "seed"} == params["train"]
 
-    fusion = for_run(params, Run("fusion", 0, FI))
+    fusion = record(params, Run("fusion", 0, FI))
     assert fusion["train"]["seed"] == 0 and fusion["text"]["fields"] == ["findings", "impression"]
-    image = for_run(params, Run("image", 1))
+    image = record(params, Run("image", 1))
     assert image["train"]["seed"] == 1 and "input" not in image["text"]
     assert image["run"] == {"variant": "image", "seed": 1, "text_input": None}
     resolved["train"]["lr"] = 1.0  # the copies share nothing the caller holds
@@ -104,8 +105,7 @@ def test_for_run_resolves_seed_and_input_without_touching_the_parameters(params)
     assert "seed" not in params["train"] and "input" not in params["text"] and "run" not in params
 
     assert fields_of(FI) == ["findings", "impression"] and fields_of(IND) == ["indication"]
-    assert for_text_input(params, "comparison+impression")["text"]["fields"] == [
-        "comparison", "impression"]
+    assert fields_of("comparison+impression") == ["comparison", "impression"]
     assert params == original
 
 
@@ -252,7 +252,7 @@ def test_embed_text_for_indication_reads_the_indication_only(cached):
 
     # each indication vector is the encoder's reading of that study's indication alone
     studies = pd.read_csv(STUDIES, keep_default_na=False, dtype=str)
-    t = for_text_input(cached, IND)["text"]
+    t = cached["text"]
     cpu = torch.device("cpu")
     tokenizer, model = load_encoder(t["model"], t["revision"], cpu)
     for k in (0, 1, len(studies) - 1):
@@ -288,7 +288,7 @@ def _direct_study_predictions(run: Run, p: dict) -> dict[str, pd.DataFrame]:
     from cxrfusion.scoring import score
 
     model, _ = load_model(run.models)
-    splits = load_splits(trained_settings(run.models, p), *reads(run.variant),
+    splits = load_splits(trained_settings(run.models, p), reads(run.variant)[0], run.text_input,
                          names=("val", "test"))[0]
     out = {}
     for name, split in splits.items():

@@ -137,26 +137,26 @@ def test_fingerprint_names_the_resolved_casing(cased):
 
 def test_text_cache_records_asked_and_resolved_casing(prepared):
     from cxrfusion.formats import read_text_cache, text_cache, text_cache_attrs
-    from cxrfusion.params import for_text_input
+    from cxrfusion.params import fields_of
     from stages import demo_encoder, embed_text
 
     text_input = prepared["text"]["inputs"][0]
     cache = text_cache(text_input)
     demo_encoder.demo_encoder(prepared)
     embed_text.embed_text(text_input, prepared)  # text.lowercase: auto, the default
-    t = for_text_input(prepared, text_input)["text"]
-    _, as_is, attrs = read_text_cache(cache, expect=text_cache_attrs(t))
+    t, fields = dict(prepared["text"]), fields_of(text_input)
+    _, as_is, attrs = read_text_cache(cache, expect=text_cache_attrs(t, fields))
     assert (attrs["lowercase"], attrs["lowercased"]) == ("auto", False)
     assert attrs["fingerprint"].endswith("_cased")
 
     prepared["text"]["lowercase"] = t["lowercase"] = True
     embed_text.embed_text(text_input, prepared)
-    _, lowered, attrs = read_text_cache(cache, expect=text_cache_attrs(t))
+    _, lowered, attrs = read_text_cache(cache, expect=text_cache_attrs(t, fields))
     assert (attrs["lowercase"], attrs["lowercased"]) == ("true", True)
     assert attrs["fingerprint"].endswith("_lowercased")
     assert not np.allclose(as_is, lowered, atol=1e-4)  # the demo reports hold capitals
     with pytest.raises(PipelineError, match=r"lowercase: cache has 'true', parameters say 'auto'"):
-        read_text_cache(cache, expect=text_cache_attrs({**t, "lowercase": "auto"}))
+        read_text_cache(cache, expect=text_cache_attrs({**t, "lowercase": "auto"}, fields))
 
 
 @pytest.mark.parametrize("value", ["yes", "true", 1, 0, None, "Auto"])

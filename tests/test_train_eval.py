@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import first_run, resolved
+from conftest import first_run, splits_of
 from sklearn import metrics as skm
 
 from cxrfusion import metrics as metrics_mod
@@ -17,7 +17,7 @@ from cxrfusion.common import PipelineError
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import text_cache
 from cxrfusion.model import load_model, reads
-from cxrfusion.params import for_run
+from cxrfusion.params import record
 from cxrfusion.scoring import score
 from stages.evaluate import evaluate
 from stages.train import train
@@ -28,7 +28,7 @@ METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "auprc", "confu
 def _reloaded_val_loss(run, p: dict) -> float:
     """Validation loss of the weights saved in models/<run> (fresh process state)."""
     model, _ = load_model(run.models)
-    splits, _ = load_splits(for_run(p, run), *reads(run.variant))
+    splits, _ = load_splits(p, reads(run.variant)[0], run.text_input)
     return score(model, splits["val"], p["train"]["batch_size"])[1]
 
 
@@ -67,7 +67,7 @@ def test_fusion_training_writes_its_outputs(cached):
     assert json.loads((folder / "history.json").read_text()) == history
     # the run's resolved parameters: its seed and text input, the rest as given
     saved = json.loads((folder / "params.json").read_text())
-    assert saved == json.loads(json.dumps(for_run(p, run)))
+    assert saved == json.loads(json.dumps(record(p, run)))
     assert saved["train"]["seed"] == 0 and saved["train"]["seeds"] == p["train"]["seeds"]
     assert saved["text"]["input"] == "findings+impression"
     assert saved["text"]["fields"] == ["findings", "impression"]
@@ -314,7 +314,7 @@ def test_evaluate_uses_the_saved_model(cached):
     evaluate(run, cached)
     first = (run.predictions).read_text()
     model, _ = load_model(run.models)
-    splits, _ = load_splits(for_run(cached, run), False, True)
+    splits, _ = load_splits(cached, False, run.text_input)
     probs, _ = score(model, splits["test"], 8)
     assert pd.read_csv(run.predictions)["probability"].to_numpy() == pytest.approx(probs, rel=1e-5)
     evaluate(run, cached)
@@ -327,7 +327,7 @@ def test_predictions_keep_full_precision(cached):
     train(run, cached)
     evaluate(run, cached)
     model, _ = load_model(run.models)
-    splits, _ = load_splits(for_run(cached, run), False, True)
+    splits, _ = load_splits(cached, False, run.text_input)
     probs, _ = score(model, splits["test"], 8)
     written = pd.read_csv(run.predictions)["probability"].to_numpy()
     assert np.array_equal(written.astype(np.float32), probs)
@@ -367,7 +367,7 @@ def test_skipped_images_leave_all_variants_the_same_rows(cached):
     cache_images.cache_images(cached)
     assert json.loads(Path("features/images_report.json").read_text())["skipped"] == 1
 
-    by_variant = {v: load_splits(resolved(cached, v), *reads(v))[0]
+    by_variant = {v: splits_of(cached, v)[0]
                   for v in ("fusion", "image", "text")}
     assert broken not in set(by_variant["image"]["test"].rows["filename"])
     for split in ("train", "val", "test"):
@@ -444,11 +444,11 @@ def test_an_image_cache_of_another_images_csv_is_refused(cached):
         with pytest.raises(PipelineError, match=r"features/images.h5 neither holds nor skipped 1 "
                                                 r"images .*a_new_image.png.*dvc repro "
                                                 r"cache_images"):
-            load_splits(resolved(cached, variant), *reads(variant))
+            splits_of(cached, variant)
     # the text variant reads no pixels, only the list of skipped images, which is stale too
     with pytest.raises(PipelineError, match=r"features/images_report.json counts \d+ images but "
                                             r"data/prepared/images.csv has \d+: .*cache_images"):
-        load_splits(resolved(cached, "text"), *reads("text"))
+        splits_of(cached, "text")
 
 
 # --- memory: one copy of what is scored -------------------------------------------------------
@@ -458,7 +458,7 @@ def test_splits_are_views_of_one_array_of_only_their_rows(cached):
 
     size = cached["image"]["size"]
     names, pixels = read_image_cache(IMAGES_H5)
-    splits, _ = load_splits(resolved(cached, "fusion"), True, True, names=("train", "val"))
+    splits, _ = splits_of(cached, "fusion", ("train", "val"))
     assert set(splits) == {"train", "val"}  # train reads no test row
     train_images, val_images = splits["train"].images, splits["val"].images
     storage = train_images.untyped_storage()
@@ -471,7 +471,7 @@ def test_splits_are_views_of_one_array_of_only_their_rows(cached):
             np.testing.assert_array_equal(split.images[k].numpy(),
                                           pixels[row_of[split.rows["filename"][k]]])
     # evaluate and explain read the test rows alone
-    test = load_splits(resolved(cached, "image"), True, False, names=("test",))[0]["test"]
+    test = splits_of(cached, "image", ("test",))[0]["test"]
     assert test.images.untyped_storage().nbytes() == len(test) * size * size
     assert (test.rows["split"] == "test").all()
 
@@ -494,7 +494,7 @@ def test_host_images_are_copied_batch_by_batch(cached):
     batches as the split held whole on the device."""
     import torch
 
-    split = load_splits(resolved(cached, "fusion"), True, True, names=("val",))[0]["val"]
+    split = splits_of(cached, "fusion", ("val",))[0]["val"]
     whole, host = split.to("cpu"), split.to("cpu", images_too=False)
     assert host.host_images and not whole.host_images  # the copy path, even on the CPU
     index = list(torch.randperm(len(split), generator=torch.Generator().manual_seed(0)).split(5))
@@ -532,4 +532,4 @@ def test_the_text_variant_refuses_a_skip_list_of_other_images(cached):
     report.update(cached=report["cached"] - 1, skipped=1, skipped_images=["not_an_image.png"])
     IMAGES_REPORT.write_text(json.dumps(report))
     with pytest.raises(PipelineError, match=r"images_report.json counts .* another images.csv"):
-        load_splits(resolved(cached, "text"), *reads("text"))
+        splits_of(cached, "text")
