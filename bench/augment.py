@@ -1,7 +1,7 @@
 """Measures docs/options.md's "What augmentation costs" figures: what cxrfusion.augment costs a
 training step, on the device: python bench/augment.py [--tiny] [--device cpu] [--threads N]
 
-  augment   ms per batch of cxrfusion.augment.augment (default Ranges) on random uint8 images
+  augment   ms per batch of cxrfusion.augment.augment (the default ranges) on random uint8 images
             already on the device, affine and affine+jitter, at the demo's size (batch 32, 48
             px) and the real study's (batch 64, 240 px);
   train     ms of one training step of that setting's model on the same batch: the fusion
@@ -30,8 +30,9 @@ from bench.common import LR, TEXT_DIM, Sizes, free_memory, log, main, sync
 import torch
 import torch.nn.functional as F
 
-from cxrfusion.augment import Ranges, augment
+from cxrfusion.augment import augment
 from cxrfusion.model import Classifier
+from cxrfusion.params import Augment
 from cxrfusion.scoring import forward
 
 DEMO_BACKBONE = "tinynet_e.in1k"                        # params.yaml model.backbone
@@ -84,7 +85,7 @@ def measure_setting(batch: int, size: int, backbone: str, mode: str,
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, size, size), dtype=torch.uint8,
                            generator=generator).to(device)
-    ranges = Ranges()
+    ranges = Augment()  # params.yaml's augment section at its defaults
     out = {"batch_size": batch, "image_size": size, "backbone": backbone}
     warmup, repeats = REPEATS[mode]["augment"]
     for name, jitter in (("affine", False), ("affine+jitter", True)):

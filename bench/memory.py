@@ -48,8 +48,10 @@ MAKE_DATA = textwrap.dedent("""
     if hasattr(formats, "text_cache"):  # one cache per text input; the report fields as columns
         from cxrfusion import params
         text_input = p["text"]["inputs"][0]
-        if "fields" in inspect.signature(formats.text_cache_attrs).parameters:
-            text = (p["text"], params.fields_of(text_input))  # the input's fields an argument
+        if hasattr(params, "built"):  # typed parameters; the input's fields an argument
+            text = (params.built(p).text, params.fields_of(text_input))
+        elif "fields" in inspect.signature(formats.text_cache_attrs).parameters:
+            text = (p["text"], params.fields_of(text_input))
         else:  # commits before: text.fields slipped into the parameters
             text = (params.for_text_input(p, text_input)["text"],)
         fields = dict.fromkeys(f for i in p["text"]["inputs"] for f in params.fields_of(i))
@@ -99,7 +101,9 @@ LOAD = textwrap.dedent("""
     kw = names if "names" in inspect.signature(load_splits).parameters else {}
     p = params.load()
     reads = True  # what the first fusion run reads: commits before took a flag for the text
-    if "text_input" in inspect.signature(load_splits).parameters:  # ...now its text input
+    if hasattr(params, "built"):  # ...now its text input, of typed parameters
+        reads = p.text.inputs[0]
+    elif "text_input" in inspect.signature(load_splits).parameters:
         reads = p["text"]["inputs"][0]
     elif hasattr(params, "for_run"):  # ...with the run's values slipped into the parameters
         from cxrfusion.formats import Run

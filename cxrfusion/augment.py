@@ -17,8 +17,6 @@ other way. A researcher may switch it on (MedFuse flips).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +25,7 @@ from cxrfusion import distributed
 from cxrfusion.distributed import World
 from cxrfusion.formats import Run
 from cxrfusion.model import reads
+from cxrfusion.params import Augment, Params
 
 # the columns of draw's output, one row per image:
 #   rotation     degrees, positive counter-clockwise as displayed (torchvision's convention)
@@ -41,19 +40,7 @@ K = len(COLUMNS)
 IDENTITY = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)  # the row that changes nothing
 
 
-@dataclass(frozen=True)
-class Ranges:
-    """How far `draw` goes; the field names are the keys of params.yaml's `augment:` section
-    (checked there: cxrfusion/params.py)."""
-    rotation: float = 10.0    # degrees: uniform in [-rotation, +rotation]
-    translate: float = 0.05   # fraction of the side: shift uniform in [-t, +t] on each axis
-    scale: float = 0.1        # zoom factor uniform in [1 - scale, 1 + scale]
-    flip: float = 0.0         # probability of a horizontal flip (0: never; see the docstring)
-    brightness: float = 0.1   # affine+jitter only: offset uniform in [-b, +b] (fraction of 255)
-    contrast: float = 0.1     # affine+jitter only: factor uniform in [1 - c, 1 + c] about the mean
-
-
-def draw(n: int, generator: torch.Generator, ranges: Ranges, jitter: bool) -> torch.Tensor:
+def draw(n: int, generator: torch.Generator, ranges: Augment, jitter: bool) -> torch.Tensor:
     """(n, K) float32 CPU tensor of per-image parameters (columns: COLUMNS), drawn from
     `generator` (a CPU torch.Generator) only, never from the global RNG: training with
     augment=none draws nothing and reproduces earlier results byte for byte.
@@ -137,7 +124,7 @@ def apply(images: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8).squeeze(1)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, ranges: Ranges,
+def augment(images: torch.Tensor, generator: torch.Generator, ranges: Augment,
             jitter: bool) -> torch.Tensor:
     """apply(images, draw(len(images), generator, ranges, jitter)): one batch in one process
     (bench/augment.py times it). The training loop calls Augmenter, which draws for the whole
@@ -153,9 +140,9 @@ class Augmenter:
     process draws the parameters of the whole global batch and takes its share's, so the
     augmented batch is the same for any number of processes."""
 
-    def __init__(self, p: dict, seed: int):
-        self.jitter = p["train"]["augment"] == "affine+jitter"
-        self.ranges = Ranges(**p["augment"])
+    def __init__(self, p: Params, seed: int):
+        self.jitter = p.train.augment == "affine+jitter"
+        self.ranges = p.augment
         stream = np.random.SeedSequence([seed, 0xA06]).generate_state(1)[0]  # the run's seed
         self.generator = torch.Generator().manual_seed(int(stream))  # checkpointed with the rest
 
@@ -164,9 +151,9 @@ class Augmenter:
         return apply(images, distributed.shard(drawn, world))
 
 
-def augmenter(run: Run, p: dict) -> Augmenter | None:
+def augmenter(run: Run, p: Params) -> Augmenter | None:
     """The transform of the run's training images, or None: train.augment none, or no image
     read."""
-    if p["train"]["augment"] == "none" or not reads(run.variant)[0]:
+    if p.train.augment == "none" or not reads(run.variant)[0]:
         return None
     return Augmenter(p, run.seed)

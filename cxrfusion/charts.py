@@ -26,6 +26,7 @@ import yaml
 from cxrfusion import params
 from cxrfusion.common import atomic_path, main
 from cxrfusion.formats import METRICS_FOLDER, Run
+from cxrfusion.params import Params
 
 log = logging.getLogger("charts")
 
@@ -63,12 +64,12 @@ def _here(path: Path) -> str:
     return path.relative_to(METRICS_FOLDER).as_posix()
 
 
-def charts(p: dict) -> dict[str, dict]:
+def charts(p: Params) -> dict[str, dict]:
     """{chart id: DVC's plot properties}, every file named in `y` ({path: column})."""
     runs = params.runs(p)
     found = {}
     for kind, words in TEST_CURVES.items():
-        for text_input in p["text"]["inputs"]:  # the image model beside each text input's
+        for text_input in p.text.inputs:  # the image model beside each text input's
             found[f"{kind}_{text_input}"] = {
                 "title": f"{words['title']} on the test studies, text input {text_input}",
                 "template": words["template"], "x": words["x"],
@@ -86,7 +87,7 @@ def charts(p: dict) -> dict[str, dict]:
     return found
 
 
-def text(p: dict) -> str:
+def text(p: Params) -> str:
     """metrics/dvc.yaml as it is written: the header, then `plots:`, a chart an entry."""
     body = yaml.safe_dump({"plots": [{plot_id: props} for plot_id, props in charts(p).items()]},
                           sort_keys=False, width=200, allow_unicode=True)
@@ -99,7 +100,7 @@ def write(parameters: Path = Path("params.yaml"), path: Path = CHARTS) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text(p), encoding="utf-8")
     log.info("%s: %d charts of %d runs (train.seeds=%s, text.inputs=%s)", path, len(charts(p)),
-             len(params.runs(p)), p["train"]["seeds"], p["text"]["inputs"])
+             len(params.runs(p)), p.train.seeds, p.text.inputs)
     return path
 
 

@@ -20,6 +20,7 @@ import torch
 from cxrfusion import distributed
 from cxrfusion.common import atomic_path
 from cxrfusion.formats import IMAGES_H5, Run, text_cache
+from cxrfusion.params import Params, as_dict
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,13 @@ class Progress:
     chosen: int | None = None
 
 
-def resume(run: Run, params: dict, model, optimizer, generator, augment, world) -> tuple:
+def resume(run: Run, p: Params, model, optimizer, generator, augment, world) -> tuple:
     """The checkpoint's key (the run's parameters, processes and input caches) and its
     progress: an interrupted run's, restored into the model, optimiser and random streams,
     when its key matches; else a fresh one."""
     inputs = [f for f in (run.text_input and text_cache(run.text_input), IMAGES_H5)
               if f and f.exists()]
-    key = fingerprint(run, {**params, "processes": world.size}, inputs)
+    key = fingerprint(run, {**as_dict(p), "processes": world.size}, inputs)
     state = load(run, key)
     if not state:
         return key, Progress()

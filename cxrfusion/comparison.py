@@ -15,29 +15,29 @@ import numpy as np
 from cxrfusion import figures, inference, params, results
 from cxrfusion.formats import Run
 from cxrfusion.metrics import calibrated_ece, calibration, ece_bins
-from cxrfusion.params import PAIRS, Comparison
+from cxrfusion.params import PAIRS, Comparison, Params
 from cxrfusion.statistics import delong, over_seeds
 
 
 def answer_question(scored: dict, labels: np.ndarray, validation_studies: int,
-                    validation: dict | None, groups, p: dict) -> dict:
+                    validation: dict | None, groups, p: Params) -> dict:
     """comparison.json: the test set, the bootstrap, every model and difference per text
     input, and the declared question's answer. `validation`: the validation studies' labels
     and patients when they are redrawn (compare.resample_validation), else None; `groups`: each
     test study's patient, or None."""
-    c, seeds = p["compare"], p["train"]["seeds"]
+    c, seeds = p.compare, p.train.seeds
     result = {"test_studies": len(labels), "validation_studies": validation_studies,
               **({"resampled": "studies", "resampled_units": len(labels)} if groups is None
                  else {"resampled": "patients", "resampled_units": len(np.unique(groups))}),
-              "seeds": len(seeds), "threshold": p["evaluate"]["threshold"],
-              "specificity": p["evaluate"]["specificity"],
-              "bootstrap": {"resamples": c["bootstrap"], "seed": c["seed"],
-                            "validation_resampled": c["resample_validation"],
-                            "level": 1 - c["alpha"]},
+              "seeds": len(seeds), "threshold": p.evaluate.threshold,
+              "specificity": p.evaluate.specificity,
+              "bootstrap": {"resamples": c.bootstrap, "seed": c.seed,
+                            "validation_resampled": c.resample_validation,
+                            "level": 1 - c.alpha},
               "ece_bins": ece_bins(len(labels)),  # equal-mass
               "models": {}, "differences": {}}
     rounds = {}
-    for text_input in p["text"]["inputs"]:
+    for text_input in p.text.inputs:
         result["models"][text_input], result["differences"][text_input], rounds[text_input] = (
             compare_input(scored, text_input, labels, validation, groups, p))
     answer(result, rounds, p)
@@ -76,19 +76,19 @@ def delong_rows(labels, a: np.ndarray, b: np.ndarray, seeds) -> dict:
 
 
 def compare_input(scored: dict, text_input: str, labels, validation: dict | None, groups,
-                  p: dict) -> tuple[dict, dict, dict]:
+                  p: Params) -> tuple[dict, dict, dict]:
     """One text input's models and paired differences, and the bootstrap rounds of each
     pair's AUROC difference (all, and with every seed kept)."""
-    c, seeds = p["compare"], p["train"]["seeds"]
+    c, seeds = p.compare, p.train.seeds
     models = {v: model_rows(scored, v, text_input, seeds) for v in ("fusion", "image", "text")}
-    stats = over_seeds(labels, models, list(PAIRS), c["bootstrap"], c["seed"], groups,
-                       specificity=p["evaluate"]["specificity"], validation=validation,
-                       level=1 - c["alpha"])
+    stats = over_seeds(labels, models, list(PAIRS), c.bootstrap, c.seed, groups,
+                       specificity=p.evaluate.specificity, validation=validation,
+                       level=1 - c.alpha)
     summary = {v: {metric: {"mean": s["mean"], "sd": spread(s["sd"]), "low": s["low"],
                             "high": s["high"], **by_seed(s["per_seed"], seeds)}
                    for metric, s in stats["models"][v].items()} for v in models}
     for v, m in models.items():  # what noise alone gives a calibrated model with these scores
-        floors = [calibrated_ece(row, seed=c["seed"]) for row in m["probs"]]
+        floors = [calibrated_ece(row, seed=c.seed) for row in m["probs"]]
         summary[v]["ece_floor"] = {"mean": float(np.mean(floors)), **by_seed(floors, seeds)}
     differences, rounds = {}, {}
     for a, b in PAIRS:
@@ -105,11 +105,11 @@ def compare_input(scored: dict, text_input: str, labels, validation: dict | None
 
 # --- the declared question -------------------------------------------------------------------
 
-def answer(result: dict, rounds: dict, p: dict) -> None:
+def answer(result: dict, rounds: dict, p: Params) -> None:
     """Each AUROC difference's test, family-adjusted p, verdict and design, in `result`."""
-    c = p["compare"]
-    alpha, margin = c["alpha"], c["margin"]
-    roles = params.family(c["primary"], c["secondary"])
+    c = p.compare
+    alpha, margin = c.alpha, c.margin
+    roles = params.family(c.primary, c.secondary)
     rows = {Comparison(a, b, i): result["differences"][i][f"{a}_minus_{b}"]["auroc"]
             for i in result["differences"] for a, b in PAIRS}
     for comparison, d in rows.items():
@@ -125,7 +125,7 @@ def answer(result: dict, rounds: dict, p: dict) -> None:
                                          d["p_equivalence"], d["low"], d["high"], alpha)
         d["design"] = inference.design(study_rounds, per_seed, result["resampled_units"],
                                        alpha / len(roles) if member else alpha, alpha, margin)
-    primary = Comparison.parse(c["primary"])
+    primary = Comparison.parse(c.primary)
     result["question"] = {
         "primary": primary.name, "family": list(roles), "adjustment": "holm", "alpha": alpha,
         "margin": margin,
@@ -134,15 +134,15 @@ def answer(result: dict, rounds: dict, p: dict) -> None:
 
 # --- figures ------------------------------------------------------------------------------
 
-def draw(result: dict, scored: dict, labels, histories: tuple, path: Path, p: dict) -> None:
+def draw(result: dict, scored: dict, labels, histories: tuple, path: Path, p: Params) -> None:
     """forest.png, roc.png, reliability.png and training_curves.png in `path`; `histories`:
     training_histories' (per model label and seed, the epochs and the epoch kept)."""
-    seeds, inputs = p["train"]["seeds"], p["text"]["inputs"]
-    spec = p["evaluate"]["specificity"]
+    seeds, inputs = p.train.seeds, p.text.inputs
+    spec = p.evaluate.specificity
     probs = {i: {v: model_rows(scored, v, i, seeds)["probs"] for v in ("fusion", "image", "text")}
              for i in inputs}
     figures.forest(results.forest_rows(result, inputs, seeds), path / "forest.png",
-                   margin=p["compare"]["margin"])
+                   margin=p.compare.margin)
     figures.roc_by_input(labels, probs, {i: {v: results.cell(result["models"][i][v]["auroc"],
                                                              "AUROC ") for v in probs[i]}
                                          for i in inputs},

@@ -34,7 +34,7 @@ from cxrfusion.formats import (
     text_cache,
     text_cache_attrs,
 )
-from cxrfusion.params import fields_of
+from cxrfusion.params import Params, fields_of
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class CachedImages(Dataset):
         return torch.from_numpy(np.stack([images[r] for r in self.cache_rows[rows]]))
 
 
-def load_splits(p: dict, uses_image: bool, text_input: str | None,
+def load_splits(p: Params, uses_image: bool, text_input: str | None,
                 names: tuple[str, ...] = SPLITS) -> tuple[dict[str, Split], int]:
     """The Splits `names` (train, val, test), with the images when `uses_image` and the report
     vectors of `text_input` unless it is None, and the vector size (0 when no text is read).
@@ -143,7 +143,7 @@ def load_splits(p: dict, uses_image: bool, text_input: str | None,
     text_dim, vectors_by_row, pixels_by_row, cache_rows = 0, None, None, None
     if text_input is not None:
         cache = text_cache(text_input)
-        expect = text_cache_attrs(p["text"], fields_of(text_input))
+        expect = text_cache_attrs(p.text, fields_of(text_input))
         uids, vectors, attrs = read_text_cache(cache, expect=expect)
         row_of = pd.Series(np.arange(len(uids)), index=uids)
         missing = ~rows["uid"].isin(row_of.index)
@@ -153,19 +153,19 @@ def load_splits(p: dict, uses_image: bool, text_input: str | None,
         vectors_by_row = vectors[row_of[rows["uid"]].to_numpy()]
         text_dim = int(attrs["dim"])
     if uses_image:
-        expect = {"size": p["image"]["size"], "fit": p["image"]["fit"]}
+        expect = {"size": p.image.size, "fit": p.image.fit}
         filenames = read_image_filenames(IMAGES_H5, expect=expect)
         cache_rows = (pd.Series(np.arange(len(filenames)), index=filenames)[rows["filename"]]
                       .to_numpy())
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each holds its own copy
-        gigabytes = len(rows) * p["image"]["size"] ** 2 / 1e9 * processes
-        if gigabytes <= p["train"]["in_memory_gb"]:
+        gigabytes = len(rows) * p.image.size ** 2 / 1e9 * processes
+        if gigabytes <= p.train.in_memory_gb:
             pixels_by_row = torch.from_numpy(read_image_rows(IMAGES_H5, cache_rows, expect))
             cache_rows = None
         else:
             log.info("images: %.1f GB > train.in_memory_gb=%s: streamed from %s by %d loader "
-                     "processes", gigabytes, p["train"]["in_memory_gb"], IMAGES_H5,
-                     p["train"]["workers"])
+                     "processes", gigabytes, p.train.in_memory_gb, IMAGES_H5,
+                     p.train.workers)
 
     splits, start = {}, 0
     for name in names:
@@ -177,7 +177,7 @@ def load_splits(p: dict, uses_image: bool, text_input: str | None,
             None if pixels_by_row is None else pixels_by_row[part],  # a view: no copy
             None if vectors_by_row is None else torch.from_numpy(vectors_by_row[part]),
             torch.tensor(rows["label"].to_numpy(np.int64)[part]),
-            None if cache_rows is None else cache_rows[part], p["train"]["workers"])
+            None if cache_rows is None else cache_rows[part], p.train.workers)
     return splits, text_dim
 
 

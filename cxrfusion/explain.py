@@ -40,19 +40,19 @@ from cxrfusion.formats import (
 )
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, normalise
-from cxrfusion.params import fields_of
+from cxrfusion.params import Params, fields_of
 from cxrfusion.scoring import score
 
 OUTCOMES = {"true_positive": "true positive", "true_negative": "true negative",
             "false_positive": "false positive", "false_negative": "false negative"}
 
 
-def reference_normal(p: dict, text_input: str) -> tuple[int, np.ndarray]:
+def reference_normal(p: Params, text_input: str) -> tuple[int, np.ndarray]:
     """uid and vector of the training study labelled normal whose report vector is nearest
     (Euclidean) to the mean vector of all training studies labelled normal."""
     studies, _ = read_prepared()
     uids, vectors, _ = read_text_cache(text_cache(text_input),
-                                       expect=text_cache_attrs(p["text"], fields_of(text_input)))
+                                       expect=text_cache_attrs(p.text, fields_of(text_input)))
     normal = studies.loc[(studies["split"] == "train") & (studies["label"] == 0), "uid"]
     rows = np.flatnonzero(np.isin(uids, normal.to_numpy()))
     if not len(rows):

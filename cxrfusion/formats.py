@@ -170,10 +170,10 @@ def text_cache_attrs(text: dict, fields: list[str]) -> dict:
 
     `lowercase` is text.lowercase as asked (auto, true, false); `embed_text` adds `lowercased`,
     what it resolved to, and puts the same in the encoder's fingerprint (`..._cased`)."""
-    lowercase = text["lowercase"]
+    lowercase = text.lowercase
     if isinstance(lowercase, bool):  # spelled as in params.yaml: one type whatever was asked
         lowercase = "true" if lowercase else "false"
-    return {"model": text["model"], "pooling": text["pooling"], "max_length": text["max_length"],
+    return {"model": text.model, "pooling": text.pooling, "max_length": text.max_length,
             "fields": ",".join(fields), "lowercase": lowercase}
 
 

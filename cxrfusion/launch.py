@@ -26,7 +26,7 @@ def processes(count: str) -> int:
         return int(count)
     from cxrfusion import params
 
-    return params.get(params.load(), count)
+    return params.get(params.as_dict(params.load()), count)
 
 
 def launch(argv: list[str]) -> int:

@@ -15,7 +15,6 @@ projector and gated: no gate), so each comparison is like for like.
 """
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -66,7 +65,7 @@ def projector(width: int, shared_dim: int) -> nn.Sequential:
 
 
 # the head's defaults are params.yaml's (cxrfusion/params.py, section model): one description
-HEAD = {f.name: f.default for f in fields(params.Model)}
+HEAD = params.Model()
 
 
 def reads(variant: str) -> tuple[bool, bool]:
@@ -76,8 +75,8 @@ def reads(variant: str) -> tuple[bool, bool]:
 
 class Classifier(nn.Module):
     def __init__(self, variant: str, text_dim: int, backbone: str, pretrained: bool | str = False,
-                 hidden: int = HEAD["hidden"], dropout: float = HEAD["dropout"],
-                 fusion: str = HEAD["fusion"], shared_dim: int = HEAD["shared_dim"]):
+                 hidden: int = HEAD.hidden, dropout: float = HEAD.dropout,
+                 fusion: str = HEAD.fusion, shared_dim: int = HEAD.shared_dim):
         super().__init__()
         self.variant, self.fusion = variant, fusion
         self.uses_image, self.uses_text = reads(variant)

@@ -1,10 +1,12 @@
 """Every parameter of params.yaml, described once: its section, default, rule and meaning.
 
-Each section is a dataclass; each field is an `option(default, rule, doc)`. `validate` checks a
-parameters dict against these descriptions before any work starts, and a bad value stops the
-stage with the parameter's name, its value and what is allowed. `python -m cxrfusion.params`
+Each section is a dataclass; each field is an `option(default, rule, doc)`. `load` reads
+params.yaml, `validate` checks it against these descriptions before any work starts (a bad value
+stops the stage with the parameter's name, its value and what is allowed), and the stages read
+the result as `Params`, the sections filled in: p.train.batch_size. A run's own seed and text
+input are not parameters: they come with its `Run`. `python -m cxrfusion.params`
 prints every option with its default. The defaults are the offline demo's. params.yaml is
-written from these sections (`python -m cxrfusion.params --yaml params.yaml`): its values are
+written from these sections (`python -m cxrfusion.params_yaml params.yaml`): its values are
 the defaults, its comments the sections' docstrings and the options' docs, so a description is
 edited here only (tests/test_params_yaml.py keeps the file in step).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -243,10 +245,10 @@ def option(default, rule, doc: str, required: bool = True):
 
 
 # --- the sections ---------------------------------------------------------------------------------
-# Each section's docstring and each option's doc are params.yaml's comments: `render_yaml` writes
-# the file from them (`python -m cxrfusion.params --yaml params.yaml`), so edit them here.
+# Each section's docstring and each option's doc are params.yaml's comments: params_yaml.py writes
+# the file from them (`python -m cxrfusion.params_yaml params.yaml`), so edit them here.
 
-@dataclass(frozen=True)
+@dataclass
 class Data:
     """Where the studies come from: stage `download` puts the dataset under data/raw (demo:
     synthetic, offline)."""
@@ -266,7 +268,7 @@ class Data:
                                   "the original did")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Demo:
     """The synthetic dataset of `data.source: demo` (SYNTHETIC, not patients)."""
     studies: int = option(500, positive_int, "number of synthetic studies (1 to 5 images each, "
@@ -278,7 +280,7 @@ class Demo:
     seed: int = option(0, seed, "seed of the generator")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Split:
     """By study (uid), or by patient when the data names patients (mimic_cxr), stratified by
     label (stage `prepare`)."""
@@ -300,7 +302,7 @@ class Split:
                                 "the check off (unit tests of hand-made tables)")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Text:
     """The frozen text encoder that reads every report once, per text input (stage
     `embed_text`: one vector a study)."""
@@ -329,7 +331,7 @@ class Text:
                         "torchrun")
 
 
-@dataclass(frozen=True)
+@dataclass
 class DemoEncoder:
     """The tiny BERT built offline for the demo (random weights; the real study reads
     BioBERT)."""
@@ -340,7 +342,7 @@ class DemoEncoder:
     seed: int = option(0, seed, "seed of its random weights")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Image:
     """Every X-ray decoded once, grayscale, fitted into image.size x image.size (stage
     `cache_images`), and the CNN's ImageNet weights."""
@@ -360,7 +362,7 @@ class Image:
                                     "real study: true)")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Model:
     """The classifier: the CNN and the head that reads its features, the report vector, or
     both (cxrfusion/model.py)."""
@@ -392,7 +394,7 @@ class Model:
                              "the image and text models use the same)")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Train:
     """How every run is trained: each variant once per seed, fusion and text once per text
     input too (stages `train_image`, `train_fusion`, `train_text`)."""
@@ -434,7 +436,7 @@ class Train:
                           "loader processes that read images.h5 when it is streamed")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Augment:
     """The ranges of train.augment, read when it is not none; each drawn per image, per batch
     (cxrfusion/augment.py says why these)."""
@@ -457,7 +459,7 @@ class Augment:
                              "about each image's mean, [0.9, 1.1] by default")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Evaluate:
     """How each run's test predictions are scored (stage `evaluate`)."""
     threshold: float | str = option("youden", operating_point, "where a study is called "
@@ -477,7 +479,7 @@ SECONDARY = ("fusion-image/findings+impression", "fusion-text/findings+impressio
              "text-image/findings+impression", "fusion-text/indication", "text-image/indication")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Compare:
     """The declared question and how it is answered (cxrfusion/inference.py)."""
     primary: str = option("fusion-image/indication", comparison, "the comparison the study "
@@ -510,7 +512,7 @@ class Compare:
                                        "threshold carry its uncertainty too")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Explain:
     """Stage `explain`: Grad-CAM heatmaps and modality reliance (test set)."""
     variant: str = option("fusion", one_of(*EXPLAINED), "the model explained: fusion | image "
@@ -527,7 +529,7 @@ class Explain:
                                     "(null: the first of text.inputs)")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Report:
     """Stage `report`: the study report, metrics/report.md."""
     subgroups: list = option(SUBGROUPS, subgroup_kinds, "subgroups of the test studies on which "
@@ -541,9 +543,26 @@ class Report:
                                 "noise)")
 
 
-SECTIONS = {"data": Data, "demo": Demo, "split": Split, "text": Text, "demo_encoder": DemoEncoder,
-            "image": Image, "model": Model, "train": Train, "augment": Augment,
-            "evaluate": Evaluate, "compare": Compare, "explain": Explain, "report": Report}
+@dataclass
+class Params:
+    """params.yaml, checked (`load`): what every stage reads, as p.train.batch_size. Plain values
+    that a test or a benchmark may set; a stage never changes them."""
+    data: Data = field(default_factory=Data)
+    demo: Demo = field(default_factory=Demo)
+    split: Split = field(default_factory=Split)
+    text: Text = field(default_factory=Text)
+    demo_encoder: DemoEncoder = field(default_factory=DemoEncoder)
+    image: Image = field(default_factory=Image)
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+    augment: Augment = field(default_factory=Augment)
+    evaluate: Evaluate = field(default_factory=Evaluate)
+    compare: Compare = field(default_factory=Compare)
+    explain: Explain = field(default_factory=Explain)
+    report: Report = field(default_factory=Report)
+
+
+SECTIONS = {f.name: f.default_factory for f in fields(Params)}  # params.yaml's, in its order
 
 
 def get(params: dict, dotted: str):
@@ -555,9 +574,16 @@ def get(params: dict, dotted: str):
     return value
 
 
-def validate(p: dict) -> dict:
-    """`p` itself, once every option passed its rule and the options that depend on each
-    other agree; else a PipelineError that names the first bad one."""
+def validate(p: dict | Params) -> dict | Params:
+    """`p` (params.yaml's dict, or Params a test or benchmark set) itself, once every option
+    passed its rule and the options that depend on each other agree; else a PipelineError that
+    names the first bad one."""
+    raw = as_dict(p) if isinstance(p, Params) else p
+    _check(raw)
+    return p
+
+
+def _check(p: dict) -> None:
     _replaced(p)
     for section, described in SECTIONS.items():
         for f in fields(described):
@@ -566,7 +592,6 @@ def validate(p: dict) -> dict:
                 continue
             f.metadata["rule"](name, get(p, name))
     _across(p)
-    return p
 
 
 def _replaced(p: dict) -> None:
@@ -633,12 +658,31 @@ def defaults() -> dict:
             for section, described in SECTIONS.items()}
 
 
-def load(path: str | Path = "params.yaml") -> dict:
+def load(path: str | Path = "params.yaml") -> Params:
+    """params.yaml, checked and resolved, as the stages read it."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path} not found: run the stages from the project's root folder.")
     with open(path) as f:
-        return resolve(validate(yaml.safe_load(f)))
+        return built(resolve(validate(yaml.safe_load(f))))
+
+
+def built(p: dict) -> Params:
+    """The Params of a parameters dict (params.yaml's, or a model's params.json): each option
+    its value, or its default where an older file lacks an optional one. Keys that no option
+    names (params.json's record of the run) are left out."""
+    def value(f, given: dict):
+        if f.name in given:
+            return given[f.name]
+        return list(f.default) if isinstance(f.default, tuple) else f.default
+    return Params(**{section: described(**{f.name: value(f, p.get(section) or {})
+                                            for f in fields(described)})
+                     for section, described in SECTIONS.items()})
+
+
+def as_dict(p: Params) -> dict:
+    """The parameters as params.yaml holds them (sections of options)."""
+    return asdict(p)
 
 
 def resolve(p: dict) -> dict:
@@ -682,15 +726,15 @@ def check_variant(variant: str) -> str:
     return variant
 
 
-def runs(p: dict, variants=VARIANTS) -> list[Run]:
+def runs(p: Params, variants=VARIANTS) -> list[Run]:
     """Every model the parameters ask for: the image model once per seed, fusion and text once
     per text input and seed (ordered variant, input, seed)."""
-    t = p["train"]["seeds"]
-    return list(dict.fromkeys(Run.of(v, s, i) for v in variants for i in p["text"]["inputs"]
+    t = p.train.seeds
+    return list(dict.fromkeys(Run.of(v, s, i) for v in variants for i in p.text.inputs
                               for s in t))  # the image model once, not once per input
 
 
-def run_of(argv: list[str], p: dict) -> Run:
+def run_of(argv: list[str], p: Params) -> Run:
     """The run a stage's arguments name: `<variant> <seed> [<text input>]`, checked against
     the parameters (a seed not in train.seeds, or a text input not in text.inputs, would train
     a model no comparison reads)."""
@@ -698,33 +742,33 @@ def run_of(argv: list[str], p: dict) -> Run:
     if len(argv) not in (2, 3):
         raise PipelineError(f"{usage}; got {argv}")
     variant = check_variant(argv[0])
-    if not argv[1].isdigit() or int(argv[1]) not in p["train"]["seeds"]:
-        raise PipelineError(f"seed {argv[1]!r} is not one of train.seeds={p['train']['seeds']}: "
+    if not argv[1].isdigit() or int(argv[1]) not in p.train.seeds:
+        raise PipelineError(f"seed {argv[1]!r} is not one of train.seeds={p.train.seeds}: "
                             "add it to train.seeds (params.yaml, or `dvc exp run -S "
                             "'train.seeds=[...]'`) and let `dvc repro` run it.")
     text_input = argv[2] if len(argv) == 3 else None
     if (variant == "image") != (text_input is None):
         raise PipelineError(f"{usage}: the image model reads no report and takes no text input; "
                             f"fusion and text need one; got {argv}")
-    if text_input is not None and text_input not in p["text"]["inputs"]:
+    if text_input is not None and text_input not in p.text.inputs:
         raise PipelineError(unknown_input(text_input, p))
     return Run(variant, int(argv[1]), text_input)
 
 
-def unknown_input(text_input: str, p: dict) -> str:
-    return (f"text input {text_input!r} is not one of text.inputs={p['text']['inputs']}: add it "
+def unknown_input(text_input: str, p: Params) -> str:
+    return (f"text input {text_input!r} is not one of text.inputs={p.text.inputs}: add it "
             "to text.inputs (params.yaml, or `dvc exp run -S 'text.inputs=[...]'`).")
 
 
-def record(p: dict, run: Run) -> dict:
+def record(p: Params, run: Run) -> dict:
     """What models/<run>/params.json records: the parameters the run was trained with, its seed
     as train.seed, its text input as text.input and text.fields (a model that reads a report)
     and the run itself. Code takes a run's own values from the Run; this is their record."""
-    recorded = dict(p)
+    recorded = as_dict(p)
     if run.text_input:
-        recorded["text"] = {**p["text"], "input": run.text_input,
+        recorded["text"] = {**recorded["text"], "input": run.text_input,
                             "fields": fields_of(run.text_input)}
-    recorded["train"] = {**p["train"], "seed": run.seed}
+    recorded["train"] = {**recorded["train"], "seed": run.seed}
     recorded["run"] = run.record
     return recorded
 
@@ -748,96 +792,12 @@ def describe() -> str:
     return "\n".join(lines)
 
 
-# --- params.yaml, written from the sections -------------------------------------------------------
-
-HEADER = ("Parameters of the pipeline. The defaults run the offline synthetic demo on 2 CPU cores "
-          "in a few minutes. The real study (IU X-ray, BioBERT, ImageNet weights, 240 px, 40 "
-          "epochs) is one `dvc exp run` away: see docs/real-study.md, \"Running the real "
-          "study\". Written by `python -m cxrfusion.params --yaml params.yaml` from "
-          "cxrfusion/params.py, which describes every option once: edit a description there, "
-          "not here.")
-WIDTH = 100      # params.yaml's lines end by this column
-COMMENT_AT = 26  # ...and its comments start at column 27 (0-based 26)
-FLOW_LIST = 50   # a list whose `  name: [...]` is longer is written one item a line
-
-
-def section_doc(described) -> str:
-    """A section's description: its dataclass's docstring (not the signature @dataclass writes
-    for a class that has none)."""
-    doc = described.__doc__ or ""
-    if doc.startswith(described.__name__ + "("):
-        raise ValueError(f"{described.__name__} has no docstring: params.yaml describes each "
-                         "section with it")
-    return " ".join(doc.split())
-
-
-def _words(doc: str) -> list[str]:
-    """A description's words; a quoted phrase, a `command` and a reference (docs/<page>.md,
-    "Heading") stay on one line."""
-    words = []
-    for word in re.findall(r'[^\s"`]*(?:"[^"]*"|`[^`]*`)\S*|\S+', " ".join(doc.split())):
-        if words and words[-1].endswith(".md,") and word.startswith('"'):
-            words[-1] += " " + word
-        else:
-            words.append(word)
-    return words
-
-
-def _commented(lefts: list[str], doc: str) -> list[str]:
-    """`lefts` (a key and its value, or a list's lines) with `doc` as the comment beside them,
-    from column 27 (or 3 spaces after the longest line that reaches it), wrapped at WIDTH; its
-    continuation lines begin `#   `, on lines of their own once `lefts` run out."""
-    words, lines = _words(doc), []
-    beyond = max((len(left) + 3 for left in lefts if len(left) + 2 > COMMENT_AT), default=0)
-    for i in range(max(len(lefts), 1) + len(words)):
-        left = lefts[i] if i < len(lefts) else ""
-        if not words:
-            if left:
-                lines.append(left)
-            continue
-        start = COMMENT_AT if len(left) + 2 <= COMMENT_AT else beyond
-        line = left.ljust(start) + ("# " if i == 0 else "#   ") + words.pop(0)
-        while words and len(line) + 1 + len(words[0]) <= WIDTH:
-            line += " " + words.pop(0)
-        lines.append(line)
-    return lines
-
-
-def _option(name: str, value) -> list[str]:
-    """`  name: value`, or a long list one item a line."""
-    line = f"  {name}: {spelled(value)}"
-    if not isinstance(value, (list, tuple)) or not value or len(line) <= FLOW_LIST:
-        return [line]
-    return [f"  {name}:"] + [f"    - {spelled(item)}" for item in value]
-
-
-def render_yaml() -> str:
-    """params.yaml: every section and option at its default, each described by its doc."""
-    lines = []
-    for word in _words(HEADER):
-        if lines and len(lines[-1]) + 1 + len(word) <= WIDTH:
-            lines[-1] += " " + word
-        else:
-            lines.append("# " + word)
-    for section, described in SECTIONS.items():
-        lines += ["", *_commented([f"{section}:"], section_doc(described))]
-        for f in fields(described):
-            lines += _commented(_option(f.name, f.default), f.metadata["doc"])
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str]) -> None:
-    """No argument: every option, its default and meaning. `--yaml`: params.yaml's text;
-    `--yaml PATH`: written to PATH."""
-    if not argv:
-        sys.stdout.write(describe() + "\n")
-    elif argv[0] == "--yaml" and len(argv) <= 2:
-        if len(argv) == 2:
-            Path(argv[1]).write_text(render_yaml())
-        else:
-            sys.stdout.write(render_yaml())
-    else:
-        sys.exit("usage: python -m cxrfusion.params [--yaml [PATH]]")
+    """Every option, its default and meaning (params.yaml itself: cxrfusion/params_yaml.py)."""
+    if argv:
+        sys.exit("usage: python -m cxrfusion.params (params.yaml: python -m "
+                 "cxrfusion.params_yaml [PATH])")
+    sys.stdout.write(describe() + "\n")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from cxrfusion.formats import load_csv, read_text_cache_attrs, text_cache
 from cxrfusion.imaging import BadImage, load_xray
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, load_model
-from cxrfusion.params import TEXT_FIELDS
+from cxrfusion.params import TEXT_FIELDS, Params, built
 from cxrfusion.saved_model import evaluation_threshold, image_fit, saved_settings
 from cxrfusion.scoring import score
 from cxrfusion.studies import join_text
@@ -61,7 +61,8 @@ class Predictor:
     """A trained model with everything needed to read new studies as it was trained to."""
     model: Classifier
     config: dict                 # models/<run>/model.json
-    params: dict                 # models/<run>/params.json: the settings it was trained with
+    settings: Params             # models/<run>/params.json: the settings it was trained with
+    fields: list[str]            # the report fields it reads (none for the image model)
     folder: Path
     device: torch.device
     threshold: float
@@ -72,17 +73,12 @@ class Predictor:
     def variant(self) -> str:
         return self.config["variant"]
 
-    @property
-    def fields(self) -> list[str]:
-        return list(self.params["text"].get("fields", ()))  # none for the image model
-
     def encoder(self):
         """(tokenizer, model) of the frozen text encoder, loaded once and checked."""
         if self._encoder is None:
-            t = self.params["text"]
-            lowercase = t["lowercase"]  # recorded: saved_model.saved_settings checked it
-            tokenizer, encoder = load_encoder(t["model"], t["revision"], self.device, lowercase)
-            check_encoder(t["model"], tokenizer, encoder, self.config, self.folder, lowercase)
+            t = self.settings.text
+            tokenizer, encoder = load_encoder(t.model, t.revision, self.device, t.lowercase)
+            check_encoder(t.model, tokenizer, encoder, self.config, self.folder, t.lowercase)
             self._encoder = (tokenizer, encoder)
         return self._encoder
 
@@ -93,11 +89,12 @@ def load_predictor(folder, device: str = "auto", threshold: float | None = None)
         raise PipelineError(f"model folder {folder} not found: train it first (`dvc repro`; "
                             "its runs are models/<variant>[/<text input>]/seed-<seed>) or name "
                             "another with --model.")
-    params = saved_settings(folder)
+    record = saved_settings(folder)
+    settings, fields = built(record), list(record["text"].get("fields", ()))
     dev = resolve_device(device, "option --device")
     model, config = load_model(folder, dev)
-    value, source = evaluation_threshold(folder, params, threshold)
-    return Predictor(model, config, params, folder, dev, value, source)
+    value, source = evaluation_threshold(folder, settings, threshold)
+    return Predictor(model, config, settings, fields, folder, dev, value, source)
 
 
 def check_encoder(name: str, tokenizer, encoder, config: dict, folder: Path,
@@ -159,9 +156,9 @@ def load_images(paths: list, size: int, fit: str) -> torch.Tensor:
 
 def embed_reports(predictor: Predictor, texts: list[str]) -> np.ndarray:
     """Report vectors as `embed_text` made them: same encoder, pooling and max_length."""
-    t = predictor.params["text"]
+    t = predictor.settings.text
     tokenizer, encoder = predictor.encoder()
-    return embed(texts, tokenizer, encoder, t["pooling"], t["max_length"], t["batch_size"],
+    return embed(texts, tokenizer, encoder, t.pooling, t.max_length, t.batch_size,
                  predictor.device, progress=False)
 
 
@@ -184,8 +181,8 @@ def predict_studies(predictor: Predictor, images: pd.DataFrame,
         vectors = torch.from_numpy(embed_reports(predictor, [texts[u] for u in uids])[codes])
     labels = torch.zeros(len(rows), dtype=torch.int64)  # unknown: only the loss reads them
     split = Split(rows, pixels, vectors, labels).to(predictor.device)
-    t = predictor.params["train"]
-    probs, _ = score(model, split, t["batch_size"], t["amp"])
+    t = predictor.settings.train
+    probs, _ = score(model, split, t.batch_size, t.amp)
     scored = rows.assign(probability=probs.astype("float64"))
     studies = study_predictions(scored.assign(label=0)).drop(columns="label")
     studies["n_images"] = studies["uid"].map(rows.groupby("uid").size()) if model.uses_image else 0

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from cxrfusion.params import PAIRS, Comparison
+from cxrfusion.params import PAIRS, Comparison, Params
 
 README_BLOCK = re.compile(r"<!-- results: metrics/comparison\.md -->\n(.*?)<!-- /results -->", re.S)
 
@@ -86,9 +86,9 @@ def _header(*titles) -> list[str]:
     return [_row(titles), "|" + " --- |" * len(titles)]
 
 
-def method(result: dict, p: dict) -> str:
+def method(result: dict, p: Params) -> str:
     b, q = result["bootstrap"], result["question"]
-    rule = p["evaluate"]["threshold"]
+    rule = p.evaluate.threshold
     rule = rule if isinstance(rule, str) else f"fixed at {rule}"
     units = result["resampled"]
     val = (f" Each round also redraws the {result['validation_studies']} validation studies "
@@ -96,7 +96,7 @@ def method(result: dict, p: dict) -> str:
            "threshold include where it fell." if b["validation_resampled"] else
            f" Thresholds ({rule}) stay as chosen on the validation studies.")
     return (f"Test studies: {result['test_studies']}; seeds per model: {result['seeds']} "
-            f"({', '.join(map(str, p['train']['seeds']))}). Every number is a mean over seeds. "
+            f"({', '.join(map(str, p.train.seeds))}). Every number is a mean over seeds. "
             f"Intervals: {b['level']:.0%}, from one two-level bootstrap over test {units} and "
             f"seeds ({b['resamples']:,} resamples, seed {b['seed']}).{val} Intervals are not "
             f"adjusted for multiplicity; the Holm-adjusted p is, over the declared family of "
@@ -190,7 +190,7 @@ def descriptive(result: dict) -> list[str]:
     return lines
 
 
-def table(result: dict, p: dict) -> str:
+def table(result: dict, p: Params) -> str:
     """metrics/comparison.md: the answer to the primary question first, then the method, the
     inferential table and its sentences, the models, and the descriptive differences."""
     q = result["question"]

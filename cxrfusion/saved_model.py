@@ -7,11 +7,12 @@ recorded a setting that reading it needs is refused, with the command that retra
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import MODELS, TEST_METRICS
-from cxrfusion.params import FITS
+from cxrfusion.params import FITS, Params, built
 
 # how this machine scores, not what the model learned: taken from params.yaml, not the model
 SCORING = ("device", "amp", "batch_size", "in_memory_gb", "workers")
@@ -21,7 +22,8 @@ RETRAIN = "the model was trained before the pipeline recorded it; retrain it wit
 
 
 def saved_settings(folder) -> dict:
-    """The settings a saved model was trained with (models/<run>/params.json)."""
+    """What a saved model records of its training (models/<run>/params.json: the parameters,
+    and its run), checked."""
     path = Path(folder) / "params.json"
     if not path.exists():
         raise PipelineError(f"{path} not found: {folder} was not written by `stages.train`; "
@@ -33,13 +35,14 @@ def saved_settings(folder) -> dict:
     return trained
 
 
-def trained_settings(folder, p: dict) -> dict:
+def trained_settings(folder, p: Params) -> Params:
     """The settings a saved model was trained with (its caches' text and image settings), with
     this run's `train.{device, amp, batch_size, in_memory_gb, workers}`. `evaluate` and
     `explain` read the caches as the model was trained on them, so they depend on the model,
     not on params.yaml's image.* and text.*."""
-    trained = saved_settings(folder)
-    return {**trained, "train": {**trained["train"], **{k: p["train"][k] for k in SCORING}}}
+    trained = built(saved_settings(folder))
+    trained.train = replace(trained.train, **{k: getattr(p.train, k) for k in SCORING})
+    return trained
 
 
 def image_fit(config: dict, folder) -> str:
@@ -64,7 +67,7 @@ def evaluation_of(model_folder) -> Path | None:
     return TEST_METRICS / f"{relative.as_posix()}.json"
 
 
-def evaluation_threshold(folder, params: dict,
+def evaluation_threshold(folder, trained: Params,
                          override: float | None = None) -> tuple[float, str]:
     """--threshold; else the one `evaluate` chose on validation for this model
     (metrics/test/<run>.json); else the model's evaluate.threshold when that is a probability,
@@ -77,7 +80,7 @@ def evaluation_threshold(folder, params: dict,
     test_json = evaluation_of(folder)
     if test_json is not None and test_json.exists():
         return float(json.loads(test_json.read_text())["threshold"]), str(test_json)
-    rule = params["evaluate"]["threshold"]
+    rule = trained.evaluate.threshold
     if isinstance(rule, str):
         raise PipelineError(f"{folder} has no evaluation ({test_json or 'it is not under models/'}"
                             f"): its threshold is chosen by evaluate.threshold={rule} on "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxrfusion import params
 from cxrfusion.common import PipelineError
 
 UNINDEXED = "no indexing"
@@ -70,26 +71,26 @@ def split_patients(labels: np.ndarray, patients: np.ndarray, test: float, val: f
     return np.array([split_of[patient] for patient in patients], dtype=object)
 
 
-def check_split_sizes(studies: pd.DataFrame, s: dict) -> None:
+def check_split_sizes(studies: pd.DataFrame, s: params.Split) -> None:
     """Refuse, before any training, a split too small to select a model on or to test it: fewer
     than split.min_studies studies, or fewer than split.min_per_label of either label (AUROC
     needs both; with one class a whole validation run logs nan and the test fails at the end)."""
     for name in ("test", "val", "train"):
         labels = studies.loc[studies["split"] == name, "label"]
         normal, abnormal = int((labels == 0).sum()), int((labels == 1).sum())
-        if len(labels) >= s["min_studies"] and min(normal, abnormal) >= s["min_per_label"]:
+        if len(labels) >= s.min_studies and min(normal, abnormal) >= s.min_per_label:
             continue
-        if s.get("official", False):
+        if s.official:
             change = "use the seeded split (split.official=false) or more data"
         elif name == "train":
-            change = (f"lower split.test={s['test']} or split.val={s['val']}, or use more "
+            change = (f"lower split.test={s.test} or split.val={s.val}, or use more "
                       "studies")
         else:
             key = "split.test" if name == "test" else "split.val"
-            change = f"raise {key}={s[name]} or use more studies"
+            change = f"raise {key}={getattr(s, name)} or use more studies"
         raise PipelineError(
             f"the {name} split has {len(labels)} studies ({normal} normal, {abnormal} abnormal), "
             f"too few to answer the question: it needs at least split.min_studies="
-            f"{s['min_studies']} studies and split.min_per_label={s['min_per_label']} of each "
+            f"{s.min_studies} studies and split.min_per_label={s.min_per_label} of each "
             f"label. {change[0].upper() + change[1:]} (or lower split.min_studies / "
             "split.min_per_label for a smoke test).")

@@ -13,7 +13,7 @@ import pandas as pd
 
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run
-from cxrfusion.params import PAIRS, VARIANTS, Comparison, fields_of
+from cxrfusion.params import PAIRS, VARIANTS, Comparison, Params, fields_of
 from cxrfusion.results import cell
 from cxrfusion.statistics import on_subgroups
 from cxrfusion.studies import report_words
@@ -64,28 +64,28 @@ def tertiles(train: pd.Series, test: pd.Series, text_input: str) -> dict:
     return out
 
 
-def score(studies: pd.DataFrame, scored: dict, p: dict) -> tuple[dict, list[str]]:
+def score(studies: pd.DataFrame, scored: dict, p: Params) -> tuple[dict, list[str]]:
     """({text input: {subgroup: on_subgroups' result, or its studies and abnormal count where
     fewer than report.min_per_label of a label leave it unscored}}, the kinds left out).
     `scored`: {Run: (test studies: uid, label, probability; threshold)}, every run on the same
     test studies; drawn as compare draws them (compare.bootstrap, .seed, .alpha; patients)."""
     first = next(iter(scored.values()))[0]
     uids, labels = first["uid"].to_numpy(), first["label"].to_numpy()
-    groups, left_out = members(studies, uids, p["report"]["subgroups"], p["text"]["inputs"])
-    minimum = p["report"]["min_per_label"]
+    groups, left_out = members(studies, uids, p.report.subgroups, p.text.inputs)
+    minimum = p.report.min_per_label
     scorable = {name: m for name, m in groups.items()
                 if min(labels[m].sum(), (1 - labels[m]).sum()) >= minimum}
     patients = (studies.set_index("uid").loc[uids, "patient"].to_numpy()
                 if "patient" in studies.columns else None)
-    c, seeds, out = p["compare"], p["train"]["seeds"], {}
-    for text_input in p["text"]["inputs"]:
+    c, seeds, out = p.compare, p.train.seeds, {}
+    for text_input in p.text.inputs:
         models = {v: {"probs": np.stack([_aligned(scored[Run.of(v, s, text_input)][0], uids)
                                          for s in seeds]),
                       "thresholds": np.array([scored[Run.of(v, s, text_input)][1]
                                               for s in seeds])}
                   for v in VARIANTS}
-        results = (on_subgroups(labels, models, list(PAIRS), scorable, c["bootstrap"],
-                                c["seed"], patients, level=1 - c["alpha"]) if scorable else {})
+        results = (on_subgroups(labels, models, list(PAIRS), scorable, c.bootstrap,
+                                c.seed, patients, level=1 - c.alpha) if scorable else {})
         out[text_input] = {name: results.get(name) or {"studies": int(m.sum()),
                                                        "abnormal": int(labels[m].sum())}
                            for name, m in groups.items()}

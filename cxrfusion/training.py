@@ -31,6 +31,7 @@ from cxrfusion.model import (
     model_config,
     sync_batchnorm,
 )
+from cxrfusion.params import Params
 from cxrfusion.scoring import forward, unwrap
 
 log = logging.getLogger(__name__)
@@ -130,28 +131,28 @@ def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> boo
     return False
 
 
-def build(run: Run, p: dict, train_set: Split, world: World):
+def build(run: Run, p: Params, train_set: Split, world: World):
     """The run's model on this rank's device, the optimizer, and the module that takes the
     steps (wrapped by DDP across processes and by torch.compile when asked). `train_set` gives
     the report vectors' size and, under model.standardise_text, their scaling."""
-    t, m = p["train"], p["model"]
+    t, m = p.train, p.model
     text_dim = 0 if train_set.text is None else train_set.text.shape[1]
-    model = Classifier(run.variant, text_dim, m["backbone"], p["image"]["pretrained"], m["hidden"],
-                       m["dropout"], m["fusion"], m["shared_dim"])
-    if model.uses_text and m["standardise_text"]:
+    model = Classifier(run.variant, text_dim, m.backbone, p.image.pretrained, m.hidden,
+                       m.dropout, m.fusion, m.shared_dim)
+    if model.uses_text and m.standardise_text:
         model.standardise_text(train_set.study_text())
-    if m["freeze_backbone"]:
+    if m.freeze_backbone:
         freeze_backbone(model)
     if world.distributed and world.device.type == "cuda":
         model = sync_batchnorm(model)  # batch statistics over all GPUs
     model = model.to(world.device, memory_format=torch.channels_last)
-    optimizer = adam(model, t["lr"], t["lr_backbone"])
+    optimizer = adam(model, t.lr, t.lr_backbone)
     step = model
     if world.distributed:  # same initial weights on every rank: DDP broadcasts rank 0's
         step = DistributedDataParallel(
             model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
         torch.manual_seed(run.seed + world.rank)  # each rank its own dropout masks
-    if t["compile"]:
+    if t.compile:
         step = torch.compile(step)  # same weights, fused kernels
     return model, optimizer, step
 
@@ -193,20 +194,20 @@ def summarise_kept_epoch(live, history: list, chosen: int) -> None:
         live.summary = {"train": kept["train"], "val": kept["val"], "epoch_kept": chosen}
 
 
-def save_model(run: Run, p: dict, model: Classifier, best_state: dict, text_dim: int,
+def save_model(run: Run, p: Params, model: Classifier, best_state: dict, text_dim: int,
                chosen: int, history: list) -> None:
     """models/<run>/: weights (safetensors), how to rebuild them, and params.json, the
     parameters it was trained with (params.record: with the run's seed and text input)."""
     from safetensors.torch import save_file
 
     model.load_state_dict(best_state)
-    image = p["image"] if model.uses_image else {"size": None, "fit": None}  # text: no image
-    backbone = p["model"]["backbone"] if model.uses_image else None
-    config = {**model_config(model, text_dim, backbone, image["size"], image_fit=image["fit"]),
-              "epoch": chosen, "select": p["train"]["select"], "seed": run.seed,
+    size, fit, backbone = ((p.image.size, p.image.fit, p.model.backbone) if model.uses_image
+                           else (None, None, None))  # the text model reads no image
+    config = {**model_config(model, text_dim, backbone, size, image_fit=fit),
+              "epoch": chosen, "select": p.train.select, "seed": run.seed,
               "text_input": run.text_input}
     if model.uses_image:  # which ImageNet weights, pinned by name: timm's default tag can move
-        config["pretrained"] = p["image"]["pretrained"]
+        config["pretrained"] = p.image.pretrained
         config["pretrained_tag"] = unwrap(model).cnn.pretrained_cfg.get("tag")
     if model.uses_text:  # which encoder made the vectors: prediction checks its encoder against it
         attrs = read_text_cache_attrs(text_cache(run.text_input))

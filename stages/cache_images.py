@@ -13,13 +13,14 @@ from __future__ import annotations
 from cxrfusion import imaging, params
 from cxrfusion.common import main, write_json
 from cxrfusion.formats import IMAGES_H5, IMAGES_REPORT, IMAGES_SUBDIR, RAW, read_prepared
+from cxrfusion.params import Params
 
 
-def cache_images(p: dict) -> None:
-    i = p["image"]
+def cache_images(p: Params) -> None:
+    i = p.image
     _, images = read_prepared()
     report = imaging.cache_images(images["filename"].tolist(), RAW / IMAGES_SUBDIR, IMAGES_H5,
-                                  i["size"], i["fit"], i["skip_bad"])
+                                  i.size, i.fit, i.skip_bad)
     write_json(IMAGES_REPORT, report)
 
 

@@ -30,6 +30,7 @@ from cxrfusion import comparison, params, results
 from cxrfusion.common import PipelineError, atomic_path, main, write_json
 from cxrfusion.formats import STUDIES, Run, read_prepared
 from cxrfusion.metrics import choose_threshold, study_predictions
+from cxrfusion.params import Params
 
 log = logging.getLogger("compare")
 
@@ -103,10 +104,10 @@ def training_record(path: Path):
 
 # --- the stage -----------------------------------------------------------------------------------
 
-def training_histories(p: dict) -> tuple[dict, dict]:
+def training_histories(p: Params) -> tuple[dict, dict]:
     """Per model label and seed: the epochs train recorded (history.json) and the one it kept
     (model.json); the image model once, with the first text input."""
-    seeds, inputs = p["train"]["seeds"], p["text"]["inputs"]
+    seeds, inputs = p.train.seeds, p.text.inputs
     histories, chosen = {}, {}
     for text_input in inputs:
         for v in ("fusion", "text") + (("image",) if text_input == inputs[0] else ()):
@@ -121,13 +122,13 @@ def training_histories(p: dict) -> tuple[dict, dict]:
 
 # --- the stage: load, answer, draw, write -----------------------------------------------------
 
-def compare(p: dict) -> dict:
+def compare(p: Params) -> dict:
     scored = {run: read_run(run) for run in params.runs(p)}
     test, val = same_studies(scored, "test"), same_studies(scored, "val")
     same_thresholds(scored)
     labels, patients = test["label"].to_numpy(), patients_of(test["uid"])
     validation = ({"labels": val["label"].to_numpy(), "groups": patients_of(val["uid"])}
-                  if p["compare"]["resample_validation"] else None)
+                  if p.compare.resample_validation else None)
     result = comparison.answer_question(scored, labels, len(val), validation, patients, p)
     with atomic_path(FIGURES) as tmp:
         tmp.mkdir()

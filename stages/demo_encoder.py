@@ -12,19 +12,19 @@ from cxrfusion import params
 from cxrfusion.common import main
 from cxrfusion.demo_encoder import build
 from cxrfusion.formats import read_prepared
-from cxrfusion.params import TEXT_FIELDS
+from cxrfusion.params import TEXT_FIELDS, Params
 from cxrfusion.studies import join_text
 
 OUT = Path("models/demo_encoder")
 
 
-def demo_encoder(p: dict) -> None:
-    e = p["demo_encoder"]
+def demo_encoder(p: Params) -> None:
+    e = p.demo_encoder
     studies, _ = read_prepared()
     fields = [f for f in TEXT_FIELDS if f in studies.columns]  # every text input's
     train = studies[studies["split"] == "train"]
     texts = train.apply(join_text, axis=1, fields=fields).tolist()
-    build(texts, OUT, e["vocab_size"], e["hidden_size"], e["layers"], e["heads"], e["seed"])
+    build(texts, OUT, e.vocab_size, e.hidden_size, e.layers, e.heads, e.seed)
 
 
 if __name__ == "__main__":

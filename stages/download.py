@@ -17,28 +17,29 @@ from pathlib import Path
 from cxrfusion import params
 from cxrfusion.common import PipelineError, atomic_path, main
 from cxrfusion.formats import RAW
+from cxrfusion.params import Params
 from cxrfusion.sources import demo, kaggle, mimic, openi
 
 log = logging.getLogger("download")
 
 
-def download(p: dict, out: Path = RAW) -> None:
-    source = p["data"]["source"]
+def download(p: Params, out: Path = RAW) -> None:
+    source = p.data.source
     with atomic_path(out) as tmp:  # a failed download leaves the previous data/raw intact
         if source == "demo":
-            d = p["demo"]
-            demo.generate(tmp, d["studies"], d["image_size"], d["label_noise"], d["seed"])
+            d = p.demo
+            demo.generate(tmp, d.studies, d.image_size, d.label_noise, d.seed)
         elif source == "kaggle":
             kaggle.from_kaggle(tmp)
         elif source == "openi":
-            openi.from_openi(tmp, p["data"]["openi_url"])
+            openi.from_openi(tmp, p.data.openi_url)
         elif source == "local":
-            src = Path(p["data"]["local_dir"]).expanduser()
+            src = Path(p.data.local_dir).expanduser()
             if not src.is_dir():
                 raise PipelineError(f"data.local_dir={str(src)!r} is not a folder.")
             kaggle.link_kaggle_layout(src, tmp)
         elif source == "mimic_cxr":
-            mimic.convert(p["data"]["local_dir"], tmp)
+            mimic.convert(p.data.local_dir, tmp)
     log.info("data/raw ready from source %r", source)
 
 

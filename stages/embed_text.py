@@ -19,6 +19,7 @@ import numpy as np
 from cxrfusion import distributed, params
 from cxrfusion.common import PipelineError, atomic_path, main
 from cxrfusion.formats import read_prepared, text_cache, text_cache_attrs, write_text_cache
+from cxrfusion.params import Params
 from cxrfusion.studies import join_text
 from cxrfusion.text_encoder import embed_part, encoder_fingerprint, load_encoder, reads_lowercase
 
@@ -29,22 +30,22 @@ def part_path(out, rank: int):
     return out.with_name(f".{out.name}.part{rank}.npz")
 
 
-def embed_text(text_input: str, p: dict) -> None:
-    if text_input not in p["text"]["inputs"]:
+def embed_text(text_input: str, p: Params) -> None:
+    if text_input not in p.text.inputs:
         raise PipelineError(params.unknown_input(text_input, p))
-    t, out, fields = p["text"], text_cache(text_input), params.fields_of(text_input)
+    t, out, fields = p.text, text_cache(text_input), params.fields_of(text_input)
     studies, _ = read_prepared(fields)
     reports = studies.apply(join_text, axis=1, fields=fields).tolist()
-    with distributed.running(t["device"], "text.device") as world:
-        tokenizer, model = load_encoder(t["model"], t["revision"], world.device, t["lowercase"])
+    with distributed.running(t.device, "text.device") as world:
+        tokenizer, model = load_encoder(t.model, t.revision, world.device, t.lowercase)
         limit = model.config.max_position_embeddings
-        if t["max_length"] > limit:
-            raise PipelineError(f"parameter text.max_length={t['max_length']} exceeds what "
-                                f"{t['model']} can read ({limit} tokens): set "
+        if t.max_length > limit:
+            raise PipelineError(f"parameter text.max_length={t.max_length} exceeds what "
+                                f"{t.model} can read ({limit} tokens): set "
                                 f"text.max_length<={limit}.")
         start = time.perf_counter()
-        rows, vectors = embed_part(reports, tokenizer, model, t["pooling"],
-                                   t["max_length"], t["batch_size"], world.device,
+        rows, vectors = embed_part(reports, tokenizer, model, t.pooling,
+                                   t.max_length, t.batch_size, world.device,
                                    progress=world.main, part=(world.rank, world.size))
         if world.distributed:  # shares meet on disk, not in a gather through every GPU
             with atomic_path(part_path(out, world.rank)) as tmp, open(tmp, "wb") as f:
@@ -54,9 +55,9 @@ def embed_text(text_input: str, p: dict) -> None:
                 rows, vectors = merge_parts(out, world.size, len(studies))
         seconds = time.perf_counter() - start
         if world.main:
-            attrs = {**text_cache_attrs(t, fields), "revision": t["revision"] or "",
+            attrs = {**text_cache_attrs(t, fields), "revision": t.revision or "",
                      "lowercased": reads_lowercase(tokenizer),  # text.lowercase resolved
-                     "fingerprint": encoder_fingerprint(t["model"], model, tokenizer),
+                     "fingerprint": encoder_fingerprint(t.model, model, tokenizer),
                      "dim": vectors.shape[1]}
             write_text_cache(out, studies["uid"].to_numpy()[rows], vectors, attrs)
             log.info("embedded %d reports (%s, %d dims) in %.1f s: %.0f reports/s on %d x %s",

@@ -47,6 +47,7 @@ from cxrfusion.metrics import (
     study_predictions,
 )
 from cxrfusion.model import WEIGHTS, load_model, reads
+from cxrfusion.params import Params
 from cxrfusion.saved_model import trained_settings
 from cxrfusion.scoring import report_weights, score
 
@@ -58,9 +59,9 @@ def write_csv(df: pd.DataFrame, path) -> None:
         df.to_csv(tmp, index=False)  # full precision: compare recomputes metrics from it
 
 
-def image_probabilities(model, split, p: dict) -> pd.DataFrame:
+def image_probabilities(model, split, p: Params) -> pd.DataFrame:
     """Per image: uid, filename, label and the probability of abnormal."""
-    probs, _ = score(model, split, p["train"]["batch_size"], p["train"]["amp"])
+    probs, _ = score(model, split, p.train.batch_size, p.train.amp)
     return split.rows[["uid", "filename", "label"]].assign(probability=probs.astype("float64"))
 
 
@@ -81,27 +82,27 @@ def gate_summary(images: pd.DataFrame) -> dict:
 
 def operating_point(val: pd.DataFrame, e: dict) -> dict:
     """The threshold, from the validation studies only."""
-    rule = e["threshold"]
+    rule = e.threshold
     return {"threshold": choose_threshold(val["label"], val["probability"], rule),
             "threshold_rule": rule if isinstance(rule, str) else "fixed"}
 
 
-def evaluate(run: Run, p: dict) -> dict:
-    device = resolve_device(p["train"]["device"])
+def evaluate(run: Run, p: Params) -> dict:
+    device = resolve_device(p.train.device)
     model, _ = load_model(run.models, device)
     trained = trained_settings(run.models, p)
     splits = load_splits(trained, reads(run.variant)[0], run.text_input,
                          names=("val", "test"))[0]
     val_images = image_probabilities(model, splits["val"].to(device), p)
     val = study_predictions(val_images)
-    chosen = operating_point(val, p["evaluate"])
+    chosen = operating_point(val, p.evaluate)
     test = splits["test"].to(device)
     images = image_probabilities(model, test, p)  # the test studies, once
     if model.fusion == "gated" and model.uses_image and model.uses_text:
-        images["report_weight"] = report_weights(model, test, p["train"]["batch_size"],
-                                                 p["train"]["amp"]).astype("float64")
+        images["report_weight"] = report_weights(model, test, p.train.batch_size,
+                                                 p.train.amp).astype("float64")
     studies = study_predictions(images)
-    threshold, specificity = chosen["threshold"], p["evaluate"]["specificity"]
+    threshold, specificity = chosen["threshold"], p.evaluate.specificity
     result = {
         "run": run.record,
         "threshold": threshold, "threshold_rule": chosen["threshold_rule"],
@@ -139,7 +140,7 @@ def evaluate(run: Run, p: dict) -> dict:
     return result
 
 
-def evaluate_all(argv: list[str], p: dict) -> list[dict]:
+def evaluate_all(argv: list[str], p: Params) -> list[dict]:
     runs = [params.run_of(argv, p)] if argv else params.runs(p)
     untrained = [str(run.models) for run in runs if not (run.models / WEIGHTS).exists()]
     if untrained:  # before scoring any: a half-scored set of runs compares nothing

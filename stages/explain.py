@@ -29,6 +29,7 @@ from cxrfusion.dataset import load_splits
 from cxrfusion.explain import modality_reliance, reference_normal, select_examples, write_heatmaps
 from cxrfusion.formats import Run
 from cxrfusion.model import load_model, normalise
+from cxrfusion.params import Params
 from cxrfusion.saved_model import evaluation_threshold, trained_settings
 
 log = logging.getLogger("explain")
@@ -37,31 +38,31 @@ OUT = Path("metrics/explain.json")
 FIGURES = Path("metrics/explain")
 
 
-def explained_run(p: dict) -> Run:
-    e = p["explain"]  # checked by params.load
-    seed = p["train"]["seeds"][0] if e["model_seed"] is None else e["model_seed"]
-    text_input = p["text"]["inputs"][0] if e["text_input"] is None else e["text_input"]
-    return Run(e["variant"], seed, text_input if e["variant"] == "fusion" else None)
+def explained_run(p: Params) -> Run:
+    e = p.explain  # checked by params.load
+    seed = p.train.seeds[0] if e.model_seed is None else e.model_seed
+    text_input = p.text.inputs[0] if e.text_input is None else e.text_input
+    return Run(e.variant, seed, text_input if e.variant == "fusion" else None)
 
 
-def explain(p: dict) -> dict:
-    e, t = p["explain"], p["train"]
+def explain(p: Params) -> dict:
+    e, t = p.explain, p.train
     run = explained_run(p)
     variant = run.variant
-    device = resolve_device(t["device"])
+    device = resolve_device(t.device)
     model, config = load_model(run.models, device)
     trained = trained_settings(run.models, p)  # the caches as the model read them
     threshold, source = evaluation_threshold(run.models, trained)
     reports = run.text_input  # the image model reads none: explain.text_input's, as embedded
     if not model.uses_text:
-        reports = e["text_input"] or p["text"]["inputs"][0]
-        trained["text"] = p["text"]
+        reports = e.text_input or p.text.inputs[0]
+        trained.text = p.text
     # both inputs, whatever the variant reads
     test = load_splits(trained, True, reports, names=("test",))[0]["test"].to(device)
     ref_uid, ref_vector = reference_normal(trained, reports)
     reliance, probs = modality_reliance(model, test, torch.from_numpy(ref_vector), threshold,
-                                        t["batch_size"], t["amp"], config["image_size"])
-    picks = select_examples(test.rows, probs, threshold, e["per_outcome"], e["seed"])
+                                        t.batch_size, t.amp, config["image_size"])
+    picks = select_examples(test.rows, probs, threshold, e.per_outcome, e.seed)
     with torch.no_grad():
         side = model.cnn.forward_features(normalise(
             torch.zeros(1, config["image_size"], config["image_size"], dtype=torch.uint8,

@@ -29,7 +29,7 @@ from cxrfusion.formats import (
     STUDIES,
     STUDY_COLUMNS,
 )
-from cxrfusion.params import TEXT_FIELDS, fields_of
+from cxrfusion.params import TEXT_FIELDS, Params, fields_of
 from cxrfusion.raw_tables import check_tables, official_split, read_csv
 from cxrfusion.studies import (
     UNINDEXED,
@@ -72,11 +72,11 @@ def label(reports: pd.DataFrame, fields: list[str], keep_unindexed: bool,
     return studies
 
 
-def assign_split(reports: pd.DataFrame, studies: pd.DataFrame, split: dict,
+def assign_split(reports: pd.DataFrame, studies: pd.DataFrame, split: params.Split,
                  path: Path) -> pd.Series:
     """train | val | test per study: the official split, or by patient, or by study."""
     by_patient = "patient" in studies.columns
-    if split.get("official", False):
+    if split.official:
         assigned = official_split(reports, reports["label"].notna(), path)
         if by_patient and (mixed := studies.assign(split=assigned).groupby("patient")["split"]
                            .nunique().gt(1).sum()):
@@ -84,9 +84,9 @@ def assign_split(reports: pd.DataFrame, studies: pd.DataFrame, split: dict,
         return assigned
     if by_patient:
         return split_patients(studies["label"].to_numpy(), studies["patient"].to_numpy(),
-                              split["test"], split["val"], split["seed"])
+                              split.test, split.val, split.seed)
     return split_studies(studies["uid"].to_numpy(), studies["label"].to_numpy(),
-                         split["test"], split["val"], split["seed"])
+                         split.test, split.val, split.seed)
 
 
 def join_images(studies: pd.DataFrame, projections: pd.DataFrame) -> pd.DataFrame:
@@ -125,15 +125,15 @@ def summarise(reports: pd.DataFrame, projections: pd.DataFrame, studies: pd.Data
     return report
 
 
-def prepare(p: dict, raw: Path = RAW, out: Path = PREPARED) -> dict:
-    inputs = p["text"]["inputs"]
+def prepare(p: Params, raw: Path = RAW, out: Path = PREPARED) -> dict:
+    inputs = p.text.inputs
     fields = [f for f in TEXT_FIELDS if any(f in fields_of(i) for i in inputs)]  # all inputs'
     reports = read_csv(raw / REPORTS_CSV, ["uid", "MeSH", *fields])
     projections = read_csv(raw / PROJECTIONS_CSV, ["uid", "filename", "projection"])
     check_tables(reports, projections, raw)
-    studies = label(reports, fields, p["data"]["keep_unindexed"], raw / REPORTS_CSV)
-    studies["split"] = assign_split(reports, studies, p["split"], raw / REPORTS_CSV)
-    check_split_sizes(studies, p["split"])
+    studies = label(reports, fields, p.data.keep_unindexed, raw / REPORTS_CSV)
+    studies["split"] = assign_split(reports, studies, p.split, raw / REPORTS_CSV)
+    check_split_sizes(studies, p.split)
     studies = studies.sort_values("uid")
     images = join_images(studies, projections)
     report = summarise(reports, projections, studies, images, inputs)

@@ -19,6 +19,7 @@ from cxrfusion import figures, params, reporting, subgroups
 from cxrfusion.common import PipelineError, atomic_path, main, write_json
 from cxrfusion.formats import DATA_REPORT, IMAGES_REPORT, read_prepared
 from cxrfusion.metrics import study_predictions
+from cxrfusion.params import Params
 
 log = logging.getLogger("report")
 
@@ -34,7 +35,7 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def scored_runs(p: dict) -> dict:
+def scored_runs(p: Params) -> dict:
     """Every run's test studies (uid, label, probability) and its validation threshold."""
     out = {}
     for run in params.runs(p):
@@ -45,11 +46,11 @@ def scored_runs(p: dict) -> dict:
     return out
 
 
-def report(p: dict) -> str:
+def report(p: Params) -> str:
     studies, images = read_prepared()
     flowed = reporting.flow(studies, images, read_json(DATA_REPORT), read_json(IMAGES_REPORT))
-    table = reporting.characteristics(studies, p["text"]["inputs"])
-    first = {run.variant: run for run in params.runs(p) if run.seed == p["train"]["seeds"][0]}
+    table = reporting.characteristics(studies, p.text.inputs)
+    first = {run.variant: run for run in params.runs(p) if run.seed == p.train.seeds[0]}
     reproduced = {"changed": reporting.changed_parameters(p), "versions": reporting.versions(),
                   "pins": {run.label: reporting.pins(read_json(run.models / "model.json"))
                            for run in first.values()}}
@@ -57,7 +58,7 @@ def report(p: dict) -> str:
     scored = scored_runs(p)
     failed = reporting.failures(studies, scored,
                                 pd.read_csv(HEATMAPS) if HEATMAPS.exists() else None,
-                                p["text"]["inputs"])
+                                p.text.inputs)
     subgrouped = subgroups.score(studies, scored, p)
     text = reporting.markdown(p, flowed, table, reporting.balance(table, sizes), reproduced,
                               failed, subgrouped)

@@ -37,11 +37,20 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-@pytest.fixture
-def params() -> dict:
-    """The project's params.yaml with the TINY overrides (a fresh copy per test)."""
+def tiny(override: dict | None = None) -> dict:
+    """The project's params.yaml with the TINY overrides and then `override`, as a dict (what a
+    test writes into a params.yaml of its own)."""
     with open(ROOT / "params.yaml") as f:
-        return merge(yaml.safe_load(f), TINY)
+        return merge(merge(yaml.safe_load(f), TINY), override or {})
+
+
+@pytest.fixture
+def params():
+    """The project's params.yaml with the TINY overrides, as the stages read it (params.Params;
+    a fresh one per test, which a test may change)."""
+    from cxrfusion.params import built
+
+    return built(tiny())
 
 
 @pytest.fixture
@@ -68,7 +77,7 @@ def cached(prepared) -> dict:
     from stages import cache_images, demo_encoder, embed_text
 
     demo_encoder.demo_encoder(prepared)
-    for text_input in prepared["text"]["inputs"]:
+    for text_input in prepared.text.inputs:
         embed_text.embed_text(text_input, prepared)
     cache_images.cache_images(prepared)
     return prepared
@@ -79,10 +88,10 @@ def first_run(variant: str, p: dict, seed: int | None = None, text_input: str | 
     variants that read a report, the first of text.inputs (or `text_input`)."""
     from cxrfusion.formats import Run
 
-    seed = p["train"]["seeds"][0] if seed is None else seed
+    seed = p.train.seeds[0] if seed is None else seed
     if variant == "image":
         return Run(variant, seed)
-    return Run(variant, seed, text_input or p["text"]["inputs"][0])
+    return Run(variant, seed, text_input or p.text.inputs[0])
 
 
 def splits_of(p: dict, variant: str, names: tuple | None = None):
@@ -130,20 +139,20 @@ def built_project(folder: Path, override: dict, runs=()) -> dict:
     """A whole tiny project in `folder` (the recipe of the `cached` fixture, params.yaml with
     TINY and then `override`), with `runs` trained and evaluated; returns its parameters. For
     module-scoped fixtures: built once for the tests of a file."""
+    from cxrfusion.params import built
     from stages import cache_images, demo_encoder, embed_text
     from stages.download import download
     from stages.evaluate import evaluate
     from stages.prepare import prepare
     from stages.train import train
 
-    with open(ROOT / "params.yaml") as f:
-        p = merge(merge(yaml.safe_load(f), TINY), override)
+    p = built(tiny(override))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         download(p)
         prepare(p)
         demo_encoder.demo_encoder(p)
-        for text_input in p["text"]["inputs"]:
+        for text_input in p.text.inputs:
             embed_text.embed_text(text_input, p)
         cache_images.cache_images(p)
         for run in runs:

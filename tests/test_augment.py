@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from cxrfusion import augment as A
+from cxrfusion.params import Augment
 
-NONE = A.Ranges(rotation=0, translate=0, scale=0, flip=0, brightness=0, contrast=0)
+NONE = Augment(rotation=0, translate=0, scale=0, flip=0, brightness=0, contrast=0)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -38,7 +39,7 @@ def shifted(x: torch.Tensor, right: int, down: int) -> torch.Tensor:
 @pytest.mark.parametrize("jitter", [False, True])
 def test_same_seed_same_batch_another_seed_another(jitter):
     x = images()
-    ranges = A.Ranges(flip=0.5)
+    ranges = Augment(flip=0.5)
     a = A.augment(x, torch.Generator().manual_seed(7), ranges, jitter)
     b = A.augment(x, torch.Generator().manual_seed(7), ranges, jitter)
     c = A.augment(x, torch.Generator().manual_seed(8), ranges, jitter)
@@ -54,9 +55,9 @@ def test_same_seed_same_batch_another_seed_another(jitter):
 @pytest.mark.parametrize("jitter", [False, True])
 def test_shape_dtype_and_device_kept(device, jitter):
     x = images(5, 24).to(device)
-    y = A.augment(x, torch.Generator().manual_seed(0), A.Ranges(), jitter)
+    y = A.augment(x, torch.Generator().manual_seed(0), Augment(), jitter)
     assert y.dtype == torch.uint8 and y.shape == (5, 24, 24) and y.device == x.device
-    drawn = A.draw(5, torch.Generator().manual_seed(0), A.Ranges(), jitter)
+    drawn = A.draw(5, torch.Generator().manual_seed(0), Augment(), jitter)
     assert drawn.dtype == torch.float32 and drawn.shape == (5, A.K) and drawn.device.type == "cpu"
 
 
@@ -64,9 +65,9 @@ def test_global_rng_untouched():
     torch.manual_seed(123)
     before = torch.get_rng_state()
     g = torch.Generator().manual_seed(0)
-    drawn = A.draw(8, g, A.Ranges(flip=0.5), True)
+    drawn = A.draw(8, g, Augment(flip=0.5), True)
     A.apply(images(8), drawn)
-    A.augment(images(8), g, A.Ranges(), True)
+    A.augment(images(8), g, Augment(), True)
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -112,11 +113,11 @@ def test_flip_mirrors_left_right_and_comes_before_the_turn_and_shift():
     y = A.apply(x, rows(3, flip=1.0, rotation=90.0, translate_x=2 / 20))
     assert torch.equal(y, shifted(torch.rot90(torch.flip(x, [2]), 1, (1, 2)), 2, 0))
     # flip=1.0 draws a flip for every image, flip=0 for none
-    drawn = A.draw(50, torch.Generator().manual_seed(0), A.Ranges(flip=1.0), False)
+    drawn = A.draw(50, torch.Generator().manual_seed(0), Augment(flip=1.0), False)
     assert torch.equal(A.apply(x[:1].expand(50, -1, -1), rows(50, flip=1.0)),
                        A.apply(x[:1].expand(50, -1, -1), rows(50, **{
                            "flip": drawn[:, A.COLUMNS.index("flip")]})))
-    never = A.draw(200, torch.Generator().manual_seed(0), A.Ranges(flip=0.0), False)
+    never = A.draw(200, torch.Generator().manual_seed(0), Augment(flip=0.0), False)
     assert not never[:, A.COLUMNS.index("flip")].any()
 
 
@@ -152,7 +153,7 @@ def test_brightness_and_contrast_hand_computed():
 
 
 def test_drawn_parameters_lie_within_their_ranges():
-    ranges = A.Ranges(rotation=10, translate=0.05, scale=0.1, flip=0.3, brightness=0.1,
+    ranges = Augment(rotation=10, translate=0.05, scale=0.1, flip=0.3, brightness=0.1,
                       contrast=0.2)
     drawn = A.draw(20_000, torch.Generator().manual_seed(0), ranges, True)
     bounds = {"rotation": (-10, 10), "translate_x": (-0.05, 0.05), "translate_y": (-0.05, 0.05),
@@ -172,20 +173,20 @@ def test_drawn_parameters_lie_within_their_ranges():
 
 
 def test_without_jitter_intensities_are_untouched_and_the_geometry_is_the_same():
-    ranges = A.Ranges()
+    ranges = Augment()
     plain = A.draw(64, torch.Generator().manual_seed(3), ranges, False)
     jittered = A.draw(64, torch.Generator().manual_seed(3), ranges, True)
     assert (plain[:, 5] == 0).all() and (plain[:, 6] == 1).all()
     assert (jittered[:, 5] != 0).all() and (jittered[:, 6] != 1).all()
     assert torch.equal(plain[:, :5], jittered[:, :5])  # a seed's geometry, with or without
     x = images(64, 16)
-    geometry_off = A.Ranges(rotation=0, translate=0, scale=0)
+    geometry_off = Augment(rotation=0, translate=0, scale=0)
     assert torch.equal(A.augment(x, torch.Generator().manual_seed(3), geometry_off, False), x)
     assert not torch.equal(A.augment(x, torch.Generator().manual_seed(3), geometry_off, True), x)
 
 
 def test_the_grid_is_affine_grids():
-    drawn = A.draw(9, torch.Generator().manual_seed(0), A.Ranges(rotation=45, flip=0.5), True)
+    drawn = A.draw(9, torch.Generator().manual_seed(0), Augment(rotation=45, flip=0.5), True)
     theta = A.theta(drawn)
     for size in (5, 48):
         expected = F.affine_grid(theta, [9, 1, size, size], align_corners=False)

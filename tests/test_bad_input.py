@@ -22,7 +22,7 @@ def _set_texts(texts: dict[int, str]) -> pd.DataFrame:
 
 
 def test_embed_text_takes_non_ascii_long_and_empty_reports(cached):
-    cached["text"]["max_length"] = 32
+    cached.text.max_length = 32
     studies = _set_texts({0: "Épanchement pleural — cœur élargi, 5 mm nodule (≥ 3 cm?) ✓",
                           1: " ".join(["The lungs are clear."] * 400),   # ~2,000 tokens
                           2: ""})

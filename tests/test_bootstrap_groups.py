@@ -3,6 +3,7 @@ patients, each with all of their test studies, not studies one by one."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +220,7 @@ def scored_models(p: dict, text_input: str) -> tuple[np.ndarray, dict, np.ndarra
     models, labels, val_labels = {}, None, None
     for variant in ("fusion", "image", "text"):
         rows = []
-        for s in p["train"]["seeds"]:
+        for s in p.train.seeds:
             run = Run(variant, s, None if variant == "image" else text_input)
             studies = study_predictions(pd.read_csv(run.predictions))
             val = study_predictions(pd.read_csv(run.validation))
@@ -235,11 +236,11 @@ def scored_models(p: dict, text_input: str) -> tuple[np.ndarray, dict, np.ndarra
 
 def bootstrap_of(p: dict, y, models, val_labels, groups=None, val_groups=None) -> dict:
     """over_seeds as compare calls it with `p`'s compare section."""
-    c = p["compare"]
+    c = p.compare
     return over_seeds(y, models, [("fusion", "image"), ("fusion", "text"), ("text", "image")],
-                      c["bootstrap"], c["seed"], groups, specificity=p["evaluate"]["specificity"],
+                      c.bootstrap, c.seed, groups, specificity=p.evaluate.specificity,
                       validation={"labels": val_labels, "groups": val_groups},
-                      level=1 - c["alpha"])
+                      level=1 - c.alpha)
 
 
 def intervals(stats: dict) -> dict:
@@ -277,7 +278,7 @@ def test_compare_resamples_patients_when_studies_name_them(workdir, params, no_f
     assert "bootstrap over test patients and seeds" in Path("metrics/comparison.md").read_text()
 
     val_groups = np.array([f"{g}v" for g in groups], dtype=object)
-    for text_input in params["text"]["inputs"]:
+    for text_input in params.text.inputs:
         y, models, yv = scored_models(params, text_input)
         by_patient = intervals(bootstrap_of(params, y, models, yv, groups, val_groups))
         assert written_intervals(written, text_input) == by_patient
@@ -295,7 +296,7 @@ def test_compare_resamples_studies_without_patients(workdir, params, no_figures)
     result = compare_mod.compare(params)
     assert result["resampled"] == "studies" and result["resampled_units"] == len(uids)
     assert "bootstrap over test studies and seeds" in Path("metrics/comparison.md").read_text()
-    for text_input in params["text"]["inputs"]:
+    for text_input in params.text.inputs:
         y, models, yv = scored_models(params, text_input)
         assert written_intervals(result, text_input) == intervals(bootstrap_of(params, y, models,
                                                                                yv))
@@ -316,12 +317,12 @@ def test_compare_refuses_test_studies_missing_from_studies_csv(workdir, params, 
 
 def test_compare_on_a_prepared_mimic_layout(tmp_path, workdir, params, no_figures):
     layout = make_mimic(tmp_path / "mimic-cxr-jpg")
-    params["data"].update(source="mimic_cxr", local_dir=str(layout["folder"]))
+    params.data = replace(params.data, source="mimic_cxr", local_dir=str(layout["folder"]))
     download(params_mod.validate(params))
     prepare(params)
     studies = pd.read_csv(STUDIES)
     fields = [f for f in params_mod.TEXT_FIELDS
-              if any(f in params_mod.fields_of(i) for i in params["text"]["inputs"])]
+              if any(f in params_mod.fields_of(i) for i in params.text.inputs)]
     assert list(studies.columns) == STUDY_COLUMNS + fields + ["patient"]
     test = studies[studies["split"] == "test"].sort_values("uid")
     images = pd.read_csv(IMAGES)

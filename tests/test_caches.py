@@ -80,24 +80,24 @@ def test_cached_features_match_the_prepared_tables(cached):
 
     # text/<input>.h5: one vector per study, in the order of studies.csv, each the study's
     # text of that input (its fields joined) alone
-    assert cached["text"]["inputs"] == ["findings+impression", "indication"]
+    assert cached.text.inputs == ["findings+impression", "indication"]
     assert sorted(p.name for p in formats.TEXT_DIR.iterdir()) == ["findings+impression.h5",
                                                                   "indication.h5"]
-    t = cached["text"]
-    for text_input in t["inputs"]:
+    t = cached.text
+    for text_input in t.inputs:
         fields = fields_of(text_input)
         uids, vectors, attrs = read_text_cache(formats.text_cache(text_input),
                                                expect=cache_attrs(t, fields))
         assert attrs["fields"] == ",".join(fields_of(text_input))
         assert uids.tolist() == studies["uid"].tolist()
-        assert vectors.shape == (len(studies), cached["demo_encoder"]["hidden_size"])
-        assert attrs["dim"] == vectors.shape[1] and attrs["pooling"] == t["pooling"]
+        assert vectors.shape == (len(studies), cached.demo_encoder.hidden_size)
+        assert attrs["dim"] == vectors.shape[1] and attrs["pooling"] == t.pooling
         assert np.isfinite(vectors).all()
         if tokenizer is None:
-            tokenizer, model = load_encoder(t["model"], t["revision"], CPU)
+            tokenizer, model = load_encoder(t.model, t.revision, CPU)
         texts = studies.apply(join_text, axis=1, fields=fields)
         for i, text in enumerate(texts):
-            alone = embed([text], tokenizer, model, t["pooling"], t["max_length"], 1, CPU,
+            alone = embed([text], tokenizer, model, t.pooling, t.max_length, 1, CPU,
                           progress=False)
             np.testing.assert_allclose(vectors[i], alone[0], atol=1e-5,
                                        err_msg=f"{text_input}, row {i}")
@@ -106,8 +106,8 @@ def test_cached_features_match_the_prepared_tables(cached):
                                                       "indication" else 5)
 
     # images.h5: one image per row of images.csv, in that order, at image.size
-    size = cached["image"]["size"]
-    fit = cached["image"]["fit"]
+    size = cached.image.size
+    fit = cached.image.fit
     names, pixels = read_image_cache(formats.IMAGES_H5, expect={"size": size, "fit": fit})
     assert names.tolist() == images["filename"].tolist()
     assert pixels.shape == (len(images), size, size) and pixels.dtype == np.uint8
@@ -391,7 +391,7 @@ def test_cache_images_stage_reports_skipped(prepared):
     names, _ = read_image_cache(formats.IMAGES_H5)
     assert len(names) == len(images)  # the previous cache is still whole
 
-    cached["image"]["skip_bad"] = True
+    cached.image.skip_bad = True
     cache_images.cache_images(cached)
     report = json.loads(formats.IMAGES_REPORT.read_text())
     assert report["cached"] == len(images) - 1 and report["skipped"] == 1

@@ -28,7 +28,7 @@ def _parameters(seeds: list[int], inputs: list[str]) -> dict:
     p = params.defaults()
     p["train"]["seeds"], p["text"]["inputs"] = seeds, inputs
     p["compare"].update(primary=f"fusion-image/{inputs[0]}", secondary=[])  # of these inputs
-    return params.validate(p)
+    return params.built(params.validate(p))
 
 
 def test_other_seeds_and_inputs_draw_exactly_their_runs():

@@ -53,7 +53,7 @@ def no_figures(monkeypatch):
 def small(params) -> dict:
     """TINY's params: seeds [0, 1], both text inputs, 240 bootstrap resamples (the fewest
     that let Holm over the default family of 6 reach 0.05)."""
-    assert params["compare"]["bootstrap"] == 240
+    assert params.compare.bootstrap == 240
     return params
 
 
@@ -106,7 +106,7 @@ def _direct(labels, probs, t: dict, specificity: float) -> dict:
 
 
 def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures):
-    seeds, inputs = small["train"]["seeds"], small["text"]["inputs"]
+    seeds, inputs = small.train.seeds, small.text.inputs
     uids, labels, _ = _project(small)
     result = compare(small)
     written = json.loads(Path("metrics/comparison.json").read_text())
@@ -114,7 +114,7 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
     assert written["test_studies"] == N == written["validation_studies"]
     assert written["seeds"] == len(seeds) and written["ece_bins"] == 5
     assert written["resampled"] == "studies" and written["resampled_units"] == N
-    assert written["bootstrap"] == {"resamples": 240, "seed": small["compare"]["seed"],
+    assert written["bootstrap"] == {"resamples": 240, "seed": small.compare.seed,
                                     "validation_resampled": True, "level": 0.95}
     assert set(written["models"]) == set(inputs) == set(written["differences"])
     per_seed = {f"seed-{s}" for s in seeds}
@@ -133,7 +133,7 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
                 probs = _study_probs(run)
                 assert probs.index.tolist() == uids.tolist()
                 for metric, v in _direct(labels, probs.to_numpy(), _test_json(run),
-                                         small["evaluate"]["specificity"]).items():
+                                         small.evaluate.specificity).items():
                     direct[metric].append(v)
             for metric, values in direct.items():
                 where = (text_input, variant, metric)
@@ -192,10 +192,10 @@ def test_the_summary_is_the_headline_of_the_comparison(workdir, small, no_figure
     result = compare(small)
     summary = json.loads(Path("metrics/summary.json").read_text())
     assert summary == results_mod.summary(result)
-    assert set(summary) == {"image", *small["text"]["inputs"]}
+    assert set(summary) == {"image", *small.text.inputs}
     assert summary["image"] == {"auroc": result["models"]["indication"]["image"]["auroc"]["mean"]}
     numbers = 1
-    for text_input in small["text"]["inputs"]:
+    for text_input in small.text.inputs:
         mine = summary[text_input]
         assert mine["auroc"] == {v: result["models"][text_input][v]["auroc"]["mean"]
                                  for v in ("fusion", "text")}
@@ -217,18 +217,18 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
     the verdict follows the precedence; the primary's sentence is the answer."""
     _project(small)
     result = compare(small)
-    c, rows = small["compare"], _auroc_rows(result)
-    alpha, margin = c["alpha"], c["margin"]
-    family = [c["primary"], *c["secondary"]]
+    c, rows = small.compare, _auroc_rows(result)
+    alpha, margin = c.alpha, c.margin
+    family = [c.primary, *c.secondary]
     assert result["question"] == {
-        "primary": c["primary"], "family": family, "adjustment": "holm", "alpha": alpha,
-        "margin": margin, "answer": sentence(params_mod.Comparison.parse(c["primary"]),
-                                             rows[c["primary"]], alpha, margin, "studies")}
+        "primary": c.primary, "family": family, "adjustment": "holm", "alpha": alpha,
+        "margin": margin, "answer": sentence(params_mod.Comparison.parse(c.primary),
+                                             rows[c.primary], alpha, margin, "studies")}
     adjusted = holm({name: rows[name]["p"] for name in family})
     for name, d in rows.items():
         assert (d["p"] < alpha) == (d["low"] > 0 or d["high"] < 0), name
         assert 2 / 241 <= d["p"] <= 1
-        assert d["role"] == ("primary" if name == c["primary"] else "secondary")
+        assert d["role"] == ("primary" if name == c.primary else "secondary")
         assert d["p_adjusted"] == pytest.approx(adjusted[name]) and d["p_adjusted"] >= d["p"]
         eq = d["equivalence_interval"]
         assert (d["p_equivalence"] < alpha) == (-margin < eq["low"] and eq["high"] < margin)
@@ -245,17 +245,17 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
 
 
 def test_comparisons_outside_the_family_are_exploratory(workdir, small, no_figures):
-    small["compare"]["secondary"] = ["fusion-text/indication"]
+    small.compare.secondary = ["fusion-text/indication"]
     _project(small)
     rows = _auroc_rows(compare(small))
-    family = {small["compare"]["primary"], "fusion-text/indication"}
+    family = {small.compare.primary, "fusion-text/indication"}
     adjusted = holm({name: rows[name]["p"] for name in family})
     for name, d in rows.items():
         if name in family:
             assert d["p_adjusted"] == pytest.approx(adjusted[name])
         else:
             assert d["role"] == "exploratory" and d["p_adjusted"] is None
-            assert d["design"]["alpha"] == small["compare"]["alpha"]
+            assert d["design"]["alpha"] == small.compare.alpha
     text = Path("metrics/comparison.md").read_text()
     assert "exploratory" in text and "exploratory, unadjusted p" in text
 
@@ -266,7 +266,7 @@ def test_compare_scores_studies_not_images(workdir, small, no_figures):
     uids, labels, written = _project(small, images_per_study=counts)
     result = compare(small)
     assert result["test_studies"] == N and result["resampled_units"] == N
-    run = Run("fusion", 1, small["text"]["inputs"][1])
+    run = Run("fusion", 1, small.text.inputs[1])
     images = written[run]
     assert len(images) == counts.sum() > N
     by_study = images.groupby("uid")["probability"]
@@ -326,7 +326,7 @@ NAMES = {"fusion − image": "fusion_minus_image", "fusion − text": "fusion_mi
 def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     _project(small)
     result = compare(small)
-    inputs, spec = small["text"]["inputs"], small["evaluate"]["specificity"]
+    inputs, spec = small.text.inputs, small.evaluate.specificity
     text = Path("metrics/comparison.md").read_text()
     assert text.startswith("**Primary question** (`compare.primary` = fusion-image/indication)")
     assert result["question"]["answer"] in text.splitlines()[0]
@@ -337,7 +337,7 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     # Table 1: the primary first, then the secondary comparisons as declared
     assert inferential[0][:8] == ["text input", "comparison", "role", "Δ AUROC [95% interval]",
                                   "p", "Holm p", "90% interval", "verdict"]
-    declared = [small["compare"]["primary"], *small["compare"]["secondary"]]
+    declared = [small.compare.primary, *small.compare.secondary]
     assert [f"{r[1].replace(' − ', '-')}/{r[0]}" for r in inferential[1:]] == declared
     for row in inferential[1:]:
         d = result["differences"][row[0]][NAMES[row[1]]]["auroc"]
@@ -437,7 +437,7 @@ def test_compare_refuses_a_missing_run(workdir, small, no_figures, missing):
     history: named, with what to run, not averaged away (and no traceback)."""
     _project(small)
     if missing == "a seed":
-        small["train"]["seeds"] = [0, 1, 2]
+        small.train.seeds = [0, 1, 2]
         path = "metrics/predictions/fusion/findings+impression/seed-2.csv"
     elif missing == "test.json":
         path = "metrics/test/text/indication/seed-1.json"
@@ -471,12 +471,12 @@ def test_compare_refuses_test_studies_without_two_of_each_label(workdir, small, 
 def test_adding_a_seed_adds_its_keys(workdir, small, no_figures):
     uids, labels, _ = _project(small)
     two = compare(small)
-    small["train"]["seeds"] = [0, 1, 2]
+    small.train.seeds = [0, 1, 2]
     write_runs(small, uids, labels)  # seed 2's runs; seeds 0 and 1 rewritten as they were
     three = compare(small)
     assert (two["seeds"], three["seeds"]) == (2, 3)
     assert "seeds per model: 3 (0, 1, 2)" in Path("metrics/comparison.md").read_text()
-    for text_input in small["text"]["inputs"]:
+    for text_input in small.text.inputs:
         for variant in ("fusion", "image", "text"):
             for metric in METRICS:
                 before = two["models"][text_input][variant][metric]
@@ -494,7 +494,7 @@ def test_adding_a_seed_adds_its_keys(workdir, small, no_figures):
 
 
 def test_one_seed(workdir, small, no_figures):
-    small["train"]["seeds"] = [0]
+    small.train.seeds = [0]
     _project(small)
     result = compare(small)
     written = json.loads(Path("metrics/comparison.json").read_text())  # Python reads NaN
@@ -517,7 +517,7 @@ def test_one_seed(workdir, small, no_figures):
 
 
 def test_one_seed_writes_strict_json(workdir, small, no_figures):
-    small["train"]["seeds"] = [0]
+    small.train.seeds = [0]
     _project(small)
     compare(small)
 
@@ -566,7 +566,7 @@ def test_the_figures_show_the_tables_numbers(workdir, small, monkeypatch):
                             for b in c["bins"] if b["seed"] == s) / N for s in (0, 1)]
             assert np.mean(per_seed) == pytest.approx(c["ece"], abs=1e-12)
     args, kwargs = drawn["roc_by_input"]
-    spec = small["evaluate"]["specificity"]
+    spec = small.evaluate.specificity
     assert kwargs["specificity"] == spec
     for text_input, variants in args[1].items():
         for v, rows in variants.items():

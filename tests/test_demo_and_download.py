@@ -6,6 +6,7 @@ import os
 import tarfile
 import traceback
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ PROJECTION_COLUMNS = ["uid", "filename", "projection"]
 @pytest.fixture
 def params(params) -> dict:
     """Downloads of a few hand-made studies go through prepare: no minimum split size."""
-    params["split"].update(min_studies=0, min_per_label=0)
+    params.split = replace(params.split, min_studies=0, min_per_label=0)
     return params
 
 def snapshot(folder: Path) -> dict:
@@ -107,7 +108,7 @@ def test_demo_is_marked_synthetic(demo300):
 
 
 def test_download_demo_writes_the_layout(workdir, params):
-    params["demo"]["studies"] = 12
+    params.demo.studies = 12
     download(params)
     raw = Path("data/raw")
     assert (raw / REPORTS_CSV).is_file() and (raw / PROJECTIONS_CSV).is_file()
@@ -137,7 +138,7 @@ def kaggle_folder(root: Path, uids=(1, 2, 3)) -> Path:
 
 def test_download_local_links_images_and_copies_csvs(workdir, params):
     src = kaggle_folder(workdir / "kaggle")
-    params["data"].update(source="local", local_dir=str(src))
+    params.data = replace(params.data, source="local", local_dir=str(src))
     download(params)
     raw = Path("data/raw")
     assert (raw / "images").is_symlink()
@@ -153,10 +154,10 @@ def test_download_again_keeps_linked_images(workdir, params):
     """Replacing a data/raw that links to the user's images must not delete those images."""
     src = kaggle_folder(workdir / "kaggle")
     before = snapshot(src)
-    params["data"].update(source="local", local_dir=str(src))
+    params.data = replace(params.data, source="local", local_dir=str(src))
     download(params)
-    params["data"]["source"] = "demo"
-    params["demo"]["studies"] = 5
+    params.data.source = "demo"
+    params.demo.studies = 5
     download(params)
     assert not Path("data/raw/images").is_symlink()
     assert snapshot(src) == before
@@ -166,7 +167,7 @@ def test_download_local_without_layout(workdir, params):
     src = workdir / "not_kaggle"
     src.mkdir()
     (src / REPORTS_CSV).write_text("uid,MeSH\n1,normal\n")
-    params["data"].update(source="local", local_dir=str(src))
+    params.data = replace(params.data, source="local", local_dir=str(src))
     with pytest.raises(PipelineError) as err:
         download(params)
     message = str(err.value)
@@ -183,20 +184,20 @@ def test_download_local_images_not_in_images_normalized(workdir, params):
     for png in (src / IMAGES_SUBDIR).iterdir():
         png.rename(src / "images" / png.name)
     (src / IMAGES_SUBDIR).rmdir()
-    params["data"].update(source="local", local_dir=str(src))
+    params.data = replace(params.data, source="local", local_dir=str(src))
     with pytest.raises(PipelineError, match="images_normalized"):
         download(params)
     assert not Path("data/raw").exists()
 
 
 def test_download_local_dir_not_a_folder(workdir, params):
-    params["data"].update(source="local", local_dir=str(workdir / "nowhere"))
+    params.data = replace(params.data, source="local", local_dir=str(workdir / "nowhere"))
     with pytest.raises(PipelineError, match="data.local_dir"):
         download(params)
 
 
 def test_failed_download_keeps_previous_raw(workdir, params, monkeypatch):
-    params["demo"]["studies"] = 8
+    params.demo.studies = 8
     download(params)
     before = snapshot(Path("data/raw"))
     assert len(before) > 8
@@ -213,7 +214,8 @@ def test_failed_download_keeps_previous_raw(workdir, params, monkeypatch):
     assert snapshot(Path("data/raw")) == before
     assert sorted(os.listdir("data")) == ["raw"]
 
-    params["data"].update(source="local", local_dir=str(workdir))  # no Kaggle layout there
+    # no Kaggle layout there
+    params.data = replace(params.data, source="local", local_dir=str(workdir))
     with pytest.raises(PipelineError):
         download(params)
     assert snapshot(Path("data/raw")) == before
@@ -236,7 +238,7 @@ def test_kaggle_without_network_explains_what_to_do(workdir, params, monkeypatch
                               f"auth=someone:{os.environ['KAGGLE_KEY']}: network unreachable")
 
     monkeypatch.setattr(kagglehub, "dataset_download", offline)
-    params["data"]["source"] = "kaggle"
+    params.data.source = "kaggle"
     with pytest.raises(PipelineError) as err:
         download(params)
     message = str(err.value)
@@ -254,7 +256,7 @@ def test_kaggle_links_the_downloaded_folder(workdir, params, monkeypatch):
 
     src = kaggle_folder(workdir / "kaggle_cache")
     monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, *a, **k: str(src))
-    params["data"]["source"] = "kaggle"
+    params.data.source = "kaggle"
     download(params)
     assert Path("data/raw/images").is_symlink()
     assert Path("data/raw/images").resolve() == (src / "images").resolve()
@@ -342,7 +344,7 @@ def test_parse_openi_report_refuses_other_xml(tmp_path):
 
 
 def test_download_openi_from_archives(workdir, params):
-    params["data"].update(source="openi", openi_url=openi_archives(workdir / "server"))
+    params.data = replace(params.data, source="openi", openi_url=openi_archives(workdir / "server"))
     download(params)
     raw = Path("data/raw")
     reports = pd.read_csv(raw / REPORTS_CSV)
@@ -386,7 +388,8 @@ def test_download_openi_report_without_images_is_not_fatal(workdir, params):
     reports = OPENI_REPORTS + [
         (4, ["normal"], {"FINDINGS": "Clear lungs.", "IMPRESSION": "Normal."}, []),
     ]
-    params["data"].update(source="openi", openi_url=openi_archives(workdir / "server", reports))
+    params.data = replace(params.data, source="openi",
+                          openi_url=openi_archives(workdir / "server", reports))
     download(params)
     rep = prepare(params)
     studies = pd.read_csv("data/prepared/studies.csv", keep_default_na=False)
@@ -395,7 +398,7 @@ def test_download_openi_report_without_images_is_not_fatal(workdir, params):
 
 
 def test_download_openi_unreachable(workdir, params):
-    params["data"].update(source="openi", openi_url=(workdir / "no_server").as_uri())
+    params.data = replace(params.data, source="openi", openi_url=(workdir / "no_server").as_uri())
     with pytest.raises(PipelineError) as err:
         download(params)
     assert "NLMCXR_" in str(err.value) and "data/downloads" in str(err.value)
@@ -451,7 +454,7 @@ def test_safe_extract_refuses_links(tmp_path):
 def test_params_yaml_is_valid(params):
     assert params_mod.validate(params) is params
     root = Path(__file__).resolve().parents[1]
-    assert params_mod.load(root / "params.yaml")["data"]["source"] in params_mod.SOURCES
+    assert params_mod.load(root / "params.yaml").data.source in params_mod.SOURCES
 
 
 @pytest.mark.parametrize("name, value", [
@@ -478,7 +481,7 @@ def test_params_yaml_is_valid(params):
 ])
 def test_params_validation_names_the_parameter(params, name, value):
     section, key = name.split(".")
-    params[section][key] = value
+    setattr(getattr(params, section), key, value)
     with pytest.raises(PipelineError) as err:
         params_mod.validate(params)
     assert name in str(err.value)
@@ -493,17 +496,17 @@ def test_params_validation_names_the_parameter(params, name, value):
                                          ("text.inputs", ["impression", "comparison+indication"])])
 def test_params_validation_accepts(params, name, value):
     section, key = name.split(".")
-    params[section][key] = value
+    setattr(getattr(params, section), key, value)
     if name == "text.inputs":  # the declared family names the inputs it compares
-        params["compare"].update(primary=f"fusion-image/{value[0]}", secondary=[])
+        params.compare = replace(params.compare, primary=f"fusion-image/{value[0]}", secondary=[])
     assert params_mod.validate(params) is params
 
 
 def test_params_local_needs_a_folder(params):
-    params["data"]["source"] = "local"
+    params.data.source = "local"
     with pytest.raises(PipelineError, match="data.local_dir"):
         params_mod.validate(params)
-    params["data"]["local_dir"] = "/some/folder"
+    params.data.local_dir = "/some/folder"
     params_mod.validate(params)
 
 
@@ -512,15 +515,16 @@ def test_params_local_needs_a_folder(params):
 def test_params_wrong_type_is_a_pipeline_error(params, name, value):
     """`dvc exp run -S image.size=abc` gives a string: a PipelineError, not a TypeError."""
     section, key = name.split(".")
-    params[section][key] = value
+    setattr(getattr(params, section), key, value)
     with pytest.raises(PipelineError, match=name.replace(".", r"\.")):
         params_mod.validate(params)
 
 
 def test_params_missing_parameter(params):
-    del params["train"]["lr"]
+    p = params_mod.as_dict(params)  # a params.yaml without train.lr
+    del p["train"]["lr"]
     with pytest.raises(PipelineError, match=r"train\.lr"):
-        params_mod.validate(params)
+        params_mod.validate(p)
 
 
 def test_check_variant():

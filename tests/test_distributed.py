@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -21,6 +22,7 @@ from cxrfusion.common import PipelineError, resolve_device
 from cxrfusion.distributed import World, shard
 from cxrfusion.formats import text_cache
 from cxrfusion.model import Classifier, sync_batchnorm
+from cxrfusion.params import as_dict
 from cxrfusion.training import epoch_order
 from stages.train import train
 
@@ -63,7 +65,7 @@ def test_the_shares_of_all_ranks_make_one_process_epoch():
 def test_global_batch_too_small_for_the_processes(cached, monkeypatch):
     monkeypatch.setattr(distributed, "start",
                         lambda device, param: World(0, 4, torch.device("cpu")))
-    cached["train"]["batch_size"] = 6
+    cached.train.batch_size = 6
     with pytest.raises(PipelineError, match=r"train.batch_size=6 .* each of the 4 processes.*>=8"):
         train(first_run("fusion", cached), cached)
 
@@ -128,7 +130,7 @@ def test_embed_text_names_text_device(prepared, monkeypatch):
     from stages import embed_text
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    prepared["text"]["device"] = "cuda"
+    prepared.text.device = "cuda"
     with pytest.raises(PipelineError, match=r"^parameter text\.device='cuda'"):
         embed_text.embed_text("indication", prepared)
     assert not text_cache("indication").exists()
@@ -146,7 +148,7 @@ def test_two_processes_train_the_same_weights_as_one(cached):
     # Dropout masks are drawn per process and, on the CPU, batch-norm statistics too (PyTorch's
     # SyncBatchNorm, used on GPUs, needs CUDA): compare with neither, the backbone frozen.
     p = cached
-    p["model"].update(dropout=0.0, freeze_backbone=True)
+    p.model = replace(p.model, dropout=0.0, freeze_backbone=True)
     # an odd global batch (shares of 4 and 5 rows: the loss weights matter) whose last batch
     # leaves each process >= 2 rows: two processes then take the steps one process takes
     import pandas as pd
@@ -156,8 +158,8 @@ def test_two_processes_train_the_same_weights_as_one(cached):
     order = [epoch_order(n, batch, torch.Generator().manual_seed(0), world)
              for world in (World(), World(0, 2))]
     assert len(order[0]) == len(order[1])  # the premise: the same batches
-    p["train"].update(epochs=2, batch_size=batch)
-    Path("params.yaml").write_text(yaml.safe_dump(p))
+    p.train = replace(p.train, epochs=2, batch_size=batch)
+    Path("params.yaml").write_text(yaml.safe_dump(as_dict(p)))
     run = first_run("fusion", p)
 
     done = _launch(2, "stages.train", "fusion", str(run.seed), run.text_input)
@@ -201,7 +203,7 @@ def test_synced_batch_norms_compute_what_the_model_did():
 
 
 def test_embed_text_in_two_processes_writes_the_same_cache(cached):
-    Path("params.yaml").write_text(yaml.safe_dump(cached))
+    Path("params.yaml").write_text(yaml.safe_dump(as_dict(cached)))
     text_input = "findings+impression"
     cache = text_cache(text_input)
     with h5py.File(cache) as f:
@@ -219,12 +221,12 @@ def test_embed_text_in_two_processes_writes_the_same_cache(cached):
 def test_streamed_images_train_the_same_model(cached):
 
     p = cached
-    p["train"]["epochs"] = 1
+    p.train.epochs = 1
     run = first_run("fusion", p)
     train(run, p)
     in_memory = _weights(run.models)
 
-    p["train"].update(in_memory_gb=0, workers=2)
+    p.train = replace(p.train, in_memory_gb=0, workers=2)
     splits, _ = splits_of(p, "fusion")
     assert splits["train"].streamed and splits["train"].images is None
     train(run, p)

@@ -34,7 +34,7 @@ def no_arguments(args: list[str], p: dict) -> None:
 
 def one_text_input(args: list[str], p: dict) -> None:  # stages/embed_text.py's first check
     assert len(args) == 1, "embed_text takes one text input"
-    assert args[0] in p["text"]["inputs"], params.unknown_input(args[0], p)
+    assert args[0] in p.text.inputs, params.unknown_input(args[0], p)
 
 
 def a_run(args: list[str], p: dict) -> Run:
@@ -113,7 +113,7 @@ def set_params(part2) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def part2_params(set_params) -> dict:
+def part2_params(set_params) -> params.Params:
     """params.yaml with part 2's set_param calls applied in order (as the script's set_param)."""
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key, value in set_params:
@@ -125,7 +125,7 @@ def part2_params(set_params) -> dict:
         for k in parents:
             section = section[k]
         section[last] = yaml.safe_load(value)
-    return params.validate(p)
+    return params.built(params.validate(p))
 
 
 def test_the_script_parses():
@@ -168,7 +168,7 @@ def test_every_stage_command_parses(part2, part2_params):
 def test_the_files_it_reads_are_where_the_stages_write(part2, part2_params, variables):
     text = "\n".join(part2)
     text_input = variables["input"]
-    assert text_input in part2_params["text"]["inputs"]
+    assert text_input in part2_params.text.inputs
     assert str(text_cache(text_input)) in text, "embed_text's output is read from elsewhere"
     runs = [a_run(args, part2_params) for module, args in commands(part2, "stages.train")]
     assert {(r.variant, r.seed) for r in runs} == {("fusion", 0), ("fusion", 1)}

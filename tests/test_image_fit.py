@@ -54,7 +54,7 @@ SHAPES = {"landscape": (120, 60), "portrait": (60, 120)}  # (width, height)
 # --- the default keeps the aspect ratio; stretch does not ------------------------------------
 
 def test_default_fit_keeps_the_aspect_ratio(params):
-    fit = params["image"]["fit"]
+    fit = params.image.fit
     assert fit in ("pad", "crop"), "the default must keep the heart-to-chest ratio"
     params_mod.validate(params)
 
@@ -63,7 +63,7 @@ def test_default_fit_keeps_the_aspect_ratio(params):
 def test_circle_stays_round_with_the_default_fit(tmp_path, params, shape):
     size = 96
     path = save(tmp_path, disc(*SHAPES[shape]))
-    out = load_xray(path, size, params["image"]["fit"])
+    out = load_xray(path, size, params.image.fit)
     _, _, sy, sx = blob(out)
     assert sx / sy == pytest.approx(1, abs=0.05)
 
@@ -191,7 +191,7 @@ def test_unknown_fit_is_refused(tmp_path):
 
 @pytest.mark.parametrize("value", ["letterbox", "PAD", None, 1])
 def test_params_refuse_an_unknown_fit(params, value):
-    params["image"]["fit"] = value
+    params.image.fit = value
     with pytest.raises(PipelineError, match=r"image\.fit") as err:
         params_mod.validate(params)
     assert repr(value) in str(err.value) and "pad, crop, stretch" in str(err.value)
@@ -199,7 +199,7 @@ def test_params_refuse_an_unknown_fit(params, value):
 
 @pytest.mark.parametrize("value", FITS)
 def test_params_accept_every_fit(params, value):
-    params["image"]["fit"] = value
+    params.image.fit = value
     assert params_mod.validate(params) is params
 
 
@@ -246,7 +246,7 @@ def test_cache_images_stage_uses_image_fit(workdir, params, monkeypatch):
                         lambda: (None, pd.DataFrame({"filename": ["wide.png"]})))
     monkeypatch.setattr("os.cpu_count", lambda: 1)  # one decoding process (cxrfusion.imaging)
     for fit in ("crop", "stretch"):
-        params["image"]["fit"] = fit
+        params.image.fit = fit
         cache_images.cache_images(params)
         names, pixels = read_image_cache(formats.IMAGES_H5, expect={"fit": fit, "size": 32})
         np.testing.assert_array_equal(pixels[0], load_xray(folder / "wide.png", 32, fit))
@@ -295,9 +295,10 @@ def test_predict_reads_images_with_the_models_fit(tmp_path, monkeypatch, recorde
 
     monkeypatch.setattr(predict_mod, "score", scores)
     config = {"variant": "image", "image_size": 40, "image_fit": recorded}
+    settings = params_mod.built({"train": {"batch_size": 4, "amp": False}})
     predictor = predict_mod.Predictor(
-        SimpleNamespace(uses_image=True, uses_text=False), config,
-        {"train": {"batch_size": 4, "amp": False}}, tmp_path, torch.device("cpu"), 0.5, "test")
+        SimpleNamespace(uses_image=True, uses_text=False), config, settings, [], tmp_path,
+        torch.device("cpu"), 0.5, "test")
     out = predict_mod.predict_studies(predictor, pd.DataFrame({"uid": [1], "path": [path]}), None)
     assert out["probability"].tolist() == [pytest.approx(0.7)]
     want = load_xray(path, 40, recorded)

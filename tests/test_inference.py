@@ -95,10 +95,10 @@ def test_comparison_names():
 
 def test_the_default_family_is_every_comparison_primary_first():
     p = params.load(ROOT / "params.yaml")
-    roles = family(p["compare"]["primary"], p["compare"]["secondary"])
+    roles = family(p.compare.primary, p.compare.secondary)
     assert list(roles)[0] == "fusion-image/indication" and roles[list(roles)[0]] == "primary"
     assert len(roles) == 6 and sorted(roles.values()).count("secondary") == 5
-    assert smallest_adjusted_p(p["compare"]["bootstrap"], 6) < p["compare"]["alpha"]
+    assert smallest_adjusted_p(p.compare.bootstrap, 6) < p.compare.alpha
 
 
 def _refused(change, match):

@@ -54,7 +54,7 @@ def test_killed_demo_encoder_keeps_the_previous_encoder(cached, monkeypatch):
         raise Killed
 
     monkeypatch.setattr(BertModel, "save_pretrained", half_saved)
-    cached["demo_encoder"]["hidden_size"] = 32  # a different encoder: every file would change
+    cached.demo_encoder.hidden_size = 32  # a different encoder: every file would change
     with pytest.raises(Killed):
         demo_encoder.demo_encoder(cached)
     assert snapshot("models/demo_encoder") == before
@@ -62,7 +62,7 @@ def test_killed_demo_encoder_keeps_the_previous_encoder(cached, monkeypatch):
 
 
 def test_killed_embed_text_keeps_the_previous_cache(cached, monkeypatch):
-    text_input = cached["text"]["inputs"][0]
+    text_input = cached.text.inputs[0]
     path = text_cache(text_input)
     before = snapshot(str(path))
     real = h5py.Group.create_dataset
@@ -78,7 +78,7 @@ def test_killed_embed_text_keeps_the_previous_cache(cached, monkeypatch):
         embed_text.embed_text(text_input, cached)
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
     assert snapshot(str(path)) == before
-    expect = text_cache_attrs(cached["text"], fields_of(text_input))
+    expect = text_cache_attrs(cached.text, fields_of(text_input))
     uids, vectors, _ = read_text_cache(path, expect=expect)
     assert len(uids) == len(vectors) > 0
     assert not leftovers()
@@ -87,7 +87,7 @@ def test_killed_embed_text_keeps_the_previous_cache(cached, monkeypatch):
 @pytest.fixture
 def evaluated(cached):
     """Every run `compare` reads, trained for one epoch and evaluated."""
-    cached["train"]["epochs"] = 1
+    cached.train.epochs = 1
     for run in runs(cached):
         train(run, cached)
         evaluate.evaluate(run, cached)
@@ -105,7 +105,7 @@ def test_killed_evaluate_keeps_the_previous_scores(evaluated, monkeypatch):
         raise Killed
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", half_written)
-    evaluated["evaluate"]["threshold"] = 0.3  # new scores would differ
+    evaluated.evaluate.threshold = 0.3  # new scores would differ
     assert threshold != 0.3
     with pytest.raises(Killed):
         evaluate.evaluate(run, evaluated)
@@ -126,7 +126,7 @@ def test_killed_compare_keeps_the_previous_figures_and_intervals(evaluated, monk
         raise Killed
 
     monkeypatch.setattr(figures, "reliability", dies_mid_figures)  # after forest.png and roc.png
-    evaluated["compare"]["bootstrap"] = 300  # new intervals would differ
+    evaluated.compare.bootstrap = 300  # new intervals would differ
     with pytest.raises(Killed):
         compare.compare(evaluated)
     assert snapshot(*outputs) == before

@@ -61,10 +61,10 @@ def expanded_names(pipeline: dict, params: dict) -> set[str]:
 
 def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
     """One train stage per run (cxrfusion.params.runs), named by Run.key; one evaluate for all."""
-    from cxrfusion.params import runs
+    from cxrfusion.params import built, runs
 
     names = expanded_names(PIPELINE, PARAMS)
-    every = runs(PARAMS)
+    every = runs(built(PARAMS))
     wanted = {f"train_{run.variant}@{run.key}" for run in every}
     assert {n for n in names if n.startswith(("train_", "evaluate"))} == wanted | {"evaluate"}
     assert {n for n in names if n.startswith("embed_text")} == {

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,7 @@ SPLIT_OF = {"train": "train", "validate": "val", "test": "test"}
 @pytest.fixture
 def params(params) -> dict:
     """The miniature MIMIC folder holds a few studies per split: no minimum split size."""
-    params["split"].update(min_studies=0, min_per_label=0)
+    params.split = replace(params.split, min_studies=0, min_per_label=0)
     return params
 
 
@@ -49,8 +50,8 @@ def fresh(tmp_path) -> dict:
 
 
 def mimic_params(params: dict, folder: Path, official: bool = False) -> dict:
-    params["data"].update(source="mimic_cxr", local_dir=str(folder))
-    params["split"]["official"] = official
+    params.data = replace(params.data, source="mimic_cxr", local_dir=str(folder))
+    params.split.official = official
     return params_mod.validate(params)
 
 
@@ -270,7 +271,7 @@ def test_split_by_patient(layout, workdir, params):
     assert report["dropped"]["studies_without_mesh"] == 1
     assert report["studies"] == 63 and report["patients"] == studies["patient"].nunique() == 30
     empty = report["studies_with_empty_text"]  # per text input
-    assert set(empty) == set(params["text"]["inputs"])
+    assert set(empty) == set(params.text.inputs)
     assert all(n >= 1 for n in empty.values())  # the study without a report
     n_test = (studies["split"] == "test").sum()
     assert 0.1 * 63 < n_test < 0.35 * 63
@@ -278,7 +279,7 @@ def test_split_by_patient(layout, workdir, params):
     # seeded: the same seed gives the same split, another seed another one
     again, _ = _prepared(workdir, params)
     assert list(again["split"]) == list(studies["split"])
-    params["split"]["seed"] = 7
+    params.split.seed = 7
     other, _ = _prepared(workdir, params)
     assert list(other["split"]) != list(studies["split"])
     assert other.groupby("patient")["split"].nunique().max() == 1
@@ -317,7 +318,7 @@ def test_official_split_needs_a_value_for_every_study(fresh, workdir, params):
 
 
 def test_official_split_refused_without_the_column(tmp_path, params):
-    params["split"]["official"] = True  # prepare alone (params.validate would refuse earlier)
+    params.split.official = True  # prepare alone (params.validate would refuse earlier)
     raw = write_raw(tmp_path / "raw", *basic_raw(tmp_path))
     with pytest.raises(PipelineError, match=r"indiana_reports\.csv.*official_split.*mimic_cxr"):
         prepare(params, raw=raw, out=tmp_path / "prepared")
@@ -380,7 +381,7 @@ def test_local_dir_not_a_folder(workdir, params):
     with pytest.raises(PipelineError, match=r"data\.local_dir=.*nowhere.*is not a folder.*MIMIC"):
         download(params)
     (workdir / "a_file").write_text("x")
-    params["data"]["local_dir"] = str(workdir / "a_file")
+    params.data.local_dir = str(workdir / "a_file")
     with pytest.raises(PipelineError, match=r"is not a folder"):
         download(params)
     assert not Path("data/raw").exists()
@@ -396,27 +397,29 @@ def test_no_image_at_all(fresh, tmp_path):
 # --- parameters -------------------------------------------------------------------------------
 
 def test_params_split_official(params):
-    assert params["split"]["official"] is False  # the default in params.yaml
+    assert params.split.official is False  # the default in params.yaml
     params_mod.validate(params)
     for value in ("yes", 1, None, "true"):
-        params["split"]["official"] = value
+        params.split.official = value
         with pytest.raises(PipelineError, match=r"split\.official=.*true or false"):
             params_mod.validate(params)
-    params["split"]["official"] = True
+    params.split.official = True
     with pytest.raises(PipelineError, match=r"split\.official=True.*only data\.source=mimic_cxr"):
         params_mod.validate(params)  # the demo has no official split
-    params["data"].update(source="mimic_cxr", local_dir="/data/mimic-cxr-jpg")
+    params.data = replace(params.data, source="mimic_cxr", local_dir="/data/mimic-cxr-jpg")
     params_mod.validate(params)
-    del params["split"]["official"]  # an older params.yaml: the seeded split
-    params_mod.validate(params)
+    older = params_mod.as_dict(params)
+    del older["split"]["official"]  # an older params.yaml: the seeded split
+    params_mod.validate(older)
+    assert params_mod.built(older).split.official is False
 
 
 def test_params_mimic_needs_a_folder(params):
-    params["data"]["source"] = "mimic_cxr"
+    params.data.source = "mimic_cxr"
     with pytest.raises(PipelineError, match=r"data\.local_dir=None.*mimic_cxr.*MIMIC-CXR-JPG"):
         params_mod.validate(params)
-    params["data"]["local_dir"] = "/data/mimic-cxr-jpg"
-    assert params_mod.validate(params)["data"]["source"] == "mimic_cxr"
+    params.data.local_dir = "/data/mimic-cxr-jpg"
+    assert params_mod.validate(params).data.source == "mimic_cxr"
 
 
 # --- end to end -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -237,7 +238,7 @@ def test_saved_model_reloads(cached):
     from stages.train import train
 
     p = cached
-    p["train"].update(epochs=3, select="last")
+    p.train = replace(p.train, epochs=3, select="last")
     run = first_run("text", p)
     result = train(run, p)
     folder = Path("models/text/findings+impression/seed-0")
@@ -305,14 +306,14 @@ def test_training_fits_the_scaling_on_training_studies_once_each(standardise):
     from cxrfusion.dataset import Split
     from cxrfusion.distributed import World
     from cxrfusion.formats import Run
-    from cxrfusion.params import defaults
+    from cxrfusion.params import Params
     from cxrfusion.training import build
 
     rows = pd.DataFrame({"uid": [1, 1, 1, 2], "filename": list("abcd"), "view": "Frontal",
                          "label": [1, 1, 1, 0], "split": "train"})
     text = torch.tensor([[4.0, 1.0]] * 3 + [[0.0, 3.0]])
-    p = defaults()
-    p["model"]["standardise_text"] = standardise
+    p = Params()
+    p.model.standardise_text = standardise
     train_set = Split(rows, None, text, torch.tensor(rows["label"]))
     model, _, _ = build(Run("text", 0, "indication"), p, train_set, World())
     if standardise:  # studies 1 and 2: mean (2, 2), sd (2, 1); per image it would be (3, 1.5)

@@ -5,6 +5,7 @@ untouched, byte for byte."""
 from __future__ import annotations
 
 import copy
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -153,6 +154,13 @@ def project(built, monkeypatch) -> dict:
     return copy.deepcopy(p)
 
 
+def _changed(p, section: str, **values):
+    """A copy of the parameters `p` with `values` in `section`."""
+    changed = copy.deepcopy(p)
+    setattr(changed, section, replace(getattr(p, section), **values))
+    return changed
+
+
 def test_defaults_train_the_same_weights_as_the_options_switched_off(project):
     """Two groups at the same rate, and augmentation that moves nothing, train byte for byte the
     weights of the defaults: neither changes the order of the updates or draws from the
@@ -162,26 +170,23 @@ def test_defaults_train_the_same_weights_as_the_options_switched_off(project):
     train_module.train(run, cached)
     default = _weights(run)
 
-    same_rate = {**cached, "train": {**cached["train"], "lr_backbone": cached["train"]["lr"]}}
-    train_module.train(run, same_rate)
+    train_module.train(run, _changed(cached, "train", lr_backbone=cached.train.lr))
     assert _weights(run) == default
-    slower = {**cached, "train": {**cached["train"], "lr_backbone": 1e-5}}
-    train_module.train(run, slower)
+    train_module.train(run, _changed(cached, "train", lr_backbone=1e-5))
     assert _weights(run) != default
 
-    still = {k: 0.0 for k in cached["augment"]}
-    unmoved = {**cached, "train": {**cached["train"], "augment": "affine+jitter"}, "augment": still}
-    train_module.train(run, unmoved)
+    still = _changed(cached, "augment", **{f.name: 0.0 for f in fields(cached.augment)})
+    train_module.train(run, _changed(still, "train", augment="affine+jitter"))
     assert _weights(run) == default
-    moved = {**cached, "train": {**cached["train"], "augment": "affine"}}
-    train_module.train(run, moved)
+    train_module.train(run, _changed(cached, "train", augment="affine"))
     assert _weights(run) != default
 
 
 def test_augmented_and_two_rate_training_resumes_to_the_same_weights(project, monkeypatch):
     """The checkpoint keeps the augmentation's random stream and both learning-rate groups."""
     cached = project
-    cached["train"].update(epochs=2, select="last", augment="affine+jitter", lr_backbone=3e-4)
+    cached.train = replace(cached.train, epochs=2, select="last", augment="affine+jitter",
+                           lr_backbone=3e-4)
     run = first_run("fusion", cached)
     train_module.train(run, cached)
     expected = _weights(run)
@@ -205,7 +210,7 @@ def test_evaluate_saves_the_gate_weight_of_every_test_image(project):
     from stages.evaluate import evaluate
 
     cached = project
-    cached["model"].update(fusion="gated", shared_dim=16)
+    cached.model = replace(cached.model, fusion="gated", shared_dim=16)
     run = first_run("fusion", cached)
     train_module.train(run, cached)
     result = evaluate(run, cached)
@@ -244,7 +249,7 @@ def test_params_yaml_auto_is_resolved_when_loaded(tmp_path):
     p = params.defaults()
     p["image"]["size"] = "auto"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    assert params.load(tmp_path / "params.yaml")["image"]["size"] == 106
+    assert params.load(tmp_path / "params.yaml").image.size == 106
 
 
 @pytest.mark.parametrize("dotted, value", [

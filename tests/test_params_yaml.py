@@ -7,7 +7,7 @@ import dataclasses
 import yaml
 from conftest import ROOT
 
-from cxrfusion import params
+from cxrfusion import params, params_yaml
 
 
 def _typed(tree):
@@ -20,21 +20,21 @@ def _typed(tree):
 
 
 def test_params_yaml_is_what_params_py_writes():
-    assert (ROOT / "params.yaml").read_text() == params.render_yaml(), (
+    assert (ROOT / "params.yaml").read_text() == params_yaml.render_yaml(), (
         "params.yaml is not what cxrfusion/params.py writes: edit descriptions and defaults in "
-        "cxrfusion/params.py, then run `python -m cxrfusion.params --yaml params.yaml`")
+        "cxrfusion/params.py, then run `python -m cxrfusion.params_yaml params.yaml`")
 
 
 def test_the_written_file_reads_back_as_the_defaults_types_and_order_included():
-    written = params.render_yaml()
+    written = params_yaml.render_yaml()
     assert _typed(yaml.safe_load(written)) == _typed(params.defaults())
-    long = [line for line in written.splitlines() if len(line) > params.WIDTH]
-    assert not long, f"lines longer than {params.WIDTH}: {long}"
+    long = [line for line in written.splitlines() if len(line) > params_yaml.WIDTH]
+    assert not long, f"lines longer than {params_yaml.WIDTH}: {long}"
 
 
 def test_every_option_and_section_is_described():
     for section, described in params.SECTIONS.items():
-        assert params.section_doc(described).strip(), f"section {section} has no description"
+        assert params_yaml.section_doc(described).strip(), f"section {section} has no description"
         for f in dataclasses.fields(described):
             assert f.metadata["doc"].strip(), f"{section}.{f.name} has no description"
 
@@ -45,7 +45,7 @@ def test_a_section_without_a_docstring_is_refused():
         x: int = params.option(1, params.positive_int, "an option")
 
     try:
-        params.section_doc(Bare)
+        params_yaml.section_doc(Bare)
     except ValueError as e:
         assert "Bare has no docstring" in str(e)
     else:
@@ -53,16 +53,16 @@ def test_a_section_without_a_docstring_is_refused():
 
 
 def test_a_changed_description_changes_the_file(monkeypatch):
-    before = params.render_yaml()
+    before = params_yaml.render_yaml()
     option = dataclasses.fields(params.Augment)[0]  # augment.rotation
     changed = {**option.metadata, "doc": "a description written by this test"}
     monkeypatch.setattr(option, "metadata", changed)
-    after = params.render_yaml()
+    after = params_yaml.render_yaml()
     assert after != before
     assert "  rotation: 10            # a description written by this test\n" in after
     monkeypatch.setattr(params.Report, "__doc__", "a section description written by this test")
     assert "report:                   # a section description written by this test\n" in (
-        params.render_yaml())
+        params_yaml.render_yaml())
 
 
 def test_values_are_spelled_as_yaml_reads_them():
@@ -75,9 +75,9 @@ def test_values_are_spelled_as_yaml_reads_them():
 
 
 def test_the_command_prints_and_writes_the_file(tmp_path, capsys):
-    params.main(["--yaml"])
-    assert capsys.readouterr().out == params.render_yaml()
-    params.main(["--yaml", str(tmp_path / "params.yaml")])
-    assert (tmp_path / "params.yaml").read_text() == params.render_yaml()
+    params_yaml.main([])
+    assert capsys.readouterr().out == params_yaml.render_yaml()
+    params_yaml.main([str(tmp_path / "params.yaml")])
+    assert (tmp_path / "params.yaml").read_text() == params_yaml.render_yaml()
     params.main([])
     assert capsys.readouterr().out == params.describe() + "\n"

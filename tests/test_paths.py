@@ -38,7 +38,7 @@ def _declared() -> set[str]:
     """Every output path of dvc.yaml, its matrices expanded with params.yaml's values."""
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    from cxrfusion.params import runs
+    from cxrfusion.params import built, runs
 
     out = set()
     for stage in pipeline.values():
@@ -49,7 +49,7 @@ def _declared() -> set[str]:
                 if "${item" not in path:
                     out.add(path)
                     continue
-                for run in runs(params):
+                for run in runs(built(params)):
                     out.add(path.replace("${item.input}", str(run.text_input))
                             .replace("${item.seed}", str(run.seed)))
                 for text_input in params["text"]["inputs"]:

@@ -18,8 +18,8 @@ import yaml
 from conftest import ROOT, TINY, merge
 from PIL import Image
 
+from cxrfusion import params as params_mod
 from cxrfusion.formats import Run
-from cxrfusion.params import runs
 
 VENV_BIN = Path(sys.executable).parent
 VARIANTS = ("fusion", "image", "text")
@@ -28,6 +28,11 @@ FIGURES = ["forest.png", "reliability.png", "roc.png", "training_curves.png"]
 SEED_METRICS = ("auroc", "auprc", "sensitivity_at_specificity", "sensitivity", "specificity",
                 "f1", "brier", "ece")  # each with an interval
 TIMEOUT = 600
+
+
+def runs(p: dict) -> list[Run]:
+    """The runs a params.yaml's parameters (a dict: this file writes params.yaml) ask for."""
+    return params_mod.runs(params_mod.built(p))
 
 
 def stage_names(p: dict) -> list[str]:

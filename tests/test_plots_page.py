@@ -90,7 +90,7 @@ def test_the_charts_name_every_run_params_yaml_asks_for():
     runs = params.runs(p)
     expected: dict[str, dict] = {}
     for kind, column in (("roc", "tpr"), ("pr", "precision"), ("confusion", "actual")):
-        for text_input in p["text"]["inputs"]:  # the image model beside each text input's
+        for text_input in p.text.inputs:  # the image model beside each text input's
             expected[f"{kind}_{text_input}"] = {
                 run.curve(kind).as_posix(): column
                 for run in runs if run.text_input in (text_input, None)}
@@ -150,7 +150,7 @@ def test_every_chart_reads_in_words_and_names_its_runs(revisions, monkeypatch):
     renderers = _renderers(revisions)
     charts = {r.name: r for r in renderers if r.TYPE == "vega"}
     assert set(declared) <= set(charts)
-    seeds = {f"seed {s}" for s in p["train"]["seeds"]}
+    seeds = {f"seed {s}" for s in p.train.seeds}
     for plot_id, props in declared.items():
         texts = _texts(charts[plot_id])
         assert props["title"] in texts

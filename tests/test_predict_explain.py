@@ -9,6 +9,7 @@ heatmap could only be constant. Prediction and Grad-CAM run the same code for an
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import re
@@ -57,7 +58,7 @@ def project(tmp_path_factory):
 def p(project, monkeypatch) -> dict:
     folder, params = project
     monkeypatch.chdir(folder)
-    return json.loads(json.dumps(params))  # a fresh copy per test
+    return copy.deepcopy(params)  # a fresh copy per test
 
 
 def _test_rows() -> pd.DataFrame:
@@ -341,7 +342,7 @@ def test_explain_stage_writes_its_outputs(p):
     from cxrfusion.explain import OUTCOMES
     from stages.explain import explain
 
-    assert p["explain"]["model_seed"] is None and p["explain"]["text_input"] is None
+    assert p.explain.model_seed is None and p.explain.text_input is None
     result = explain(p)  # the first seed and text input: the fusion run of RUNS
     saved = json.loads(Path("metrics/explain.json").read_text())
     assert saved == result
@@ -386,7 +387,7 @@ def test_explain_stage_writes_its_outputs(p):
 
     from cxrfusion.params import validate
 
-    p["explain"]["variant"] = "text"  # no image branch to explain: refused before any work
+    p.explain.variant = "text"  # no image branch to explain: refused before any work
     with pytest.raises(PipelineError, match=r"explain\.variant='text' is not allowed: use one of "
                                             "fusion, image"):
         validate(p)

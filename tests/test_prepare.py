@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ REPORT_COLUMNS = ["uid", "MeSH", "Problems", "image", "indication", "comparison"
 @pytest.fixture
 def params(params) -> dict:
     """Hand-made tables of a few studies: no minimum split size (tested on its own below)."""
-    params["split"].update(min_studies=0, min_per_label=0)
+    params.split = replace(params.split, min_studies=0, min_per_label=0)
     return params
 
 
@@ -122,7 +123,7 @@ def test_prepare_drops_no_indexing_by_default(tmp_path, params):
 
 
 def test_prepare_keeps_no_indexing_as_abnormal_on_request(tmp_path, params):
-    params["data"]["keep_unindexed"] = True
+    params.data.keep_unindexed = True
     raw = write_raw(tmp_path / "raw", *basic_raw(tmp_path))
     rep = prepare(params, raw=raw, out=tmp_path / "prepared")
     studies, images, _ = read_out(tmp_path / "prepared")
@@ -177,7 +178,7 @@ def test_prepare_text_default_fields(tmp_path, params):
     """The default text inputs (findings+impression, indication): one column per field, each
     as the report has it (stripped, "" when missing); the text of an input is its fields
     joined, as embed_text joins them."""
-    assert params["text"]["inputs"] == ["findings+impression", "indication"]
+    assert params.text.inputs == ["findings+impression", "indication"]
     raw = write_raw(tmp_path / "raw", *basic_raw(tmp_path))
     prepare(params, raw=raw, out=tmp_path / "prepared")
     studies, _, _ = read_out(tmp_path / "prepared")
@@ -194,7 +195,7 @@ def test_prepare_text_default_fields(tmp_path, params):
 
 
 def test_prepare_text_fields_indication_only(tmp_path, params):
-    params["text"]["inputs"] = ["indication"]
+    params.text.inputs = ["indication"]
     reports, projections = basic_raw(tmp_path)
     reports[1]["indication"] = "  Shortness of breath. "
     reports[2]["indication"] = None
@@ -211,7 +212,7 @@ def test_prepare_text_fields_indication_only(tmp_path, params):
 
 def test_prepare_indication_only_needs_no_findings_column(tmp_path, params):
     """Only the columns that are read are required."""
-    params["text"]["inputs"] = ["indication"]
+    params.text.inputs = ["indication"]
     reports, projections = basic_raw(tmp_path)
     reports = [{k: v for k, v in r.items() if k not in ("findings", "impression")} for r in reports]
     raw = write_raw(tmp_path / "raw", reports, projections)
@@ -430,7 +431,7 @@ def test_prepared_demo_report_is_consistent(prepared):
     assert rep["studies"] + sum(v for k, v in rep["dropped"].items() if k.startswith("studies")) \
         == len(raw_reports)
     assert rep["images"] + rep["dropped"]["images_of_dropped_studies"] == len(raw_images)
-    fields = {i: fields_of(i) for i in prepared["text"]["inputs"]}
+    fields = {i: fields_of(i) for i in prepared.text.inputs}
     assert rep["studies_with_empty_text"] == {
         i: (studies.apply(join_text, axis=1, fields=f) == "").sum() for i, f in fields.items()}
     assert "text_fields" not in rep
@@ -446,7 +447,7 @@ def _many(n_normal: int, n_abnormal: int) -> tuple[list[dict], list[dict]]:
 
 def test_prepare_refuses_a_split_too_small_before_any_training(tmp_path, params):
     # 5 studies (as a first try with real data might have): a 3 / 1 / 1 split
-    params["split"].update(min_studies=10, min_per_label=2)
+    params.split = replace(params.split, min_studies=10, min_per_label=2)
     raw = write_raw(tmp_path / "raw", *_many(2, 3))
     with pytest.raises(PipelineError) as err:
         prepare(params, raw=raw, out=tmp_path / "prepared")
@@ -464,7 +465,7 @@ def test_prepare_refuses_a_split_too_small_before_any_training(tmp_path, params)
 ])
 def test_prepare_split_minimum_names_the_split_and_its_counts(tmp_path, params, normal, abnormal,
                                                                refused):
-    params["split"].update(min_studies=10, min_per_label=2)
+    params.split = replace(params.split, min_studies=10, min_per_label=2)
     raw = write_raw(tmp_path / "raw", *_many(normal, abnormal))
     if refused is None:
         rep = prepare(params, raw=raw, out=tmp_path / "prepared")
@@ -477,9 +478,10 @@ def test_prepare_split_minimum_names_the_split_and_its_counts(tmp_path, params, 
 
 
 def test_split_minimum_is_checked_as_a_parameter(params):
-    from cxrfusion.params import validate
+    from cxrfusion.params import as_dict, validate
 
     for bad in (-1, 2.5, "10"):
-        p = {**params, "split": {**params["split"], "min_studies": bad}}
+        p = as_dict(params)
+        p["split"]["min_studies"] = bad
         with pytest.raises(PipelineError, match="split.min_studies"):
             validate(p)

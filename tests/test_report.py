@@ -4,8 +4,10 @@ unreadable images, gives the rows that apply; the balance check flags a bad spli
 the report is the same bytes when run again."""
 from __future__ import annotations
 
+import copy
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +69,10 @@ def test_every_count_of_the_flow_is_the_stage_outputs(inside):
     read = len(studies) + dropped["studies_unindexed"] + dropped["studies_without_mesh"]
     assert steps["read from the dataset"] == [str(read), str(len(images)
                                                + dropped["images_of_dropped_studies"])]
-    assert read == inside["demo"]["studies"]  # the demo writes this many studies
+    assert read == inside.demo.studies  # the demo writes this many studies
     assert steps["kept"] == [str(len(studies)), str(len(images))]
     assert steps["dropped: No Indexing (never labelled)"][0] == str(dropped["studies_unindexed"])
-    for text_input in inside["text"]["inputs"]:
+    for text_input in inside.text.inputs:
         fields = text_input.split("+")
         empty = studies[fields].fillna("").apply(lambda r: "".join(r).strip() == "", axis=1)
         assert steps[f"kept with an empty {text_input}"][0] == str(int(empty.sum()))
@@ -116,7 +118,7 @@ def test_patients_are_counted_per_split_where_the_data_names_them(inside):
     for split in ("train", "val", "test"):
         assert flowed["by_split"][split]["patients"] == (
             studies.loc[studies["split"] == split, "patient"].nunique())
-    table = reporting.characteristics(studies, inside["text"]["inputs"])
+    table = reporting.characteristics(studies, inside.text.inputs)
     text = reporting.markdown(inside, flowed, table, reporting.balance(
         table, {s: v["studies"] for s, v in flowed["by_split"].items()}),
         {"changed": {}, "versions": {}, "pins": {}})
@@ -173,8 +175,8 @@ def test_failure_analysis_lists_the_largest_disagreements_and_the_studies_every_
         studies.query("split == 'test'")["uid"].iloc[0])]})
     from stages.report import scored_runs
 
-    failed = reporting.failures(studies, scored_runs(inside), explained, inside["text"]["inputs"])
-    for text_input in inside["text"]["inputs"]:
+    failed = reporting.failures(studies, scored_runs(inside), explained, inside.text.inputs)
+    for text_input in inside.text.inputs:
         fusion = _seed_means(inside, "fusion", text_input)
         for other in ("image", "text"):
             gap = (fusion - _seed_means(inside, other, None if other == "image" else
@@ -217,27 +219,27 @@ def _tables(text: str) -> dict:
 
 
 def test_subgroups_are_listed_or_scored_with_their_counts(inside, monkeypatch):
-    p = json.loads(json.dumps(inside))
+    p = copy.deepcopy(inside)
     studies = pd.read_csv(STUDIES).set_index("uid")
     test = studies[studies["split"] == "test"]
     lateral = test["views"].str.contains("Lateral")
-    for minimum in (inside["report"]["min_per_label"], 1):
-        p["report"]["min_per_label"] = minimum
+    for minimum in (inside.report.min_per_label, 1):
+        p.report.min_per_label = minimum
         tables = _tables(report(p))
         saved = json.loads(SUBGROUPS.read_text())
-        assert set(tables) == set(p["text"]["inputs"]) == set(saved["subgroups"])
-        rows = tables[p["text"]["inputs"][0]]
+        assert set(tables) == set(p.text.inputs) == set(saved["subgroups"])
+        rows = tables[p.text.inputs[0]]
         assert rows["with a lateral view"][0] == f"{lateral.sum()} ({test['label'][lateral].sum()})"
         assert rows["one image"][0] == (f"{(test['n_images'] == 1).sum()} "
                                         f"({test['label'][test['n_images'] == 1].sum()})")
         for name, cells in rows.items():
-            members = saved["subgroups"][p["text"]["inputs"][0]][name]
+            members = saved["subgroups"][p.text.inputs[0]][name]
             few = min(members["abnormal"], members["studies"] - members["abnormal"]) < minimum
             assert (cells[2] == f"not scored: fewer than {minimum} of a label") == few, name
             if not few:
                 assert cells[2] == results_cell(members["models"]["fusion"])
     # report length tertiles for each text input, on each input's table
-    assert sum(name.startswith(f"{i}: ") for i in p["text"]["inputs"] for name in rows) >= 4
+    assert sum(name.startswith(f"{i}: ") for i in p.text.inputs for name in rows) >= 4
 
 
 def results_cell(s: dict) -> str:
@@ -248,12 +250,12 @@ def results_cell(s: dict) -> str:
 def test_a_scored_subgroup_is_each_runs_auroc_on_its_members_averaged_over_seeds(inside):
     from sklearn.metrics import roc_auc_score
 
-    p = json.loads(json.dumps(inside))
-    p["report"]["min_per_label"] = 1
+    p = copy.deepcopy(inside)
+    p.report.min_per_label = 1
     report(p)
     saved = json.loads(SUBGROUPS.read_text())["subgroups"]
     studies = pd.read_csv(STUDIES).set_index("uid")
-    text_input = p["text"]["inputs"][0]
+    text_input = p.text.inputs[0]
     name = "one image" if "rounds" in saved[text_input]["one image"] else "several images"
     for variant in ("fusion", "image", "text"):
         aurocs = []
@@ -269,10 +271,10 @@ def test_a_scored_subgroup_is_each_runs_auroc_on_its_members_averaged_over_seeds
 
 
 def test_one_text_input_no_views_and_no_subgroups_give_the_sections_that_apply(inside):
-    p = json.loads(json.dumps(inside))
-    first = p["text"]["inputs"][0]
-    p["text"]["inputs"] = [first]
-    p["compare"].update(primary=f"fusion-image/{first}", secondary=[])
+    p = copy.deepcopy(inside)
+    first = p.text.inputs[0]
+    p.text.inputs = [first]
+    p.compare = replace(p.compare, primary=f"fusion-image/{first}", secondary=[])
     studies = pd.read_csv(STUDIES)
     before = STUDIES.read_bytes()
     try:
@@ -286,7 +288,7 @@ def test_one_text_input_no_views_and_no_subgroups_give_the_sections_that_apply(i
     assert "fusion − image (primary)" in text and "fusion − text" not in text.split(
         "## Robustness by subgroup")[1].split("## Failure analysis")[0]
     assert not any("lateral" in name for name in tables[first])
-    p["report"]["subgroups"] = []
+    p.report.subgroups = []
     text = report(p)
     assert "No subgroup declared (`report.subgroups: []`)." in text
     assert "| Robustness and subgroup analysis | Robustness by subgroup" in text

@@ -2,6 +2,7 @@
 uninterrupted run ends (CPU: bit for bit)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def test_checkpoints_are_one_per_run():
 
 
 def test_interrupted_training_resumes_to_the_same_weights(cached, monkeypatch):
-    cached["train"].update(epochs=3, select="last")
+    cached.train = replace(cached.train, epochs=3, select="last")
     run = first_run("fusion", cached)
     straight = train_module.train(run, cached)
     expected = _weights(run)
@@ -53,7 +54,7 @@ def test_interrupted_training_resumes_to_the_same_weights(cached, monkeypatch):
 
 
 def test_checkpoint_of_other_parameters_is_not_resumed(cached, monkeypatch):
-    cached["train"]["epochs"] = 2
+    cached.train.epochs = 2
     real_epoch = interrupt_training_at(monkeypatch, 2)
     run = first_run("text", cached)
     with pytest.raises(KeyboardInterrupt):
@@ -70,6 +71,6 @@ def test_checkpoint_of_other_parameters_is_not_resumed(cached, monkeypatch):
     assert checkpoint.path(run).exists() and not checkpoint.path(other).exists()
 
     calls.clear()
-    cached["train"]["lr"] = 0.001  # another experiment: must start from epoch 1
+    cached.train.lr = 0.001  # another experiment: must start from epoch 1
     train_module.train(run, cached)
     assert calls == [1, 2]

@@ -8,6 +8,7 @@ import copy
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from conftest import ROOT, first_run, frozen_project
 from cxrfusion import params as params_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run, read_text_cache, text_cache
-from cxrfusion.params import fields_of, record, run_of, runs, validate
+from cxrfusion.params import as_dict, fields_of, record, run_of, runs, validate
 
 FI, IND = "findings+impression", "indication"
 
@@ -28,14 +29,14 @@ FI, IND = "findings+impression", "indication"
 # --- the runs the parameters ask for -------------------------------------------------------------
 
 def test_runs_are_every_variant_per_seed_and_input(params):
-    assert params["train"]["seeds"] == [0, 1] and params["text"]["inputs"] == [FI, IND]
+    assert params.train.seeds == [0, 1] and params.text.inputs == [FI, IND]
     assert runs(params) == [
         Run("fusion", 0, FI), Run("fusion", 1, FI), Run("fusion", 0, IND), Run("fusion", 1, IND),
         Run("image", 0), Run("image", 1),  # the image model reads no report: once per seed
         Run("text", 0, FI), Run("text", 1, FI), Run("text", 0, IND), Run("text", 1, IND)]
     assert runs(params, variants=("image",)) == [Run("image", 0), Run("image", 1)]
-    params["train"]["seeds"] = [3]
-    params["text"]["inputs"] = [IND]
+    params.train.seeds = [3]
+    params.text.inputs = [IND]
     assert runs(params) == [Run("fusion", 3, IND), Run("image", 3), Run("text", 3, IND)]
 
 
@@ -53,7 +54,8 @@ def test_a_run_names_its_folders_and_stage():
     # train_image@2
     assert fusion.key == "findings+impression-0" and image.key == "2"
     assert fusion.label == "fusion · findings+impression" and image.label == "image"
-    assert len({r.path for r in runs(params_mod.defaults())}) == len(runs(params_mod.defaults()))
+    every = runs(params_mod.built(params_mod.defaults()))
+    assert len({r.path for r in every}) == len(every)
 
 
 def test_run_of_parses_a_stages_arguments(params):
@@ -90,9 +92,10 @@ def test_record_names_the_run_without_touching_the_parameters(params):
     assert resolved["train"]["seed"] == 1 and resolved["train"]["seeds"] == [0, 1]
     assert resolved["text"]["input"] == IND and resolved["text"]["fields"] == ["indication"]
     assert resolved["run"] == {"variant": "text", "seed": 1, "text_input": IND}
-    for section in set(params) - {"train", "text"}:
-        assert resolved[section] == params[section], section
-    assert {k: v for k, v in resolved["train"].items() if k != "seed"} == params["train"]
+    sections = as_dict(params)
+    for section in set(sections) - {"train", "text"}:
+        assert resolved[section] == sections[section], section
+    assert {k: v for k, v in resolved["train"].items() if k != "seed"} == sections["train"]
 
     fusion = record(params, Run("fusion", 0, FI))
     assert fusion["train"]["seed"] == 0 and fusion["text"]["fields"] == ["findings", "impression"]
@@ -102,7 +105,9 @@ def test_record_names_the_run_without_touching_the_parameters(params):
     resolved["train"]["lr"] = 1.0  # the copies share nothing the caller holds
     resolved["text"]["pooling"] = "cls"
     assert params == original  # not mutated: no train.seed, text.input, text.fields or run
-    assert "seed" not in params["train"] and "input" not in params["text"] and "run" not in params
+    sections = as_dict(params)
+    assert "seed" not in sections["train"] and "input" not in sections["text"]
+    assert "run" not in sections
 
     assert fields_of(FI) == ["findings", "impression"] and fields_of(IND) == ["indication"]
     assert fields_of("comparison+impression") == ["comparison", "impression"]
@@ -117,10 +122,11 @@ def test_record_names_the_run_without_touching_the_parameters(params):
 ])
 def test_a_replaced_parameter_is_refused_by_name(params, old, value, replacement):
     section, key = old.split(".")
-    params[section][key] = value
+    p = as_dict(params)  # a params.yaml that still names the old option
+    p[section][key] = value
     with pytest.raises(PipelineError, match=rf"parameter {re.escape(old)} was replaced by "
                                             rf"{re.escape(replacement)}.*replace {re.escape(old)}"):
-        validate(params)
+        validate(p)
 
 
 def test_a_params_yaml_of_the_single_run_pipeline_is_refused(tmp_path):
@@ -146,7 +152,7 @@ def test_a_params_yaml_of_the_single_run_pipeline_is_refused(tmp_path):
     ["findings+findings"], [""], [1], ["Findings"], ["findings+"], None,
 ])
 def test_bad_text_inputs_are_refused(params, value):
-    params["text"]["inputs"] = value
+    params.text.inputs = value
     with pytest.raises(PipelineError, match=r"parameter text\.inputs=.* is not allowed: use a "
                                             r"non-empty list of field sets"):
         validate(params)
@@ -154,19 +160,19 @@ def test_bad_text_inputs_are_refused(params, value):
 
 @pytest.mark.parametrize("value", [[], [0, 0], [0, -1], [0, 1.5], [True], "0", 0, None])
 def test_bad_train_seeds_are_refused(params, value):
-    params["train"]["seeds"] = value
+    params.train.seeds = value
     with pytest.raises(PipelineError, match=r"parameter train\.seeds="):
         validate(params)
 
 
 def test_explain_picks_a_run_the_parameters_train(params):
-    params["explain"].update(model_seed=1, text_input=IND)
+    params.explain = replace(params.explain, model_seed=1, text_input=IND)
     validate(params)
-    params["explain"]["model_seed"] = 2  # train.seeds: [0, 1]
+    params.explain.model_seed = 2  # train.seeds: [0, 1]
     with pytest.raises(PipelineError, match=r"explain\.model_seed=2 is not allowed: use null or "
                                             r"one of train\.seeds=\[0, 1\]"):
         validate(params)
-    params["explain"].update(model_seed=None, text_input="impression")
+    params.explain = replace(params.explain, model_seed=None, text_input="impression")
     with pytest.raises(PipelineError, match=r"explain\.text_input='impression' is not allowed: "
                                             r"use null or one of text\.inputs"):
         validate(params)
@@ -176,9 +182,9 @@ def test_explained_run(params):
     from stages.explain import explained_run
 
     assert explained_run(params) == Run("fusion", 0, FI)  # null: the first seed and input
-    params["explain"].update(model_seed=1, text_input=IND)
+    params.explain = replace(params.explain, model_seed=1, text_input=IND)
     assert explained_run(params) == Run("fusion", 1, IND)
-    params["explain"]["variant"] = "image"  # no text input: the image model reads no report
+    params.explain.variant = "image"  # no text input: the image model reads no report
     assert explained_run(params) == Run("image", 1)
 
 
@@ -196,8 +202,8 @@ def test_prepare_writes_one_column_per_field_of_the_inputs(tmp_path, params, inp
     from cxrfusion.formats import STUDY_COLUMNS
     from stages.prepare import prepare
 
-    params["split"].update(min_studies=0, min_per_label=0)
-    params["text"]["inputs"] = inputs
+    params.split = replace(params.split, min_studies=0, min_per_label=0)
+    params.text.inputs = inputs
     reports, projections = basic_raw(tmp_path)
     reports[0].update(findings="  Clear lungs. ", comparison="Prior film.")
     raw = write_raw(tmp_path / "raw", reports, projections)
@@ -218,7 +224,8 @@ def test_embed_text_refuses_studies_prepared_for_other_inputs(prepared):
     from stages import demo_encoder, embed_text
     from stages.prepare import prepare
 
-    only = {**prepared, "text": {**prepared["text"], "inputs": [FI]}}
+    only = copy.deepcopy(prepared)
+    only.text.inputs = [FI]
     prepare(only)
     demo_encoder.demo_encoder(prepared)
     with pytest.raises(PipelineError, match=r"studies.csv has no report field indication: it was "
@@ -252,15 +259,15 @@ def test_embed_text_for_indication_reads_the_indication_only(cached):
 
     # each indication vector is the encoder's reading of that study's indication alone
     studies = pd.read_csv(STUDIES, keep_default_na=False, dtype=str)
-    t = cached["text"]
+    t = cached.text
     cpu = torch.device("cpu")
-    tokenizer, model = load_encoder(t["model"], t["revision"], cpu)
+    tokenizer, model = load_encoder(t.model, t.revision, cpu)
     for k in (0, 1, len(studies) - 1):
-        alone = embed([studies.loc[k, "indication"]], tokenizer, model, t["pooling"],
-                      t["max_length"], 1, cpu, progress=False)
+        alone = embed([studies.loc[k, "indication"]], tokenizer, model, t.pooling,
+                      t.max_length, 1, cpu, progress=False)
         np.testing.assert_allclose(indication[k], alone[0], atol=1e-5)
         both = embed([join_text(studies.loc[k], ["findings", "impression"])], tokenizer, model,
-                     t["pooling"], t["max_length"], 1, cpu, progress=False)
+                     t.pooling, t.max_length, 1, cpu, progress=False)
         np.testing.assert_allclose(findings[k], both[0], atol=1e-5)
 
     # another findings (and impression), the same indication: the same indication vector
@@ -292,7 +299,7 @@ def _direct_study_predictions(run: Run, p: dict) -> dict[str, pd.DataFrame]:
                          names=("val", "test"))[0]
     out = {}
     for name, split in splits.items():
-        probs, _ = score(model, split, p["train"]["batch_size"], p["train"]["amp"])
+        probs, _ = score(model, split, p.train.batch_size, p.train.amp)
         out[name] = study_predictions(split.rows[["uid", "filename", "label"]].assign(
             probability=probs.astype("float64")))
     return out
@@ -318,7 +325,7 @@ def test_evaluate_chooses_its_threshold_on_validation_studies(trained, rule):
     from stages.evaluate import evaluate
 
     run, p, direct = trained
-    p["evaluate"]["threshold"] = rule
+    p.evaluate.threshold = rule
     on = {s: choose_threshold(direct[s]["label"], direct[s]["probability"], rule)
           for s in ("val", "test")}
     # the premise: chosen on the test studies, the threshold would be another one
@@ -377,7 +384,7 @@ def test_a_fixed_threshold_is_used_as_it_is(trained):
     from stages.evaluate import evaluate
 
     run, p, direct = trained
-    p["evaluate"]["threshold"] = 0.42
+    p.evaluate.threshold = 0.42
     evaluate(run, p)
     saved = _test_json(run)
     assert saved["threshold"] == 0.42 and saved["threshold_rule"] == "fixed"
@@ -397,7 +404,7 @@ def test_sensitivity_at_the_fixed_specificity_is_read_off_the_test_roc(trained, 
     from stages.evaluate import evaluate
 
     run, p, direct = trained
-    p["evaluate"]["specificity"] = target
+    p.evaluate.specificity = target
     evaluate(run, p)
     at = _test_json(run)["sensitivity_at_specificity"]
     assert at["specificity"] == target
@@ -427,7 +434,7 @@ def test_two_seeds_train_two_models_and_a_seed_trains_the_same_model_again(cache
     from stages.evaluate import evaluate
     from stages.train import train
 
-    cached["train"]["epochs"] = 1
+    cached.train.epochs = 1
     zero, one = first_run("image", cached, seed=0), first_run("image", cached, seed=1)
     for run in (zero, one):
         train(run, cached)
@@ -467,12 +474,12 @@ def test_compare_reads_every_run_over_seeds_and_inputs(cached):
     from stages.evaluate import evaluate
     from stages.train import train
 
-    cached["train"]["epochs"] = 1
+    cached.train.epochs = 1
     for run in runs(cached):
         train(run, cached)
         evaluate(run, cached)
     result = compare(cached)
-    comparison = _check_comparison(Path("."), cached)
+    comparison = _check_comparison(Path("."), as_dict(cached))
     assert comparison == json.loads(json.dumps(result))
     assert sorted(p.name for p in Path("metrics/figures").iterdir()) == FIGURES
     assert Path("metrics/comparison.md").read_text().startswith("**Primary question**")
@@ -501,7 +508,7 @@ def two_seeds(tmp_path_factory):
 def two(two_seeds, monkeypatch) -> dict:
     folder, p = two_seeds
     monkeypatch.chdir(folder)
-    return json.loads(json.dumps(p))
+    return copy.deepcopy(p)
 
 
 def _evaluated(run: Run) -> pd.DataFrame:
@@ -543,7 +550,7 @@ def test_a_model_outside_models_has_no_threshold_of_its_own(two, tmp_path):
     copy_ = tmp_path / "elsewhere"
     shutil.copytree(TWO_SEEDS[1].models, copy_)
     csv = _test_csv()
-    assert two["evaluate"]["threshold"] == "youden"  # a rule, applied on validation studies
+    assert two.evaluate.threshold == "youden"  # a rule, applied on validation studies
     with pytest.raises(PipelineError, match=r"has no evaluation \(it is not under models/\): its "
                                             r"threshold is chosen by evaluate.threshold=youden"
                                             r".*--threshold"):
@@ -560,7 +567,7 @@ def test_a_model_outside_models_has_no_threshold_of_its_own(two, tmp_path):
 def test_explain_explains_the_chosen_seeds_run_at_its_threshold(two, model_seed):
     from stages.explain import explain
 
-    two["explain"]["model_seed"] = model_seed
+    two.explain.model_seed = model_seed
     validate(two)
     run = TWO_SEEDS[1] if model_seed == 1 else TWO_SEEDS[0]  # null: the first of train.seeds
     result = explain(two)

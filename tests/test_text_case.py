@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -140,30 +141,30 @@ def test_text_cache_records_asked_and_resolved_casing(prepared):
     from cxrfusion.params import fields_of
     from stages import demo_encoder, embed_text
 
-    text_input = prepared["text"]["inputs"][0]
+    text_input = prepared.text.inputs[0]
     cache = text_cache(text_input)
     demo_encoder.demo_encoder(prepared)
     embed_text.embed_text(text_input, prepared)  # text.lowercase: auto, the default
-    t, fields = dict(prepared["text"]), fields_of(text_input)
+    t, fields = prepared.text, fields_of(text_input)
     _, as_is, attrs = read_text_cache(cache, expect=text_cache_attrs(t, fields))
     assert (attrs["lowercase"], attrs["lowercased"]) == ("auto", False)
     assert attrs["fingerprint"].endswith("_cased")
 
-    prepared["text"]["lowercase"] = t["lowercase"] = True
+    t.lowercase = True
     embed_text.embed_text(text_input, prepared)
     _, lowered, attrs = read_text_cache(cache, expect=text_cache_attrs(t, fields))
     assert (attrs["lowercase"], attrs["lowercased"]) == ("true", True)
     assert attrs["fingerprint"].endswith("_lowercased")
     assert not np.allclose(as_is, lowered, atol=1e-4)  # the demo reports hold capitals
     with pytest.raises(PipelineError, match=r"lowercase: cache has 'true', parameters say 'auto'"):
-        read_text_cache(cache, expect=text_cache_attrs({**t, "lowercase": "auto"}, fields))
+        read_text_cache(cache, expect=text_cache_attrs(replace(t, lowercase="auto"), fields))
 
 
 @pytest.mark.parametrize("value", ["yes", "true", 1, 0, None, "Auto"])
 def test_bad_lowercase_parameter_is_refused(params, value):
     from cxrfusion.params import validate
 
-    params["text"]["lowercase"] = value
+    params.text.lowercase = value
     with pytest.raises(PipelineError, match=rf"parameter text.lowercase={value!r} is not "
                                             r"allowed: use auto, true or false"):
         validate(params)
@@ -173,18 +174,19 @@ def test_bad_lowercase_parameter_is_refused(params, value):
 def test_lowercase_parameter_values(params, value):
     from cxrfusion.params import validate
 
-    params["text"]["lowercase"] = value
-    assert validate(params)["text"]["lowercase"] == value
+    params.text.lowercase = value
+    assert validate(params).text.lowercase == value
 
 
 def _predictor(cased: str, folder: Path, lowercase, recorded: str):
     """A Predictor of a text model trained on vectors whose encoder fingerprint is `recorded`
     (only its text encoder is used)."""
+    from cxrfusion.params import built
     from cxrfusion.predict import Predictor
 
     config = {"variant": "text", "text_dim": 16, "text_fingerprint": recorded}
-    params = {"text": {"model": cased, "revision": None, "lowercase": lowercase}}
-    return Predictor(None, config, params, folder, CPU, 0.5, "test")
+    settings = built({"text": {"model": cased, "revision": None, "lowercase": lowercase}})
+    return Predictor(None, config, settings, ["findings"], folder, CPU, 0.5, "test")
 
 
 def test_predict_refuses_a_model_trained_on_another_casing(cased, tmp_path):

@@ -17,7 +17,7 @@ from cxrfusion.common import PipelineError
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import text_cache
 from cxrfusion.model import load_model, reads
-from cxrfusion.params import record
+from cxrfusion.params import as_dict, record
 from cxrfusion.scoring import score
 from stages.evaluate import evaluate
 from stages.train import train
@@ -29,19 +29,19 @@ def _reloaded_val_loss(run, p: dict) -> float:
     """Validation loss of the weights saved in models/<run> (fresh process state)."""
     model, _ = load_model(run.models)
     splits, _ = load_splits(p, reads(run.variant)[0], run.text_input)
-    return score(model, splits["val"], p["train"]["batch_size"])[1]
+    return score(model, splits["val"], p.train.batch_size)[1]
 
 
 def _batches_per_epoch(p: dict) -> int:
     n = int((pd.read_csv("data/prepared/images.csv")["split"] == "train").sum())
-    bs = p["train"]["batch_size"]
+    bs = p.train.batch_size
     return math.ceil(n / bs) - (1 if n % bs == 1 else 0)  # a last batch of 1 image is dropped
 
 
 # --- training -------------------------------------------------------------------------------------
 
 def test_training_lowers_the_loss(cached):
-    cached["train"]["epochs"] = 8
+    cached.train.epochs = 8
     history = train(first_run("text", cached), cached)["history"]
     assert [row["epoch"] for row in history] == list(range(1, 9))
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
@@ -68,7 +68,7 @@ def test_fusion_training_writes_its_outputs(cached):
     # the run's resolved parameters: its seed and text input, the rest as given
     saved = json.loads((folder / "params.json").read_text())
     assert saved == json.loads(json.dumps(record(p, run)))
-    assert saved["train"]["seed"] == 0 and saved["train"]["seeds"] == p["train"]["seeds"]
+    assert saved["train"]["seed"] == 0 and saved["train"]["seeds"] == p.train.seeds
     assert saved["text"]["input"] == "findings+impression"
     assert saved["text"]["fields"] == ["findings", "impression"]
     assert saved["run"] == {"variant": "fusion", "seed": 0, "text_input": "findings+impression"}
@@ -76,7 +76,7 @@ def test_fusion_training_writes_its_outputs(cached):
     assert config["variant"] == "fusion"
     assert config["seed"] == 0 and config["text_input"] == "findings+impression"
     # the weights are pinned by name: the backbone with its timm tag, the encoder with its revision
-    backbone = p["model"]["backbone"]  # name.tag, e.g. efficientnet_b1.ra4_e3600_r240_in1k
+    backbone = p.model.backbone  # name.tag, e.g. efficientnet_b1.ra4_e3600_r240_in1k
     assert "." in backbone and config["backbone"] == backbone
     assert config["pretrained_tag"] == backbone.split(".", 1)[1] and config["pretrained"] is False
     assert config["text_model"] == "models/demo_encoder" and config["text_revision"] is None
@@ -110,7 +110,7 @@ EIGHT_EPOCHS_SEED = 7  # with this seed the validation loss is lowest before epo
 @pytest.fixture
 def eight_epochs(cached) -> dict:
     # `best` and `last` differ: the text model trained with EIGHT_EPOCHS_SEED
-    cached["train"]["epochs"] = 8
+    cached.train.epochs = 8
     return cached
 
 
@@ -133,7 +133,7 @@ def test_dvc_metrics_show_the_kept_epoch_not_the_last(eight_epochs):
 
 
 def test_select_last_keeps_the_last_epoch(eight_epochs):
-    eight_epochs["train"]["select"] = "last"
+    eight_epochs.train.select = "last"
     run = _eight(eight_epochs)
     result = train(run, eight_epochs)
     assert result["chosen"] == 8
@@ -143,7 +143,7 @@ def test_select_last_keeps_the_last_epoch(eight_epochs):
 
 
 def test_select_best_val_loss_keeps_the_argmin(eight_epochs):
-    eight_epochs["train"]["select"] = "best_val_loss"
+    eight_epochs.train.select = "best_val_loss"
     run = _eight(eight_epochs)
     result = train(run, eight_epochs)
     losses = [row["val"]["loss"] for row in result["history"]]
@@ -160,7 +160,7 @@ def test_select_best_val_loss_keeps_the_argmin(eight_epochs):
 # --- determinism ----------------------------------------------------------------------------------
 
 def test_training_is_deterministic(cached):
-    cached["train"]["epochs"] = 3
+    cached.train.epochs = 3
     run = first_run("text", cached)
     first = train(run, cached)
     weights = (run.models / "model.safetensors").read_bytes()
@@ -253,7 +253,7 @@ def test_evaluate_writes_predictions_and_metrics(cached):
                           "sensitivity_at_specificity", "val_studies"}
     assert saved["run"] == {"variant": "text", "seed": 0, "text_input": "findings+impression"}
     # evaluate.threshold: youden (the default), chosen on the validation studies
-    assert p["evaluate"]["threshold"] == "youden" and saved["threshold_rule"] == "youden"
+    assert p.evaluate.threshold == "youden" and saved["threshold_rule"] == "youden"
     threshold = saved["threshold"]
     assert 0 <= threshold < 1
     studies_csv = pd.read_csv("data/prepared/studies.csv")
@@ -289,7 +289,7 @@ def test_evaluate_writes_predictions_and_metrics(cached):
     assert study["binning"] == f"{metrics_mod.ece_bins(len(studies))} equal-mass bins"
     # the fixed specificity: read off the test ROC, no threshold (tested by hand elsewhere)
     at = saved["sensitivity_at_specificity"]
-    assert at["specificity"] == p["evaluate"]["specificity"] == 0.9
+    assert at["specificity"] == p.evaluate.specificity == 0.9
     assert at["sensitivity"] == pytest.approx(
         metrics_mod.sensitivity_at_specificity(y, prob, 0.9), abs=1e-4)
     # the validation predictions are saved, one row per validation image
@@ -336,7 +336,7 @@ def test_predictions_keep_full_precision(cached):
 def test_nan_validation_inputs_stop_training(cached):
     from cxrfusion.formats import read_prepared
 
-    cached["train"]["epochs"] = 1
+    cached.train.epochs = 1
     run = first_run("text", cached)
     train(run, cached)  # a good run first: its outputs must survive the failed one
 
@@ -363,7 +363,7 @@ def test_skipped_images_leave_all_variants_the_same_rows(cached):
     images = pd.read_csv("data/prepared/images.csv")
     broken = images.loc[images["split"] == "test", "filename"].iloc[0]
     Path("data/raw/images/images_normalized", broken).write_bytes(b"not a png")
-    cached["image"]["skip_bad"] = True
+    cached.image.skip_bad = True
     cache_images.cache_images(cached)
     assert json.loads(Path("features/images_report.json").read_text())["skipped"] == 1
 
@@ -456,7 +456,7 @@ def test_an_image_cache_of_another_images_csv_is_refused(cached):
 def test_splits_are_views_of_one_array_of_only_their_rows(cached):
     from cxrfusion.formats import IMAGES_H5, read_image_cache
 
-    size = cached["image"]["size"]
+    size = cached.image.size
     names, pixels = read_image_cache(IMAGES_H5)
     splits, _ = splits_of(cached, "fusion", ("train", "val"))
     assert set(splits) == {"train", "val"}  # train reads no test row
@@ -509,15 +509,16 @@ def test_evaluate_reads_the_caches_as_the_model_was_trained(cached):
     run = first_run("image", cached)
     train(run, cached)
     before = evaluate(run, cached)
-    cached["image"]["size"] = 48
-    cached["text"]["max_length"] = 64
+    cached.image.size = 48
+    cached.text.max_length = 64
     assert evaluate(run, cached)["study"] == before["study"]
 
 
 def test_a_model_saved_before_fit_and_casing_were_recorded_is_refused(tmp_path, params):
     from cxrfusion.saved_model import trained_settings
 
-    old = {**params, "image": {k: v for k, v in params["image"].items() if k != "fit"}}
+    old = as_dict(params)
+    del old["image"]["fit"]
     (tmp_path / "params.json").write_text(json.dumps(old))
     with pytest.raises(PipelineError, match=r"params.json has no image.fit: .*retrain it"):
         trained_settings(tmp_path, params)
