@@ -3,6 +3,7 @@ values are the described defaults and its comments the descriptions, never typed
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import yaml
 from conftest import ROOT
@@ -81,3 +82,58 @@ def test_the_command_prints_and_writes_the_file(tmp_path, capsys):
     assert (tmp_path / "params.yaml").read_text() == params_yaml.render_yaml()
     params.main([])
     assert capsys.readouterr().out == params.describe() + "\n"
+
+
+# --- the docs name and state the options as params.py describes them ----------------------------
+
+FILE_SUFFIXES = {"json", "py", "safetensors", "yaml", "csv", "h5", "md", "png"}  # report.json...
+
+
+def test_the_docs_name_only_options_that_exist():
+    """A `section.option` in README.md or docs/ is one params.py describes: a renamed or removed
+    option cannot live on in the prose."""
+    described = {f"{s}.{f.name}" for s, c in params.SECTIONS.items() for f in dataclasses.fields(c)}
+    unknown = []
+    for path in [ROOT / "README.md", ROOT / "bench" / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for section, key in re.findall(r"`([a-z_]+)\.([a-z_]+)(?:[=:][^`]*)?`", path.read_text()):
+            name = f"{section}.{key}"
+            if section in params.SECTIONS and key not in FILE_SUFFIXES and name not in described:
+                unknown.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not unknown, f"the docs name options params.py does not describe: {unknown}"
+
+
+def _table_rows(text: str) -> list[tuple[list[str], str]]:
+    """docs/options.md's table: each row's options (`.x` continues the section before it) and
+    its values cell."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        if len(cells) != 3 or not cells[0].startswith("`") or "." not in cells[0]:
+            continue
+        names, section = [], None
+        for section_name, key in re.findall(r"`(?:([a-z_]+))?\.([a-z_]+)", cells[0]):
+            section = section_name or section
+            names.append(f"{section}.{key}")
+        rows.append((names, cells[1]))
+    return rows
+
+
+def test_the_options_table_states_the_described_defaults():
+    """docs/options.md's "values (default first)": the first value of each row is the option's
+    default in params.py (a row of several options lists each one's, in order)."""
+    rows = _table_rows((ROOT / "docs" / "options.md").read_text())
+    assert len(rows) >= 6
+    checked = 0
+    for names, values in rows:
+        defaults = [params.get(params.defaults(), name) for name in names]
+        if len(names) > 1 and values.count(",") == len(names) - 1:  # one default per option
+            stated = [float(v.strip().rstrip("°")) for v in values.split(",")]
+            assert stated == [float(d) for d in defaults], (names, values)
+            checked += 1
+        elif len(names) == 1:
+            first = values.split("\\|")[0].strip()
+            literal = re.fullmatch(r"`([^`]*)`|(\d+(?:\.\d+)?)", first)
+            if literal:
+                assert yaml.safe_load(literal[1] or literal[2]) == defaults[0], (names, values)
+                checked += 1
+    assert checked >= 5, f"only {checked} rows state a default the test could read"
