@@ -1,11 +1,14 @@
 # Two commands set everything up on a fresh machine (Python 3.11):
 #   make repro   install into .venv, then run the whole pipeline (`dvc repro`) on the offline demo
 #   make test    install into .venv, then run the test suite (`pytest`)
+# and one checks an edit in about a minute (docs/changing-the-code.md):
+#   make check   ruff, then every test but the whole-pipeline runs, the tests that start several
+#                processes or a browser, and the comparisons of committed outputs (pytest.ini)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: repro test lint install
+.PHONY: repro test check lint install
 
 install: $(VENV)/.installed .dvc/plots/offline.html
 
@@ -25,7 +28,11 @@ repro: install
 	$(BIN)/python -m cxrfusion.results README.md   # README's results block: this run's table
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadfile   # 2 processes: the slow end-to-end runs side by side
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup   # 2 processes (tests/conftest.py: the order and groups)
+
+check: install
+	$(BIN)/ruff check .
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not pipeline and not processes and not committed"
 
 lint: install
 	$(BIN)/ruff check .   # pyflakes, pycodestyle, import order; line length 100 (pyproject.toml)

@@ -93,6 +93,7 @@ def test_expanded_names_follow_the_parameters():
     assert not {n for n in names if "findings" in n or n.endswith("-0")}
 
 
+@pytest.mark.committed
 def test_dvc_lock_holds_exactly_the_stages_of_dvc_yaml():
     """A stage dvc.yaml no longer has (train@fusion, before train was one stage per run) or
     one it has not run yet: run `make repro` and remove the stale entries from dvc.lock."""
@@ -103,6 +104,7 @@ def test_dvc_lock_holds_exactly_the_stages_of_dvc_yaml():
         f"dvc.lock lacks {sorted(expected - set(LOCK))}: run make repro")
 
 
+@pytest.mark.committed
 @pytest.mark.parametrize("name", sorted(LOCK))
 def test_dvc_lock_records_the_code_and_params_in_the_checkout(name):
     """Every code file and parameter a stage's committed outputs were made from is the one in

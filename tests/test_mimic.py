@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 from mimic_layout import make_mimic
-from test_pipeline import VENV_BIN, _run, repo  # noqa: F401  (repo is a fixture)
+from repos import VENV_BIN, make_repo
+from repos import run as _run
 from test_prepare import basic_raw, write_raw
 
 from cxrfusion import params as params_mod
@@ -424,19 +425,22 @@ def test_params_mimic_needs_a_folder(params):
 
 # --- end to end -------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the imported fixture)
-    """The pipeline on the generated folder, with the official split (the test studies are
-    known in advance), through a trained and evaluated model: `dvc repro
+@pytest.mark.pipeline
+def test_dvc_repro_on_mimic(tmp_path):
+    """`dvc repro` of the whole pipeline (the suite's one: tests/test_pipeline.py runs the
+    demo's stages in one process), on the generated folder, with the official split (the test
+    studies are known in advance). First one trained and evaluated model: `dvc repro
     train_text@findings+impression-0` runs download, prepare, the encoder, both caches (JPGs
-    decoded) and train; `python -m stages.evaluate` scores that one run. The stages
-    after those read only the caches and are the demo's (tests/test_pipeline.py runs them).
-    One run: the text model of the first text input and seed."""
+    decoded) and train; `python -m stages.evaluate` scores that one run. Then `dvc repro`: the
+    other runs, evaluate, compare, explain and the report. One text input and one seed: the
+    source is what is tested here, and the cost stays three runs whatever the demo trains."""
+    repo = make_repo(tmp_path)
     layout = make_mimic(tmp_path / "mimic-cxr-jpg")
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["data"].update(source="mimic_cxr", local_dir=str(layout["folder"]))
     p["split"].update(official=True, min_studies=0, min_per_label=0)  # a miniature dataset
-    p["text"]["inputs"] = ["findings+impression"]  # one text input: half the runs to train
+    p["text"]["inputs"] = ["findings+impression"]  # one text input and one seed: 3 runs
+    p["train"]["seeds"] = [0]
     p["compare"].update(primary="fusion-image/findings+impression", secondary=[])
     assert p["train"]["epochs"] == 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -449,7 +453,10 @@ def test_dvc_repro_on_mimic(repo, tmp_path):  # noqa: F811  (repo is the importe
                         for s in layout["studies"])
     scores = json.loads((repo / "metrics/test/text/findings+impression/seed-0.json").read_text())
     assert scores["run"] == {"variant": "text", "seed": 0, "text_input": "findings+impression"}
-    assert not (repo / "models/text/findings+impression/seed-1").exists()  # only what was asked
+    trained = [m.parent.relative_to(repo / "models").as_posix()
+               for variant in ("fusion", "image", "text")
+               for m in (repo / "models" / variant).rglob("model.safetensors")]
+    assert trained == ["text/findings+impression/seed-0"]  # only what was asked
     assert scores["study"]["n"] == expected_test == 16
     images = json.loads((repo / "features/images_report.json").read_text())
     assert images["cached"] == len(pd.read_csv(repo / "data/prepared/images.csv"))

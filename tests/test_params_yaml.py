@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import pytest
 import yaml
 from conftest import ROOT
 
@@ -20,6 +21,7 @@ def _typed(tree):
     return [type(tree).__name__, tree]
 
 
+@pytest.mark.committed
 def test_params_yaml_is_what_params_py_writes():
     assert (ROOT / "params.yaml").read_text() == params_yaml.render_yaml(), (
         "params.yaml is not what cxrfusion/params.py writes: edit descriptions and defaults in "

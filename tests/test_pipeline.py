@@ -1,33 +1,42 @@
-"""End to end: `dvc repro` of the whole pipeline on a tiny demo, in a temporary git repository.
+"""End to end: the whole pipeline on a tiny demo, in a temporary git + DVC repository, and
+README's two commands in either order on another machine.
 
-The tiny demo trains every run dvc.yaml's matrix stages ask for: each variant once per seed of
-TINY's train.seeds, fusion and text once per text input."""
+One run serves every test here (the module's `demo` fixture, tests/repos.py's
+demo_repository): the checkout with TINY's parameters and one epoch, every stage run by its
+own command and recorded by `dvc commit`, committed. It trains every run dvc.yaml's matrix
+stages ask for: each variant once per seed of TINY's train.seeds, fusion and text once per text
+input. Tests that change files work on a copy. `dvc repro` runs the stages from evaluate on
+here, and the whole pipeline in tests/test_mimic.py."""
 from __future__ import annotations
 
 import copy
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, TINY, merge
 from PIL import Image
+from repos import DVC, OTHER_ROUNDING, REMAKE, VENV_BIN, demo_repository, pipeline_commands
+from repos import run as _run
+from repos import run_stdout as _run_stdout
 
 from cxrfusion import params as params_mod
 from cxrfusion.formats import Run
 
-VENV_BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.pipeline
 VARIANTS = ("fusion", "image", "text")
 PAIRS = ("fusion_minus_image", "fusion_minus_text", "text_minus_image")
 FIGURES = ["forest.png", "reliability.png", "roc.png", "training_curves.png"]
 SEED_METRICS = ("auroc", "auprc", "sensitivity_at_specificity", "sensitivity", "specificity",
                 "f1", "brier", "ece")  # each with an interval
-TIMEOUT = 600
+# the suite's checks of the workspace: its tests that compare the committed outputs with the
+# checkout (marked `committed`), and that every path the docs name exists
+WORKSPACE_CHECKS = (["-m", "committed", "tests/test_readme.py", "tests/test_lock.py",
+                     "tests/test_charts.py"], ["tests/test_paths.py"])
 
 
 def runs(p: dict) -> list[Run]:
@@ -44,58 +53,35 @@ def stage_names(p: dict) -> list[str]:
                                                                    "report"])
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DVC_NO_ANALYTICS="1",
-               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.org",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.org")
-    return env
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The demo repository, run once for the module; read it, or copy it to change it."""
+    return demo_repository(tmp_path_factory.mktemp("demo") / "repo")
 
 
-def _call(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(args)} failed ({done.returncode}):\n{output[-6000:]}"
-    return done
+def _params(repo: Path) -> dict:
+    return yaml.safe_load((repo / "params.yaml").read_text())
 
 
-def _run(cwd: Path, *args: str) -> str:
-    """stdout and stderr together (DVC prints its progress on either)."""
-    done = _call(cwd, *args)
-    return done.stdout + done.stderr
+def _copy(repo: Path, to: Path) -> Path:
+    """The whole repository, git history, DVC cache and outputs included."""
+    shutil.copytree(repo, to, symlinks=True)
+    return to
 
 
-def _run_stdout(cwd: Path, *args: str) -> str:
-    return _call(cwd, *args).stdout
+def _status(repo: Path) -> dict:
+    """`dvc status --json` in this process (DVC's own start-up once, not once a call): the
+    stages whose dependencies or outputs differ from dvc.lock."""
+    from dvc.repo import Repo
 
-
-@pytest.fixture
-def repo(tmp_path) -> Path:
-    return make_repo(tmp_path)
-
-
-def make_repo(tmp_path: Path) -> Path:
-    """A git + DVC repository holding the pipeline's code with TINY parameters."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for package in ("stages", "cxrfusion"):
-        shutil.copytree(ROOT / package, repo / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        if (ROOT / name).exists():
-            shutil.copy(ROOT / name, repo / name)
-    with open(ROOT / "params.yaml") as f:
-        params = merge(yaml.safe_load(f), TINY)
-    params["train"]["epochs"] = 1
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(repo, "git", "init", "-q")
-    _run(repo, str(VENV_BIN / "dvc"), "init", "-q")
-    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-q", "-m", "pipeline")
-    return repo
+    cwd = Path.cwd()
+    os.chdir(repo)
+    try:
+        with Repo(".") as dvc:
+            found = dvc.status()
+    finally:
+        os.chdir(cwd)
+    return {name.split(":")[-1]: value for name, value in found.items()}
 
 
 def _leaves(tree, kinds) -> list:
@@ -172,19 +158,15 @@ def _check_comparison(repo: Path, params: dict) -> dict:
     return comparison
 
 
-@pytest.mark.slow
-def test_dvc_repro_end_to_end(repo):
-    dvc = str(VENV_BIN / "dvc")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+def test_the_demo_run_writes_every_output(demo):
+    repo = demo
+    params = _params(repo)
     assert params["demo"]["studies"] == 60 and params["image"]["size"] == 32
     assert params["train"]["epochs"] == 1 and params["compare"]["bootstrap"] == 240
     assert params["train"]["seeds"] == [0, 1]
     assert params["text"]["inputs"] == ["findings+impression", "indication"]
     every = runs(params)
     assert len(every) == 10  # image x 2 seeds, fusion and text x 2 inputs x 2 seeds
-    stages = stage_names(params)
-
-    _run(repo, dvc, "repro")
 
     comparison = _check_comparison(repo, params)
     table = (repo / "metrics/comparison.md").read_text()
@@ -231,19 +213,25 @@ def test_dvc_repro_end_to_end(repo):
     assert not (repo / "features/text.h5").exists()  # one cache per text input
     assert not list((repo / "checkpoints").glob("*.pt"))  # every run finished: none left
     locked = set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
-    assert locked == set(stages)
+    assert locked == set(stage_names(params))
 
-    # nothing changed: every stage is skipped, nothing reruns
-    again = _run(repo, dvc, "repro")
+
+def test_nothing_changed_nothing_reruns(demo):
+    stages = stage_names(_params(demo))
+    again = _run(demo, DVC, "repro")
     assert "Running stage" not in again, again
     for stage in stages:
         assert f"Stage '{stage}' didn't change, skipping" in again, (stage, again)
     assert "Data and pipelines are up to date." in again
-    assert json.loads(_run_stdout(repo, dvc, "status", "--json")) == {}
-    assert "up to date" in _run(repo, dvc, "status")
+    assert json.loads(_run_stdout(demo, DVC, "status", "--json")) == {}
+    assert "up to date" in _run(demo, DVC, "status")
 
-    # DVC's table: the headline file only, 30 numbers or fewer; the rest by path
-    shown = json.loads(_run_stdout(repo, dvc, "metrics", "show", "--json"))
+
+def test_dvc_metrics_show_the_headline_and_the_rest_by_path(demo):
+    """DVC's table: the headline file only, 30 numbers or fewer; the rest by path."""
+    params = _params(demo)
+    comparison = json.loads((demo / "metrics/comparison.json").read_text())
+    shown = json.loads(_run_stdout(demo, DVC, "metrics", "show", "--json"))
     files = shown[""]["data"]
     assert list(files) == ["metrics/summary.json"]
     summary = files["metrics/summary.json"]["data"]
@@ -254,89 +242,161 @@ def test_dvc_repro_end_to_end(repo):
         d = comparison["differences"][text_input]["fusion_minus_image"]["auroc"]
         assert summary[text_input]["fusion-image"] == pytest.approx(
             {k: d[k] for k in ("mean", "low", "high", "verdict")})
-    by_path = json.loads(_run_stdout(repo, dvc, "metrics", "show", "--json",
+    by_path = json.loads(_run_stdout(demo, DVC, "metrics", "show", "--json",
                                      "metrics/comparison.json", "metrics/test"))[""]["data"]
     assert by_path["metrics/comparison.json"]["data"]["test_studies"] == comparison["test_studies"]
-    assert {str(run.test_metrics) for run in every} <= set(by_path)
+    assert {str(run.test_metrics) for run in runs(params)} <= set(by_path)
 
-    # a changed parameter reruns only the stages that read it
+
+def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
+    params = _params(demo)
+    stages = stage_names(params)
+
     def stale_after(**changes) -> set:
         changed = copy.deepcopy(params)
         for dotted, value in changes.items():
             section, key = dotted.split("__")
             changed[section][key] = value
-        (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
-        stale = set(json.loads(_run_stdout(repo, dvc, "status", "--json")))
+        (demo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        stale = set(_status(demo))
         assert "report" in stale  # it lists every parameter that differs: it reads them all
         return stale - {"report"}
 
     def named(*prefixes: str) -> set:
         return {s for s in stages if s.startswith(prefixes)}
 
-    assert stale_after(compare__bootstrap=300) == {"compare"}
-    assert stale_after(compare__margin=0.03, compare__primary="fusion-text/indication") == {
-        "compare"}
-    # the thresholds are chosen in evaluate: the runs' evaluation and the comparison of them
-    # (explain follows through the evaluations it reads, below)
-    assert stale_after(evaluate__threshold=0.4) == {"evaluate", "compare"}
-    assert stale_after(evaluate__threshold="max_f1") == {"evaluate", "compare"}
-    assert stale_after(evaluate__specificity=0.8) == {"evaluate", "compare"}
-    # how images and reports are fed does not change what is learned: nothing to do
-    assert stale_after(train__workers=3, train__in_memory_gb=8, text__batch_size=7,
-                       text__nproc=2) == set()
-    # the image baseline depends on no report setting, the text model on no image setting
-    assert stale_after(text__max_length=128) == named("embed_text@", "train_fusion@",
-                                                      "train_text@") | {"explain"}
-    assert stale_after(image__size=48) == {"cache_images"} | named("train_fusion@", "train_image@")
-    assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@",
-                                                                       "train_image@")
-    assert stale_after(model__hidden=64) == named("train_")
-    assert stale_after(model__standardise_text=False) == named("train_fusion@", "train_text@")
-    # the options of issue 18: augmentation and the CNN's rate reach the models with a CNN only
-    cnn_runs = named("train_fusion@", "train_image@")
-    assert stale_after(train__augment="affine") == cnn_runs
-    assert stale_after(augment__rotation=5) == cnn_runs
-    assert stale_after(train__lr_backbone=0.001) == cnn_runs
-    assert stale_after(model__fusion="gated") == named("train_")
-    assert stale_after(model__shared_dim=64) == named("train_")
-    # image.size auto follows the backbone: the cache reads it
-    assert stale_after(model__backbone="test_efficientnet") == {"cache_images"} | cnn_runs
-    # another seed: its own train stages (never run), the existing ones up to date; evaluate
-    # scores every run again (a second each)
-    more = {**params, "train": {**params["train"], "seeds": [0, 1, 2]}}
-    new = set(stage_names(more)) - set(stages)
-    assert new == {f"train_{r.variant}@{r.key}" for r in runs(more) if r.seed == 2}
-    assert len(new) == 5
-    assert stale_after(train__seeds=[0, 1, 2]) == new | {"evaluate", "compare", "explain"}
-    # another text input: prepare keeps its fields, and its embedding and runs are new
-    wider = {**params, "text": {**params["text"], "inputs": ["findings+impression", "indication",
-                                                            "impression"]}}
-    new = set(stage_names(wider)) - set(stages)
-    assert new == {"embed_text@impression"} | {f"train_{r.variant}@{r.key}" for r in runs(wider)
-                                               if r.text_input == "impression"}
-    assert stale_after(text__inputs=wider["text"]["inputs"]) == new | {"prepare", "evaluate",
-                                                                       "compare", "explain"}
+    original = (demo / "params.yaml").read_bytes()
+    try:
+        assert stale_after(compare__bootstrap=300) == {"compare"}
+        assert stale_after(compare__margin=0.03,
+                           compare__primary="fusion-text/indication") == {"compare"}
+        # the thresholds are chosen in evaluate: the runs' evaluation and the comparison of them
+        # (explain follows through the evaluations it reads:
+        # test_a_changed_threshold_reruns_the_evaluation_alone)
+        assert stale_after(evaluate__threshold=0.4) == {"evaluate", "compare"}
+        assert stale_after(evaluate__threshold="max_f1") == {"evaluate", "compare"}
+        assert stale_after(evaluate__specificity=0.8) == {"evaluate", "compare"}
+        # how images and reports are fed does not change what is learned: nothing to do
+        assert stale_after(train__workers=3, train__in_memory_gb=8, text__batch_size=7,
+                           text__nproc=2) == set()
+        # the image baseline depends on no report setting, the text model on no image setting
+        assert stale_after(text__max_length=128) == named("embed_text@", "train_fusion@",
+                                                          "train_text@") | {"explain"}
+        assert stale_after(image__size=48) == {"cache_images"} | named("train_fusion@",
+                                                                        "train_image@")
+        assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@",
+                                                                           "train_image@")
+        assert stale_after(model__hidden=64) == named("train_")
+        assert stale_after(model__standardise_text=False) == named("train_fusion@",
+                                                                   "train_text@")
+        # the options of issue 18: augmentation and the CNN's rate reach the models with a CNN
+        cnn_runs = named("train_fusion@", "train_image@")
+        assert stale_after(train__augment="affine") == cnn_runs
+        assert stale_after(augment__rotation=5) == cnn_runs
+        assert stale_after(train__lr_backbone=0.001) == cnn_runs
+        assert stale_after(model__fusion="gated") == named("train_")
+        assert stale_after(model__shared_dim=64) == named("train_")
+        # image.size auto follows the backbone: the cache reads it
+        assert stale_after(model__backbone="test_efficientnet") == {"cache_images"} | cnn_runs
+        # another seed: its own train stages (never run), the existing ones up to date;
+        # evaluate scores every run again (a second each)
+        more = {**params, "train": {**params["train"], "seeds": [0, 1, 2]}}
+        new = set(stage_names(more)) - set(stages)
+        assert new == {f"train_{r.variant}@{r.key}" for r in runs(more) if r.seed == 2}
+        assert len(new) == 5
+        assert stale_after(train__seeds=[0, 1, 2]) == new | {"evaluate", "compare", "explain"}
+        # another text input: prepare keeps its fields, and its embedding and runs are new
+        wider = {**params, "text": {**params["text"], "inputs": [
+            "findings+impression", "indication", "impression"]}}
+        new = set(stage_names(wider)) - set(stages)
+        assert new == {"embed_text@impression"} | {
+            f"train_{r.variant}@{r.key}" for r in runs(wider) if r.text_input == "impression"}
+        assert stale_after(text__inputs=wider["text"]["inputs"]) == new | {
+            "prepare", "evaluate", "compare", "explain"}
+    finally:
+        (demo / "params.yaml").write_bytes(original)
+    assert _status(demo) == {}
 
-    # the same parameters again, every stage forced to rerun: byte-identical metrics
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert json.loads(_run_stdout(repo, dvc, "status", "--json")) == {}
+
+def test_every_stage_made_again_gives_the_same_bytes(demo, tmp_path):
+    """The same parameters again, every output deleted and made again by its stage's command:
+    every output has the hash dvc.lock recorded (models, caches and figures included: `dvc
+    status` finds nothing to do), and the metrics are byte-identical."""
+    repo = _copy(demo, tmp_path / "repo")
+    params = _params(repo)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     metrics = sorted(str(p.relative_to(repo)) for p in (repo / "metrics").rglob("*.json")) + [
         "data/prepared/report.json", "features/images_report.json", "metrics/comparison.md",
         "metrics/report.md"]
-    assert len(metrics) >= 2 + 2 * len(every)
+    assert len(metrics) >= 2 + 2 * len(runs(params))
     first = {path: (repo / path).read_bytes() for path in metrics}
-    forced = _run(repo, dvc, "repro", "--force")
-    assert all(f"Running stage '{stage}'" in forced for stage in stages), forced
+    stages = stage_names(params)
+    assert params["train"]["nproc"] == 1 and params["text"]["nproc"] == 1  # one process each
+    for stage in stages:
+        for out in lock[stage].get("outs", []):
+            path = repo / out["path"]
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    commands = pipeline_commands(repo)
+    assert set(commands) == set(stages)
+    _run(repo, sys.executable, "-c", REMAKE, *commands.values())
+    assert _status(repo) == {}
     for path in metrics:
         assert (repo / path).read_bytes() == first[path], path
 
-    # a changed threshold: once the evaluations are redone, explain (which reads the explained
-    # run's) is stale too, beside compare; no model is trained again. (`dvc status` lists only
-    # the stages whose own inputs changed; the rest would follow.)
-    assert stale_after(evaluate__threshold=0.4) == {"evaluate", "compare"}
-    redone = _run(repo, dvc, "repro", "evaluate")
-    assert {s for s in stages if f"Running stage '{s}'" in redone} == {"evaluate"}, redone
-    test = json.loads((repo / explained_run.test_metrics).read_text())
+
+def test_a_changed_threshold_reruns_the_evaluation_alone(demo, tmp_path):
+    """Once the evaluations are redone, explain (which reads the explained run's) is stale too,
+    beside compare; no model is trained again. (`dvc status` lists only the stages whose own
+    inputs changed; the rest would follow.)"""
+    repo = _copy(demo, tmp_path / "repo")
+    params = _params(repo)
+    params["evaluate"]["threshold"] = 0.4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(_status(repo)) == {"evaluate", "compare", "report"}
+    redone = _run(repo, DVC, "repro", "evaluate")
+    assert {s for s in stage_names(params) if f"Running stage '{s}'" in redone} == {"evaluate"}
+    test = json.loads((repo / Run("fusion", 0, "findings+impression").test_metrics).read_text())
     assert test["threshold"] == 0.4 and test["threshold_rule"] == "fixed"
-    assert set(json.loads(_run_stdout(repo, dvc, "status", "--json"))) == {
-        "compare", "explain", "report"}  # the report lists the changed threshold
+    assert set(_status(repo)) == {"compare", "explain", "report"}  # the report lists the
+    # changed threshold
+
+
+# the suite's checks of the workspace after a plain `dvc repro` (README's block as committed),
+# then after `make repro`'s copy of the new table into README: in one process
+CHECKS = f"""
+import runpy, sys
+import pytest
+OPTIONS = ["-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+for checks in {WORKSPACE_CHECKS!r}:
+    if pytest.main([*OPTIONS, *checks]):
+        sys.exit(f"{{checks}} failed after a plain dvc repro")
+sys.argv = ["cxrfusion.results", "README.md"]
+runpy.run_module("cxrfusion.results", run_name="__main__", alter_sys=True)
+if pytest.main([*OPTIONS, "-m", "committed", "tests/test_readme.py"]):
+    sys.exit("test_readme failed after make repro's README")
+"""
+
+
+def test_the_workspace_checks_pass_after_a_repro_with_other_rounding(demo, tmp_path):
+    """README's two commands in either order on another machine: the suite's checks of the
+    workspace pass after a rerun whose numbers are not the committed ones, both as a plain
+    `dvc repro` leaves it (README's block as committed) and as `make repro` does (the new table
+    copied into README).
+
+    The rerun is the evaluation and every stage after it, under other float rounding (ATen's
+    scalar kernels, one thread), recorded in dvc.lock as `dvc repro` records it: those stages
+    write every number the tables, README and the metrics hold, and another machine's rounding
+    changes them there already (the premise, checked); training again under it would change
+    the same files at several times the cost."""
+    repo = _copy(demo, tmp_path / "repo")
+    before = (repo / "metrics/predictions/image/seed-0.csv").read_bytes()
+    commands = pipeline_commands(repo)
+    downstream = list(commands)[-4:]  # in pipeline order: evaluate and the stages after it
+    assert set(downstream) == {"evaluate", "compare", "explain", "report"}
+    _run(repo, sys.executable, "-c", REMAKE, *[commands[s] for s in downstream],
+         extra_env=OTHER_ROUNDING)
+    _run(repo, DVC, "commit", "--force")
+    assert _status(repo) == {}
+    # the premise: other rounding, other outputs (else this test shows nothing)
+    assert (repo / "metrics/predictions/image/seed-0.csv").read_bytes() != before
+    _run(repo, str(VENV_BIN / "python"), "-c", CHECKS, extra_env=OTHER_ROUNDING)

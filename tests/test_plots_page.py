@@ -79,6 +79,7 @@ def _dvclive_files(run) -> dict:
             for f in sorted((ROOT / run.train_log / "plots/metrics").glob("*/*.tsv"))}
 
 
+@pytest.mark.committed
 def test_the_charts_name_every_run_params_yaml_asks_for():
     """Top-level plots take no foreach: their lists of files are written out in metrics/dvc.yaml,
     and must follow train.seeds and text.inputs (and what evaluate and DVCLive write). The
@@ -138,6 +139,7 @@ def _tagged(names: set[str], revisions: list[str]) -> set[str]:
     return names if len(revisions) == 1 else {f"{n} ({rev})" for n in names for rev in revisions}
 
 
+@pytest.mark.committed
 @pytest.mark.parametrize("revisions", [["workspace"], ["workspace", "HEAD"]],
                          ids=["show", "diff"])
 def test_every_chart_reads_in_words_and_names_its_runs(revisions, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from conftest import ROOT
 
 from cxrfusion.results import README_BLOCK as BLOCK
@@ -19,6 +20,7 @@ def committed(path: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+@pytest.mark.committed
 def test_readme_results_are_the_generated_table():
     """The block is the table as committed, or the workspace's table when `make repro` wrote
     both (it copies the table into README.md): a run on another machine, whose float sums give
@@ -31,6 +33,7 @@ def test_readme_results_are_the_generated_table():
         "workspace's: run `make repro` (or `python -m cxrfusion.results README.md`)")
 
 
+@pytest.mark.committed
 def test_the_counts_readme_states_are_the_outputs():
     """The headline's size, as README states it, is metrics/summary.json's."""
     import json
@@ -53,3 +56,16 @@ def test_readme_states_no_result_by_hand():
     for words in ("level with", "adds nothing", "not above", "no difference", "the same as the "
                   "cnn", "does not help", "no effect"):
         assert words not in readme, f"README.md says {words!r} outside the generated results"
+
+
+def test_the_demo_repository_starts_without_the_committed_outputs(tmp_path):
+    """tests/test_pipeline.py's demo repository starts from this copy and makes every output
+    itself: a checkout whose comparison.md a plain `dvc repro` rewrote (README's block still
+    the committed one) lends it no table that disagrees with its README."""
+    from repos import COMMITTED_OUTPUTS, copy_checkout
+
+    copy_checkout(tmp_path)
+    assert (tmp_path / "README.md").read_text() == (ROOT / "README.md").read_text()
+    assert (tmp_path / "stages/compare.py").is_file() and (tmp_path / "tests/conftest.py").is_file()
+    assert (ROOT / "dvc.lock").is_file() and (ROOT / "metrics/comparison.md").is_file()
+    assert not [path for path in COMMITTED_OUTPUTS if (tmp_path / path).exists()]

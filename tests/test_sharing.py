@@ -5,21 +5,25 @@ and pulled by another clone; one queued experiment run by a worker, then the wor
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from test_pipeline import VENV_BIN, _run, _run_stdout, make_repo
+from repos import DVC, env, make_repo
+from repos import run as _run
+from repos import run_stdout as _run_stdout
 
-DVC = str(VENV_BIN / "dvc")
 FIRST = ("download", "prepare")  # stages that cache outputs (studies.csv, images.csv)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def first_stages(tmp_path_factory) -> Path:
     """The tiny pipeline with its first stages run and committed, a bare Git repository as
-    `origin` and a local folder as its default DVC remote (in .dvc/config.local)."""
-    repo = make_repo(tmp_path)
+    `origin` and a local folder as its default DVC remote (in .dvc/config.local): made once,
+    copied by `project`."""
+    repo = make_repo(tmp_path_factory.mktemp("sharing"))
     _run(repo, DVC, "repro", *FIRST)
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-q", "-m", "first stages")
@@ -31,6 +35,18 @@ def project(tmp_path: Path) -> Path:
     return repo
 
 
+@pytest.fixture
+def project(first_stages: Path, tmp_path: Path) -> Path:
+    """first_stages and its `origin`, copied for one test, its remotes pointing at the copies."""
+    shutil.copytree(first_stages.parent, tmp_path, symlinks=True, dirs_exist_ok=True)
+    repo = tmp_path / first_stages.name
+    _run(repo, "git", "remote", "set-url", "origin", str(tmp_path / "origin.git"))
+    local = repo / ".dvc/config.local"
+    local.write_text(local.read_text().replace(str(first_stages.parent), str(tmp_path)))
+    assert str(tmp_path / "remote") in local.read_text()
+    return repo
+
+
 def _clone(project: Path, name: str) -> Path:
     clone = project.parent / name
     _run(project.parent, "git", "clone", "-q", "--branch", "main",
@@ -38,6 +54,11 @@ def _clone(project: Path, name: str) -> Path:
     _run(clone, DVC, "remote", "add", "--local", "--default", "shared",
          str(project.parent / "remote"))
     return clone
+
+
+def _refs(repo: Path, prefix: str, suffix: str) -> list[str]:
+    listed = _run_stdout(repo, "git", "for-each-ref", "--format=%(refname)", prefix)
+    return [ref for ref in listed.split() if ref.endswith(suffix)]
 
 
 def test_push_clone_pull(project):
@@ -76,15 +97,24 @@ def test_a_queued_experiment_runs_and_the_workers_stop(project):
     _run(project, DVC, "exp", "run", "--queue", "-n", "queued44", "-S", "split.seed=44",
          "prepare")
     assert "queued44" in _run(project, DVC, "queue", "status")
-    _run(project, DVC, "queue", "start", "--jobs", "1")
+    # output to a file, not a pipe: the worker it starts writes to the same output until it
+    # ends (10 s after the queue is empty), and a pipe would hold this call until then
+    log = project.parent / "queue-start.log"
+    with open(log, "w") as out:
+        done = subprocess.run([DVC, "queue", "start", "--jobs", "1"], cwd=project, env=env(),
+                              stdout=out, stderr=subprocess.STDOUT, timeout=120)
+    assert done.returncode == 0, log.read_text()
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            status = _run(project, DVC, "queue", "status")
-            if "queued44" in status and ("Success" in status or "Failed" in status):
-                break
-            time.sleep(2)
-        assert "Success" in status, status
+        # wait for the experiment's ref (git, milliseconds a look), asking DVC (a second or two
+        # a look) only every few seconds whether it failed
+        deadline, asked = time.monotonic() + 240, time.monotonic()
+        while time.monotonic() < deadline and not _refs(project, "refs/exps/", "/queued44"):
+            if time.monotonic() - asked > 5:
+                asked = time.monotonic()
+                assert "Failed" not in _run(project, DVC, "queue", "status")
+            time.sleep(0.25)
+        status = _run(project, DVC, "queue", "status")
+        assert "queued44" in status and "Success" in status, status
     finally:
         _run(project, DVC, "queue", "stop", "--kill")
     assert "split.seed" in _run(project, DVC, "exp", "show", "--only-changed", "--csv")
