@@ -7,12 +7,16 @@ run by `dvc repro` and committed, as a machine that made the demo's outputs hold
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import ROOT, TINY, merge
 
@@ -60,6 +64,34 @@ def run(cwd: Path, *args: str, extra_env: dict | None = None) -> str:
 
 def run_stdout(cwd: Path, *args: str) -> str:
     return call(cwd, *args).stdout
+
+
+def dvc(repo: Path, *args: str) -> str:
+    """`dvc ARGS` in `repo`, through DVC's command line in this process (its commands, options
+    and messages, without a second of start-up a call), with env()'s variables (the stages it
+    runs call the venv's `python`): what it printed, stdout then stderr. (Its JSON output
+    does not reach a redirected stdout: read that from `run_stdout(repo, DVC, ...)`.)"""
+    from dvc.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    logged = logging.StreamHandler(err)  # its messages ("Running stage ...") go to a logger
+    logger = logging.getLogger("dvc")
+    level = logger.level
+    logger.addHandler(logged)
+    logger.setLevel(logging.INFO)  # as `dvc` sets it
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(repo)
+            for name, value in env().items():
+                mp.setenv(name, value)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(list(args))
+    finally:
+        logger.removeHandler(logged)
+        logger.setLevel(level)
+    printed = out.getvalue() + err.getvalue()
+    assert code == 0, f"dvc {' '.join(args)} failed ({code}):\n{printed[-6000:]}"
+    return printed
 
 
 def _commit(repo: Path, message: str) -> None:
@@ -151,7 +183,7 @@ def demo_repository(to: Path) -> Path:
     run(to, "git", "init", "-q")
     _commit(to, "the pipeline")  # DVCLive reads the commit it logs against
     run(to, python, "-c", REMAKE, *pipeline_commands(to).values())
-    run(to, DVC, "commit", "--force")  # dvc.lock: what each stage read and wrote
+    dvc(to, "commit", "--force")  # dvc.lock: what each stage read and wrote
     run(to, python, "-m", "cxrfusion.results", "README.md")
     _commit(to, "the demo, run")
     return to

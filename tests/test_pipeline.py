@@ -20,7 +20,15 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from repos import DVC, OTHER_ROUNDING, REMAKE, VENV_BIN, demo_repository, pipeline_commands
+from repos import (
+    DVC,
+    OTHER_ROUNDING,
+    REMAKE,
+    VENV_BIN,
+    demo_repository,
+    dvc,
+    pipeline_commands,
+)
 from repos import run as _run
 from repos import run_stdout as _run_stdout
 
@@ -218,13 +226,13 @@ def test_the_demo_run_writes_every_output(demo):
 
 def test_nothing_changed_nothing_reruns(demo):
     stages = stage_names(_params(demo))
-    again = _run(demo, DVC, "repro")
+    again = dvc(demo, "repro")
     assert "Running stage" not in again, again
     for stage in stages:
         assert f"Stage '{stage}' didn't change, skipping" in again, (stage, again)
     assert "Data and pipelines are up to date." in again
     assert json.loads(_run_stdout(demo, DVC, "status", "--json")) == {}
-    assert "up to date" in _run(demo, DVC, "status")
+    assert "up to date" in dvc(demo, "status")
 
 
 def test_dvc_metrics_show_the_headline_and_the_rest_by_path(demo):
@@ -353,7 +361,7 @@ def test_a_changed_threshold_reruns_the_evaluation_alone(demo, tmp_path):
     params["evaluate"]["threshold"] = 0.4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert set(_status(repo)) == {"evaluate", "compare", "report"}
-    redone = _run(repo, DVC, "repro", "evaluate")
+    redone = dvc(repo, "repro", "evaluate")
     assert {s for s in stage_names(params) if f"Running stage '{s}'" in redone} == {"evaluate"}
     test = json.loads((repo / Run("fusion", 0, "findings+impression").test_metrics).read_text())
     assert test["threshold"] == 0.4 and test["threshold_rule"] == "fixed"
@@ -395,7 +403,7 @@ def test_the_workspace_checks_pass_after_a_repro_with_other_rounding(demo, tmp_p
     assert set(downstream) == {"evaluate", "compare", "explain", "report"}
     _run(repo, sys.executable, "-c", REMAKE, *[commands[s] for s in downstream],
          extra_env=OTHER_ROUNDING)
-    _run(repo, DVC, "commit", "--force")
+    dvc(repo, "commit", "--force")
     assert _status(repo) == {}
     # the premise: other rounding, other outputs (else this test shows nothing)
     assert (repo / "metrics/predictions/image/seed-0.csv").read_bytes() != before

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from repos import DVC, env, make_repo
+from repos import DVC, dvc, env, make_repo
 from repos import run as _run
 from repos import run_stdout as _run_stdout
 
@@ -24,14 +24,14 @@ def first_stages(tmp_path_factory) -> Path:
     `origin` and a local folder as its default DVC remote (in .dvc/config.local): made once,
     copied by `project`."""
     repo = make_repo(tmp_path_factory.mktemp("sharing"))
-    _run(repo, DVC, "repro", *FIRST)
+    dvc(repo, "repro", *FIRST)
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-q", "-m", "first stages")
     origin = repo.parent / "origin.git"
     _run(repo.parent, "git", "init", "-q", "--bare", str(origin))
     _run(repo, "git", "remote", "add", "origin", str(origin))
     _run(repo, "git", "push", "-q", "origin", "HEAD:main")
-    _run(repo, DVC, "remote", "add", "--local", "--default", "shared", str(repo.parent / "remote"))
+    dvc(repo, "remote", "add", "--local", "--default", "shared", str(repo.parent / "remote"))
     return repo
 
 
@@ -51,7 +51,7 @@ def _clone(project: Path, name: str) -> Path:
     clone = project.parent / name
     _run(project.parent, "git", "clone", "-q", "--branch", "main",
          str(project.parent / "origin.git"), str(clone))
-    _run(clone, DVC, "remote", "add", "--local", "--default", "shared",
+    dvc(clone, "remote", "add", "--local", "--default", "shared",
          str(project.parent / "remote"))
     return clone
 
@@ -64,11 +64,11 @@ def _refs(repo: Path, prefix: str, suffix: str) -> list[str]:
 def test_push_clone_pull(project):
     assert (project / ".dvc/config.local").exists()       # the personal path: not committed
     assert "shared" not in (project / ".dvc/config").read_text()
-    _run(project, DVC, "push")
+    dvc(project, "push")
     assert any((project.parent / "remote").rglob("*"))   # the cache is on the remote
     clone = _clone(project, "second")
     assert not (clone / "data/prepared/studies.csv").exists()
-    _run(clone, DVC, "pull", *FIRST)
+    dvc(clone, "pull", *FIRST)
     assert (clone / "data/prepared/studies.csv").read_bytes() == (
         project / "data/prepared/studies.csv").read_bytes()
     # data/raw is not cached: it is all that is missing, and `download` makes it again, the
@@ -76,17 +76,17 @@ def test_push_clone_pull(project):
     stale = json.loads(_run_stdout(clone, DVC, "status", "--json", *FIRST))
     assert stale == {"download": [{"changed outs": {"data/raw": "deleted"}}],
                      "prepare": [{"changed deps": {"data/raw": "deleted"}}]}, stale
-    again = _run(clone, DVC, "repro", *FIRST)
+    again = dvc(clone, "repro", *FIRST)
     assert "Running stage 'download'" in again and "Running stage 'prepare'" not in again
     assert json.loads(_run_stdout(clone, DVC, "status", "--json", *FIRST)) == {}
 
 
 def test_experiments_travel_through_a_git_remote(project):
-    _run(project, DVC, "exp", "run", "-n", "split43", "-S", "split.seed=43", "prepare")
-    _run(project, DVC, "exp", "push", "origin", "split43")
+    dvc(project, "exp", "run", "-n", "split43", "-S", "split.seed=43", "prepare")
+    dvc(project, "exp", "push", "origin", "split43")
     clone = _clone(project, "third")
-    assert "split43" in _run(clone, DVC, "exp", "list", "origin")
-    _run(clone, DVC, "exp", "pull", "origin", "split43")
+    assert "split43" in dvc(clone, "exp", "list", "origin")
+    dvc(clone, "exp", "pull", "origin", "split43")
     shown = json.loads(_run_stdout(clone, DVC, "exp", "show", "--json"))
     names = [e.get("name") for rev in shown for e in (rev.get("experiments") or [])
              for e in (e.get("revs") or [])]
@@ -94,9 +94,9 @@ def test_experiments_travel_through_a_git_remote(project):
 
 
 def test_a_queued_experiment_runs_and_the_workers_stop(project):
-    _run(project, DVC, "exp", "run", "--queue", "-n", "queued44", "-S", "split.seed=44",
+    dvc(project, "exp", "run", "--queue", "-n", "queued44", "-S", "split.seed=44",
          "prepare")
-    assert "queued44" in _run(project, DVC, "queue", "status")
+    assert "queued44" in dvc(project, "queue", "status")
     # output to a file, not a pipe: the worker it starts writes to the same output until it
     # ends (10 s after the queue is empty), and a pipe would hold this call until then
     log = project.parent / "queue-start.log"
@@ -111,10 +111,10 @@ def test_a_queued_experiment_runs_and_the_workers_stop(project):
         while time.monotonic() < deadline and not _refs(project, "refs/exps/", "/queued44"):
             if time.monotonic() - asked > 5:
                 asked = time.monotonic()
-                assert "Failed" not in _run(project, DVC, "queue", "status")
+                assert "Failed" not in dvc(project, "queue", "status")
             time.sleep(0.25)
-        status = _run(project, DVC, "queue", "status")
+        status = dvc(project, "queue", "status")
         assert "queued44" in status and "Success" in status, status
     finally:
-        _run(project, DVC, "queue", "stop", "--kill")
-    assert "split.seed" in _run(project, DVC, "exp", "show", "--only-changed", "--csv")
+        dvc(project, "queue", "stop", "--kill")
+    assert "split.seed" in dvc(project, "exp", "show", "--only-changed", "--csv")
