@@ -20,6 +20,8 @@ import pytest
 import yaml
 from conftest import ROOT, TINY, merge
 
+from cxrfusion import charts, results
+
 VENV_BIN = Path(sys.executable).parent
 DVC = str(VENV_BIN / "dvc")
 TIMEOUT = 600
@@ -178,12 +180,12 @@ def demo_repository(to: Path) -> Path:
     params = tiny_params()
     assert params["train"]["nproc"] == 1 and params["text"]["nproc"] == 1  # REMAKE's premise
     (to / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    python = str(VENV_BIN / "python")
-    run(to, python, "-m", "cxrfusion.charts")  # metrics/dvc.yaml for TINY's seeds
+    charts.write(to / "params.yaml", to / charts.CHARTS)  # metrics/dvc.yaml: TINY's seeds
     run(to, "git", "init", "-q")
     _commit(to, "the pipeline")  # DVCLive reads the commit it logs against
-    run(to, python, "-c", REMAKE, *pipeline_commands(to).values())
+    run(to, str(VENV_BIN / "python"), "-c", REMAKE, *pipeline_commands(to).values())
     dvc(to, "commit", "--force")  # dvc.lock: what each stage read and wrote
-    run(to, python, "-m", "cxrfusion.results", "README.md")
+    readme = to / "README.md"  # what `make repro` does after `dvc repro`
+    readme.write_text(results.into_readme(readme, (to / "metrics/comparison.md").read_text()))
     _commit(to, "the demo, run")
     return to

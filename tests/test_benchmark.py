@@ -198,7 +198,7 @@ def test_sigterm_prints_the_sections_measured_so_far(tmp_path):
 def test_memory_benchmark_measures_loading_and_training():
     """A tiny run of bench/memory.py with the checkout's own stages: the data it builds goes
     through load_splits and one epoch of train, and every number it prints is there."""
-    images, size = 600, 64
+    images, size = 600, 32
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--images",
                            str(images), "--size", str(size), "--batch", "16"],
                           capture_output=True, text=True, timeout=300,

@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 from mimic_layout import make_mimic
-from repos import VENV_BIN, make_repo
-from repos import run as _run
+from repos import dvc, make_repo
 from test_prepare import basic_raw, write_raw
 
 from cxrfusion import params as params_mod
@@ -26,6 +25,7 @@ from cxrfusion.imaging import cache_images
 from cxrfusion.sources import mimic
 from cxrfusion.studies import label_of
 from stages.download import download
+from stages.evaluate import evaluate_all
 from stages.prepare import prepare
 
 SPLIT_OF = {"train": "train", "validate": "val", "test": "test"}
@@ -431,9 +431,10 @@ def test_dvc_repro_on_mimic(tmp_path):
     demo's stages in one process), on the generated folder, with the official split (the test
     studies are known in advance). First one trained and evaluated model: `dvc repro
     train_text@findings+impression-0` runs download, prepare, the encoder, both caches (JPGs
-    decoded) and train; `python -m stages.evaluate` scores that one run. Then `dvc repro`: the
-    other runs, evaluate, compare, explain and the report. One text input and one seed: the
-    source is what is tested here, and the cost stays three runs whatever the demo trains."""
+    decoded) and train; stages.evaluate, given the run as its command line gives it, scores
+    it. Then `dvc repro`: the other runs, evaluate, compare, explain and the report. One text
+    input and one seed: the source is what is tested here, and the cost stays three runs
+    whatever the demo trains."""
     repo = make_repo(tmp_path)
     layout = make_mimic(tmp_path / "mimic-cxr-jpg")
     p = yaml.safe_load((repo / "params.yaml").read_text())
@@ -445,9 +446,10 @@ def test_dvc_repro_on_mimic(tmp_path):
     assert p["train"]["epochs"] == 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
-    _run(repo, str(VENV_BIN / "dvc"), "repro", "train_text@findings+impression-0")
-    _run(repo, str(VENV_BIN / "python"), "-m", "stages.evaluate", "text", "0",
-         "findings+impression")
+    dvc(repo, "repro", "train_text@findings+impression-0")
+    with pytest.MonkeyPatch.context() as mp:  # `python -m stages.evaluate text 0 ...`'s call
+        mp.chdir(repo)
+        evaluate_all(["text", "0", "findings+impression"], params_mod.load())
 
     expected_test = sum(s["official"] == "test" and s["label"] is not None
                         for s in layout["studies"])
@@ -473,7 +475,7 @@ def test_dvc_repro_on_mimic(tmp_path):
 
     # then the rest: every variant trained and scored, compared by patient, and the study report
     # (with one text input: the sections that apply)
-    _run(repo, str(VENV_BIN / "dvc"), "repro")
+    dvc(repo, "repro")
     comparison = json.loads((repo / "metrics/comparison.json").read_text())
     assert comparison["resampled"] == "patients" and comparison["test_studies"] == 16
     text = (repo / "metrics/report.md").read_text()
