@@ -1,9 +1,10 @@
 """Git + DVC repositories of the pipeline in temporary folders, and the commands run in them.
 
 make_repo: the code and TINY's parameters only, nothing run (tests/test_sharing.py,
-tests/test_mimic.py). demo_repository: the whole checkout with TINY's parameters, its pipeline
-run by `dvc repro` and committed, as a machine that made the demo's outputs holds it
+tests/test_mimic.py). demo_repository: the whole checkout with TINY's parameters, every stage
+run and recorded in dvc.lock, committed, as a machine that made the demo's outputs holds it
 (tests/test_pipeline.py reads it, in one module: one run for the end-to-end and rounding tests).
+dvc: DVC's command line in the test process.
 """
 from __future__ import annotations
 
@@ -174,8 +175,8 @@ def demo_repository(to: Path) -> Path:
     README's block differ until committed).
 
     The stages run in one process (REMAKE), about a fifth of `dvc repro`'s time; `dvc repro`
-    itself runs the whole pipeline in tests/test_mimic.py and, here, the stages from evaluate
-    on (tests/test_pipeline.py)."""
+    itself runs the whole pipeline in tests/test_mimic.py, and evaluate after a changed
+    threshold in tests/test_pipeline.py."""
     copy_checkout(to)
     params = tiny_params()
     assert params["train"]["nproc"] == 1 and params["text"]["nproc"] == 1  # REMAKE's premise

@@ -5,8 +5,8 @@ One run serves every test here (the module's `demo` fixture, tests/repos.py's
 demo_repository): the checkout with TINY's parameters and one epoch, every stage run by its
 own command and recorded by `dvc commit`, committed. It trains every run dvc.yaml's matrix
 stages ask for: each variant once per seed of TINY's train.seeds, fusion and text once per text
-input. Tests that change files work on a copy. `dvc repro` runs the stages from evaluate on
-here, and the whole pipeline in tests/test_mimic.py."""
+input. Tests that change files work on a copy. `dvc repro` runs evaluate here (after a changed
+threshold), and the whole pipeline in tests/test_mimic.py."""
 from __future__ import annotations
 
 import copy
