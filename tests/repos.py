@@ -155,6 +155,14 @@ for command in sys.argv[1:]:
 """
 
 
+def remake(repo: Path, commands, extra_env: dict | None = None) -> None:
+    """Run these stage commands (pipeline_commands' values, in that order) in `repo`, in one
+    fresh process (REMAKE), with env() and `extra_env`."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["train"]["nproc"] == 1 and params["text"]["nproc"] == 1  # REMAKE's premise
+    run(repo, str(VENV_BIN / "python"), "-c", REMAKE, *commands, extra_env=extra_env)
+
+
 def pipeline_commands(repo: Path) -> dict[str, str]:
     """{stage: command} of every stage dvc.yaml expands to in `repo`, each after the stages
     whose outputs it reads (DVC's own graph of the pipeline)."""
@@ -178,13 +186,11 @@ def demo_repository(to: Path) -> Path:
     itself runs the whole pipeline in tests/test_mimic.py, and evaluate after a changed
     threshold in tests/test_pipeline.py."""
     copy_checkout(to)
-    params = tiny_params()
-    assert params["train"]["nproc"] == 1 and params["text"]["nproc"] == 1  # REMAKE's premise
-    (to / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (to / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     charts.write(to / "params.yaml", to / charts.CHARTS)  # metrics/dvc.yaml: TINY's seeds
     run(to, "git", "init", "-q")
     _commit(to, "the pipeline")  # DVCLive reads the commit it logs against
-    run(to, str(VENV_BIN / "python"), "-c", REMAKE, *pipeline_commands(to).values())
+    remake(to, pipeline_commands(to).values())
     dvc(to, "commit", "--force")  # dvc.lock: what each stage read and wrote
     readme = to / "README.md"  # what `make repro` does after `dvc repro`
     readme.write_text(results.into_readme(readme, (to / "metrics/comparison.md").read_text()))
