@@ -227,7 +227,7 @@ import sys
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from cxrfusion import params
+from cxrfusion import formats, params
 from cxrfusion.common import resolve_device
 from cxrfusion.dataset import load_splits
 from cxrfusion.metrics import study_predictions
@@ -236,10 +236,11 @@ from cxrfusion.saved_model import trained_settings
 from cxrfusion.scoring import forward, score
 
 p = params.load()
-run = params.run_of(sys.argv[1:], p)
+run = formats.run_of(sys.argv[1:], p)
 device = resolve_device("auto")
-batch = p["train"]["batch_size"]
-val = load_splits(trained_settings(run.models, p), *reads(run.variant), names=("val",))[0]["val"]
+batch = p.train.batch_size
+val = load_splits(trained_settings(run.models, p), reads(run.variant)[0], run.text_input,
+                  names=("val",))[0]["val"]
 on_device = val.to(device)
 model, _ = load_model(run.models, device)
 failed = 0

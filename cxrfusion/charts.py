@@ -8,7 +8,7 @@ each). Per model (the image model; fusion and text per text input), one chart of
 curves: DVCLive's per-epoch metrics of the training and validation studies, every seed.
 
 DVC's top-level plots take no `foreach`: each chart names its files one by one, for the runs
-train.seeds and text.inputs ask for (`params.runs`). This module writes those lists into
+train.seeds and text.inputs ask for (`formats.runs`). This module writes those lists into
 metrics/dvc.yaml (a dvc.yaml with `plots:` only; DVC reads its paths relative to metrics/),
 so that the root dvc.yaml stays the method. The file is committed, for `dvc plots show` on a
 fresh clone and `dvc plots diff <rev>`, and written again here after train.seeds or
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from cxrfusion import params
+from cxrfusion import formats, params
 from cxrfusion.common import atomic_path, main
 from cxrfusion.formats import METRICS_FOLDER, Run
 from cxrfusion.params import Params
@@ -66,7 +66,7 @@ def _here(path: Path) -> str:
 
 def charts(p: Params) -> dict[str, dict]:
     """{chart id: DVC's plot properties}, every file named in `y` ({path: column})."""
-    runs = params.runs(p)
+    runs = formats.runs(p)
     found = {}
     for kind, words in TEST_CURVES.items():
         for text_input in p.text.inputs:  # the image model beside each text input's
@@ -100,7 +100,7 @@ def write(parameters: Path = Path("params.yaml"), path: Path = CHARTS) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text(p), encoding="utf-8")
     log.info("%s: %d charts of %d runs (train.seeds=%s, text.inputs=%s)", path, len(charts(p)),
-             len(params.runs(p)), p.train.seeds, p.text.inputs)
+             len(formats.runs(p)), p.train.seeds, p.text.inputs)
     return path
 
 

@@ -26,7 +26,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from cxrfusion import params
 from cxrfusion.common import PipelineError, atomic_path
+from cxrfusion.params import Params
 
 RAW = Path("data/raw")
 REPORTS_CSV = "indiana_reports.csv"
@@ -73,7 +75,7 @@ class Run:
     def of(cls, variant: str, seed: int, text_input: str | None) -> "Run":
         """The run of `variant` and `seed` on `text_input`: the image model's, which reads no
         report, whatever the input."""
-        return cls(variant, seed, None if variant == "image" else text_input)
+        return cls(variant, seed, text_input if params.VARIANTS[variant].reads_report else None)
 
     @property
     def record(self) -> dict:
@@ -119,6 +121,55 @@ class Run:
     @property
     def train_log(self) -> Path:
         return TRAIN_LOGS / self.path
+
+
+# --- the runs the parameters ask for -----------------------------------------------------------
+
+def runs(p: Params, variants=params.VARIANTS) -> list[Run]:
+    """Every model the parameters ask for: the image model once per seed, fusion and text once
+    per text input and seed (ordered variant, input, seed)."""
+    t = p.train.seeds
+    return list(dict.fromkeys(Run.of(v, s, i) for v in variants for i in p.text.inputs
+                              for s in t))  # the image model once, not once per input
+
+
+def run_of(argv: list[str], p: Params) -> Run:
+    """The run a stage's arguments name: `<variant> <seed> [<text input>]`, checked against
+    the parameters (a seed not in train.seeds, or a text input not in text.inputs, would train
+    a model no comparison reads)."""
+    names = params.VARIANTS
+    blind = " and ".join(v for v, d in names.items() if not d.reads_report)  # image
+    reading = " and ".join(v for v, d in names.items() if d.reads_report)  # fusion and text
+    usage = f"arguments: <{'|'.join(names)}> <seed> [<text input>, for {reading}]"
+    if len(argv) not in (2, 3):
+        raise PipelineError(f"{usage}; got {argv}")
+    variant = argv[0]
+    if variant not in names:
+        raise PipelineError(f"variant={variant!r} is not allowed: use one of {', '.join(names)}")
+    if not argv[1].isdigit() or int(argv[1]) not in p.train.seeds:
+        raise PipelineError(f"seed {argv[1]!r} is not one of train.seeds={p.train.seeds}: "
+                            "add it to train.seeds (params.yaml, or `dvc exp run -S "
+                            "'train.seeds=[...]'`) and let `dvc repro` run it.")
+    text_input = argv[2] if len(argv) == 3 else None
+    if names[variant].reads_report != (text_input is not None):
+        raise PipelineError(f"{usage}: the {blind} model reads no report and takes no text "
+                            f"input; {reading} need one; got {argv}")
+    if text_input is not None and text_input not in p.text.inputs:
+        raise PipelineError(params.unknown_input(text_input, p))
+    return Run(variant, int(argv[1]), text_input)
+
+
+def record(p: Params, run: Run) -> dict:
+    """What models/<run>/params.json records: the parameters the run was trained with, its seed
+    as train.seed, its text input as text.input and text.fields (a model that reads a report)
+    and the run itself. Code takes a run's own values from the Run; this is their record."""
+    recorded = params.as_dict(p)
+    if run.text_input:
+        recorded["text"] = {**recorded["text"], "input": run.text_input,
+                            "fields": params.fields_of(run.text_input)}
+    recorded["train"] = {**recorded["train"], "seed": run.seed}
+    recorded["run"] = run.record
+    return recorded
 
 
 def load_csv(path: Path, hint: str, **read_args) -> pd.DataFrame:

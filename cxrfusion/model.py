@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from cxrfusion import params
+from cxrfusion.backbones import weight_tags
 from cxrfusion.common import PipelineError
-from cxrfusion.params import weight_tags
 
 
 def create_backbone(name: str, pretrained: bool | str) -> nn.Module:

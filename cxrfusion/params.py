@@ -20,13 +20,31 @@ from pathlib import Path
 
 import yaml
 
+from cxrfusion.backbones import default_input_size
 from cxrfusion.common import PipelineError
-from cxrfusion.formats import Run
 
 SOURCES = ("demo", "kaggle", "openi", "local", "mimic_cxr")
 POOLINGS = ("cls", "mean")
-VARIANTS = ("fusion", "image", "text")
-EXPLAINED = ("fusion", "image")  # the variants with an image branch for Grad-CAM to explain
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the comparison: a model trained on the same split with the same head, once
+    per seed of train.seeds, and once per text input of text.inputs when it reads a report."""
+    reads_image: bool
+    reads_report: bool
+    title: str    # how tables name it
+    noun: str     # how sentences name it
+    colour: str   # its colour in every figure (matplotlib)
+
+
+# the arms, in the order of every table and figure; each is a train_<name> stage in dvc.yaml
+VARIANTS = {
+    "fusion": Variant(True, True, "fusion", "fusion", "tab:purple"),
+    "image": Variant(True, False, "image only", "the image model", "tab:blue"),
+    "text": Variant(False, True, "text only", "the text model", "tab:orange"),
+}
+EXPLAINED = tuple(v for v, d in VARIANTS.items() if d.reads_image)  # Grad-CAM needs an image
 SELECTIONS = ("best_val_loss", "last")
 FITS = ("pad", "crop", "stretch")  # image.fit: how cxrfusion/imaging.py makes an X-ray square
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
@@ -694,83 +712,9 @@ def resolve(p: dict) -> dict:
     return {**p, "image": {**p["image"], "size": default_input_size(p["model"]["backbone"])}}
 
 
-def default_input_size(name: str) -> int:
-    """The side of the images timm's weights for `name` (name.tag) were trained at: what
-    image.size `auto` caches (e.g. 240 for efficientnet_b1.ra4_e3600_r240_in1k)."""
-    import timm  # here only: every stage reads its parameters, few need timm
-
-    try:
-        cfg = timm.models.get_pretrained_cfg(name)
-    except RuntimeError:
-        cfg = None
-    if cfg is None:
-        raise PipelineError(f"model.backbone={name!r} has no timm pretrained config, so "
-                            "image.size=auto has no default input to follow: set image.size "
-                            f"to a number of px, or name a timm model.tag ({weight_tags(name)}).")
-    return int(cfg.input_size[-1])
-
-
-def weight_tags(name: str) -> str:
-    """The name.tag of every set of weights timm knows for `name`'s architecture, and where
-    else a family's weights live (EfficientNet-B7's ImageNet weights are TensorFlow ports)."""
-    import timm
-
-    arch = name.split(".")[0]
-    tags = timm.list_pretrained(arch + ".*") or timm.list_pretrained("tf_" + arch + ".*")
-    return ", ".join(tags[:8]) or "none"
-
-
-def check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        _fail("variant", variant, "use one of " + ", ".join(VARIANTS))
-    return variant
-
-
-def runs(p: Params, variants=VARIANTS) -> list[Run]:
-    """Every model the parameters ask for: the image model once per seed, fusion and text once
-    per text input and seed (ordered variant, input, seed)."""
-    t = p.train.seeds
-    return list(dict.fromkeys(Run.of(v, s, i) for v in variants for i in p.text.inputs
-                              for s in t))  # the image model once, not once per input
-
-
-def run_of(argv: list[str], p: Params) -> Run:
-    """The run a stage's arguments name: `<variant> <seed> [<text input>]`, checked against
-    the parameters (a seed not in train.seeds, or a text input not in text.inputs, would train
-    a model no comparison reads)."""
-    usage = "arguments: <fusion|image|text> <seed> [<text input>, for fusion and text]"
-    if len(argv) not in (2, 3):
-        raise PipelineError(f"{usage}; got {argv}")
-    variant = check_variant(argv[0])
-    if not argv[1].isdigit() or int(argv[1]) not in p.train.seeds:
-        raise PipelineError(f"seed {argv[1]!r} is not one of train.seeds={p.train.seeds}: "
-                            "add it to train.seeds (params.yaml, or `dvc exp run -S "
-                            "'train.seeds=[...]'`) and let `dvc repro` run it.")
-    text_input = argv[2] if len(argv) == 3 else None
-    if (variant == "image") != (text_input is None):
-        raise PipelineError(f"{usage}: the image model reads no report and takes no text input; "
-                            f"fusion and text need one; got {argv}")
-    if text_input is not None and text_input not in p.text.inputs:
-        raise PipelineError(unknown_input(text_input, p))
-    return Run(variant, int(argv[1]), text_input)
-
-
 def unknown_input(text_input: str, p: Params) -> str:
     return (f"text input {text_input!r} is not one of text.inputs={p.text.inputs}: add it "
             "to text.inputs (params.yaml, or `dvc exp run -S 'text.inputs=[...]'`).")
-
-
-def record(p: Params, run: Run) -> dict:
-    """What models/<run>/params.json records: the parameters the run was trained with, its seed
-    as train.seed, its text input as text.input and text.fields (a model that reads a report)
-    and the run itself. Code takes a run's own values from the Run; this is their record."""
-    recorded = as_dict(p)
-    if run.text_input:
-        recorded["text"] = {**recorded["text"], "input": run.text_input,
-                            "fields": fields_of(run.text_input)}
-    recorded["train"] = {**recorded["train"], "seed": run.seed}
-    recorded["run"] = run.record
-    return recorded
 
 
 def spelled(value) -> str:

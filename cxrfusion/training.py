@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cxrfusion import checkpoint, distributed, params
+from cxrfusion import checkpoint, distributed, formats
 from cxrfusion.augment import Augmenter
 from cxrfusion.common import PipelineError, atomic_path, write_json
 from cxrfusion.dataset import Split
@@ -197,7 +197,7 @@ def summarise_kept_epoch(live, history: list, chosen: int) -> None:
 def save_model(run: Run, p: Params, model: Classifier, best_state: dict, text_dim: int,
                chosen: int, history: list) -> None:
     """models/<run>/: weights (safetensors), how to rebuild them, and params.json, the
-    parameters it was trained with (params.record: with the run's seed and text input)."""
+    parameters it was trained with (formats.record: with the run's seed and text input)."""
     from safetensors.torch import save_file
 
     model.load_state_dict(best_state)
@@ -217,6 +217,6 @@ def save_model(run: Run, p: Params, model: Classifier, best_state: dict, text_di
         tmp.mkdir()
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
         write_json(tmp / CONFIG, config)
-        write_json(tmp / "params.json", params.record(p, run))  # the settings beside the weights
+        write_json(tmp / "params.json", formats.record(p, run))  # the settings beside the weights
         write_json(tmp / "history.json", history)
     checkpoint.remove(run)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrfusion import comparison, params, results
+from cxrfusion import comparison, formats, params, results
 from cxrfusion.common import PipelineError, atomic_path, main, write_json
 from cxrfusion.formats import STUDIES, Run, read_prepared
 from cxrfusion.metrics import choose_threshold, study_predictions
@@ -123,7 +123,7 @@ def training_histories(p: Params) -> tuple[dict, dict]:
 # --- the stage: load, answer, draw, write -----------------------------------------------------
 
 def compare(p: Params) -> dict:
-    scored = {run: read_run(run) for run in params.runs(p)}
+    scored = {run: read_run(run) for run in formats.runs(p)}
     test, val = same_studies(scored, "test"), same_studies(scored, "val")
     same_thresholds(scored)
     labels, patients = test["label"].to_numpy(), patients_of(test["uid"])

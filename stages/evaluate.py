@@ -33,7 +33,7 @@ import sys
 import pandas as pd
 from tqdm import tqdm
 
-from cxrfusion import params
+from cxrfusion import formats, params
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device, write_json
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import Run
@@ -141,7 +141,7 @@ def evaluate(run: Run, p: Params) -> dict:
 
 
 def evaluate_all(argv: list[str], p: Params) -> list[dict]:
-    runs = [params.run_of(argv, p)] if argv else params.runs(p)
+    runs = [formats.run_of(argv, p)] if argv else formats.runs(p)
     untrained = [str(run.models) for run in runs if not (run.models / WEIGHTS).exists()]
     if untrained:  # before scoring any: a half-scored set of runs compares nothing
         raise PipelineError(f"no trained model in {', '.join(untrained)}: train them with "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrfusion import figures, params, reporting, subgroups
+from cxrfusion import figures, formats, params, reporting, subgroups
 from cxrfusion.common import PipelineError, atomic_path, main, write_json
 from cxrfusion.formats import DATA_REPORT, IMAGES_REPORT, read_prepared
 from cxrfusion.metrics import study_predictions
@@ -38,7 +38,7 @@ def read_json(path: Path) -> dict:
 def scored_runs(p: Params) -> dict:
     """Every run's test studies (uid, label, probability) and its validation threshold."""
     out = {}
-    for run in params.runs(p):
+    for run in formats.runs(p):
         if not run.predictions.exists():
             raise PipelineError(f"{run.predictions} not found: run `dvc repro` (evaluate) first.")
         out[run] = (study_predictions(pd.read_csv(run.predictions)),
@@ -50,7 +50,7 @@ def report(p: Params) -> str:
     studies, images = read_prepared()
     flowed = reporting.flow(studies, images, read_json(DATA_REPORT), read_json(IMAGES_REPORT))
     table = reporting.characteristics(studies, p.text.inputs)
-    first = {run.variant: run for run in params.runs(p) if run.seed == p.train.seeds[0]}
+    first = {run.variant: run for run in formats.runs(p) if run.seed == p.train.seeds[0]}
     reproduced = {"changed": reporting.changed_parameters(p), "versions": reporting.versions(),
                   "pins": {run.label: reporting.pins(read_json(run.models / "model.json"))
                            for run in first.values()}}

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from cxrfusion import checkpoint, distributed, params
+from cxrfusion import checkpoint, distributed, formats, params
 from cxrfusion.augment import augmenter
 from cxrfusion.common import PipelineError, main, seed_everything
 from cxrfusion.dataset import load_splits
@@ -135,4 +135,4 @@ def keep_if_best(progress: checkpoint.Progress, row: dict, model, select: str) -
 
 
 if __name__ == "__main__":
-    main(lambda: train(params.run_of(sys.argv[1:], p := params.load()), p))
+    main(lambda: train(formats.run_of(sys.argv[1:], p := params.load()), p))

@@ -12,7 +12,7 @@ import pytest
 from bootstrap_reference import bootstrap_interval, paired_bootstrap
 from mimic_layout import make_mimic
 
-from cxrfusion import figures
+from cxrfusion import figures, formats
 from cxrfusion import params as params_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import STUDIES, STUDY_COLUMNS
@@ -101,7 +101,7 @@ def test_one_group_id_per_study():
 
 
 # --- compare ----------------------------------------------------------------------------------
-# compare reads, for every run of params.runs (the image model per seed; fusion and text per text
+# compare reads, for every run of formats.runs (the image model per seed; fusion and text per text
 # input and seed), metrics/<run>/predictions.csv and test.json (evaluate) and models/<run>/
 # history.json and model.json (train). write_runs writes them, synthetic and seeded;
 # prepared_table writes data/prepared as prepare does. tests/test_compare.py uses both.
@@ -181,9 +181,9 @@ def write_run(run: Run, uids, labels, images_per_study=1, seed: int = 0,
 
 def write_runs(p: dict, uids, labels, images_per_study=1, seed: int = 0,
                skip=(), val=None) -> dict:
-    """write_run for every run of params.runs(p) but those in `skip`: {run: predictions}."""
+    """write_run for every run of formats.runs(p) but those in `skip`: {run: predictions}."""
     return {run: write_run(run, uids, labels, images_per_study, seed, val)
-            for run in params_mod.runs(p) if run not in skip}
+            for run in formats.runs(p) if run not in skip}
 
 
 def prepared_table(uids, labels, patients=None, images: pd.DataFrame | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Stage `compare` (stages/compare.py) on synthetic runs: every run of params.runs written as
+"""Stage `compare` (stages/compare.py) on synthetic runs: every run of formats.runs written as
 evaluate and train write them (test_bootstrap_groups.write_runs), then comparison.json checked
 against numbers computed here from the same files (sklearn, by hand), comparison.md against
 comparison.json, and the refusals' messages. The figures are drawn in one test only."""

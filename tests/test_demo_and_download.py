@@ -527,11 +527,12 @@ def test_params_missing_parameter(params):
         params_mod.validate(p)
 
 
-def test_check_variant():
-    for variant in ("fusion", "image", "text"):
-        assert params_mod.check_variant(variant) == variant
-    with pytest.raises(PipelineError, match="variant='foo'"):
-        params_mod.check_variant("foo")
+def test_variants_table():
+    """Each variant reads something; the pairs compare variants; Grad-CAM explains those that
+    read the image (run_of's refusal of an unknown variant: tests/test_seeds_and_inputs.py)."""
+    assert all(v.reads_image or v.reads_report for v in params_mod.VARIANTS.values())
+    assert {name for pair in params_mod.PAIRS for name in pair} <= set(params_mod.VARIANTS)
+    assert params_mod.EXPLAINED == ("fusion", "image")
 
 
 def test_params_yaml_holds_exactly_the_described_options_at_their_defaults():

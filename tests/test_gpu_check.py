@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrfusion import params
+from cxrfusion import formats, params
 from cxrfusion.formats import TEST_METRICS, Run, text_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +38,11 @@ def one_text_input(args: list[str], p: dict) -> None:  # stages/embed_text.py's 
 
 
 def a_run(args: list[str], p: dict) -> Run:
-    return params.run_of(args, p)
+    return formats.run_of(args, p)
 
 
 def every_run_or_one(args: list[str], p: dict) -> Run | None:  # stages.evaluate.evaluate_all
-    return params.run_of(args, p) if args else None
+    return formats.run_of(args, p) if args else None
 
 
 # What each stage's command line takes (its __main__ block); `reads_argv` keeps this table

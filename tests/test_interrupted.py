@@ -17,8 +17,8 @@ import pytest
 from conftest import first_run
 
 from cxrfusion import figures
-from cxrfusion.formats import read_text_cache, text_cache, text_cache_attrs
-from cxrfusion.params import fields_of, runs
+from cxrfusion.formats import read_text_cache, runs, text_cache, text_cache_attrs
+from cxrfusion.params import fields_of
 from stages import compare, demo_encoder, embed_text, evaluate
 from stages.train import train
 

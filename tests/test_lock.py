@@ -60,8 +60,9 @@ def expanded_names(pipeline: dict, params: dict) -> set[str]:
 
 
 def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
-    """One train stage per run (cxrfusion.params.runs), named by Run.key; one evaluate for all."""
-    from cxrfusion.params import built, runs
+    """One train stage per run (cxrfusion.formats.runs), named by Run.key; one evaluate for all."""
+    from cxrfusion.formats import runs
+    from cxrfusion.params import built
 
     names = expanded_names(PIPELINE, PARAMS)
     every = runs(built(PARAMS))

@@ -38,7 +38,8 @@ def _declared() -> set[str]:
     """Every output path of dvc.yaml, its matrices expanded with params.yaml's values."""
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    from cxrfusion.params import built, runs
+    from cxrfusion.formats import runs
+    from cxrfusion.params import built
 
     out = set()
     for stage in pipeline.values():

@@ -30,6 +30,7 @@ from repos import (
 from repos import run as _run
 from repos import run_stdout as _run_stdout
 
+from cxrfusion import formats
 from cxrfusion import params as params_mod
 from cxrfusion.formats import Run
 
@@ -47,7 +48,7 @@ WORKSPACE_CHECKS = (["-m", "committed", "tests/test_readme.py", "tests/test_lock
 
 def runs(p: dict) -> list[Run]:
     """The runs a params.yaml's parameters (a dict: this file writes params.yaml) ask for."""
-    return params_mod.runs(params_mod.built(p))
+    return formats.runs(params_mod.built(p))
 
 
 def stage_names(p: dict) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrfusion import params, plot_page
+from cxrfusion import formats, params, plot_page
 from cxrfusion.common import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_the_charts_name_every_run_params_yaml_asks_for():
         "metrics/figures", "metrics/explain/grid.png", "metrics/report/flow.png"]
     assert set(yaml.safe_load((ROOT / "metrics/dvc.yaml").read_text())) == {"plots"}  # no stages
     p = params.load(ROOT / "params.yaml")
-    runs = params.runs(p)
+    runs = formats.runs(p)
     expected: dict[str, dict] = {}
     for kind, column in (("roc", "tpr"), ("pr", "precision"), ("confusion", "actual")):
         for text_input in p.text.inputs:  # the image model beside each text input's
@@ -147,7 +147,7 @@ def test_every_chart_reads_in_words_and_names_its_runs(revisions, monkeypatch):
     seed and studies (training or validation), and by revision when there are several."""
     monkeypatch.chdir(ROOT)
     p = params.load(ROOT / "params.yaml")
-    runs = params.runs(p)
+    runs = formats.runs(p)
     declared = _declared()
     renderers = _renderers(revisions)
     charts = {r.name: r for r in renderers if r.TYPE == "vega"}

@@ -17,8 +17,7 @@ from conftest import built_project
 from test_bootstrap_groups import write_runs
 
 from cxrfusion import reporting
-from cxrfusion.formats import DATA_REPORT, IMAGES, IMAGES_REPORT, STUDIES
-from cxrfusion.params import runs
+from cxrfusion.formats import DATA_REPORT, IMAGES, IMAGES_REPORT, STUDIES, runs
 from stages.prepare import split_counts
 from stages.report import REPORT, SUBGROUPS, report
 

@@ -20,8 +20,8 @@ from conftest import ROOT, first_run, frozen_project
 
 from cxrfusion import params as params_mod
 from cxrfusion.common import PipelineError
-from cxrfusion.formats import Run, read_text_cache, text_cache
-from cxrfusion.params import as_dict, fields_of, record, run_of, runs, validate
+from cxrfusion.formats import Run, read_text_cache, record, run_of, runs, text_cache
+from cxrfusion.params import as_dict, fields_of, validate
 
 FI, IND = "findings+impression", "indication"
 

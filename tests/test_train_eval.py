@@ -15,9 +15,9 @@ from sklearn import metrics as skm
 from cxrfusion import metrics as metrics_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.dataset import load_splits
-from cxrfusion.formats import text_cache
+from cxrfusion.formats import record, text_cache
 from cxrfusion.model import load_model, reads
-from cxrfusion.params import as_dict, record
+from cxrfusion.params import as_dict
 from cxrfusion.scoring import score
 from stages.evaluate import evaluate
 from stages.train import train
@@ -390,7 +390,7 @@ def _write_predictions(run, uids, labels) -> None:
 
 
 def _every_run(params):
-    from cxrfusion.params import runs
+    from cxrfusion.formats import runs
 
     every = runs(params)
     assert len(every) == 2 + 2 * 2 * 2  # image per seed, fusion and text per input and seed
