@@ -170,12 +170,24 @@ def fingerprint_casing(fingerprint: str) -> tuple[str, bool | None]:
     return fingerprint, None
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """cls: the [CLS] vector (position 0); mean: average over real tokens only."""
-    if pooling == "cls":
-        return hidden[:, 0]
+def cls_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The [CLS] vector (position 0) of the last layer."""
+    return hidden[:, 0]
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The average over real tokens only (padding masked out)."""
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+# text.pooling: how the encoder's last hidden states (batch, tokens, width) become one vector a
+# report; params.py's POOLINGS holds the same names (tests/test_registries.py keeps them in step)
+POOLINGS = {"cls": cls_pool, "mean": mean_pool}
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    return POOLINGS[pooling](hidden, mask)
 
 
 def embed(texts: list[str], tokenizer, model, pooling: str, max_length: int, batch_size: int,

@@ -6,8 +6,8 @@
             data/raw/indiana_projections.csv    one row per image (uid, filename, projection)
             data/raw/images/images_normalized/  the images (kaggle, local, mimic_cxr: a link)
 
-Each source is a module of cxrfusion.sources. The real images (14 GB) are never copied:
-data/raw/images links to the Kaggle cache or to `data.local_dir`.
+Each source is a module of cxrfusion.sources, named in its table `SOURCES`. The real images
+(14 GB) are never copied: data/raw/images links to the Kaggle cache or to `data.local_dir`.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 
 from cxrfusion import params
-from cxrfusion.common import PipelineError, atomic_path, main
+from cxrfusion.common import atomic_path, main
 from cxrfusion.formats import RAW
 from cxrfusion.params import Params
-from cxrfusion.sources import demo, kaggle, mimic, openi
+from cxrfusion.sources import SOURCES
 
 log = logging.getLogger("download")
 
@@ -26,20 +26,7 @@ log = logging.getLogger("download")
 def download(p: Params, out: Path = RAW) -> None:
     source = p.data.source
     with atomic_path(out) as tmp:  # a failed download leaves the previous data/raw intact
-        if source == "demo":
-            d = p.demo
-            demo.generate(tmp, d.studies, d.image_size, d.label_noise, d.seed)
-        elif source == "kaggle":
-            kaggle.from_kaggle(tmp)
-        elif source == "openi":
-            openi.from_openi(tmp, p.data.openi_url)
-        elif source == "local":
-            src = Path(p.data.local_dir).expanduser()
-            if not src.is_dir():
-                raise PipelineError(f"data.local_dir={str(src)!r} is not a folder.")
-            kaggle.link_kaggle_layout(src, tmp)
-        elif source == "mimic_cxr":
-            mimic.convert(p.data.local_dir, tmp)
+        SOURCES[source](p, tmp)
     log.info("data/raw ready from source %r", source)
 
 

@@ -19,9 +19,9 @@ from cxrfusion import params as params_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import IMAGES_SUBDIR, PROJECTIONS_CSV, REPORTS_CSV
 from cxrfusion.sources import demo as demo_data
+from cxrfusion.sources import kaggle
 from cxrfusion.sources.openi import parse_openi_report, safe_extract
 from cxrfusion.studies import join_text, label_of
-from stages import download as download_mod
 from stages.download import download
 from stages.prepare import prepare
 
@@ -245,7 +245,7 @@ def test_kaggle_without_network_explains_what_to_do(workdir, params, monkeypatch
     assert "kaggle.json" in message
     assert "KAGGLE_USERNAME" in message
     assert "data.source=local" in message
-    assert download_mod.kaggle.KAGGLE_DATASET in message
+    assert kaggle.KAGGLE_DATASET in message
     assert SECRET not in message
     assert SECRET not in "".join(traceback.format_exception(err.value))
     assert not Path("data/raw").exists()

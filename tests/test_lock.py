@@ -126,20 +126,32 @@ def test_dvc_lock_records_the_code_and_params_in_the_checkout(name):
         assert now == value, f"{name}: params.yaml {key} is not what dvc.lock recorded"
 
 
+def _file(module: str) -> Path | None:
+    """The file of a project module: a/b.py, or a/b/__init__.py for a package below the top
+    (cxrfusion.sources, whose __init__ runs on importing any of its modules)."""
+    path = ROOT / Path(*module.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    if "." in module and (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return None
+
+
 def _imports(module: str) -> set[str]:
-    """The project's modules `module` imports, directly or through others."""
+    """The project's modules `module` imports, directly or through others (and the packages
+    they sit in)."""
     seen, todo = set(), [module]
     while todo:
-        path = ROOT / Path(*todo.pop().split(".")).with_suffix(".py")
+        path = _file(todo.pop())
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+            names += [name.rsplit(".", i)[0] for name in names for i in range(1, name.count("."))]
             for name in names:
-                if name.split(".")[0] in PACKAGES and name not in seen and \
-                        (ROOT / Path(*name.split("."))).with_suffix(".py").is_file():
+                if name.split(".")[0] in PACKAGES and name not in seen and _file(name):
                     seen.add(name)
                     todo.append(name)
     return seen
@@ -158,8 +170,11 @@ def code_deps_problems(name: str, stage: dict) -> list[str]:
     others = {m for m in modules if m.startswith("stages.")} - {f"stages.{program}"}
     if others:
         problems.append(f"{name}: stages.{program} imports the stage module(s) {sorted(others)}")
-    needed = {str(Path(*m.split(".")).with_suffix(".py")) for m in modules}
+    needed = {str(_file(m).relative_to(ROOT)) for m in modules}
     listed = {d for d in body["deps"] if isinstance(d, str) and d.endswith(".py")}
+    listed |= {str(f.relative_to(ROOT)) for d in body["deps"]  # a package listed as a folder
+               if isinstance(d, str) and d.startswith("cxrfusion/") and (ROOT / d).is_dir()
+               for f in (ROOT / d).rglob("*.py")}
     if needed - listed:
         problems.append(f"{name} imports {sorted(needed - listed)}, not in its deps")
     if listed - needed:
