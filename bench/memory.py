@@ -6,7 +6,7 @@
 Builds, in a temporary folder, what `train` reads for IU X-ray at full size: data/prepared
 (3,851 studies, 7,466 images, the default split fractions), features/images.h5 (random uint8
 images at --size px), the text cache of the first text input (features/text/<input>.h5; 768-dim
-vectors, as BioBERT's) and features/images_report.json, with the stages' own writers. Then,
+vectors, as BioBERT's) and features/images_counts.json, with the stages' own writers. Then,
 each in a child process of its own, measures the peak resident memory (ru_maxrss, via wait4):
   loading   what `train` does before its first step: `load_splits` of the rows it trains on
             (the host memory a GPU run needs; printed also above the imports' own peak);
@@ -86,7 +86,7 @@ MAKE_DATA = textwrap.dedent("""
     attrs = {**formats.text_cache_attrs(*text), "revision": "None",
              "fingerprint": "sha256:synthetic", "dim": 768}
     formats.write_text_cache(cache, uids, rng.standard_normal((n_studies, 768)), attrs)
-    with open(formats.IMAGES_REPORT, "w") as f:  # what cache_images reports
+    with open(formats.IMAGES_COUNTS, "w") as f:  # what cache_images reports
         json.dump({"cached": n_images, "skipped": 0, "skipped_files": [], "skipped_images": []}, f)
 """)
 

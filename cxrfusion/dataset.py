@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader, Dataset
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import (
     IMAGES,
+    IMAGES_COUNTS,
     IMAGES_H5,
-    IMAGES_REPORT,
     SPLITS,
+    read_image_counts,
     read_image_filenames,
     read_image_rows,
-    read_images_report,
     read_prepared,
     read_skipped_images,
     read_text_cache,
@@ -185,7 +185,7 @@ def _without_skipped(rows: pd.DataFrame, uses_image: bool) -> pd.DataFrame:
     """`rows` less the images `cache_images` skipped as unreadable (image.skip_bad), for every
     variant, so that all variants train and are scored on the same rows. A variant that reads
     images checks the image cache itself; the text variant reads the list of skipped images
-    from features/images_report.json (it must not depend on the pixels)."""
+    from features/images_counts.json (it must not depend on the pixels)."""
     if uses_image:
         cached = rows["filename"].isin(read_image_filenames(IMAGES_H5)).to_numpy()
         if not cached.all():
@@ -196,14 +196,14 @@ def _without_skipped(rows: pd.DataFrame, uses_image: bool) -> pd.DataFrame:
                     f"(first: {rows.loc[stale, 'filename'].iloc[0]}): it was made from another "
                     "images.csv; rebuild it with `dvc repro cache_images`.")
     else:
-        report = read_images_report(IMAGES_REPORT)
-        unknown = set(report["skipped_images"]) - set(rows["filename"])
-        if report["cached"] + report["skipped"] != len(rows) or unknown:
+        counts = read_image_counts(IMAGES_COUNTS)
+        unknown = set(counts["skipped_images"]) - set(rows["filename"])
+        if counts["cached"] + counts["skipped"] != len(rows) or unknown:
             raise PipelineError(
-                f"{IMAGES_REPORT} counts {report['cached'] + report['skipped']} images but "
+                f"{IMAGES_COUNTS} counts {counts['cached'] + counts['skipped']} images but "
                 f"{IMAGES} has {len(rows)}: it was made from another images.csv; rebuild it "
                 "with `dvc repro cache_images`.")
-        cached = ~rows["filename"].isin(report["skipped_images"]).to_numpy()
+        cached = ~rows["filename"].isin(counts["skipped_images"]).to_numpy()
     if not cached.all():
         log.warning("%d images of %s were skipped as unreadable by cache_images: left out",
                     (~cached).sum(), IMAGES)

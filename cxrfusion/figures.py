@@ -534,7 +534,7 @@ def _arrow(ax, start, box, start_box=None) -> None:
 
 
 def flow_diagram(flowed: dict, path) -> None:
-    """The participant flow (reporting.flow) as a diagram: read, excluded, kept, skipped,
+    """The participant flow (study_report.flow) as a diagram: read, excluded, kept, skipped,
     then one box per split."""
     f = flowed
     excluded = "\n".join(f"{why}: {n}" for why, n in f["dropped"].items())

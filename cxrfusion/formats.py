@@ -38,11 +38,11 @@ IMAGES_SUBDIR = Path("images/images_normalized")  # the Kaggle layout
 PREPARED = Path("data/prepared")
 STUDIES = PREPARED / "studies.csv"
 IMAGES = PREPARED / "images.csv"
-DATA_REPORT = PREPARED / "report.json"
+PREPARED_COUNTS = PREPARED / "counts.json"  # what prepare read, dropped and kept
 
 TEXT_DIR = Path("features/text")  # text/<input>.h5: one cache per text input
 IMAGES_H5 = Path("features/images.h5")
-IMAGES_REPORT = Path("features/images_report.json")
+IMAGES_COUNTS = Path("features/images_counts.json")
 
 SPLITS = ("train", "val", "test")  # the values of the `split` column
 STUDY_COLUMNS = ["uid", "label", "split", "n_images", "views", "mesh"]  # + the report fields
@@ -288,8 +288,8 @@ def read_skipped_images(path) -> np.ndarray:
         return f["skipped"].asstr()[:] if "skipped" in f else np.array([], dtype=str)
 
 
-def read_images_report(path) -> dict:
-    """What `cache_images` cached and skipped (images_report.json: `cached`, `skipped`,
+def read_image_counts(path) -> dict:
+    """What `cache_images` cached and skipped (images_counts.json: `cached`, `skipped`,
     `skipped_images`), for readers that must not depend on the pixels (the text variant)."""
     import json
 

@@ -53,7 +53,7 @@ FUSIONS = ("concat", "projector", "gated")
 AUGMENTS = ("none", "affine", "affine+jitter")  # train.augment (cxrfusion/augment.py)
 # evaluate.threshold: the rules choose_threshold applies on validation (cxrfusion/metrics.py)
 THRESHOLD_RULES = ("youden", "max_f1")
-SUBGROUPS = ("view", "images", "words")  # report.subgroups (cxrfusion/subgroups.py)
+SUBGROUPS = ("view", "images", "words")  # study_report.subgroups (cxrfusion/subgroups.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -374,7 +374,7 @@ class Image:
                       "the lung bases of tall films) | stretch (the original's Resize((224, "
                       "224)): squashes the heart-to-chest width ratio of cardiomegaly)")
     skip_bad: bool = option(False, switch, "true: skip unreadable images (counted in "
-                            "features/images_report.json) instead of stopping")
+                            "features/images_counts.json) instead of stopping")
     pretrained: bool | str = option(False, weights, "load timm's ImageNet weights for the "
                                     "backbone: true, false or the path of a weights file (the "
                                     "real study: true)")
@@ -548,8 +548,8 @@ class Explain:
 
 
 @dataclass
-class Report:
-    """Stage `report`: the study report, metrics/report.md."""
+class StudyReport:
+    """Stage `study_report`: the study report, metrics/study_report.md."""
     subgroups: list = option(SUBGROUPS, subgroup_kinds, "subgroups of the test studies on which "
                              "each model's AUROC and the family's differences are scored, in "
                              "the comparison's bootstrap rounds (exploratory, outside the "
@@ -577,7 +577,7 @@ class Params:
     evaluate: Evaluate = field(default_factory=Evaluate)
     compare: Compare = field(default_factory=Compare)
     explain: Explain = field(default_factory=Explain)
-    report: Report = field(default_factory=Report)
+    study_report: StudyReport = field(default_factory=StudyReport)
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Params)}  # params.yaml's, in its order
@@ -618,7 +618,9 @@ def _replaced(p: dict) -> None:
                       "[findings+impression, indication])"),
                      ("train.seed", "train.seeds (a list, e.g. [0, 1, 2])"),
                      ("evaluate.bootstrap", "compare.bootstrap"),
-                     ("evaluate.seed", "compare.seed")):
+                     ("evaluate.seed", "compare.seed"),
+                     ("report.subgroups", "study_report.subgroups"),
+                     ("report.min_per_label", "study_report.min_per_label")):
         section, key = old.split(".")
         if key in (p.get(section) or {}):
             raise PipelineError(f"parameter {old} was replaced by {new}: replace {old} in "

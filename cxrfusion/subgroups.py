@@ -1,5 +1,5 @@
-"""Robustness by subgroup (report.subgroups): which test studies form each subgroup, and the
-table of each model's AUROC and the family's AUROC differences on them (stage `report`).
+"""Robustness by subgroup (study_report.subgroups): which test studies form each subgroup, and the
+table of each model's AUROC and the family's AUROC differences on them (stage `study_report`).
 
 The subgroups are fixed before any test study is read: a lateral view or not, one image or
 several, and report-length tertiles of each text input cut on the training studies. They are
@@ -66,13 +66,13 @@ def tertiles(train: pd.Series, test: pd.Series, text_input: str) -> dict:
 
 def score(studies: pd.DataFrame, scored: dict, p: Params) -> tuple[dict, list[str]]:
     """({text input: {subgroup: on_subgroups' result, or its studies and abnormal count where
-    fewer than report.min_per_label of a label leave it unscored}}, the kinds left out).
+    fewer than study_report.min_per_label of a label leave it unscored}}, the kinds left out).
     `scored`: {Run: (test studies: uid, label, probability; threshold)}, every run on the same
     test studies; drawn as compare draws them (compare.bootstrap, .seed, .alpha; patients)."""
     first = next(iter(scored.values()))[0]
     uids, labels = first["uid"].to_numpy(), first["label"].to_numpy()
-    groups, left_out = members(studies, uids, p.report.subgroups, p.text.inputs)
-    minimum = p.report.min_per_label
+    groups, left_out = members(studies, uids, p.study_report.subgroups, p.text.inputs)
+    minimum = p.study_report.min_per_label
     scorable = {name: m for name, m in groups.items()
                 if min(labels[m].sum(), (1 - labels[m]).sum()) >= minimum}
     patients = (studies.set_index("uid").loc[uids, "patient"].to_numpy()

@@ -6,7 +6,7 @@ patient instead (every study of a patient in one split; studies.csv then keeps `
 with `split.official`, the dataset's own split (column `official_split`).
 
 Writes the contract every later stage reads (see cxrfusion/formats.py):
-  data/prepared/studies.csv, data/prepared/images.csv, data/prepared/report.json
+  data/prepared/studies.csv, data/prepared/images.csv, data/prepared/counts.json
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import pandas as pd
 from cxrfusion import params
 from cxrfusion.common import PipelineError, atomic_path, main, write_json
 from cxrfusion.formats import (
-    DATA_REPORT,
     IMAGE_COLUMNS,
     IMAGES,
     PREPARED,
+    PREPARED_COUNTS,
     PROJECTIONS_CSV,
     RAW,
     REPORTS_CSV,
@@ -103,11 +103,11 @@ def join_images(studies: pd.DataFrame, projections: pd.DataFrame) -> pd.DataFram
 
 def summarise(reports: pd.DataFrame, projections: pd.DataFrame, studies: pd.DataFrame,
               images: pd.DataFrame, inputs: list[str]) -> dict:
-    """report.json: what was read, dropped and kept, and what each split holds."""
+    """counts.json: what was read, dropped and kept, and what each split holds."""
     unlabelled = reports["label"].isna()
     unindexed = reports["MeSH"].fillna("").str.strip().str.lower() == UNINDEXED
     by_patient = "patient" in studies.columns
-    report = {
+    counts = {
         "studies": len(studies), "images": len(images),
         "abnormal_fraction": round(float(studies["label"].mean()), 4),
         "dropped": {
@@ -121,8 +121,8 @@ def summarise(reports: pd.DataFrame, projections: pd.DataFrame, studies: pd.Data
         "by_view": {v: int(n) for v, n in images["view"].value_counts().sort_index().items()},
     }
     if by_patient:
-        report["patients"] = int(studies["patient"].nunique())
-    return report
+        counts["patients"] = int(studies["patient"].nunique())
+    return counts
 
 
 def prepare(p: Params, raw: Path = RAW, out: Path = PREPARED) -> dict:
@@ -136,21 +136,21 @@ def prepare(p: Params, raw: Path = RAW, out: Path = PREPARED) -> dict:
     check_split_sizes(studies, p.split)
     studies = studies.sort_values("uid")
     images = join_images(studies, projections)
-    report = summarise(reports, projections, studies, images, inputs)
+    counts = summarise(reports, projections, studies, images, inputs)
 
     with atomic_path(out) as tmp:
         tmp.mkdir()
         columns = STUDY_COLUMNS + fields + (["patient"] if "patient" in studies.columns else [])
         studies[columns].to_csv(tmp / STUDIES.name, index=False)
         images[IMAGE_COLUMNS].to_csv(tmp / IMAGES.name, index=False)
-        write_json(tmp / DATA_REPORT.name, report)
-    for text_input, empty in report["studies_with_empty_text"].items():
+        write_json(tmp / PREPARED_COUNTS.name, counts)
+    for text_input, empty in counts["studies_with_empty_text"].items():
         if empty:
             log.warning("%d studies have no %s: the encoder sees an empty report for them",
                         empty, text_input)
     log.info("prepared %d studies, %d images; split %s", len(studies), len(images),
-             {s: v["studies"] for s, v in report["by_split"].items()})
-    return report
+             {s: v["studies"] for s, v in counts["by_split"].items()})
+    return counts
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def test_cached_features_match_the_prepared_tables(cached):
     raw = formats.RAW / formats.IMAGES_SUBDIR
     for k in (0, len(images) // 2, len(images) - 1):
         np.testing.assert_array_equal(pixels[k], load_xray(raw / names[k], size, fit))
-    report = json.loads(formats.IMAGES_REPORT.read_text())
+    report = json.loads(formats.IMAGES_COUNTS.read_text())
     assert report == {"cached": len(images), "skipped": 0, "skipped_files": [],
                       "skipped_images": []}
 
@@ -378,7 +378,7 @@ def test_cache_images_skip_bad(tmp_path, image_dir):
 
 
 def test_cache_images_stage_reports_skipped(prepared):
-    """The stage writes features/images_report.json with the skipped files when skip_bad."""
+    """The stage writes features/images_counts.json with the skipped files when skip_bad."""
     from stages import cache_images
 
     cached = prepared
@@ -393,7 +393,7 @@ def test_cache_images_stage_reports_skipped(prepared):
 
     cached.image.skip_bad = True
     cache_images.cache_images(cached)
-    report = json.loads(formats.IMAGES_REPORT.read_text())
+    report = json.loads(formats.IMAGES_COUNTS.read_text())
     assert report["cached"] == len(images) - 1 and report["skipped"] == 1
     assert images["filename"].iloc[1] in report["skipped_files"][0]
     names, _ = read_image_cache(formats.IMAGES_H5)

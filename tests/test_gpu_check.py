@@ -49,7 +49,7 @@ def every_run_or_one(args: list[str], p: dict) -> Run | None:  # stages.evaluate
 # honest: a stage that starts reading arguments, or stops, fails test_the_table_matches_the_stages.
 STAGES = {"download": no_arguments, "prepare": no_arguments, "demo_encoder": no_arguments,
           "cache_images": no_arguments, "compare": no_arguments, "explain": no_arguments,
-          "report": no_arguments,
+          "study_report": no_arguments,
           "embed_text": one_text_input, "train": a_run, "evaluate": every_run_or_one}
 
 

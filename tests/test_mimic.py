@@ -460,12 +460,12 @@ def test_dvc_repro_on_mimic(tmp_path):
                for m in (repo / "models" / variant).rglob("model.safetensors")]
     assert trained == ["text/findings+impression/seed-0"]  # only what was asked
     assert scores["study"]["n"] == expected_test == 16
-    images = json.loads((repo / "features/images_report.json").read_text())
+    images = json.loads((repo / "features/images_counts.json").read_text())
     assert images["cached"] == len(pd.read_csv(repo / "data/prepared/images.csv"))
     studies = pd.read_csv(repo / "data/prepared/studies.csv", dtype=str, keep_default_na=False)
     assert studies.groupby("patient")["split"].nunique().max() == 1
     assert (studies["split"] == "test").sum() == expected_test
-    report = json.loads((repo / "data/prepared/report.json").read_text())
+    report = json.loads((repo / "data/prepared/counts.json").read_text())
     assert report["patients"] == 30 and report["by_split"]["test"]["studies"] == expected_test
     # the images were read through the link, never copied, and are still there
     raw = repo / "data/raw"
@@ -478,7 +478,7 @@ def test_dvc_repro_on_mimic(tmp_path):
     dvc(repo, "repro")
     comparison = json.loads((repo / "metrics/comparison.json").read_text())
     assert comparison["resampled"] == "patients" and comparison["test_studies"] == 16
-    text = (repo / "metrics/report.md").read_text()
+    text = (repo / "metrics/study_report.md").read_text()
     assert "The dataset's official split" in text and "Patients are not named" not in text
     flow = {}
     for line in text.split("| split | studies |")[1].splitlines()[2:5]:
@@ -493,4 +493,4 @@ def test_dvc_repro_on_mimic(tmp_path):
         assert f"**Text input {text_input}**" in text
         assert f"**Fusion against the image model, text input {text_input}**" in text
     assert "| with a lateral view |" in text  # MIMIC names views: PA, AP, LATERAL, LL
-    assert (repo / "metrics/report/flow.png").stat().st_size > 0
+    assert (repo / "metrics/study_report/flow.png").stat().st_size > 0

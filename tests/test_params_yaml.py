@@ -63,8 +63,9 @@ def test_a_changed_description_changes_the_file(monkeypatch):
     after = params_yaml.render_yaml()
     assert after != before
     assert "  rotation: 10            # a description written by this test\n" in after
-    monkeypatch.setattr(params.Report, "__doc__", "a section description written by this test")
-    assert "report:                   # a section description written by this test\n" in (
+    monkeypatch.setattr(params.StudyReport, "__doc__", "a section description written by this "
+                        "test")
+    assert "study_report:             # a section description written by this test\n" in (
         params_yaml.render_yaml())
 
 
@@ -88,7 +89,7 @@ def test_the_command_prints_and_writes_the_file(tmp_path, capsys):
 
 # --- the docs name and state the options as params.py describes them ----------------------------
 
-FILE_SUFFIXES = {"json", "py", "safetensors", "yaml", "csv", "h5", "md", "png"}  # report.json...
+FILE_SUFFIXES = {"json", "py", "safetensors", "yaml", "csv", "h5", "md", "png"}  # counts.json...
 
 
 def test_the_docs_name_only_options_that_exist():

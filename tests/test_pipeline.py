@@ -57,7 +57,7 @@ def stage_names(p: dict) -> list[str]:
     return (["download", "prepare", "demo_encoder"]
             + [f"embed_text@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
             + [f"train_{r.variant}@{r.key}" for r in every] + ["evaluate", "compare", "explain",
-                                                                   "report"])
+                                                                   "study_report"])
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_the_demo_run_writes_every_output(demo):
     assert explained["threshold"] == json.loads(
         (repo / explained_run.test_metrics).read_text())["threshold"]
     assert {"grid.png", "heatmaps.csv"} <= {p.name for p in (repo / "metrics/explain").iterdir()}
-    for path in ["data/prepared/report.json", "features/images_report.json", "features/images.h5",
+    for path in ["data/prepared/counts.json", "features/images_counts.json", "features/images.h5",
                  "models/demo_encoder", "dvc.lock"] + [
                  f"features/text/{i}.h5" for i in params["text"]["inputs"]]:
         assert (repo / path).exists(), path
@@ -262,8 +262,8 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
             changed[section][key] = value
         (demo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
         stale = set(_status(demo))
-        assert "report" in stale  # it lists every parameter that differs: it reads them all
-        return stale - {"report"}
+        assert "study_report" in stale  # it lists every parameter that differs: reads them all
+        return stale - {"study_report"}
 
     def named(*prefixes: str) -> set:
         return {s for s in stages if s.startswith(prefixes)}
@@ -329,8 +329,8 @@ def test_every_stage_made_again_gives_the_same_bytes(demo, tmp_path):
     params = _params(repo)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     metrics = sorted(str(p.relative_to(repo)) for p in (repo / "metrics").rglob("*.json")) + [
-        "data/prepared/report.json", "features/images_report.json", "metrics/comparison.md",
-        "metrics/report.md"]
+        "data/prepared/counts.json", "features/images_counts.json", "metrics/comparison.md",
+        "metrics/study_report.md"]
     assert len(metrics) >= 2 + 2 * len(runs(params))
     first = {path: (repo / path).read_bytes() for path in metrics}
     stages = stage_names(params)
@@ -354,12 +354,12 @@ def test_a_changed_threshold_reruns_the_evaluation_alone(demo, tmp_path):
     params = _params(repo)
     params["evaluate"]["threshold"] = 0.4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert set(_status(repo)) == {"evaluate", "compare", "report"}
+    assert set(_status(repo)) == {"evaluate", "compare", "study_report"}
     redone = dvc(repo, "repro", "evaluate")
     assert {s for s in stage_names(params) if f"Running stage '{s}'" in redone} == {"evaluate"}
     test = json.loads((repo / Run("fusion", 0, "findings+impression").test_metrics).read_text())
     assert test["threshold"] == 0.4 and test["threshold_rule"] == "fixed"
-    assert set(_status(repo)) == {"compare", "explain", "report"}  # the report lists the
+    assert set(_status(repo)) == {"compare", "explain", "study_report"}  # the report lists the
     # changed threshold
 
 
@@ -394,7 +394,7 @@ def test_the_workspace_checks_pass_after_a_repro_with_other_rounding(demo, tmp_p
     before = (repo / "metrics/predictions/image/seed-0.csv").read_bytes()
     commands = pipeline_commands(repo)
     downstream = list(commands)[-4:]  # in pipeline order: evaluate and the stages after it
-    assert set(downstream) == {"evaluate", "compare", "explain", "report"}
+    assert set(downstream) == {"evaluate", "compare", "explain", "study_report"}
     remake(repo, [commands[s] for s in downstream], extra_env=OTHER_ROUNDING)
     dvc(repo, "commit", "--force")
     assert _status(repo) == {}

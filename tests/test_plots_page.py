@@ -85,7 +85,7 @@ def test_the_charts_name_every_run_params_yaml_asks_for():
     and must follow train.seeds and text.inputs (and what evaluate and DVCLive write). The
     root dvc.yaml declares the figures only (compare's, Grad-CAM's grid, the report's flow)."""
     assert yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] == [
-        "metrics/figures", "metrics/explain/grid.png", "metrics/report/flow.png"]
+        "metrics/figures", "metrics/explain/grid.png", "metrics/study_report/flow.png"]
     assert set(yaml.safe_load((ROOT / "metrics/dvc.yaml").read_text())) == {"plots"}  # no stages
     p = params.load(ROOT / "params.yaml")
     runs = formats.runs(p)

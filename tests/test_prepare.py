@@ -74,7 +74,7 @@ def read_out(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     studies = pd.read_csv(out / "studies.csv", keep_default_na=False,
                           dtype={f: str for f in TEXT_FIELDS})
     images = pd.read_csv(out / "images.csv", keep_default_na=False)
-    return studies, images, json.loads((out / "report.json").read_text())
+    return studies, images, json.loads((out / "counts.json").read_text())
 
 
 # --- the label rule ---------------------------------------------------------------------------
@@ -411,7 +411,7 @@ def test_prepare_error_keeps_previous_output(tmp_path, params):
 # --- the data report --------------------------------------------------------------------------
 
 def test_prepared_demo_report_is_consistent(prepared):
-    rep = json.loads(Path("data/prepared/report.json").read_text())
+    rep = json.loads(Path("data/prepared/counts.json").read_text())
     studies = pd.read_csv("data/prepared/studies.csv", keep_default_na=False)
     images = pd.read_csv("data/prepared/images.csv", keep_default_na=False)
     raw_reports = pd.read_csv("data/raw/indiana_reports.csv")

@@ -119,11 +119,12 @@ def test_record_names_the_run_without_touching_the_parameters(params):
 @pytest.mark.parametrize("old, value, replacement", [
     ("text.fields", ["findings", "impression"], "text.inputs"),
     ("train.seed", 0, "train.seeds"),
+    ("report.subgroups", ["view"], "study_report.subgroups"),  # the section renamed
 ])
 def test_a_replaced_parameter_is_refused_by_name(params, old, value, replacement):
     section, key = old.split(".")
     p = as_dict(params)  # a params.yaml that still names the old option
-    p[section][key] = value
+    p.setdefault(section, {})[key] = value
     with pytest.raises(PipelineError, match=rf"parameter {re.escape(old)} was replaced by "
                                             rf"{re.escape(replacement)}.*replace {re.escape(old)}"):
         validate(p)

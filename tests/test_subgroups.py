@@ -128,11 +128,11 @@ def test_tied_tertiles_merge_and_unknown_views_are_left_out_with_the_reason():
 
 
 def test_params_refuse_an_unknown_subgroup(params):
-    params.report.subgroups = ["view", "age"]
-    with pytest.raises(PipelineError, match="report.subgroups"):
+    params.study_report.subgroups = ["view", "age"]
+    with pytest.raises(PipelineError, match="study_report.subgroups"):
         params_mod.validate(params)
-    params.report.subgroups = []
+    params.study_report.subgroups = []
     params_mod.validate(params)
-    params.report.min_per_label = 0
-    with pytest.raises(PipelineError, match="report.min_per_label"):
+    params.study_report.min_per_label = 0
+    with pytest.raises(PipelineError, match="study_report.min_per_label"):
         params_mod.validate(params)

@@ -365,7 +365,7 @@ def test_skipped_images_leave_all_variants_the_same_rows(cached):
     Path("data/raw/images/images_normalized", broken).write_bytes(b"not a png")
     cached.image.skip_bad = True
     cache_images.cache_images(cached)
-    assert json.loads(Path("features/images_report.json").read_text())["skipped"] == 1
+    assert json.loads(Path("features/images_counts.json").read_text())["skipped"] == 1
 
     by_variant = {v: splits_of(cached, v)[0]
                   for v in ("fusion", "image", "text")}
@@ -446,7 +446,7 @@ def test_an_image_cache_of_another_images_csv_is_refused(cached):
                                                 r"cache_images"):
             splits_of(cached, variant)
     # the text variant reads no pixels, only the list of skipped images, which is stale too
-    with pytest.raises(PipelineError, match=r"features/images_report.json counts \d+ images but "
+    with pytest.raises(PipelineError, match=r"features/images_counts.json counts \d+ images but "
                                             r"data/prepared/images.csv has \d+: .*cache_images"):
         splits_of(cached, "text")
 
@@ -525,12 +525,12 @@ def test_a_model_saved_before_fit_and_casing_were_recorded_is_refused(tmp_path, 
 
 
 def test_the_text_variant_refuses_a_skip_list_of_other_images(cached):
-    """The text variant reads only images_report.json: a list naming images that images.csv
+    """The text variant reads only images_counts.json: a list naming images that images.csv
     does not hold comes from another images.csv, even when the counts agree."""
-    from cxrfusion.formats import IMAGES_REPORT
+    from cxrfusion.formats import IMAGES_COUNTS
 
-    report = json.loads(IMAGES_REPORT.read_text())
+    report = json.loads(IMAGES_COUNTS.read_text())
     report.update(cached=report["cached"] - 1, skipped=1, skipped_images=["not_an_image.png"])
-    IMAGES_REPORT.write_text(json.dumps(report))
-    with pytest.raises(PipelineError, match=r"images_report.json counts .* another images.csv"):
+    IMAGES_COUNTS.write_text(json.dumps(report))
+    with pytest.raises(PipelineError, match=r"images_counts.json counts .* another images.csv"):
         splits_of(cached, "text")

@@ -1,7 +1,7 @@
-"""Stage `report` (stages/report.py, cxrfusion/reporting.py): every count of the participant flow
-equals what the stages wrote, recomputed here from their files; a dataset with patients, or with
-unreadable images, gives the rows that apply; the balance check flags a bad split and not noise;
-the report is the same bytes when run again."""
+"""Stage `study_report` (stages/study_report.py, cxrfusion/study_report.py): every count of the
+participant flow equals what the stages wrote, recomputed here from their files; a dataset with
+patients, or with unreadable images, gives the rows that apply; the balance check flags a bad
+split and not noise; the report is the same bytes when run again."""
 from __future__ import annotations
 
 import copy
@@ -16,10 +16,10 @@ import pytest
 from conftest import built_project
 from test_bootstrap_groups import write_runs
 
-from cxrfusion import reporting
-from cxrfusion.formats import DATA_REPORT, IMAGES, IMAGES_REPORT, STUDIES, runs
+from cxrfusion import study_report
+from cxrfusion.formats import IMAGES, IMAGES_COUNTS, PREPARED_COUNTS, STUDIES, runs
 from stages.prepare import split_counts
-from stages.report import REPORT, SUBGROUPS, report
+from stages.study_report import MARKDOWN, SUBGROUPS, write_study_report
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +60,9 @@ def _rows(text: str, header: str) -> dict:
 
 
 def test_every_count_of_the_flow_is_the_stage_outputs(inside):
-    text = report(inside)
+    text = write_study_report(inside)
     studies, images = pd.read_csv(STUDIES), pd.read_csv(IMAGES)
-    prepared = json.loads(DATA_REPORT.read_text())
+    prepared = json.loads(PREPARED_COUNTS.read_text())
     steps = _rows(text, "| step |")
     dropped = prepared["dropped"]
     read = len(studies) + dropped["studies_unindexed"] + dropped["studies_without_mesh"]
@@ -82,7 +82,7 @@ def test_every_count_of_the_flow_is_the_stage_outputs(inside):
                                      str(int((images["split"] == split).sum()))]
         assert splits[split][3] == "0"  # every image readable
     assert "Patients are not named by this dataset" in text
-    assert (Path("metrics/report/flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n")
+    assert (Path("metrics/study_report/flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n")
 
 
 def test_studies_without_a_readable_image_are_counted_where_they_are(inside):
@@ -90,13 +90,14 @@ def test_studies_without_a_readable_image_are_counted_where_they_are(inside):
     test_study = images[images["split"] == "test"]["uid"].iloc[0]
     lost = images.loc[images["uid"] == test_study, "filename"].tolist()
     one_more = images.loc[images["split"] == "train", "filename"].iloc[0]  # one image of many
-    before = IMAGES_REPORT.read_text()
+    before = IMAGES_COUNTS.read_text()
     try:
-        IMAGES_REPORT.write_text(json.dumps({"skipped_images": lost + [one_more]}))
-        flowed = reporting.flow(pd.read_csv(STUDIES), images, json.loads(DATA_REPORT.read_text()),
-                                json.loads(IMAGES_REPORT.read_text()))
+        IMAGES_COUNTS.write_text(json.dumps({"skipped_images": lost + [one_more]}))
+        flowed = study_report.flow(pd.read_csv(STUDIES), images,
+                                   json.loads(PREPARED_COUNTS.read_text()),
+                                   json.loads(IMAGES_COUNTS.read_text()))
     finally:
-        IMAGES_REPORT.write_text(before)
+        IMAGES_COUNTS.write_text(before)
     assert flowed["images_skipped"] == len(lost) + 1
     n_train = images[images["filename"] == one_more]["uid"].map(
         images.groupby("uid").size()).iloc[0]
@@ -110,15 +111,15 @@ def test_patients_are_counted_per_split_where_the_data_names_them(inside):
     dataset with patients); the flow carries its counts."""
     studies, images = pd.read_csv(STUDIES), pd.read_csv(IMAGES)
     studies["patient"] = [f"p{i // 2}" for i in range(len(studies))]  # two studies a patient
-    prepared = json.loads(DATA_REPORT.read_text())
+    prepared = json.loads(PREPARED_COUNTS.read_text())
     prepared["by_split"] = {s: split_counts(studies, images, s, by_patient=True)
                             for s in ("train", "val", "test")}
-    flowed = reporting.flow(studies, images, prepared, json.loads(IMAGES_REPORT.read_text()))
+    flowed = study_report.flow(studies, images, prepared, json.loads(IMAGES_COUNTS.read_text()))
     for split in ("train", "val", "test"):
         assert flowed["by_split"][split]["patients"] == (
             studies.loc[studies["split"] == split, "patient"].nunique())
-    table = reporting.characteristics(studies, inside.text.inputs)
-    text = reporting.markdown(inside, flowed, table, reporting.balance(
+    table = study_report.characteristics(studies, inside.text.inputs)
+    text = study_report.markdown(inside, flowed, table, study_report.balance(
         table, {s: v["studies"] for s, v in flowed["by_split"].items()}),
         {"changed": {}, "versions": {}, "pins": {}})
     assert "Split by patient" in text and "| split | studies | abnormal | images | studies with " \
@@ -128,25 +129,25 @@ def test_patients_are_counted_per_split_where_the_data_names_them(inside):
 
 def test_the_balance_check_flags_a_bad_split_not_noise():
     a, b = {"mean": 0.6, "sd": 0.49}, {"mean": 0.3, "sd": 0.458}
-    assert reporting.standardised_difference(a, b) == pytest.approx(0.3 / np.sqrt(
+    assert study_report.standardised_difference(a, b) == pytest.approx(0.3 / np.sqrt(
         (0.49 ** 2 + 0.458 ** 2) / 2))
     table = {s: {"abnormal": a if s == "train" else b, "images per study": {"mean": 2, "sd": 0}}
              for s in ("train", "val", "test")}
-    checked = reporting.balance(table, {"train": 300, "val": 60, "test": 100})
+    checked = study_report.balance(table, {"train": 300, "val": 60, "test": 100})
     assert checked["train vs test"]["characteristic"] == "abnormal"
     assert checked["train vs test"]["bound"] == pytest.approx(1.96 * np.sqrt(1 / 300 + 1 / 100))
     assert abs(checked["train vs test"]["difference"]) > checked["train vs test"]["bound"]
     close = {s: {"abnormal": {"mean": 0.6 - 0.01 * (s != "train"), "sd": 0.49}}
              for s in ("train", "val", "test")}
-    quiet = reporting.balance(close, {"train": 300, "val": 60, "test": 100})
+    quiet = study_report.balance(close, {"train": 300, "val": 60, "test": 100})
     assert all(abs(v["difference"]) < v["bound"] for v in quiet.values())
 
 
 def test_reproducibility_names_what_changed_and_what_was_read(inside):
-    changed = reporting.changed_parameters(inside)
+    changed = study_report.changed_parameters(inside)
     assert changed["demo.studies"] == 60 and changed["image.size"] == 32  # TINY's
     assert "train.lr" not in changed
-    text = report(inside)
+    text = write_study_report(inside)
     assert "`demo.studies=60`" in text and "torch " in text
     assert "backbone `tinynet_e.in1k`" in text and "None" not in text
     assert not re.search(r"\b20\d\d-\d\d-\d\d\b|\bcommit [0-9a-f]{7,}", text)  # no dates, commits
@@ -154,10 +155,10 @@ def test_reproducibility_names_what_changed_and_what_was_read(inside):
 
 
 def test_the_report_is_the_same_bytes_again(inside):
-    report(inside)
-    first = (REPORT.read_bytes(), Path("metrics/report/flow.png").read_bytes())
-    report(inside)
-    assert (REPORT.read_bytes(), Path("metrics/report/flow.png").read_bytes()) == first
+    write_study_report(inside)
+    first = (MARKDOWN.read_bytes(), Path("metrics/study_report/flow.png").read_bytes())
+    write_study_report(inside)
+    assert (MARKDOWN.read_bytes(), Path("metrics/study_report/flow.png").read_bytes()) == first
 
 
 def _seed_means(p: dict, variant: str, text_input) -> pd.Series:
@@ -172,17 +173,17 @@ def test_failure_analysis_lists_the_largest_disagreements_and_the_studies_every_
     studies = pd.read_csv(STUDIES)
     explained = pd.DataFrame({"file": ["false_positive_1.png"], "uid": [int(
         studies.query("split == 'test'")["uid"].iloc[0])]})
-    from stages.report import scored_runs
+    from stages.study_report import scored_runs
 
-    failed = reporting.failures(studies, scored_runs(inside), explained, inside.text.inputs)
+    failed = study_report.failures(studies, scored_runs(inside), explained, inside.text.inputs)
     for text_input in inside.text.inputs:
         fusion = _seed_means(inside, "fusion", text_input)
         for other in ("image", "text"):
             gap = (fusion - _seed_means(inside, other, None if other == "image" else
                                         text_input)).abs().sort_values(ascending=False)
             rows = failed["disagreements"][text_input, other]
-            assert [r["uid"] for r in rows] == gap.index[:reporting.FAILURES].tolist()
-            assert [r["gap"] for r in rows] == pytest.approx(gap.iloc[:reporting.FAILURES])
+            assert [r["uid"] for r in rows] == gap.index[:study_report.FAILURES].tolist()
+            assert [r["gap"] for r in rows] == pytest.approx(gap.iloc[:study_report.FAILURES])
     # every run of every model wrong at its own threshold, by hand
     wrong = None
     for run in runs(inside):
@@ -196,11 +197,11 @@ def test_failure_analysis_lists_the_largest_disagreements_and_the_studies_every_
     row = next(r for rows in failed["disagreements"].values() for r in rows)
     study = studies.set_index("uid").loc[row["uid"]]
     text = " ".join(str(study[f]) for f in ("findings", "impression") if isinstance(study[f], str))
-    first = " ".join(text.split()[:reporting.WORDS])
+    first = " ".join(text.split()[:study_report.WORDS])
     assert row["words"]["findings+impression"].startswith(first)
     drawn = [r for rows in failed["disagreements"].values() for r in rows if r["gradcam"]]
     assert all(r["uid"] == explained["uid"].iloc[0] for r in drawn)
-    text = report(inside)
+    text = write_study_report(inside)
     assert "## Failure analysis" in text and "not for publication as is" in text
     assert f"every model, each at its own validation threshold: {len(wrong)} studies" in text
 
@@ -222,9 +223,9 @@ def test_subgroups_are_listed_or_scored_with_their_counts(inside, monkeypatch):
     studies = pd.read_csv(STUDIES).set_index("uid")
     test = studies[studies["split"] == "test"]
     lateral = test["views"].str.contains("Lateral")
-    for minimum in (inside.report.min_per_label, 1):
-        p.report.min_per_label = minimum
-        tables = _tables(report(p))
+    for minimum in (inside.study_report.min_per_label, 1):
+        p.study_report.min_per_label = minimum
+        tables = _tables(write_study_report(p))
         saved = json.loads(SUBGROUPS.read_text())
         assert set(tables) == set(p.text.inputs) == set(saved["subgroups"])
         rows = tables[p.text.inputs[0]]
@@ -250,8 +251,8 @@ def test_a_scored_subgroup_is_each_runs_auroc_on_its_members_averaged_over_seeds
     from sklearn.metrics import roc_auc_score
 
     p = copy.deepcopy(inside)
-    p.report.min_per_label = 1
-    report(p)
+    p.study_report.min_per_label = 1
+    write_study_report(p)
     saved = json.loads(SUBGROUPS.read_text())["subgroups"]
     studies = pd.read_csv(STUDIES).set_index("uid")
     text_input = p.text.inputs[0]
@@ -278,7 +279,7 @@ def test_one_text_input_no_views_and_no_subgroups_give_the_sections_that_apply(i
     before = STUDIES.read_bytes()
     try:
         studies.assign(views="Unknown").to_csv(STUDIES, index=False)
-        text = report(p)
+        text = write_study_report(p)
     finally:
         STUDIES.write_bytes(before)
     tables = _tables(text)
@@ -287,7 +288,7 @@ def test_one_text_input_no_views_and_no_subgroups_give_the_sections_that_apply(i
     assert "fusion − image (primary)" in text and "fusion − text" not in text.split(
         "## Robustness by subgroup")[1].split("## Failure analysis")[0]
     assert not any("lateral" in name for name in tables[first])
-    p.report.subgroups = []
-    text = report(p)
-    assert "No subgroup declared (`report.subgroups: []`)." in text
+    p.study_report.subgroups = []
+    text = write_study_report(p)
+    assert "No subgroup declared (`study_report.subgroups: []`)." in text
     assert "| Robustness and subgroup analysis | Robustness by subgroup" in text

@@ -1,9 +1,9 @@
-"""Stage `report`: the study report a reviewer asks for, around the comparison's answer.
+"""Stage `study_report`: the study report a reviewer asks for, around the comparison's answer.
 
-Writes metrics/report.md (participant flow, characteristics by partition and their balance,
+Writes metrics/study_report.md (participant flow, characteristics by partition and their balance,
 robustness by subgroup, failure analysis, reproducibility, the CLAIM items it fills;
-cxrfusion/reporting.py, cxrfusion/subgroups.py), metrics/report/flow.png (the participant
-flow) and metrics/report/subgroups.json (the subgroup tables' numbers). It reads only what
+cxrfusion/study_report.py, cxrfusion/subgroups.py), metrics/study_report/flow.png (the participant
+flow) and metrics/study_report/subgroups.json (the subgroup tables' numbers). It reads only what
 the stages before it wrote, and a dataset without patients or views gives the sections that
 apply.
 """
@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrfusion import figures, formats, params, reporting, subgroups
+from cxrfusion import figures, formats, params, study_report, subgroups
 from cxrfusion.common import PipelineError, atomic_path, main, write_json
-from cxrfusion.formats import DATA_REPORT, IMAGES_REPORT, read_prepared
+from cxrfusion.formats import IMAGES_COUNTS, PREPARED_COUNTS, read_prepared
 from cxrfusion.metrics import study_predictions
 from cxrfusion.params import Params
 
-log = logging.getLogger("report")
+log = logging.getLogger("study_report")
 
-REPORT = Path("metrics/report.md")
-FIGURES = Path("metrics/report")
+MARKDOWN = Path("metrics/study_report.md")
+FIGURES = Path("metrics/study_report")
 SUBGROUPS = FIGURES / "subgroups.json"  # the subgroup table's numbers, for a reader's own use
 HEATMAPS = Path("metrics/explain/heatmaps.csv")  # the studies explain drew (optional)
 
@@ -46,32 +46,34 @@ def scored_runs(p: Params) -> dict:
     return out
 
 
-def report(p: Params) -> str:
+def write_study_report(p: Params) -> str:
     studies, images = read_prepared()
-    flowed = reporting.flow(studies, images, read_json(DATA_REPORT), read_json(IMAGES_REPORT))
-    table = reporting.characteristics(studies, p.text.inputs)
+    flowed = study_report.flow(studies, images, read_json(PREPARED_COUNTS),
+                               read_json(IMAGES_COUNTS))
+    table = study_report.characteristics(studies, p.text.inputs)
     first = {run.variant: run for run in formats.runs(p) if run.seed == p.train.seeds[0]}
-    reproduced = {"changed": reporting.changed_parameters(p), "versions": reporting.versions(),
-                  "pins": {run.label: reporting.pins(read_json(run.models / "model.json"))
+    reproduced = {"changed": study_report.changed_parameters(p),
+                  "versions": study_report.versions(),
+                  "pins": {run.label: study_report.pins(read_json(run.models / "model.json"))
                            for run in first.values()}}
     sizes = {split: s["studies"] for split, s in flowed["by_split"].items()}
     scored = scored_runs(p)
-    failed = reporting.failures(studies, scored,
-                                pd.read_csv(HEATMAPS) if HEATMAPS.exists() else None,
-                                p.text.inputs)
+    failed = study_report.failures(studies, scored,
+                                   pd.read_csv(HEATMAPS) if HEATMAPS.exists() else None,
+                                   p.text.inputs)
     subgrouped = subgroups.score(studies, scored, p)
-    text = reporting.markdown(p, flowed, table, reporting.balance(table, sizes), reproduced,
-                              failed, subgrouped)
+    text = study_report.markdown(p, flowed, table, study_report.balance(table, sizes),
+                                 reproduced, failed, subgrouped)
     with atomic_path(FIGURES) as tmp:
         tmp.mkdir()
         figures.flow_diagram(flowed, tmp / "flow.png")
         write_json(tmp / SUBGROUPS.name, {"subgroups": subgrouped[0],
                                           "left_out": subgrouped[1]})
-    with atomic_path(REPORT) as tmp:
+    with atomic_path(MARKDOWN) as tmp:
         tmp.write_text(text)
-    log.info("wrote %s and %s/", REPORT, FIGURES)
+    log.info("wrote %s and %s/", MARKDOWN, FIGURES)
     return text
 
 
 if __name__ == "__main__":
-    main(lambda: report(params.load()))
+    main(lambda: write_study_report(params.load()))
