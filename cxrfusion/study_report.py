@@ -164,12 +164,12 @@ def failures(studies: pd.DataFrame, scored: dict, explained: pd.DataFrame | None
                 "words": {i: words[i][uid] for i in inputs}, "gradcam": gradcam.get(uid)}
 
     out = {"disagreements": {}}
-    by_input = {i: {"fusion": model("fusion", i), "image": model("image", None),
-                    "text": model("text", i)} for i in inputs}
+    by_input = {i: {v: model(v, i if d.reads_report else None)
+                    for v, d in params.VARIANTS.items()} for i in inputs}
     for text_input, probs in by_input.items():
-        for other in ("image", "text"):
-            gap = (probs["fusion"][0] - probs[other][0]).abs().sort_values(ascending=False,
-                                                                           kind="stable")
+        for a, other in [pair for pair in params.PAIRS if pair[0] == "fusion"]:
+            gap = (probs[a][0] - probs[other][0]).abs().sort_values(ascending=False,
+                                                                    kind="stable")
             out["disagreements"][(text_input, other)] = [
                 {**row(uid, probs), "gap": float(gap[uid])} for uid in gap.index[:FAILURES]]
     wrong = None
@@ -183,13 +183,13 @@ def failures(studies: pd.DataFrame, scored: dict, explained: pd.DataFrame | None
 
 def _failure_lines(failed: dict, inputs: list[str]) -> list[str]:
     def table(rows, gap: bool) -> list[str]:
-        head = ["study", "label", "fusion", "image", "text"] + (["gap"] if gap else []) + [
+        head = ["study", "label", *params.VARIANTS] + (["gap"] if gap else []) + [
             f"{i}: first words" for i in inputs] + ["Grad-CAM"]
         lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for r in rows:
-            p = r["probability"]
+            probs = r["probability"]
             cells = [str(r["uid"]), "abnormal" if r["label"] else "normal",
-                     *(f"{p[v][0]:.2f} ± {p[v][1]:.2f}" for v in ("fusion", "image", "text"))]
+                     *(f"{probs[v][0]:.2f} ± {probs[v][1]:.2f}" for v in params.VARIANTS)]
             cells += [f"{r['gap']:.2f}"] if gap else []
             cells += [r["words"][i].replace("|", "/") for i in inputs]
             cells.append(f"![](explain/{r['gradcam']})" if r["gradcam"] else "—")

@@ -108,9 +108,11 @@ def training_histories(p: Params) -> tuple[dict, dict]:
     """Per model label and seed: the epochs train recorded (history.json) and the one it kept
     (model.json); the image model once, with the first text input."""
     seeds, inputs = p.train.seeds, p.text.inputs
+    reading = [v for v, d in params.VARIANTS.items() if d.reads_report]
+    blind = [v for v in params.VARIANTS if v not in reading]  # once, with the first input
     histories, chosen = {}, {}
     for text_input in inputs:
-        for v in ("fusion", "text") + (("image",) if text_input == inputs[0] else ()):
+        for v in reading + (blind if text_input == inputs[0] else []):
             label = Run.of(v, seeds[0], text_input).label
             folders = {s: Run.of(v, s, text_input).models for s in seeds}
             histories[label] = {s: training_record(f / "history.json")

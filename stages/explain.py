@@ -42,7 +42,7 @@ def explained_run(p: Params) -> Run:
     e = p.explain  # checked by params.load
     seed = p.train.seeds[0] if e.model_seed is None else e.model_seed
     text_input = p.text.inputs[0] if e.text_input is None else e.text_input
-    return Run(e.variant, seed, text_input if e.variant == "fusion" else None)
+    return Run.of(e.variant, seed, text_input)
 
 
 def explain(p: Params) -> dict:
