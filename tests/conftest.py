@@ -149,9 +149,9 @@ def splits_of(p: dict, variant: str, names: tuple | None = None):
 
 
 def interrupt_training_at(monkeypatch, epoch: int):
-    """Make stages.train's training stop with KeyboardInterrupt when epoch `epoch` starts, as if
+    """Make cxrfusion.training's loop stop with KeyboardInterrupt when epoch `epoch` starts, as if
     the machine went away then; returns the real train_epoch, to restore or wrap."""
-    import stages.train as train_module
+    import cxrfusion.training as train_module
 
     real_epoch = train_module.train_epoch
 
@@ -178,11 +178,11 @@ def built_project(folder: Path, override: dict, runs=()) -> dict:
     TINY and then `override`), with `runs` trained and evaluated; returns its parameters. For
     module-scoped fixtures: built once for the tests of a file."""
     from cxrfusion.params import built
+    from cxrfusion.training import train
     from stages import cache_images, demo_encoder, embed_text
     from stages.download import download
     from stages.evaluate import evaluate
     from stages.prepare import prepare
-    from stages.train import train
 
     p = built(tiny(override))
     with pytest.MonkeyPatch.context() as mp:

@@ -235,7 +235,7 @@ def test_saved_model_reloads(cached):
 
     from cxrfusion.dataset import load_splits
     from cxrfusion.scoring import score
-    from stages.train import train
+    from cxrfusion.training import train
 
     p = cached
     p.train = replace(p.train, epochs=3, select="last")

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from conftest import built_project, first_run, interrupt_training_at
 
-import stages.train as train_module
+import cxrfusion.training as train_module
 from cxrfusion import checkpoint, params
 from cxrfusion.common import PipelineError
 from cxrfusion.model import Classifier, load_model, model_config

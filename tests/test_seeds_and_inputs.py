@@ -309,7 +309,7 @@ def _direct_study_predictions(run: Run, p: dict) -> dict[str, pd.DataFrame]:
 def trained(cached):
     """One text run (fast), trained; its study predictions on validation and test."""
     run = first_run("text", cached)
-    from stages.train import train
+    from cxrfusion.training import train
 
     train(run, cached)
     return run, cached, _direct_study_predictions(run, cached)
@@ -431,8 +431,8 @@ def test_sensitivity_at_the_fixed_specificity_is_read_off_the_test_roc(trained, 
 def test_two_seeds_train_two_models_and_a_seed_trains_the_same_model_again(cached):
     from safetensors.torch import load_file
 
+    from cxrfusion.training import train
     from stages.evaluate import evaluate
-    from stages.train import train
 
     cached.train.epochs = 1
     zero, one = first_run("image", cached, seed=0), first_run("image", cached, seed=1)
@@ -470,9 +470,9 @@ def test_compare_reads_every_run_over_seeds_and_inputs(cached):
     test, tests/test_pipeline.py, on outputs made without DVC)."""
     from test_pipeline import FIGURES, _check_comparison
 
+    from cxrfusion.training import train
     from stages.compare import compare
     from stages.evaluate import evaluate
-    from stages.train import train
 
     cached.train.epochs = 1
     for run in runs(cached):

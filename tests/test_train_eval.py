@@ -1,4 +1,5 @@
-"""stages/train.py and stages/evaluate.py on the tiny demo of conftest's `cached` fixture."""
+"""Training (cxrfusion.training.train) and stages/evaluate.py on the tiny demo of conftest's
+`cached` fixture."""
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ from cxrfusion.formats import text_cache
 from cxrfusion.model import load_model, reads
 from cxrfusion.params import as_dict, record
 from cxrfusion.scoring import score
+from cxrfusion.training import train
 from stages.evaluate import evaluate
-from stages.train import train
 
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "auprc", "confusion"}
 
