@@ -11,7 +11,8 @@ How the head joins the two (model.fusion):
     head: Linear(in, model.hidden) -> ReLU -> Dropout(model.dropout) -> Linear(model.hidden, 2)
           (the original's: 256 hidden units, dropout 0.3)
 The image and text models read one modality through the same parts (its projector under
-projector and gated: no gate), so each comparison is like for like.
+projector and gated: no gate), so each comparison is like for like. HEADS holds one builder a
+fusion: its parts, and how it joins the two.
 """
 from __future__ import annotations
 
@@ -64,6 +65,68 @@ def projector(width: int, shared_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, shared_dim), nn.LayerNorm(shared_dim), nn.GELU())
 
 
+# --- the heads: how the MLP joins the image and the report (model.fusion) ------------------------
+# Each builds its parts as attributes of the Classifier (the names its saved weights use:
+# image_projector, text_projector, gate) and returns the width the MLP reads; `join` gives what
+# the MLP reads and the gate z (None unless gated fusion).
+
+class Concat:
+    """head(concat(cnn(image), text_vector)): the original."""
+
+    @staticmethod
+    def build(model: Classifier, width: int, text_dim: int, shared_dim: int) -> int:
+        return (width if model.uses_image else 0) + (text_dim if model.uses_text else 0)
+
+    @staticmethod
+    def join(model: Classifier, image: torch.Tensor | None, text: torch.Tensor | None):
+        return torch.cat([part for part in (image, text) if part is not None], 1), None
+
+
+class Projector:
+    """head(concat(P_i(cnn(image)), P_t(text_vector))): one projector a modality read."""
+
+    @staticmethod
+    def build(model: Classifier, width: int, text_dim: int, shared_dim: int) -> int:
+        if model.uses_image:
+            model.image_projector = projector(width, shared_dim)
+        if model.uses_text:
+            model.text_projector = projector(text_dim, shared_dim)
+        return shared_dim * (model.uses_image + model.uses_text)
+
+    @staticmethod
+    def project(model: Classifier, image: torch.Tensor | None, text: torch.Tensor | None):
+        return (None if image is None else model.image_projector(image),
+                None if text is None else model.text_projector(text))
+
+    @staticmethod
+    def join(model: Classifier, image: torch.Tensor | None, text: torch.Tensor | None):
+        return Concat.join(model, *Projector.project(model, image, text))
+
+
+class Gated:
+    """head(z * P_i(cnn(image)) + (1 - z) * P_t(text_vector)): the projectors, and a gate when
+    the model reads both (one modality: the projector alone, no gate)."""
+
+    @staticmethod
+    def build(model: Classifier, width: int, text_dim: int, shared_dim: int) -> int:
+        features = Projector.build(model, width, text_dim, shared_dim)
+        if model.uses_image and model.uses_text:
+            model.gate = nn.Linear(2 * shared_dim, shared_dim)
+            return shared_dim
+        return features
+
+    @staticmethod
+    def join(model: Classifier, image: torch.Tensor | None, text: torch.Tensor | None):
+        image, text = Projector.project(model, image, text)
+        if image is None or text is None:
+            return Concat.join(model, image, text)
+        z = torch.sigmoid(model.gate(torch.cat([image, text], 1)))
+        return z * image + (1 - z) * text, z
+
+
+HEADS = {"concat": Concat, "projector": Projector, "gated": Gated}  # params.FUSIONS
+
+
 # the head's defaults are params.yaml's (cxrfusion/params.py, section model): one description
 HEAD = params.Model()
 
@@ -84,17 +147,7 @@ class Classifier(nn.Module):
         # what forward_head gives: num_features, or the width of a head conv after the pooling
         # (MobileNetV3's head_hidden_size)
         width = getattr(self.cnn, "head_hidden_size", None) or getattr(self.cnn, "num_features", 0)
-        if fusion == "concat":
-            features = (width if self.uses_image else 0) + (text_dim if self.uses_text else 0)
-        else:
-            if self.uses_image:
-                self.image_projector = projector(width, shared_dim)
-            if self.uses_text:
-                self.text_projector = projector(text_dim, shared_dim)
-            gated = fusion == "gated" and self.uses_image and self.uses_text
-            if gated:
-                self.gate = nn.Linear(2 * shared_dim, shared_dim)
-            features = shared_dim * (1 if gated else self.uses_image + self.uses_text)
+        features = HEADS[fusion].build(self, width, text_dim, shared_dim)
         self.head = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, 2))
         if self.uses_image:  # made once and moved with the model, not rebuilt every batch
@@ -136,13 +189,7 @@ class Classifier(nn.Module):
 
     def join(self, image: torch.Tensor | None, text: torch.Tensor | None):
         """What the head reads (model.fusion), and the gate z (None unless gated fusion)."""
-        if self.fusion != "concat":
-            image = None if image is None else self.image_projector(image)
-            text = None if text is None else self.text_projector(text)
-            if hasattr(self, "gate"):
-                z = torch.sigmoid(self.gate(torch.cat([image, text], 1)))
-                return z * image + (1 - z) * text, z
-        return torch.cat([part for part in (image, text) if part is not None], 1), None
+        return HEADS[self.fusion].join(self, image, text)
 
     def standardise_text(self, vectors: torch.Tensor) -> None:
         """Have the head read each report-vector dimension standardised by the mean and sd of
@@ -168,6 +215,7 @@ class Classifier(nn.Module):
         cfg = self.cnn.pretrained_cfg if self.cnn is not None else {}
         return (tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
                 tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+
 
 
 def trainable_parameters(model: nn.Module) -> int:
