@@ -137,10 +137,15 @@ def reads(variant: str) -> tuple[bool, bool]:
 
 
 class Classifier(nn.Module):
-    def __init__(self, variant: str, text_dim: int, backbone: str, pretrained: bool | str = False,
-                 hidden: int = HEAD.hidden, dropout: float = HEAD.dropout,
-                 fusion: str = HEAD.fusion, shared_dim: int = HEAD.shared_dim):
+    def __init__(self, variant: str, text_dim: int, backbone: str | None, *,
+                 pretrained: bool | str = False, hidden: int = HEAD.hidden,
+                 dropout: float = HEAD.dropout, fusion: str = HEAD.fusion,
+                 shared_dim: int = HEAD.shared_dim):
         super().__init__()
+        # what rebuilds it, saved in model.json (`arguments`); never the weights' source
+        self.arguments = {"variant": variant, "text_dim": text_dim, "backbone": backbone,
+                          "hidden": hidden, "dropout": dropout, "fusion": fusion,
+                          "shared_dim": shared_dim}
         self.variant, self.fusion = variant, fusion
         self.uses_image, self.uses_text = reads(variant)
         self.cnn = create_backbone(backbone, pretrained) if self.uses_image else None
@@ -253,28 +258,38 @@ WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
 
 
-def model_config(model: Classifier, text_dim: int, backbone: str, image_size: int, *,
+def model_config(model: Classifier, text_dim: int, backbone: str | None, image_size: int, *,
                  image_fit: str) -> dict:
-    """What it takes to rebuild the model (no weights) and to read new images as its training
-    images were read (size and `image.fit`): saved beside them. `image_fit` has no default: a
-    model that says nothing about its fit would be read with a guess."""
+    """What it takes to rebuild the model (no weights: `arguments`, the Classifier's) and to
+    read new images as its training images were read (size and `image.fit`): saved beside
+    them. `image_fit` has no default: a model that says nothing about its fit would be read
+    with a guess. The other keys name the model for its readers (shared_dim: None under
+    concat fusion)."""
     mean, std = model.input_stats()
+    made = model.arguments
     return {"variant": model.variant, "text_dim": text_dim, "backbone": backbone,
-            "hidden": model.head[0].out_features, "dropout": model.head[2].p,
-            "fusion": model.fusion, "shared_dim": shared_dim(model), "image_size": image_size,
-            "image_fit": image_fit, "mean": list(mean), "std": list(std)}
+            "hidden": made["hidden"], "dropout": made["dropout"], "fusion": model.fusion,
+            "shared_dim": None if model.fusion == "concat" else made["shared_dim"],
+            "image_size": image_size, "image_fit": image_fit, "mean": list(mean),
+            "std": list(std), "arguments": dict(made)}
 
 
-def shared_dim(model: Classifier) -> int | None:
-    """The projectors' width (None under concat fusion)."""
-    if model.fusion == "concat":
-        return None
-    branch = model.image_projector if model.uses_image else model.text_projector
-    return branch[0].out_features
+def saved_arguments(config: dict) -> dict:
+    """The Classifier's arguments of a saved model (model.json): its `arguments`, or, for a
+    model saved before they were, its keys (no `fusion`: saved before model.fusion, concat;
+    shared_dim None under concat: the default, which concat does not read)."""
+    if "arguments" in config:
+        return config["arguments"]
+    arguments = {k: config[k] for k in ("variant", "text_dim", "backbone", "hidden", "dropout")}
+    arguments["fusion"] = config.get("fusion", "concat")
+    if config.get("shared_dim") is not None:
+        arguments["shared_dim"] = config["shared_dim"]
+    return arguments
 
 
 def load_model(folder: Path, device="cpu") -> tuple[Classifier, dict]:
-    """Rebuild a trained model from models/<run>/ (safetensors: no pickle)."""
+    """Rebuild a trained model from models/<run>/ (safetensors: no pickle; never the hub's
+    weights)."""
     import json
 
     from safetensors.torch import load_file
@@ -283,9 +298,6 @@ def load_model(folder: Path, device="cpu") -> tuple[Classifier, dict]:
     if not (folder / WEIGHTS).exists():
         raise PipelineError(f"{folder / WEIGHTS} not found: train it with `dvc repro`.")
     config = json.loads((folder / CONFIG).read_text())
-    model = Classifier(config["variant"], config["text_dim"], config["backbone"], False,
-                       config["hidden"], config["dropout"],
-                       config.get("fusion", "concat"),  # models saved before model.fusion
-                       config.get("shared_dim") or 256)
+    model = Classifier(**saved_arguments(config), pretrained=False)
     model.load_state_dict(load_file(folder / WEIGHTS))
     return model.to(device).eval(), config

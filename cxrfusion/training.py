@@ -280,8 +280,9 @@ def build(run: Run, p: Params, train_set: Split, world: World):
     the report vectors' size and, under model.standardise_text, their scaling."""
     t, m = p.train, p.model
     text_dim = 0 if train_set.text is None else train_set.text.shape[1]
-    model = Classifier(run.variant, text_dim, m.backbone, p.image.pretrained, m.hidden,
-                       m.dropout, m.fusion, m.shared_dim)
+    model = Classifier(run.variant, text_dim, m.backbone, pretrained=p.image.pretrained,
+                       hidden=m.hidden, dropout=m.dropout, fusion=m.fusion,
+                       shared_dim=m.shared_dim)
     if model.uses_text and m.standardise_text:
         model.standardise_text(train_set.study_text())
     if m.freeze_backbone:
