@@ -151,7 +151,7 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture
-def project(built, monkeypatch) -> dict:
+def project(built, monkeypatch) -> params.Params:
     """A fresh copy of the built project's parameters, in its folder (each test trains the
     runs it reads)."""
     folder, p = built

@@ -21,7 +21,7 @@ from conftest import ROOT, first_run, frozen_project
 from cxrfusion import params as params_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run, read_text_cache, text_cache
-from cxrfusion.params import as_dict, fields_of, record, run_of, runs, validate
+from cxrfusion.params import Params, as_dict, fields_of, record, run_of, runs, validate
 
 FI, IND = "findings+impression", "indication"
 
@@ -285,7 +285,7 @@ def test_embed_text_for_indication_reads_the_indication_only(cached):
 
 # --- evaluate: thresholds from the validation studies only -------------------------------------
 
-def _direct_study_predictions(run: Run, p: dict) -> dict[str, pd.DataFrame]:
+def _direct_study_predictions(run: Run, p: Params) -> dict[str, pd.DataFrame]:
     """The saved model's study predictions on validation and test, computed here (not by
     evaluate): the caches read as the model was trained, scored in evaluate's batch size."""
     from cxrfusion.dataset import load_splits
@@ -505,7 +505,7 @@ def two_seeds(tmp_path_factory):
 
 
 @pytest.fixture
-def two(two_seeds, monkeypatch) -> dict:
+def two(two_seeds, monkeypatch) -> Params:
     folder, p = two_seeds
     monkeypatch.chdir(folder)
     return copy.deepcopy(p)
