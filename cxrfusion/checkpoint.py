@@ -1,5 +1,5 @@
-"""Resumable training: the state after each completed epoch, under checkpoints/<run>.pt
-(save_progress), and where the loop starts again (resume).
+"""Resumable training's files: the state after each completed epoch, under checkpoints/<run>.pt
+(written by cxrfusion.training.save_progress, read back by its `resume`).
 
 A checkpoint holds the model, the optimizer, the random states (shuffling and dropout) and the
 history, so a resumed run continues exactly where the interrupted one stopped. It lives outside
@@ -11,16 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cxrfusion import distributed
 from cxrfusion.common import atomic_path
-from cxrfusion.formats import IMAGES_H5, Run, text_cache
-from cxrfusion.params import Params, as_dict
+from cxrfusion.formats import Run
 
 log = logging.getLogger(__name__)
 
@@ -80,45 +76,3 @@ def load(run: Run, expected: str) -> dict | None:
 
 def remove(run: Run) -> None:
     path(run).unlink(missing_ok=True)
-
-
-# --- the training loop's progress, saved after each epoch and resumed ---------------------------
-
-@dataclass
-class Progress:
-    """What carries from one epoch to the next, and through a checkpoint: the epochs' metrics,
-    the best validation loss, the weights of the epoch kept and its number."""
-    history: list = field(default_factory=list)
-    best: float = math.inf
-    best_state: dict | None = None
-    chosen: int | None = None
-
-
-def resume(run: Run, p: Params, model, optimizer, generator, augment, world) -> tuple:
-    """The checkpoint's key (the run's parameters, processes and input caches) and its
-    progress: an interrupted run's, restored into the model, optimiser and random streams,
-    when its key matches; else a fresh one."""
-    inputs = [f for f in (run.text_input and text_cache(run.text_input), IMAGES_H5)
-              if f and f.exists()]
-    key = fingerprint(run, {**as_dict(p), "processes": world.size}, inputs)
-    state = load(run, key)
-    if not state:
-        return key, Progress()
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    restore_random_states(generator, state["random"][world.rank],
-                          augment.generator if augment else None)
-    log.info("%s: resuming after epoch %d from %s", run.path, len(state["history"]), path(run))
-    return key, Progress(state["history"], state["best"], state["best_state"], state["chosen"])
-
-
-def save_progress(run: Run, key: str, model, optimizer, generator, augment, progress: Progress,
-                  world) -> None:
-    """After an epoch: every rank's random streams, gathered; the main rank writes the rest."""
-    randoms = distributed.gather(random_states(generator, augment.generator if augment else None),
-                                 world)
-    if world.main:
-        save(run, {"fingerprint": key, "model": model.state_dict(),
-                   "optimizer": optimizer.state_dict(), "random": randoms,
-                   "history": progress.history, "best": progress.best,
-                   "best_state": progress.best_state, "chosen": progress.chosen})

@@ -11,7 +11,8 @@ How the head joins the two (model.fusion):
     head: Linear(in, model.hidden) -> ReLU -> Dropout(model.dropout) -> Linear(model.hidden, 2)
           (the original's: 256 hidden units, dropout 0.3)
 The image and text models read one modality through the same parts (its projector under
-projector and gated: no gate), so each comparison is like for like.
+projector and gated: no gate), so each comparison is like for like. HEADS holds one builder a
+fusion: its parts, and how it joins the two.
 """
 from __future__ import annotations
 
@@ -64,37 +65,95 @@ def projector(width: int, shared_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, shared_dim), nn.LayerNorm(shared_dim), nn.GELU())
 
 
+# --- the heads: how the MLP joins the image and the report (model.fusion) ------------------------
+# Each builds its parts as attributes of the Classifier (the names its saved weights use:
+# image_projector, text_projector, gate) and returns the width the MLP reads; `join` gives what
+# the MLP reads and the gate z (None unless gated fusion).
+
+class Concat:
+    """head(concat(cnn(image), text_vector)): the original."""
+
+    @staticmethod
+    def build(model: Classifier, width: int, text_dim: int, shared_dim: int) -> int:
+        return (width if model.uses_image else 0) + (text_dim if model.uses_text else 0)
+
+    @staticmethod
+    def join(model: Classifier, image: torch.Tensor | None, text: torch.Tensor | None):
+        return torch.cat([part for part in (image, text) if part is not None], 1), None
+
+
+class Projector:
+    """head(concat(P_i(cnn(image)), P_t(text_vector))): one projector a modality read."""
+
+    @staticmethod
+    def build(model: Classifier, width: int, text_dim: int, shared_dim: int) -> int:
+        if model.uses_image:
+            model.image_projector = projector(width, shared_dim)
+        if model.uses_text:
+            model.text_projector = projector(text_dim, shared_dim)
+        return shared_dim * (model.uses_image + model.uses_text)
+
+    @staticmethod
+    def project(model: Classifier, image: torch.Tensor | None, text: torch.Tensor | None):
+        return (None if image is None else model.image_projector(image),
+                None if text is None else model.text_projector(text))
+
+    @staticmethod
+    def join(model: Classifier, image: torch.Tensor | None, text: torch.Tensor | None):
+        return Concat.join(model, *Projector.project(model, image, text))
+
+
+class Gated:
+    """head(z * P_i(cnn(image)) + (1 - z) * P_t(text_vector)): the projectors, and a gate when
+    the model reads both (one modality: the projector alone, no gate)."""
+
+    @staticmethod
+    def build(model: Classifier, width: int, text_dim: int, shared_dim: int) -> int:
+        features = Projector.build(model, width, text_dim, shared_dim)
+        if model.uses_image and model.uses_text:
+            model.gate = nn.Linear(2 * shared_dim, shared_dim)
+            return shared_dim
+        return features
+
+    @staticmethod
+    def join(model: Classifier, image: torch.Tensor | None, text: torch.Tensor | None):
+        image, text = Projector.project(model, image, text)
+        if image is None or text is None:
+            return Concat.join(model, image, text)
+        z = torch.sigmoid(model.gate(torch.cat([image, text], 1)))
+        return z * image + (1 - z) * text, z
+
+
+HEADS = {"concat": Concat, "projector": Projector, "gated": Gated}  # params.FUSIONS
+
+
 # the head's defaults are params.yaml's (cxrfusion/params.py, section model): one description
 HEAD = params.Model()
 
 
 def reads(variant: str) -> tuple[bool, bool]:
-    """(reads the image, reads the report) for a variant."""
-    return variant in ("fusion", "image"), variant in ("fusion", "text")
+    """(reads the image, reads the report) for a variant: params.VARIANTS' row."""
+    row = params.VARIANTS[variant]
+    return row.reads_image, row.reads_report
 
 
 class Classifier(nn.Module):
-    def __init__(self, variant: str, text_dim: int, backbone: str, pretrained: bool | str = False,
-                 hidden: int = HEAD.hidden, dropout: float = HEAD.dropout,
-                 fusion: str = HEAD.fusion, shared_dim: int = HEAD.shared_dim):
+    def __init__(self, variant: str, text_dim: int, backbone: str | None, *,
+                 pretrained: bool | str = False, hidden: int = HEAD.hidden,
+                 dropout: float = HEAD.dropout, fusion: str = HEAD.fusion,
+                 shared_dim: int = HEAD.shared_dim):
         super().__init__()
+        # what rebuilds it, saved in model.json (`arguments`); never the weights' source
+        self.arguments = {"variant": variant, "text_dim": text_dim, "backbone": backbone,
+                          "hidden": hidden, "dropout": dropout, "fusion": fusion,
+                          "shared_dim": shared_dim}
         self.variant, self.fusion = variant, fusion
         self.uses_image, self.uses_text = reads(variant)
         self.cnn = create_backbone(backbone, pretrained) if self.uses_image else None
         # what forward_head gives: num_features, or the width of a head conv after the pooling
         # (MobileNetV3's head_hidden_size)
         width = getattr(self.cnn, "head_hidden_size", None) or getattr(self.cnn, "num_features", 0)
-        if fusion == "concat":
-            features = (width if self.uses_image else 0) + (text_dim if self.uses_text else 0)
-        else:
-            if self.uses_image:
-                self.image_projector = projector(width, shared_dim)
-            if self.uses_text:
-                self.text_projector = projector(text_dim, shared_dim)
-            gated = fusion == "gated" and self.uses_image and self.uses_text
-            if gated:
-                self.gate = nn.Linear(2 * shared_dim, shared_dim)
-            features = shared_dim * (1 if gated else self.uses_image + self.uses_text)
+        features = HEADS[fusion].build(self, width, text_dim, shared_dim)
         self.head = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, 2))
         if self.uses_image:  # made once and moved with the model, not rebuilt every batch
@@ -136,13 +195,7 @@ class Classifier(nn.Module):
 
     def join(self, image: torch.Tensor | None, text: torch.Tensor | None):
         """What the head reads (model.fusion), and the gate z (None unless gated fusion)."""
-        if self.fusion != "concat":
-            image = None if image is None else self.image_projector(image)
-            text = None if text is None else self.text_projector(text)
-            if hasattr(self, "gate"):
-                z = torch.sigmoid(self.gate(torch.cat([image, text], 1)))
-                return z * image + (1 - z) * text, z
-        return torch.cat([part for part in (image, text) if part is not None], 1), None
+        return HEADS[self.fusion].join(self, image, text)
 
     def standardise_text(self, vectors: torch.Tensor) -> None:
         """Have the head read each report-vector dimension standardised by the mean and sd of
@@ -168,6 +221,7 @@ class Classifier(nn.Module):
         cfg = self.cnn.pretrained_cfg if self.cnn is not None else {}
         return (tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
                 tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -205,28 +259,38 @@ WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
 
 
-def model_config(model: Classifier, text_dim: int, backbone: str, image_size: int, *,
+def model_config(model: Classifier, text_dim: int, backbone: str | None, image_size: int, *,
                  image_fit: str) -> dict:
-    """What it takes to rebuild the model (no weights) and to read new images as its training
-    images were read (size and `image.fit`): saved beside them. `image_fit` has no default: a
-    model that says nothing about its fit would be read with a guess."""
+    """What it takes to rebuild the model (no weights: `arguments`, the Classifier's) and to
+    read new images as its training images were read (size and `image.fit`): saved beside
+    them. `image_fit` has no default: a model that says nothing about its fit would be read
+    with a guess. The other keys name the model for its readers (shared_dim: None under
+    concat fusion)."""
     mean, std = model.input_stats()
+    made = model.arguments
     return {"variant": model.variant, "text_dim": text_dim, "backbone": backbone,
-            "hidden": model.head[0].out_features, "dropout": model.head[2].p,
-            "fusion": model.fusion, "shared_dim": shared_dim(model), "image_size": image_size,
-            "image_fit": image_fit, "mean": list(mean), "std": list(std)}
+            "hidden": made["hidden"], "dropout": made["dropout"], "fusion": model.fusion,
+            "shared_dim": None if model.fusion == "concat" else made["shared_dim"],
+            "image_size": image_size, "image_fit": image_fit, "mean": list(mean),
+            "std": list(std), "arguments": dict(made)}
 
 
-def shared_dim(model: Classifier) -> int | None:
-    """The projectors' width (None under concat fusion)."""
-    if model.fusion == "concat":
-        return None
-    branch = model.image_projector if model.uses_image else model.text_projector
-    return branch[0].out_features
+def saved_arguments(config: dict) -> dict:
+    """The Classifier's arguments of a saved model (model.json): its `arguments`, or, for a
+    model saved before they were, its keys (no `fusion`: saved before model.fusion, concat;
+    shared_dim None under concat: the default, which concat does not read)."""
+    if "arguments" in config:
+        return config["arguments"]
+    arguments = {k: config[k] for k in ("variant", "text_dim", "backbone", "hidden", "dropout")}
+    arguments["fusion"] = config.get("fusion", "concat")
+    if config.get("shared_dim") is not None:
+        arguments["shared_dim"] = config["shared_dim"]
+    return arguments
 
 
 def load_model(folder: Path, device="cpu") -> tuple[Classifier, dict]:
-    """Rebuild a trained model from models/<run>/ (safetensors: no pickle)."""
+    """Rebuild a trained model from models/<run>/ (safetensors: no pickle; never the hub's
+    weights)."""
     import json
 
     from safetensors.torch import load_file
@@ -235,9 +299,6 @@ def load_model(folder: Path, device="cpu") -> tuple[Classifier, dict]:
     if not (folder / WEIGHTS).exists():
         raise PipelineError(f"{folder / WEIGHTS} not found: train it with `dvc repro`.")
     config = json.loads((folder / CONFIG).read_text())
-    model = Classifier(config["variant"], config["text_dim"], config["backbone"], False,
-                       config["hidden"], config["dropout"],
-                       config.get("fusion", "concat"),  # models saved before model.fusion
-                       config.get("shared_dim") or 256)
+    model = Classifier(**saved_arguments(config), pretrained=False)
     model.load_state_dict(load_file(folder / WEIGHTS))
     return model.to(device).eval(), config

@@ -60,7 +60,7 @@ def score(model: nn.Module, split: Split, batch_size: int, amp: bool = True,
         probs.append(logits.softmax(1)[:, 1])
     probs = torch.cat(probs).cpu() if probs else torch.zeros(0)
     parts = distributed.gather((probs, loss.item()), world)
-    return (torch.cat([p for p, _ in parts]).numpy(),
+    return (torch.cat([part_probs for part_probs, _ in parts]).numpy(),
             sum(part_loss for _, part_loss in parts) / len(split))
 
 

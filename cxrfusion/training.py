@@ -1,5 +1,6 @@
-"""What one training run is made of: the model built for its devices, one epoch over the
-training rows, the per-epoch log, and the saved model. `stages/train.py` is the loop.
+"""One training run: `train`, the loop, and its steps beside it (set up, one epoch over the
+training rows, validation, keeping the best epoch, the checkpoint after each epoch, the saved
+model). `stages/train.py` reads the parameters and calls `train`.
 
 An epoch is one seeded permutation of the training rows cut into global batches (the same on
 every process); each process takes its contiguous share of every batch, and its loss is scaled
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +20,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cxrfusion import checkpoint, distributed, formats
-from cxrfusion.augment import Augmenter
-from cxrfusion.common import PipelineError, atomic_path, write_json
-from cxrfusion.dataset import Split
+from cxrfusion.augment import Augmenter, augmenter
+from cxrfusion.common import PipelineError, atomic_path, seed_everything, write_json
+from cxrfusion.dataset import Split, load_splits
 from cxrfusion.distributed import World
 from cxrfusion.formats import IMAGES_H5, Run, read_text_cache_attrs, text_cache
 from cxrfusion.metrics import classification_metrics
@@ -29,12 +32,81 @@ from cxrfusion.model import (
     Classifier,
     freeze_backbone,
     model_config,
+    reads,
     sync_batchnorm,
+    trainable_parameters,
 )
-from cxrfusion.params import Params
-from cxrfusion.scoring import forward, unwrap
+from cxrfusion.params import Params, as_dict
+from cxrfusion.scoring import forward, score, unwrap
 
 log = logging.getLogger(__name__)
+
+
+def train(run: Run, p: Params) -> dict:
+    """The loop: set up, resume where an interrupted run stopped, then per epoch train,
+    validate, keep the best weights and save a checkpoint; finally save the epoch kept."""
+    t = p.train
+    with distributed.running(t.device, "train.device") as world:
+        model, optimizer, step, train_set, val_set, text_dim = set_up(run, p, world)
+        generator = torch.Generator().manual_seed(run.seed)  # batch order: same on all ranks
+        augment = augmenter(run, p)  # train.augment; None: the images as cached
+        log_set_up(run, p, model, optimizer, train_set, val_set, world, augment)
+        resume_key, progress = resume(run, p, model, optimizer, generator, augment, world)
+        with live_log(run, world) as live:
+            for row in progress.history:  # an earlier, interrupted run's epochs: log them again
+                log_epoch(live, row)
+            for epoch in range(len(progress.history) + 1, t.epochs + 1):
+                seen, probs, loss = train_epoch(step, optimizer, train_set, t.batch_size,
+                                                generator, t.amp, epoch=epoch, world=world,
+                                                augment=augment)
+                distributed.same_buffers(model, world)  # rank 0's batch-norm statistics
+                row = validate(run, p, model if world.distributed else step, train_set, val_set,
+                               (seen, probs, loss), epoch, world)
+                log_epoch(live, row)
+                progress.history.append(row)
+                keep_if_best(progress, row, model, t.select)
+                save_progress(run, resume_key, model, optimizer, generator, augment, progress,
+                              world)
+            summarise_kept_epoch(live, progress.history, progress.chosen)
+        if world.main:
+            save_model(run, p, model, progress.best_state, text_dim, progress.chosen,
+                       progress.history)
+        distributed.barrier(world)  # no rank leaves before the outputs are complete
+    log.info("%s: kept epoch %d (%s), val loss %.4f", run.path, progress.chosen, t.select,
+             progress.history[progress.chosen - 1]["val"]["loss"])
+    return {"history": progress.history, "chosen": progress.chosen}
+
+
+# --- the steps --------------------------------------------------------------------------------
+
+def set_up(run: Run, p: Params, world: World) -> tuple:
+    """Seeds, torch settings, the splits, the model and optimiser, the data on the device:
+    (model, optimizer, step, train set, val set, report vector size)."""
+    t = p.train
+    if t.batch_size < 2 * world.size:
+        raise PipelineError(f"parameter train.batch_size={t.batch_size} is the global batch "
+                            f"and must give each of the {world.size} processes at least 2 "
+                            f"images: use train.batch_size>={2 * world.size}.")
+    seed_everything(run.seed)
+    configure_torch(world.device, t.deterministic)
+    splits, text_dim = load_splits(p, reads(run.variant)[0], run.text_input,
+                                   names=("train", "val"))
+    model, optimizer, step = build(run, p, splits["train"], world)
+    on_device = fits_on_device(splits["train"].nbytes + splits["val"].nbytes, world.device)
+    train_set, val_set = (splits[s].to(world.device, images_too=on_device)
+                          for s in ("train", "val"))
+    # the host copy of the images lives on (in the sets) only where the GPU had no room
+    return model, optimizer, step, train_set, val_set, text_dim
+
+
+def log_set_up(run, p, model, optimizer, train_set, val_set, world, augment) -> None:
+    log.info("%s: %d trainable parameters (%s fusion, learning rates %s); %d train / %d val "
+             "images on %d x %s%s; augment %s", run.path, trainable_parameters(model),
+             p.model.fusion, ", ".join(f"{g.get('name', 'all')} {g['lr']:g}"
+                                              for g in optimizer.param_groups),
+             len(train_set), len(val_set), world.size, world.device,
+             " (streamed)" if train_set.streamed else "",
+             p.train.augment if augment else "none")
 
 
 def epoch_metrics(labels, probs, loss, context: str) -> dict:
@@ -91,7 +163,78 @@ def train_epoch(model: Classifier, optimizer, data: Split, batch_size: int, gene
                             f"{bad[0, 0].item() // world.size + 1}: lower train.lr or check the "
                             "inputs.")
     seen = torch.cat([i for i, _, _, _ in parts])
-    return seen, torch.cat([p for _, p, _, _ in parts]), float((losses * sizes).sum() / sizes.sum())
+    return (seen, torch.cat([prob for _, prob, _, _ in parts]),
+            float((losses * sizes).sum() / sizes.sum()))
+
+
+def validate(run: Run, p: Params, scorer, train_set, val_set, trained: tuple, epoch: int,
+             world: World) -> dict:
+    """The epoch's row: train metrics on the images it saw, validation metrics."""
+    t = p.train
+    seen, probs, loss = trained
+    row = {"epoch": epoch, "train": epoch_metrics(train_set.labels.cpu()[seen], probs, loss,
+                                                 f"{run.path} train, epoch {epoch}")}
+    val_probs, val_loss = score(scorer, val_set, t.batch_size, t.amp, world)
+    if not math.isfinite(val_loss):
+        raise PipelineError(f"validation loss became {val_loss} at epoch {epoch}: "
+                            "lower train.lr or check the inputs.")
+    row["val"] = epoch_metrics(val_set.labels.cpu(), val_probs, val_loss,
+                               f"{run.path} val, epoch {epoch}")
+    log.info("%s epoch %d: train loss %.4f f1 %.3f | val loss %.4f f1 %.3f auroc %.3f",
+             run.path, epoch, row["train"]["loss"], row["train"]["f1"], val_loss,
+             row["val"]["f1"], row["val"]["auroc"])
+    return row
+
+
+# --- the progress kept from epoch to epoch, saved after each and resumed ------------------------
+
+@dataclass
+class Progress:
+    """What carries from one epoch to the next, and through a checkpoint: the epochs' metrics,
+    the best validation loss, the weights of the epoch kept and its number."""
+    history: list = field(default_factory=list)
+    best: float = math.inf
+    best_state: dict | None = None
+    chosen: int | None = None
+
+
+def keep_if_best(progress: Progress, row: dict, model, select: str) -> None:
+    """train.select: the epoch with the lowest validation loss, or the last."""
+    if select == "last" or row["val"]["loss"] < progress.best:
+        progress.best = row["val"]["loss"]
+        progress.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        progress.chosen = row["epoch"]
+
+
+def resume(run: Run, p: Params, model, optimizer, generator, augment, world: World) -> tuple:
+    """The checkpoint's key (the run's parameters, processes and input caches) and its
+    progress: an interrupted run's, restored into the model, optimiser and random streams,
+    when its key matches; else a fresh one."""
+    inputs = [f for f in (run.text_input and text_cache(run.text_input), IMAGES_H5)
+              if f and f.exists()]
+    key = checkpoint.fingerprint(run, {**as_dict(p), "processes": world.size}, inputs)
+    state = checkpoint.load(run, key)
+    if not state:
+        return key, Progress()
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    checkpoint.restore_random_states(generator, state["random"][world.rank],
+                                     augment.generator if augment else None)
+    log.info("%s: resuming after epoch %d from %s", run.path, len(state["history"]),
+             checkpoint.path(run))
+    return key, Progress(state["history"], state["best"], state["best_state"], state["chosen"])
+
+
+def save_progress(run: Run, key: str, model, optimizer, generator, augment, progress: Progress,
+                  world: World) -> None:
+    """After an epoch: every rank's random streams, gathered; the main rank writes the rest."""
+    randoms = distributed.gather(
+        checkpoint.random_states(generator, augment.generator if augment else None), world)
+    if world.main:
+        checkpoint.save(run, {"fingerprint": key, "model": model.state_dict(),
+                              "optimizer": optimizer.state_dict(), "random": randoms,
+                              "history": progress.history, "best": progress.best,
+                              "best_state": progress.best_state, "chosen": progress.chosen})
 
 
 def log_epoch(live, row: dict) -> None:
@@ -137,8 +280,9 @@ def build(run: Run, p: Params, train_set: Split, world: World):
     the report vectors' size and, under model.standardise_text, their scaling."""
     t, m = p.train, p.model
     text_dim = 0 if train_set.text is None else train_set.text.shape[1]
-    model = Classifier(run.variant, text_dim, m.backbone, p.image.pretrained, m.hidden,
-                       m.dropout, m.fusion, m.shared_dim)
+    model = Classifier(run.variant, text_dim, m.backbone, pretrained=p.image.pretrained,
+                       hidden=m.hidden, dropout=m.dropout, fusion=m.fusion,
+                       shared_dim=m.shared_dim)
     if model.uses_text and m.standardise_text:
         model.standardise_text(train_set.study_text())
     if m.freeze_backbone:

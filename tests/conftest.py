@@ -9,6 +9,7 @@ import copy
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -18,6 +19,9 @@ from kinds import (  # noqa: F401  (pytest finds its hooks here)
     pytest_itemcollected,
     pytest_xdist_make_scheduler,
 )
+
+if TYPE_CHECKING:
+    from cxrfusion.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
@@ -113,21 +117,21 @@ def _copy_or_make(name: str, made_once: dict, params, steps) -> None:
 
 
 @pytest.fixture
-def prepared(workdir, params, made_once) -> dict:
+def prepared(workdir, params, made_once) -> Params:
     """data/raw (synthetic demo) and data/prepared in the temporary folder."""
     _copy_or_make("prepared", made_once, params, (_prepare,))
     return params
 
 
 @pytest.fixture
-def cached(workdir, params, made_once) -> dict:
+def cached(workdir, params, made_once) -> Params:
     """Everything `train` reads: data/raw and data/prepared, the tiny encoder,
     features/text/<input>.h5 for every text input and features/images.h5."""
     _copy_or_make("cached", made_once, params, (_prepare, _cache))
     return params
 
 
-def first_run(variant: str, p: dict, seed: int | None = None, text_input: str | None = None):
+def first_run(variant: str, p: Params, seed: int | None = None, text_input: str | None = None):
     """The Run of `variant` a test trains: the first of train.seeds (or `seed`) and, for the
     variants that read a report, the first of text.inputs (or `text_input`)."""
     from cxrfusion.formats import Run
@@ -138,7 +142,7 @@ def first_run(variant: str, p: dict, seed: int | None = None, text_input: str | 
     return Run(variant, seed, text_input or p.text.inputs[0])
 
 
-def splits_of(p: dict, variant: str, names: tuple | None = None):
+def splits_of(p: Params, variant: str, names: tuple | None = None):
     """load_splits as the first run of `variant` reads them (conftest.first_run): the images
     if it reads them, the report vectors of its text input if it reads a report."""
     from cxrfusion.dataset import load_splits
@@ -149,9 +153,9 @@ def splits_of(p: dict, variant: str, names: tuple | None = None):
 
 
 def interrupt_training_at(monkeypatch, epoch: int):
-    """Make stages.train's training stop with KeyboardInterrupt when epoch `epoch` starts, as if
+    """Make cxrfusion.training's loop stop with KeyboardInterrupt when epoch `epoch` starts, as if
     the machine went away then; returns the real train_epoch, to restore or wrap."""
-    import stages.train as train_module
+    import cxrfusion.training as train_module
 
     real_epoch = train_module.train_epoch
 
@@ -173,16 +177,16 @@ FROZEN = {"image": {"size": 64},
           "explain": {"variant": "fusion", "per_outcome": 2, "seed": 0}}
 
 
-def built_project(folder: Path, override: dict, runs=()) -> dict:
+def built_project(folder: Path, override: dict, runs=()) -> Params:
     """A whole tiny project in `folder` (the recipe of the `cached` fixture, params.yaml with
     TINY and then `override`), with `runs` trained and evaluated; returns its parameters. For
     module-scoped fixtures: built once for the tests of a file."""
     from cxrfusion.params import built
+    from cxrfusion.training import train
     from stages import cache_images, demo_encoder, embed_text
     from stages.download import download
     from stages.evaluate import evaluate
     from stages.prepare import prepare
-    from stages.train import train
 
     p = built(tiny(override))
     with pytest.MonkeyPatch.context() as mp:
@@ -199,6 +203,6 @@ def built_project(folder: Path, override: dict, runs=()) -> dict:
     return p
 
 
-def frozen_project(folder: Path, runs) -> dict:
+def frozen_project(folder: Path, runs) -> Params:
     """built_project with FROZEN's backbone: for the tests that only read the trained runs."""
     return built_project(folder, FROZEN, runs)

@@ -23,8 +23,7 @@ from cxrfusion.distributed import World, shard
 from cxrfusion.formats import text_cache
 from cxrfusion.model import Classifier, sync_batchnorm
 from cxrfusion.params import as_dict
-from cxrfusion.training import epoch_order
-from stages.train import train
+from cxrfusion.training import epoch_order, train
 
 
 def _launch(n: int, *args: str) -> subprocess.CompletedProcess:

@@ -256,7 +256,9 @@ def test_cache_images_stage_uses_image_fit(workdir, params, monkeypatch):
 
 def fake_model():
     return SimpleNamespace(variant="image", fusion="concat", input_stats=lambda: ((0.5,), (0.25,)),
-                           head=[SimpleNamespace(out_features=8), None, SimpleNamespace(p=0.3)])
+                           arguments={"variant": "image", "text_dim": 0,
+                                      "backbone": "efficientnet_b1", "hidden": 8, "dropout": 0.3,
+                                      "fusion": "concat", "shared_dim": 256})
 
 
 def test_model_config_records_the_fit():

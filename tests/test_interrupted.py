@@ -19,8 +19,8 @@ from conftest import first_run
 from cxrfusion import figures
 from cxrfusion.formats import read_text_cache, runs, text_cache, text_cache_attrs
 from cxrfusion.params import fields_of
+from cxrfusion.training import train
 from stages import compare, demo_encoder, embed_text, evaluate
-from stages.train import train
 
 
 class Killed(Exception):

@@ -235,7 +235,7 @@ def test_saved_model_reloads(cached):
 
     from cxrfusion.dataset import load_splits
     from cxrfusion.scoring import score
-    from stages.train import train
+    from cxrfusion.training import train
 
     p = cached
     p.train = replace(p.train, epochs=3, select="last")
@@ -257,6 +257,9 @@ def test_saved_model_reloads(cached):
     assert config["hidden"] == 256 and config["dropout"] == pytest.approx(0.3)
     assert config["epoch"] == result["chosen"] == 3 and config["select"] == "last"
     assert config["seed"] == 0 and config["text_input"] == "findings+impression"
+    assert config["arguments"] == {"variant": "text", "text_dim": 16, "backbone": p.model.backbone,
+                                   "hidden": 256, "dropout": 0.3, "fusion": p.model.fusion,
+                                   "shared_dim": p.model.shared_dim}
 
     # the reloaded weights reproduce the validation loss logged for the kept epoch
     splits, _ = load_splits(p, False, run.text_input)
@@ -269,6 +272,41 @@ def test_saved_model_reloads(cached):
     assert (probs == probs_again).all()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  again.state_dict().values()))
+
+
+# model.json as training.save_model wrote it before it saved the Classifier's `arguments`
+OLD_KEYS = {"image_size": 32, "image_fit": "pad", "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225], "epoch": 2, "select": "best_val_loss", "seed": 0}
+
+
+@pytest.mark.parametrize(("variant", "fusion"), [("fusion", "concat"), ("fusion", "gated"),
+                                                 ("image", "projector"), ("text", "concat"),
+                                                 ("fusion", None)])
+def test_a_model_saved_without_its_arguments_still_loads(tmp_path, variant, fusion):
+    """A models/<run>/ folder written before model.json held `arguments`, made by hand: its
+    variant, sizes and head rebuild it (fusion None: saved before model.fusion, concat)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = Classifier(variant, 0 if variant == "image" else 12, "test_efficientnet",
+                       hidden=8, dropout=0.1, fusion=fusion or "concat", shared_dim=6).eval()
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    config = {**OLD_KEYS, "variant": variant, "text_dim": 0 if variant == "image" else 12,
+              "backbone": None if variant == "text" else "test_efficientnet", "hidden": 8,
+              "dropout": 0.1, "fusion": fusion, "shared_dim": 6 if fusion not in (None, "concat")
+              else None, "text_input": None if variant == "image" else "findings+impression"}
+    if fusion is None:  # saved before model.fusion: neither key
+        del config["fusion"], config["shared_dim"]
+    (tmp_path / "model.json").write_text(json.dumps(config))
+
+    loaded, read = load_model(tmp_path)
+    assert read == config and not loaded.training
+    assert loaded.fusion == (fusion or "concat")
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    image = normalise(_images(3, 32), *model.input_stats()) if variant != "text" else None
+    text = torch.randn(3, 12) if variant != "image" else None
+    with torch.no_grad():
+        assert torch.equal(loaded(image, text), model(image, text))
 
 
 # --- report vectors standardised (model.standardise_text) -----------------------------------------

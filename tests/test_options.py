@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 from conftest import built_project, first_run, interrupt_training_at
 
-import stages.train as train_module
+import cxrfusion.training as train_module
 from cxrfusion import checkpoint, params
 from cxrfusion.common import PipelineError
-from cxrfusion.model import Classifier, load_model, model_config
+from cxrfusion.model import HEADS, Classifier, load_model, model_config
 from cxrfusion.training import adam
 
 BACKBONE = "test_efficientnet"  # timm's 100 k-parameter EfficientNet: builds in milliseconds
@@ -44,6 +44,11 @@ def width() -> int:
 
 
 # --- fusion heads ---------------------------------------------------------------------------------
+
+def test_every_fusion_has_a_head():
+    """model.fusion's allowed values and the heads model.py builds are the same names."""
+    assert set(HEADS) == set(params.FUSIONS)
+
 
 @pytest.mark.parametrize("fusion", ["concat", "projector", "gated"])
 @pytest.mark.parametrize("variant", ["fusion", "image", "text"])
@@ -146,7 +151,7 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture
-def project(built, monkeypatch) -> dict:
+def project(built, monkeypatch) -> params.Params:
     """A fresh copy of the built project's parameters, in its folder (each test trains the
     runs it reads)."""
     folder, p = built

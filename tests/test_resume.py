@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import first_run, interrupt_training_at
 
-import stages.train as train_module
+import cxrfusion.training as train_module
 from cxrfusion import checkpoint
 
 

@@ -21,7 +21,7 @@ from conftest import ROOT, first_run, frozen_project
 from cxrfusion import params as params_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run, read_text_cache, record, run_of, runs, text_cache
-from cxrfusion.params import as_dict, fields_of, validate
+from cxrfusion.params import Params, as_dict, fields_of, validate
 
 FI, IND = "findings+impression", "indication"
 
@@ -286,7 +286,7 @@ def test_embed_text_for_indication_reads_the_indication_only(cached):
 
 # --- evaluate: thresholds from the validation studies only -------------------------------------
 
-def _direct_study_predictions(run: Run, p: dict) -> dict[str, pd.DataFrame]:
+def _direct_study_predictions(run: Run, p: Params) -> dict[str, pd.DataFrame]:
     """The saved model's study predictions on validation and test, computed here (not by
     evaluate): the caches read as the model was trained, scored in evaluate's batch size."""
     from cxrfusion.dataset import load_splits
@@ -310,7 +310,7 @@ def _direct_study_predictions(run: Run, p: dict) -> dict[str, pd.DataFrame]:
 def trained(cached):
     """One text run (fast), trained; its study predictions on validation and test."""
     run = first_run("text", cached)
-    from stages.train import train
+    from cxrfusion.training import train
 
     train(run, cached)
     return run, cached, _direct_study_predictions(run, cached)
@@ -432,8 +432,8 @@ def test_sensitivity_at_the_fixed_specificity_is_read_off_the_test_roc(trained, 
 def test_two_seeds_train_two_models_and_a_seed_trains_the_same_model_again(cached):
     from safetensors.torch import load_file
 
+    from cxrfusion.training import train
     from stages.evaluate import evaluate
-    from stages.train import train
 
     cached.train.epochs = 1
     zero, one = first_run("image", cached, seed=0), first_run("image", cached, seed=1)
@@ -471,9 +471,9 @@ def test_compare_reads_every_run_over_seeds_and_inputs(cached):
     test, tests/test_pipeline.py, on outputs made without DVC)."""
     from test_pipeline import FIGURES, _check_comparison
 
+    from cxrfusion.training import train
     from stages.compare import compare
     from stages.evaluate import evaluate
-    from stages.train import train
 
     cached.train.epochs = 1
     for run in runs(cached):
@@ -506,7 +506,7 @@ def two_seeds(tmp_path_factory):
 
 
 @pytest.fixture
-def two(two_seeds, monkeypatch) -> dict:
+def two(two_seeds, monkeypatch) -> Params:
     folder, p = two_seeds
     monkeypatch.chdir(folder)
     return copy.deepcopy(p)

@@ -1,4 +1,5 @@
-"""stages/train.py and stages/evaluate.py on the tiny demo of conftest's `cached` fixture."""
+"""Training (cxrfusion.training.train) and stages/evaluate.py on the tiny demo of conftest's
+`cached` fixture."""
 from __future__ import annotations
 
 import json
@@ -17,22 +18,22 @@ from cxrfusion.common import PipelineError
 from cxrfusion.dataset import load_splits
 from cxrfusion.formats import record, text_cache
 from cxrfusion.model import load_model, reads
-from cxrfusion.params import as_dict
+from cxrfusion.params import Params, as_dict
 from cxrfusion.scoring import score
+from cxrfusion.training import train
 from stages.evaluate import evaluate
-from stages.train import train
 
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "auroc", "auprc", "confusion"}
 
 
-def _reloaded_val_loss(run, p: dict) -> float:
+def _reloaded_val_loss(run, p: Params) -> float:
     """Validation loss of the weights saved in models/<run> (fresh process state)."""
     model, _ = load_model(run.models)
     splits, _ = load_splits(p, reads(run.variant)[0], run.text_input)
     return score(model, splits["val"], p.train.batch_size)[1]
 
 
-def _batches_per_epoch(p: dict) -> int:
+def _batches_per_epoch(p: Params) -> int:
     n = int((pd.read_csv("data/prepared/images.csv")["split"] == "train").sum())
     bs = p.train.batch_size
     return math.ceil(n / bs) - (1 if n % bs == 1 else 0)  # a last batch of 1 image is dropped
@@ -108,13 +109,13 @@ EIGHT_EPOCHS_SEED = 7  # with this seed the validation loss is lowest before epo
 
 
 @pytest.fixture
-def eight_epochs(cached) -> dict:
+def eight_epochs(cached) -> Params:
     # `best` and `last` differ: the text model trained with EIGHT_EPOCHS_SEED
     cached.train.epochs = 8
     return cached
 
 
-def _eight(p: dict):
+def _eight(p: Params):
     return first_run("text", p, seed=EIGHT_EPOCHS_SEED)
 
 
