@@ -5,7 +5,7 @@ compares two runs' metrics/comparison.json, verdict by verdict.
 
 The rule. Only the AUROC differences are inferential: each comparison.json records, for every
 text input and pair (fusion - image, fusion - text, text - image), the AUROC difference's
-verdict (higher, lower, equivalent or inconclusive; cxrfusion/inference.py), and that verdict,
+verdict (higher, lower, equivalent or inconclusive; cxrfusion/verdicts.py), and that verdict,
 as each file records it, is the row's conclusion: this script never re-derives it from the
 numbers. It prints both runs' AUROC difference, mean over seeds [1 - alpha interval], the
 Holm-adjusted p (— outside the declared family), the verdict and whether it is the same;

@@ -40,7 +40,7 @@ MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no f
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-# --- the comparisons compare.primary and compare.secondary name (cxrfusion/inference.py) -----
+# --- the comparisons compare.primary and compare.secondary name (cxrfusion/verdicts.py) ------
 
 PAIRS = (("fusion", "image"), ("fusion", "text"), ("text", "image"))  # first minus second
 
@@ -75,19 +75,6 @@ class Comparison:
     @property
     def label(self) -> str:
         return f"{self.a} − {self.b}"
-
-
-def family(primary: str, secondary: list[str]) -> dict[str, str]:
-    """The declared family: comparison name -> role (primary | secondary), primary first."""
-    names = [Comparison.parse(primary).name] + [Comparison.parse(s).name for s in secondary]
-    if len(set(names)) != len(names):
-        raise ValueError(f"the family names a comparison twice: {names}")
-    return {name: "primary" if i == 0 else "secondary" for i, name in enumerate(names)}
-
-
-def smallest_adjusted_p(resamples: int, family_size: int) -> float:
-    """The smallest Holm-adjusted p a family can reach: family size x bootstrap_p's floor."""
-    return min(1.0, family_size * 2 / (resamples + 1))
 
 
 def _fail(name: str, value, allowed: str):
@@ -481,7 +468,7 @@ SECONDARY = ("fusion-image/findings+impression", "fusion-text/findings+impressio
 
 @dataclass
 class Compare:
-    """The declared question and how it is answered (cxrfusion/inference.py)."""
+    """The declared question and how it is answered (cxrfusion/verdicts.py)."""
     primary: str = option("fusion-image/indication", comparison, "the comparison the study "
                           "answers first, an AUROC difference <model>-<model>/<text input> "
                           "(first minus second): here fusion minus the image model's, with the "
@@ -639,11 +626,13 @@ def _family(p: dict) -> None:
                 _fail(f"compare.{key}", c[key], f"{name} names a text input that is not one of "
                       f"text.inputs={inputs}; declare comparisons of the inputs trained (e.g. "
                       f"-S compare.primary=fusion-image/{inputs[0]} -S 'compare.secondary=[]')")
-    try:
-        members = family(c["primary"], c["secondary"])
-    except ValueError as e:
-        _fail("compare.secondary", c["secondary"], str(e))
-    floor = smallest_adjusted_p(c["bootstrap"], len(members))
+    members = [Comparison.parse(name).name for name in [c["primary"], *c["secondary"]]]
+    if len(set(members)) != len(members):
+        _fail("compare.secondary", c["secondary"],
+              f"the family names a comparison twice: {members}")
+    # the smallest Holm-adjusted p the family can reach: its size x bootstrap_p's floor, 2 / (B
+    # + 1); cxrfusion/verdicts.py's smallest_adjusted_p states it where results are reported
+    floor = min(1.0, len(members) * 2 / (c["bootstrap"] + 1))
     if floor >= c["alpha"]:
         needed = math.ceil(2 * len(members) / c["alpha"])
         _fail("compare.bootstrap", c["bootstrap"], f"with a family of {len(members)} the "

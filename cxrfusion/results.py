@@ -1,6 +1,6 @@
 """The comparison as a reader reads it: metrics/comparison.md, which README.md shows, written
 from comparison.json alone. Every column is named by what it measures; every sentence that
-states a result is made from a verdict (cxrfusion/inference.py), never typed by hand."""
+states a result is made from a verdict (cxrfusion/verdicts.py), never typed by hand."""
 from __future__ import annotations
 
 import re

@@ -26,10 +26,10 @@ from cxrfusion import params as params_mod
 from cxrfusion import results as results_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run
-from cxrfusion.inference import holm
 from cxrfusion.metrics import calibration, sensitivity_at_specificity
 from cxrfusion.results import MEASURES, sentence
 from cxrfusion.statistics import SEED_METRICS, delong
+from cxrfusion.verdicts import holm
 from stages.compare import compare
 
 N = 80

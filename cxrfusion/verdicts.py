@@ -22,10 +22,25 @@ from statistics import NormalDist
 
 import numpy as np
 
+from cxrfusion.params import Comparison
 from cxrfusion.statistics import bootstrap_p, equivalence_p, interval
 
 VERDICTS = ("higher", "lower", "equivalent", "inconclusive")
 POWER = 0.8  # the power at which the design's detectable difference is stated
+
+
+def family(primary: str, secondary: list[str]) -> dict[str, str]:
+    """The declared family: comparison name -> role (primary | secondary), primary first.
+    (params.py's rule for `compare` refuses a family that names a comparison twice.)"""
+    names = [Comparison.parse(primary).name] + [Comparison.parse(s).name for s in secondary]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the family names a comparison twice: {names}")
+    return {name: "primary" if i == 0 else "secondary" for i, name in enumerate(names)}
+
+
+def smallest_adjusted_p(resamples: int, family_size: int) -> float:
+    """The smallest Holm-adjusted p a family can reach: family size x bootstrap_p's floor."""
+    return min(1.0, family_size * 2 / (resamples + 1))
 
 
 def holm(p: dict[str, float]) -> dict[str, float]:
