@@ -8,16 +8,11 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cxrfusion.metrics import roc_curve, tpr_at  # noqa: E402
+from cxrfusion.metrics import MEASURES, roc_curve, tpr_at  # noqa: E402
 
 VARIANTS = ("fusion", "image", "text")  # the order every figure uses
 COLOURS = {"fusion": "tab:purple", "image": "tab:blue", "text": "tab:orange"}
-METRIC_TITLES = {  # metric -> (column title, short name for the axis)
-    "auroc": ("AUROC difference", "AUROC"),
-    "auprc": ("AUPRC difference", "AUPRC"),
-    "sensitivity_at_specificity": ("Sensitivity at fixed specificity\n(test ROC)", "sensitivity"),
-    "f1": ("F1 at the validation threshold", "F1"),
-}
+METRIC_TITLES = {m.name: m.forest for m in MEASURES if m.forest}  # (title, axis's short name)
 STYLE = {  # readable at the size a paper prints a figure
     "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
     "ytick.labelsize": 9, "legend.fontsize": 8.5, "legend.title_fontsize": 8.5,

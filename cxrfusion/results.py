@@ -7,26 +7,18 @@ import re
 import sys
 from pathlib import Path
 
+from cxrfusion.metrics import MEASURES
 from cxrfusion.params import PAIRS, Comparison, Params
 
 README_BLOCK = re.compile(r"<!-- results: metrics/comparison\.md -->\n(.*?)<!-- /results -->", re.S)
 
-MEASURES = {  # metric -> what the column measures
-    "auroc": "AUROC",
-    "auprc": "AUPRC",
-    "sensitivity_at_specificity": "Sensitivity at {specificity:.0%} specificity (test ROC)",
-    "sensitivity": "Sensitivity at the validation threshold",
-    "specificity": "Specificity at the validation threshold",
-    "f1": "F1 at the validation threshold",
-    "brier": "Brier score",
-    "ece": "ECE ({ece_bins} equal-mass bins)",
-}
 MODEL_NAMES = {"image": "image only", "text": "text only", "fusion": "fusion"}
 NOUNS = {"image": "the image model", "text": "the text model", "fusion": "fusion"}
 
 
 def measures(result: dict) -> dict:
-    return {k: v.format(**result) for k, v in MEASURES.items()}
+    """metric -> what its column measures (the table of measures, metrics.MEASURES)."""
+    return {m.name: m.column.format(**result) for m in MEASURES}
 
 
 def cell(s: dict, prefix: str = "", signed: bool = False) -> str:
@@ -223,7 +215,7 @@ def summary(result: dict) -> dict:
 
 def forest_rows(result: dict, inputs: list[str], seeds: list[int]) -> dict:
     """The differences as the forest plot reads them: per input, pair and metric."""
-    shown = ("auroc", "auprc", "sensitivity_at_specificity", "f1")
+    shown = [m.name for m in MEASURES if m.forest]
     rows = {}
     for text_input in inputs:
         rows[text_input] = {}

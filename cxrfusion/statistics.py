@@ -12,14 +12,7 @@ import math
 
 import numpy as np
 
-from cxrfusion.metrics import (
-    calibration_rows,
-    choose_threshold,
-    midranks,
-    operating_rows,
-    ranker,
-    roc_rows,
-)
+from cxrfusion.metrics import MEASURES, choose_threshold, measure_rows, midranks, ranker
 
 
 def resamples(labels: np.ndarray, n: int, seed: int, groups=None):
@@ -111,23 +104,7 @@ def equivalence_p(values, margin: float) -> float:
 
 # --- over test studies and training seeds -------------------------------------------------------
 
-SEED_METRICS = ("auroc", "auprc", "sensitivity_at_specificity",  # threshold-free
-                "sensitivity", "specificity", "f1",  # at the threshold chosen on validation
-                "brier", "ece")                      # calibration
-
-
-def _seed_scorer(y: np.ndarray, probs: np.ndarray, specificity: float):
-    """A function of (thresholds, copies) giving (rows, SEED_METRICS): each seed row's metrics
-    on the studies as often as `copies` counts them (ranker); the rows are sorted once, here."""
-    rank, read_roc = ranker(y, probs), roc_rows(y, probs, specificity)
-    operate, calibrate = operating_rows(y, probs), calibration_rows(y, probs)
-
-    def score(thresholds, copies=None) -> np.ndarray:
-        aurocs, auprcs = rank(copies)
-        sens, spec, f1s = operate(thresholds, copies)
-        briers, eces = calibrate(copies)
-        return np.stack([aurocs, auprcs, read_roc(copies), sens, spec, f1s, briers, eces], axis=1)
-    return score
+SEED_METRICS = tuple(m.name for m in MEASURES)  # over_seeds' metrics: the table's, in its order
 
 
 def _rows(model: dict, name: str, key: str, shape: tuple) -> np.ndarray:
@@ -242,7 +219,7 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
         raise ValueError(f"{n} resamples: use 1 or more")
     pairs = [tuple(pair) for pair in pairs]
     y, blocks, probs, thresholds, val_probs, rules = _stacked(labels, models, pairs, validation)
-    score = _seed_scorer(y, probs, specificity)
+    score = measure_rows(y, probs, specificity)
     point = score(thresholds)
     shape = (len(blocks), n, len(SEED_METRICS))
     rounds, study_rounds = np.empty(shape), np.empty(shape)
