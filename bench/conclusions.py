@@ -32,8 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrfusion.metrics import MEASURES  # noqa: E402
+from cxrfusion.params import Comparison  # noqa: E402
 
-PAIRS = ("fusion_minus_image", "fusion_minus_text", "text_minus_image")
+PAIRS = tuple(c.key for c in Comparison.of_input(None))  # fusion_minus_image, ...
 DESCRIPTIVE = tuple(m.name for m in MEASURES if m.name != "auroc")  # comparison.md's order;
 # a measure the table does not hold (a file from another version) comes after these
 
@@ -81,7 +82,7 @@ def _interval(d) -> bool:
 
 
 def _label(pair: str) -> str:
-    return pair.replace("_minus_", " - ")
+    return Comparison.from_key(pair).ascii_label
 
 
 def verdicts(a: dict, b: dict) -> tuple[list[str], int, int]:

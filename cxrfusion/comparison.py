@@ -91,15 +91,15 @@ def compare_input(scored: dict, text_input: str, labels, validation: dict | None
         floors = [calibrated_ece(row, seed=c.seed) for row in m["probs"]]
         summary[v]["ece_floor"] = {"mean": float(np.mean(floors)), **by_seed(floors, seeds)}
     differences, rounds = {}, {}
-    for a, b in PAIRS:
-        s = stats["pairs"][f"{a} - {b}"]
-        key = Comparison(a, b, text_input).key
+    for pair in Comparison.of_input(text_input):
+        name, key = pair.ascii_label, pair.key  # over_seeds' name, comparison.json's key
+        s = stats["pairs"][name]
         differences[key] = {metric: {"mean": d["mean"], "low": d["low"], "high": d["high"],
                                      **by_seed(d["per_seed"], seeds)} for metric, d in s.items()}
-        differences[key]["delong"] = delong_rows(labels, models[a]["probs"],
-                                                 models[b]["probs"], seeds)
-        rounds[key] = (stats["rounds"][f"{a} - {b}"]["auroc"],
-                       stats["study_rounds"][f"{a} - {b}"]["auroc"], s["auroc"]["per_seed"])
+        differences[key]["delong"] = delong_rows(labels, models[pair.a]["probs"],
+                                                 models[pair.b]["probs"], seeds)
+        rounds[key] = (stats["rounds"][name]["auroc"], stats["study_rounds"][name]["auroc"],
+                       s["auroc"]["per_seed"])
     return summary, differences, rounds
 
 
@@ -110,8 +110,8 @@ def answer(result: dict, rounds: dict, p: Params) -> None:
     c = p.compare
     alpha, margin = c.alpha, c.margin
     roles = verdicts.family(c.primary, c.secondary)
-    rows = {Comparison(a, b, i): result["differences"][i][f"{a}_minus_{b}"]["auroc"]
-            for i in result["differences"] for a, b in PAIRS}
+    rows = {c: result["differences"][i][c.key]["auroc"]
+            for i in result["differences"] for c in Comparison.of_input(i)}
     for comparison, d in rows.items():
         d.update(verdicts.unadjusted(rounds[comparison.text_input][comparison.key][0], alpha,
                                       margin))

@@ -47,10 +47,11 @@ PAIRS = (("fusion", "image"), ("fusion", "text"), ("text", "image"))  # first mi
 
 @dataclass(frozen=True)
 class Comparison:
-    """One AUROC difference: models a - b on one text input's runs."""
+    """One AUROC difference: models a - b on one text input's runs (None: the pair alone, whose
+    keys and labels do not depend on the input). Each way of writing it is spelled here once."""
     a: str
     b: str
-    text_input: str
+    text_input: str | None = None
 
     @classmethod
     def parse(cls, name: str) -> "Comparison":
@@ -58,23 +59,52 @@ class Comparison:
         pair, sep, text_input = str(name).partition("/")
         a, dash, b = pair.partition("-")
         if not (sep and dash and text_input) or (a, b) not in PAIRS:
-            allowed = ", ".join(f"{x}-{y}" for x, y in PAIRS)
+            allowed = ", ".join(cls(x, y).summary_key for x, y in PAIRS)
             raise ValueError(f"{name!r} is not a comparison: write <pair>/<text input>, the pair "
                              f"one of {allowed} (e.g. fusion-image/indication)")
         return cls(a, b, text_input)
 
+    @classmethod
+    def from_key(cls, key: str, text_input: str | None = None) -> "Comparison":
+        """fusion_minus_image (key) -> Comparison("fusion", "image", text_input)."""
+        a, minus, b = key.partition("_minus_")
+        if not (a and minus and b):
+            raise ValueError(f"{key!r} is not the key of a pair: write <model>_minus_<model>")
+        return cls(a, b, text_input)
+
+    @classmethod
+    def of_input(cls, text_input: str | None) -> list["Comparison"]:
+        """Every pair of PAIRS on one text input, in PAIRS' order."""
+        return [cls(a, b, text_input) for a, b in PAIRS]
+
     @property
     def name(self) -> str:
-        return f"{self.a}-{self.b}/{self.text_input}"
+        """How compare.primary, compare.secondary and comparison.json's question name it:
+        fusion-image/indication."""
+        return f"{self.summary_key}/{self.text_input}"
 
     @property
     def key(self) -> str:
-        """The key of its pair in comparison.json's differences[text input]."""
+        """The key of its pair in comparison.json's differences[text input]:
+        fusion_minus_image."""
         return f"{self.a}_minus_{self.b}"
 
     @property
+    def summary_key(self) -> str:
+        """The key of its pair in metrics/summary.json[text input], and the pair of its name:
+        fusion-image."""
+        return f"{self.a}-{self.b}"
+
+    @property
     def label(self) -> str:
+        """How tables, sentences and figures name the pair: fusion − image."""
         return f"{self.a} − {self.b}"
+
+    @property
+    def ascii_label(self) -> str:
+        """The label in plain ASCII: statistics' names of a pair (and so the keys of
+        metrics/report/subgroups.json) and bench/conclusions.py's columns: fusion - image."""
+        return f"{self.a} - {self.b}"
 
 
 def _fail(name: str, value, allowed: str):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cxrfusion.metrics import MEASURES
-from cxrfusion.params import PAIRS, Comparison, Params
+from cxrfusion.params import Comparison, Params
 
 README_BLOCK = re.compile(r"<!-- results: metrics/comparison\.md -->\n(.*?)<!-- /results -->", re.S)
 
@@ -43,7 +43,7 @@ def sentence(c: Comparison, d: dict, alpha: float, margin: float, units: str) ->
     """One comparison's result in words, from its verdict: never "no difference" where the
     verdict is inconclusive. `units`: what the test set counts (studies, or patients)."""
     adjusted = d["p_adjusted"] is not None
-    what = (f"{c.a} − {c.b} AUROC {d['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(d)}; "
+    what = (f"{c.label} AUROC {d['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(d)}; "
             f"{'Holm-adjusted' if adjusted else 'exploratory, unadjusted'} p = "
             f"{p_value(d['p_adjusted'] if adjusted else d['p'])})")
     if d["verdict"] in ("higher", "lower"):
@@ -132,8 +132,8 @@ def _for_equivalence(d: dict) -> str:
 def _auroc_rows(result: dict):
     """(Comparison, its AUROC entry): the primary first, then the family, then the rest."""
     order = {name: i for i, name in enumerate(result["question"]["family"])}
-    rows = [(Comparison(a, b, i), result["differences"][i][f"{a}_minus_{b}"]["auroc"])
-            for i in result["differences"] for a, b in PAIRS]
+    rows = [(c, result["differences"][i][c.key]["auroc"])
+            for i in result["differences"] for c in Comparison.of_input(i)]
     return sorted(rows, key=lambda r: order.get(r[0].name, len(order)))
 
 
@@ -175,9 +175,9 @@ def descriptive(result: dict) -> list[str]:
              "family, no test).** Cell: mean over seeds [interval].", ""]
     lines += _header("text input", "comparison", *names.values())
     for text_input, pairs in result["differences"].items():
-        for a, b in PAIRS:
-            d = pairs[f"{a}_minus_{b}"]
-            lines.append(_row([text_input, f"{a} − {b}",
+        for c in Comparison.of_input(text_input):
+            d = pairs[c.key]
+            lines.append(_row([text_input, c.label,
                                *(cell(d[k], signed=True) for k in names)]))
     return lines
 
@@ -206,22 +206,22 @@ def summary(result: dict) -> dict:
     out = {"image": {"auroc": first["image"]["auroc"]["mean"]}}
     for text_input, models in result["models"].items():
         out[text_input] = {"auroc": {v: models[v]["auroc"]["mean"] for v in ("fusion", "text")}}
-        for a, b in PAIRS:
-            d = result["differences"][text_input][f"{a}_minus_{b}"]["auroc"]
-            out[text_input][f"{a}-{b}"] = {"mean": d["mean"], "low": d["low"], "high": d["high"],
+        for c in Comparison.of_input(text_input):
+            d = result["differences"][text_input][c.key]["auroc"]
+            out[text_input][c.summary_key] = {"mean": d["mean"], "low": d["low"], "high": d["high"],
                                            "verdict": d["verdict"]}
     return out
 
 
 def forest_rows(result: dict, inputs: list[str], seeds: list[int]) -> dict:
-    """The differences as the forest plot reads them: per input, pair and metric."""
+    """The differences as the forest plot reads them: per input, Comparison and metric."""
     shown = [m.name for m in MEASURES if m.forest]
     rows = {}
     for text_input in inputs:
         rows[text_input] = {}
-        for a, b in PAIRS:
-            d = result["differences"][text_input][f"{a}_minus_{b}"]
-            rows[text_input][f"{a} - {b}"] = {
+        for c in Comparison.of_input(text_input):
+            d = result["differences"][text_input][c.key]
+            rows[text_input][c] = {
                 m: {**d[m], "per_seed": [d[m][f"seed-{s}"] for s in seeds]} for m in shown}
     return rows
 

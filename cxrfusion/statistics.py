@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from cxrfusion.metrics import MEASURES, choose_threshold, measure_rows, midranks, ranker
+from cxrfusion.params import Comparison
 
 
 def resamples(labels: np.ndarray, n: int, seed: int, groups=None):
@@ -201,8 +202,9 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
     `models`: {name: {"probs": (seeds, studies), "thresholds": (seeds,) chosen on validation,
     and with `validation` "val_probs": (seeds, validation studies) and "rule": the rule that
     chose them (choose_threshold)}}; `pairs`: (a, b) names, compared seed row by seed row
-    (per_seed); `validation`: None, or {"labels": (validation studies,), "groups": patients or
-    None}; `specificity`: where sensitivity_at_specificity reads each test ROC.
+    (per_seed), each pair named "a - b" in the result (params.Comparison's ascii_label);
+    `validation`: None, or {"labels": (validation studies,), "groups": patients or None};
+    `specificity`: where sensitivity_at_specificity reads each test ROC.
 
     Method, a two-level bootstrap: each of `n` rounds draws the test studies resamples(labels,
     n, seed, groups) draws; from a second generator spawned from `seed`, for each model
@@ -235,7 +237,7 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
     pairs_out, pair_rounds, pair_study_rounds = {}, {}, {}
     index = {name: m for m, name in enumerate(blocks)}
     for a, b in pairs:
-        name = f"{a} - {b}"
+        name = Comparison(a, b).ascii_label
         pair_rounds[name] = {m: rounds[index[a], :, j] - rounds[index[b], :, j]
                              for j, m in enumerate(SEED_METRICS)}
         pair_study_rounds[name] = {m: study_rounds[index[a], :, j] - study_rounds[index[b], :, j]
@@ -313,7 +315,7 @@ def on_subgroups(labels, models: dict, pairs, members: dict, n: int, seed: int, 
             "studies": int(mask.sum()), "abnormal": int(mask[y == 1].sum()),
             "rounds": scored.shape[1],
             "models": {m: _summary(point[index[m]], scored[index[m]], level) for m in blocks},
-            "pairs": {f"{a} - {b}": _summary(point[index[a]] - point[index[b]],
+            "pairs": {Comparison(a, b).ascii_label: _summary(point[index[a]] - point[index[b]],
                                              scored[index[a]] - scored[index[b]], level)
                       for a, b in pairs}}
     return out
