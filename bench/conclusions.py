@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrfusion.metrics import MEASURES  # noqa: E402
 from cxrfusion.params import Comparison  # noqa: E402
+from cxrfusion.results import p_value  # noqa: E402
 
 PAIRS = tuple(c.key for c in Comparison.of_input(None))  # fusion_minus_image, ...
 DESCRIPTIVE = tuple(m.name for m in MEASURES if m.name != "auroc")  # comparison.md's order;
@@ -60,16 +61,13 @@ def load(path: Path) -> dict:
 
 def _pairs(result: dict) -> list[tuple[str, str]]:
     """(text input, pair) in the file's order, the known pairs first."""
-    return [(i, p) for i, pairs in result["differences"].items()
-            for p in sorted(pairs, key=lambda k: (PAIRS.index(k) if k in PAIRS else len(PAIRS), k))]
+    return [(i, pair) for i, pairs in result["differences"].items()
+            for pair in sorted(pairs, key=lambda k: (PAIRS.index(k) if k in PAIRS else len(PAIRS),
+                                                     k))]
 
 
 def _cell(d: dict) -> str:
     return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
-
-
-def _p(p) -> str:
-    return "—" if p is None else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def reading(d: dict) -> str:
@@ -104,8 +102,8 @@ def verdicts(a: dict, b: dict) -> tuple[list[str], int, int]:
         same += ok
         role = da["role"] if da["role"] == db["role"] else f"{da['role']}/{db['role']}"
         lines.append(f"{text_input:20} {_label(pair):15} {role:11} {_cell(da):24} "
-                     f"{_p(da['p_adjusted']):>7} {da['verdict']:13} {_cell(db):24} "
-                     f"{_p(db['p_adjusted']):>7} {db['verdict']:13} "
+                     f"{p_value(da['p_adjusted']):>7} {da['verdict']:13} {_cell(db):24} "
+                     f"{p_value(db['p_adjusted']):>7} {db['verdict']:13} "
                      f"{db['mean'] - da['mean']:+7.3f}  "
                      f"{'yes' if ok else 'NO: ' + da['verdict'] + ' / ' + db['verdict']}")
     return lines, same, total

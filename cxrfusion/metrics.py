@@ -1,5 +1,6 @@
 """Metrics of one model: classification metrics, ranking metrics and their curves, operating
-points chosen on validation, calibration, and study-level aggregation.
+points chosen on validation, calibration, and study-level aggregation; and MEASURES, the one
+table of the measures the comparison scores on every seed row (its kernels, columns, panels).
 
 Label 1 (abnormal) is the positive class throughout, as in the original. Every pipeline process
 imports this module, so it needs numpy, pandas and cxrfusion.params only (no sklearn, no scipy:
@@ -300,23 +301,6 @@ def auroc(labels, probs) -> float:
     nan where the labels hold one class only."""
     y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
     return float(ranking_rows(y, p[None])[0][0]) if _both_classes(y) else float("nan")
-
-
-def auprc(labels, probs) -> float:
-    """Average precision, tied scores one point of the curve: equals sklearn's
-    average_precision_score. nan where the labels hold one class only."""
-    y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
-    return float(ranking_rows(y, p[None])[1][0]) if _both_classes(y) else float("nan")
-
-
-def f1(labels, probs, threshold: float) -> float:
-    """F1 of calling abnormal at or above `threshold`; 0 without true positives."""
-    return float(operating_rows(labels, np.asarray(probs, np.float64)[None])(threshold)[2][0])
-
-
-def sensitivity(labels, probs, threshold: float) -> float:
-    """Fraction of abnormal studies called abnormal at or above `threshold`; 0 without any."""
-    return float(operating_rows(labels, np.asarray(probs, np.float64)[None])(threshold)[0][0])
 
 
 def _ratio(num: int, den: int) -> float:

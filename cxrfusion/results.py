@@ -28,10 +28,10 @@ def cell(s: dict, prefix: str = "", signed: bool = False) -> str:
     return f"{prefix}{f.format(s['mean'])}{sd} [{f.format(s['low'])}, {f.format(s['high'])}]"
 
 
-def p_value(p: float | None) -> str:
-    if p is None:
+def p_value(value: float | None) -> str:
+    if value is None:
         return "—"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
 def _ci(d: dict, key: str = "") -> str:

@@ -4,7 +4,8 @@ are known, of patients; the one quantile rule of every interval and the p-values
 (over_seeds), and on subgroups of the test studies within the same rounds (on_subgroups);
 DeLong's test of two AUROCs.
 
-Label 1 (abnormal) is the positive class throughout. numpy only, as cxrfusion/metrics.py.
+Label 1 (abnormal) is the positive class throughout. Like cxrfusion/metrics.py, whose kernels
+score every resample, it needs no sklearn and no scipy: numpy, and metrics.py's imports.
 """
 from __future__ import annotations
 
@@ -128,17 +129,17 @@ def _stacked(labels, models: dict, pairs, validation) -> tuple:
         missing = needed - set(model)
         if missing:
             raise ValueError(f"model {name!r} lacks {', '.join(sorted(missing))}")
-        p = np.asarray(model["probs"], dtype=np.float64)
-        if p.ndim != 2 or p.shape[1] != len(y) or not len(p):
-            raise ValueError(f"model {name!r}: probs of shape {p.shape}, expected (seeds, "
+        probs = np.asarray(model["probs"], dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] != len(y) or not len(probs):
+            raise ValueError(f"model {name!r}: probs of shape {probs.shape}, expected (seeds, "
                              f"{len(y)}): one row per training seed, one column per test study")
-        blocks[name] = (sum(len(r) for r in rows), len(p))
-        rows.append(p)
-        thresholds.append(_rows(model, name, "thresholds", (len(p),)))
+        blocks[name] = (sum(len(r) for r in rows), len(probs))
+        rows.append(probs)
+        thresholds.append(_rows(model, name, "thresholds", (len(probs),)))
         if validation:
             val_rows.append(_rows(model, name, "val_probs",
-                                  (len(p), len(validation["labels"]))))
-            rules += [model["rule"]] * len(p)
+                                  (len(probs), len(validation["labels"]))))
+            rules += [model["rule"]] * len(probs)
     if not rows:
         raise ValueError("no models")
     for a, b in pairs:
@@ -162,8 +163,8 @@ def _rechooser(validation: dict | None, val_probs, rules, thresholds, n: int, st
             yield thresholds
     y = np.asarray(validation["labels"]).astype(int)
     for idx in resamples(y, n, stream, validation.get("groups")):
-        yield np.array([choose_threshold(y[idx], p[idx], rule)
-                        for p, rule in zip(val_probs, rules)])
+        yield np.array([choose_threshold(y[idx], probs[idx], rule)
+                        for probs, rule in zip(val_probs, rules)])
 
 
 def _draws(y: np.ndarray, blocks: dict, n: int, seed: int, groups=None):

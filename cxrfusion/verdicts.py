@@ -43,15 +43,15 @@ def smallest_adjusted_p(resamples: int, family_size: int) -> float:
     return min(1.0, family_size * 2 / (resamples + 1))
 
 
-def holm(p: dict[str, float]) -> dict[str, float]:
+def holm(p_values: dict[str, float]) -> dict[str, float]:
     """Holm's step-down adjustment: the i-th smallest of m p-values becomes the largest of
     (m - j + 1) p_(j) over j <= i, at most 1 (so the adjusted values keep the order)."""
-    names = sorted(p, key=lambda k: (p[k], k))
+    names = sorted(p_values, key=lambda k: (p_values[k], k))
     m, running, adjusted = len(names), 0.0, {}
     for i, name in enumerate(names):
-        running = max(running, min(1.0, (m - i) * p[name]))
+        running = max(running, min(1.0, (m - i) * p_values[name]))
         adjusted[name] = running
-    return {name: adjusted[name] for name in p}
+    return {name: adjusted[name] for name in p_values}
 
 
 def verdict(p_adjusted: float, p_equivalence: float, low: float, high: float,
