@@ -5,7 +5,7 @@ compares two runs' metrics/comparison.json, verdict by verdict.
 
 The rule. Only the AUROC differences are inferential: each comparison.json records, for every
 text input and pair (fusion - image, fusion - text, text - image), the AUROC difference's
-verdict (higher, lower, equivalent or inconclusive; cxrfusion/inference.py), and that verdict,
+verdict (higher, lower, equivalent or inconclusive; cxrfusion/verdicts.py), and that verdict,
 as each file records it, is the row's conclusion: this script never re-derives it from the
 numbers. It prints both runs' AUROC difference, mean over seeds [1 - alpha interval], the
 Holm-adjusted p (— outside the declared family), the verdict and whether it is the same;
@@ -29,9 +29,15 @@ import json
 import sys
 from pathlib import Path
 
-PAIRS = ("fusion_minus_image", "fusion_minus_text", "text_minus_image")
-DESCRIPTIVE = ("auprc", "sensitivity_at_specificity", "sensitivity", "specificity", "f1",
-               "brier", "ece")  # the order comparison.md prints them in; others after these
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cxrfusion.metrics import MEASURES  # noqa: E402
+from cxrfusion.params import Comparison  # noqa: E402
+from cxrfusion.results import p_value  # noqa: E402
+
+PAIRS = tuple(c.key for c in Comparison.of_input(None))  # fusion_minus_image, ...
+DESCRIPTIVE = tuple(m.name for m in MEASURES if m.name != "auroc")  # comparison.md's order;
+# a measure the table does not hold (a file from another version) comes after these
 
 
 class OldSchema(Exception):
@@ -55,16 +61,13 @@ def load(path: Path) -> dict:
 
 def _pairs(result: dict) -> list[tuple[str, str]]:
     """(text input, pair) in the file's order, the known pairs first."""
-    return [(i, p) for i, pairs in result["differences"].items()
-            for p in sorted(pairs, key=lambda k: (PAIRS.index(k) if k in PAIRS else len(PAIRS), k))]
+    return [(i, pair) for i, pairs in result["differences"].items()
+            for pair in sorted(pairs, key=lambda k: (PAIRS.index(k) if k in PAIRS else len(PAIRS),
+                                                     k))]
 
 
 def _cell(d: dict) -> str:
     return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
-
-
-def _p(p) -> str:
-    return "—" if p is None else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def reading(d: dict) -> str:
@@ -77,7 +80,7 @@ def _interval(d) -> bool:
 
 
 def _label(pair: str) -> str:
-    return pair.replace("_minus_", " - ")
+    return Comparison.from_key(pair).ascii_label
 
 
 def verdicts(a: dict, b: dict) -> tuple[list[str], int, int]:
@@ -99,8 +102,8 @@ def verdicts(a: dict, b: dict) -> tuple[list[str], int, int]:
         same += ok
         role = da["role"] if da["role"] == db["role"] else f"{da['role']}/{db['role']}"
         lines.append(f"{text_input:20} {_label(pair):15} {role:11} {_cell(da):24} "
-                     f"{_p(da['p_adjusted']):>7} {da['verdict']:13} {_cell(db):24} "
-                     f"{_p(db['p_adjusted']):>7} {db['verdict']:13} "
+                     f"{p_value(da['p_adjusted']):>7} {da['verdict']:13} {_cell(db):24} "
+                     f"{p_value(db['p_adjusted']):>7} {db['verdict']:13} "
                      f"{db['mean'] - da['mean']:+7.3f}  "
                      f"{'yes' if ok else 'NO: ' + da['verdict'] + ' / ' + db['verdict']}")
     return lines, same, total

@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cxrfusion.params import Comparison  # noqa: E402
+
 log = logging.getLogger("options")
 
 # name -> the -S settings of its experiment (each option alone, all else the default)
@@ -46,7 +48,8 @@ OPTIONS = {
 }
 KEPT = ROOT / "docs" / "options"
 DOC = ROOT / "docs" / "options.md"
-DIFFERENCES = {"fusion_minus_image": "fusion − image", "fusion_minus_text": "fusion − text"}
+DIFFERENCES = {c.key: c.label  # comparison.json's key -> the column's name
+               for c in (Comparison("fusion", "image"), Comparison("fusion", "text"))}
 
 
 def command(name: str) -> str:

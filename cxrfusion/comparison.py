@@ -1,7 +1,7 @@
 """The declared question answered from every run's predictions (stage `compare`): per text
 input, each model's metrics over seeds and the paired differences (statistics.over_seeds),
 DeLong per seed and for the ensemble, each AUROC difference's test, family-adjusted p, verdict
-and design (cxrfusion/inference.py), and the figures of comparison.json.
+and design (cxrfusion/verdicts.py), and the figures of comparison.json.
 
 `scored`: {Run: {"test", "val": studies (uid, label, probability), "evaluation": what
 `evaluate` wrote, "rule": the rule that chose its threshold}}, every run on the same studies.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrfusion import figures, inference, params, results
+from cxrfusion import figures, results, verdicts
 from cxrfusion.formats import Run
 from cxrfusion.metrics import calibrated_ece, calibration, ece_bins
 from cxrfusion.params import PAIRS, Comparison, Params
@@ -91,15 +91,15 @@ def compare_input(scored: dict, text_input: str, labels, validation: dict | None
         floors = [calibrated_ece(row, seed=c.seed) for row in m["probs"]]
         summary[v]["ece_floor"] = {"mean": float(np.mean(floors)), **by_seed(floors, seeds)}
     differences, rounds = {}, {}
-    for a, b in PAIRS:
-        s = stats["pairs"][f"{a} - {b}"]
-        key = Comparison(a, b, text_input).key
+    for pair in Comparison.of_input(text_input):
+        name, key = pair.ascii_label, pair.key  # over_seeds' name, comparison.json's key
+        s = stats["pairs"][name]
         differences[key] = {metric: {"mean": d["mean"], "low": d["low"], "high": d["high"],
                                      **by_seed(d["per_seed"], seeds)} for metric, d in s.items()}
-        differences[key]["delong"] = delong_rows(labels, models[a]["probs"],
-                                                 models[b]["probs"], seeds)
-        rounds[key] = (stats["rounds"][f"{a} - {b}"]["auroc"],
-                       stats["study_rounds"][f"{a} - {b}"]["auroc"], s["auroc"]["per_seed"])
+        differences[key]["delong"] = delong_rows(labels, models[pair.a]["probs"],
+                                                 models[pair.b]["probs"], seeds)
+        rounds[key] = (stats["rounds"][name]["auroc"], stats["study_rounds"][name]["auroc"],
+                       s["auroc"]["per_seed"])
     return summary, differences, rounds
 
 
@@ -109,21 +109,21 @@ def answer(result: dict, rounds: dict, p: Params) -> None:
     """Each AUROC difference's test, family-adjusted p, verdict and design, in `result`."""
     c = p.compare
     alpha, margin = c.alpha, c.margin
-    roles = params.family(c.primary, c.secondary)
-    rows = {Comparison(a, b, i): result["differences"][i][f"{a}_minus_{b}"]["auroc"]
-            for i in result["differences"] for a, b in PAIRS}
+    roles = verdicts.family(c.primary, c.secondary)
+    rows = {c: result["differences"][i][c.key]["auroc"]
+            for i in result["differences"] for c in Comparison.of_input(i)}
     for comparison, d in rows.items():
-        d.update(inference.unadjusted(rounds[comparison.text_input][comparison.key][0], alpha,
+        d.update(verdicts.unadjusted(rounds[comparison.text_input][comparison.key][0], alpha,
                                       margin))
         d["role"] = roles.get(comparison.name, "exploratory")
-    adjusted = inference.holm({cmp.name: d["p"] for cmp, d in rows.items() if cmp.name in roles})
+    adjusted = verdicts.holm({cmp.name: d["p"] for cmp, d in rows.items() if cmp.name in roles})
     for comparison, d in rows.items():
         _, study_rounds, per_seed = rounds[comparison.text_input][comparison.key]
         member = comparison.name in roles
         d["p_adjusted"] = adjusted.get(comparison.name)
-        d["verdict"] = inference.verdict(d["p_adjusted"] if member else d["p"],
+        d["verdict"] = verdicts.verdict(d["p_adjusted"] if member else d["p"],
                                          d["p_equivalence"], d["low"], d["high"], alpha)
-        d["design"] = inference.design(study_rounds, per_seed, result["resampled_units"],
+        d["design"] = verdicts.design(study_rounds, per_seed, result["resampled_units"],
                                        alpha / len(roles) if member else alpha, alpha, margin)
     primary = Comparison.parse(c.primary)
     result["question"] = {

@@ -8,16 +8,11 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cxrfusion.metrics import roc_curve, tpr_at  # noqa: E402
+from cxrfusion.metrics import MEASURES, roc_curve, tpr_at  # noqa: E402
 
 VARIANTS = ("fusion", "image", "text")  # the order every figure uses
 COLOURS = {"fusion": "tab:purple", "image": "tab:blue", "text": "tab:orange"}
-METRIC_TITLES = {  # metric -> (column title, short name for the axis)
-    "auroc": ("AUROC difference", "AUROC"),
-    "auprc": ("AUPRC difference", "AUPRC"),
-    "sensitivity_at_specificity": ("Sensitivity at fixed specificity\n(test ROC)", "sensitivity"),
-    "f1": ("F1 at the validation threshold", "F1"),
-}
+METRIC_TITLES = {m.name: m.forest for m in MEASURES if m.forest}  # (title, axis's short name)
 STYLE = {  # readable at the size a paper prints a figure
     "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
     "ytick.labelsize": 9, "legend.fontsize": 8.5, "legend.title_fontsize": 8.5,
@@ -38,15 +33,8 @@ def _save(fig, path) -> None:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def _variant(name: str) -> str:
-    """The variant a label or pair names first: "fusion · indication" -> "fusion"."""
-    for sep in (" · ", " - ", "_minus_", " "):
-        name = name.split(sep)[0]
-    return name.strip()
-
-
-def _colour(name: str) -> str:
-    return COLOURS.get(_variant(name), "0.25")
+def _colour(variant: str) -> str:
+    return COLOURS.get(variant, "0.25")
 
 
 def _ordered(names) -> list:
@@ -169,7 +157,7 @@ def _forest_rows(differences: dict) -> tuple[list, list, list, list, int]:
         ticks.append(y), labels.append(f"text input: {inp}"), header_rows.append(y)
         y += 1
         for pair in pairs:
-            ticks.append(y), labels.append(pair.replace("_minus_", " - ").replace(" - ", " − "))
+            ticks.append(y), labels.append(pair.label)
             rows.append((y, inp, pair))
             y += 1
     return ticks, labels, header_rows, rows, y
@@ -238,7 +226,7 @@ def _forest_panel(ax, metric: str, differences: dict, layout: tuple, margin) -> 
     for row, inp, pair in rows:
         d = differences[inp][pair].get(metric)
         if d is not None:
-            _forest_row(ax, row, d, _colour(pair))
+            _forest_row(ax, row, d, _colour(pair.a))
     ax.set_title(title, fontweight="bold")
     ax.set_xlabel(f"Δ {short} (first − second model)")
     ax.grid(axis="x", alpha=0.3)
@@ -277,7 +265,8 @@ def _forest_legend(fig, seed_counts: list, seeds: str, margin, metrics: list) ->
 def forest(differences: dict, path, margin: float | None = None) -> None:
     """Paired differences between the variants on the test studies, per text input.
 
-    differences[input][pair][metric] = {"mean", "low", "high", "per_seed": [...]}; one column
+    differences[input][pair][metric] = {"mean", "low", "high", "per_seed": [...]}, `pair` a
+    params.Comparison (its label names the row, its first model colours it); one column
     per metric, one row per pair grouped by text input; filled marker = mean with its 95 %
     interval as a bar, open markers = single seeds, vertical line at 0; on the AUROC panel,
     dotted lines at +-`margin` (the equivalence margin), and each row's "verdict" where it has
@@ -629,7 +618,7 @@ def _draw_seed_history(top, bottom, t: np.ndarray, kept, shade, label) -> None:
 
 def _training_column(top, bottom, label: str, seeds: dict) -> None:
     """One model: its seeds in shades of its colour, a seed legend where there are several."""
-    shades = _shades(_colour(label), len(seeds))
+    shades = _shades(_colour(label.split(" · ")[0]), len(seeds))  # Run.label: <variant> · <input>
     for shade, (seed, (t, kept)) in zip(shades, seeds.items()):
         _draw_seed_history(top, bottom, t, kept, shade,
                            f"seed {seed}" if len(seeds) > 1 else None)

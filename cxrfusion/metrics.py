@@ -1,5 +1,6 @@
 """Metrics of one model: classification metrics, ranking metrics and their curves, operating
-points chosen on validation, calibration, and study-level aggregation.
+points chosen on validation, calibration, and study-level aggregation; and MEASURES, the one
+table of the measures the comparison scores on every seed row (its kernels, columns, panels).
 
 Label 1 (abnormal) is the positive class throughout, as in the original. Every pipeline process
 imports this module, so it needs numpy, pandas and cxrfusion.params only (no sklearn, no scipy:
@@ -8,6 +9,8 @@ about 2 s of imports each). Intervals and model comparisons are in cxrfusion/sta
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
@@ -221,6 +224,72 @@ def calibration_rows(labels, probs, bins: int | None = None):
     return score
 
 
+# --- the measures of the comparison: one table --------------------------------------------------
+
+def _ranking(labels, probs, specificity: float):
+    rank = ranker(labels, probs)
+    return lambda thresholds, copies: rank(copies)  # (AUROC, AUPRC)
+
+
+def _roc(labels, probs, specificity: float):
+    read = roc_rows(labels, probs, specificity)
+    return lambda thresholds, copies: (read(copies),)  # (sensitivity at specificity,)
+
+
+def _operating(labels, probs, specificity: float):
+    return operating_rows(labels, probs)  # (sensitivity, specificity, F1)
+
+
+def _calibration(labels, probs, specificity: float):
+    calibrate = calibration_rows(labels, probs)
+    return lambda thresholds, copies: calibrate(copies)  # (Brier, ECE)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One measure the comparison scores on every seed row in every bootstrap round.
+
+    `kernel`: (labels, probs (rows, studies), specificity) -> a function of (thresholds,
+    copies) giving a tuple of per-row values; the measure is its `part`-th. Every measure of
+    one kernel shares one call of it (the rows are sorted once). `column`: what its column in
+    comparison.md measures, formatted with comparison.json's top-level fields. `forest`: (panel
+    title, short name for the axis) where the forest plot draws it, else None."""
+    name: str  # its key in comparison.json and metrics/summary.json
+    kernel: Callable
+    part: int
+    column: str
+    forest: tuple[str, str] | None = None
+
+
+MEASURES = (  # the order of comparison.json, comparison.md's columns and the forest's panels
+    Measure("auroc", _ranking, 0, "AUROC", ("AUROC difference", "AUROC")),  # threshold-free
+    Measure("auprc", _ranking, 1, "AUPRC", ("AUPRC difference", "AUPRC")),
+    Measure("sensitivity_at_specificity", _roc, 0,
+            "Sensitivity at {specificity:.0%} specificity (test ROC)",
+            ("Sensitivity at fixed specificity\n(test ROC)", "sensitivity")),
+    Measure("sensitivity", _operating, 0,  # at the threshold chosen on validation
+            "Sensitivity at the validation threshold"),
+    Measure("specificity", _operating, 1, "Specificity at the validation threshold"),
+    Measure("f1", _operating, 2, "F1 at the validation threshold",
+            ("F1 at the validation threshold", "F1")),
+    Measure("brier", _calibration, 0, "Brier score"),  # calibration
+    Measure("ece", _calibration, 1, "ECE ({ece_bins} equal-mass bins)"),
+)
+
+
+def measure_rows(labels, probs, specificity: float):
+    """A function of (thresholds, copies) giving (rows, MEASURES): each row of `probs`
+    (rows, studies) scored on every measure, on the studies as often as `copies` counts them
+    (ranker; None: once) and, at the threshold, called abnormal at or above its own threshold
+    (operating_rows). Each kernel is built once, here: its rows are sorted once."""
+    kernels = {m.kernel: m.kernel(labels, probs, specificity) for m in MEASURES}
+
+    def score(thresholds, copies=None) -> np.ndarray:
+        values = {kernel: f(thresholds, copies) for kernel, f in kernels.items()}
+        return np.stack([values[m.kernel][m.part] for m in MEASURES], axis=1)
+    return score
+
+
 # --- one model ---------------------------------------------------------------------------------
 
 def _both_classes(y: np.ndarray) -> bool:
@@ -232,23 +301,6 @@ def auroc(labels, probs) -> float:
     nan where the labels hold one class only."""
     y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
     return float(ranking_rows(y, p[None])[0][0]) if _both_classes(y) else float("nan")
-
-
-def auprc(labels, probs) -> float:
-    """Average precision, tied scores one point of the curve: equals sklearn's
-    average_precision_score. nan where the labels hold one class only."""
-    y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
-    return float(ranking_rows(y, p[None])[1][0]) if _both_classes(y) else float("nan")
-
-
-def f1(labels, probs, threshold: float) -> float:
-    """F1 of calling abnormal at or above `threshold`; 0 without true positives."""
-    return float(operating_rows(labels, np.asarray(probs, np.float64)[None])(threshold)[2][0])
-
-
-def sensitivity(labels, probs, threshold: float) -> float:
-    """Fraction of abnormal studies called abnormal at or above `threshold`; 0 without any."""
-    return float(operating_rows(labels, np.asarray(probs, np.float64)[None])(threshold)[0][0])
 
 
 def _ratio(num: int, den: int) -> float:

@@ -58,17 +58,18 @@ MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no f
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-# --- the comparisons compare.primary and compare.secondary name (cxrfusion/inference.py) -----
+# --- the comparisons compare.primary and compare.secondary name (cxrfusion/verdicts.py) ------
 
 PAIRS = (("fusion", "image"), ("fusion", "text"), ("text", "image"))  # first minus second
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One AUROC difference: models a - b on one text input's runs."""
+    """One AUROC difference: models a - b on one text input's runs (None: the pair alone, whose
+    keys and labels do not depend on the input). Each way of writing it is spelled here once."""
     a: str
     b: str
-    text_input: str
+    text_input: str | None = None
 
     @classmethod
     def parse(cls, name: str) -> "Comparison":
@@ -76,36 +77,52 @@ class Comparison:
         pair, sep, text_input = str(name).partition("/")
         a, dash, b = pair.partition("-")
         if not (sep and dash and text_input) or (a, b) not in PAIRS:
-            allowed = ", ".join(f"{x}-{y}" for x, y in PAIRS)
+            allowed = ", ".join(cls(x, y).summary_key for x, y in PAIRS)
             raise ValueError(f"{name!r} is not a comparison: write <pair>/<text input>, the pair "
                              f"one of {allowed} (e.g. fusion-image/indication)")
         return cls(a, b, text_input)
 
+    @classmethod
+    def from_key(cls, key: str, text_input: str | None = None) -> "Comparison":
+        """fusion_minus_image (key) -> Comparison("fusion", "image", text_input)."""
+        a, minus, b = key.partition("_minus_")
+        if not (a and minus and b):
+            raise ValueError(f"{key!r} is not the key of a pair: write <model>_minus_<model>")
+        return cls(a, b, text_input)
+
+    @classmethod
+    def of_input(cls, text_input: str | None) -> list["Comparison"]:
+        """Every pair of PAIRS on one text input, in PAIRS' order."""
+        return [cls(a, b, text_input) for a, b in PAIRS]
+
     @property
     def name(self) -> str:
-        return f"{self.a}-{self.b}/{self.text_input}"
+        """How compare.primary, compare.secondary and comparison.json's question name it:
+        fusion-image/indication."""
+        return f"{self.summary_key}/{self.text_input}"
 
     @property
     def key(self) -> str:
-        """The key of its pair in comparison.json's differences[text input]."""
+        """The key of its pair in comparison.json's differences[text input]:
+        fusion_minus_image."""
         return f"{self.a}_minus_{self.b}"
 
     @property
+    def summary_key(self) -> str:
+        """The key of its pair in metrics/summary.json[text input], and the pair of its name:
+        fusion-image."""
+        return f"{self.a}-{self.b}"
+
+    @property
     def label(self) -> str:
+        """How tables, sentences and figures name the pair: fusion − image."""
         return f"{self.a} − {self.b}"
 
-
-def family(primary: str, secondary: list[str]) -> dict[str, str]:
-    """The declared family: comparison name -> role (primary | secondary), primary first."""
-    names = [Comparison.parse(primary).name] + [Comparison.parse(s).name for s in secondary]
-    if len(set(names)) != len(names):
-        raise ValueError(f"the family names a comparison twice: {names}")
-    return {name: "primary" if i == 0 else "secondary" for i, name in enumerate(names)}
-
-
-def smallest_adjusted_p(resamples: int, family_size: int) -> float:
-    """The smallest Holm-adjusted p a family can reach: family size x bootstrap_p's floor."""
-    return min(1.0, family_size * 2 / (resamples + 1))
+    @property
+    def ascii_label(self) -> str:
+        """The label in plain ASCII: statistics' names of a pair (and so the keys of
+        metrics/report/subgroups.json) and bench/conclusions.py's columns: fusion - image."""
+        return f"{self.a} - {self.b}"
 
 
 def _fail(name: str, value, allowed: str):
@@ -499,7 +516,7 @@ SECONDARY = ("fusion-image/findings+impression", "fusion-text/findings+impressio
 
 @dataclass
 class Compare:
-    """The declared question and how it is answered (cxrfusion/inference.py)."""
+    """The declared question and how it is answered (cxrfusion/verdicts.py)."""
     primary: str = option("fusion-image/indication", comparison, "the comparison the study "
                           "answers first, an AUROC difference <model>-<model>/<text input> "
                           "(first minus second): here fusion minus the image model's, with the "
@@ -659,11 +676,13 @@ def _family(p: dict) -> None:
                 _fail(f"compare.{key}", c[key], f"{name} names a text input that is not one of "
                       f"text.inputs={inputs}; declare comparisons of the inputs trained (e.g. "
                       f"-S compare.primary=fusion-image/{inputs[0]} -S 'compare.secondary=[]')")
-    try:
-        members = family(c["primary"], c["secondary"])
-    except ValueError as e:
-        _fail("compare.secondary", c["secondary"], str(e))
-    floor = smallest_adjusted_p(c["bootstrap"], len(members))
+    members = [Comparison.parse(name).name for name in [c["primary"], *c["secondary"]]]
+    if len(set(members)) != len(members):
+        _fail("compare.secondary", c["secondary"],
+              f"the family names a comparison twice: {members}")
+    # the smallest Holm-adjusted p the family can reach: its size x bootstrap_p's floor, 2 / (B
+    # + 1); cxrfusion/verdicts.py's smallest_adjusted_p states it where results are reported
+    floor = min(1.0, len(members) * 2 / (c["bootstrap"] + 1))
     if floor >= c["alpha"]:
         needed = math.ceil(2 * len(members) / c["alpha"])
         _fail("compare.bootstrap", c["bootstrap"], f"with a family of {len(members)} the "

@@ -1,32 +1,24 @@
 """The comparison as a reader reads it: metrics/comparison.md, which README.md shows, written
 from comparison.json alone. Every column is named by what it measures; every sentence that
-states a result is made from a verdict (cxrfusion/inference.py), never typed by hand."""
+states a result is made from a verdict (cxrfusion/verdicts.py), never typed by hand."""
 from __future__ import annotations
 
 import re
 import sys
 from pathlib import Path
 
-from cxrfusion.params import PAIRS, Comparison, Params
+from cxrfusion.metrics import MEASURES
+from cxrfusion.params import Comparison, Params
 
 README_BLOCK = re.compile(r"<!-- results: metrics/comparison\.md -->\n(.*?)<!-- /results -->", re.S)
 
-MEASURES = {  # metric -> what the column measures
-    "auroc": "AUROC",
-    "auprc": "AUPRC",
-    "sensitivity_at_specificity": "Sensitivity at {specificity:.0%} specificity (test ROC)",
-    "sensitivity": "Sensitivity at the validation threshold",
-    "specificity": "Specificity at the validation threshold",
-    "f1": "F1 at the validation threshold",
-    "brier": "Brier score",
-    "ece": "ECE ({ece_bins} equal-mass bins)",
-}
 MODEL_NAMES = {"image": "image only", "text": "text only", "fusion": "fusion"}
 NOUNS = {"image": "the image model", "text": "the text model", "fusion": "fusion"}
 
 
 def measures(result: dict) -> dict:
-    return {k: v.format(**result) for k, v in MEASURES.items()}
+    """metric -> what its column measures (the table of measures, metrics.MEASURES)."""
+    return {m.name: m.column.format(**result) for m in MEASURES}
 
 
 def cell(s: dict, prefix: str = "", signed: bool = False) -> str:
@@ -36,10 +28,10 @@ def cell(s: dict, prefix: str = "", signed: bool = False) -> str:
     return f"{prefix}{f.format(s['mean'])}{sd} [{f.format(s['low'])}, {f.format(s['high'])}]"
 
 
-def p_value(p: float | None) -> str:
-    if p is None:
+def p_value(value: float | None) -> str:
+    if value is None:
         return "—"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
 def _ci(d: dict, key: str = "") -> str:
@@ -51,7 +43,7 @@ def sentence(c: Comparison, d: dict, alpha: float, margin: float, units: str) ->
     """One comparison's result in words, from its verdict: never "no difference" where the
     verdict is inconclusive. `units`: what the test set counts (studies, or patients)."""
     adjusted = d["p_adjusted"] is not None
-    what = (f"{c.a} − {c.b} AUROC {d['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(d)}; "
+    what = (f"{c.label} AUROC {d['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(d)}; "
             f"{'Holm-adjusted' if adjusted else 'exploratory, unadjusted'} p = "
             f"{p_value(d['p_adjusted'] if adjusted else d['p'])})")
     if d["verdict"] in ("higher", "lower"):
@@ -140,8 +132,8 @@ def _for_equivalence(d: dict) -> str:
 def _auroc_rows(result: dict):
     """(Comparison, its AUROC entry): the primary first, then the family, then the rest."""
     order = {name: i for i, name in enumerate(result["question"]["family"])}
-    rows = [(Comparison(a, b, i), result["differences"][i][f"{a}_minus_{b}"]["auroc"])
-            for i in result["differences"] for a, b in PAIRS]
+    rows = [(c, result["differences"][i][c.key]["auroc"])
+            for i in result["differences"] for c in Comparison.of_input(i)]
     return sorted(rows, key=lambda r: order.get(r[0].name, len(order)))
 
 
@@ -183,9 +175,9 @@ def descriptive(result: dict) -> list[str]:
              "family, no test).** Cell: mean over seeds [interval].", ""]
     lines += _header("text input", "comparison", *names.values())
     for text_input, pairs in result["differences"].items():
-        for a, b in PAIRS:
-            d = pairs[f"{a}_minus_{b}"]
-            lines.append(_row([text_input, f"{a} − {b}",
+        for c in Comparison.of_input(text_input):
+            d = pairs[c.key]
+            lines.append(_row([text_input, c.label,
                                *(cell(d[k], signed=True) for k in names)]))
     return lines
 
@@ -214,22 +206,22 @@ def summary(result: dict) -> dict:
     out = {"image": {"auroc": first["image"]["auroc"]["mean"]}}
     for text_input, models in result["models"].items():
         out[text_input] = {"auroc": {v: models[v]["auroc"]["mean"] for v in ("fusion", "text")}}
-        for a, b in PAIRS:
-            d = result["differences"][text_input][f"{a}_minus_{b}"]["auroc"]
-            out[text_input][f"{a}-{b}"] = {"mean": d["mean"], "low": d["low"], "high": d["high"],
+        for c in Comparison.of_input(text_input):
+            d = result["differences"][text_input][c.key]["auroc"]
+            out[text_input][c.summary_key] = {"mean": d["mean"], "low": d["low"], "high": d["high"],
                                            "verdict": d["verdict"]}
     return out
 
 
 def forest_rows(result: dict, inputs: list[str], seeds: list[int]) -> dict:
-    """The differences as the forest plot reads them: per input, pair and metric."""
-    shown = ("auroc", "auprc", "sensitivity_at_specificity", "f1")
+    """The differences as the forest plot reads them: per input, Comparison and metric."""
+    shown = [m.name for m in MEASURES if m.forest]
     rows = {}
     for text_input in inputs:
         rows[text_input] = {}
-        for a, b in PAIRS:
-            d = result["differences"][text_input][f"{a}_minus_{b}"]
-            rows[text_input][f"{a} - {b}"] = {
+        for c in Comparison.of_input(text_input):
+            d = result["differences"][text_input][c.key]
+            rows[text_input][c] = {
                 m: {**d[m], "per_seed": [d[m][f"seed-{s}"] for s in seeds]} for m in shown}
     return rows
 

@@ -4,7 +4,8 @@ are known, of patients; the one quantile rule of every interval and the p-values
 (over_seeds), and on subgroups of the test studies within the same rounds (on_subgroups);
 DeLong's test of two AUROCs.
 
-Label 1 (abnormal) is the positive class throughout. numpy only, as cxrfusion/metrics.py.
+Label 1 (abnormal) is the positive class throughout. Like cxrfusion/metrics.py, whose kernels
+score every resample, it needs no sklearn and no scipy: numpy, and metrics.py's imports.
 """
 from __future__ import annotations
 
@@ -12,14 +13,8 @@ import math
 
 import numpy as np
 
-from cxrfusion.metrics import (
-    calibration_rows,
-    choose_threshold,
-    midranks,
-    operating_rows,
-    ranker,
-    roc_rows,
-)
+from cxrfusion.metrics import MEASURES, choose_threshold, measure_rows, midranks, ranker
+from cxrfusion.params import Comparison
 
 
 def resamples(labels: np.ndarray, n: int, seed: int, groups=None):
@@ -111,23 +106,7 @@ def equivalence_p(values, margin: float) -> float:
 
 # --- over test studies and training seeds -------------------------------------------------------
 
-SEED_METRICS = ("auroc", "auprc", "sensitivity_at_specificity",  # threshold-free
-                "sensitivity", "specificity", "f1",  # at the threshold chosen on validation
-                "brier", "ece")                      # calibration
-
-
-def _seed_scorer(y: np.ndarray, probs: np.ndarray, specificity: float):
-    """A function of (thresholds, copies) giving (rows, SEED_METRICS): each seed row's metrics
-    on the studies as often as `copies` counts them (ranker); the rows are sorted once, here."""
-    rank, read_roc = ranker(y, probs), roc_rows(y, probs, specificity)
-    operate, calibrate = operating_rows(y, probs), calibration_rows(y, probs)
-
-    def score(thresholds, copies=None) -> np.ndarray:
-        aurocs, auprcs = rank(copies)
-        sens, spec, f1s = operate(thresholds, copies)
-        briers, eces = calibrate(copies)
-        return np.stack([aurocs, auprcs, read_roc(copies), sens, spec, f1s, briers, eces], axis=1)
-    return score
+SEED_METRICS = tuple(m.name for m in MEASURES)  # over_seeds' metrics: the table's, in its order
 
 
 def _rows(model: dict, name: str, key: str, shape: tuple) -> np.ndarray:
@@ -150,17 +129,17 @@ def _stacked(labels, models: dict, pairs, validation) -> tuple:
         missing = needed - set(model)
         if missing:
             raise ValueError(f"model {name!r} lacks {', '.join(sorted(missing))}")
-        p = np.asarray(model["probs"], dtype=np.float64)
-        if p.ndim != 2 or p.shape[1] != len(y) or not len(p):
-            raise ValueError(f"model {name!r}: probs of shape {p.shape}, expected (seeds, "
+        probs = np.asarray(model["probs"], dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] != len(y) or not len(probs):
+            raise ValueError(f"model {name!r}: probs of shape {probs.shape}, expected (seeds, "
                              f"{len(y)}): one row per training seed, one column per test study")
-        blocks[name] = (sum(len(r) for r in rows), len(p))
-        rows.append(p)
-        thresholds.append(_rows(model, name, "thresholds", (len(p),)))
+        blocks[name] = (sum(len(r) for r in rows), len(probs))
+        rows.append(probs)
+        thresholds.append(_rows(model, name, "thresholds", (len(probs),)))
         if validation:
             val_rows.append(_rows(model, name, "val_probs",
-                                  (len(p), len(validation["labels"]))))
-            rules += [model["rule"]] * len(p)
+                                  (len(probs), len(validation["labels"]))))
+            rules += [model["rule"]] * len(probs)
     if not rows:
         raise ValueError("no models")
     for a, b in pairs:
@@ -184,8 +163,8 @@ def _rechooser(validation: dict | None, val_probs, rules, thresholds, n: int, st
             yield thresholds
     y = np.asarray(validation["labels"]).astype(int)
     for idx in resamples(y, n, stream, validation.get("groups")):
-        yield np.array([choose_threshold(y[idx], p[idx], rule)
-                        for p, rule in zip(val_probs, rules)])
+        yield np.array([choose_threshold(y[idx], probs[idx], rule)
+                        for probs, rule in zip(val_probs, rules)])
 
 
 def _draws(y: np.ndarray, blocks: dict, n: int, seed: int, groups=None):
@@ -224,8 +203,9 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
     `models`: {name: {"probs": (seeds, studies), "thresholds": (seeds,) chosen on validation,
     and with `validation` "val_probs": (seeds, validation studies) and "rule": the rule that
     chose them (choose_threshold)}}; `pairs`: (a, b) names, compared seed row by seed row
-    (per_seed); `validation`: None, or {"labels": (validation studies,), "groups": patients or
-    None}; `specificity`: where sensitivity_at_specificity reads each test ROC.
+    (per_seed), each pair named "a - b" in the result (params.Comparison's ascii_label);
+    `validation`: None, or {"labels": (validation studies,), "groups": patients or None};
+    `specificity`: where sensitivity_at_specificity reads each test ROC.
 
     Method, a two-level bootstrap: each of `n` rounds draws the test studies resamples(labels,
     n, seed, groups) draws; from a second generator spawned from `seed`, for each model
@@ -242,7 +222,7 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
         raise ValueError(f"{n} resamples: use 1 or more")
     pairs = [tuple(pair) for pair in pairs]
     y, blocks, probs, thresholds, val_probs, rules = _stacked(labels, models, pairs, validation)
-    score = _seed_scorer(y, probs, specificity)
+    score = measure_rows(y, probs, specificity)
     point = score(thresholds)
     shape = (len(blocks), n, len(SEED_METRICS))
     rounds, study_rounds = np.empty(shape), np.empty(shape)
@@ -258,7 +238,7 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
     pairs_out, pair_rounds, pair_study_rounds = {}, {}, {}
     index = {name: m for m, name in enumerate(blocks)}
     for a, b in pairs:
-        name = f"{a} - {b}"
+        name = Comparison(a, b).ascii_label
         pair_rounds[name] = {m: rounds[index[a], :, j] - rounds[index[b], :, j]
                              for j, m in enumerate(SEED_METRICS)}
         pair_study_rounds[name] = {m: study_rounds[index[a], :, j] - study_rounds[index[b], :, j]
@@ -336,7 +316,7 @@ def on_subgroups(labels, models: dict, pairs, members: dict, n: int, seed: int, 
             "studies": int(mask.sum()), "abnormal": int(mask[y == 1].sum()),
             "rounds": scored.shape[1],
             "models": {m: _summary(point[index[m]], scored[index[m]], level) for m in blocks},
-            "pairs": {f"{a} - {b}": _summary(point[index[a]] - point[index[b]],
+            "pairs": {Comparison(a, b).ascii_label: _summary(point[index[a]] - point[index[b]],
                                              scored[index[a]] - scored[index[b]], level)
                       for a, b in pairs}}
     return out

@@ -11,7 +11,7 @@ from importlib import metadata
 
 import pandas as pd
 
-from cxrfusion import params, subgroups
+from cxrfusion import params, subgroups, verdicts
 from cxrfusion.formats import SPLITS
 from cxrfusion.params import Params, defaults, fields_of
 from cxrfusion.studies import join_text, report_words
@@ -265,7 +265,7 @@ def _subgroup_lines(p: Params, subgrouped: tuple) -> list[str]:
         lines.append("Left out: " + "; ".join(left_out) + ".")
     if not rows or not any(rows.values()):
         return lines + ["", "No subgroup declared (`study_report.subgroups: []`).", ""]
-    family = params.family(c.primary, c.secondary)
+    family = verdicts.family(c.primary, c.secondary)
     for text_input, by_name in rows.items():
         lines += ["", f"**Text input {text_input}**: AUROC, mean over seeds [interval].", "",
                   *subgroups.table(by_name, family, text_input, minimum)]

@@ -118,10 +118,10 @@ def table(rows: dict, family: dict, text_input: str, minimum: int) -> list[str]:
             lines.append("| " + " | ".join(cells + ["—"] * (len(head) - len(cells))) + " |")
             continue
         shown = [f"{c.label} {'higher' if d['low'] > 0 else 'lower'}" for c in pairs
-                 if (d := s["pairs"][f"{c.a} - {c.b}"])["low"] is not None
+                 if (d := s["pairs"][c.ascii_label])["low"] is not None
                  and (d["low"] > 0 or d["high"] < 0)]
         cells += [str(s["rounds"]), *(_cell(s["models"][v]) for v in VARIANTS),
-                  *(_cell(s["pairs"][f"{c.a} - {c.b}"], signed=True) for c in pairs),
+                  *(_cell(s["pairs"][c.ascii_label], signed=True) for c in pairs),
                   "; ".join(shown) or "none"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

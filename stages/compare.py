@@ -8,7 +8,7 @@ over_seeds): each round redraws the test studies (patients, with all their studi
 studies.csv names patients), each model's seeds and the validation studies on which every
 run's threshold is chosen again. The AUROC differences are the inferential rows: each gets a
 p-value that inverts its interval, Holm-adjusted over the declared family, and a verdict
-(cxrfusion/inference.py); the other measures are descriptive. DeLong's test, per seed and for
+(cxrfusion/verdicts.py); the other measures are descriptive. DeLong's test, per seed and for
 the seed-averaged ensemble, is kept in comparison.json. The stage loads and checks the runs;
 the comparison itself is cxrfusion/comparison.py.
 

@@ -1,14 +1,34 @@
 """The plain percentile bootstrap of one model's metric and of a pair's difference, one seed
 each: the reference that tests check statistics.over_seeds against (with one seed per model
 and no validation draws, over_seeds gives these intervals exactly), and the tests of
-resamples' cluster draws. Not used by the pipeline.
+resamples' cluster draws; with the one-model scores (auprc, f1, sensitivity) the pipeline
+itself never calls. Not used by the pipeline.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from cxrfusion.metrics import auprc, auroc, f1, sensitivity
+from cxrfusion.metrics import auroc, operating_rows, ranking_rows
 from cxrfusion.statistics import interval, resamples
+
+
+def auprc(labels, probs) -> float:
+    """Average precision, tied scores one point of the curve: equals sklearn's
+    average_precision_score. nan where the labels hold one class only."""
+    y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
+    one_class = not len(y) or y.min() == y.max()
+    return float("nan") if one_class else float(ranking_rows(y, p[None])[1][0])
+
+
+def f1(labels, probs, threshold: float) -> float:
+    """F1 of calling abnormal at or above `threshold`; 0 without true positives."""
+    return float(operating_rows(labels, np.asarray(probs, np.float64)[None])(threshold)[2][0])
+
+
+def sensitivity(labels, probs, threshold: float) -> float:
+    """Fraction of abnormal studies called abnormal at or above `threshold`; 0 without any."""
+    return float(operating_rows(labels, np.asarray(probs, np.float64)[None])(threshold)[0][0])
+
 
 SCORERS = {"auroc": lambda y, p, t: auroc(y, p), "auprc": lambda y, p, t: auprc(y, p),
            "f1": f1, "sensitivity": sensitivity}  # metric -> f(labels, probabilities, threshold)

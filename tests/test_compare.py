@@ -26,10 +26,10 @@ from cxrfusion import params as params_mod
 from cxrfusion import results as results_mod
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run
-from cxrfusion.inference import holm
-from cxrfusion.metrics import calibration, sensitivity_at_specificity
-from cxrfusion.results import MEASURES, sentence
+from cxrfusion.metrics import MEASURES, calibration, sensitivity_at_specificity
+from cxrfusion.results import sentence
 from cxrfusion.statistics import SEED_METRICS, delong
+from cxrfusion.verdicts import holm
 from stages.compare import compare
 
 N = 80
@@ -351,7 +351,7 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
 
     # Table 2: every column named by what it measures, the image model once
     header = models[0]
-    names = {k: v.format(specificity=spec, ece_bins=5) for k, v in MEASURES.items()}
+    names = {m.name: m.column.format(specificity=spec, ece_bins=5) for m in MEASURES}
     assert header == ["text input", "model", *names.values(), "ECE noise floor"]
     assert "Sensitivity at 90% specificity (test ROC)" in header
     rows = models[1:]

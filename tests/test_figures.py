@@ -11,9 +11,11 @@ from PIL import Image
 
 from cxrfusion import figures
 from cxrfusion.metrics import sensitivity_at_specificity, tpr_at
+from cxrfusion.params import Comparison
 
 VARIANTS = ("fusion", "image", "text")
-PAIRS = ("fusion - image", "fusion - text", "text - image")
+PAIRS = Comparison.of_input(None)  # the forest's rows: fusion − image, fusion − text, text − image
+FUSION_IMAGE, FUSION_TEXT, TEXT_IMAGE = PAIRS
 METRICS = ("auroc", "auprc", "f1", "sensitivity_at_specificity")
 N = 80
 
@@ -162,10 +164,10 @@ def test_nan_values_are_skipped_not_fatal(tmp_path):
     y, probs, calibration, differences, (histories, chosen) = _case(("findings+impression",
                                                                      "indication"), 3)
     # a difference that could not be computed, a seed that could not, a metric only one row has
-    differences["indication"]["fusion - text"]["f1"] = {"mean": nan, "low": nan, "high": nan,
+    differences["indication"][FUSION_TEXT]["f1"] = {"mean": nan, "low": nan, "high": nan,
                                                         "per_seed": [nan, nan, nan]}
-    differences["findings+impression"]["text - image"]["auroc"]["per_seed"][1] = nan
-    del differences["indication"]["text - image"]["auprc"]
+    differences["findings+impression"][TEXT_IMAGE]["auroc"]["per_seed"][1] = nan
+    del differences["indication"][TEXT_IMAGE]["auprc"]
     # an epoch whose validation split held one class (AUROC nan), also on the kept epoch
     for label, seeds in histories.items():
         for seed, rows in seeds.items():
@@ -280,10 +282,10 @@ def test_other_misfits_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"calibration\['b'\]\['text'\] lacks 'ece'"):
         figures.reliability(y, probs, calibration, tmp_path / "x.png")
 
-    differences["a"]["fusion - image"]["auroc"] = {"mean": 0.1, "low": 0.2, "high": 0.0}
+    differences["a"][FUSION_IMAGE]["auroc"] = {"mean": 0.1, "low": 0.2, "high": 0.0}
     with pytest.raises(ValueError, match="low 0.2 is above high 0.0"):
         figures.forest(differences, tmp_path / "x.png")
-    differences["a"]["fusion - image"]["auroc"] = {"mean": 0.1}
+    differences["a"][FUSION_IMAGE]["auroc"] = {"mean": 0.1}
     with pytest.raises(ValueError, match="lacks low, high"):
         figures.forest(differences, tmp_path / "x.png")
     with pytest.raises(ValueError, match="non-empty"):

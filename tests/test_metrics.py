@@ -12,13 +12,12 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from bootstrap_reference import bootstrap_interval, paired_bootstrap
+from bootstrap_reference import auprc, bootstrap_interval, f1, paired_bootstrap, sensitivity
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from cxrfusion import metrics
 from cxrfusion.metrics import (
-    auprc,
     auroc,
     brier,
     calibrated_ece,
@@ -27,14 +26,12 @@ from cxrfusion.metrics import (
     choose_threshold,
     classification_metrics,
     ece_bins,
-    f1,
     midranks,
     operating_rows,
     pr_curve,
     ranker,
     roc_curve,
     roc_rows,
-    sensitivity,
     sensitivity_at_specificity,
     study_predictions,
     tpr_at,

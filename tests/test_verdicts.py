@@ -1,4 +1,4 @@
-"""cxrfusion/inference.py and the `compare` section of params.yaml: the declared family, Holm's
+"""cxrfusion/verdicts.py and the `compare` section of params.yaml: the declared family, Holm's
 adjustment, the verdicts and the design's detectable difference, by hand."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from conftest import ROOT
 
 from cxrfusion import params
 from cxrfusion.common import PipelineError
-from cxrfusion.inference import design, holm, unadjusted, verdict
-from cxrfusion.params import Comparison, family, smallest_adjusted_p
+from cxrfusion.params import Comparison
+from cxrfusion.verdicts import design, family, holm, smallest_adjusted_p, unadjusted, verdict
 
 Z = NormalDist().inv_cdf
 

@@ -22,21 +22,36 @@ from statistics import NormalDist
 
 import numpy as np
 
+from cxrfusion.params import Comparison
 from cxrfusion.statistics import bootstrap_p, equivalence_p, interval
 
 VERDICTS = ("higher", "lower", "equivalent", "inconclusive")
 POWER = 0.8  # the power at which the design's detectable difference is stated
 
 
-def holm(p: dict[str, float]) -> dict[str, float]:
+def family(primary: str, secondary: list[str]) -> dict[str, str]:
+    """The declared family: comparison name -> role (primary | secondary), primary first.
+    (params.py's rule for `compare` refuses a family that names a comparison twice.)"""
+    names = [Comparison.parse(primary).name] + [Comparison.parse(s).name for s in secondary]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the family names a comparison twice: {names}")
+    return {name: "primary" if i == 0 else "secondary" for i, name in enumerate(names)}
+
+
+def smallest_adjusted_p(resamples: int, family_size: int) -> float:
+    """The smallest Holm-adjusted p a family can reach: family size x bootstrap_p's floor."""
+    return min(1.0, family_size * 2 / (resamples + 1))
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
     """Holm's step-down adjustment: the i-th smallest of m p-values becomes the largest of
     (m - j + 1) p_(j) over j <= i, at most 1 (so the adjusted values keep the order)."""
-    names = sorted(p, key=lambda k: (p[k], k))
+    names = sorted(p_values, key=lambda k: (p_values[k], k))
     m, running, adjusted = len(names), 0.0, {}
     for i, name in enumerate(names):
-        running = max(running, min(1.0, (m - i) * p[name]))
+        running = max(running, min(1.0, (m - i) * p_values[name]))
         adjusted[name] = running
-    return {name: adjusted[name] for name in p}
+    return {name: adjusted[name] for name in p_values}
 
 
 def verdict(p_adjusted: float, p_equivalence: float, low: float, high: float,
