@@ -15,7 +15,7 @@ import numpy as np
 from cxrfusion import figures, results, verdicts
 from cxrfusion.formats import Run
 from cxrfusion.metrics import calibrated_ece, calibration, ece_bins
-from cxrfusion.params import PAIRS, Comparison, Params
+from cxrfusion.params import PAIRS, VARIANTS, Comparison, Params
 from cxrfusion.statistics import delong, over_seeds
 
 
@@ -80,7 +80,7 @@ def compare_input(scored: dict, text_input: str, labels, validation: dict | None
     """One text input's models and paired differences, and the bootstrap rounds of each
     pair's AUROC difference (all, and with every seed kept)."""
     c, seeds = p.compare, p.train.seeds
-    models = {v: model_rows(scored, v, text_input, seeds) for v in ("fusion", "image", "text")}
+    models = {v: model_rows(scored, v, text_input, seeds) for v in VARIANTS}
     stats = over_seeds(labels, models, list(PAIRS), c.bootstrap, c.seed, groups,
                        specificity=p.evaluate.specificity, validation=validation,
                        level=1 - c.alpha)
@@ -139,7 +139,7 @@ def draw(result: dict, scored: dict, labels, histories: tuple, path: Path, p: Pa
     training_histories' (per model label and seed, the epochs and the epoch kept)."""
     seeds, inputs = p.train.seeds, p.text.inputs
     spec = p.evaluate.specificity
-    probs = {i: {v: model_rows(scored, v, i, seeds)["probs"] for v in ("fusion", "image", "text")}
+    probs = {i: {v: model_rows(scored, v, i, seeds)["probs"] for v in VARIANTS}
              for i in inputs}
     figures.forest(results.forest_rows(result, inputs, seeds), path / "forest.png",
                    margin=p.compare.margin)

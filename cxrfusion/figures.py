@@ -9,9 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cxrfusion.metrics import MEASURES, roc_curve, tpr_at  # noqa: E402
+from cxrfusion.params import VARIANTS  # noqa: E402
 
-VARIANTS = ("fusion", "image", "text")  # the order every figure uses
-COLOURS = {"fusion": "tab:purple", "image": "tab:blue", "text": "tab:orange"}
 METRIC_TITLES = {m.name: m.forest for m in MEASURES if m.forest}  # (title, axis's short name)
 STYLE = {  # readable at the size a paper prints a figure
     "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
@@ -34,11 +33,11 @@ def _save(fig, path) -> None:
 
 
 def _colour(variant: str) -> str:
-    return COLOURS.get(variant, "0.25")
+    return VARIANTS[variant].colour if variant in VARIANTS else "0.25"
 
 
 def _ordered(names) -> list:
-    """Variants in the fixed order (fusion, image, text), anything else after, as given."""
+    """Variants in the table's order (params.VARIANTS), anything else after, as given."""
     names = list(names)
     return [v for v in VARIANTS if v in names] + [n for n in names if n not in VARIANTS]
 
@@ -352,8 +351,10 @@ def _roc_title(y: np.ndarray, probs: dict, counts: list, same: bool) -> str:
     if max(counts) > 1:
         lines.append("thin: each seed; bold: " + (_seeds_phrase(counts) if same else "mean")
                      + " (TPR averaged at fixed FPR)")
-    if len(probs) > 1 and any("image" in vs for vs in probs.values()):
-        lines.append("the image model reads no text: the same curves in every panel")
+    blind = [v for v, row in VARIANTS.items() if not row.reads_report]
+    if len(probs) > 1 and any(v in vs for v in blind for vs in probs.values()):
+        lines.append(f"the {' and '.join(blind)} model reads no text: the same curves in every "
+                     "panel")
     return "\n".join(lines)
 
 

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from cxrfusion.metrics import MEASURES
-from cxrfusion.params import Comparison, Params
+from cxrfusion.params import VARIANTS, Comparison, Params
 
 README_BLOCK = re.compile(r"<!-- results: metrics/comparison\.md -->\n(.*?)<!-- /results -->", re.S)
 
-MODEL_NAMES = {"image": "image only", "text": "text only", "fusion": "fusion"}
-NOUNS = {"image": "the image model", "text": "the text model", "fusion": "fusion"}
+# Table 1 from the simplest reader up: those that read no report (once), then per text input the
+# others, those that also read the image last (image, text, fusion)
+TABLE_ORDER = sorted(VARIANTS, key=lambda v: (VARIANTS[v].reads_report, VARIANTS[v].reads_image))
 
 
 def measures(result: dict) -> dict:
@@ -46,13 +47,12 @@ def sentence(c: Comparison, d: dict, alpha: float, margin: float, units: str) ->
     what = (f"{c.label} AUROC {d['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(d)}; "
             f"{'Holm-adjusted' if adjusted else 'exploratory, unadjusted'} p = "
             f"{p_value(d['p_adjusted'] if adjusted else d['p'])})")
+    a, b = VARIANTS[c.a].noun, VARIANTS[c.b].noun
     if d["verdict"] in ("higher", "lower"):
         side = "better" if d["verdict"] == "higher" else "worse"
-        return (f"{NOUNS[c.a].capitalize()} ranks the test studies {side} than {NOUNS[c.b]}: "
-                f"{what}.")
+        return f"{a.capitalize()} ranks the test studies {side} than {b}: {what}."
     if d["verdict"] == "equivalent":
-        return (f"{NOUNS[c.a].capitalize()} and {NOUNS[c.b]} are equivalent within ±{margin:g} "
-                f"AUROC: {what}; "
+        return (f"{a.capitalize()} and {b} are equivalent within ±{margin:g} AUROC: {what}; "
                 f"the {1 - 2 * alpha:.0%} interval {_ci(d, 'equivalence_interval')} lies "
                 "inside the margins.")
     g = d["design"]
@@ -160,10 +160,10 @@ def models(result: dict) -> list[str]:
     lines += _header("text input", "model", *names.values(), "ECE noise floor")
     inputs = list(result["models"])
     for i, text_input in enumerate(inputs):
-        for v in (("image",) if i == 0 else ()) + ("text", "fusion"):
+        for v in [v for v in TABLE_ORDER if i == 0 or VARIANTS[v].reads_report]:
             m = result["models"][text_input][v]
-            lines.append(_row(["— (reads no report)" if v == "image" else text_input,
-                               MODEL_NAMES[v], *(cell(m[k]) for k in names),
+            lines.append(_row([text_input if VARIANTS[v].reads_report else "— (reads no report)",
+                               VARIANTS[v].title, *(cell(m[k]) for k in names),
                                f"{m['ece_floor']['mean']:.3f}"]))
     return lines
 
@@ -189,8 +189,8 @@ def table(result: dict, p: Params) -> str:
     primary = Comparison.parse(q["primary"])
     verdict = result["differences"][primary.text_input][primary.key]["auroc"]["verdict"]
     lines = [f"**Primary question** (`compare.primary` = {primary.name}): with the "
-             f"{primary.text_input} as text input, does {NOUNS[primary.a]} rank the test studies "
-             f"better than {NOUNS[primary.b]} (AUROC)? **{verdict.capitalize()}.** "
+             f"{primary.text_input} as text input, does {VARIANTS[primary.a].noun} rank the test "
+             f"studies better than {VARIANTS[primary.b].noun} (AUROC)? **{verdict.capitalize()}.** "
              f"{q['answer']}", "",
              method(result, p), "", *inferential(result), "", *findings(result), "",
              *models(result), "", *descriptive(result)]
@@ -203,9 +203,10 @@ def summary(result: dict) -> dict:
     difference's mean, interval ends and verdict (23 numbers for two inputs). Everything else
     is in comparison.json."""
     first = next(iter(result["models"].values()))
-    out = {"image": {"auroc": first["image"]["auroc"]["mean"]}}
+    reading = [v for v, row in VARIANTS.items() if row.reads_report]  # per text input
+    out = {v: {"auroc": first[v]["auroc"]["mean"]} for v in VARIANTS if v not in reading}
     for text_input, models in result["models"].items():
-        out[text_input] = {"auroc": {v: models[v]["auroc"]["mean"] for v in ("fusion", "text")}}
+        out[text_input] = {"auroc": {v: models[v]["auroc"]["mean"] for v in reading}}
         for c in Comparison.of_input(text_input):
             d = result["differences"][text_input][c.key]["auroc"]
             out[text_input][c.summary_key] = {"mean": d["mean"], "low": d["low"], "high": d["high"],
