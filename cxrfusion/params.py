@@ -121,7 +121,7 @@ class Comparison:
     @property
     def ascii_label(self) -> str:
         """The label in plain ASCII: statistics' names of a pair (and so the keys of
-        metrics/report/subgroups.json) and bench/conclusions.py's columns: fusion - image."""
+        metrics/study_report/subgroups.json) and bench/conclusions.py's columns: fusion - image."""
         return f"{self.a} - {self.b}"
 
 
