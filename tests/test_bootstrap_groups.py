@@ -179,7 +179,7 @@ def write_run(run: Run, uids, labels, images_per_study=1, seed: int = 0,
     return images
 
 
-def write_runs(p: dict, uids, labels, images_per_study=1, seed: int = 0,
+def write_runs(p: params_mod.Params, uids, labels, images_per_study=1, seed: int = 0,
                skip=(), val=None) -> dict:
     """write_run for every run of formats.runs(p) but those in `skip`: {run: predictions}."""
     return {run: write_run(run, uids, labels, images_per_study, seed, val)
@@ -213,7 +213,7 @@ def prepared_table(uids, labels, patients=None, images: pd.DataFrame | None = No
                                         split="test").to_csv(IMAGES, index=False))
 
 
-def scored_models(p: dict, text_input: str) -> tuple[np.ndarray, dict, np.ndarray]:
+def scored_models(p: params_mod.Params, text_input: str) -> tuple[np.ndarray, dict, np.ndarray]:
     """over_seeds' inputs for one text input, from the files (as compare should read them):
     the test labels, {variant: probs (seeds x studies), val_probs, thresholds, rule} and the
     validation labels."""
@@ -234,7 +234,7 @@ def scored_models(p: dict, text_input: str) -> tuple[np.ndarray, dict, np.ndarra
     return labels, models, val_labels
 
 
-def bootstrap_of(p: dict, y, models, val_labels, groups=None, val_groups=None) -> dict:
+def bootstrap_of(p: params_mod.Params, y, models, val_labels, groups=None, val_groups=None) -> dict:
     """over_seeds as compare calls it with `p`'s compare section."""
     c = p.compare
     return over_seeds(y, models, [("fusion", "image"), ("fusion", "text"), ("text", "image")],

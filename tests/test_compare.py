@@ -63,7 +63,7 @@ def _labels(n: int = N, seed: int = 0) -> np.ndarray:
     return y
 
 
-def _project(p: dict, n: int = N, images_per_study=1, patients=None) -> tuple:
+def _project(p: params_mod.Params, n: int = N, images_per_study=1, patients=None) -> tuple:
     """Every run of `p` and data/prepared for `n` test studies; (uids, labels, predictions)."""
     uids, labels = np.arange(1000, 1000 + n), _labels(n)
     written = write_runs(p, uids, labels, images_per_study)

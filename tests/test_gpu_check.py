@@ -28,20 +28,21 @@ SCRIPT = ROOT / "bench" / "gpu_check.sh"
 PART2 = "# 2. The demo's stages on the GPU"
 
 
-def no_arguments(args: list[str], p: dict) -> None:
+def no_arguments(args: list[str], p: params.Params) -> None:
     assert args == [], "the stage reads no arguments"
 
 
-def one_text_input(args: list[str], p: dict) -> None:  # stages/embed_text.py's first check
+def one_text_input(args: list[str], p: params.Params) -> None:  # stages/embed_text.py's first check
     assert len(args) == 1, "embed_text takes one text input"
     assert args[0] in p.text.inputs, params.unknown_input(args[0], p)
 
 
-def a_run(args: list[str], p: dict) -> Run:
+def a_run(args: list[str], p: params.Params) -> Run:
     return formats.run_of(args, p)
 
 
-def every_run_or_one(args: list[str], p: dict) -> Run | None:  # stages.evaluate.evaluate_all
+# stages.evaluate.evaluate_all
+def every_run_or_one(args: list[str], p: params.Params) -> Run | None:
     return formats.run_of(args, p) if args else None
 
 

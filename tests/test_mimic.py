@@ -50,7 +50,8 @@ def fresh(tmp_path) -> dict:
     return make_mimic(tmp_path / "mimic-cxr-jpg")
 
 
-def mimic_params(params: dict, folder: Path, official: bool = False) -> dict:
+def mimic_params(params: params_mod.Params, folder: Path,
+                 official: bool = False) -> params_mod.Params:
     params.data = replace(params.data, source="mimic_cxr", local_dir=str(folder))
     params.split.official = official
     return params_mod.validate(params)
@@ -249,7 +250,7 @@ def test_partial_download_leaves_out_absent_images(fresh, tmp_path, caplog):
 
 # --- download + prepare: the split by patient and the official split ---------------------------
 
-def _prepared(workdir: Path, params: dict) -> tuple[pd.DataFrame, dict]:
+def _prepared(workdir: Path, params: params_mod.Params) -> tuple[pd.DataFrame, dict]:
     download(params)
     report = prepare(params)
     studies = pd.read_csv("data/prepared/studies.csv", dtype={"patient": str, "uid": str},

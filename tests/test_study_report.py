@@ -18,6 +18,7 @@ from test_bootstrap_groups import write_runs
 
 from cxrfusion import study_report
 from cxrfusion.formats import IMAGES, IMAGES_COUNTS, PREPARED_COUNTS, STUDIES, runs
+from cxrfusion.params import Params
 from stages.prepare import split_counts
 from stages.study_report import MARKDOWN, SUBGROUPS, write_study_report
 
@@ -161,7 +162,7 @@ def test_the_report_is_the_same_bytes_again(inside):
     assert (MARKDOWN.read_bytes(), Path("metrics/study_report/flow.png").read_bytes()) == first
 
 
-def _seed_means(p: dict, variant: str, text_input) -> pd.Series:
+def _seed_means(p: Params, variant: str, text_input) -> pd.Series:
     rows = [pd.read_csv(run.predictions).groupby("uid")["probability"].mean()
             for run in runs(p) if run.variant == variant
             and run.text_input in (text_input, None)]
