@@ -229,9 +229,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 from cxrfusion import formats, params
 from cxrfusion.common import resolve_device
-from cxrfusion.dataset import load_splits
+from cxrfusion.dataset import run_splits
 from cxrfusion.metrics import study_predictions
-from cxrfusion.model import load_model, reads
+from cxrfusion.model import load_model
 from cxrfusion.saved_model import trained_settings
 from cxrfusion.scoring import forward, score
 
@@ -239,8 +239,7 @@ p = params.load()
 run = formats.run_of(sys.argv[1:], p)
 device = resolve_device("auto")
 batch = p.train.batch_size
-val = load_splits(trained_settings(run.models, p), reads(run.variant)[0], run.text_input,
-                  names=("val",))[0]["val"]
+val = run_splits(trained_settings(run.models, p), run, names=("val",))[0]["val"]
 on_device = val.to(device)
 model, _ = load_model(run.models, device)
 failed = 0

@@ -25,6 +25,7 @@ from cxrfusion.formats import (
     IMAGES_COUNTS,
     IMAGES_H5,
     SPLITS,
+    Run,
     read_image_counts,
     read_image_filenames,
     read_image_rows,
@@ -34,7 +35,7 @@ from cxrfusion.formats import (
     text_cache,
     text_cache_attrs,
 )
-from cxrfusion.params import Params, fields_of
+from cxrfusion.params import VARIANTS, Params, fields_of
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,14 @@ class CachedImages(Dataset):
         images = self.file["images"]
         # image by image (one chunk each): h5py's multi-row selection is ~30x slower
         return torch.from_numpy(np.stack([images[r] for r in self.cache_rows[rows]]))
+
+
+def run_splits(p: Params, run: Run, names: tuple[str, ...] = SPLITS,
+               text_input: str | None = None) -> tuple[dict[str, Split], int]:
+    """What a run is fed, in every stage that feeds it (train, evaluate, explain): its images
+    when its variant reads them, the vectors of its text input (`text_input` instead: explain's
+    swap of the image model's report). The one place an arm's own inputs are made."""
+    return load_splits(p, VARIANTS[run.variant].reads_image, text_input or run.text_input, names)
 
 
 def load_splits(p: Params, uses_image: bool, text_input: str | None,

@@ -89,7 +89,8 @@ class Run:
 
     @property
     def key(self) -> str:
-        """DVC's name for it: train_fusion@findings+impression-0, train_image@0."""
+        """Its key in DVC's stage name, train_<variant>@<key>: findings+impression-0 (in
+        train_fusion@findings+impression-0), 0 (in train_image@0)."""
         return "-".join(str(k) for k in (self.text_input, self.seed) if k is not None)
 
     @property

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from cxrfusion import checkpoint, distributed, formats
 from cxrfusion.augment import Augmenter, augmenter
 from cxrfusion.common import PipelineError, atomic_path, seed_everything, write_json
-from cxrfusion.dataset import Split, load_splits
+from cxrfusion.dataset import Split, run_splits
 from cxrfusion.distributed import World
 from cxrfusion.formats import IMAGES_H5, Run, read_text_cache_attrs, text_cache
 from cxrfusion.metrics import classification_metrics
@@ -32,7 +32,6 @@ from cxrfusion.model import (
     Classifier,
     freeze_backbone,
     model_config,
-    reads,
     sync_batchnorm,
     trainable_parameters,
 )
@@ -89,8 +88,7 @@ def set_up(run: Run, p: Params, world: World) -> tuple:
                             f"images: use train.batch_size>={2 * world.size}.")
     seed_everything(run.seed)
     configure_torch(world.device, t.deterministic)
-    splits, text_dim = load_splits(p, reads(run.variant)[0], run.text_input,
-                                   names=("train", "val"))
+    splits, text_dim = run_splits(p, run, names=("train", "val"))
     model, optimizer, step = build(run, p, splits["train"], world)
     on_device = fits_on_device(splits["train"].nbytes + splits["val"].nbytes, world.device)
     train_set, val_set = (splits[s].to(world.device, images_too=on_device)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from cxrfusion import formats, params
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device, write_json
-from cxrfusion.dataset import load_splits
+from cxrfusion.dataset import run_splits
 from cxrfusion.formats import Run
 from cxrfusion.metrics import (
     calibration,
@@ -46,7 +46,7 @@ from cxrfusion.metrics import (
     sensitivity_at_specificity,
     study_predictions,
 )
-from cxrfusion.model import WEIGHTS, load_model, reads
+from cxrfusion.model import WEIGHTS, load_model
 from cxrfusion.params import Params
 from cxrfusion.saved_model import trained_settings
 from cxrfusion.scoring import report_weights, score
@@ -91,8 +91,7 @@ def evaluate(run: Run, p: Params) -> dict:
     device = resolve_device(p.train.device)
     model, _ = load_model(run.models, device)
     trained = trained_settings(run.models, p)
-    splits = load_splits(trained, reads(run.variant)[0], run.text_input,
-                         names=("val", "test"))[0]
+    splits = run_splits(trained, run, names=("val", "test"))[0]
     val_images = image_probabilities(model, splits["val"].to(device), p)
     val = study_predictions(val_images)
     chosen = operating_point(val, p.evaluate)

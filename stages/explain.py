@@ -25,7 +25,7 @@ import torch
 
 from cxrfusion import params
 from cxrfusion.common import atomic_path, main, resolve_device, write_json
-from cxrfusion.dataset import load_splits
+from cxrfusion.dataset import run_splits
 from cxrfusion.explain import modality_reliance, reference_normal, select_examples, write_heatmaps
 from cxrfusion.formats import Run
 from cxrfusion.model import load_model, normalise
@@ -57,8 +57,8 @@ def explain(p: Params) -> dict:
     if not model.uses_text:
         reports = e.text_input or p.text.inputs[0]
         trained.text = p.text
-    # both inputs, whatever the variant reads
-    test = load_splits(trained, True, reports, names=("test",))[0]["test"].to(device)
+    # both inputs, whatever the variant reads (explain.variant: one that reads the image)
+    test = run_splits(trained, run, names=("test",), text_input=reports)[0]["test"].to(device)
     ref_uid, ref_vector = reference_normal(trained, reports)
     reliance, probs = modality_reliance(model, test, torch.from_numpy(ref_vector), threshold,
                                         t.batch_size, t.amp, config["image_size"])

@@ -143,7 +143,8 @@ def write_run(run: Run, uids, labels, images_per_study=1, seed: int = 0,
     uids, labels = np.asarray(uids), np.asarray(labels).astype(int)
     counts = np.broadcast_to(np.asarray(images_per_study), uids.shape)
     # the indication says little: text-only on it falls clearly below the image model
-    strength = STRENGTH[run.variant] * (0.3 if run.text_input == "indication" else 1.0)
+    strength = (STRENGTH.get(run.variant, 1.0)  # an arm added later: between text and fusion
+                * (0.3 if run.text_input == "indication" else 1.0))
 
     def scored(uids, labels=labels, counts=counts) -> pd.DataFrame:
         study_logit = strength * (2 * labels - 1) + rng.normal(0, 1.0, len(uids))
