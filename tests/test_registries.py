@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cxrfusion import params
+from cxrfusion.model import HEADS
 from cxrfusion.sources import SOURCES
 from cxrfusion.text_encoder import POOLINGS
 
@@ -13,7 +14,8 @@ from cxrfusion.text_encoder import POOLINGS
 @pytest.mark.parametrize("allowed, registry", [
     (params.SOURCES, SOURCES),     # data.source -> cxrfusion/sources
     (params.POOLINGS, POOLINGS),   # text.pooling -> cxrfusion/text_encoder.py
-], ids=["sources", "poolings"])
+    (params.FUSIONS, HEADS),       # model.fusion -> cxrfusion/model.py
+], ids=["sources", "poolings", "heads"])
 def test_a_registry_builds_every_allowed_value(allowed, registry):
     assert list(registry) == list(allowed)
 
