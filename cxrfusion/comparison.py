@@ -1,7 +1,8 @@
 """The declared question answered from every run's predictions (stage `compare`): per text
-input, each model's metrics over seeds and the paired differences (statistics.over_seeds),
-DeLong per seed and for the ensemble, each AUROC difference's test, family-adjusted p, verdict
-and design (cxrfusion/verdicts.py), and the figures of comparison.json.
+input, each model's metrics over seeds and the paired differences with descriptive intervals
+(statistics.over_seeds), DeLong per seed and for the ensemble, each AUROC difference's test
+(statistics.seed_mean_difference), family-adjusted p, verdict and design
+(cxrfusion/verdicts.py), and the figures of comparison.json.
 
 `scored`: {Run: {"test", "val": studies (uid, label, probability), "evaluation": what
 `evaluate` wrote, "rule": the rule that chose its threshold}}, every run on the same studies.
@@ -16,7 +17,7 @@ from cxrfusion import figures, results, verdicts
 from cxrfusion.formats import Run
 from cxrfusion.metrics import calibrated_ece, calibration, ece_bins
 from cxrfusion.params import PAIRS, VARIANTS, Comparison, Params
-from cxrfusion.statistics import delong, over_seeds
+from cxrfusion.statistics import delong, over_seeds, seed_mean_difference
 
 
 def answer_question(scored: dict, labels: np.ndarray, validation_studies: int,
@@ -36,11 +37,11 @@ def answer_question(scored: dict, labels: np.ndarray, validation_studies: int,
                             "level": 1 - c.alpha},
               "ece_bins": ece_bins(len(labels)),  # equal-mass
               "models": {}, "differences": {}}
-    rounds = {}
+    tested = {}
     for text_input in p.text.inputs:
-        result["models"][text_input], result["differences"][text_input], rounds[text_input] = (
+        result["models"][text_input], result["differences"][text_input], tested[text_input] = (
             compare_input(scored, text_input, labels, validation, groups, p))
-    answer(result, rounds, p)
+    answer(result, tested, p)
     return result
 
 
@@ -77,8 +78,8 @@ def delong_rows(labels, a: np.ndarray, b: np.ndarray, seeds) -> dict:
 
 def compare_input(scored: dict, text_input: str, labels, validation: dict | None, groups,
                   p: Params) -> tuple[dict, dict, dict]:
-    """One text input's models and paired differences, and the bootstrap rounds of each
-    pair's AUROC difference (all, and with every seed kept)."""
+    """One text input's models and paired differences, and the construction each pair's AUROC
+    difference is tested with (statistics.seed_mean_difference)."""
     c, seeds = p.compare, p.train.seeds
     models = {v: model_rows(scored, v, text_input, seeds) for v in VARIANTS}
     stats = over_seeds(labels, models, list(PAIRS), c.bootstrap, c.seed, groups,
@@ -90,7 +91,7 @@ def compare_input(scored: dict, text_input: str, labels, validation: dict | None
     for v, m in models.items():  # what noise alone gives a calibrated model with these scores
         floors = [calibrated_ece(row, seed=c.seed) for row in m["probs"]]
         summary[v]["ece_floor"] = {"mean": float(np.mean(floors)), **by_seed(floors, seeds)}
-    differences, rounds = {}, {}
+    differences, tested = {}, {}
     for pair in Comparison.of_input(text_input):
         name, key = pair.ascii_label, pair.key  # over_seeds' name, comparison.json's key
         s = stats["pairs"][name]
@@ -98,37 +99,50 @@ def compare_input(scored: dict, text_input: str, labels, validation: dict | None
                                      **by_seed(d["per_seed"], seeds)} for metric, d in s.items()}
         differences[key]["delong"] = delong_rows(labels, models[pair.a]["probs"],
                                                  models[pair.b]["probs"], seeds)
-        rounds[key] = (stats["rounds"][name]["auroc"], stats["study_rounds"][name]["auroc"],
-                       s["auroc"]["per_seed"])
-    return summary, differences, rounds
+        tested[key] = seed_mean_difference(labels, models[pair.a]["probs"],
+                                           models[pair.b]["probs"], groups)
+    return summary, differences, tested
 
 
 # --- the declared question -------------------------------------------------------------------
 
-def answer(result: dict, rounds: dict, p: Params) -> None:
-    """Each AUROC difference's test, family-adjusted p, verdict and design, in `result`."""
+def answer(result: dict, tested: dict, p: Params) -> None:
+    """Each AUROC difference's test, family-adjusted p, verdict and design, in `result`
+    (`tested`: per text input and pair key, its statistics.seed_mean_difference)."""
     c = p.compare
     alpha, margin = c.alpha, c.margin
-    roles = verdicts.family(c.primary, c.secondary)
+    weights = verdicts.family(c.primary, c.secondary, c.primary_share)
     rows = {c: result["differences"][i][c.key]["auroc"]
             for i in result["differences"] for c in Comparison.of_input(i)}
     for comparison, d in rows.items():
-        d.update(verdicts.unadjusted(rounds[comparison.text_input][comparison.key][0], alpha,
-                                      margin))
-        d["role"] = roles.get(comparison.name, "exploratory")
-    adjusted = verdicts.holm({cmp.name: d["p"] for cmp, d in rows.items() if cmp.name in roles})
+        weight = weights.get(comparison.name)
+        d.update(verdicts.t_test(tested[comparison.text_input][comparison.key], alpha, margin,
+                                 weight))
+        d["role"] = ("exploratory" if weight is None else
+                     "primary" if comparison.name == next(iter(weights)) else "secondary")
+        d["weight"] = weight
+    members = {cmp.name: d for cmp, d in rows.items() if cmp.name in weights}
+    adjusted = verdicts.weighted_holm({k: d["p"] for k, d in members.items()}, weights)
+    equivalent = verdicts.weighted_holm({k: d["p_equivalence"] for k, d in members.items()},
+                                        weights)
     for comparison, d in rows.items():
-        _, study_rounds, per_seed = rounds[comparison.text_input][comparison.key]
-        member = comparison.name in roles
-        d["p_adjusted"] = adjusted.get(comparison.name)
-        d["verdict"] = verdicts.verdict(d["p_adjusted"] if member else d["p"],
-                                         d["p_equivalence"], d["low"], d["high"], alpha)
-        d["design"] = verdicts.design(study_rounds, per_seed, result["resampled_units"],
-                                       alpha / len(roles) if member else alpha, alpha, margin)
+        name = comparison.name
+        d["p_adjusted"] = adjusted.get(name)
+        d["p_equivalence_adjusted"] = equivalent.get(name)
+        member = name in weights
+        d["verdict"] = verdicts.verdict(adjusted[name] if member else d["p"],
+                                        equivalent[name] if member else d["p_equivalence"],
+                                        d["mean"], alpha)
+        d["design"] = verdicts.design(tested[comparison.text_input][comparison.key],
+                                      alpha * weights[name] if member else alpha, alpha, margin)
     primary = Comparison.parse(c.primary)
     result["question"] = {
-        "primary": primary.name, "family": list(roles), "adjustment": "holm", "alpha": alpha,
-        "margin": margin,
+        "primary": primary.name, "family": list(weights), "weights": weights,
+        "procedure": "weighted Holm", "equivalence": "weighted Holm, a family of its own",
+        "test": "t on Satterthwaite's degrees of freedom: DeLong's test-study variance"
+                + (", clustered by patient," if result["resampled"] == "patients" else "")
+                + " + the between-seed variance / S",
+        "alpha": alpha, "margin": margin,
         "answer": results.sentence(primary, rows[primary], alpha, margin, result["resampled"])}
 
 

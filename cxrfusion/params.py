@@ -156,6 +156,11 @@ def in_range(low, high, allowed: str, whole: bool = False):
     return rule
 
 
+def share(name, v):
+    if not _number(v) or not 0 < v <= 1:
+        _fail(name, v, "use a share in (0, 1]")
+
+
 def positive_int(name, v):
     if not _number(v) or v <= 0 or v != int(v):
         _fail(name, v, "use a positive integer")
@@ -523,24 +528,32 @@ class Compare:
                           "indication as text input (written before the X-ray is read, so it "
                           "cannot leak the label)")
     secondary: list = option(SECONDARY, comparisons, "the rest of the declared family, "
-                             "Holm-adjusted together with the primary; findings+impression is "
+                             "tested with the primary by weighted Holm; findings+impression is "
                              "the original's input, which holds the radiologist's conclusion "
                              "(and so, nearly, the label)")
     alpha: float = option(0.05, in_range(0.001, 0.5, "use a level in [0.001, 0.5)"),
-                          "family-wise error rate: p-values are Holm-adjusted over the family "
-                          "(primary and secondary); intervals hold at 1 - alpha, the "
-                          "equivalence test's at 1 - 2 alpha")
+                          "family-wise error rate of the family's differences (and, a family "
+                          "of their own, of its equivalences); intervals hold at 1 - alpha, "
+                          "the equivalence test's at 1 - 2 alpha")
+    primary_share: float = option(0.8, share,
+                                  "the primary's share of alpha, tested first (weighted "
+                                  "Holm); the secondaries share the rest equally and receive "
+                                  "the primary's once it is shown, so they stay testable when "
+                                  "it is not; 1: a fixed sequence (the secondaries only after "
+                                  "the primary). 0.8 keeps the primary's power near a lone "
+                                  "test's (alpha 0.04 instead of 0.05)", required=False)
     margin: float = option(0.05, in_range(0.001, 0.5, "use an AUROC difference in [0.001, 0.5)"),
                            "AUROC difference within which two models count as equivalent (two "
                            "one-sided tests at alpha: the 1 - 2 alpha interval inside "
                            "+-margin); 0.05 is about the gap between a fair and a good reader "
                            "of a finding, smaller than most reported gains of adding a modality")
-    bootstrap: int = option(2000, positive_int, "resamples of every interval and p-value; the "
-                            "smallest p is 2 / (bootstrap + 1), 2 / 2001 here, so Holm over 6 "
-                            "can reach 0.006 < alpha, and a p near 0.05 is known to +-0.005 "
-                            "(its Monte Carlo standard error)")
+    bootstrap: int = option(2000, positive_int, "resamples of the descriptive intervals (the "
+                            "models' measures, the differences of every measure but the tested "
+                            "AUROC, the subgroups); no verdict rests on them: the AUROC "
+                            "differences are tested without resampling (cxrfusion/verdicts.py)")
     seed: int = option(0, seed, "seed of the resamples (test studies, seeds, validation "
-                       "studies)")
+                       "studies): it moves the descriptive intervals in their last digits, "
+                       "never a verdict")
     resample_validation: bool = option(True, switch, "redraw the validation studies in each "
                                        "round and choose every run's threshold again on them, "
                                        "so that F1, sensitivity and specificity at the "
@@ -668,7 +681,7 @@ def _across(p: dict) -> None:
 
 def _family(p: dict) -> None:
     """The declared family names text inputs the pipeline trains, each comparison once, and the
-    bootstrap can reach alpha after Holm's adjustment."""
+    bootstrap gives the descriptive intervals at 1 - alpha."""
     c, inputs = p["compare"], get(p, "text.inputs")
     for key, names in (("primary", [c["primary"]]), ("secondary", c["secondary"])):
         for name in names:
@@ -680,14 +693,12 @@ def _family(p: dict) -> None:
     if len(set(members)) != len(members):
         _fail("compare.secondary", c["secondary"],
               f"the family names a comparison twice: {members}")
-    # the smallest Holm-adjusted p the family can reach: its size x bootstrap_p's floor, 2 / (B
-    # + 1); cxrfusion/verdicts.py's smallest_adjusted_p states it where results are reported
-    floor = min(1.0, len(members) * 2 / (c["bootstrap"] + 1))
-    if floor >= c["alpha"]:
-        needed = math.ceil(2 * len(members) / c["alpha"])
-        _fail("compare.bootstrap", c["bootstrap"], f"with a family of {len(members)} the "
-              f"smallest Holm-adjusted p is {floor:.3g}, never below compare.alpha="
-              f"{c['alpha']}; use {needed} or more")
+    # statistics.order_rank: a 1 - alpha percentile interval needs 2 / alpha - 1 resamples
+    needed = math.ceil(2 / c["alpha"])
+    if c["bootstrap"] < needed:
+        _fail("compare.bootstrap", c["bootstrap"], f"too few resamples for the "
+              f"{1 - c['alpha']:.0%} intervals at compare.alpha={c['alpha']}; use {needed} "
+              "or more")
 
 
 def defaults() -> dict:

@@ -32,7 +32,7 @@ def cell(s: dict, prefix: str = "", signed: bool = False) -> str:
 def p_value(value: float | None) -> str:
     if value is None:
         return "—"
-    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+    return f"{value:.3f}" if value >= 0.001 else "< 0.001"
 
 
 def _ci(d: dict, key: str = "") -> str:
@@ -44,9 +44,10 @@ def sentence(c: Comparison, d: dict, alpha: float, margin: float, units: str) ->
     """One comparison's result in words, from its verdict: never "no difference" where the
     verdict is inconclusive. `units`: what the test set counts (studies, or patients)."""
     adjusted = d["p_adjusted"] is not None
+    p = p_value(d["p_adjusted"] if adjusted else d["p"])
     what = (f"{c.label} AUROC {d['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(d)}; "
-            f"{'Holm-adjusted' if adjusted else 'exploratory, unadjusted'} p = "
-            f"{p_value(d['p_adjusted'] if adjusted else d['p'])})")
+            f"{'family-adjusted' if adjusted else 'exploratory, unadjusted'} p "
+            f"{p if p.startswith('<') else '= ' + p})")
     a, b = VARIANTS[c.a].noun, VARIANTS[c.b].noun
     if d["verdict"] in ("higher", "lower"):
         side = "better" if d["verdict"] == "higher" else "worse"
@@ -55,15 +56,25 @@ def sentence(c: Comparison, d: dict, alpha: float, margin: float, units: str) ->
         return (f"{a.capitalize()} and {b} are equivalent within ±{margin:g} AUROC: {what}; "
                 f"the {1 - 2 * alpha:.0%} interval {_ci(d, 'equivalence_interval')} lies "
                 "inside the margins.")
-    g = d["design"]
-    reach = (f"about {g['units_for_equivalence']:,} test {units} would be needed to show "
-             f"equivalence within ±{margin:g}" if g["units_for_equivalence"] else
-             f"no number of test {units} would show equivalence within ±{margin:g} with "
-             f"{len_seeds(d)} seeds (their spread alone is too large; about "
-             f"{g['seeds_needed']} would be needed)")
     return (f"Not shown either way: {what}. Neither a difference nor equivalence within "
-            f"±{margin:g} is shown; the design would detect a difference of "
-            f"{g['detectable']:.3f} with {g['power']:.0%} power, and {reach}.")
+            f"±{margin:g} is shown; the test run would detect a difference of "
+            f"{d['design']['detectable']:.3f} with {d['design']['power']:.0%} power, and "
+            f"{reach(d, margin, units)}.")
+
+
+def reach(d: dict, margin: float, units: str) -> str:
+    """What would show equivalence within the margin: more test studies (patients) with these
+    seeds, or more seeds with these test studies, or neither alone."""
+    g, seeds = d["design"], len_seeds(d)
+    n, s = g["units_for_equivalence"], g["seeds_for_equivalence"]
+    more_units = (f"about {n:,} test {units} with these {seeds} seeds" if n else
+                  f"no number of test {units} with {seeds} seeds (their spread alone is too "
+                  "large)" if seeds > 1 else
+                  f"no number of test {units} can be said with one seed (no spread between "
+                  "seeds is estimated)")
+    more_seeds = (f"about {s} seeds with these test {units}" if s else
+                  f"no number of seeds with these test {units} (their part alone is too large)")
+    return f"equivalence within ±{margin:g} would need {more_units}, or {more_seeds}"
 
 
 def len_seeds(d: dict) -> int:
@@ -89,32 +100,43 @@ def method(result: dict, p: Params) -> str:
            f" Thresholds ({rule}) stay as chosen on the validation studies.")
     return (f"Test studies: {result['test_studies']}; seeds per model: {result['seeds']} "
             f"({', '.join(map(str, p.train.seeds))}). Every number is a mean over seeds. "
-            f"Intervals: {b['level']:.0%}, from one two-level bootstrap over test {units} and "
-            f"seeds ({b['resamples']:,} resamples, seed {b['seed']}).{val} Intervals are not "
-            f"adjusted for multiplicity; the Holm-adjusted p is, over the declared family of "
-            f"{len(q['family'])} comparisons at α = {q['alpha']:g}.")
+            f"The AUROC differences (Table 1) are tested without resampling: {q['test']}. "
+            f"The declared family of {len(q['family'])} comparisons is controlled at "
+            f"α = {q['alpha']:g} by weighted Holm, the primary first at "
+            f"{q['weights'][q['primary']]:.0%} of α; its equivalence tests, a family of their "
+            f"own, likewise. Every other interval is descriptive, {b['level']:.0%}, from one "
+            f"two-level bootstrap over test {units} and seeds ({b['resamples']:,} resamples, "
+            f"seed {b['seed']}; no verdict rests on it).{val}")
 
 
 def inferential(result: dict) -> list[str]:
     """Table 1: the AUROC differences, one test and one verdict a row."""
     q, units = result["question"], result["resampled"]
     level, eq = f"{1 - q['alpha']:.0%}", f"{1 - 2 * q['alpha']:.0%}"
-    lines = [f"**Table 1. AUROC differences: the inferential rows.** p: bootstrap, two-sided, "
-             f"inverting the {level} interval (p < {q['alpha']:g} exactly when it excludes 0); "
-             f"Holm p: adjusted over the family. Verdict: higher or lower when the Holm p < "
-             f"{q['alpha']:g}; else equivalent when the {eq} interval lies inside "
-             f"±{q['margin']:g} (two one-sided tests); else inconclusive. Detectable: the "
-             f"difference the design finds with 80 % power at α / {len(q['family'])}; last "
-             f"column: test {units} that would show equivalence within ±{q['margin']:g} with "
-             "80 % power if the true difference were 0 (— : the spread between seeds alone "
-             "is too large; n/a: a difference is shown).", ""]
-    lines += _header("text input", "comparison", "role", f"Δ AUROC [{level} interval]", "p",
-                     "Holm p", f"{eq} interval", "verdict", "detectable Δ",
-                     f"test {units} for equivalence")
+    lines = [f"**Table 1. AUROC differences: the inferential rows.** One t a row (df: "
+             f"Satterthwaite's, test {units} and seeds): p two-sided, p < {q['alpha']:g} "
+             f"exactly when the {level} interval excludes 0 (unadjusted). Adjusted p: weighted "
+             f"Holm over the family (weights in the role column), which controls the "
+             f"family-wise error rate at {q['alpha']:g}; adjusted interval: at 1 − weight × α, "
+             "single-step, so it excludes 0 only where the row is shown (a shown row's may "
+             f"still hold 0). Verdict: higher or lower when the adjusted p < {q['alpha']:g}; "
+             f"else equivalent when the adjusted p of the two one-sided tests (the {eq} "
+             f"interval inside ±{q['margin']:g}; a family of its own, same procedure) < "
+             f"{q['alpha']:g}; else inconclusive. Detectable: the difference the test run "
+             f"finds with 80 % power at the row's share of α; last column: test {units} that "
+             f"would show equivalence within ±{q['margin']:g} with 80 % power, these seeds, "
+             "if the true difference were 0 (— : the spread between seeds alone is too large; "
+             "n/a: a difference is shown).", ""]
+    lines += _header("text input", "comparison", "role (weight)", f"Δ AUROC [{level} interval]",
+                     "p", "adjusted p", "adjusted interval", f"{eq} interval", "verdict",
+                     "detectable Δ", f"test {units} for equivalence")
     for c, d in _auroc_rows(result):
         g = d["design"]
-        lines.append(_row([c.text_input, c.label, d["role"], cell(d, signed=True),
+        role = d["role"] + (f" ({d['weight']:.2f})" if d.get("weight") is not None else "")
+        adj = d.get("adjusted_interval")
+        lines.append(_row([c.text_input, c.label, role, cell(d, signed=True),
                            p_value(d["p"]), p_value(d["p_adjusted"]),
+                           f"[{adj['low']:+.3f}, {adj['high']:+.3f}]" if adj else "—",
                            f"[{d['equivalence_interval']['low']:+.3f}, "
                            f"{d['equivalence_interval']['high']:+.3f}]", f"**{d['verdict']}**",
                            f"{g['detectable']:.3f}", _for_equivalence(d)]))

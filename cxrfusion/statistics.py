@@ -331,6 +331,72 @@ def _summary(mean: float, rounds: np.ndarray, level: float) -> dict:
     return {"mean": float(mean), "low": low, "high": high}
 
 
+# --- the inferential rows: one construction, no resampling -----------------------------------
+
+def _components(y: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components of each row's AUROC: per abnormal study, the fraction of
+    normal studies it outranks (ties 1/2); per normal study, the fraction of abnormal studies
+    above it. Each row's AUROC is the mean of either. Shapes (rows, abnormal), (rows, normal)."""
+    pos, neg = y == 1, y != 1
+    m, n = int(pos.sum()), int(neg.sum())
+    tz, tx, ty = midranks(rows), midranks(rows[:, pos]), midranks(rows[:, neg])
+    return (tz[:, pos] - tx) / n, 1 - (tz[:, neg] - ty) / m
+
+
+def seed_mean_difference(labels, probs_a, probs_b, groups=None) -> dict:
+    """The AUROC difference a - b as a mean over S training seeds (seed row k of a against
+    seed row k of b), its standard error and degrees of freedom: what every inferential row's
+    p, verdict and intervals follow from (cxrfusion/verdicts.py). No resampling: nothing here
+    depends on a random seed.
+
+    The variance has two parts. The test-study part: DeLong's (1988) variance of the
+    seed-averaged difference, whose structural components are the seed means of each run's
+    (the AUROC is linear in them), or where `groups` names each study's patient, Obuchowski's
+    (1997) clustered form over patients; K - 1 degrees of freedom, K studies (patients). The
+    training part: the between-seed variance of the per-seed differences over S, with S - 1
+    degrees of freedom (none with one seed: an arm trained once has no training part, and the
+    row says so with `seeds` 1). se^2 = v_studies + v_seeds / S; the degrees of freedom are
+    Satterthwaite's (1946) for that sum.
+    """
+    y = np.asarray(labels).astype(int)
+    a, b = np.atleast_2d(np.asarray(probs_a, float)), np.atleast_2d(np.asarray(probs_b, float))
+    if a.shape != b.shape or a.shape[1] != len(y):
+        raise ValueError(f"seed rows of shapes {a.shape} and {b.shape} for {len(y)} studies: "
+                         "the same seeds, one column per test study")
+    m, n, seeds = int(y.sum()), int((y == 0).sum()), len(a)
+    if m < 2 or n < 2:
+        raise ValueError(f"an AUROC difference needs two studies of each label or more; there "
+                         f"are {m} abnormal and {n} normal")
+    v10, v01 = _components(y, np.vstack([a, b]))
+    d10 = v10[:seeds].mean(0) - v10[seeds:].mean(0)  # the seed-mean difference's components
+    d01 = v01[:seeds].mean(0) - v01[seeds:].mean(0)
+    mean = float(d10.mean())
+    per_seed = v10[:seeds].mean(1) - v10[seeds:].mean(1)
+    if groups is None:
+        units = len(y)
+        v_studies = float(np.var(d10, ddof=1) / m + np.var(d01, ddof=1) / n)
+    else:
+        _, cluster = np.unique(np.asarray(groups), return_inverse=True)
+        units = int(cluster.max()) + 1
+        if units < 2:
+            raise ValueError("the test studies come from one patient: no variance between "
+                             "patients can be estimated")
+        pos = y == 1
+        c10 = np.bincount(cluster[pos], d10, units) - np.bincount(cluster[pos], None, units) * mean
+        c01 = (np.bincount(cluster[~pos], d01, units)
+               - np.bincount(cluster[~pos], None, units) * mean)
+        k = units / (units - 1)
+        v_studies = float(k * ((c10 ** 2).sum() / m ** 2 + (c01 ** 2).sum() / n ** 2
+                               + 2 * (c10 * c01).sum() / (m * n)))
+    v_seeds = float(np.var(per_seed, ddof=1)) if seeds > 1 else 0.0
+    var = v_studies + v_seeds / seeds
+    parts = v_studies ** 2 / (units - 1) + ((v_seeds / seeds) ** 2 / (seeds - 1) if seeds > 1
+                                            else 0.0)
+    return {"mean": mean, "se": math.sqrt(var), "df": var ** 2 / parts if parts > 0 else math.inf,
+            "se_studies": math.sqrt(v_studies), "sd_seeds": math.sqrt(v_seeds),
+            "seeds": seeds, "units": units, "per_seed": per_seed.tolist()}
+
+
 # --- DeLong -------------------------------------------------------------------------------------
 
 def delong(labels, probs_a, probs_b) -> dict:

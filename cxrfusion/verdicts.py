@@ -1,107 +1,136 @@
 """The declared question and how each AUROC difference is read: the family of comparisons and
-Holm's adjustment, the verdict of each row, and what the design could have found.
+its procedure, the test of each row, its verdict, and what the design could have found.
 
 A comparison is named `<model>-<model>/<text input>`, e.g. fusion-image/indication: the AUROC
 of the first model minus the second's, both on that text input's runs (the image model reads
 no report: its runs are the same for every input). params.yaml's `compare` section declares
-the primary comparison and the secondary ones; together they are the family, and every
-p-value in it is Holm-adjusted over the family. A comparison outside it is exploratory: its
-p-value is not adjusted and its verdict is reported as such.
+the primary comparison and the secondary ones: together they are the study's family. A
+comparison outside it is exploratory: its p is not adjusted and its verdict says so.
 
-Verdicts, by precedence (compare.alpha = a, compare.margin = m):
-  higher / lower   the family-adjusted bootstrap p is below a (then the 1 - a interval also
-                   excludes 0: bootstrap_p inverts it); the side is the interval's
-  equivalent       otherwise, when the 1 - 2a interval lies inside (-m, +m): two one-sided
-                   tests at a (equivalence_p)
+One construction a row (statistics.seed_mean_difference): the seed-mean difference d, its
+standard error se (test studies by DeLong's components, clustered by patient where patients are
+known, plus the between-seed variance over S) and Satterthwaite's degrees of freedom f. From
+the one t = d / se on f degrees of freedom: the two-sided p, the 1 - a interval (it excludes 0
+exactly when p < a), the two one-sided tests of equivalence within the margin m and their
+1 - 2a interval. No resampling: no verdict depends on compare.seed.
+
+The family's procedure: weighted Holm (Holm 1979; in Bretz et al. 2009's graphical terms, each
+shown hypothesis passes its weight to those not yet shown in proportion to theirs). The primary
+holds `compare.primary_share` of alpha, the secondaries the rest in equal shares, so the
+primary is tested first at its share and the secondaries stay testable when it is not shown.
+It controls the family-wise error rate at alpha. Equivalence is a family of its own under the
+same procedure and weights (alpha again): a row reads equivalent only when its two one-sided
+tests survive it. The adjusted interval of a row is the single-step 1 - w a interval, w its
+weight: it excludes 0 only where the row is shown (a finding's may still hold 0: the procedure
+passes alpha on after each finding).
+
+Verdicts, by precedence (a = compare.alpha):
+  higher / lower   the family-adjusted p of the difference is below a; the side is the sign
+  equivalent       otherwise, the family-adjusted p of the two one-sided tests is below a
   inconclusive     otherwise: neither a difference nor equivalence within the margin is shown
 """
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 
-import numpy as np
+from scipy import stats
 
 from cxrfusion.params import Comparison
-from cxrfusion.statistics import bootstrap_p, equivalence_p, interval
 
 VERDICTS = ("higher", "lower", "equivalent", "inconclusive")
 POWER = 0.8  # the power at which the design's detectable difference is stated
 
 
-def family(primary: str, secondary: list[str]) -> dict[str, str]:
-    """The declared family: comparison name -> role (primary | secondary), primary first.
-    (params.py's rule for `compare` refuses a family that names a comparison twice.)"""
+def family(primary: str, secondary: list[str], primary_share: float = 1.0) -> dict[str, float]:
+    """The declared family: comparison name -> its weight (share of alpha), primary first:
+    the primary `primary_share`, each secondary an equal part of the rest (the primary all of
+    it without secondaries). (params.py's rule for `compare` refuses a family that names a
+    comparison twice.)"""
     names = [Comparison.parse(primary).name] + [Comparison.parse(s).name for s in secondary]
     if len(set(names)) != len(names):
         raise ValueError(f"the family names a comparison twice: {names}")
-    return {name: "primary" if i == 0 else "secondary" for i, name in enumerate(names)}
+    if len(names) == 1:
+        return {names[0]: 1.0}
+    rest = (1 - primary_share) / (len(names) - 1)
+    return {name: primary_share if i == 0 else rest for i, name in enumerate(names)}
 
 
-def smallest_adjusted_p(resamples: int, family_size: int) -> float:
-    """The smallest Holm-adjusted p a family can reach: family size x bootstrap_p's floor."""
-    return min(1.0, family_size * 2 / (resamples + 1))
-
-
-def holm(p_values: dict[str, float]) -> dict[str, float]:
-    """Holm's step-down adjustment: the i-th smallest of m p-values becomes the largest of
-    (m - j + 1) p_(j) over j <= i, at most 1 (so the adjusted values keep the order)."""
-    names = sorted(p_values, key=lambda k: (p_values[k], k))
-    m, running, adjusted = len(names), 0.0, {}
-    for i, name in enumerate(names):
-        running = max(running, min(1.0, (m - i) * p_values[name]))
+def weighted_holm(p_values: dict[str, float], weights: dict[str, float]) -> dict[str, float]:
+    """Weighted Holm's adjusted p-values: taken in order of p / w, the j-th is the largest over
+    i <= j of p_(i) W_(i) / w_(i), W_(i) the weight of the hypotheses not yet shown at step i,
+    at most 1 (so the adjusted values keep the order). Equal weights: Holm's."""
+    names = sorted(p_values, key=lambda k: (p_values[k] / weights[k] if weights[k] else math.inf,
+                                             k))
+    left, running, adjusted = sum(weights[k] for k in names), 0.0, {}
+    for name in names:
+        w = weights[name]
+        step = min(1.0, p_values[name] * left / w) if w > 0 else 1.0
+        running = max(running, step)
         adjusted[name] = running
+        left -= w
     return {name: adjusted[name] for name in p_values}
 
 
-def verdict(p_adjusted: float, p_equivalence: float, low: float, high: float,
-            alpha: float) -> str:
-    """One of VERDICTS by the precedence in the module's docstring; `low`, `high`: the 1 -
-    alpha interval."""
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment: weighted_holm with equal weights."""
+    return weighted_holm(p_values, {k: 1.0 for k in p_values})
+
+
+def t_test(row: dict, alpha: float, margin: float, weight: float | None) -> dict:
+    """A row's p, its 1 - alpha interval, the two one-sided tests of equivalence within
+    +-margin and their 1 - 2 alpha interval, and with a family `weight` the 1 - weight alpha
+    interval (single-step, adjusted), all from t = mean / se on the row's degrees of freedom."""
+    d, se, df = row["mean"], row["se"], row["df"]
+    t = stats.t(df)
+
+    def bounds(level: float) -> dict:
+        half = t.ppf(1 - (1 - level) / 2) * se
+        return {"low": d - half, "high": d + half}
+
+    if se > 0:
+        p = float(2 * t.sf(abs(d) / se))
+        p_eq = float(max(t.sf((d + margin) / se), t.cdf((d - margin) / se)))
+    else:  # every run ranks alike: the difference is known exactly
+        p = 1.0 if d == 0 else 0.0
+        p_eq = 0.0 if abs(d) < margin else 1.0
+    out = {**bounds(1 - alpha), "p": p, "p_equivalence": p_eq,
+           "equivalence_interval": bounds(1 - 2 * alpha), "df": df, "se": se}
+    if weight is not None:
+        out["adjusted_interval"] = {**bounds(1 - weight * alpha), "level": 1 - weight * alpha}
+    return out
+
+
+def verdict(p_adjusted: float, p_equivalence_adjusted: float, mean: float, alpha: float) -> str:
+    """One of VERDICTS by the precedence in the module's docstring."""
     if p_adjusted < alpha:
-        return "higher" if low > 0 else "lower" if high < 0 else _disagree(low, high)
-    return "equivalent" if p_equivalence < alpha else "inconclusive"
+        return "higher" if mean > 0 else "lower"
+    return "equivalent" if p_equivalence_adjusted < alpha else "inconclusive"
 
 
-def _disagree(low: float, high: float):
-    raise AssertionError(f"a rejected comparison whose interval [{low}, {high}] holds 0: "
-                         "bootstrap_p and interval must invert each other")
+def design(row: dict, alpha_row: float, alpha: float, margin: float) -> dict:
+    """What the study could have found, for one AUROC difference, with the test it ran.
 
-
-def unadjusted(rounds: np.ndarray, alpha: float, margin: float) -> dict:
-    """What the bootstrap rounds of one AUROC difference say before adjustment: the 1 - alpha
-    interval, the 1 - 2 alpha interval of the equivalence test, and both p-values."""
-    low90, high90 = interval(rounds, 1 - 2 * alpha)
-    return {"p": bootstrap_p(rounds), "p_equivalence": equivalence_p(rounds, margin),
-            "equivalence_interval": {"low": low90, "high": high90}}
-
-
-def design(study_rounds: np.ndarray, per_seed: list[float], units: int, alpha_row: float,
-           alpha: float, margin: float) -> dict:
-    """What the study could have found, for one AUROC difference (mean over S seeds).
-
-    Its variance is split into a test-study part, the variance over the bootstrap rounds of the
-    difference with every seed kept (only the studies redrawn), and a training part, the
-    between-seed variance of the per-seed differences over S: se^2 = v_studies + v_seeds / S.
-    The detectable difference is the one a two-sided test at `alpha_row` finds with POWER:
-    (z(1 - alpha_row / 2) + z(POWER)) se. Equivalence within the margin is within reach when the
-    two one-sided tests at `alpha` would show it with POWER if the true difference were 0:
-    se <= margin / (z(1 - alpha) + z((1 + POWER) / 2)). The test studies (patients) that would
-    bring it there scale the test-study part as units / n; the seeds' part does not shrink with
-    studies, so where it alone exceeds that bound no number of test studies reaches it (None),
-    and seeds_needed says how many seeds would. With 3 seeds the training part rests on 2
-    degrees of freedom: a rough figure, not a plan.
+    The detectable difference is the true difference the two-sided t test at `alpha_row` (the
+    row's share of alpha) finds with POWER: (t(1 - alpha_row / 2) + t(POWER)) se, on the row's
+    degrees of freedom. Equivalence within the margin is within reach when the two one-sided
+    tests at `alpha` would show it with POWER were the true difference 0: se <= margin /
+    (t(1 - alpha) + t((1 + POWER) / 2)). The test studies (patients) that would bring se there
+    scale the test-study part as units / n, with these seeds; the seeds that would, scale the
+    training part as S / s, with these test studies. Where one part alone exceeds the bound,
+    no number of the other suffices (None). The t quantiles are those of today's degrees of
+    freedom: a guide, not a plan.
     """
-    z = NormalDist().inv_cdf
-    s = len(per_seed)
-    v_studies = float(np.var(study_rounds, ddof=1))
-    v_seeds = float(np.var(per_seed, ddof=1)) if s > 1 else 0.0
-    se = math.sqrt(v_studies + v_seeds / s)
-    reach = (margin / (z(1 - alpha) + z((1 + POWER) / 2))) ** 2  # the variance that reaches it
-    room = reach - v_seeds / s
-    studies = math.ceil(units * v_studies / room) if room > 0 and v_studies > 0 else None
-    return {"se": se, "se_studies": math.sqrt(v_studies), "sd_seeds": math.sqrt(v_seeds),
-            "alpha": alpha_row, "power": POWER,
-            "detectable": (z(1 - alpha_row / 2) + z(POWER)) * se,
-            "units_for_equivalence": studies,
-            "seeds_needed": math.floor(v_seeds / reach) + 1 if v_seeds and room <= 0 else None}
+    t = stats.t(row["df"])
+    se, seeds, units = row["se"], row["seeds"], row["units"]
+    v_studies, v_seeds = row["se_studies"] ** 2, row["sd_seeds"] ** 2
+    reach = (margin / (t.ppf(1 - alpha) + t.ppf((1 + POWER) / 2))) ** 2
+    room_studies = reach - v_seeds / seeds        # what the test studies may take
+    room_seeds = reach - v_studies                # what the seeds may take
+    studies = (math.ceil(units * v_studies / room_studies)
+               if room_studies > 0 and v_studies > 0 else None)
+    needed_seeds = (max(2, math.ceil(v_seeds / room_seeds)) if room_seeds > 0 and v_seeds > 0
+                    else None)
+    return {"se": se, "se_studies": row["se_studies"], "sd_seeds": row["sd_seeds"],
+            "df": row["df"], "alpha": alpha_row, "power": POWER,
+            "detectable": (t.ppf(1 - alpha_row / 2) + t.ppf(POWER)) * se,
+            "units_for_equivalence": studies, "seeds_for_equivalence": needed_seeds}
