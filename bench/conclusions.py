@@ -8,7 +8,7 @@ text input and pair (fusion - image, fusion - text, text - image), the AUROC dif
 verdict (higher, lower, equivalent or inconclusive; cxrfusion/verdicts.py), and that verdict,
 as each file records it, is the row's conclusion: this script never re-derives it from the
 numbers. It prints both runs' AUROC difference, mean over seeds [1 - alpha interval], the
-Holm-adjusted p (— outside the declared family), the verdict and whether it is the same;
+family-adjusted p (— outside the declared family), the verdict and whether it is the same;
 "N of M AUROC verdicts the same" counts them, and the exit status is 1 when any verdict
 differs (or a comparison is in one file only), else 0.
 
@@ -86,7 +86,7 @@ def _label(pair: str) -> str:
 def verdicts(a: dict, b: dict) -> tuple[list[str], int, int]:
     """The AUROC rows: (lines, how many the same, how many in all)."""
     lines = [(f"{'text input':20} {'difference':15} {'role':11} {'run A: AUROC':24} "
-              f"{'Holm p':>7} {'verdict':13} {'run B: AUROC':24} {'Holm p':>7} {'verdict':13} "
+              f"{'adj. p':>7} {'verdict':13} {'run B: AUROC':24} {'adj. p':>7} {'verdict':13} "
               f"{'moved':>7}  same?")]
     same = total = 0
     keys = _pairs(a) + [k for k in _pairs(b) if k not in _pairs(a)]
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     levels = " / ".join(f"{1 - r['question']['alpha']:.0%}" for r in (a, b))
     out = [
         ("AUROC differences (inferential): mean over seeds [run A / run B interval: "
-         f"{levels}], Holm-adjusted p (— : outside the family) and the verdict each file "
+         f"{levels}], family-adjusted p (— : outside the family) and the verdict each file "
          "records"),
         "", *auroc, "",
         ("Other measures (descriptive: no test, no verdict; not part of the exit status): mean "

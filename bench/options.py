@@ -120,6 +120,13 @@ def rule(comparison: dict) -> str:
     q = comparison["question"]
     redrawn = ("the validation studies redrawn and every run's threshold chosen again on them"
                if b.get("validation_resampled") else "thresholds fixed as chosen on validation")
+    if "procedure" in q:  # one t test a row, the family by a declared procedure
+        return (f"the AUROC differences tested by one t a row ({q['test']}), the family of "
+                f"{len(q['family'])} by {q['procedure']} at {q['alpha']:g}: higher or lower "
+                f"when the adjusted p is below it, equivalent when the two one-sided tests within "
+                f"±{q['margin']:g} survive the same procedure, else inconclusive; other measures: "
+                f"{1 - q['alpha']:.0%} intervals from a two-level bootstrap over test {units} and "
+                f"seeds ({b['resamples']:,} resamples, {redrawn})")
     adjusted = "Holm-adjusted" if q["adjustment"] == "holm" else f"{q['adjustment']}-adjusted"
     return (f"{1 - q['alpha']:.0%} interval from a two-level bootstrap over test {units} and "
             f"seeds ({b['resamples']:,} resamples, {redrawn}); the AUROC verdict as "

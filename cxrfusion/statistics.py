@@ -1,8 +1,11 @@
-"""Comparing models on the same test studies: bootstrap resamples of studies or, where patients
-are known, of patients; the one quantile rule of every interval and the p-values that invert it
-(interval, bootstrap_p, equivalence_p); intervals over both test studies and training seeds
-(over_seeds), and on subgroups of the test studies within the same rounds (on_subgroups);
-DeLong's test of two AUROCs.
+"""Comparing models on the same test studies. The tested AUROC differences: the seed-mean
+difference, its standard error and degrees of freedom, without resampling
+(seed_mean_difference). The descriptive intervals: bootstrap resamples of studies or, where
+patients are known, of patients; the one quantile rule of every interval and the p-values that
+invert it (interval; bootstrap_p and equivalence_p, the procedure before seed_mean_difference,
+which bench/verdicts_simulation.py compares with it); intervals over both test studies and
+training seeds (over_seeds), and on subgroups of the test studies within the same rounds
+(on_subgroups); DeLong's test of two AUROCs.
 
 Label 1 (abnormal) is the positive class throughout. Like cxrfusion/metrics.py, whose kernels
 score every resample, it needs no sklearn and no scipy: numpy, and metrics.py's imports.

@@ -293,7 +293,7 @@ def markdown(p: Params, flowed: dict, table: dict, balanced: dict, reproduced: d
 
 
 def _flow_lines(p: Params, f: dict) -> list[str]:
-    lines = ["## Participant flow", "", "![participant flow](report/flow.png)", "",
+    lines = ["## Participant flow", "", "![participant flow](study_report/flow.png)", "",
              "| step | studies | images |", "| --- | --- | --- |",
              f"| read from the dataset | {f['read']['studies']} | {f['read']['images']} |"]
     for why, n in f["dropped"].items():

@@ -105,11 +105,12 @@ def table(rows: dict, family: dict, text_input: str, minimum: int) -> list[str]:
     """One text input's subgroup table in markdown: per subgroup its test studies, the rounds
     scored, each model's AUROC and each difference of the family on this input, and which of
     those differences the interval shows; a subgroup too small to score is listed."""
+    primary = next(iter(family))  # the family's names, primary first
     pairs = [Comparison.parse(name) for name in family
              if Comparison.parse(name).text_input == text_input]
-    head = (["subgroup", "studies (abnormal)", "rounds scored", "fusion AUROC", "image AUROC",
-             "text AUROC"] + [c.label + (" (primary)" if family[c.name] == "primary" else "")
-                              for c in pairs] + ["shown (interval excludes 0)"])
+    head = (["subgroup", "studies (abnormal)", "rounds scored", *(f"{v} AUROC" for v in VARIANTS)]
+            + [c.label + (" (primary)" if c.name == primary else "") for c in pairs]
+            + ["interval excludes 0"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, s in rows.items():
         cells = [name, f"{s['studies']} ({s['abnormal']})"]
@@ -117,7 +118,7 @@ def table(rows: dict, family: dict, text_input: str, minimum: int) -> list[str]:
             cells += ["—", f"not scored: fewer than {minimum} of a label"]
             lines.append("| " + " | ".join(cells + ["—"] * (len(head) - len(cells))) + " |")
             continue
-        shown = [f"{c.label} {'higher' if d['low'] > 0 else 'lower'}" for c in pairs
+        shown = [f"{c.label} {'> 0' if d['low'] > 0 else '< 0'}" for c in pairs
                  if (d := s["pairs"][c.ascii_label])["low"] is not None
                  and (d["low"] > 0 or d["high"] < 0)]
         cells += [str(s["rounds"]), *(_cell(s["models"][v]) for v in VARIANTS),

@@ -61,13 +61,12 @@ def weighted_holm(p_values: dict[str, float], weights: dict[str, float]) -> dict
     at most 1 (so the adjusted values keep the order). Equal weights: Holm's."""
     names = sorted(p_values, key=lambda k: (p_values[k] / weights[k] if weights[k] else math.inf,
                                              k))
-    left, running, adjusted = sum(weights[k] for k in names), 0.0, {}
-    for name in names:
-        w = weights[name]
-        step = min(1.0, p_values[name] * left / w) if w > 0 else 1.0
+    running, adjusted = 0.0, {}
+    for i, name in enumerate(names):
+        w, left = weights[name], math.fsum(weights[k] for k in names[i:])
+        step = min(1.0, p_values[name] * (left / w)) if w > 0 else 1.0  # the last: p itself
         running = max(running, step)
         adjusted[name] = running
-        left -= w
     return {name: adjusted[name] for name in p_values}
 
 
@@ -83,9 +82,9 @@ def t_test(row: dict, alpha: float, margin: float, weight: float | None) -> dict
     d, se, df = row["mean"], row["se"], row["df"]
     t = stats.t(df)
 
-    def bounds(level: float) -> dict:
+    def bounds(level: float) -> dict:  # an AUROC difference lies in [-1, 1]: cut there
         half = t.ppf(1 - (1 - level) / 2) * se
-        return {"low": d - half, "high": d + half}
+        return {"low": max(-1.0, d - half), "high": min(1.0, d + half)}
 
     if se > 0:
         p = float(2 * t.sf(abs(d) / se))

@@ -110,7 +110,8 @@ import zlib  # noqa: E402
 
 from cxrfusion.formats import IMAGES, Run  # noqa: E402
 from cxrfusion.metrics import choose_threshold, study_predictions  # noqa: E402
-from cxrfusion.statistics import SEED_METRICS, over_seeds  # noqa: E402
+from cxrfusion.statistics import SEED_METRICS, over_seeds, seed_mean_difference  # noqa: E402
+from cxrfusion.verdicts import t_test  # noqa: E402
 
 FIGURE_FUNCTIONS = ("forest", "roc_by_input", "reliability", "training_curves")
 VAL_OFFSET = 10**6  # validation uids: a test study's uid + VAL_OFFSET (its label, another draw)
@@ -245,25 +246,49 @@ def bootstrap_of(p: params_mod.Params, y, models, val_labels, groups=None, val_g
 
 
 def intervals(stats: dict) -> dict:
-    """(low, high) of every model's and pair's metric in an over_seeds result."""
+    """(low, high) of every model's and pair's metric in an over_seeds result (the descriptive
+    ones: a pair's AUROC difference is tested, `t_intervals`)."""
     out = {}
     for kind in ("models", "pairs"):
         for name, metrics in stats[kind].items():
             for metric, s in metrics.items():
-                out[kind, name, metric] = (s["low"], s["high"])
+                if (kind, metric) != ("pairs", "auroc"):
+                    out[kind, name, metric] = (s["low"], s["high"])
     return out
 
 
-def written_intervals(result: dict, text_input: str) -> dict:
-    """The same keys as intervals(), read from comparison.json's layout."""
+def t_intervals(p, y, models: dict, groups=None) -> dict:
+    """(low, high) of each pair's AUROC difference, as compare tests it."""
+    out = {}
+    for a, b in [("fusion", "image"), ("fusion", "text"), ("text", "image")]:
+        row = seed_mean_difference(y, models[a]["probs"], models[b]["probs"], groups)
+        t = t_test(row, p.compare.alpha, p.compare.margin, None)
+        out[f"{a} - {b}"] = (t["low"], t["high"])
+    return out
+
+
+def _same(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-12, err_msg=str(key))
+
+
+def written_intervals(result: dict, text_input: str, tested: bool = False) -> dict:
+    """The same keys as intervals() (tested: as t_intervals()), read from
+    comparison.json's layout."""
+    differences = result["differences"][text_input]
+    if tested:
+        return {name.replace("_minus_", " - "): (m["auroc"]["low"], m["auroc"]["high"])
+                for name, m in differences.items()}
     out = {}
     for name, metrics in result["models"][text_input].items():
         for metric in SEED_METRICS:
             out["models", name, metric] = (metrics[metric]["low"], metrics[metric]["high"])
-    for name, metrics in result["differences"][text_input].items():
+    for name, metrics in differences.items():
         for metric in SEED_METRICS:
-            out["pairs", name.replace("_minus_", " - "), metric] = (metrics[metric]["low"],
-                                                                    metrics[metric]["high"])
+            if metric != "auroc":
+                out["pairs", name.replace("_minus_", " - "), metric] = (metrics[metric]["low"],
+                                                                        metrics[metric]["high"])
     return out
 
 
@@ -285,8 +310,10 @@ def test_compare_resamples_patients_when_studies_name_them(workdir, params, no_f
         assert written_intervals(written, text_input) == by_patient
         by_study = intervals(bootstrap_of(params, y, models, yv))
         assert by_study["models", "fusion", "auroc"] != by_patient["models", "fusion", "auroc"]
-        assert by_study["pairs", "fusion - image", "auroc"] != \
-            by_patient["pairs", "fusion - image", "auroc"]
+        tested = t_intervals(params, y, models, groups)
+        _same(written_intervals(written, text_input, tested=True), tested)
+        assert not np.allclose(tested["fusion - image"], t_intervals(params, y, models)[
+            "fusion - image"])  # clustered by patient
 
 
 def test_compare_resamples_studies_without_patients(workdir, params, no_figures):
@@ -301,6 +328,7 @@ def test_compare_resamples_studies_without_patients(workdir, params, no_figures)
         y, models, yv = scored_models(params, text_input)
         assert written_intervals(result, text_input) == intervals(bootstrap_of(params, y, models,
                                                                                yv))
+        _same(written_intervals(result, text_input, tested=True), t_intervals(params, y, models))
 
 
 def test_compare_refuses_test_studies_missing_from_studies_csv(workdir, params, no_figures):

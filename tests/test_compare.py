@@ -4,6 +4,7 @@ against numbers computed here from the same files (sklearn, by hand), comparison
 comparison.json, and the refusals' messages. The figures are drawn in one test only."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -29,7 +31,7 @@ from cxrfusion.formats import Run
 from cxrfusion.metrics import MEASURES, calibration, sensitivity_at_specificity
 from cxrfusion.results import sentence
 from cxrfusion.statistics import SEED_METRICS, delong
-from cxrfusion.verdicts import holm
+from cxrfusion.verdicts import weighted_holm
 from stages.compare import compare
 
 N = 80
@@ -38,8 +40,9 @@ PAIRS = {"fusion_minus_image": ("fusion", "image"), "fusion_minus_text": ("fusio
          "text_minus_image": ("text", "image")}
 OUTPUTS = ("metrics/comparison.json", "metrics/summary.json", "metrics/comparison.md",
            "metrics/figures")
-INFERENCE = {"p", "p_adjusted", "p_equivalence", "equivalence_interval", "role", "verdict",
-             "design"}
+INFERENCE = {"p", "p_adjusted", "p_equivalence", "p_equivalence_adjusted",
+             "equivalence_interval", "adjusted_interval", "role", "weight", "verdict", "design",
+             "se", "df"}
 
 
 @pytest.fixture
@@ -173,10 +176,11 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
     verdicts = {(i, name): written["differences"][i][name]["auroc"]["verdict"]
                 for i in inputs for name in PAIRS}
     assert verdicts[inputs[0], "fusion_minus_image"] == "higher"
-    # significant before the adjustment (p 0.0498 of 240 resamples), not after (Holm's 0.199)
+    # the primary, tested at its share of alpha (0.8) at least: p 0.039, adjusted at most
+    # p / 0.8 (less once a secondary shown before it has passed its weight on): 0.045
     d = written["differences"]["indication"]["fusion_minus_image"]["auroc"]
-    assert d["high"] < 0 and d["p"] < 0.05 < d["p_adjusted"]
-    assert verdicts["indication", "fusion_minus_image"] == "inconclusive"
+    assert d["high"] < 0 and d["p"] < d["p_adjusted"] <= d["p"] / 0.8 and d["p_adjusted"] < 0.05
+    assert verdicts["indication", "fusion_minus_image"] == "lower"
     assert "inconclusive" in verdicts.values(), verdicts
 
     # the image model reads no report: one set of runs, the same numbers for every text input
@@ -212,33 +216,87 @@ def _auroc_rows(result: dict) -> dict:
             for i in result["differences"] for a, b in PAIRS.values()}
 
 
+def _by_hand(y, a: np.ndarray, b: np.ndarray) -> dict:
+    """The seed-mean AUROC difference a - b, its se and df, from every pair of studies (not
+    midranks): DeLong's components per seed, averaged; the seeds' variance over S."""
+    def components(s):
+        pos, neg = s[y == 1], s[y == 0]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        return psi.mean(1), psi.mean(0), psi.mean()
+    parts = [[components(row) for row in rows] for rows in (a, b)]
+    d10 = np.mean([pa[0] - pb[0] for pa, pb in zip(*parts)], axis=0)
+    d01 = np.mean([pa[1] - pb[1] for pa, pb in zip(*parts)], axis=0)
+    per_seed = np.array([pa[2] - pb[2] for pa, pb in zip(*parts)])
+    v_t = d10.var(ddof=1) / len(d10) + d01.var(ddof=1) / len(d01)
+    v_s = per_seed.var(ddof=1) / len(per_seed)
+    return {"mean": per_seed.mean(), "se": math.sqrt(v_t + v_s),
+            "df": (v_t + v_s) ** 2 / (v_t ** 2 / (len(y) - 1) + v_s ** 2 / (len(per_seed) - 1))}
+
+
+def _closed_testing(p: dict, w: dict) -> dict:
+    """Adjusted p-values of weighted Bonferroni tests in closed testing, every intersection
+    of the family tried: max over subsets J holding i of min over j in J of p_j W_J / w_j."""
+    names, out = list(p), {}
+    for i in names:
+        worst = 0.0
+        for r in range(1, len(names) + 1):
+            for subset in itertools.combinations(names, r):
+                if i in subset:
+                    total = sum(w[j] for j in subset)
+                    worst = max(worst, min(min(1.0, p[j] * total / w[j]) for j in subset))
+        out[i] = worst
+    return out
+
+
 def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
-    """p agrees with the interval in the same row; the Holm p is Holm over the declared family;
-    the verdict follows the precedence; the primary's sentence is the answer."""
-    _project(small)
+    """Each row's t, p and intervals match a computation by hand; p < alpha exactly when the
+    interval excludes 0; the adjusted p is the closed test of weighted Bonferroni tests over
+    the declared family (the primary at compare.primary_share); the verdict follows the
+    precedence; the primary's sentence is the answer."""
+    uids, labels, written = _project(small)
     result = compare(small)
     c, rows = small.compare, _auroc_rows(result)
     alpha, margin = c.alpha, c.margin
     family = [c.primary, *c.secondary]
-    assert result["question"] == {
-        "primary": c.primary, "family": family, "adjustment": "holm", "alpha": alpha,
-        "margin": margin, "answer": sentence(params_mod.Comparison.parse(c.primary),
-                                             rows[c.primary], alpha, margin, "studies")}
-    adjusted = holm({name: rows[name]["p"] for name in family})
+    weights = {name: c.primary_share if name == c.primary else (1 - c.primary_share) / 5
+               for name in family}
+    assert result["question"]["family"] == family and result["question"]["alpha"] == alpha
+    assert result["question"]["weights"] == pytest.approx(weights)
+    assert result["question"]["answer"] == sentence(params_mod.Comparison.parse(c.primary),
+                                                    rows[c.primary], alpha, margin, "studies")
+    adjusted = _closed_testing({name: rows[name]["p"] for name in family}, weights)
+    equivalent = _closed_testing({name: rows[name]["p_equivalence"] for name in family}, weights)
+    probs = {run: df.groupby("uid")["probability"].mean().to_numpy()
+             for run, df in written.items()}
     for name, d in rows.items():
+        pair = params_mod.Comparison.parse(name)
+        seeds = small.train.seeds
+        a, b = (np.stack([probs[Run.of(v, s, pair.text_input)] for s in seeds])
+                for v in (pair.a, pair.b))
+        hand = _by_hand(labels, a, b)
+        assert d["se"] == pytest.approx(hand["se"], rel=1e-9)
+        assert d["df"] == pytest.approx(hand["df"], rel=1e-9)
+        t = scipy_stats.t(hand["df"])
+        assert d["p"] == pytest.approx(2 * t.sf(abs(hand["mean"]) / hand["se"]), rel=1e-9)
+        half = t.ppf(1 - alpha / 2) * hand["se"]
+        assert (d["low"], d["high"]) == pytest.approx((hand["mean"] - half, hand["mean"] + half))
         assert (d["p"] < alpha) == (d["low"] > 0 or d["high"] < 0), name
-        assert 2 / 241 <= d["p"] <= 1
         assert d["role"] == ("primary" if name == c.primary else "secondary")
         assert d["p_adjusted"] == pytest.approx(adjusted[name]) and d["p_adjusted"] >= d["p"]
+        assert d["p_equivalence_adjusted"] == pytest.approx(equivalent[name])
+        adj = d["adjusted_interval"]
+        assert adj["level"] == pytest.approx(1 - weights[name] * alpha)
+        if adj["low"] > 0 or adj["high"] < 0:  # excludes 0 only where the row is shown
+            assert d["p_adjusted"] < alpha
         eq = d["equivalence_interval"]
         assert (d["p_equivalence"] < alpha) == (-margin < eq["low"] and eq["high"] < margin)
         assert d["low"] <= eq["low"] <= eq["high"] <= d["high"]  # the 90 % inside the 95 %
-        expected = ("higher" if d["p_adjusted"] < alpha and d["low"] > 0 else
+        expected = ("higher" if d["p_adjusted"] < alpha and d["mean"] > 0 else
                     "lower" if d["p_adjusted"] < alpha else
-                    "equivalent" if d["p_equivalence"] < alpha else "inconclusive")
+                    "equivalent" if d["p_equivalence_adjusted"] < alpha else "inconclusive")
         assert d["verdict"] == expected, name
         g = d["design"]
-        assert g["alpha"] == pytest.approx(alpha / 6) and g["power"] == 0.8
+        assert g["alpha"] == pytest.approx(alpha * weights[name]) and g["power"] == 0.8
         assert g["se"] == pytest.approx(math.hypot(g["se_studies"], g["sd_seeds"] / math.sqrt(2)))
         assert g["detectable"] > 2 * g["se"]
     assert {d["verdict"] for d in rows.values()} >= {"higher", "inconclusive"}
@@ -248,8 +306,10 @@ def test_comparisons_outside_the_family_are_exploratory(workdir, small, no_figur
     small.compare.secondary = ["fusion-text/indication"]
     _project(small)
     rows = _auroc_rows(compare(small))
-    family = {small.compare.primary, "fusion-text/indication"}
-    adjusted = holm({name: rows[name]["p"] for name in family})
+    share = small.compare.primary_share
+    weights = {small.compare.primary: share, "fusion-text/indication": 1 - share}
+    family = set(weights)
+    adjusted = weighted_holm({name: rows[name]["p"] for name in family}, weights)
     for name, d in rows.items():
         if name in family:
             assert d["p_adjusted"] == pytest.approx(adjusted[name])
@@ -335,19 +395,23 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     inferential, models, descriptive = _tables(text)
 
     # Table 1: the primary first, then the secondary comparisons as declared
-    assert inferential[0][:8] == ["text input", "comparison", "role", "Δ AUROC [95% interval]",
-                                  "p", "Holm p", "90% interval", "verdict"]
+    assert inferential[0][:9] == ["text input", "comparison", "role (weight)",
+                                  "Δ AUROC [95% interval]", "p", "adjusted p",
+                                  "adjusted interval", "90% interval", "verdict"]
     declared = [small.compare.primary, *small.compare.secondary]
     assert [f"{r[1].replace(' − ', '-')}/{r[0]}" for r in inferential[1:]] == declared
     for row in inferential[1:]:
         d = result["differences"][row[0]][NAMES[row[1]]]["auroc"]
         _cell(DIFF_CELL, row[3], d, ("mean", "low", "high"))
-        assert row[2] == d["role"] and row[7] == f"**{d['verdict']}**"
+        assert row[2] == f"{d['role']} ({d['weight']:.2f})" and row[8] == f"**{d['verdict']}**"
         for cell, key in ((row[4], "p"), (row[5], "p_adjusted")):
-            assert float(cell) == pytest.approx(d[key], rel=5e-3, abs=5e-4), (cell, key)
-        _cell(re.compile(rf"^\[{NUMBER}, {NUMBER}\]$"), row[6], d["equivalence_interval"],
-              ("low", "high"))
-        _close(row[8], d["design"]["detectable"])
+            if cell == "< 0.001":
+                assert d[key] < 0.001, key
+            else:
+                assert float(cell) == pytest.approx(d[key], rel=5e-3, abs=5e-4), (cell, key)
+        for cell, key in ((row[6], "adjusted_interval"), (row[7], "equivalence_interval")):
+            _cell(re.compile(rf"^\[{NUMBER}, {NUMBER}\]$"), cell, d[key], ("low", "high"))
+        _close(row[9], d["design"]["detectable"])
 
     # Table 2: every column named by what it measures, the image model once
     header = models[0]

@@ -1,8 +1,9 @@
-"""cxrfusion/verdicts.py and the `compare` section of params.yaml: the declared family, Holm's
-adjustment, the verdicts and the design's detectable difference, by hand."""
+"""cxrfusion/verdicts.py and the `compare` section of params.yaml: the declared family and its
+weights, weighted Holm's adjustment, each row's t test, the verdicts and the design, by hand."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from statistics import NormalDist
 
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
+from scipy import stats
 
 from cxrfusion import params
 from cxrfusion.common import PipelineError
 from cxrfusion.params import Comparison
-from cxrfusion.verdicts import design, family, holm, smallest_adjusted_p, unadjusted, verdict
+from cxrfusion.verdicts import design, family, holm, t_test, verdict, weighted_holm
 
 Z = NormalDist().inv_cdf
 
@@ -30,55 +32,78 @@ def test_holm_by_hand():
     assert holm({"only": 0.03}) == {"only": 0.03}                   # a family of one
 
 
-@pytest.mark.parametrize("p_adjusted, p_eq, low, high, expected", [
-    (0.01, 0.9, 0.02, 0.2, "higher"),
-    (0.01, 0.9, -0.2, -0.02, "lower"),
-    (0.01, 0.01, 0.001, 0.04, "higher"),    # rejected and inside the margin: the test first
-    (0.30, 0.01, -0.03, 0.04, "equivalent"),
-    (0.30, 0.20, -0.09, 0.12, "inconclusive"),
-    (0.05, 0.05, -0.01, 0.01, "inconclusive"),  # "below alpha" is strict
+def test_weighted_holm_by_hand():
+    w = {"primary": 0.8, "s1": 0.1, "s2": 0.1}
+    # p / w: primary 0.03 / 0.8 = 0.0375 first (x 1); s1 0.004 / 0.1 = 0.04 next, with the
+    # weight left, 0.2: 0.004 x 0.2 / 0.1 = 0.008 -> kept at 0.0375; s2 0.2 alone: 0.2
+    adjusted = weighted_holm({"primary": 0.03, "s1": 0.004, "s2": 0.2}, w)
+    assert adjusted == pytest.approx({"primary": 0.0375, "s1": 0.0375, "s2": 0.2})
+    # the primary not shown (p 0.3): a secondary is still tested, at its own share first
+    adjusted = weighted_holm({"primary": 0.3, "s1": 0.001, "s2": 0.5}, w)
+    # then the primary with the weight left, 0.9: 0.3 x 0.9 / 0.8
+    assert adjusted["s1"] == pytest.approx(0.01) and adjusted["primary"] == pytest.approx(0.3375)
+    assert weighted_holm({"a": 0.01, "b": 0.02}, {"a": 0.5, "b": 0.5}) == pytest.approx(
+        holm({"a": 0.01, "b": 0.02}))                               # equal weights: Holm
+
+
+def test_family_weights():
+    assert family("fusion-image/indication", ["fusion-text/indication",
+                                              "text-image/indication"], 0.8) == pytest.approx(
+        {"fusion-image/indication": 0.8, "fusion-text/indication": 0.1,
+         "text-image/indication": 0.1})
+    assert family("fusion-image/indication", [], 0.8) == {"fusion-image/indication": 1.0}
+    with pytest.raises(ValueError, match="twice"):
+        family("fusion-image/indication", ["fusion-image/indication"])
+
+
+@pytest.mark.parametrize("p_adjusted, p_eq, mean, expected", [
+    (0.01, 0.9, 0.1, "higher"),
+    (0.01, 0.9, -0.1, "lower"),
+    (0.01, 0.01, 0.02, "higher"),    # shown and inside the margin: the difference first
+    (0.30, 0.01, 0.001, "equivalent"),
+    (0.30, 0.20, 0.01, "inconclusive"),
+    (0.05, 0.05, 0.0, "inconclusive"),  # "below alpha" is strict
 ])
-def test_verdict_precedence(p_adjusted, p_eq, low, high, expected):
-    assert verdict(p_adjusted, p_eq, low, high, alpha=0.05) == expected
+def test_verdict_precedence(p_adjusted, p_eq, mean, expected):
+    assert verdict(p_adjusted, p_eq, mean, alpha=0.05) == expected
 
 
-def test_a_rejection_whose_interval_holds_zero_is_a_bug_not_a_verdict():
-    with pytest.raises(AssertionError, match="must invert each other"):
-        verdict(0.01, 0.9, -0.01, 0.2, alpha=0.05)
-
-
-def test_two_one_sided_tests_by_hand():
-    # 1999 values: the 90 % interval is the 99th smallest to the 99th largest (order_rank:
-    # ceil(0.1 x 2000 / 2) - 1)
-    values = np.linspace(-0.04, 0.045, 1999)
-    row = unadjusted(values, alpha=0.05, margin=0.05)
-    assert row["equivalence_interval"]["low"] == pytest.approx(values[98])
-    assert row["equivalence_interval"]["high"] == pytest.approx(values[-99])
-    assert row["p_equivalence"] == 1 / 2000                        # none beyond either margin
-    assert row["p"] == pytest.approx(2 * (int((values <= 0).sum()) + 1) / 2000)
-    # 150 values at or above +0.05 of 1999: the upper one-sided p is 151 / 2000 > 0.05
-    shifted = np.r_[values[150:], np.full(150, 0.06)]
-    assert unadjusted(shifted, 0.05, 0.05)["p_equivalence"] == pytest.approx(151 / 2000)
+def test_t_test_by_hand():
+    row = {"mean": 0.03, "se": 0.02, "df": 7.5}
+    t = stats.t(7.5)
+    out = t_test(row, alpha=0.05, margin=0.05, weight=0.1)
+    assert out["p"] == pytest.approx(2 * t.sf(1.5))
+    assert (out["low"], out["high"]) == pytest.approx((0.03 - t.ppf(0.975) * 0.02,
+                                                      0.03 + t.ppf(0.975) * 0.02))
+    assert out["p_equivalence"] == pytest.approx(max(t.sf(4.0), t.cdf(-1.0)))
+    assert out["equivalence_interval"]["high"] == pytest.approx(0.03 + t.ppf(0.95) * 0.02)
+    assert out["adjusted_interval"]["level"] == pytest.approx(0.995)
+    assert out["adjusted_interval"]["low"] == pytest.approx(0.03 - t.ppf(0.9975) * 0.02)
+    # p < alpha exactly when the interval excludes 0, at any mean
+    for mean in np.linspace(-0.1, 0.1, 41):
+        r = t_test({**row, "mean": mean}, 0.05, 0.05, None)
+        assert (r["p"] < 0.05) == (r["low"] > 0 or r["high"] < 0)
+        assert (r["p_equivalence"] < 0.05) == (-0.05 < r["equivalence_interval"]["low"]
+                                               and r["equivalence_interval"]["high"] < 0.05)
+    wide = t_test({"mean": 0.5, "se": 0.4, "df": 2}, 0.05, 0.05, None)  # cut at +1
+    assert wide["high"] == 1.0 and wide["low"] < 0 and wide["p"] > 0.05
+    exact = t_test({"mean": 0.0, "se": 0.0, "df": 5}, 0.05, 0.05, None)
+    assert exact["p"] == 1.0 and exact["p_equivalence"] == 0.0
 
 
 def test_design_by_hand():
-    rng = np.random.default_rng(0)
-    study_rounds = rng.normal(0.02, 0.04, 2000)
-    per_seed = [0.01, 0.05, 0.03]
-    g = design(study_rounds, per_seed, units=100, alpha_row=0.05 / 6, alpha=0.05, margin=0.05)
-    v_studies, v_seeds = np.var(study_rounds, ddof=1), np.var(per_seed, ddof=1)  # 0.0004
-    se = math.sqrt(v_studies + v_seeds / 3)
-    assert g["se"] == pytest.approx(se)
-    assert g["detectable"] == pytest.approx((Z(1 - 0.05 / 12) + Z(0.8)) * se)
-    reach = (0.05 / (Z(0.95) + Z(0.9))) ** 2
-    assert g["units_for_equivalence"] == math.ceil(100 * v_studies / (reach - v_seeds / 3))
-    assert g["seeds_needed"] is None
+    row = {"mean": 0.02, "se": math.sqrt(0.04 ** 2 + 0.02 ** 2 / 3), "df": 12.0,
+           "se_studies": 0.04, "sd_seeds": 0.02, "seeds": 3, "units": 100}
+    g = design(row, alpha_row=0.04, alpha=0.05, margin=0.05)
+    t = stats.t(12.0)
+    assert g["detectable"] == pytest.approx((t.ppf(1 - 0.02) + t.ppf(0.8)) * row["se"])
+    reach = (0.05 / (t.ppf(0.95) + t.ppf(0.9))) ** 2
+    assert g["units_for_equivalence"] == math.ceil(100 * 0.04 ** 2 / (reach - 0.02 ** 2 / 3))
+    assert g["seeds_for_equivalence"] is None  # the test studies' part alone is too large
     # seeds that disagree this much: no number of test studies brings the margin in reach
-    g = design(study_rounds, [-0.1, 0.1, 0.05], 100, 0.05 / 6, 0.05, 0.05)
-    v_seeds = np.var([-0.1, 0.1, 0.05], ddof=1)
+    g = design({**row, "se_studies": 0.005, "sd_seeds": 0.1}, 0.04, 0.05, 0.05)
     assert g["units_for_equivalence"] is None
-    assert g["seeds_needed"] == math.floor(v_seeds / reach) + 1
-    assert v_seeds / g["seeds_needed"] < reach <= v_seeds / (g["seeds_needed"] - 1)
+    assert g["seeds_for_equivalence"] == math.ceil(0.1 ** 2 / (reach - 0.005 ** 2))
 
 
 # --- the declared family in params.yaml --------------------------------------------------------
@@ -95,10 +120,9 @@ def test_comparison_names():
 
 def test_the_default_family_is_every_comparison_primary_first():
     p = params.load(ROOT / "params.yaml")
-    roles = family(p.compare.primary, p.compare.secondary)
-    assert list(roles)[0] == "fusion-image/indication" and roles[list(roles)[0]] == "primary"
-    assert len(roles) == 6 and sorted(roles.values()).count("secondary") == 5
-    assert smallest_adjusted_p(p.compare.bootstrap, 6) < p.compare.alpha
+    weights = family(p.compare.primary, p.compare.secondary, p.compare.primary_share)
+    assert list(weights)[0] == "fusion-image/indication" and weights[list(weights)[0]] == 0.8
+    assert len(weights) == 6 and sum(weights.values()) == pytest.approx(1)
 
 
 def _refused(change, match):
@@ -117,9 +141,51 @@ def test_a_bad_family_is_refused_before_any_work():
     _refused(primary("image-fusion/indication"), r"compare.primary=.*is not a comparison")
     _refused(lambda p: p["compare"]["secondary"].append("fusion-image/indication"),
              "names a comparison twice")
-    _refused(lambda p: p["compare"].__setitem__("bootstrap", 200),
-             r"compare.bootstrap=200 .*family of 6 the smallest Holm-adjusted p is 0.0597, never "
-             r"below compare.alpha=0.05; use 240 or more")
+    _refused(lambda p: p["compare"].__setitem__("bootstrap", 30),
+             r"compare.bootstrap=30 .*too few resamples for the 95% intervals at "
+             r"compare.alpha=0.05; use 40 or more")
+    _refused(lambda p: p["compare"].__setitem__("primary_share", 0), r"compare.primary_share=0 ")
     _refused(lambda p: p["compare"].__setitem__("margin", 0), r"compare.margin=0 ")
     _refused(lambda p: p["evaluate"].__setitem__("bootstrap", 1000),
              "evaluate.bootstrap was replaced by compare.bootstrap")
+
+
+# --- the committed demo: no verdict moves with compare.seed -------------------------------------
+
+def _answers(seeds) -> list[dict]:
+    """The committed demo's predictions answered under each of `seeds` as compare.seed (40
+    resamples: only the descriptive intervals use them): per row, its verdict, p, adjusted p
+    and interval."""
+    from cxrfusion import formats
+    from cxrfusion.comparison import answer_question
+    from stages.compare import read_run, same_studies
+
+    p = params.load(ROOT / "params.yaml")
+    scored = {run: read_run(run) for run in formats.runs(p)}
+    labels = same_studies(scored, "test")["label"].to_numpy()
+    p.compare.bootstrap = 40
+    out = []
+    for seed in seeds:
+        p.compare.seed = seed
+        result = answer_question(scored, labels, 0, None, None, p)
+        out.append({(i, key): tuple(d["auroc"][k] for k in ("verdict", "p", "p_adjusted",
+                                                             "low", "high"))
+                    for i, pairs in result["differences"].items() for key, d in pairs.items()})
+    return out
+
+
+def test_no_verdict_moves_with_the_resampling_seed(monkeypatch):
+    """Five values of compare.seed: every AUROC row's p, adjusted p, interval and verdict are
+    the same (the predictions are the committed demo's, whichever machine made them)."""
+    monkeypatch.chdir(ROOT)
+    answers = _answers((0, 1, 2, 3, 4))
+    assert all(a == answers[0] for a in answers[1:])
+
+
+@pytest.mark.committed
+def test_the_committed_verdicts_are_the_predictions_verdicts(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    committed = json.loads((ROOT / "metrics/comparison.json").read_text())["differences"]
+    assert {k: v[0] for k, v in _answers((7,))[0].items()} == {
+        (i, key): d["auroc"]["verdict"] for i, pairs in committed.items()
+        for key, d in pairs.items()}
