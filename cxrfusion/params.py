@@ -578,6 +578,32 @@ class Explain:
 
 
 @dataclass
+class Plan:
+    """The a-priori sample size of the primary comparison (cxrfusion/verdicts.py's
+    `planned_test_studies`, in metrics/study_report.md): the test studies a study needs to
+    show the expected difference, from declared guesses, each with its reason."""
+    auroc_image: float = option(0.844, fraction, "the image model's expected AUROC: MMBT's "
+                                "image-only arm on MIMIC-CXR (Jacenkow et al., ISBI 2022)",
+                                required=False)
+    auroc_fusion: float = option(0.878, fraction, "fusion's expected AUROC with the indication: "
+                                 "the same paper's image + indication arm (a gain of 0.034)",
+                                 required=False)
+    prevalence: float = option(0.642, fraction, "abnormal fraction of the test studies: IU "
+                               "X-ray's (2,472 of 3,851 labelled studies)", required=False)
+    correlation: float = option(0.5, in_range(0, 1, "use a correlation in [0, 1)"),
+                                "correlation of the two models' AUROC estimates on the same "
+                                "studies (both read the same image): Obuchowski's usual "
+                                "planning value for paired readers", required=False)
+    sd_seeds: float = option(0.02, in_range(0, 1, "use an AUROC SD in [0, 1)"),
+                             "between-seed SD of the AUROC difference: fine-tuning the same CNN "
+                             "with other seeds moves its AUROC by about 0.01 to 0.03; take a "
+                             "pilot's (comparison.json's per-seed differences) when there is "
+                             "one", required=False)
+    seeds: int = option(5, positive_int, "training seeds a model the planned study trains",
+                        required=False)
+
+
+@dataclass
 class StudyReport:
     """Stage `study_report`: the study report, metrics/study_report.md."""
     subgroups: list = option(SUBGROUPS, subgroup_kinds, "subgroups of the test studies on which "
@@ -607,6 +633,7 @@ class Params:
     evaluate: Evaluate = field(default_factory=Evaluate)
     compare: Compare = field(default_factory=Compare)
     explain: Explain = field(default_factory=Explain)
+    plan: Plan = field(default_factory=Plan)
     study_report: StudyReport = field(default_factory=StudyReport)
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from cxrfusion import params, subgroups, verdicts
 from cxrfusion.formats import SPLITS
-from cxrfusion.params import Params, defaults, fields_of
+from cxrfusion.params import Comparison, Params, defaults, fields_of
 from cxrfusion.studies import join_text, report_words
 
 PACKAGES = ("torch", "timm", "transformers", "dvc", "numpy", "scikit-learn")
@@ -282,6 +282,7 @@ def markdown(p: Params, flowed: dict, table: dict, balanced: dict, reproduced: d
              "is. "
              f"Data source: `{source}`" + (" (SYNTHETIC demo data)." if source == "demo" else "."),
              "", *_flow_lines(p, flowed), "", *_characteristics_lines(flowed, table, balanced)]
+    lines += ["", *_plan_lines(p, flowed)]
     if subgrouped is not None:
         lines += ["", *_subgroup_lines(p, subgrouped)]
     if failed is not None:
@@ -341,6 +342,34 @@ def _characteristics_lines(f: dict, table: dict, balanced: dict) -> list[str]:
         lines.append(f"- {pair}: largest standardised difference {b['difference']:+.3f} "
                      f"({b['characteristic']}); random assignment: ±{b['bound']:.3f}; {flag}")
     return lines
+
+
+def _plan_lines(p: Params, flowed: dict) -> list[str]:
+    """The a-priori sample size of the primary comparison, from params' `plan` section."""
+    g, c = p.plan, p.compare
+    primary = Comparison.parse(c.primary)
+    alpha_row = c.alpha * verdicts.family(c.primary, c.secondary, c.primary_share)[primary.name]
+    expected = {"fusion": g.auroc_fusion, "image": g.auroc_image}
+    lines = ["## Sample size (a priori)", "",
+             f"The primary comparison, {primary.label} with the {primary.text_input} as text "
+             f"input, tested at its share of α ({alpha_row:g}) with 80 % power, if fusion's "
+             f"AUROC is {g.auroc_fusion:g} and the image model's {g.auroc_image:g} "
+             f"(`plan.*` in params.yaml, each with its reason), {g.prevalence:.1%} of the test "
+             f"studies abnormal, the two estimates correlated {g.correlation:g}, and the "
+             f"difference's between-seed SD {g.sd_seeds:g}. Hanley-McNeil variances, normal "
+             "quantiles (`verdicts.planned_test_studies`).", "",
+             "| seeds a model | test studies needed |", "| --- | --- |"]
+    if primary.a not in expected or primary.b not in expected:
+        return lines[:2] + [f"No plan: `plan` declares the fusion and image AUROCs only, and "
+                            f"the primary is {primary.label}."]
+    for seeds in sorted({g.seeds, len(p.train.seeds)}):
+        n = verdicts.planned_test_studies(expected[primary.a], expected[primary.b],
+                                          g.prevalence, g.correlation, g.sd_seeds, seeds,
+                                          alpha_row)
+        lines.append(f"| {seeds} | {n:,} |" if n else
+                     f"| {seeds} | none suffices: the seeds' spread alone is too large |")
+    by_split = flowed["by_split"]
+    return lines + ["", f"This run's test split holds {by_split['test']['studies']:,} studies."]
 
 
 def _reproducibility_lines(p: Params, r: dict) -> list[str]:

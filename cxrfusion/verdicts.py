@@ -32,6 +32,7 @@ Verdicts, by precedence (a = compare.alpha):
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 from scipy import stats
 
@@ -133,3 +134,40 @@ def design(row: dict, alpha_row: float, alpha: float, margin: float) -> dict:
             "df": row["df"], "alpha": alpha_row, "power": POWER,
             "detectable": (t.ppf(1 - alpha_row / 2) + t.ppf(POWER)) * se,
             "units_for_equivalence": studies, "seeds_for_equivalence": needed_seeds}
+
+
+def hanley_mcneil(auroc: float, abnormal: int, normal: int) -> float:
+    """The variance of an AUROC estimate on `abnormal` and `normal` studies (Hanley & McNeil
+    1982, with their exponential approximations of Q1 and Q2)."""
+    q1, q2 = auroc / (2 - auroc), 2 * auroc ** 2 / (1 + auroc)
+    return (auroc * (1 - auroc) + (abnormal - 1) * (q1 - auroc ** 2)
+            + (normal - 1) * (q2 - auroc ** 2)) / (abnormal * normal)
+
+
+def planned_test_studies(auroc_a: float, auroc_b: float, prevalence: float, correlation: float,
+                         sd_seeds: float, seeds: int, alpha_row: float,
+                         power: float = POWER) -> int | None:
+    """The test studies that let the two-sided test at `alpha_row` show the expected AUROC
+    difference auroc_a - auroc_b with `power`: the smallest n with (z(1 - alpha_row / 2) +
+    z(power)) se(n) <= |difference|, se(n)^2 = V_a + V_b - 2 r sqrt(V_a V_b) + sd_seeds^2 /
+    seeds (Hanley-McNeil variances at n x prevalence abnormal studies). None when the seeds'
+    part alone is too large for any n. Normal quantiles: the degrees of freedom of a study not
+    yet run are unknown, so a plan takes them as many."""
+    z = NormalDist().inv_cdf
+    bound = (abs(auroc_a - auroc_b) / (z(1 - alpha_row / 2) + z(power))) ** 2
+
+    def variance(n: int) -> float:
+        m = max(2, round(n * prevalence))
+        k = max(2, n - m)
+        va, vb = hanley_mcneil(auroc_a, m, k), hanley_mcneil(auroc_b, m, k)
+        return va + vb - 2 * correlation * math.sqrt(va * vb) + sd_seeds ** 2 / seeds
+
+    if sd_seeds ** 2 / seeds >= bound:
+        return None
+    low, high = 4, 8
+    while variance(high) > bound:
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if variance(mid) > bound else (low, mid)
+    return high

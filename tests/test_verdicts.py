@@ -106,6 +106,26 @@ def test_design_by_hand():
     assert g["seeds_for_equivalence"] == math.ceil(0.1 ** 2 / (reach - 0.005 ** 2))
 
 
+def test_planned_test_studies_is_the_smallest_that_reaches_the_power():
+    from cxrfusion.verdicts import hanley_mcneil, planned_test_studies
+
+    # AUROC 0.9, 45 abnormal, 55 normal: Q1 = 0.9 / 1.1, Q2 = 1.62 / 1.9; (0.09 + 44 (Q1 -
+    # 0.81) + 54 (Q2 - 0.81)) / 2475 = 2.7521 / 2475
+    assert hanley_mcneil(0.9, 45, 55) == pytest.approx(
+        (0.09 + 44 * (0.9 / 1.1 - 0.81) + 54 * (1.62 / 1.9 - 0.81)) / 2475)
+    assert math.sqrt(hanley_mcneil(0.9, 45, 55)) == pytest.approx(0.0333, abs=1e-4)
+    n = planned_test_studies(0.878, 0.844, 0.642, 0.5, 0.02, 5, 0.04)
+    bound = (0.034 / (Z(1 - 0.02) + Z(0.8))) ** 2
+
+    def var(k):
+        m = round(k * 0.642)
+        va, vb = hanley_mcneil(0.878, m, k - m), hanley_mcneil(0.844, m, k - m)
+        return va + vb - 2 * 0.5 * math.sqrt(va * vb) + 0.02 ** 2 / 5
+    assert var(n) <= bound < var(n - 1)
+    assert planned_test_studies(0.878, 0.844, 0.642, 0.5, 0.02, 3, 0.04) > n  # fewer seeds
+    assert planned_test_studies(0.878, 0.844, 0.642, 0.5, 0.05, 3, 0.04) is None
+
+
 # --- the declared family in params.yaml --------------------------------------------------------
 
 def test_comparison_names():
