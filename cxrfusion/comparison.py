@@ -112,8 +112,8 @@ def answer(result: dict, tested: dict, p: Params) -> None:
     c = p.compare
     alpha, margin = c.alpha, c.margin
     weights = verdicts.family(c.primary, c.secondary, c.primary_share)
-    rows = {c: result["differences"][i][c.key]["auroc"]
-            for i in result["differences"] for c in Comparison.of_input(i)}
+    rows = {pair: result["differences"][i][pair.key]["auroc"]
+            for i in result["differences"] for pair in Comparison.of_input(i)}
     for comparison, d in rows.items():
         weight = weights.get(comparison.name)
         d.update(verdicts.t_test(tested[comparison.text_input][comparison.key], alpha, margin,
