@@ -25,7 +25,7 @@ from cxrfusion import distributed
 from cxrfusion.distributed import World
 from cxrfusion.formats import Run
 from cxrfusion.model import reads
-from cxrfusion.params import Augment, Params
+from cxrfusion.params import Augment, Params, recipe
 
 # the columns of draw's output, one row per image:
 #   rotation     degrees, positive counter-clockwise as displayed (torchvision's convention)
@@ -141,7 +141,7 @@ class Augmenter:
     augmented batch is the same for any number of processes."""
 
     def __init__(self, p: Params, seed: int):
-        self.jitter = p.train.augment == "affine+jitter"
+        self.jitter = recipe(p.train, p.image.pretrained)["augment"] == "affine+jitter"
         self.ranges = p.augment
         stream = np.random.SeedSequence([seed, 0xA06]).generate_state(1)[0]  # the run's seed
         self.generator = torch.Generator().manual_seed(int(stream))  # checkpointed with the rest
@@ -152,8 +152,8 @@ class Augmenter:
 
 
 def augmenter(run: Run, p: Params) -> Augmenter | None:
-    """The transform of the run's training images, or None: train.augment none, or no image
-    read."""
-    if p.train.augment == "none" or not reads(run.variant)[0]:
+    """The transform of the run's training images, or None: train.augment (or the recipe's)
+    none, or no image read."""
+    if recipe(p.train, p.image.pretrained)["augment"] == "none" or not reads(run.variant)[0]:
         return None
     return Augmenter(p, run.seed)

@@ -168,7 +168,8 @@ def record(p: Params, run: Run) -> dict:
     if run.text_input:
         recorded["text"] = {**recorded["text"], "input": run.text_input,
                             "fields": params.fields_of(run.text_input)}
-    recorded["train"] = {**recorded["train"], "seed": run.seed}
+    recorded["train"] = {**recorded["train"], **params.recipe(p.train, p.image.pretrained),
+                         "seed": run.seed}  # the recipe's values where the options were null
     recorded["run"] = run.record
     return recorded
 

@@ -51,6 +51,20 @@ TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
 # model.fusion: how the head joins image and report (cxrfusion/model.py)
 FUSIONS = ("concat", "projector", "gated")
 AUGMENTS = ("none", "affine", "affine+jitter")  # train.augment (cxrfusion/augment.py)
+OPTIMIZERS = ("adam", "adamw")   # train.optimizer
+SCHEDULES = ("constant", "cosine")  # train.schedule: the learning rate over the epochs
+# train.recipe: the values the training options left null take (`recipe`). original: the
+# original write-up's training exactly. study: how the field fine-tunes a pretrained CNN
+# (AdamW with decoupled weight decay, Loshchilov & Hutter 2019; a warmup epoch then cosine
+# decay, timm's and most fine-tuning recipes'; the affine augmentation; the backbone at a tenth
+# of the head's rate when it starts from pretrained weights, so that its features are adapted,
+# not overwritten).
+RECIPES = {
+    "original": {"optimizer": "adam", "weight_decay": 0.0, "schedule": "constant",
+                 "warmup_epochs": 0, "augment": "none", "backbone_lr_ratio": None},
+    "study": {"optimizer": "adamw", "weight_decay": 0.05, "schedule": "cosine",
+              "warmup_epochs": 1, "augment": "affine", "backbone_lr_ratio": 0.1},
+}
 # evaluate.threshold: the rules choose_threshold applies on validation (cxrfusion/metrics.py)
 THRESHOLD_RULES = ("youden", "max_f1")
 SUBGROUPS = ("view", "images", "words")  # study_report.subgroups (cxrfusion/subgroups.py)
@@ -440,14 +454,37 @@ class Train:
     input too (stages `train_image`, `train_fusion`, `train_text`)."""
     epochs: int = option(3, positive_int, "epochs (the real study: 40)")
     lr: float = option(0.003, positive_number, "Adam learning rate (the original)")
-    lr_backbone: float | None = option(None, optional(positive_number), "Adam learning rate "
-                                       "of the CNN, in its own parameter group (null: train.lr, "
-                                       "the original); fine-tuning a pretrained CNN usually "
-                                       "takes 10 to 100 times less than its new head")
-    augment: str = option("none", one_of(*AUGMENTS), "random transforms of the training images, "
-                          "per image and batch, on the training device (validation and test "
-                          "never): none (the original) | affine (rotation, shift, zoom, flip: "
-                          "ranges in augment, below) | affine+jitter (and brightness/contrast)")
+    recipe: str = option("original", one_of(*RECIPES), "what the options below left null "
+                         "take: original (the original's training exactly: Adam, no decay, a "
+                         "constant rate, no augmentation) | study (AdamW, weight decay 0.05, "
+                         "one warmup epoch then cosine decay, affine augmentation, the "
+                         "pretrained CNN at a tenth of train.lr; the real study's: "
+                         "docs/real-study.md). An option set here or with -S wins",
+                         required=False)
+    optimizer: str | None = option(None, optional(one_of(*OPTIMIZERS)), "adam | adamw | null "
+                                   "(the recipe's)", required=False)
+    weight_decay: float | None = option(None, optional(in_range(0, 1, "use a decay in [0, 1)")),
+                                        "weight decay (decoupled under adamw) | null (the "
+                                        "recipe's)", required=False)
+    schedule: str | None = option(None, optional(one_of(*SCHEDULES)), "the learning rate over "
+                                  "the epochs: constant | cosine (to 0 after the warmup) | null "
+                                  "(the recipe's)", required=False)
+    warmup_epochs: int | None = option(None, optional(in_range(0, 1000, "use a whole number of "
+                                                               "epochs >= 0", whole=True)),
+                                       "epochs whose learning rate climbs linearly to train.lr "
+                                       "| null (the recipe's)", required=False)
+    lr_backbone: float | None = option(None, optional(positive_number), "learning rate of the "
+                                       "CNN, in its own parameter group | null (the recipe's: "
+                                       "train.lr under original; a tenth of it under study "
+                                       "when image.pretrained, else train.lr); fine-tuning a "
+                                       "pretrained CNN usually takes 10 to 100 times less than "
+                                       "its new head")
+    augment: str | None = option(None, optional(one_of(*AUGMENTS)), "random transforms of the "
+                                 "training images, per image and batch, on the training device "
+                                 "(validation and test never): none | affine (rotation, shift, "
+                                 "zoom, flip: ranges in augment, below) | affine+jitter (and "
+                                 "brightness/contrast) | null (the recipe's: none under "
+                                 "original)")
     batch_size: int = option(32, positive_int, "images per step, the global batch of all "
                              "processes; the real study: 64 (docs/performance.md, \"Batch "
                              "size\")")
@@ -700,6 +737,13 @@ def _across(p: dict) -> None:
         chosen = p["explain"].get(key)
         if chosen is not None and chosen not in get(p, among):
             _fail(f"explain.{key}", chosen, f"use null or one of {among}={get(p, among)}")
+    t = p["train"]
+    warmup = t.get("warmup_epochs")
+    warmup = RECIPES[t.get("recipe", "original")]["warmup_epochs"] if warmup is None else warmup
+    if warmup >= t["epochs"]:
+        _fail("train.warmup_epochs", t.get("warmup_epochs"), f"use fewer warmup epochs than "
+              f"train.epochs={t['epochs']} (train.recipe={t.get('recipe', 'original')} "
+              f"warms up {warmup}): the schedule needs an epoch after it")
     _family(p)
     hidden, heads = get(p, "demo_encoder.hidden_size"), get(p, "demo_encoder.heads")
     if hidden % heads:
@@ -769,6 +813,19 @@ def resolve(p: dict) -> dict:
     if p["image"]["size"] != "auto":
         return p
     return {**p, "image": {**p["image"], "size": default_input_size(p["model"]["backbone"])}}
+
+
+def recipe(t: Train, pretrained: bool | str) -> dict:
+    """The training settings a run uses: each of train.optimizer, weight_decay, schedule,
+    warmup_epochs and augment as set, or train.recipe's where null; lr_backbone as set, or the
+    recipe's share of train.lr when the CNN starts from pretrained weights (None: train.lr)."""
+    chosen = RECIPES[t.recipe]
+    out = {key: chosen[key] if getattr(t, key) is None else getattr(t, key)
+           for key in ("optimizer", "weight_decay", "schedule", "warmup_epochs", "augment")}
+    ratio = chosen["backbone_lr_ratio"]
+    out["lr_backbone"] = (t.lr_backbone if t.lr_backbone is not None else
+                          t.lr * ratio if ratio and pretrained else None)
+    return out
 
 
 def unknown_input(text_input: str, p: Params) -> str:

@@ -35,7 +35,7 @@ from cxrfusion.model import (
     sync_batchnorm,
     trainable_parameters,
 )
-from cxrfusion.params import Params, as_dict
+from cxrfusion.params import Params, as_dict, recipe
 from cxrfusion.scoring import forward, score, unwrap
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,12 @@ def train(run: Run, p: Params) -> dict:
     t = p.train
     with distributed.running(t.device, "train.device") as world:
         model, optimizer, step, train_set, val_set, text_dim = set_up(run, p, world)
+        schedule = scheduler(optimizer, p)  # None: a constant rate (the original)
         generator = torch.Generator().manual_seed(run.seed)  # batch order: same on all ranks
         augment = augmenter(run, p)  # train.augment; None: the images as cached
         log_set_up(run, p, model, optimizer, train_set, val_set, world, augment)
-        resume_key, progress = resume(run, p, model, optimizer, generator, augment, world)
+        resume_key, progress = resume(run, p, model, optimizer, schedule, generator, augment,
+                                      world)
         with live_log(run, world) as live:
             for row in progress.history:  # an earlier, interrupted run's epochs: log them again
                 log_epoch(live, row)
@@ -64,8 +66,10 @@ def train(run: Run, p: Params) -> dict:
                 log_epoch(live, row)
                 progress.history.append(row)
                 keep_if_best(progress, row, model, t.select)
-                save_progress(run, resume_key, model, optimizer, generator, augment, progress,
-                              world)
+                if schedule is not None:
+                    schedule.step()  # the next epoch's rate
+                save_progress(run, resume_key, model, optimizer, schedule, generator, augment,
+                              progress, world)
             summarise_kept_epoch(live, progress.history, progress.chosen)
         if world.main:
             save_model(run, p, model, progress.best_state, text_dim, progress.chosen,
@@ -104,7 +108,7 @@ def log_set_up(run, p, model, optimizer, train_set, val_set, world, augment) -> 
                                               for g in optimizer.param_groups),
              len(train_set), len(val_set), world.size, world.device,
              " (streamed)" if train_set.streamed else "",
-             p.train.augment if augment else "none")
+             recipe(p.train, p.image.pretrained)["augment"] if augment else "none")
 
 
 def epoch_metrics(labels, probs, loss, context: str) -> dict:
@@ -204,7 +208,8 @@ def keep_if_best(progress: Progress, row: dict, model, select: str) -> None:
         progress.chosen = row["epoch"]
 
 
-def resume(run: Run, p: Params, model, optimizer, generator, augment, world: World) -> tuple:
+def resume(run: Run, p: Params, model, optimizer, schedule, generator, augment,
+           world: World) -> tuple:
     """The checkpoint's key (the run's parameters, processes and input caches) and its
     progress: an interrupted run's, restored into the model, optimiser and random streams,
     when its key matches; else a fresh one."""
@@ -216,6 +221,8 @@ def resume(run: Run, p: Params, model, optimizer, generator, augment, world: Wor
         return key, Progress()
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if schedule is not None:
+        schedule.load_state_dict(state["schedule"])
     checkpoint.restore_random_states(generator, state["random"][world.rank],
                                      augment.generator if augment else None)
     log.info("%s: resuming after epoch %d from %s", run.path, len(state["history"]),
@@ -223,8 +230,8 @@ def resume(run: Run, p: Params, model, optimizer, generator, augment, world: Wor
     return key, Progress(state["history"], state["best"], state["best_state"], state["chosen"])
 
 
-def save_progress(run: Run, key: str, model, optimizer, generator, augment, progress: Progress,
-                  world: World) -> None:
+def save_progress(run: Run, key: str, model, optimizer, schedule, generator, augment,
+                  progress: Progress, world: World) -> None:
     """After an epoch: every rank's random streams, gathered; the main rank writes the rest."""
     randoms = distributed.gather(
         checkpoint.random_states(generator, augment.generator if augment else None), world)
@@ -232,7 +239,8 @@ def save_progress(run: Run, key: str, model, optimizer, generator, augment, prog
         checkpoint.save(run, {"fingerprint": key, "model": model.state_dict(),
                               "optimizer": optimizer.state_dict(), "random": randoms,
                               "history": progress.history, "best": progress.best,
-                              "best_state": progress.best_state, "chosen": progress.chosen})
+                              "best_state": progress.best_state, "chosen": progress.chosen,
+                              **({"schedule": schedule.state_dict()} if schedule else {})})
 
 
 def log_epoch(live, row: dict) -> None:
@@ -288,7 +296,9 @@ def build(run: Run, p: Params, train_set: Split, world: World):
     if world.distributed and world.device.type == "cuda":
         model = sync_batchnorm(model)  # batch statistics over all GPUs
     model = model.to(world.device, memory_format=torch.channels_last)
-    optimizer = adam(model, t.lr, t.lr_backbone)
+    settings = recipe(t, p.image.pretrained)
+    optimizer = adam(model, t.lr, settings["lr_backbone"], settings["optimizer"],
+                     settings["weight_decay"])
     step = model
     if world.distributed:  # same initial weights on every rank: DDP broadcasts rank 0's
         step = DistributedDataParallel(
@@ -299,19 +309,42 @@ def build(run: Run, p: Params, train_set: Split, world: World):
     return model, optimizer, step
 
 
-def adam(model: Classifier, lr: float, lr_backbone: float | None) -> torch.optim.Adam:
-    """Adam over the trainable parameters: at one learning rate (lr_backbone None: the
-    original), or the pretrained CNN's at its own (train.lr_backbone) in a second parameter
-    group, `backbone`, beside `head` (the head and projectors). The groups are saved with the
-    optimizer's state in checkpoints."""
+def adam(model: Classifier, lr: float, lr_backbone: float | None, kind: str = "adam",
+         weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (or AdamW: decoupled weight decay) over the trainable parameters: at one learning
+    rate (lr_backbone None: the original), or the pretrained CNN's at its own (train.lr_backbone
+    or the recipe's) in a second parameter group, `backbone`, beside `head` (the head and
+    projectors). The groups are saved with the optimizer's state in checkpoints."""
     trainable = [q for q in model.parameters() if q.requires_grad]
+    make = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    options = {"weight_decay": weight_decay} if weight_decay or kind == "adamw" else {}
     if lr_backbone is None or model.cnn is None:
-        return torch.optim.Adam(trainable, lr=lr)
+        return make(trainable, lr=lr, **options)
     cnn = {id(q) for q in model.cnn.parameters()}
     groups = [{"name": "backbone", "params": [q for q in trainable if id(q) in cnn],
                "lr": lr_backbone},
               {"name": "head", "params": [q for q in trainable if id(q) not in cnn], "lr": lr}]
-    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)  # frozen CNN: no group
+    return make([g for g in groups if g["params"]], lr=lr, **options)  # frozen CNN: no group
+
+
+def scheduler(optimizer, p: Params):
+    """The learning rate over the epochs, or None for a constant one without warmup (the
+    original): `warmup_epochs` climbing linearly (epoch e of w at (e + 1) / (w + 1) of the rate),
+    then, under `cosine`, half a cosine to 0 over the epochs left. Stepped after each epoch;
+    its state is saved in checkpoints."""
+    settings = recipe(p.train, p.image.pretrained)
+    warmup, epochs = settings["warmup_epochs"], p.train.epochs
+    cosine = settings["schedule"] == "cosine"
+    if not warmup and not cosine:
+        return None
+
+    def factor(done: int) -> float:  # `done` epochs completed: the rate of the next
+        if done < warmup:
+            return (done + 1) / (warmup + 1)
+        if not cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (done - warmup) / (epochs - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ untouched, byte for byte."""
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import fields, replace
 
 import pytest
@@ -16,7 +17,8 @@ import cxrfusion.training as train_module
 from cxrfusion import checkpoint, params
 from cxrfusion.common import PipelineError
 from cxrfusion.model import Classifier, load_model, model_config
-from cxrfusion.training import adam
+from cxrfusion.params import as_dict, recipe, validate
+from cxrfusion.training import adam, scheduler
 
 BACKBONE = "test_efficientnet"  # timm's 100 k-parameter EfficientNet: builds in milliseconds
 TEXT = 24                       # report-vector width
@@ -264,3 +266,46 @@ def test_bad_option_values_are_refused_by_name(dotted, value):
     p[section][key] = value
     with pytest.raises(PipelineError, match=rf"parameter {dotted}="):
         params.validate(p)
+
+
+# --- train.recipe ----------------------------------------------------------------------------
+
+def test_a_recipe_fills_the_options_left_null(params):
+    t = params.train
+    assert t.recipe == "original" and t.optimizer is None and t.augment is None
+    assert recipe(t, False) == {"optimizer": "adam", "weight_decay": 0.0,
+                                "schedule": "constant", "warmup_epochs": 0, "augment": "none",
+                                "lr_backbone": None}
+    study = replace(t, recipe="study")
+    assert recipe(study, False) == {"optimizer": "adamw", "weight_decay": 0.05,
+                                    "schedule": "cosine", "warmup_epochs": 1,
+                                    "augment": "affine", "lr_backbone": None}  # no pretrained CNN
+    assert recipe(study, True)["lr_backbone"] == pytest.approx(t.lr / 10)
+    # an option set wins over the recipe
+    assert recipe(replace(study, augment="none", weight_decay=0.0, lr_backbone=1e-4),
+                  True) == {**recipe(study, True), "augment": "none", "weight_decay": 0.0,
+                            "lr_backbone": 1e-4}
+
+
+def test_the_study_schedule_warms_up_then_decays(params):
+    params.train = replace(params.train, recipe="study", epochs=5)
+    model = Classifier("text", TEXT, BACKBONE)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    schedule = scheduler(optimizer, params)
+    rates = []
+    for _ in range(5):
+        rates.append(optimizer.param_groups[0]["lr"])
+        schedule.step()
+    # warmup: epoch 1 at 1/2; then half a cosine over the 4 epochs left: 1, 0.854, 0.5, 0.146
+    assert rates == pytest.approx([0.005, 0.01, 0.01 * (1 + math.cos(math.pi / 4)) / 2, 0.005,
+                                   0.01 * (1 + math.cos(3 * math.pi / 4)) / 2])
+    params.train = replace(params.train, recipe="original")
+    assert scheduler(optimizer, params) is None  # a constant rate: no scheduler at all
+
+
+def test_a_warmup_as_long_as_training_is_refused(params):
+    raw = as_dict(params)
+    raw["train"].update(recipe="study", epochs=1)
+    with pytest.raises(PipelineError, match=r"train.warmup_epochs=None .*fewer warmup epochs "
+                                            r"than train.epochs=1 \(train.recipe=study"):
+        validate(raw)
