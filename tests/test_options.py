@@ -185,10 +185,11 @@ def test_defaults_train_the_same_weights_as_the_options_switched_off(project):
 
 
 def test_augmented_and_two_rate_training_resumes_to_the_same_weights(project, monkeypatch):
-    """The checkpoint keeps the augmentation's random stream and both learning-rate groups."""
+    """The checkpoint keeps the augmentation's random stream, both learning-rate groups and,
+    under train.recipe study, AdamW's state and the schedule's."""
     cached = project
     cached.train = replace(cached.train, epochs=2, select="last", augment="affine+jitter",
-                           lr_backbone=3e-4)
+                           lr_backbone=3e-4, recipe="study")
     run = first_run("fusion", cached)
     train_module.train(run, cached)
     expected = _weights(run)
@@ -199,6 +200,7 @@ def test_augmented_and_two_rate_training_resumes_to_the_same_weights(project, mo
     state = torch.load(checkpoint.path(run), weights_only=True)
     assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [3e-4, 0.003]
     assert "augment" in state["random"][0]
+    assert state["schedule"]["last_epoch"] == 1  # one epoch done: the warmup's
     monkeypatch.setattr(train_module, "train_epoch", real_epoch)
     train_module.train(run, cached)
     assert _weights(run) == expected
@@ -295,6 +297,7 @@ def test_the_study_schedule_warms_up_then_decays(params):
     rates = []
     for _ in range(5):
         rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # (no gradients: nothing moves) before the schedule's step, as torch asks
         schedule.step()
     # warmup: epoch 1 at 1/2; then half a cosine over the 4 epochs left: 1, 0.854, 0.5, 0.146
     assert rates == pytest.approx([0.005, 0.01, 0.01 * (1 + math.cos(math.pi / 4)) / 2, 0.005,

@@ -30,10 +30,7 @@ def test_checkpoints_are_one_per_run():
 
 
 def test_interrupted_training_resumes_to_the_same_weights(cached, monkeypatch):
-    """Under train.recipe study: the learning-rate schedule's, AdamW's and the augmentation's
-    states come back from the checkpoint too (the original recipe is the same path without a
-    schedule)."""
-    cached.train = replace(cached.train, epochs=3, select="last", recipe="study")
+    cached.train = replace(cached.train, epochs=3, select="last")
     run = first_run("fusion", cached)
     straight = train_module.train(run, cached)
     expected = _weights(run)
