@@ -215,9 +215,8 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
     independently S_m of its S_m seed rows with replacement; and, with `validation`, from a
     third, the validation studies, on which every row's threshold is chosen again. The model's
     value in the round is the mean over the drawn rows of the metric on the drawn studies, a
-    pair's the difference of its models' values. `rounds` keeps each pair's values per round;
-    `study_rounds` the same with every seed row kept (only the studies drawn), the test-study
-    part of the variance. One seed per model, no validation: the intervals of one model's, and
+    pair's the difference of its models' values. `rounds` keeps each pair's values per round.
+    One seed per model, no validation: the intervals of one model's, and
     one pair's, plain percentile bootstrap over the same resamples (tests/bootstrap_reference.py,
     the reference tests/test_statistics.py checks it against).
     """
@@ -228,27 +227,24 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
     score = measure_rows(y, probs, specificity)
     point = score(thresholds)
     shape = (len(blocks), n, len(SEED_METRICS))
-    rounds, study_rounds = np.empty(shape), np.empty(shape)
+    rounds = np.empty(shape)
     chosen = _rechooser(validation, val_probs, rules, thresholds, n,
                         np.random.SeedSequence(seed).spawn(2)[1])
     per_model = _per_model(blocks)
     for r, (copies, drawn) in enumerate(_draws(y, blocks, n, seed, groups)):
         values = score(next(chosen), copies)
         rounds[:, r] = per_model(values[drawn])
-        study_rounds[:, r] = per_model(values)
 
     models_out = _model_summaries(blocks, point, rounds, level)
-    pairs_out, pair_rounds, pair_study_rounds = {}, {}, {}
+    pairs_out, pair_rounds = {}, {}
     index = {name: m for m, name in enumerate(blocks)}
     for a, b in pairs:
         name = Comparison(a, b).ascii_label
         pair_rounds[name] = {m: rounds[index[a], :, j] - rounds[index[b], :, j]
                              for j, m in enumerate(SEED_METRICS)}
-        pair_study_rounds[name] = {m: study_rounds[index[a], :, j] - study_rounds[index[b], :, j]
-                                   for j, m in enumerate(SEED_METRICS)}
         pairs_out[name] = _pair_summary(blocks, point, a, b, models_out, pair_rounds[name], level)
     return {"models": models_out, "pairs": pairs_out, "rounds": pair_rounds,
-            "study_rounds": pair_study_rounds, "resamples": n, "seed": seed, "level": level}
+            "resamples": n, "seed": seed, "level": level}
 
 
 def _bounds(values: np.ndarray, level: float) -> dict:
