@@ -141,7 +141,8 @@ DEFAULT_CONFIGS = ["S3", "S10", "S3_patients"]  # S10_patients on request: the t
 TARGET_COVERAGE = 0.93
 
 COMPARE = Compare()  # the project's defaults: primary, secondary, alpha, primary_share, margin
-WEIGHTS = verdicts.family(COMPARE.primary, list(COMPARE.secondary), COMPARE.primary_share)
+# the family without the placebo row (no placebo is simulated): weighted Holm
+WEIGHTS = verdicts.family(COMPARE.primary, list(COMPARE.secondary), COMPARE.primary_share).weights
 FAMILY = list(WEIGHTS)                     # comparison names, the primary first
 ALPHA, MARGIN = COMPARE.alpha, COMPARE.margin
 PHI = NormalDist()
@@ -242,8 +243,8 @@ def today_procedure(y, groups, probs: dict, bootstrap: int, seed: int) -> dict:
         models = {v: {"probs": probs[model_of(v, text_input)],
                       "thresholds": np.full(len(probs["image"]), 0.5)}
                   for v in ("fusion", "image", "text")}
-        result = over_seeds(y, models, list(PAIRS), bootstrap, seed, groups,
-                            level=1 - ALPHA)
+        result = over_seeds(y, models, [pair for pair in PAIRS if set(pair) <= set(models)],
+                            bootstrap, seed, groups, level=1 - ALPHA)  # no placebo simulated
         for c in Comparison.of_input(text_input):
             if c.name not in WEIGHTS:
                 continue

@@ -111,39 +111,43 @@ def answer(result: dict, tested: dict, p: Params) -> None:
     (`tested`: per text input and pair key, its statistics.seed_mean_difference)."""
     c = p.compare
     alpha, margin = c.alpha, c.margin
-    weights = verdicts.family(c.primary, c.secondary, c.primary_share)
+    fam = verdicts.family(c.primary, c.secondary, c.primary_share, c.placebo)
     rows = {pair: result["differences"][i][pair.key]["auroc"]
             for i in result["differences"] for pair in Comparison.of_input(i)}
     for comparison, d in rows.items():
-        weight = weights.get(comparison.name)
+        member = comparison.name in fam
+        level = fam.level(comparison.name) if member else None  # its share of alpha
         d.update(verdicts.t_test(tested[comparison.text_input][comparison.key], alpha, margin,
-                                 weight))
-        d["role"] = ("exploratory" if weight is None else
-                     "primary" if comparison.name == next(iter(weights)) else "secondary")
-        d["weight"] = weight
-    members = {cmp.name: d for cmp, d in rows.items() if cmp.name in weights}
-    adjusted = verdicts.weighted_holm({k: d["p"] for k, d in members.items()}, weights)
-    equivalent = verdicts.weighted_holm({k: d["p_equivalence"] for k, d in members.items()},
-                                        weights)
+                                 level))
+        d["role"], d["weight"] = fam.role(comparison.name), level
+    members = {cmp.name: d for cmp, d in rows.items() if cmp.name in fam}
+    adjusted = fam.adjust({k: d["p"] for k, d in members.items()})
+    equivalent = fam.adjust({k: d["p_equivalence"] for k, d in members.items()})
     for comparison, d in rows.items():
         name = comparison.name
         d["p_adjusted"] = adjusted.get(name)
         d["p_equivalence_adjusted"] = equivalent.get(name)
-        member = name in weights
+        member = name in fam
         d["verdict"] = verdicts.verdict(adjusted[name] if member else d["p"],
                                         equivalent[name] if member else d["p_equivalence"],
                                         d["mean"], alpha)
         d["design"] = verdicts.design(tested[comparison.text_input][comparison.key],
-                                      alpha * weights[name] if member else alpha, alpha, margin)
+                                      alpha * d["weight"] if member else alpha, alpha, margin)
     primary = Comparison.parse(c.primary)
+    placebo = Comparison.parse(fam.placebo) if fam.placebo else None
     result["question"] = {
-        "primary": primary.name, "family": list(weights), "weights": weights,
-        "procedure": "weighted Holm", "equivalence": "weighted Holm, a family of its own",
+        "primary": primary.name, "placebo": fam.placebo, "family": list(fam.weights),
+        "weights": fam.weights, "passes": fam.passes,
+        "procedure": "graphical (weighted Holm" + (", the placebo right after the primary)"
+                                                   if placebo else ")"),
+        "equivalence": "the same graph, a family of its own",
         "test": "t on Satterthwaite's degrees of freedom: DeLong's test-study variance"
                 + (", clustered by patient," if result["resampled"] == "patients" else "")
                 + " + the between-seed variance / S",
         "alpha": alpha, "margin": margin,
-        "answer": results.sentence(primary, rows[primary], alpha, margin, result["resampled"])}
+        "answer": results.answer_sentences(primary, rows[primary], placebo,
+                                           rows.get(placebo), alpha, margin,
+                                           result["resampled"])}
 
 
 # --- figures ------------------------------------------------------------------------------

@@ -130,14 +130,19 @@ def run_splits(p: Params, run: Run, names: tuple[str, ...] = SPLITS,
                text_input: str | None = None) -> tuple[dict[str, Split], int]:
     """What a run is fed, in every stage that feeds it (train, evaluate, explain): its images
     when its variant reads them, the vectors of its text input (`text_input` instead: explain's
-    swap of the image model's report). The one place an arm's own inputs are made."""
-    return load_splits(p, VARIANTS[run.variant].reads_image, text_input or run.text_input, names)
+    swap of the image model's report; the placebo reads its input's shuffled vectors). The one
+    place an arm's own inputs are made."""
+    arm = VARIANTS[run.variant]
+    return load_splits(p, arm.reads_image, text_input or run.text_input, names,
+                       shuffled=arm.shuffled)
 
 
 def load_splits(p: Params, uses_image: bool, text_input: str | None,
-                names: tuple[str, ...] = SPLITS) -> tuple[dict[str, Split], int]:
+                names: tuple[str, ...] = SPLITS,
+                shuffled: bool = False) -> tuple[dict[str, Split], int]:
     """The Splits `names` (train, val, test), with the images when `uses_image` and the report
-    vectors of `text_input` unless it is None, and the vector size (0 when no text is read).
+    vectors of `text_input` unless it is None (its shuffled cache when `shuffled`), and the
+    vector size (0 when no text is read).
 
     Only the rows of those splits are read. Their pixels are one array, each Split a view of
     its own slice of it: one copy of what is scored in host memory, however many splits.
@@ -151,14 +156,15 @@ def load_splits(p: Params, uses_image: bool, text_input: str | None,
     rows = pd.concat([rows.loc[rows["split"] == name] for name in names], ignore_index=True)
     text_dim, vectors_by_row, pixels_by_row, cache_rows = 0, None, None, None
     if text_input is not None:
-        cache = text_cache(text_input)
+        cache = text_cache(text_input, shuffled)
         expect = text_cache_attrs(p.text, fields_of(text_input))
         uids, vectors, attrs = read_text_cache(cache, expect=expect)
         row_of = pd.Series(np.arange(len(uids)), index=uids)
         missing = ~rows["uid"].isin(row_of.index)
         if missing.any():
             raise PipelineError(f"{cache} has no vector for {missing.sum()} studies of "
-                                "images.csv; rebuild it with `dvc repro embed_text`.")
+                                "images.csv; rebuild it with `dvc repro "
+                                f"{'shuffle_reports' if shuffled else 'embed_text'}`.")
         vectors_by_row = vectors[row_of[rows["uid"]].to_numpy()]
         text_dim = int(attrs["dim"])
     if uses_image:

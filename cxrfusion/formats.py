@@ -57,9 +57,10 @@ CURVES = METRICS_FOLDER / "curves"             # roc/, pr/, confusion/<run>.csv
 TRAIN_LOGS = METRICS_FOLDER / "train"          # <run>/: DVCLive's per-epoch metrics (`train`)
 
 
-def text_cache(text_input: str) -> Path:
-    """The report vectors of one text input, e.g. features/text/findings+impression.h5."""
-    return TEXT_DIR / f"{text_input}.h5"
+def text_cache(text_input: str, shuffled: bool = False) -> Path:
+    """The report vectors of one text input, e.g. features/text/findings+impression.h5, or
+    the placebo's, each study given another's (features/text/findings+impression.shuffled.h5)."""
+    return TEXT_DIR / f"{text_input}{'.shuffled' if shuffled else ''}.h5"
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,8 @@ def run_of(argv: list[str], p: Params) -> Run:
     the parameters (a seed not in train.seeds, or a text input not in text.inputs, would train
     a model no comparison reads)."""
     names = params.VARIANTS
-    blind = " and ".join(v for v, d in names.items() if not d.reads_report)  # image
-    reading = " and ".join(v for v, d in names.items() if d.reads_report)  # fusion and text
+    blind = params.spoken(v for v, d in names.items() if not d.reads_report)  # image
+    reading = params.spoken(v for v, d in names.items() if d.reads_report)  # fusion, text, ...
     usage = f"arguments: <{'|'.join(names)}> <seed> [<text input>, for {reading}]"
     if len(argv) not in (2, 3):
         raise PipelineError(f"{usage}; got {argv}")
@@ -166,8 +167,10 @@ def record(p: Params, run: Run) -> dict:
     and the run itself. Code takes a run's own values from the Run; this is their record."""
     recorded = params.as_dict(p)
     if run.text_input:
+        shuffled = params.VARIANTS[run.variant].shuffled
         recorded["text"] = {**recorded["text"], "input": run.text_input,
-                            "fields": params.fields_of(run.text_input)}
+                            "fields": params.fields_of(run.text_input),
+                            "vectors": str(text_cache(run.text_input, shuffled))}
     recorded["train"] = {**recorded["train"], **params.recipe(p.train, p.image.pretrained),
                          "seed": run.seed}  # the recipe's values where the options were null
     recorded["run"] = run.record
@@ -205,14 +208,18 @@ def read_prepared(fields: list[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # --- text cache -------------------------------------------------------------------------------
 
-def write_text_cache(path, uids, vectors, attrs: dict) -> None:
+def write_text_cache(path, uids, vectors, attrs: dict, donors=None) -> None:
+    """One vector a study; `donors`: the placebo's, the uid whose report each study's vector
+    is (shuffle_reports)."""
     uids = np.asarray(uids, dtype=np.int64)
     vectors = np.asarray(vectors, dtype=np.float32)
-    if len(uids) != len(vectors):
-        raise ValueError("one vector per uid")
+    if len(uids) != len(vectors) or (donors is not None and len(donors) != len(uids)):
+        raise ValueError("one vector (and donor) per uid")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("uids", data=uids)
         f.create_dataset("vectors", data=vectors)
+        if donors is not None:
+            f.create_dataset("donors", data=np.asarray(donors, dtype=np.int64))
         for key, value in attrs.items():
             f.attrs[key] = value
 

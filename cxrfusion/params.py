@@ -36,6 +36,7 @@ class Variant:
     title: str    # how tables name it
     noun: str     # how sentences name it
     colour: str   # its colour in every figure (matplotlib)
+    shuffled: bool = False  # reads another study's report (its text input's shuffled cache)
 
 
 # the arms, in the order of every table and figure; each is a train_<name> stage in dvc.yaml
@@ -43,6 +44,11 @@ VARIANTS = {
     "fusion": Variant(True, True, "fusion", "fusion", "tab:purple"),
     "image": Variant(True, False, "image only", "the image model", "tab:blue"),
     "text": Variant(False, True, "text only", "the text model", "tab:orange"),
+    # the placebo: fusion fed each study another study's report vector (stage shuffle_reports),
+    # so that it has fusion's inputs and capacity but none of the report's content
+    "shuffled": Variant(True, True, "placebo (shuffled reports)",
+                        "the placebo (fusion reading other studies' reports)", "tab:gray",
+                        shuffled=True),
 }
 EXPLAINED = tuple(v for v, d in VARIANTS.items() if d.reads_image)  # Grad-CAM needs an image
 SELECTIONS = ("best_val_loss", "last")
@@ -74,7 +80,10 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # --- the comparisons compare.primary and compare.secondary name (cxrfusion/verdicts.py) ------
 
-PAIRS = (("fusion", "image"), ("fusion", "text"), ("text", "image"))  # first minus second
+# first minus second; fusion - shuffled: what the report's content adds beyond the capacity of
+# the branch that reads it
+PAIRS = (("fusion", "image"), ("fusion", "text"), ("text", "image"), ("fusion", "shuffled"))
+PLACEBO = ("fusion", "shuffled")  # the pair compare.placebo tests right after the primary
 
 
 @dataclass(frozen=True)
@@ -223,6 +232,12 @@ def text_inputs(name, v):
         parts = item.split("+") if isinstance(item, str) else [None]
         if any(f not in TEXT_FIELDS for f in parts) or len(set(parts)) != len(parts):
             _fail(name, v, allowed)
+
+
+def spoken(names) -> str:
+    """a, b and c."""
+    names = list(names)
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else ""
 
 
 def fields_of(text_input: str) -> list[str]:
@@ -397,6 +412,14 @@ class DemoEncoder:
 
 
 @dataclass
+class Placebo:
+    """The placebo arm's reports (stage `shuffle_reports`): each study is given another study's
+    report vector, of the same split and, where the data names patients, another patient's."""
+    seed: int = option(0, seed, "seed of the permutation (it never reads a label)",
+                       required=False)
+
+
+@dataclass
 class Image:
     """Every X-ray decoded once, grayscale, fitted into image.size x image.size (stage
     `cache_images`), and the CNN's ImageNet weights."""
@@ -568,6 +591,13 @@ class Compare:
                              "tested with the primary by weighted Holm; findings+impression is "
                              "the original's input, which holds the radiologist's conclusion "
                              "(and so, nearly, the label)")
+    placebo: bool = option(True, switch, "test fusion - shuffled (the placebo) on the "
+                           "primary's text input right after the primary: it receives the "
+                           "primary's alpha once the primary is shown and passes it on to the "
+                           "secondaries (a fixed sequence inside the family), so that a gain "
+                           "over the image model is read together with what the report's "
+                           "content adds beyond its branch's capacity; false: that row is "
+                           "exploratory", required=False)
     alpha: float = option(0.05, in_range(0.001, 0.5, "use a level in [0.001, 0.5)"),
                           "family-wise error rate of the family's differences (and, a family "
                           "of their own, of its equivalences); intervals hold at 1 - alpha, "
@@ -663,6 +693,7 @@ class Params:
     split: Split = field(default_factory=Split)
     text: Text = field(default_factory=Text)
     demo_encoder: DemoEncoder = field(default_factory=DemoEncoder)
+    placebo: Placebo = field(default_factory=Placebo)
     image: Image = field(default_factory=Image)
     model: Model = field(default_factory=Model)
     train: Train = field(default_factory=Train)
@@ -761,6 +792,12 @@ def _family(p: dict) -> None:
                       f"text.inputs={inputs}; declare comparisons of the inputs trained (e.g. "
                       f"-S compare.primary=fusion-image/{inputs[0]} -S 'compare.secondary=[]')")
     members = [Comparison.parse(name).name for name in [c["primary"], *c["secondary"]]]
+    if c.get("placebo", True):
+        placebo = Comparison(*PLACEBO, Comparison.parse(c["primary"]).text_input).name
+        members.insert(1, placebo)
+        if placebo in members[2:]:
+            _fail("compare.secondary", c["secondary"], f"compare.placebo already tests "
+                  f"{placebo} right after the primary; leave it out of the secondaries")
     if len(set(members)) != len(members):
         _fail("compare.secondary", c["secondary"],
               f"the family names a comparison twice: {members}")

@@ -38,7 +38,7 @@ from cxrfusion.formats import load_csv, read_text_cache_attrs, text_cache
 from cxrfusion.imaging import BadImage, load_xray
 from cxrfusion.metrics import study_predictions
 from cxrfusion.model import Classifier, load_model
-from cxrfusion.params import TEXT_FIELDS, Params, built
+from cxrfusion.params import TEXT_FIELDS, VARIANTS, Params, built
 from cxrfusion.saved_model import evaluation_threshold, image_fit, saved_settings
 from cxrfusion.scoring import score
 from cxrfusion.studies import join_text
@@ -90,6 +90,12 @@ def load_predictor(folder, device: str = "auto", threshold: float | None = None)
                             "its runs are models/<variant>[/<text input>]/seed-<seed>) or name "
                             "another with --model.")
     record = saved_settings(folder)
+    variant = record.get("run", {}).get("variant")
+    if variant in VARIANTS and VARIANTS[variant].shuffled:
+        raise PipelineError(f"{folder} is the placebo arm ({variant}): it was trained on other "
+                            "studies' reports, so what it makes of a study's own report means "
+                            "nothing; it exists only to be compared with fusion. Name a fusion "
+                            "model instead (models/fusion/<text input>/seed-<seed>).")
     settings, fields = built(record), list(record["text"].get("fields", ()))
     dev = resolve_device(device, "option --device")
     model, config = load_model(folder, dev)

@@ -44,10 +44,9 @@ def sentence(c: Comparison, d: dict, alpha: float, margin: float, units: str) ->
     """One comparison's result in words, from its verdict: never "no difference" where the
     verdict is inconclusive. `units`: what the test set counts (studies, or patients)."""
     adjusted = d["p_adjusted"] is not None
-    p = p_value(d["p_adjusted"] if adjusted else d["p"])
     what = (f"{c.label} AUROC {d['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(d)}; "
             f"{'family-adjusted' if adjusted else 'exploratory, unadjusted'} p "
-            f"{p if p.startswith('<') else '= ' + p})")
+            f"{_p_phrase(d['p_adjusted'] if adjusted else d['p'])})")
     a, b = VARIANTS[c.a].noun, VARIANTS[c.b].noun
     if d["verdict"] in ("higher", "lower"):
         side = "better" if d["verdict"] == "higher" else "worse"
@@ -60,6 +59,36 @@ def sentence(c: Comparison, d: dict, alpha: float, margin: float, units: str) ->
             f"±{margin:g} is shown; the test run would detect a difference of "
             f"{d['design']['detectable']:.3f} with {d['design']['power']:.0%} power, and "
             f"{reach(d, margin, units)}.")
+
+
+def answer_sentences(primary: Comparison, d: dict, placebo: Comparison | None,
+                     e: dict | None, alpha: float, margin: float, units: str) -> str:
+    """The primary's sentence, then, with the placebo in the family, what the report's content
+    adds beyond the capacity of the branch that reads it (fusion - shuffled, tested right
+    after the primary): the gain is the report's only when both are shown."""
+    first = sentence(primary, d, alpha, margin, units)
+    if placebo is None:
+        return first
+    against = (f"{placebo.label} AUROC {e['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(e)}; "
+               f"family-adjusted p {_p_phrase(e['p_adjusted'])})")
+    a, b = VARIANTS[placebo.a].noun, VARIANTS[placebo.b].noun
+    if d["verdict"] == "higher":
+        if e["verdict"] == "higher":
+            return (f"{first} It also ranks them better than {b}: {against}; so the gain "
+                    "comes from what the reports say, not from the capacity of the branch "
+                    "that reads them.")
+        return (f"{first} But it is not shown to rank them better than {b}: {against}; so the "
+                "gain may be the capacity of the branch that reads the report, not what the "
+                "report says.")
+    shown = e["verdict"] in ("higher", "lower")
+    return (f"{first} Against {b}, tested only after the primary is shown: {against}; "
+            + (f"{a} ranks them {'better' if e['verdict'] == 'higher' else 'worse'}."
+               if shown else "not shown either way."))
+
+
+def _p_phrase(value: float) -> str:
+    p = p_value(value)
+    return p if p.startswith("<") else "= " + p
 
 
 def reach(d: dict, margin: float, units: str) -> str:
@@ -103,8 +132,12 @@ def method(result: dict, p: Params) -> str:
             f"The AUROC differences (Table 1) are tested without resampling: {q['test']}. "
             f"The declared family of {len(q['family'])} comparisons is controlled at "
             f"α = {q['alpha']:g} by weighted Holm, the primary first at "
-            f"{q['weights'][q['primary']]:.0%} of α; its equivalence tests, a family of their "
-            f"own, likewise. Every other interval is descriptive, {b['level']:.0%}, from one "
+            f"{q['weights'][q['primary']]:.0%} of α"
+            + (f", the placebo ({Comparison.parse(q['placebo']).label}) right after it with "
+               "all of the primary's α once the primary is shown (a fixed sequence, which "
+               "then passes it on to the secondaries)" if q.get("placebo") else "")
+            + "; its equivalence tests, a family of their own, likewise. Every other "
+            f"interval is descriptive, {b['level']:.0%}, from one "
             f"two-level bootstrap over test {units} and seeds ({b['resamples']:,} resamples, "
             f"seed {b['seed']}; no verdict rests on it).{val}")
 
@@ -116,7 +149,10 @@ def inferential(result: dict) -> list[str]:
     lines = [f"**Table 1. AUROC differences: the inferential rows.** One t a row (df: "
              f"Satterthwaite's, test {units} and seeds): p two-sided, p < {q['alpha']:g} "
              f"exactly when the {level} interval excludes 0 (unadjusted). Adjusted p: weighted "
-             f"Holm over the family (weights in the role column), which controls the "
+             f"Holm over the family (weights in the role column"
+             + ("; the placebo's: the primary's, which it receives once the primary is shown"
+                if q.get("placebo") else "")
+             + f"), which controls the "
              f"family-wise error rate at {q['alpha']:g}; adjusted interval: at 1 − weight × α, "
              "single-step, so it excludes 0 only where the row is shown (a shown row's may "
              f"still hold 0). Verdict: higher or lower when the adjusted p < {q['alpha']:g}; "
@@ -221,15 +257,16 @@ def table(result: dict, p: Params) -> str:
 
 def summary(result: dict) -> dict:
     """metrics/summary.json, the headline DVC's experiment table shows: the image model's AUROC
-    (it reads no report: once), per text input fusion's and the text model's, and each AUROC
-    difference's mean, interval ends and verdict (23 numbers for two inputs). Everything else
-    is in comparison.json."""
+    (it reads no report: once), per text input those of the models that read it, and each
+    declared AUROC difference's (the family's) mean, interval ends and verdict (28 numbers for
+    the default family). Everything else is in comparison.json."""
     first = next(iter(result["models"].values()))
     reading = [v for v, row in VARIANTS.items() if row.reads_report]  # per text input
     out = {v: {"auroc": first[v]["auroc"]["mean"]} for v in VARIANTS if v not in reading}
+    family = set(result["question"]["family"])
     for text_input, models in result["models"].items():
         out[text_input] = {"auroc": {v: models[v]["auroc"]["mean"] for v in reading}}
-        for c in Comparison.of_input(text_input):
+        for c in [c for c in Comparison.of_input(text_input) if c.name in family]:
             d = result["differences"][text_input][c.key]["auroc"]
             out[text_input][c.summary_key] = {"mean": d["mean"], "low": d["low"], "high": d["high"],
                                            "verdict": d["verdict"]}

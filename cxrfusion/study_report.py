@@ -265,7 +265,7 @@ def _subgroup_lines(p: Params, subgrouped: tuple) -> list[str]:
         lines.append("Left out: " + "; ".join(left_out) + ".")
     if not rows or not any(rows.values()):
         return lines + ["", "No subgroup declared (`study_report.subgroups: []`).", ""]
-    family = verdicts.family(c.primary, c.secondary)
+    family = verdicts.family(c.primary, c.secondary, c.primary_share, c.placebo).weights
     for text_input, by_name in rows.items():
         lines += ["", f"**Text input {text_input}**: AUROC, mean over seeds [interval].", "",
                   *subgroups.table(by_name, family, text_input, minimum)]
@@ -348,7 +348,8 @@ def _plan_lines(p: Params, flowed: dict) -> list[str]:
     """The a-priori sample size of the primary comparison, from params' `plan` section."""
     g, c = p.plan, p.compare
     primary = Comparison.parse(c.primary)
-    alpha_row = c.alpha * verdicts.family(c.primary, c.secondary, c.primary_share)[primary.name]
+    fam = verdicts.family(c.primary, c.secondary, c.primary_share, c.placebo)
+    alpha_row = c.alpha * fam.level(primary.name)
     expected = {"fusion": g.auroc_fusion, "image": g.auroc_image}
     lines = ["## Sample size (a priori)", "",
              f"The primary comparison, {primary.label} with the {primary.text_input} as text "

@@ -32,43 +32,127 @@ Verdicts, by precedence (a = compare.alpha):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from statistics import NormalDist
 
 from scipy import stats
 
-from cxrfusion.params import Comparison
+from cxrfusion.params import PLACEBO, Comparison
 
 VERDICTS = ("higher", "lower", "equivalent", "inconclusive")
 POWER = 0.8  # the power at which the design's detectable difference is stated
 
 
-def family(primary: str, secondary: list[str], primary_share: float = 1.0) -> dict[str, float]:
-    """The declared family: comparison name -> its weight (share of alpha), primary first:
-    the primary `primary_share`, each secondary an equal part of the rest (the primary all of
-    it without secondaries). (params.py's rule for `compare` refuses a family that names a
-    comparison twice.)"""
-    names = [Comparison.parse(primary).name] + [Comparison.parse(s).name for s in secondary]
+@dataclass(frozen=True)
+class Family:
+    """The declared family as a graph (Bretz et al. 2009): each comparison's initial share of
+    alpha (`weights`, in the declared order: the primary, the placebo, the secondaries) and,
+    once it is shown, the shares of its alpha it passes to each other row (`passes`)."""
+    weights: dict[str, float]
+    passes: dict[str, dict[str, float]]
+    placebo: str | None = None
+
+    @property
+    def primary(self) -> str:
+        return next(iter(self.weights))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weights
+
+    def role(self, name: str) -> str:
+        return ("primary" if name == self.primary else "placebo" if name == self.placebo else
+                "secondary" if name in self.weights else "exploratory")
+
+    def level(self, name: str) -> float:
+        """The share of alpha at which a row is first tested: its weight, or for a row that
+        starts with none (the placebo; a secondary of compare.primary_share 1), the share
+        the rows before it pass to it once shown."""
+        return self.weights[name] or math.fsum(
+            self.weights[k] * out.get(name, 0.0) for k, out in self.passes.items())
+
+    def adjust(self, p_values: dict[str, float]) -> dict[str, float]:
+        """Each row's family-adjusted p (`graphical`)."""
+        return graphical(p_values, self.weights, self.passes)
+
+
+def family(primary: str, secondary: list[str], primary_share: float = 1.0,
+           placebo: bool = False) -> Family:
+    """The declared family. The primary holds `primary_share` of alpha (all of it without
+    secondaries), each secondary an equal part of the rest. Without the placebo, each row once
+    shown passes its alpha to the rows not yet shown in proportion to their weights: weighted
+    Holm. With it (compare.placebo), fusion - shuffled on the primary's text input starts with
+    none and follows the primary in a fixed sequence: the primary passes it all its alpha, and
+    it passes what it holds on to the secondaries. (params.py's rule for `compare` refuses a
+    family that names a comparison twice.)"""
+    first = Comparison.parse(primary)
+    rows = [Comparison(*PLACEBO, first.text_input).name] if placebo else []
+    names = [first.name, *rows, *(Comparison.parse(s).name for s in secondary)]
     if len(set(names)) != len(names):
         raise ValueError(f"the family names a comparison twice: {names}")
-    if len(names) == 1:
-        return {names[0]: 1.0}
-    rest = (1 - primary_share) / (len(names) - 1)
-    return {name: primary_share if i == 0 else rest for i, name in enumerate(names)}
+    rest = names[1 + len(rows):]
+    share = primary_share if rest else 1.0
+    weights = {first.name: share, **{r: 0.0 for r in rows},
+               **{r: (1 - share) / len(rest) for r in rest}}
+
+    def onward(targets: list[str]) -> dict[str, float]:
+        """To `targets` in proportion to their weights (in equal parts when they hold none)."""
+        total = math.fsum(weights[t] for t in targets)
+        return {t: weights[t] / total if total else 1 / len(targets) for t in targets}
+
+    passes = {}
+    for name in names:
+        if rows and name == first.name:
+            passes[name] = {rows[0]: 1.0}           # the sequence: primary, then placebo
+        elif name in rows:
+            passes[name] = onward(rest) if rest else {}
+        else:
+            targets = [t for t in names if t != name and t not in rows]
+            passes[name] = onward(targets) if targets else {}
+    return Family(weights, passes, rows[0] if rows else None)
+
+
+def graphical(p_values: dict[str, float], weights: dict[str, float],
+              passes: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Adjusted p-values of the graphical procedure (Bretz et al. 2009, their algorithm for
+    adjusted p): the row with the smallest p / w is taken, its adjusted p is the largest p / w
+    so far (at most 1); its weight goes to the rows left along its edges, and the edges that
+    led to it are joined to those leaving it. Rows left with no weight get 1. It controls the
+    family-wise error rate at any alpha: a row is shown when its adjusted p < alpha."""
+    left = list(p_values)
+    w = {k: weights[k] for k in left}
+    g = {k: {m: passes.get(k, {}).get(m, 0.0) for m in left if m != k} for k in left}
+    running, adjusted = 0.0, {}
+    while left:
+        j = min(left, key=lambda k: (p_values[k] / w[k] if w[k] > 0 else math.inf, k))
+        if w[j] <= 0:  # nothing left to test them at
+            adjusted.update({k: 1.0 for k in left})
+            break
+        running = max(running, min(1.0, p_values[j] / w[j]))
+        adjusted[j] = running
+        left.remove(j)
+        for k in left:
+            w[k] += w[j] * g[j][k]
+        g = {k: {m: _joined(g, k, m, j) for m in left if m != k} for k in left}
+    return {k: adjusted[k] for k in p_values}
+
+
+def _joined(g: dict, k: str, m: str, j: str) -> float:
+    """The edge k -> m once j is shown: its own, plus the way through j, renormalised."""
+    loop = 1 - g[k][j] * g[j][k]
+    return (g[k][m] + g[k][j] * g[j][m]) / loop if loop > 0 else 0.0
 
 
 def weighted_holm(p_values: dict[str, float], weights: dict[str, float]) -> dict[str, float]:
-    """Weighted Holm's adjusted p-values: taken in order of p / w, the j-th is the largest over
-    i <= j of p_(i) W_(i) / w_(i), W_(i) the weight of the hypotheses not yet shown at step i,
-    at most 1 (so the adjusted values keep the order). Equal weights: Holm's."""
-    names = sorted(p_values, key=lambda k: (p_values[k] / weights[k] if weights[k] else math.inf,
-                                             k))
-    running, adjusted = 0.0, {}
-    for i, name in enumerate(names):
-        w, left = weights[name], math.fsum(weights[k] for k in names[i:])
-        step = min(1.0, p_values[name] * (left / w)) if w > 0 else 1.0  # the last: p itself
-        running = max(running, step)
-        adjusted[name] = running
-    return {name: adjusted[name] for name in p_values}
+    """Weighted Holm's adjusted p-values: the graph in which each row passes its weight to the
+    rows left in proportion to theirs. Equal weights: Holm's."""
+    names, total = list(p_values), math.fsum(weights.values())
+    weights = {k: weights[k] / total for k in names}  # only their ratios matter
+    passes = {}
+    for k in names:
+        others = [m for m in names if m != k]
+        total = math.fsum(weights[m] for m in others)
+        passes[k] = {m: weights[m] / total if total else 1 / len(others) for m in others}
+    return graphical(p_values, weights, passes)
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:

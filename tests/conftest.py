@@ -79,11 +79,12 @@ def _prepare(p) -> None:
 
 
 def _cache(p) -> None:
-    from stages import cache_images, demo_encoder, embed_text
+    from stages import cache_images, demo_encoder, embed_text, shuffle_reports
 
     demo_encoder.demo_encoder(p)
     for text_input in p.text.inputs:
         embed_text.embed_text(text_input, p)
+        shuffle_reports.shuffle_reports(text_input, p)
     cache_images.cache_images(p)
 
 
@@ -183,7 +184,6 @@ def built_project(folder: Path, override: dict, runs=()) -> Params:
     module-scoped fixtures: built once for the tests of a file."""
     from cxrfusion.params import built
     from cxrfusion.training import train
-    from stages import cache_images, demo_encoder, embed_text
     from stages.download import download
     from stages.evaluate import evaluate
     from stages.prepare import prepare
@@ -193,10 +193,7 @@ def built_project(folder: Path, override: dict, runs=()) -> Params:
         mp.chdir(folder)
         download(p)
         prepare(p)
-        demo_encoder.demo_encoder(p)
-        for text_input in p.text.inputs:
-            embed_text.embed_text(text_input, p)
-        cache_images.cache_images(p)
+        _cache(p)
         for run in runs:
             train(run, p)
             evaluate(run, p)

@@ -81,8 +81,9 @@ def test_cached_features_match_the_prepared_tables(cached):
     # text/<input>.h5: one vector per study, in the order of studies.csv, each the study's
     # text of that input (its fields joined) alone
     assert cached.text.inputs == ["findings+impression", "indication"]
-    assert sorted(p.name for p in formats.TEXT_DIR.iterdir()) == ["findings+impression.h5",
-                                                                  "indication.h5"]
+    assert sorted(p.name for p in formats.TEXT_DIR.iterdir()) == [  # and the placebo's
+        "findings+impression.h5", "findings+impression.shuffled.h5", "indication.h5",
+        "indication.shuffled.h5"]
     t = cached.text
     for text_input in t.inputs:
         fields = fields_of(text_input)

@@ -37,7 +37,7 @@ from stages.compare import compare
 N = 80
 METRICS = SEED_METRICS
 PAIRS = {"fusion_minus_image": ("fusion", "image"), "fusion_minus_text": ("fusion", "text"),
-         "text_minus_image": ("text", "image")}
+         "text_minus_image": ("text", "image"), "fusion_minus_shuffled": ("fusion", "shuffled")}
 OUTPUTS = ("metrics/comparison.json", "metrics/summary.json", "metrics/comparison.md",
            "metrics/figures")
 INFERENCE = {"p", "p_adjusted", "p_equivalence", "p_equivalence_adjusted",
@@ -124,7 +124,7 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
 
     for text_input in inputs:
         models = written["models"][text_input]
-        assert set(models) == {"fusion", "image", "text"}
+        assert set(models) == {"fusion", "image", "text", "shuffled"}
         for variant, m in models.items():
             assert set(m) == set(METRICS) | {"ece_floor"}
             assert set(m["ece_floor"]) == {"mean"} | per_seed
@@ -152,7 +152,9 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
             d = differences[name]
             assert set(d) == set(METRICS) | {"delong"}
             for metric in METRICS:
-                extra = INFERENCE if metric == "auroc" else set()
+                extra = (set() if metric != "auroc" else INFERENCE
+                         if d["auroc"]["role"] != "exploratory"
+                         else INFERENCE - {"adjusted_interval"})  # no share of alpha
                 assert set(d[metric]) == {"mean", "low", "high"} | per_seed | extra, metric
                 ma, mb = models[a][metric], models[b][metric]
                 assert d[metric]["mean"] == pytest.approx(ma["mean"] - mb["mean"], abs=1e-12)
@@ -199,16 +201,20 @@ def test_the_summary_is_the_headline_of_the_comparison(workdir, small, no_figure
     assert set(summary) == {"image", *small.text.inputs}
     assert summary["image"] == {"auroc": result["models"]["indication"]["image"]["auroc"]["mean"]}
     numbers = 1
+    family = result["question"]["family"]
     for text_input in small.text.inputs:
         mine = summary[text_input]
         assert mine["auroc"] == {v: result["models"][text_input][v]["auroc"]["mean"]
-                                 for v in ("fusion", "text")}
-        for name, key in (("fusion-image", "fusion_minus_image"), ("fusion-text",
-                          "fusion_minus_text"), ("text-image", "text_minus_image")):
-            d = result["differences"][text_input][key]["auroc"]
-            assert mine[name] == {k: d[k] for k in ("mean", "low", "high", "verdict")}
-        numbers += 2 + 3 * 3
-    assert numbers == 23 <= 30  # what `dvc exp show` and `dvc metrics diff` list
+                                 for v in ("fusion", "text", "shuffled")}
+        declared = [c for c in params_mod.Comparison.of_input(text_input) if c.name in family]
+        assert set(mine) == {"auroc", *(c.summary_key for c in declared)}  # the family's only
+        for c in declared:
+            d = result["differences"][text_input][c.key]["auroc"]
+            assert mine[c.summary_key] == {k: d[k] for k in ("mean", "low", "high", "verdict")}
+        numbers += 3 + 3 * len(declared)
+    assert "fusion-shuffled" in summary["indication"]              # the placebo: declared
+    assert "fusion-shuffled" not in summary["findings+impression"]  # exploratory there
+    assert numbers == 28 <= 30  # what `dvc exp show` and `dvc metrics diff` list
 
 
 def _auroc_rows(result: dict) -> dict:
@@ -233,17 +239,32 @@ def _by_hand(y, a: np.ndarray, b: np.ndarray) -> dict:
             "df": (v_t + v_s) ** 2 / (v_t ** 2 / (len(y) - 1) + v_s ** 2 / (len(per_seed) - 1))}
 
 
-def _closed_testing(p: dict, w: dict) -> dict:
-    """Adjusted p-values of weighted Bonferroni tests in closed testing, every intersection
-    of the family tried: max over subsets J holding i of min over j in J of p_j W_J / w_j."""
+def _closed_testing(p: dict, weights: dict, passes: dict) -> dict:
+    """Adjusted p-values of weighted Bonferroni tests in closed testing, every intersection J
+    of the family tried, at the graph's weights once the rows outside J are taken out (Bretz
+    et al. 2009): max over J holding i of min over j in J of p_j / w_J(j)."""
     names, out = list(p), {}
+
+    def local(subset) -> dict:
+        w, g = dict(weights), {k: dict(passes[k]) for k in names}
+        for j in [n for n in names if n not in subset]:
+            left = [k for k in w if k != j]
+            for k in left:
+                w[k] += w[j] * g[j].get(k, 0.0)
+            g = {k: {m: (g[k].get(m, 0.0) + g[k].get(j, 0.0) * g[j].get(m, 0.0))
+                     / (1 - g[k].get(j, 0.0) * g[j].get(k, 0.0)) for m in left if m != k}
+                 for k in left}
+            del w[j]
+        return w
+
     for i in names:
         worst = 0.0
         for r in range(1, len(names) + 1):
             for subset in itertools.combinations(names, r):
                 if i in subset:
-                    total = sum(w[j] for j in subset)
-                    worst = max(worst, min(min(1.0, p[j] * total / w[j]) for j in subset))
+                    w = local(subset)
+                    worst = max(worst, min(min(1.0, p[j] / w[j]) if w[j] > 0 else 1.0
+                                           for j in subset))
         out[i] = worst
     return out
 
@@ -257,15 +278,21 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
     result = compare(small)
     c, rows = small.compare, _auroc_rows(result)
     alpha, margin = c.alpha, c.margin
-    family = [c.primary, *c.secondary]
-    weights = {name: c.primary_share if name == c.primary else (1 - c.primary_share) / 5
-               for name in family}
-    assert result["question"]["family"] == family and result["question"]["alpha"] == alpha
-    assert result["question"]["weights"] == pytest.approx(weights)
-    assert result["question"]["answer"] == sentence(params_mod.Comparison.parse(c.primary),
-                                                    rows[c.primary], alpha, margin, "studies")
-    adjusted = _closed_testing({name: rows[name]["p"] for name in family}, weights)
-    equivalent = _closed_testing({name: rows[name]["p_equivalence"] for name in family}, weights)
+    placebo = "fusion-shuffled/" + params_mod.Comparison.parse(c.primary).text_input
+    family = [c.primary, placebo, *c.secondary]
+    weights = {name: c.primary_share if name == c.primary else 0.0 if name == placebo else
+               (1 - c.primary_share) / 5 for name in family}
+    levels = {**weights, placebo: c.primary_share}  # the placebo's: the primary's, passed on
+    q = result["question"]
+    assert q["family"] == family and q["alpha"] == alpha and q["placebo"] == placebo
+    assert q["weights"] == pytest.approx(weights)
+    assert q["passes"][c.primary] == {placebo: 1.0}
+    assert q["answer"].startswith(sentence(params_mod.Comparison.parse(c.primary),
+                                           rows[c.primary], alpha, margin, "studies"))
+    adjusted = _closed_testing({name: rows[name]["p"] for name in family}, weights,
+                               q["passes"])
+    equivalent = _closed_testing({name: rows[name]["p_equivalence"] for name in family},
+                                 weights, q["passes"])
     probs = {run: df.groupby("uid")["probability"].mean().to_numpy()
              for run, df in written.items()}
     for name, d in rows.items():
@@ -281,11 +308,15 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
         half = t.ppf(1 - alpha / 2) * hand["se"]
         assert (d["low"], d["high"]) == pytest.approx((hand["mean"] - half, hand["mean"] + half))
         assert (d["p"] < alpha) == (d["low"] > 0 or d["high"] < 0), name
-        assert d["role"] == ("primary" if name == c.primary else "secondary")
+        if name not in family:  # fusion - shuffled on the other input: exploratory
+            assert d["role"] == "exploratory" and d["p_adjusted"] is None
+            continue
+        assert d["role"] == ("primary" if name == c.primary else "placebo" if name == placebo
+                             else "secondary")
         assert d["p_adjusted"] == pytest.approx(adjusted[name]) and d["p_adjusted"] >= d["p"]
         assert d["p_equivalence_adjusted"] == pytest.approx(equivalent[name])
         adj = d["adjusted_interval"]
-        assert adj["level"] == pytest.approx(1 - weights[name] * alpha)
+        assert adj["level"] == pytest.approx(1 - levels[name] * alpha)
         if adj["low"] > 0 or adj["high"] < 0:  # excludes 0 only where the row is shown
             assert d["p_adjusted"] < alpha
         eq = d["equivalence_interval"]
@@ -296,7 +327,7 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
                     "equivalent" if d["p_equivalence_adjusted"] < alpha else "inconclusive")
         assert d["verdict"] == expected, name
         g = d["design"]
-        assert g["alpha"] == pytest.approx(alpha * weights[name]) and g["power"] == 0.8
+        assert g["alpha"] == pytest.approx(alpha * levels[name]) and g["power"] == 0.8
         assert g["se"] == pytest.approx(math.hypot(g["se_studies"], g["sd_seeds"] / math.sqrt(2)))
         assert g["detectable"] > 2 * g["se"]
     assert {d["verdict"] for d in rows.values()} >= {"higher", "inconclusive"}
@@ -304,6 +335,7 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
 
 def test_comparisons_outside_the_family_are_exploratory(workdir, small, no_figures):
     small.compare.secondary = ["fusion-text/indication"]
+    small.compare.placebo = False   # its row, too, outside the family
     _project(small)
     rows = _auroc_rows(compare(small))
     share = small.compare.primary_share
@@ -380,7 +412,7 @@ def _cell(pattern, cell: str, d: dict, keys) -> None:
 
 
 NAMES = {"fusion − image": "fusion_minus_image", "fusion − text": "fusion_minus_text",
-         "text − image": "text_minus_image"}
+         "text − image": "text_minus_image", "fusion − shuffled": "fusion_minus_shuffled"}
 
 
 def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
@@ -394,16 +426,21 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     assert "1 − 0.9" not in text and "at 90% specificity on validation" not in text
     inferential, models, descriptive = _tables(text)
 
-    # Table 1: the primary first, then the secondary comparisons as declared
     assert inferential[0][:9] == ["text input", "comparison", "role (weight)",
                                   "Δ AUROC [95% interval]", "p", "adjusted p",
                                   "adjusted interval", "90% interval", "verdict"]
-    declared = [small.compare.primary, *small.compare.secondary]
+    # Table 1: the primary, its placebo, the secondary comparisons as declared, then the rest
+    declared = [small.compare.primary, "fusion-shuffled/indication", *small.compare.secondary,
+                "fusion-shuffled/findings+impression"]
     assert [f"{r[1].replace(' − ', '-')}/{r[0]}" for r in inferential[1:]] == declared
     for row in inferential[1:]:
         d = result["differences"][row[0]][NAMES[row[1]]]["auroc"]
         _cell(DIFF_CELL, row[3], d, ("mean", "low", "high"))
-        assert row[2] == f"{d['role']} ({d['weight']:.2f})" and row[8] == f"**{d['verdict']}**"
+        assert row[8] == f"**{d['verdict']}**"
+        if d["role"] == "exploratory":
+            assert row[2] == "exploratory" and row[5] == row[6] == "—"
+            continue
+        assert row[2] == f"{d['role']} ({d['weight']:.2f})"
         for cell, key in ((row[4], "p"), (row[5], "p_adjusted")):
             if cell == "< 0.001":
                 assert d[key] < 0.001, key
@@ -420,8 +457,9 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     assert "Sensitivity at 90% specificity (test ROC)" in header
     rows = models[1:]
     assert [(r[0], r[1]) for r in rows] == [("— (reads no report)", "image only")] + [
-        (i, v) for i in inputs for v in ("text only", "fusion")]
-    variant = {"image only": "image", "text only": "text", "fusion": "fusion"}
+        (i, v) for i in inputs for v in ("text only", "fusion", "placebo (shuffled reports)")]
+    variant = {"image only": "image", "text only": "text", "fusion": "fusion",
+               "placebo (shuffled reports)": "shuffled"}
     for row in rows:
         text_input = inputs[0] if row[1] == "image only" else row[0]
         m = result["models"][text_input][variant[row[1]]]

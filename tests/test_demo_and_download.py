@@ -532,7 +532,8 @@ def test_variants_table():
     read the image (run_of's refusal of an unknown variant: tests/test_seeds_and_inputs.py)."""
     assert all(v.reads_image or v.reads_report for v in params_mod.VARIANTS.values())
     assert {name for pair in params_mod.PAIRS for name in pair} <= set(params_mod.VARIANTS)
-    assert params_mod.EXPLAINED == ("fusion", "image")
+    assert params_mod.EXPLAINED == ("fusion", "image", "shuffled")
+    assert [v for v, d in params_mod.VARIANTS.items() if d.shuffled] == ["shuffled"]
 
 
 def test_params_yaml_holds_exactly_the_described_options_at_their_defaults():

@@ -13,9 +13,9 @@ from cxrfusion import figures
 from cxrfusion.metrics import sensitivity_at_specificity, tpr_at
 from cxrfusion.params import Comparison
 
-VARIANTS = ("fusion", "image", "text")
-PAIRS = Comparison.of_input(None)  # the forest's rows: fusion − image, fusion − text, text − image
-FUSION_IMAGE, FUSION_TEXT, TEXT_IMAGE = PAIRS
+VARIANTS = ("fusion", "image", "text", "shuffled")
+PAIRS = Comparison.of_input(None)  # the forest's rows: fusion − image, ..., fusion − shuffled
+FUSION_IMAGE, FUSION_TEXT, TEXT_IMAGE, FUSION_SHUFFLED = PAIRS
 METRICS = ("auroc", "auprc", "f1", "sensitivity_at_specificity")
 N = 80
 

@@ -51,7 +51,8 @@ def every_run_or_one(args: list[str], p: params.Params) -> Run | None:
 STAGES = {"download": no_arguments, "prepare": no_arguments, "demo_encoder": no_arguments,
           "cache_images": no_arguments, "compare": no_arguments, "explain": no_arguments,
           "study_report": no_arguments,
-          "embed_text": one_text_input, "train": a_run, "evaluate": every_run_or_one}
+          "embed_text": one_text_input, "shuffle_reports": one_text_input, "train": a_run,
+          "evaluate": every_run_or_one}
 
 
 def reads_argv(stage: str) -> bool:

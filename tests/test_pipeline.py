@@ -35,8 +35,8 @@ from cxrfusion import params as params_mod
 from cxrfusion.formats import Run
 
 pytestmark = pytest.mark.pipeline
-VARIANTS = ("fusion", "image", "text")
-PAIRS = ("fusion_minus_image", "fusion_minus_text", "text_minus_image")
+VARIANTS = ("fusion", "image", "text", "shuffled")
+PAIRS = ("fusion_minus_image", "fusion_minus_text", "text_minus_image", "fusion_minus_shuffled")
 FIGURES = ["forest.png", "reliability.png", "roc.png", "training_curves.png"]
 SEED_METRICS = ("auroc", "auprc", "sensitivity_at_specificity", "sensitivity", "specificity",
                 "f1", "brier", "ece")  # each with an interval
@@ -109,7 +109,7 @@ def _check_comparison(repo: Path, params: dict) -> dict:
     assert comparison["bootstrap"] == {"resamples": 240, "seed": 0, "validation_resampled": True,
                                        "level": 0.95}
     assert comparison["question"]["primary"] == "fusion-image/indication"
-    assert len(comparison["question"]["family"]) == 6
+    assert len(comparison["question"]["family"]) == 7  # the primary, its placebo, 5 secondaries
     assert set(comparison["models"]) == set(comparison["differences"]) == set(inputs)
     tests = {run: json.loads((repo / run.test_metrics).read_text()) for run in runs(params)}
     per_seed = [f"seed-{s}" for s in seeds]

@@ -33,11 +33,14 @@ def test_runs_are_every_variant_per_seed_and_input(params):
     assert runs(params) == [
         Run("fusion", 0, FI), Run("fusion", 1, FI), Run("fusion", 0, IND), Run("fusion", 1, IND),
         Run("image", 0), Run("image", 1),  # the image model reads no report: once per seed
-        Run("text", 0, FI), Run("text", 1, FI), Run("text", 0, IND), Run("text", 1, IND)]
+        Run("text", 0, FI), Run("text", 1, FI), Run("text", 0, IND), Run("text", 1, IND),
+        Run("shuffled", 0, FI), Run("shuffled", 1, FI), Run("shuffled", 0, IND),
+        Run("shuffled", 1, IND)]
     assert runs(params, variants=("image",)) == [Run("image", 0), Run("image", 1)]
     params.train.seeds = [3]
     params.text.inputs = [IND]
-    assert runs(params) == [Run("fusion", 3, IND), Run("image", 3), Run("text", 3, IND)]
+    assert runs(params) == [Run("fusion", 3, IND), Run("image", 3), Run("text", 3, IND),
+                            Run("shuffled", 3, IND)]
 
 
 def test_a_run_names_its_folders_and_stage():
@@ -73,10 +76,10 @@ def test_run_of_parses_a_stages_arguments(params):
     (["text", "0", "findings+impression+indication"], r"is not one of text.inputs"),
     (["image", "0", IND], r"the image model reads no report and takes no text input.*"
                           r"got \['image', '0', 'indication'\]"),
-    (["fusion", "0"], r"fusion and text need one; got \['fusion', '0'\]"),
-    (["text", "1"], r"fusion and text need one"),
-    ([], r"arguments: <fusion\|image\|text> <seed> \[<text input>"),
-    (["fusion"], r"arguments: <fusion\|image\|text> <seed>"),
+    (["fusion", "0"], r"fusion, text and shuffled need one; got \['fusion', '0'\]"),
+    (["text", "1"], r"fusion, text and shuffled need one"),
+    ([], r"arguments: <fusion\|image\|text\|shuffled> <seed> \[<text input>"),
+    (["fusion"], r"arguments: <fusion\|image\|text\|shuffled> <seed>"),
     (["fusion", "0", FI, "extra"], r"arguments: "),
     (["both", "0"], r"variant='both' is not allowed"),
 ])

@@ -394,7 +394,7 @@ def _every_run(params):
     from cxrfusion.formats import runs
 
     every = runs(params)
-    assert len(every) == 2 + 2 * 2 * 2  # image per seed, fusion and text per input and seed
+    assert len(every) == 2 + 3 * 2 * 2  # image per seed; fusion, text, placebo per input, seed
     return every
 
 

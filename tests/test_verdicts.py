@@ -48,12 +48,72 @@ def test_weighted_holm_by_hand():
 
 def test_family_weights():
     assert family("fusion-image/indication", ["fusion-text/indication",
-                                              "text-image/indication"], 0.8) == pytest.approx(
-        {"fusion-image/indication": 0.8, "fusion-text/indication": 0.1,
-         "text-image/indication": 0.1})
-    assert family("fusion-image/indication", [], 0.8) == {"fusion-image/indication": 1.0}
+                                              "text-image/indication"], 0.8).weights == (
+        pytest.approx({"fusion-image/indication": 0.8, "fusion-text/indication": 0.1,
+                       "text-image/indication": 0.1}))
+    assert family("fusion-image/indication", [], 0.8).weights == {
+        "fusion-image/indication": 1.0}
     with pytest.raises(ValueError, match="twice"):
         family("fusion-image/indication", ["fusion-image/indication"])
+    with pytest.raises(ValueError, match="twice"):
+        family("fusion-image/indication", ["fusion-shuffled/indication"], placebo=True)
+
+
+def _weighted_holm_closed_form(p: dict, w: dict) -> dict:
+    """Weighted Holm as its textbook step-down: in order of p / w, the j-th adjusted p is the
+    largest over i <= j of p_(i) W_(i) / w_(i), W_(i) the weight not yet shown."""
+    names = sorted(p, key=lambda k: p[k] / w[k])
+    running, out = 0.0, {}
+    for i, k in enumerate(names):
+        running = max(running, min(1.0, p[k] * sum(w[m] for m in names[i:]) / w[k]))
+        out[k] = running
+    return out
+
+
+def test_the_graph_of_weighted_holm_gives_its_step_down():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 7))
+        p = dict(zip("abcdefg", rng.uniform(0, 0.2, n) ** 2))
+        w = dict(zip("abcdefg", rng.uniform(0.05, 1, n)))
+        assert weighted_holm(p, w) == pytest.approx(_weighted_holm_closed_form(p, w))
+
+
+PRIMARY, PLACEBO = "fusion-image/indication", "fusion-shuffled/indication"
+SECONDARIES = ["fusion-text/indication", "text-image/indication"]
+
+
+def test_the_placebo_follows_the_primary_by_hand():
+    fam = family(PRIMARY, SECONDARIES, 0.8, placebo=True)
+    assert fam.weights == pytest.approx({PRIMARY: 0.8, PLACEBO: 0.0, SECONDARIES[0]: 0.1,
+                                         SECONDARIES[1]: 0.1})
+    assert fam.passes[PRIMARY] == {PLACEBO: 1.0}           # all of it, once shown
+    assert fam.level(PLACEBO) == pytest.approx(0.8)        # tested at the primary's share
+    assert [fam.role(n) for n in fam.weights] == ["primary", "placebo", "secondary",
+                                                  "secondary"]
+    assert fam.role("fusion-text/findings+impression") == "exploratory"
+    # p / w: the primary 0.01 / 0.8 = 0.0125 first; the placebo then holds 0.8: 0.02 / 0.8 =
+    # 0.025; it passes 0.8 on in halves: each secondary 0.5, 0.2 / 0.5 = 0.4; the last holds
+    # all: 0.3 / 1, kept at 0.4 (the adjusted values keep the order)
+    adjusted = fam.adjust({PRIMARY: 0.01, PLACEBO: 0.02, SECONDARIES[0]: 0.2,
+                           SECONDARIES[1]: 0.3})
+    assert adjusted == pytest.approx({PRIMARY: 0.0125, PLACEBO: 0.025, SECONDARIES[0]: 0.4,
+                                      SECONDARIES[1]: 0.4})
+    # the primary not shown: the placebo is never shown, however small its p
+    adjusted = fam.adjust({PRIMARY: 0.5, PLACEBO: 1e-6, SECONDARIES[0]: 0.001,
+                           SECONDARIES[1]: 0.9})
+    assert adjusted[PLACEBO] >= adjusted[PRIMARY] >= 0.05
+    assert adjusted[SECONDARIES[0]] == pytest.approx(0.01)  # still tested at its own 0.1
+
+
+def test_a_primary_share_of_one_is_a_fixed_sequence():
+    """compare.primary_share 1: the secondaries hold nothing until the primary is shown, then
+    share its alpha (they are testable after it, never before)."""
+    fam = family(PRIMARY, SECONDARIES, 1.0)
+    shown = fam.adjust({PRIMARY: 0.01, SECONDARIES[0]: 0.02, SECONDARIES[1]: 0.5})
+    assert shown == pytest.approx({PRIMARY: 0.01, SECONDARIES[0]: 0.04, SECONDARIES[1]: 0.5})
+    not_shown = fam.adjust({PRIMARY: 0.2, SECONDARIES[0]: 1e-6, SECONDARIES[1]: 1e-6})
+    assert min(not_shown.values()) == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("p_adjusted, p_eq, mean, expected", [
@@ -140,9 +200,11 @@ def test_comparison_names():
 
 def test_the_default_family_is_every_comparison_primary_first():
     p = params.load(ROOT / "params.yaml")
-    weights = family(p.compare.primary, p.compare.secondary, p.compare.primary_share)
-    assert list(weights)[0] == "fusion-image/indication" and weights[list(weights)[0]] == 0.8
-    assert len(weights) == 6 and sum(weights.values()) == pytest.approx(1)
+    fam = family(p.compare.primary, p.compare.secondary, p.compare.primary_share,
+                 p.compare.placebo)
+    weights = fam.weights
+    assert list(weights)[:2] == [PRIMARY, PLACEBO] and weights[PRIMARY] == 0.8
+    assert len(weights) == 7 and sum(weights.values()) == pytest.approx(1)
 
 
 def _refused(change, match):
@@ -161,6 +223,8 @@ def test_a_bad_family_is_refused_before_any_work():
     _refused(primary("image-fusion/indication"), r"compare.primary=.*is not a comparison")
     _refused(lambda p: p["compare"]["secondary"].append("fusion-image/indication"),
              "names a comparison twice")
+    _refused(lambda p: p["compare"]["secondary"].append("fusion-shuffled/indication"),
+             r"compare.placebo already tests fusion-shuffled/indication right after the primary")
     _refused(lambda p: p["compare"].__setitem__("bootstrap", 30),
              r"compare.bootstrap=30 .*too few resamples for the 95% intervals at "
              r"compare.alpha=0.05; use 40 or more")
