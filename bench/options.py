@@ -45,11 +45,15 @@ OPTIONS = {
     "fusion-gated": ["model.fusion=gated"],
     "lr-backbone": ["train.lr_backbone=0.0003"],
     "backbone-b1": ["model.backbone=efficientnet_b1.ra4_e3600_r240_in1k"],
+    "recipe-study": ["train.recipe=study"],  # the real study's recipe (docs/real-study.md)
 }
 KEPT = ROOT / "docs" / "options"
 DOC = ROOT / "docs" / "options.md"
 DIFFERENCES = {c.key: c.label  # comparison.json's key -> the column's name
-               for c in (Comparison("fusion", "image"), Comparison("fusion", "text"))}
+               for c in (Comparison("fusion", "image"), Comparison("fusion", "text"),
+                         Comparison("fusion", "shuffled"))}  # the last: fusion vs its placebo
+MODELS = ("image", "text", "fusion", "shuffled")
+MISSING = "—"  # a model or difference a file kept before the placebo does not have
 
 
 def command(name: str) -> str:
@@ -144,11 +148,16 @@ def rows(name: str, setting: str, comparison: dict) -> list[str]:
     out = []
     for text_input, block in comparison["differences"].items():
         models = comparison["models"][text_input]
-        cells = [f"{models[v]['auroc']['mean']:.3f}" for v in ("image", "text", "fusion")]
+        cells = [f"{models[v]['auroc']['mean']:.3f}" if v in models else MISSING
+                 for v in MODELS]
         for diff in DIFFERENCES:
+            if diff not in block:
+                cells += [MISSING, MISSING]
+                continue
             cells += [_cell(block[diff]["auroc"]),
                       f"**{block[diff]['auroc']['verdict']}**" if verdicts else NO_VERDICT]
-        cells += [_cell(block[diff]["f1"]) for diff in DIFFERENCES]
+        cells += [_cell(block[diff]["f1"]) if diff in block else MISSING
+                  for diff in DIFFERENCES]
         out.append(f"| {name} | {setting} | {text_input} | " + " | ".join(cells) + " |")
     return out
 
@@ -171,7 +180,7 @@ def caption(rules: dict) -> list[str]:
 def table() -> str:
     base = json.loads((ROOT / "metrics" / "comparison.json").read_text())
     header = ["option", "`dvc exp run -S`", "text input", "image AUROC", "text AUROC",
-              "fusion AUROC", *(f"{d} {m}" for d in DIFFERENCES.values()
+              "fusion AUROC", "placebo AUROC", *(f"{d} {m}" for d in DIFFERENCES.values()
                                 for m in ("AUROC", "AUROC verdict")),
               *(f"{d} F1 (descriptive)" for d in DIFFERENCES.values())]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]

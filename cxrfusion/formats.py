@@ -95,6 +95,13 @@ class Run:
         return "-".join(str(k) for k in (self.text_input, self.seed) if k is not None)
 
     @property
+    def stage(self) -> str:
+        """The DVC stage that trains it: train_fusion@indication-0 (for fusion's and its
+        placebo's run: the placebo is trained with fusion), train_image@0."""
+        arm = params.VARIANTS[self.variant].trained_with or self.variant
+        return f"train_{arm}@{self.key}"
+
+    @property
     def label(self) -> str:
         """How tables and figures name the model (all seeds): fusion · findings+impression."""
         return f"{self.variant} · {self.text_input}" if self.text_input else self.variant

@@ -37,9 +37,11 @@ class Variant:
     noun: str     # how sentences name it
     colour: str   # its colour in every figure (matplotlib)
     shuffled: bool = False  # reads another study's report (its text input's shuffled cache)
+    trained_with: str | None = None  # trained in that arm's stage, after it, in one process
 
 
-# the arms, in the order of every table and figure; each is a train_<name> stage in dvc.yaml
+# the arms, in the order of every table and figure; each is a train_<name> stage in dvc.yaml, or
+# trained in another arm's stage (`trained_with`)
 VARIANTS = {
     "fusion": Variant(True, True, "fusion", "fusion", "tab:purple"),
     "image": Variant(True, False, "image only", "the image model", "tab:blue"),
@@ -48,7 +50,7 @@ VARIANTS = {
     # so that it has fusion's inputs and capacity but none of the report's content
     "shuffled": Variant(True, True, "placebo (shuffled reports)",
                         "the placebo (fusion reading other studies' reports)", "tab:gray",
-                        shuffled=True),
+                        shuffled=True, trained_with="fusion"),
 }
 EXPLAINED = tuple(v for v, d in VARIANTS.items() if d.reads_image)  # Grad-CAM needs an image
 SELECTIONS = ("best_val_loss", "last")

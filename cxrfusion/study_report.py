@@ -13,7 +13,7 @@ import pandas as pd
 
 from cxrfusion import params, subgroups, verdicts
 from cxrfusion.formats import SPLITS
-from cxrfusion.params import Comparison, Params, defaults, fields_of
+from cxrfusion.params import PLACEBO, Comparison, Params, defaults, fields_of
 from cxrfusion.studies import join_text, report_words
 
 PACKAGES = ("torch", "timm", "transformers", "dvc", "numpy", "scikit-learn")
@@ -287,7 +287,8 @@ def markdown(p: Params, flowed: dict, table: dict, balanced: dict, reproduced: d
         lines += ["", *_subgroup_lines(p, subgrouped)]
     if failed is not None:
         lines += ["", *_failure_lines(failed, p.text.inputs)]
-    lines += ["", *_reproducibility_lines(p, reproduced), "", "## CLAIM 2024", "",
+    lines += ["", *_training_lines(p), "", *_reproducibility_lines(p, reproduced), "",
+              "## CLAIM 2024", "",
               "| item | where |", "| --- | --- |"]
     lines += [f"| {item} | {where} |" for item, where in CLAIM]
     return "\n".join(lines) + "\n"
@@ -371,6 +372,22 @@ def _plan_lines(p: Params, flowed: dict) -> list[str]:
                      f"| {seeds} | none suffices: the seeds' spread alone is too large |")
     by_split = flowed["by_split"]
     return lines + ["", f"This run's test split holds {by_split['test']['studies']:,} studies."]
+
+
+def _training_lines(p: Params) -> list[str]:
+    """The one training recipe every arm is trained with, as resolved, and the placebo's."""
+    t, r = p.train, params.recipe(p.train, p.image.pretrained)
+    cnn = r["lr_backbone"] if r["lr_backbone"] is not None else t.lr
+    return ["## Training", "",
+            f"Every arm is trained with the same recipe, `train.recipe` = {t.recipe} (the "
+            "options left null take its values; docs/options.md): optimizer "
+            f"{r['optimizer']}, weight decay {r['weight_decay']:g}, learning rate {t.lr:g} "
+            f"(the CNN's {cnn:g}), schedule {r['schedule']} after {r['warmup_epochs']} warmup "
+            f"epochs, augmentation {r['augment']}, {t.epochs} epochs of batch {t.batch_size}, "
+            f"the epoch kept by {t.select} on the validation studies; seeds {t.seeds}. The "
+            f"placebo (`{PLACEBO[1]}`) is fusion fed each study another study's report vector "
+            f"of the same split (`placebo.seed` = {p.placebo.seed}): fusion's inputs and "
+            "capacity without the report's content."]
 
 
 def _reproducibility_lines(p: Params, r: dict) -> list[str]:

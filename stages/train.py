@@ -1,7 +1,9 @@
-"""Stage `train`: fit one run, a variant (fusion | image | text) with one seed on one text input.
+"""Stage `train`: fit one run, a variant (fusion | image | text | shuffled) with one seed on one
+text input; or several variants' runs of that seed and input, one after the other in one process.
 
     python -m stages.train fusion 0 findings+impression
     python -m stages.train image 0
+    python -m stages.train fusion,shuffled 0 indication   # fusion, then its placebo
 
 Reads only data/prepared/*.csv and the caches of features/ the variant reads. Logs train/val
 metrics every epoch with DVCLive (metrics/train/<run>/), keeps the epoch chosen on validation
@@ -19,11 +21,14 @@ from cxrfusion.common import main
 from cxrfusion.training import train
 
 
-def train_stage(argv: list[str]) -> dict:
-    """Train the run `argv` names (`<variant> <seed> [<text input>]`) with params.yaml."""
+def train_stage(argv: list[str]) -> list[dict]:
+    """Train the runs `argv` names (`<variant>[,<variant>...] <seed> [<text input>]`) with
+    params.yaml. Several variants share one process: its imports (torch, timm) take longer
+    than a demo run's training, and each run seeds everything itself, so a run trained after
+    another is the run trained alone (tests/test_placebo.py)."""
     p = params.load()
-    run = formats.run_of(argv, p)
-    return train(run, p)
+    runs = [formats.run_of([variant, *argv[1:]], p) for variant in argv[0].split(",")]
+    return [train(run, p) for run in runs]
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from cxrfusion.params import VARIANTS
+
 LOCK = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -66,22 +68,27 @@ def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
 
     names = expanded_names(PIPELINE, PARAMS)
     every = runs(built(PARAMS))
-    wanted = {f"train_{run.variant}@{run.key}" for run in every}
+    wanted = {run.stage for run in every}  # the placebo's: fusion's
     assert {n for n in names if n.startswith(("train_", "evaluate"))} == wanted | {"evaluate"}
     assert {n for n in names if n.startswith("embed_text")} == {
         f"embed_text@{i}" for i in PARAMS["text"]["inputs"]}
     assert {"download", "prepare", "demo_encoder", "cache_images", "evaluate", "compare",
             "explain"} <= names
-    # each run's stage writes that run's folders
+    # each run's stage writes that run's folders (fusion's, its placebo's after them)
     for run in every:
-        stage = PIPELINE[f"train_{run.variant}"]
+        name = run.stage.partition("@")[0]
+        stage = PIPELINE[name]
         combo = dict(zip(stage["matrix"],
                          [run.text_input, run.seed] if run.text_input else [run.seed]))
         outs = [(o if isinstance(o, str) else next(iter(o))).replace(
             "${item.input}", str(combo.get("input"))).replace("${item.seed}", str(combo["seed"]))
             for o in stage["outs"]]  # a path, or {path: options}
-        assert outs == [str(run.models), str(run.train_log / "plots/metrics"),
-                        str(run.train_log / "metrics.json")], run
+        mine = [str(run.models), str(run.train_log / "plots/metrics"),
+                str(run.train_log / "metrics.json")]
+        trained = [v for v, row in VARIANTS.items() if f"train_{row.trained_with or v}" == name]
+        start = 3 * trained.index(run.variant)
+        assert outs[start:start + 3] == mine and len(outs) == 3 * len(trained), run
+        assert stage["cmd"].split()[5] == ",".join(trained)  # stages.train <variants>
 
 
 def test_expanded_names_follow_the_parameters():

@@ -55,9 +55,10 @@ def stage_names(p: dict) -> list[str]:
     """Every stage dvc.yaml expands to with these parameters, in pipeline order."""
     every = runs(p)
     return (["download", "prepare", "demo_encoder"]
-            + [f"embed_text@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
-            + [f"train_{r.variant}@{r.key}" for r in every] + ["evaluate", "compare", "explain",
-                                                                   "study_report"])
+            + [f"embed_text@{i}" for i in p["text"]["inputs"]]
+            + [f"shuffle_reports@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
+            + list(dict.fromkeys(r.stage for r in every))
+            + ["evaluate", "compare", "explain", "study_report"])
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +286,8 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
         # the image baseline depends on no report setting, the text model on no image setting
         assert stale_after(text__max_length=128) == named("embed_text@", "train_fusion@",
                                                           "train_text@") | {"explain"}
+        # the placebo's permutation: its caches (their runs follow once they are rewritten)
+        assert stale_after(placebo__seed=1) == named("shuffle_reports@")
         assert stale_after(image__size=48) == {"cache_images"} | named("train_fusion@",
                                                                         "train_image@")
         assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@",
@@ -305,15 +308,15 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
         # evaluate scores every run again (a second each)
         more = {**params, "train": {**params["train"], "seeds": [0, 1, 2]}}
         new = set(stage_names(more)) - set(stages)
-        assert new == {f"train_{r.variant}@{r.key}" for r in runs(more) if r.seed == 2}
-        assert len(new) == 5
+        assert new == {r.stage for r in runs(more) if r.seed == 2}
+        assert len(new) == 5  # image; fusion (and its placebo) and text per input
         assert stale_after(train__seeds=[0, 1, 2]) == new | {"evaluate", "compare", "explain"}
         # another text input: prepare keeps its fields, and its embedding and runs are new
         wider = {**params, "text": {**params["text"], "inputs": [
             "findings+impression", "indication", "impression"]}}
         new = set(stage_names(wider)) - set(stages)
-        assert new == {"embed_text@impression"} | {
-            f"train_{r.variant}@{r.key}" for r in runs(wider) if r.text_input == "impression"}
+        assert new == {"embed_text@impression", "shuffle_reports@impression"} | {
+            r.stage for r in runs(wider) if r.text_input == "impression"}
         assert stale_after(text__inputs=wider["text"]["inputs"]) == new | {
             "prepare", "evaluate", "compare", "explain"}
     finally:

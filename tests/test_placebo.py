@@ -149,3 +149,22 @@ def test_the_answer_reads_the_primary_with_its_placebo(primary, placebo, says):
     assert "fusion − shuffled AUROC" in text
     assert answer_sentences(first, d, None, None, 0.05, 0.05, "studies") == sentence(
         first, d, 0.05, 0.05, "studies")                  # compare.placebo false
+
+
+def test_the_placebo_trained_after_fusion_is_the_placebo_trained_alone(cached):
+    """train_fusion trains fusion, then the placebo, in one process: each run seeds
+    everything itself, so the placebo's weights are those of a process of its own."""
+    import shutil
+
+    from cxrfusion.training import train
+
+    cached.train.epochs = 1
+    text_input = cached.text.inputs[0]
+    fusion, placebo = Run("fusion", 0, text_input), Run("shuffled", 0, text_input)
+    train(fusion, cached)
+    train(placebo, cached)
+    after = (placebo.models / "model.safetensors").read_bytes()
+    shutil.rmtree(placebo.models)
+    train(placebo, cached)
+    assert (placebo.models / "model.safetensors").read_bytes() == after
+    assert (fusion.models / "model.safetensors").read_bytes() != after
