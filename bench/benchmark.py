@@ -14,7 +14,7 @@ also run alone (bench/README.md):
   bench/loop.py           project_loop (batch sweep, text-only), compute_ceiling, options
   bench/caches.py         cache_images, embed_text
   bench/common.py         what they share: sizes, synthetic data, timing, JSON out, SIGTERM
-  this script             projected_full_study_s (caches + 2 CNN variants x 40 epochs x 6,000
+  this script             projected_full_study_s (caches + 3 CNN variants x 40 epochs x 6,000
                           images + the text-only variant: project_full_study), ratios, targets
 
 Progress goes to stderr. Nothing is downloaded; every file is written to a temporary folder
@@ -44,7 +44,7 @@ from bench.common import (
 # The real study's training (params.yaml, README "Running the real study")
 STUDY_TRAIN_IMAGES = 6_000
 STUDY_EPOCHS = 40
-STUDY_CNN_VARIANTS = 2  # fusion and image; the text variant trains the head alone
+STUDY_CNN_VARIANTS = 3  # fusion, its placebo and image; the text variant trains the head alone
 
 TARGETS = {  # name: (comparison, threshold)
     "project_loop_vs_compute_ceiling": (">=", 0.90),

@@ -168,8 +168,10 @@ def caption(rules: dict) -> list[str]:
     for (text, verdicts), kept in rules.items():
         names = [name for name, _ in kept]
         commits = sorted({commit[:8] for _, commit in kept if commit})
-        where = (f"experiments on commit {', '.join(commits)}" if commits else
-                 "the workspace's metrics/comparison.json")
+        workspace = any(commit is None for _, commit in kept)
+        where = "; ".join(filter(None, [
+            "default: the workspace's metrics/comparison.json" if workspace else "",
+            f"the options: experiments on commit {', '.join(commits)}" if commits else ""]))
         rerun = ("" if verdicts else
                  f" Their verdict cells read “{NO_VERDICT}”; to give them verdicts, rerun "
                  f"`python bench/options.py run {' '.join(n for n in names if n in OPTIONS)}`.")
@@ -205,6 +207,8 @@ def table() -> str:
                          f"{w.get('normal', {}).get('mean', float('nan')):.3f} |")
     n = base["test_studies"]
     seeds = base["seeds"]
+    kept_all = {name: json.loads((KEPT / f"{name}.json").read_text())["comparison"]
+                for name in OPTIONS if (KEPT / f"{name}.json").exists()}
     text = [f"SYNTHETIC demo data ({n} test studies). Each cell: the mean over {seeds} seeds "
             "(AUROC of each model), or the paired difference's mean over seeds [interval]; F1 "
             "at the threshold chosen on validation is descriptive (no test). "
@@ -215,7 +219,37 @@ def table() -> str:
                       "studies of the mean of 1 − z; 0: the image alone, 1: the report "
                       "alone)."), "",
                  "| run | all studies | abnormal | normal |", "| --- | --- | --- | --- |", *gates]
+    text += ["", "What the rows say (generated from the verdicts, option by option; the "
+             "verdicts are each experiment's own family's):", "", *readings(base, kept_all)]
     return "\n".join(text)
+
+
+def readings(base: dict, kept: dict[str, dict]) -> list[str]:
+    """What the rows say, in sentences made from the kept comparisons (none typed by hand): per
+    text input, the options whose image model beats the default's, and what fusion - image and
+    fusion - shuffled read under each, with their verdicts."""
+    lines = []
+    for text_input in base["differences"]:
+        def auroc(c: dict, key: str) -> dict | None:
+            return c["differences"][text_input].get(key, {}).get("auroc")
+        image = base["models"][text_input]["image"]["auroc"]["mean"]
+        rows = {n: c for n, c in kept.items() if has_verdicts(c)}
+        stronger = {n: c for n, c in rows.items()
+                    if c["models"][text_input]["image"]["auroc"]["mean"] > image}
+        parts = []
+        for name, c in [("default", base), *stronger.items()]:
+            d, e = auroc(c, "fusion_minus_image"), auroc(c, "fusion_minus_shuffled")
+            placebo = (f"; fusion − placebo {e['mean']:+.3f}, {_verdict(e)}" if e else "")
+            parts.append(f"{name} (image {c['models'][text_input]['image']['auroc']['mean']:.3f})"
+                         f": fusion − image {d['mean']:+.3f}, {_verdict(d)}{placebo}")
+        lines.append(f"- **{text_input}**: {len(stronger)} of {len(rows)} options give the image "
+                     f"model a higher AUROC than the default's {image:.3f}. "
+                     + "; ".join(parts) + ".")
+    return lines
+
+
+def _verdict(d: dict) -> str:
+    return d["verdict"] + (" (exploratory)" if d.get("role") == "exploratory" else "")
 
 
 def write_table() -> None:

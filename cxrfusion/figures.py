@@ -196,7 +196,8 @@ def _label_verdict(ax, row: int, d: dict, low: float, high: float, any_seed: boo
                    colour: str) -> None:
     """The row's verdict (Table 1) beside its interval; "n/a" where nothing could be drawn."""
     if d.get("verdict") and np.isfinite(high):
-        ax.annotate(d["verdict"], (high, row), xytext=(4, 0),
+        exploratory = " (exploratory)" if d.get("role") == "exploratory" else ""  # no family
+        ax.annotate(d["verdict"] + exploratory, (high, row), xytext=(4, 0),
                     textcoords="offset points", ha="left", va="center",
                     fontsize=7.5, fontstyle="italic", color=colour, zorder=5)
     elif not (np.isfinite(low) and np.isfinite(high)) and not any_seed:

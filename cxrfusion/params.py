@@ -449,8 +449,9 @@ class Model:
                            "ImageNet weights image.pretrained loads. The real study: "
                            "efficientnet_b1.ra4_e3600_r240_in1k (B1, timm 1.0.31's default "
                            "tag). The demo: tinynet_e, a 0.8 M-parameter EfficientNet with the "
-                           "same 1,280 features, so its 9 CNN runs (3 seeds x image, 2 x "
-                           "fusion) fit in minutes on 2 CPU cores; any timm model name")
+                           "same 1,280 features, so its 15 CNN runs (3 seeds x image, and x "
+                           "2 text inputs x fusion and its placebo) fit in minutes on 2 CPU "
+                           "cores; any timm model name")
     hidden: int = option(256, positive_int, "units of the head's hidden layer")
     dropout: float = option(0.3, in_range(0, 1, "use a fraction in [0, 1)"), "head dropout")
     freeze_backbone: bool = option(False, switch, "true trains only the head, the CNN frozen "

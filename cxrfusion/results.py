@@ -286,13 +286,24 @@ def forest_rows(result: dict, inputs: list[str], seeds: list[int]) -> dict:
     return rows
 
 
+TABLE_3 = "**Table 3."
+
+
+def readme_block(table: str) -> str:
+    """What README.md shows of comparison.md: all of it up to Table 3 (the descriptive
+    differences of the other measures), which it names by path."""
+    head, found, _ = table.partition(TABLE_3)
+    return head + ("Table 3 (the paired differences of the other measures, descriptive): "
+                   "[metrics/comparison.md](metrics/comparison.md).\n" if found else "")
+
+
 def into_readme(readme: Path, table: str) -> str:
-    """README.md's text with its results block replaced by `table` (comparison.md)."""
+    """README.md's text with its results block replaced by `table`'s (comparison.md)."""
     text = readme.read_text()
     if not README_BLOCK.search(text):
         raise SystemExit(f"{readme} has no <!-- results: metrics/comparison.md --> block")
-    return README_BLOCK.sub(lambda _: f"<!-- results: metrics/comparison.md -->\n{table}"
-                                      "<!-- /results -->", text)
+    return README_BLOCK.sub(lambda _: "<!-- results: metrics/comparison.md -->\n"
+                                      f"{readme_block(table)}<!-- /results -->", text)
 
 
 if __name__ == "__main__":  # `make repro`: README.md's block follows metrics/comparison.md

@@ -132,6 +132,35 @@ def cached(workdir, params, made_once) -> Params:
     return params
 
 
+@pytest.fixture(scope="session")
+def evaluated_once(tmp_path_factory, made_once) -> Path:
+    """The `cached` folder with every run of TINY's parameters trained for one epoch and
+    evaluated: made once a test process (training every run takes seconds), copied by
+    `evaluated`."""
+    from cxrfusion.formats import runs
+    from cxrfusion.params import built
+    from cxrfusion.training import train
+    from stages.evaluate import evaluate
+
+    p = built(tiny({"train": {"epochs": 1}}))
+    folder = tmp_path_factory.mktemp("evaluated")
+    shutil.copytree(made_once["cached"], folder, symlinks=True, dirs_exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        for run in runs(p):
+            train(run, p)
+            evaluate(run, p)
+    return folder
+
+
+@pytest.fixture
+def evaluated(workdir, params, evaluated_once) -> Params:
+    """Every run `compare` reads, trained for one epoch and evaluated (train.epochs 1)."""
+    params.train.epochs = 1
+    shutil.copytree(evaluated_once, Path.cwd(), symlinks=True, dirs_exist_ok=True)
+    return params
+
+
 def first_run(variant: str, p: Params, seed: int | None = None, text_input: str | None = None):
     """The Run of `variant` a test trains: the first of train.seeds (or `seed`) and, for the
     variants that read a report, the first of text.inputs (or `text_input`)."""

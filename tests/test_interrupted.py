@@ -17,9 +17,8 @@ import pytest
 from conftest import first_run
 
 from cxrfusion import figures
-from cxrfusion.formats import read_text_cache, runs, text_cache, text_cache_attrs
+from cxrfusion.formats import read_text_cache, text_cache, text_cache_attrs
 from cxrfusion.params import fields_of
-from cxrfusion.training import train
 from stages import compare, demo_encoder, embed_text, evaluate
 
 
@@ -82,16 +81,6 @@ def test_killed_embed_text_keeps_the_previous_cache(cached, monkeypatch):
     uids, vectors, _ = read_text_cache(path, expect=expect)
     assert len(uids) == len(vectors) > 0
     assert not leftovers()
-
-
-@pytest.fixture
-def evaluated(cached):
-    """Every run `compare` reads, trained for one epoch and evaluated."""
-    cached.train.epochs = 1
-    for run in runs(cached):
-        train(run, cached)
-        evaluate.evaluate(run, cached)
-    return cached
 
 
 def test_killed_evaluate_keeps_the_previous_scores(evaluated, monkeypatch):

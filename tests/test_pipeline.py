@@ -170,12 +170,13 @@ def test_the_demo_run_writes_every_output(demo):
     assert params["train"]["seeds"] == [0, 1]
     assert params["text"]["inputs"] == ["findings+impression", "indication"]
     every = runs(params)
-    assert len(every) == 10  # image x 2 seeds, fusion and text x 2 inputs x 2 seeds
+    assert len(every) == 14  # image x 2 seeds; fusion, text, placebo x 2 inputs x 2 seeds
 
     comparison = _check_comparison(repo, params)
     table = (repo / "metrics/comparison.md").read_text()
-    assert table.count("\n| ") >= 1 + 6 + 1 + 5 + 1 + 6  # Table 1, 2 and 3: headers and rows
-    for name in params["text"]["inputs"] + ["fusion", "image only", "text only", "AUROC"]:
+    assert table.count("\n| ") >= 1 + 8 + 1 + 7 + 1 + 8  # Table 1, 2 and 3: headers and rows
+    for name in params["text"]["inputs"] + ["fusion", "image only", "text only",
+                                            "placebo (shuffled reports)", "AUROC"]:
         assert name in table
 
     figures = repo / "metrics/figures"

@@ -470,22 +470,16 @@ def test_two_seeds_train_two_models_and_a_seed_trains_the_same_model_again(cache
     assert (zero.test_metrics).read_bytes() == scores
 
 
-def test_compare_reads_every_run_over_seeds_and_inputs(cached):
+def test_compare_reads_every_run_over_seeds_and_inputs(evaluated):
     """compare in-process on every run of two seeds and two text inputs: the numbers of each
     model are means over its seeds, each seed's its run's own (the checks of the end-to-end
     test, tests/test_pipeline.py, on outputs made without DVC)."""
     from test_pipeline import FIGURES, _check_comparison
 
-    from cxrfusion.training import train
     from stages.compare import compare
-    from stages.evaluate import evaluate
 
-    cached.train.epochs = 1
-    for run in runs(cached):
-        train(run, cached)
-        evaluate(run, cached)
-    result = compare(cached)
-    comparison = _check_comparison(Path("."), as_dict(cached))
+    result = compare(evaluated)
+    comparison = _check_comparison(Path("."), as_dict(evaluated))
     assert comparison == json.loads(json.dumps(result))
     assert sorted(p.name for p in Path("metrics/figures").iterdir()) == FIGURES
     assert Path("metrics/comparison.md").read_text().startswith("**Primary question**")
