@@ -383,10 +383,11 @@ class Text:
                                   "`model` is a hub id")
     inputs: tuple = option(("findings+impression", "indication"), text_inputs,
                            "the text inputs compared: each a field set (report fields joined by "
-                           "+), embedded once; fusion and text-only are trained on each. The "
-                           "original read findings + impression, where the radiologist's "
-                           "conclusion (and so the label) is written; the indication (why the "
-                           "X-ray was taken) is written before it and cannot leak it")
+                           "+), embedded once; fusion, its placebo and text-only are trained "
+                           "on each. The original read findings + impression, where the "
+                           "radiologist's conclusion (and so the label) is written; the "
+                           "indication (why the X-ray was taken) is written before it and cannot "
+                           "leak it")
     pooling: str = option("mean", one_of(*POOLINGS), "cls (the original and the real study: "
                           "[CLS] of the last layer) | mean (mask-aware average; the demo "
                           "default: the random tiny BERT's [CLS] vector barely varies between "
@@ -476,8 +477,9 @@ class Model:
 
 @dataclass
 class Train:
-    """How every run is trained: each variant once per seed, fusion and text once per text
-    input too (stages `train_image`, `train_fusion`, `train_text`)."""
+    """How every run is trained: each variant once per seed, fusion, its placebo and text once
+    per text input too (stages `train_image`, `train_fusion` (fusion, then its placebo),
+    `train_text`)."""
     epochs: int = option(3, positive_int, "epochs (the real study: 40)")
     lr: float = option(0.003, positive_number, "Adam learning rate (the original)")
     recipe: str = option("original", one_of(*RECIPES), "what the options below left null "
@@ -634,7 +636,7 @@ class Compare:
 class Explain:
     """Stage `explain`: Grad-CAM heatmaps and modality reliance (test set)."""
     variant: str = option("fusion", one_of(*EXPLAINED), "the model explained: fusion | image "
-                          "(Grad-CAM needs the image branch)")
+                          "| shuffled (the placebo; Grad-CAM needs the image branch)")
     per_outcome: int = option(3, positive_int, "heatmaps per outcome (true/false "
                               "positive/negative test studies: TP, TN, FP, FN); fewer when the "
                               "test set has fewer")
