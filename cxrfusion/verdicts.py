@@ -94,21 +94,23 @@ def family(primary: str, secondary: list[str], primary_share: float = 1.0,
     weights = {first.name: share, **{r: 0.0 for r in rows},
                **{r: (1 - share) / len(rest) for r in rest}}
 
-    def onward(targets: list[str]) -> dict[str, float]:
-        """To `targets` in proportion to their weights (in equal parts when they hold none)."""
-        total = math.fsum(weights[t] for t in targets)
-        return {t: weights[t] / total if total else 1 / len(targets) for t in targets}
-
     passes = {}
     for name in names:
         if rows and name == first.name:
             passes[name] = {rows[0]: 1.0}           # the sequence: primary, then placebo
         elif name in rows:
-            passes[name] = onward(rest) if rest else {}
+            passes[name] = _onward(weights, rest) if rest else {}
         else:
             targets = [t for t in names if t != name and t not in rows]
-            passes[name] = onward(targets) if targets else {}
+            passes[name] = _onward(weights, targets) if targets else {}
     return Family(weights, passes, rows[0] if rows else None)
+
+
+def _onward(weights: dict[str, float], targets: list[str]) -> dict[str, float]:
+    """A shown row's edges: to `targets` in proportion to their weights (in equal parts when
+    they hold none)."""
+    total = math.fsum(weights[t] for t in targets)
+    return {t: weights[t] / total if total else 1 / len(targets) for t in targets}
 
 
 def graphical(p_values: dict[str, float], weights: dict[str, float],
@@ -147,11 +149,7 @@ def weighted_holm(p_values: dict[str, float], weights: dict[str, float]) -> dict
     rows left in proportion to theirs. Equal weights: Holm's."""
     names, total = list(p_values), math.fsum(weights.values())
     weights = {k: weights[k] / total for k in names}  # only their ratios matter
-    passes = {}
-    for k in names:
-        others = [m for m in names if m != k]
-        total = math.fsum(weights[m] for m in others)
-        passes[k] = {m: weights[m] / total if total else 1 / len(others) for m in others}
+    passes = {k: _onward(weights, [m for m in names if m != k]) for k in names}
     return graphical(p_values, weights, passes)
 
 

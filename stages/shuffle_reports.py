@@ -26,8 +26,7 @@ log = logging.getLogger("shuffle_reports")
 
 def shuffle_reports(text_input: str, p: Params) -> None:
     if text_input not in p.text.inputs:
-        raise PipelineError(f"text input {text_input!r} is not one of text.inputs="
-                            f"{p.text.inputs}")
+        raise PipelineError(params.unknown_input(text_input, p))
     studies, _ = read_prepared()
     source, out = text_cache(text_input), text_cache(text_input, shuffled=True)
     uids, vectors, attrs = read_text_cache(source)
