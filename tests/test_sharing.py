@@ -113,7 +113,11 @@ def test_a_queued_experiment_runs_and_the_workers_stop(project):
                 asked = time.monotonic()
                 assert "Failed" not in dvc(project, "queue", "status")
             time.sleep(0.25)
+        # the ref is written a moment before the worker marks its task done: ask until it has
         status = dvc(project, "queue", "status")
+        while time.monotonic() < deadline and "Running" in status:
+            time.sleep(1)
+            status = dvc(project, "queue", "status")
         assert "queued44" in status and "Success" in status, status
     finally:
         dvc(project, "queue", "stop", "--kill")
