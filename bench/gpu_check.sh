@@ -202,6 +202,8 @@ sys.exit(0 if ok else 1)
 EOF
   fi
 
+  # the arm's tuning choice, which every train stage reads (no grid: an empty one, no training)
+  step "tune fusion 0 $input" "$PYTHON" -m stages.tune fusion 0 "$input"
   for deterministic in false false true true; do
     set_param train.deterministic "$deterministic"
     rm -rf checkpoints "models/fusion/$input/seed-0"

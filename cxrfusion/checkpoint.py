@@ -24,7 +24,7 @@ FOLDER = Path("checkpoints")
 
 
 def path(run: Run) -> Path:
-    return FOLDER / f"{run.variant}-{run.key}.pt"  # e.g. fusion-findings+impression-0.pt
+    return FOLDER / f"{run.path.replace('/', '-')}.pt"  # fusion-findings+impression-seed-0.pt
 
 
 def fingerprint(run: Run, params: dict, inputs: list[Path]) -> str:

@@ -55,6 +55,7 @@ PREDICTIONS = METRICS_FOLDER / "predictions"   # <run>.csv: each test image's pr
 VALIDATION = METRICS_FOLDER / "validation"     # <run>.csv: each validation image's probability
 CURVES = METRICS_FOLDER / "curves"             # roc/, pr/, confusion/<run>.csv
 TRAIN_LOGS = METRICS_FOLDER / "train"          # <run>/: DVCLive's per-epoch metrics (`train`)
+TUNING = "tuning"  # models/tuning/<arm>/candidate-<k>, metrics/tuning/<arm>/ (`tune`)
 
 
 def text_cache(text_input: str, shuffled: bool = False) -> Path:
@@ -71,6 +72,7 @@ class Run:
     variant: str
     seed: int
     text_input: str | None = None
+    candidate: int | None = None  # a candidate of tune.candidates, trained by stage tune_<arm>
 
     @classmethod
     def of(cls, variant: str, seed: int, text_input: str | None) -> "Run":
@@ -81,12 +83,20 @@ class Run:
     @property
     def record(self) -> dict:
         """How params.json and test.json name the run."""
-        return {"variant": self.variant, "seed": self.seed, "text_input": self.text_input}
+        return {"variant": self.variant, "seed": self.seed, "text_input": self.text_input,
+                **({"candidate": self.candidate} if self.candidate is not None else {})}
+
+    @property
+    def arm(self) -> str:
+        """The model whatever the seed: fusion/findings+impression, image."""
+        return f"{self.variant}/{self.text_input}" if self.text_input else self.variant
 
     @property
     def path(self) -> str:
-        middle = f"{self.text_input}/" if self.text_input else ""
-        return f"{self.variant}/{middle}seed-{self.seed}"
+        """fusion/findings+impression/seed-0; a candidate's: tuning/image/candidate-1."""
+        if self.candidate is not None:
+            return f"{TUNING}/{self.arm}/candidate-{self.candidate}"
+        return f"{self.arm}/seed-{self.seed}"
 
     @property
     def key(self) -> str:
@@ -99,6 +109,8 @@ class Run:
         """The DVC stage that trains it: train_fusion@indication-0 (for fusion's and its
         placebo's run: the placebo is trained with fusion), train_image@0."""
         arm = params.VARIANTS[self.variant].trained_with or self.variant
+        if self.candidate is not None:
+            return f"tune_{arm}" + (f"@{self.text_input}" if self.text_input else "")
         return f"train_{arm}@{self.key}"
 
     @property
@@ -129,7 +141,18 @@ class Run:
 
     @property
     def train_log(self) -> Path:
-        return TRAIN_LOGS / self.path
+        """DVCLive's folder: metrics/train/<path>; a candidate's, beside its arm's choice."""
+        return (METRICS_FOLDER if self.candidate is not None else TRAIN_LOGS) / self.path
+
+    @property
+    def choice(self) -> Path:
+        """Its arm's tuning choice (stage tune_<arm>): metrics/tuning/<arm>/choice.json."""
+        return METRICS_FOLDER / TUNING / self.arm / "choice.json"
+
+    @property
+    def candidates(self) -> Path:
+        """Its arm's candidates' weights: models/tuning/<arm>/candidate-<k>."""
+        return MODELS / TUNING / self.arm
 
 
 # --- the runs the parameters ask for -----------------------------------------------------------

@@ -75,6 +75,17 @@ RECIPES = {
 }
 # evaluate.threshold: the rules choose_threshold applies on validation (cxrfusion/metrics.py)
 THRESHOLD_RULES = ("youden", "max_f1")
+CRITERIA = ("auroc", "loss")  # tune.criterion: how the validation studies rank the candidates
+# tune.candidates may set how a run is trained and the head it trains, never what the caches
+# were made of (image.*, text.*, model.backbone), how epochs are kept (train.select: the
+# criterion reads the epoch kept) or how the work is spread (seeds, devices, processes)
+TUNABLE = (*(f"train.{k}" for k in ("epochs", "lr", "recipe", "optimizer", "weight_decay",
+                                    "schedule", "warmup_epochs", "lr_backbone", "augment",
+                                    "batch_size")),
+           *(f"model.{k}" for k in ("hidden", "dropout", "freeze_backbone", "standardise_text",
+                                    "fusion", "shared_dim")),
+           *(f"augment.{k}" for k in ("rotation", "translate", "scale", "flip", "brightness",
+                                      "contrast")))
 SUBGROUPS = ("view", "images", "words")  # study_report.subgroups (cxrfusion/subgroups.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -307,6 +318,32 @@ def lowercase(name, v):
 def weights(name, v):
     if not isinstance(v, bool) and not (isinstance(v, str) and v):
         _fail(name, v, "use true, false or the path of a weights file")
+
+
+def grid(name, v):
+    """tune.candidates: a list of settings (every arm tries them all), or a mapping of every arm
+    to its own list, the same length each; a setting maps options of TUNABLE to values (each
+    checked in `_tuning`, applied to the rest of params.yaml)."""
+    allowed = ("use [] (no tuning), a list of settings such as [{train.lr: 0.001}, {train.lr: "
+               "0.0003}] that every arm tries, or a mapping of each arm (" + ", ".join(VARIANTS)
+               + ") to its list, the same number of settings for every arm")
+    arms = v if isinstance(v, dict) else {arm: v for arm in VARIANTS}
+    if not isinstance(v, (list, tuple, dict)) or set(arms) != set(VARIANTS):
+        _fail(name, v, allowed)
+    if any(not isinstance(grid, (list, tuple)) for grid in arms.values()) or len(
+            {len(grid) for grid in arms.values()}) > 1:
+        _fail(name, v, allowed + " (an equal budget)")
+    for arm, settings in (arms.items() if isinstance(v, dict) else [("", v)]):
+        for k, setting in enumerate(settings):
+            which = f"candidate {k}{f' of {arm}' if arm else ''}"
+            if not isinstance(setting, dict) or not setting:
+                _fail(name, v, f"{which} is {setting!r}: {allowed}")
+            unknown = [key for key in setting if key not in TUNABLE]
+            if unknown:
+                _fail(name, v, f"{which} sets {', '.join(map(str, unknown))}, which a "
+                      "candidate cannot set; it may set " + ", ".join(TUNABLE))
+            if setting in settings[:k]:
+                _fail(name, v, f"{which} repeats an earlier one: each a different setting")
 
 
 def option(default, rule, doc: str, required: bool = True):
@@ -565,6 +602,25 @@ class Augment:
 
 
 @dataclass
+class Tune:
+    """An equal tuning budget, chosen on validation (stages `tune_image`, `tune_fusion`,
+    `tune_text`): each arm trains every candidate setting at the first seed and keeps the one
+    the validation studies' images rank best, as training scores them; every seed then trains
+    with it, the first seed's run being that candidate's (docs/real-study.md, "Tuning")."""
+    candidates: list = option((), grid, "the settings each arm tries, each a mapping of train.*, "
+                              "model.* and augment.* options to values (e.g. [{train.lr: 0.001}, "
+                              "{train.lr: 0.0003}]): a list, tried by every arm, or a mapping of "
+                              "each arm (fusion, image, text, shuffled) to its own list, the same "
+                              "number each; K candidates cost K - 1 more runs an arm (an arm: a "
+                              "model on a text input; the demo has 7). []: no tuning, every arm "
+                              "trained as declared (the demo: the cost)", required=False)
+    criterion: str = option("auroc", one_of(*CRITERIA), "how the validation images rank the "
+                            "candidates, at the epoch each kept (train.select): auroc (the "
+                            "highest AUROC) | loss (the lowest loss); the test studies never",
+                            required=False)
+
+
+@dataclass
 class Evaluate:
     """How each run's test predictions are scored (stage `evaluate`)."""
     threshold: float | str = option("youden", operating_point, "where a study is called "
@@ -703,6 +759,7 @@ class Params:
     model: Model = field(default_factory=Model)
     train: Train = field(default_factory=Train)
     augment: Augment = field(default_factory=Augment)
+    tune: Tune = field(default_factory=Tune)
     evaluate: Evaluate = field(default_factory=Evaluate)
     compare: Compare = field(default_factory=Compare)
     explain: Explain = field(default_factory=Explain)
@@ -781,6 +838,7 @@ def _across(p: dict) -> None:
               f"train.epochs={t['epochs']} (train.recipe={t.get('recipe', 'original')} "
               f"warms up {warmup}): the schedule needs an epoch after it")
     _family(p)
+    _tuning(p)
     hidden, heads = get(p, "demo_encoder.hidden_size"), get(p, "demo_encoder.heads")
     if hidden % heads:
         _fail("demo_encoder.heads", heads, f"use a divisor of demo_encoder.hidden_size={hidden}")
@@ -812,6 +870,43 @@ def _family(p: dict) -> None:
         _fail("compare.bootstrap", c["bootstrap"], f"too few resamples for the "
               f"{1 - c['alpha']:.0%} intervals at compare.alpha={c['alpha']}; use {needed} "
               "or more")
+
+
+def _tuning(p: dict) -> None:
+    """Each candidate, applied to the rest of params.yaml, passes every rule: a bad one stops
+    before the first candidate trains, not hours later."""
+    shared = not isinstance(p.get("tune", {}).get("candidates", ()), dict)
+    for arm in VARIANTS:
+        for k, setting in enumerate(candidates(p, arm)):
+            try:
+                _check({**applied(p, setting), "tune": {"candidates": []}})
+            except PipelineError as err:
+                which = f"candidate {k}" if shared else f"candidate {k} of {arm}"
+                raise PipelineError(f"tune.candidates: {which} ({spelled(setting)}) makes "
+                                    f"{err}") from None
+        if shared:
+            break  # every arm tries the same list
+
+
+def candidates(p: dict | Params, arm: str) -> list[dict]:
+    """The settings `arm` tries (tune.candidates): [] when no grid is declared."""
+    tune = p.get("tune", {}) if isinstance(p, dict) else as_dict(p)["tune"]
+    grid = tune.get("candidates", ())
+    return list(grid.get(arm, ()) if isinstance(grid, dict) else grid)
+
+
+def applied(p: dict, setting: dict) -> dict:
+    """params.yaml's dict with a candidate's options set."""
+    out = {section: dict(values or {}) for section, values in p.items()}
+    for dotted, value in setting.items():
+        section, key = dotted.split(".")
+        out[section][key] = value
+    return out
+
+
+def with_setting(p: Params, setting: dict) -> Params:
+    """The Params a candidate (or the chosen setting) trains with."""
+    return built(applied(as_dict(p), setting)) if setting else p
 
 
 def defaults() -> dict:

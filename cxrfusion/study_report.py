@@ -273,7 +273,8 @@ def _subgroup_lines(p: Params, subgrouped: tuple) -> list[str]:
 
 
 def markdown(p: Params, flowed: dict, table: dict, balanced: dict, reproduced: dict,
-             failed: dict | None = None, subgrouped: tuple | None = None) -> str:
+             failed: dict | None = None, subgrouped: tuple | None = None,
+             tuned: dict | None = None) -> str:
     """The report: its header, then one section after another (each a list of lines)."""
     source = p.data.source
     lines = ["# Study report", "",
@@ -287,7 +288,8 @@ def markdown(p: Params, flowed: dict, table: dict, balanced: dict, reproduced: d
         lines += ["", *_subgroup_lines(p, subgrouped)]
     if failed is not None:
         lines += ["", *_failure_lines(failed, p.text.inputs)]
-    lines += ["", *_training_lines(p), "", *_reproducibility_lines(p, reproduced), "",
+    lines += ["", *_training_lines(p), "", *_tuning_lines(p, tuned or {}), "",
+              *_reproducibility_lines(p, reproduced), "",
               "## CLAIM 2024", "",
               "| item | where |", "| --- | --- |"]
     lines += [f"| {item} | {where} |" for item, where in CLAIM]
@@ -384,10 +386,39 @@ def _training_lines(p: Params) -> list[str]:
             f"{r['optimizer']}, weight decay {r['weight_decay']:g}, learning rate {t.lr:g} "
             f"(the CNN's {cnn:g}), schedule {r['schedule']} after {r['warmup_epochs']} warmup "
             f"epochs, augmentation {r['augment']}, {t.epochs} epochs of batch {t.batch_size}, "
-            f"the epoch kept by {t.select} on the validation studies; seeds {t.seeds}. The "
+            f"the epoch kept by {t.select} on the validation studies; seeds {t.seeds}; a "
+            "tuning grid's choice on top (Tuning, below). The "
             f"placebo (`{PLACEBO[1]}`) is fusion fed each study another study's report vector "
             f"of the same split (`placebo.seed` = {p.placebo.seed}): fusion's inputs and "
             "capacity without the report's content."]
+
+
+def _tuning_lines(p: Params, tuned: dict) -> list[str]:
+    """Each arm's candidates (tune.candidates), their validation scores and the one chosen,
+    from metrics/tuning/<arm>/choice.json (`tuned`: arm -> choice)."""
+    lines = ["### Tuning", ""]
+    count = len(params.candidates(p, PLACEBO[0]))  # the same for every arm (params' check)
+    if not count or not tuned:
+        return lines + ["No tuning grid was declared (`tune.candidates` = []): every arm is "
+                        "trained with the settings above, none chosen on validation."]
+    best = {"auroc": "highest validation AUROC", "loss": "lowest validation loss"}
+    seed = next(iter(tuned.values()))["seed"]
+    lines += [f"Every arm trained {count} candidate settings at seed {seed} (the same number "
+              f"for each arm, the placebo's included) and kept the one with the "
+              f"{best[p.tune.criterion]} (`tune.criterion` = "
+              f"{p.tune.criterion}) at the epoch it kept, scored on the validation images only; "
+              "every seed then trained with the setting chosen, the first seed's run being the "
+              f"chosen candidate's. Cost: {count} x {len(tuned)} arms = {count * len(tuned)} "
+              f"candidate runs, {(count - 1) * len(tuned)} more than without a grid.", "",
+              "| arm | candidate | setting | epoch kept | validation AUROC | validation loss |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for arm, choice in tuned.items():
+        for row in choice["candidates"]:
+            mark = "**" if row["candidate"] == choice["chosen"] else ""
+            lines.append(f"| {arm} | {mark}{row['candidate']}{' (chosen)' if mark else ''}"
+                         f"{mark} | `{params.spelled(row['setting'])}` | {row['epoch']} | "
+                         f"{row['val_auroc']:.3f} | {row['val_loss']:.4f} |")
+    return lines
 
 
 def _reproducibility_lines(p: Params, r: dict) -> list[str]:

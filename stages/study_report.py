@@ -62,8 +62,10 @@ def write_study_report(p: Params) -> str:
                                    pd.read_csv(HEATMAPS) if HEATMAPS.exists() else None,
                                    p.text.inputs)
     subgrouped = subgroups.score(studies, scored, p)
+    tuned = {run.arm: read_json(run.choice) for run in formats.runs(p)
+             if run.seed == p.train.seeds[0]}
     text = study_report.markdown(p, flowed, table, study_report.balance(table, sizes),
-                                 reproduced, failed, subgrouped)
+                                 reproduced, failed, subgrouped, tuned)
     with atomic_path(FIGURES) as tmp:
         tmp.mkdir()
         figures.flow_diagram(flowed, tmp / "flow.png")

@@ -9,15 +9,17 @@ Reads only data/prepared/*.csv and the caches of features/ the variant reads. Lo
 metrics every epoch with DVCLive (metrics/train/<run>/), keeps the epoch chosen on validation
 data (train.select), and writes models/<run>/ (e.g. models/fusion/findings+impression/seed-0):
 model.safetensors, model.json, history.json and params.json, the run's resolved parameters.
-The loop and its steps are cxrfusion/training.py's `train`; this stage reads the parameters
-and the run its arguments name, and calls it.
+The loop and its steps are cxrfusion/training.py's `train`; this stage reads the parameters,
+the run its arguments name and its arm's tuning choice (stage `tune`), and calls it.
 """
 from __future__ import annotations
 
 import sys
 
-from cxrfusion import formats, params
+from cxrfusion import formats, params, tuning
 from cxrfusion.common import main
+from cxrfusion.formats import Run
+from cxrfusion.params import Params
 from cxrfusion.training import train
 
 
@@ -28,7 +30,14 @@ def train_stage(argv: list[str]) -> list[dict]:
     another is the run trained alone (tests/test_placebo.py)."""
     p = params.load()
     runs = [formats.run_of([variant, *argv[1:]], p) for variant in argv[0].split(",")]
-    return [train(run, p) for run in runs]
+    return [train_tuned(run, p) for run in runs]
+
+
+def train_tuned(run: Run, p: Params) -> dict | None:
+    """`run` with its arm's chosen setting (metrics/tuning/<arm>/choice.json, stage tune): the
+    chosen candidate's run at the seed the candidates trained at, else trained."""
+    tuned, choice = tuning.chosen(run, p)
+    return None if tuning.reuse(run, tuned, choice) else train(run, tuned)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ TINY = {  # small enough for seconds on 2 CPU cores, large enough for every spli
 def merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) else value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if nested else value
     return out
 
 
@@ -140,6 +141,7 @@ def evaluated_once(tmp_path_factory, made_once) -> Path:
     from cxrfusion.formats import runs
     from cxrfusion.params import built
     from cxrfusion.training import train
+    from cxrfusion.tuning import tune
     from stages.evaluate import evaluate
 
     p = built(tiny({"train": {"epochs": 1}}))
@@ -148,6 +150,8 @@ def evaluated_once(tmp_path_factory, made_once) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         for run in runs(p):
+            if run.seed == p.train.seeds[0]:
+                tune(run, p)  # no grid: the arm's empty choice, as stage tune writes it
             train(run, p)
             evaluate(run, p)
     return folder

@@ -52,6 +52,7 @@ STAGES = {"download": no_arguments, "prepare": no_arguments, "demo_encoder": no_
           "cache_images": no_arguments, "compare": no_arguments, "explain": no_arguments,
           "study_report": no_arguments,
           "embed_text": one_text_input, "shuffle_reports": one_text_input, "train": a_run,
+          "tune": a_run,
           "evaluate": every_run_or_one}
 
 
@@ -159,7 +160,8 @@ def test_every_stage_command_parses(part2, part2_params):
     found = commands(part2, "stages.")
     assert {module for module, _ in found} >= {"stages.download", "stages.prepare",
                                                "stages.demo_encoder", "stages.cache_images",
-                                               "stages.embed_text", "stages.train",
+                                               "stages.embed_text", "stages.tune",
+                                               "stages.train",
                                                "stages.evaluate"}
     for module, args in found:
         assert importlib.util.find_spec(module) is not None, f"{module} does not exist"

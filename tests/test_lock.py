@@ -91,6 +91,35 @@ def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
         assert stage["cmd"].split()[5] == ",".join(trained)  # stages.train <variants>
 
 
+def test_each_arm_is_tuned_by_a_stage_whose_choice_its_train_stage_reads():
+    """tune_<arm> writes each arm's choice and candidates (the stage a candidate's Run names),
+    at the first seed, for the variants its train stage trains; that train stage reads them."""
+    from dataclasses import replace
+
+    from cxrfusion.formats import runs
+    from cxrfusion.params import built
+
+    def paths(entries, text_input):
+        return [(e if isinstance(e, str) else next(iter(e))).replace(
+            "${item}", str(text_input)).replace("${item.input}", str(text_input))
+            for e in entries]
+
+    names = expanded_names(PIPELINE, PARAMS)
+    for run in runs(built(PARAMS)):
+        tuned_by = replace(run, candidate=0).stage
+        assert tuned_by in names, run
+        stage = PIPELINE[tuned_by.partition("@")[0]]
+        stage = stage.get("do", stage)  # foreach: the stage is its `do`
+        mine = [str(run.candidates), str(run.choice.parent)]
+        assert set(mine) <= set(paths(stage["outs"], run.text_input)), run
+        trainer = PIPELINE[run.stage.partition("@")[0]]
+        assert set(mine) <= set(paths(trainer["deps"], run.text_input)), run
+        words = stage["cmd"].split()
+        arm = tuned_by.removeprefix("tune_").partition("@")[0]
+        trained = [v for v, row in VARIANTS.items() if (row.trained_with or v) == arm]
+        assert words[4:7] == ["stages.tune", ",".join(trained), "${train.seeds[0]}"], words
+
+
 def test_expanded_names_follow_the_parameters():
     params = copy.deepcopy(PARAMS)
     params["train"]["seeds"] = [4]

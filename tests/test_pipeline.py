@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ def stage_names(p: dict) -> list[str]:
     return (["download", "prepare", "demo_encoder"]
             + [f"embed_text@{i}" for i in p["text"]["inputs"]]
             + [f"shuffle_reports@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
+            + list(dict.fromkeys(replace(r, candidate=0).stage for r in every))  # tune_<arm>
             + list(dict.fromkeys(r.stage for r in every))
             + ["evaluate", "compare", "explain", "study_report"])
 
@@ -268,7 +270,11 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
         return stale - {"study_report"}
 
     def named(*prefixes: str) -> set:
-        return {s for s in stages if s.startswith(prefixes)}
+        """The stages that start with a prefix; a train stage's parameters are its arm's tune
+        stage's too (train_fusion@: tune_fusion@ as well)."""
+        tuned = tuple(p.replace("train_", "tune_").rstrip("@") for p in prefixes
+                      if p.startswith("train_"))
+        return {s for s in stages if s.startswith(prefixes + tuned)}
 
     original = (demo / "params.yaml").read_bytes()
     try:
@@ -289,6 +295,9 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
                                                           "train_text@") | {"explain"}
         # the placebo's permutation: its caches (their runs follow once they are rewritten)
         assert stale_after(placebo__seed=1) == named("shuffle_reports@")
+        # the tuning's criterion: the tune stages alone (with no grid their choice stays the
+        # same bytes, so no run follows)
+        assert stale_after(tune__criterion="loss") == {s for s in stages if s.startswith("tune_")}
         assert stale_after(image__size=48) == {"cache_images"} | named("train_fusion@",
                                                                         "train_image@")
         assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@",
@@ -317,7 +326,8 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
             "findings+impression", "indication", "impression"]}}
         new = set(stage_names(wider)) - set(stages)
         assert new == {"embed_text@impression", "shuffle_reports@impression"} | {
-            r.stage for r in runs(wider) if r.text_input == "impression"}
+            stage for r in runs(wider) if r.text_input == "impression"
+            for stage in (r.stage, replace(r, candidate=0).stage)}
         assert stale_after(text__inputs=wider["text"]["inputs"]) == new | {
             "prepare", "evaluate", "compare", "explain"}
     finally:

@@ -20,13 +20,15 @@ def test_checkpoints_are_one_per_run():
     from cxrfusion.formats import Run
 
     assert checkpoint.path(Run("fusion", 0, "findings+impression")) == \
-        Path("checkpoints/fusion-findings+impression-0.pt")
-    assert checkpoint.path(Run("image", 2)) == Path("checkpoints/image-2.pt")
+        Path("checkpoints/fusion-findings+impression-seed-0.pt")
+    assert checkpoint.path(Run("image", 2)) == Path("checkpoints/image-seed-2.pt")
     paths = {checkpoint.path(r) for r in (Run("text", 0, "indication"),
                                           Run("text", 1, "indication"),
                                           Run("text", 0, "findings+impression"),
-                                          Run("fusion", 0, "indication"))}
-    assert len(paths) == 4  # no two runs share a checkpoint
+                                          Run("fusion", 0, "indication"),
+                                          Run("fusion", 0, "indication", candidate=0),
+                                          Run("fusion", 0, "indication", candidate=1))}
+    assert len(paths) == 6  # no two runs share a checkpoint, a tuning candidate included
 
 
 def test_interrupted_training_resumes_to_the_same_weights(cached, monkeypatch):

@@ -19,6 +19,7 @@ from test_bootstrap_groups import write_runs
 from cxrfusion import study_report
 from cxrfusion.formats import IMAGES, IMAGES_COUNTS, PREPARED_COUNTS, STUDIES, runs
 from cxrfusion.params import Params
+from cxrfusion.tuning import tune
 from stages.prepare import split_counts
 from stages.study_report import MARKDOWN, SUBGROUPS, write_study_report
 
@@ -37,6 +38,11 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
         (folder / run.models / "model.json").write_text(json.dumps(
             {"backbone": None if run.variant == "text" else "tinynet_e.in1k",
              "pretrained": False, "text_model": "models/demo_encoder", "text_revision": None}))
+    with pytest.MonkeyPatch.context() as mp:  # each arm's choice (no grid: empty)
+        mp.chdir(folder)
+        for run in runs(p):
+            if run.seed == p.train.seeds[0]:
+                tune(run, p)
     return folder, p
 
 

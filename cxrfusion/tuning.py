@@ -1,0 +1,99 @@
+"""An equal tuning budget, chosen on validation (tune.candidates; stages `tune_<arm>`).
+
+Each arm (image, fusion and its placebo, text, on each text input) trains every candidate
+setting at the first seed and keeps the one its validation images rank best at the epoch each
+candidate kept (tune.criterion: AUROC or loss, as history.json logs them); the test studies
+are never read. The choice is written to metrics/tuning/<arm>/choice.json, which every train
+stage of the arm reads: it trains with the chosen setting, and at the candidates' seed takes
+the chosen candidate's run instead of training it again (the same run: same seed, same data,
+same setting). With no grid the choice is empty and every arm trains as declared.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+
+from cxrfusion import formats, params
+from cxrfusion.common import PipelineError, atomic_path, write_json
+from cxrfusion.formats import Run
+from cxrfusion.params import Params
+
+log = logging.getLogger(__name__)
+NO_GRID = {"seed": None, "criterion": None, "candidates": [], "chosen": None, "setting": {}}
+
+
+def tune(run: Run, p: Params) -> dict:
+    """Train each of tune.candidates of `run`'s arm at `run`'s seed, choose one on the
+    validation images, and write the arm's choice.json (always: the arm's train stages read
+    it; with no grid it says so and nothing trains)."""
+    rows = []
+    settings = params.candidates(p, run.variant)
+    if settings:
+        from cxrfusion.training import train  # torch and timm only when something trains
+    for k, setting in enumerate(settings):
+        result = train(dataclasses.replace(run, candidate=k), params.with_setting(p, setting))
+        kept = result["history"][result["chosen"] - 1]["val"]
+        rows.append({"candidate": k, "setting": setting, "epoch": result["chosen"],
+                     "val_auroc": kept["auroc"], "val_loss": kept["loss"]})
+    chosen = choose(rows, p.tune.criterion) if rows else None
+    choice = {"arm": run.arm, **NO_GRID} if not rows else {
+        "arm": run.arm, "seed": run.seed, "criterion": p.tune.criterion, "candidates": rows,
+        "chosen": chosen, "setting": rows[chosen]["setting"]}
+    run.candidates.mkdir(parents=True, exist_ok=True)  # DVC's output, empty without a grid
+    write_json(run.choice, choice)
+    if rows:
+        log.info("%s: candidate %d of %d chosen (%s, validation %s %.4f)", run.arm, chosen,
+                 len(rows), params.spelled(choice["setting"]), p.tune.criterion,
+                 rows[chosen][f"val_{p.tune.criterion}"])
+    return choice
+
+
+def choose(rows: list[dict], criterion: str) -> int:
+    """The candidate with the highest validation AUROC, or the lowest validation loss; of
+    equals, the first listed."""
+    if criterion == "auroc":
+        return max(range(len(rows)), key=lambda k: (rows[k]["val_auroc"], -k))
+    return min(range(len(rows)), key=lambda k: (rows[k]["val_loss"], k))
+
+
+def chosen(run: Run, p: Params) -> tuple[Params, dict]:
+    """The parameters `run` trains with (the chosen candidate's setting applied) and its arm's
+    choice, from metrics/tuning/<arm>/choice.json, written by stage tune_<arm>; with no grid
+    declared and no choice written (a stage called outside DVC), `p` as it is."""
+    declared = params.candidates(p, run.variant)
+    if not declared and not run.choice.exists():  # no grid, no stage tune run (a benchmark)
+        return p, NO_GRID
+    try:
+        choice = json.loads(run.choice.read_text())
+    except (OSError, ValueError):
+        raise PipelineError(f"{run.choice}: missing or unreadable; it is written by stage "
+                            f"{dataclasses.replace(run, candidate=0).stage}: run `dvc repro`."
+                            ) from None
+    if [row["setting"] for row in choice["candidates"]] != declared:
+        raise PipelineError(f"{run.choice} chose among other candidates than tune.candidates "
+                            f"declares for {run.variant}: run `dvc repro` (stage "
+                            f"{dataclasses.replace(run, candidate=0).stage} tunes again).")
+    return params.with_setting(p, choice["setting"]), choice
+
+
+def reuse(run: Run, p: Params, choice: dict) -> bool:
+    """At the seed the candidates trained at, `run` is the chosen candidate's run: copy its
+    weights and training log (params.json then records `run`, as training it would). False
+    when there is nothing to reuse (no grid, another seed)."""
+    if choice["chosen"] is None or run.seed != choice["seed"]:
+        return False
+    candidate = dataclasses.replace(run, candidate=choice["chosen"])
+    if not (candidate.models.is_dir() and candidate.train_log.is_dir()):
+        raise PipelineError(f"{run.choice} chose {candidate.models}, which is missing (or its "
+                            f"log {candidate.train_log}): `dvc checkout` brings them back, or "
+                            f"`dvc repro` makes them again (stage {candidate.stage}).")
+    for source, target in ((candidate.models, run.models),
+                           (candidate.train_log, run.train_log)):
+        with atomic_path(target) as tmp:
+            shutil.copytree(source, tmp)
+            if target == run.models:
+                write_json(tmp / "params.json", formats.record(p, run))
+    log.info("%s: the chosen candidate's run (%s), not trained again", run.path, candidate.path)
+    return True
