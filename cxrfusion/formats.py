@@ -259,12 +259,15 @@ def text_cache_attrs(text: dict, fields: list[str]) -> dict:
     `fields`); readers compare these with theirs.
 
     `lowercase` is text.lowercase as asked (auto, true, false); `embed_text` adds `lowercased`,
-    what it resolved to, and puts the same in the encoder's fingerprint (`..._cased`)."""
+    what it resolved to, and puts the same in the encoder's fingerprint (`..._cased`); `pooling`
+    is text.pooling as asked, and `embed_text` adds `reading`, what it resolved to (e.g. "last",
+    or a sentence-transformers folder's "mean, then dense 256 tanh, then normalize")."""
     lowercase = text.lowercase
     if isinstance(lowercase, bool):  # spelled as in params.yaml: one type whatever was asked
         lowercase = "true" if lowercase else "false"
     return {"model": text.model, "pooling": text.pooling, "max_length": text.max_length,
-            "fields": ",".join(fields), "lowercase": lowercase}
+            "fields": ",".join(fields), "lowercase": lowercase, "prompt": text.prompt or "",
+            "trust_remote_code": bool(text.trust_remote_code)}
 
 
 def read_text_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -24,7 +24,7 @@ from cxrfusion.backbones import default_input_size
 from cxrfusion.common import PipelineError
 
 SOURCES = ("demo", "kaggle", "openi", "local", "mimic_cxr")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")  # text.pooling, besides auto (cxrfusion/text_encoder.py)
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,11 @@ RECIPES = {
 # evaluate.threshold: the rules choose_threshold applies on validation (cxrfusion/metrics.py)
 THRESHOLD_RULES = ("youden", "max_f1")
 CRITERIA = ("auroc", "loss")  # tune.criterion: how the validation studies rank the candidates
+# options only a model that reads the image (the CNN) uses, and only one that reads a report
+IMAGE_ONLY = ("train.augment", "train.lr_backbone", "model.freeze_backbone",
+              *(f"augment.{k}" for k in ("rotation", "translate", "scale", "flip", "brightness",
+                                         "contrast")))
+REPORT_ONLY = ("model.standardise_text",)
 # tune.candidates may set how a run is trained and the head it trains, never what the caches
 # were made of (image.*, text.*, model.backbone), how epochs are kept (train.select: the
 # criterion reads the epoch kept) or how the work is spread (seeds, devices, processes)
@@ -425,10 +430,23 @@ class Text:
                            "radiologist's conclusion (and so the label) is written; the "
                            "indication (why the X-ray was taken) is written before it and cannot "
                            "leak it")
-    pooling: str = option("mean", one_of(*POOLINGS), "cls (the original and the real study: "
-                          "[CLS] of the last layer) | mean (mask-aware average; the demo "
-                          "default: the random tiny BERT's [CLS] vector barely varies between "
-                          "reports)")
+    pooling: str = option("mean", one_of("auto", *POOLINGS), "auto | cls | mean | last: how the "
+                          "last layer's token vectors become one vector a report. cls (the "
+                          "original and BioBERT: [CLS], position 0; refused on a causal "
+                          "model) | mean (mask-aware average; the demo default: the random "
+                          "tiny BERT's [CLS] vector barely varies between reports) | last (each "
+                          "report's last real token, whichever side the batch is padded: a "
+                          "decoder LLM's) | auto (a sentence-transformers folder's own pooling "
+                          "and Dense/Normalize modules, else last for a causal model, else cls)")
+    prompt: str | None = option(None, optional(text), "text put before every report (an "
+                                "instruction-tuned embedder's, e.g. Qwen3-Embedding's "
+                                "\"Instruct: ...\\nQuery:\"); recorded in the cache, so a "
+                                "changed prompt embeds again | null: none", required=False)
+    trust_remote_code: bool = option(False, switch, "true runs the model code that text.model's "
+                                     "repository ships (CXR-BERT's, for one): read it first; "
+                                     "recorded in the cache, the model record and the study "
+                                     "report. false: such a model is refused",
+                                     required=False)
     lowercase: bool | str = option("auto", lowercase, "auto | true | false: lowercase reports "
                                    "before the encoder reads them; auto follows its "
                                    "tokenizer_config.json, else its vocabulary (BioBERT ships "
@@ -833,6 +851,10 @@ def _across(p: dict) -> None:
     t = p["train"]
     warmup = t.get("warmup_epochs")
     warmup = RECIPES[t.get("recipe", "original")]["warmup_epochs"] if warmup is None else warmup
+    if t["batch_size"] < 2 * t.get("nproc", 1):
+        _fail("train.batch_size", t["batch_size"], f"the global batch must give each of the "
+              f"train.nproc={t.get('nproc', 1)} processes at least 2 images: use "
+              f"{2 * t.get('nproc', 1)} or more")
     if warmup >= t["epochs"]:
         _fail("train.warmup_epochs", t.get("warmup_epochs"), f"use fewer warmup epochs than "
               f"train.epochs={t['epochs']} (train.recipe={t.get('recipe', 'original')} "
@@ -876,16 +898,25 @@ def _tuning(p: dict) -> None:
     """Each candidate, applied to the rest of params.yaml, passes every rule: a bad one stops
     before the first candidate trains, not hours later."""
     shared = not isinstance(p.get("tune", {}).get("candidates", ()), dict)
-    for arm in VARIANTS:
+    for arm, row in VARIANTS.items():
+        read = []  # what each candidate changes of what the arm reads
         for k, setting in enumerate(candidates(p, arm)):
+            which = f"candidate {k}" if shared else f"candidate {k} of {arm}"
             try:
                 _check({**applied(p, setting), "tune": {"candidates": []}})
             except PipelineError as err:
-                which = f"candidate {k}" if shared else f"candidate {k} of {arm}"
-                raise PipelineError(f"tune.candidates: {which} ({spelled(setting)}) makes "
-                                    f"{err}") from None
-        if shared:
-            break  # every arm tries the same list
+                why = re.sub(r" \(set it in params\.yaml or with .*\)\.$", "", str(err))
+                raise PipelineError(f"tune.candidates: {which} ({spelled(setting)}) is refused: "
+                                    f"{why}; change it in tune.candidates.") from None
+            read.append({key: value for key, value in setting.items()
+                         if (row.reads_image or key not in IMAGE_ONLY)
+                         and (row.reads_report or key not in REPORT_ONLY)})
+            if read[-1] in read[:-1]:
+                raise PipelineError(
+                    f"tune.candidates: {which} trains {arm} as candidate "
+                    f"{read.index(read[-1])} does ({spelled(read[-1])}: the rest of it is "
+                    f"not read by {arm}): {arm} would try fewer settings than the other arms. "
+                    "Give each arm its own list, the same number each (a mapping of arm to list).")
 
 
 def candidates(p: dict | Params, arm: str) -> list[dict]:

@@ -48,6 +48,7 @@ from cxrfusion.text_encoder import (
     encoder_fingerprint,
     fingerprint_casing,
     load_encoder,
+    resolve_reading,
 )
 
 log = logging.getLogger("predict")
@@ -74,12 +75,14 @@ class Predictor:
         return self.config["variant"]
 
     def encoder(self):
-        """(tokenizer, model) of the frozen text encoder, loaded once and checked."""
+        """(tokenizer, model, reading) of the frozen text encoder, loaded once and checked."""
         if self._encoder is None:
             t = self.settings.text
-            tokenizer, encoder = load_encoder(t.model, t.revision, self.device, t.lowercase)
+            tokenizer, encoder = load_encoder(t.model, t.revision, self.device, t.lowercase,
+                                              t.trust_remote_code)
             check_encoder(t.model, tokenizer, encoder, self.config, self.folder, t.lowercase)
-            self._encoder = (tokenizer, encoder)
+            reading = resolve_reading(t.model, t.revision, encoder, t.pooling, t.prompt)
+            self._encoder = (tokenizer, encoder, reading)
         return self._encoder
 
 
@@ -163,8 +166,8 @@ def load_images(paths: list, size: int, fit: str) -> torch.Tensor:
 def embed_reports(predictor: Predictor, texts: list[str]) -> np.ndarray:
     """Report vectors as `embed_text` made them: same encoder, pooling and max_length."""
     t = predictor.settings.text
-    tokenizer, encoder = predictor.encoder()
-    return embed(texts, tokenizer, encoder, t.pooling, t.max_length, t.batch_size,
+    tokenizer, encoder, reading = predictor.encoder()
+    return embed(texts, tokenizer, encoder, reading, t.max_length, t.batch_size,
                  predictor.device, progress=False)
 
 

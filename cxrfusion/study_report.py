@@ -128,8 +128,9 @@ def versions() -> dict:
 
 def pins(model_json: dict) -> dict:
     """What a model records of the weights it read (model.json)."""
-    keys = ("backbone", "pretrained", "pretrained_tag", "text_model", "text_revision")
-    return {k: model_json[k] for k in keys if model_json.get(k) is not None}
+    keys = ("backbone", "pretrained", "pretrained_tag", "text_model", "text_revision",
+            "text_reading", "text_prompt", "text_trust_remote_code")
+    return {k: model_json[k] for k in keys if model_json.get(k) not in (None, "")}
 
 
 # --- 4. failure analysis -------------------------------------------------------------------------
@@ -402,13 +403,13 @@ def _tuning_lines(p: Params, tuned: dict) -> list[str]:
         return lines + ["No tuning grid was declared (`tune.candidates` = []): every arm is "
                         "trained with the settings above, none chosen on validation."]
     best = {"auroc": "highest validation AUROC", "loss": "lowest validation loss"}
-    seed = next(iter(tuned.values()))["seed"]
+    seed, criterion = (next(iter(tuned.values()))[k] for k in ("seed", "criterion"))
     lines += [f"Every arm trained {count} candidate settings at seed {seed} (the same number "
               f"for each arm, the placebo's included) and kept the one with the "
-              f"{best[p.tune.criterion]} (`tune.criterion` = "
-              f"{p.tune.criterion}) at the epoch it kept, scored on the validation images only; "
-              "every seed then trained with the setting chosen, the first seed's run being the "
-              f"chosen candidate's. Cost: {count} x {len(tuned)} arms = {count * len(tuned)} "
+              f"{best[criterion]} (`tune.criterion` = {criterion}) at the epoch it kept, "
+              "scored on the validation images only; every seed then trained with the setting "
+              "chosen, the first seed's run being the chosen candidate's."
+              f" Cost: {count} x {len(tuned)} arms = {count * len(tuned)} "
               f"candidate runs, {(count - 1) * len(tuned)} more than without a grid.", "",
               "| arm | candidate | setting | epoch kept | validation AUROC | validation loss |",
               "| --- | --- | --- | --- | --- | --- |"]

@@ -387,7 +387,9 @@ def save_model(run: Run, p: Params, model: Classifier, best_state: dict, text_di
     if model.uses_text:  # which encoder made the vectors: prediction checks its encoder against it
         attrs = read_text_cache_attrs(text_cache(run.text_input))
         config.update(text_model=attrs["model"], text_revision=attrs.get("revision") or None,
-                      text_fingerprint=attrs["fingerprint"])
+                      text_fingerprint=attrs["fingerprint"], text_reading=attrs.get("reading"),
+                      text_prompt=attrs.get("prompt") or None,
+                      text_trust_remote_code=bool(attrs.get("trust_remote_code", False)))
     with atomic_path(run.models) as tmp:
         tmp.mkdir()
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)

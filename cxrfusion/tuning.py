@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import os
 import shutil
 
 from cxrfusion import formats, params
@@ -33,10 +35,21 @@ def tune(run: Run, p: Params) -> dict:
     if settings:
         from cxrfusion.training import train  # torch and timm only when something trains
     for k, setting in enumerate(settings):
-        result = train(dataclasses.replace(run, candidate=k), params.with_setting(p, setting))
+        try:
+            result = train(dataclasses.replace(run, candidate=k),
+                           params.with_setting(p, setting))
+        except PipelineError as err:
+            raise PipelineError(f"tune.candidates: candidate {k} of {run.arm} "
+                                f"({params.spelled(setting)}) failed: {err}") from None
         kept = result["history"][result["chosen"] - 1]["val"]
         rows.append({"candidate": k, "setting": setting, "epoch": result["chosen"],
                      "val_auroc": kept["auroc"], "val_loss": kept["loss"]})
+        if not math.isfinite(rows[-1][f"val_{p.tune.criterion}"]):
+            raise PipelineError(f"tune.criterion={p.tune.criterion}: candidate {k} of "
+                                f"{run.arm} has no validation {p.tune.criterion} "
+                                f"({rows[-1][f'val_{p.tune.criterion}']}): the validation "
+                                "images hold one label only; use tune.criterion: loss, or "
+                                "more validation studies (split.val).")
     chosen = choose(rows, p.tune.criterion) if rows else None
     choice = {"arm": run.arm, **NO_GRID} if not rows else {
         "arm": run.arm, "seed": run.seed, "criterion": p.tune.criterion, "candidates": rows,
@@ -65,17 +78,20 @@ def chosen(run: Run, p: Params) -> tuple[Params, dict]:
     declared = params.candidates(p, run.variant)
     if not declared and not run.choice.exists():  # no grid, no stage tune run (a benchmark)
         return p, NO_GRID
+    stage = dataclasses.replace(run, candidate=0).stage
     try:
         choice = json.loads(run.choice.read_text())
-    except (OSError, ValueError):
+        made = ([row["setting"] for row in choice["candidates"]], choice["arm"],
+                choice["criterion"] if declared else None)
+        setting = choice["setting"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise PipelineError(f"{run.choice}: missing or unreadable; it is written by stage "
-                            f"{dataclasses.replace(run, candidate=0).stage}: run `dvc repro`."
-                            ) from None
-    if [row["setting"] for row in choice["candidates"]] != declared:
-        raise PipelineError(f"{run.choice} chose among other candidates than tune.candidates "
-                            f"declares for {run.variant}: run `dvc repro` (stage "
-                            f"{dataclasses.replace(run, candidate=0).stage} tunes again).")
-    return params.with_setting(p, choice["setting"]), choice
+                            f"{stage}: run `dvc repro`.") from None
+    if made != (declared, run.arm, p.tune.criterion if declared else None):
+        raise PipelineError(f"{run.choice} chose among other candidates, or by another "
+                            f"criterion, than tune.* declares for {run.arm}: run `dvc repro` "
+                            f"(stage {stage} tunes again).")
+    return params.with_setting(p, setting), choice
 
 
 def reuse(run: Run, p: Params, choice: dict) -> bool:
@@ -84,16 +100,27 @@ def reuse(run: Run, p: Params, choice: dict) -> bool:
     when there is nothing to reuse (no grid, another seed)."""
     if choice["chosen"] is None or run.seed != choice["seed"]:
         return False
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other processes: rank 0 copies
+        return True
     candidate = dataclasses.replace(run, candidate=choice["chosen"])
     if not (candidate.models.is_dir() and candidate.train_log.is_dir()):
         raise PipelineError(f"{run.choice} chose {candidate.models}, which is missing (or its "
                             f"log {candidate.train_log}): `dvc checkout` brings them back, or "
                             f"`dvc repro` makes them again (stage {candidate.stage}).")
+    recorded = json.loads((candidate.models / "params.json").read_text())
+    asked = json.loads(json.dumps(formats.record(p, run)))  # as params.json holds it
+    if {**recorded, "run": None} != {**asked, "run": None}:
+        raise PipelineError(f"{candidate.models} was trained with other parameters than "
+                            f"{run.path} asks for now: run `dvc repro` (stage "
+                            f"{candidate.stage} tunes again).")
     for source, target in ((candidate.models, run.models),
                            (candidate.train_log, run.train_log)):
         with atomic_path(target) as tmp:
             shutil.copytree(source, tmp)
             if target == run.models:
                 write_json(tmp / "params.json", formats.record(p, run))
+    from cxrfusion import checkpoint  # torch: only where a run is reused
+
+    checkpoint.remove(run)  # an interrupted training of it, if any: not needed now
     log.info("%s: the chosen candidate's run (%s), not trained again", run.path, candidate.path)
     return True

@@ -21,7 +21,13 @@ from cxrfusion.common import PipelineError, atomic_path, main
 from cxrfusion.formats import read_prepared, text_cache, text_cache_attrs, write_text_cache
 from cxrfusion.params import Params
 from cxrfusion.studies import join_text
-from cxrfusion.text_encoder import embed_part, encoder_fingerprint, load_encoder, reads_lowercase
+from cxrfusion.text_encoder import (
+    embed_part,
+    encoder_fingerprint,
+    load_encoder,
+    reads_lowercase,
+    resolve_reading,
+)
 
 log = logging.getLogger("embed_text")
 
@@ -37,14 +43,16 @@ def embed_text(text_input: str, p: Params) -> None:
     studies, _ = read_prepared(fields)
     reports = studies.apply(join_text, axis=1, fields=fields).tolist()
     with distributed.running(t.device, "text.device") as world:
-        tokenizer, model = load_encoder(t.model, t.revision, world.device, t.lowercase)
+        tokenizer, model = load_encoder(t.model, t.revision, world.device, t.lowercase,
+                                        t.trust_remote_code)
+        reading = resolve_reading(t.model, t.revision, model, t.pooling, t.prompt)
         limit = model.config.max_position_embeddings
         if t.max_length > limit:
             raise PipelineError(f"parameter text.max_length={t.max_length} exceeds what "
                                 f"{t.model} can read ({limit} tokens): set "
                                 f"text.max_length<={limit}.")
         start = time.perf_counter()
-        rows, vectors = embed_part(reports, tokenizer, model, t.pooling,
+        rows, vectors = embed_part(reports, tokenizer, model, reading,
                                    t.max_length, t.batch_size, world.device,
                                    progress=world.main, part=(world.rank, world.size))
         if world.distributed:  # shares meet on disk, not in a gather through every GPU
@@ -58,6 +66,7 @@ def embed_text(text_input: str, p: Params) -> None:
             attrs = {**text_cache_attrs(t, fields), "revision": t.revision or "",
                      "lowercased": reads_lowercase(tokenizer),  # text.lowercase resolved
                      "fingerprint": encoder_fingerprint(t.model, model, tokenizer),
+                     "reading": reading.summary,  # text.pooling resolved
                      "dim": vectors.shape[1]}
             write_text_cache(out, studies["uid"].to_numpy()[rows], vectors, attrs)
             log.info("embedded %d reports (%s, %d dims) in %.1f s: %.0f reports/s on %d x %s",

@@ -29,8 +29,8 @@ PROCESSES = {
 # then the others: the two processes end at about the same time.
 GROUPED = {f"tests/test_{name}.py" for name in (
     "backbones", "benchmark", "caches", "demo_and_download", "gpu_check", "mimic", "model",
-    "options", "paths", "pipeline", "predict_explain", "seeds_and_inputs", "sharing",
-    "study_report", "text_case")}
+    "options", "paths", "pipeline", "predict_explain", "readings", "seeds_and_inputs",
+    "sharing", "study_report", "text_case")}
 # Longest first, in seconds of `make test`'s durations on the 2-core development machine.
 LONGEST = ("tests/test_pipeline.py",     # 70: the demo run and the tests that read it
            "tests/test_benchmark.py",    # 60: the bench/ scripts, each a process

@@ -30,11 +30,16 @@ def test_the_demo_declares_no_grid():
     ({arm: GRID[:1 + (arm == "text")] for arm in described.VARIANTS}, r"an equal budget"),
     ([{"image.size": 64}], r"candidate 0 sets image\.size, which a candidate cannot set"),
     ([{"train.lr": 0.1}, {"train.lr": 0.1}], r"candidate 1 repeats an earlier one"),
-    ([{"train.lr": -1}], r"tune\.candidates: candidate 0 \(\{train\.lr: -1\}\) makes "
-                         r"parameter train\.lr=-1"),
+    ([{"train.lr": -1}], r"tune\.candidates: candidate 0 \(\{train\.lr: -1\}\) is refused: "
+                         r"parameter train\.lr=-1 is not allowed: use a positive number; "
+                         r"change it in tune\.candidates\.$"),
+    ([{"train.augment": "affine"}, {"train.augment": "none"}],
+     r"candidate 1 trains text as candidate 0 does \(\{\}: the rest of it is not read by text"),
+    ([{"train.batch_size": 1}], r"candidate 0 \(\{train\.batch_size: 1\}\) is refused: "
+                                r"parameter train\.batch_size=1"),
     ({**{arm: GRID for arm in described.VARIANTS}, "text": [{"train.lr": 1}, {"train.warmup_"
                                                                                "epochs": 9}]},
-     r"candidate 1 of text \(\{train\.warmup_epochs: 9\}\) makes parameter "
+     r"candidate 1 of text \(\{train\.warmup_epochs: 9\}\) is refused: parameter "
      r"train\.warmup_epochs=9"),
     ([{}], r"candidate 0 is \{\}"),
 ])
@@ -54,7 +59,7 @@ def test_a_grid_per_arm_or_shared_gives_each_arm_its_list():
 
 def test_the_criterion_picks_the_best_on_validation_and_the_first_of_equals():
     rows = [{"val_auroc": 0.7, "val_loss": 0.5}, {"val_auroc": 0.8, "val_loss": 0.6},
-            {"val_auroc": 0.8, "val_loss": 0.4}]
+            {"val_auroc": 0.8, "val_loss": 0.4}, {"val_auroc": 0.6, "val_loss": 0.4}]
     assert choose(rows, "auroc") == 1 and choose(rows, "loss") == 2
 
 
@@ -99,6 +104,7 @@ def test_the_choice_is_made_on_validation_and_reused_at_the_first_seed(cached):
     # the first seed's run is the chosen candidate's, byte for byte what training it gives
     assert train_tuned(run, p) is None  # reused, not trained
     reused = {f.name: f.read_bytes() for f in run.models.iterdir()}
+    logged = (run.train_log / "metrics.json").read_bytes()
     recorded = json.loads(reused["params.json"])
     assert recorded["run"] == run.record and recorded["train"]["lr"] == choice["setting"][
         "train.lr"]
@@ -106,12 +112,25 @@ def test_the_choice_is_made_on_validation_and_reused_at_the_first_seed(cached):
     from cxrfusion.training import train
     train(run, chosen(run, p)[0])
     assert {f.name: f.read_bytes() for f in run.models.iterdir()} == reused
+    assert (run.train_log / "metrics.json").read_bytes() == logged
 
     # the other seeds train with the chosen setting
     later = first_run("text", p, seed=p.train.seeds[1])
     assert train_tuned(later, p) is not None
     assert json.loads((later.models / "params.json").read_text())["train"]["lr"] == (
         choice["setting"]["train.lr"])
+
+    # a candidate trained with other parameters than asked for now (tuned, then train.epochs
+    # changed without tuning again): refused, not copied under the new parameters' name
+    p.train.epochs = 2
+    with pytest.raises(PipelineError, match=r"trained with other parameters than .* asks for"):
+        train_tuned(run, p)
+    p.train.epochs = 1
+    # another criterion than the choice was made by: tune again
+    p.tune.criterion = "loss"
+    with pytest.raises(PipelineError, match=r"or by another criterion"):
+        chosen(run, p)
+    p.tune.criterion = "auroc"
 
     # the chosen candidate's run gone (not checked out): said, not trained silently instead
     shutil.rmtree(run.candidates / f"candidate-{choice['chosen']}")
@@ -133,8 +152,9 @@ def test_a_train_stage_refuses_a_choice_among_other_candidates(cached):
         "setting": {}}
     assert chosen(run, p)[0] is p and not list(run.candidates.iterdir())
     p.tune.candidates = GRID
-    with pytest.raises(PipelineError, match=r"other candidates than tune\.candidates declares "
-                                            r"for text: run `dvc repro` \(stage tune_text@"):
+    with pytest.raises(PipelineError, match=r"other candidates, or by another criterion, than "
+                                            r"tune\.\* declares for text/.*: run `dvc repro` "
+                                            r"\(stage tune_text@"):
         chosen(run, p)
 
 
@@ -145,7 +165,7 @@ def test_the_study_report_lists_each_arms_candidates_and_choice(params):
     params.tune.candidates = GRID
     rows = [{"candidate": k, "setting": s, "epoch": 1, "val_auroc": a, "val_loss": 0.5}
             for k, (s, a) in enumerate(zip(GRID, (0.61, 0.72)))]
-    tuned = {arm: {"seed": 0, "chosen": 1, "candidates": rows}
+    tuned = {arm: {"seed": 0, "criterion": "auroc", "chosen": 1, "candidates": rows}
              for arm in ("image", "fusion/indication")}
     text = "\n".join(_tuning_lines(params, tuned))
     assert "Cost: 2 x 2 arms = 4 candidate runs, 2 more than without a grid" in text
