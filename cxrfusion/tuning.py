@@ -109,7 +109,7 @@ def reuse(run: Run, p: Params, choice: dict) -> bool:
                             f"`dvc repro` makes them again (stage {candidate.stage}).")
     recorded = json.loads((candidate.models / "params.json").read_text())
     asked = json.loads(json.dumps(formats.record(p, run)))  # as params.json holds it
-    if {**recorded, "run": None} != {**asked, "run": None}:
+    if trained_as(recorded, run.variant) != trained_as(asked, run.variant):
         raise PipelineError(f"{candidate.models} was trained with other parameters than "
                             f"{run.path} asks for now: run `dvc repro` (stage "
                             f"{candidate.stage} tunes again).")
@@ -124,3 +124,20 @@ def reuse(run: Run, p: Params, choice: dict) -> bool:
     checkpoint.remove(run)  # an interrupted training of it, if any: not needed now
     log.info("%s: the chosen candidate's run (%s), not trained again", run.path, candidate.path)
     return True
+
+
+# how a run is fed, not what it learns: they may change after the candidates trained
+FEEDING = ("train.seeds", "train.in_memory_gb", "train.workers")
+
+
+def trained_as(record: dict, variant: str) -> dict:
+    """The options of a params.json record (formats.record) that shape what `variant` learns:
+    its train, model and augment sections, less FEEDING and the options it does not read (the
+    CNN's for the text model, the report's for the image model). Other sections (compare,
+    explain, ...) may change after a candidate trained without making it another run."""
+    row = params.VARIANTS[variant]
+    unread = (() if row.reads_image else (*params.IMAGE_ONLY, "model.backbone")) + (
+        () if row.reads_report else params.REPORT_ONLY)
+    return {f"{section}.{key}": value for section in ("train", "model", "augment")
+            for key, value in record[section].items()
+            if f"{section}.{key}" not in (*FEEDING, *unread)}

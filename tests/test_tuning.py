@@ -126,6 +126,11 @@ def test_the_choice_is_made_on_validation_and_reused_at_the_first_seed(cached):
     with pytest.raises(PipelineError, match=r"trained with other parameters than .* asks for"):
         train_tuned(run, p)
     p.train.epochs = 1
+    # ... but not for an option that does not shape the run (another section, or one the text
+    # model does not read): still the chosen candidate's run
+    p.compare.alpha, p.train.augment, p.train.workers = 0.01, "affine", 1
+    assert train_tuned(run, p) is None
+    p.compare.alpha, p.train.augment, p.train.workers = 0.05, None, 4
     # another criterion than the choice was made by: tune again
     p.tune.criterion = "loss"
     with pytest.raises(PipelineError, match=r"or by another criterion"):
