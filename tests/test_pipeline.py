@@ -360,6 +360,40 @@ def test_every_stage_made_again_gives_the_same_bytes(demo, tmp_path):
         assert (repo / path).read_bytes() == first[path], path
 
 
+def test_a_tuning_grid_runs_through_dvc_and_each_first_seed_is_its_choice(demo, tmp_path):
+    """A grid declared (two learning rates for every arm): the tune stages train each arm's
+    candidates and the train stages take each arm's choice; every stage writes what dvc.yaml
+    declares (`dvc commit` records it and `dvc status` then finds nothing to do); each first
+    seed's run is its chosen candidate's and every run records the chosen rate; the study
+    report tables the candidates and their cost."""
+    repo = _copy(demo, tmp_path / "repo")
+    params = _params(repo)
+    params["tune"]["candidates"] = [{"train.lr": 0.01}, {"train.lr": 0.001}]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    every = runs(params)
+    tuned = {replace(r, candidate=0).stage for r in every}
+    assert {s for s in _status(repo) if s.startswith("tune_")} == tuned
+    commands = pipeline_commands(repo)
+    remake(repo, [c for name, c in commands.items() if name.startswith(("tune_", "train_"))
+                  or name in ("evaluate", "compare", "explain", "study_report")])
+    dvc(repo, "commit", "--force")
+    assert _status(repo) == {}
+    first = params["train"]["seeds"][0]
+    choices = {r.arm: json.loads((repo / r.choice).read_text()) for r in every if r.seed == first}
+    assert len(choices) == 7  # image; fusion, its placebo and text on each of 2 inputs
+    for run in every:
+        choice = choices[run.arm]
+        assert [c["setting"] for c in choice["candidates"]] == params["tune"]["candidates"]
+        recorded = json.loads((repo / run.models / "params.json").read_text())
+        assert recorded["train"]["lr"] == choice["setting"]["train.lr"], run
+        if run.seed == first:
+            chosen = replace(run, candidate=choice["chosen"])
+            assert (repo / run.models / "model.safetensors").read_bytes() == (
+                repo / chosen.models / "model.safetensors").read_bytes(), run
+    assert "Cost: 2 x 7 arms = 14 candidate runs, 7 more than without a grid" in (
+        repo / "metrics/study_report.md").read_text()
+
+
 def test_a_changed_threshold_reruns_the_evaluation_alone(demo, tmp_path):
     """Once the evaluations are redone, explain (which reads the explained run's) is stale too,
     beside compare; no model is trained again. (`dvc status` lists only the stages whose own
