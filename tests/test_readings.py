@@ -158,3 +158,32 @@ def test_remote_code_runs_only_on_request(tmp_path):
         load_encoder(folder, None, CPU)
     _, model = load_encoder(folder, None, CPU, trust_remote_code=True)
     assert type(model).__name__ == "TinyRemoteModel"
+
+
+def test_embed_text_reads_a_decoder_at_its_last_token_and_refuses_cls(cached, tmp_path):
+    """The stage as a new user runs it with a decoder LLM as text.model: cls stops it before
+    any report is read (no cache written); auto writes the cache, its reading recorded."""
+    from cxrfusion.formats import read_prepared, read_text_cache, text_cache, text_cache_attrs
+    from cxrfusion.params import fields_of
+    from cxrfusion.studies import join_text
+    from stages.embed_text import embed_text
+
+    text_input = cached.text.inputs[1]
+    cache = text_cache(text_input)
+    cache.unlink()
+    cached.text.model = str(causal_lm(tmp_path / "llama", "left"))
+    cached.text.pooling, cached.text.max_length = "cls", 128  # the tiny llama reads 128
+    with pytest.raises(PipelineError, match=r"text\.pooling=cls .* causal \(decoder\) model"):
+        embed_text(text_input, cached)
+    assert not cache.exists()
+    cached.text.pooling = "auto"
+    embed_text(text_input, cached)
+    uids, vectors, attrs = read_text_cache(cache, expect=text_cache_attrs(
+        cached.text, fields_of(text_input)))
+    assert attrs["reading"] == "last" and vectors.shape == (len(uids), WIDTH)
+    # one vector per distinct report, not one per first word (what cls gave a decoder)
+    studies, _ = read_prepared(fields_of(text_input))
+    reports = studies.set_index("uid").loc[uids].apply(join_text, axis=1,
+                                                       fields=fields_of(text_input))
+    assert len({r.split(" ")[0] for r in reports}) < reports.nunique()
+    assert len({v.tobytes() for v in vectors}) == reports.nunique()
