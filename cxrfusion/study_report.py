@@ -398,7 +398,7 @@ def _tuning_lines(p: Params, tuned: dict) -> list[str]:
     """Each arm's candidates (tune.candidates), their validation scores and the one chosen,
     from metrics/tuning/<arm>/choice.json (`tuned`: arm -> choice)."""
     lines = ["### Tuning", ""]
-    count = len(params.candidates(p, PLACEBO[0]))  # the same for every arm (params' check)
+    count = len(params.candidates(p, next(iter(params.VARIANTS))))  # every arm's (params)
     if not count or not tuned:
         return lines + ["No tuning grid was declared (`tune.candidates` = []): every arm is "
                         "trained with the settings above, none chosen on validation."]

@@ -282,7 +282,6 @@ def resolve_reading(name: str, revision: str | None, model, pooling: str,
     causal model (`is_causal`), else `cls`. `cls` on a causal model is refused: position 0 has
     read only the first token, so every report starting with the same word gets one vector."""
     prompt = prompt or ""
-    causal = is_causal(model)
     if pooling == "auto":
         modules = _encoder_file(name, revision, "modules.json", "text.pooling")
         if modules is not None:
@@ -290,10 +289,11 @@ def resolve_reading(name: str, revision: str | None, model, pooling: str,
             log.info("text.pooling=auto: %s is a sentence-transformers folder: %s", name,
                      reading.summary)
             return reading
+        causal = is_causal(model)
         pooling = "last" if causal else "cls"
         log.info("text.pooling=auto: %s is %s: %s pooling", name,
                  "causal (a decoder)" if causal else "bidirectional (an encoder)", pooling)
-    elif pooling == "cls" and causal:
+    elif pooling == "cls" and is_causal(model):  # mean and last suit either: no probe
         raise PipelineError(
             f"text.pooling=cls reads position 0 of each report, but text.model={name!r} is a "
             "causal (decoder) model: there it has read only the first token, so every report "
