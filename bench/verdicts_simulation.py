@@ -141,8 +141,13 @@ DEFAULT_CONFIGS = ["S3", "S10", "S3_patients"]  # S10_patients on request: the t
 TARGET_COVERAGE = 0.93
 
 COMPARE = Compare()  # the project's defaults: primary, secondary, alpha, primary_share, margin
-# the family without the placebo row (no placebo is simulated): weighted Holm
-WEIGHTS = verdicts.family(COMPARE.primary, list(COMPARE.secondary), COMPARE.primary_share).weights
+# the family without the placebo's and the TF-IDF baseline's rows (neither is simulated):
+# weighted Holm
+SIMULATED = ("fusion", "image", "text")
+WEIGHTS = verdicts.family(COMPARE.primary, [
+    name for name in COMPARE.secondary if {Comparison.parse(name).a,
+                                           Comparison.parse(name).b} <= set(SIMULATED)],
+    COMPARE.primary_share).weights
 FAMILY = list(WEIGHTS)                     # comparison names, the primary first
 ALPHA, MARGIN = COMPARE.alpha, COMPARE.margin
 PHI = NormalDist()
@@ -242,7 +247,7 @@ def today_procedure(y, groups, probs: dict, bootstrap: int, seed: int) -> dict:
     for text_input in INPUTS:
         models = {v: {"probs": probs[model_of(v, text_input)],
                       "thresholds": np.full(len(probs["image"]), 0.5)}
-                  for v in ("fusion", "image", "text")}
+                  for v in SIMULATED}
         result = over_seeds(y, models, [pair for pair in PAIRS if set(pair) <= set(models)],
                             bootstrap, seed, groups, level=1 - ALPHA)  # no placebo simulated
         for c in Comparison.of_input(text_input):

@@ -4,8 +4,9 @@
 
 Per text input, three charts of the test studies: the ROC curves, the precision-recall curves
 and the confusion matrices of every model and seed (the image model, which reads no report, in
-each). Per model (the image model; fusion and text per text input), one chart of its training
-curves: DVCLive's per-epoch metrics of the training and validation studies, every seed.
+each). Per network (the image model; fusion, its placebo and text per text input), one chart
+of its training curves: DVCLive's per-epoch metrics of the training and validation studies,
+every seed (the TF-IDF baseline has no epochs).
 
 DVC's top-level plots take no `foreach`: each chart names its files one by one, for the runs
 train.seeds and text.inputs ask for (`formats.runs`). This module writes those lists into
@@ -76,7 +77,7 @@ def charts(p: Params) -> dict[str, dict]:
                 "x_label": words["x_label"], "y_label": words["y_label"],
                 "y": {_here(run.curve(kind)): words["y"]
                       for run in runs if run.text_input in (text_input, None)}}
-    for run in runs:
+    for run in [run for run in runs if not params.VARIANTS[run.variant].trained_once]:
         model = "_".join([run.variant] + ([run.text_input] if run.text_input else []))
         reads = f", text input {run.text_input}" if run.text_input else " (reads no report)"
         chart = found.setdefault(f"training_{model}", {

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrfusion import figures, results, verdicts
-from cxrfusion.formats import Run
+from cxrfusion.formats import runs_of
 from cxrfusion.metrics import calibrated_ece, calibration, ece_bins
 from cxrfusion.params import PAIRS, VARIANTS, Comparison, Params
 from cxrfusion.statistics import delong, over_seeds, seed_mean_difference
@@ -59,18 +59,25 @@ def by_seed(values, seeds) -> dict:
 
 
 def model_rows(scored: dict, variant: str, text_input: str, seeds) -> dict:
-    """over_seeds' input for one model: its seed rows of test and validation probabilities."""
-    mine = [scored[Run.of(variant, s, text_input)] for s in seeds]
+    """over_seeds' input for one model: its seed rows of test and validation probabilities
+    (one row for an arm trained once)."""
+    mine = [scored[run] for run in runs_of(variant, text_input, seeds)]
     return {"probs": np.stack([r["test"]["probability"].to_numpy() for r in mine]),
             "val_probs": np.stack([r["val"]["probability"].to_numpy() for r in mine]),
             "thresholds": np.array([r["evaluation"]["threshold"] for r in mine]),
             "rule": mine[0]["rule"]}
 
 
+def seeds_of(variant: str, seeds) -> list:
+    """The seeds a model's rows stand for: none of their own for an arm trained once."""
+    return [] if VARIANTS[variant].trained_once else list(seeds)
+
+
 def delong_rows(labels, a: np.ndarray, b: np.ndarray, seeds) -> dict:
     """DeLong's test where it is valid: per seed, and for the ensemble of each model's
     seed-averaged predictions (its own AUROCs and difference, not the seed-mean's)."""
     ensemble = delong(labels, a.mean(0), b.mean(0))
+    a, b = np.broadcast_arrays(a, b)  # an arm trained once: its one row against each seed's
     return {"ensemble": {k: ensemble[k] for k in ("auroc_a", "auroc_b", "difference", "p")},
             **by_seed([{k: d[k] for k in ("difference", "p")}
                        for d in (delong(labels, x, y) for x, y in zip(a, b))], seeds)}
@@ -86,11 +93,12 @@ def compare_input(scored: dict, text_input: str, labels, validation: dict | None
                        specificity=p.evaluate.specificity, validation=validation,
                        level=1 - c.alpha)
     summary = {v: {metric: {"mean": s["mean"], "sd": spread(s["sd"]), "low": s["low"],
-                            "high": s["high"], **by_seed(s["per_seed"], seeds)}
+                            "high": s["high"], **by_seed(s["per_seed"], seeds_of(v, seeds))}
                    for metric, s in stats["models"][v].items()} for v in models}
     for v, m in models.items():  # what noise alone gives a calibrated model with these scores
         floors = [calibrated_ece(row, seed=c.seed) for row in m["probs"]]
-        summary[v]["ece_floor"] = {"mean": float(np.mean(floors)), **by_seed(floors, seeds)}
+        summary[v]["ece_floor"] = {"mean": float(np.mean(floors)),
+                                   **by_seed(floors, seeds_of(v, seeds))}
     differences, tested = {}, {}
     for pair in Comparison.of_input(text_input):
         name, key = pair.ascii_label, pair.key  # over_seeds' name, comparison.json's key

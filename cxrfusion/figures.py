@@ -22,10 +22,12 @@ SEED_OFFSET = 0.24  # single seeds sit just below their row's mean, clear of its
 ROC_GRID = np.linspace(0.0, 1.0, 201)  # common false positive rates for the mean ROC curve
 
 
-def _save(fig, path) -> None:
-    if fig.get_layout_engine() is None:  # constrained-layout figures lay themselves out
+def _save(fig, path, whole: bool = False) -> None:
+    """`whole`: cropped to everything drawn, legends outside the axes included."""
+    if fig.get_layout_engine() is None and not whole:  # constrained layouts lay themselves out
         fig.tight_layout()
-    fig.savefig(path, dpi=150, metadata={"Software": None})  # no version stamp: stable bytes
+    fig.savefig(path, dpi=150, metadata={"Software": None},  # no version stamp: stable bytes
+                **({"bbox_inches": "tight", "pad_inches": 0.15} if whole else {}))
     plt.close(fig)
 
 
@@ -322,7 +324,8 @@ def _roc_axes(ax, inp: str) -> None:
     ax.set_xticks(np.linspace(0, 1, 6))
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.grid(alpha=0.25)
-    ax.legend(loc="lower right", frameon=True, framealpha=0.9,
+    # under the panel: five models' labels would hide the curves' lower left
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False,
               title="in brackets: 95 % interval")
 
 
@@ -333,7 +336,8 @@ def _roc_panel(ax, y, inp: str, variants: dict, texts: dict, same: bool, specifi
     ax.plot([0, 1], [0, 1], ":", color="0.5", lw=1, label="chance")
     for rank, v in enumerate(_ordered(variants)):
         p = variants[v]
-        label = f"{v}: {texts[v]}" + ("" if same else f" ({p.shape[0]} seeds)")
+        label = f"{v}: {texts[v]}" + ("" if same else " (trained once)" if len(p) == 1
+                                      else f" ({p.shape[0]} seeds)")
         at = () if specificity is None else (1 - specificity,)
         mark = None
         if specificity is not None and at_specificity:
@@ -377,12 +381,12 @@ def roc_by_input(labels, probs: dict, legend: dict, path, specificity: float | N
 
     with plt.rc_context(STYLE):
         n = len(probs)
-        fig, axes = plt.subplots(1, n, squeeze=False, layout="constrained",
-                                 figsize=(max(5.6, 0.4 + 4.4 * n), 5.25))
+        fig, axes = plt.subplots(1, n, squeeze=False, figsize=(max(5.6, 0.4 + 4.4 * n), 5.25),
+                                 gridspec_kw={"wspace": 0.3})  # laid out by _save's crop
         for ax, (inp, variants) in zip(axes[0], probs.items()):
             _roc_panel(ax, y, inp, variants, legend[inp], same, specificity, at_specificity)
         fig.suptitle(_roc_title(y, probs, counts, same), fontsize=10.5)
-        _save(fig, path)
+        _save(fig, path, whole=True)
 
 
 # --- 3. calibration -------------------------------------------------------------------------------

@@ -67,18 +67,21 @@ def text_cache(text_input: str, shuffled: bool = False) -> Path:
 @dataclass(frozen=True)
 class Run:
     """One trained model: a variant, trained with one seed on one text input (none for the
-    image model, which reads no report). Its files are named by its path, e.g.
-    fusion/findings+impression/seed-0 and image/seed-0: models/<path>/, metrics/test/<path>.json."""
+    image model, which reads no report; no seed for an arm trained once, the TF-IDF baseline).
+    Its files are named by its path, e.g. fusion/findings+impression/seed-0, image/seed-0 and
+    tfidf/indication: models/<path>/, metrics/test/<path>.json."""
     variant: str
-    seed: int
+    seed: int | None
     text_input: str | None = None
     candidate: int | None = None  # a candidate of tune.candidates, trained by stage tune_<arm>
 
     @classmethod
     def of(cls, variant: str, seed: int, text_input: str | None) -> "Run":
         """The run of `variant` and `seed` on `text_input`: the image model's, which reads no
-        report, whatever the input."""
-        return cls(variant, seed, text_input if params.VARIANTS[variant].reads_report else None)
+        report, whatever the input; an arm trained once, whatever the seed."""
+        row = params.VARIANTS[variant]
+        return cls(variant, None if row.trained_once else seed,
+                   text_input if row.reads_report else None)
 
     @property
     def record(self) -> dict:
@@ -93,23 +96,27 @@ class Run:
 
     @property
     def path(self) -> str:
-        """fusion/findings+impression/seed-0; a candidate's: tuning/image/candidate-1."""
+        """fusion/findings+impression/seed-0; a candidate's: tuning/image/candidate-1; an arm
+        trained once: tfidf/indication."""
         if self.candidate is not None:
             return f"{TUNING}/{self.arm}/candidate-{self.candidate}"
-        return f"{self.arm}/seed-{self.seed}"
+        return self.arm if self.seed is None else f"{self.arm}/seed-{self.seed}"
 
     @property
     def key(self) -> str:
         """Its key in DVC's stage name, train_<variant>@<key>: findings+impression-0 (in
-        train_fusion@findings+impression-0), 0 (in train_image@0)."""
+        train_fusion@findings+impression-0), 0 (in train_image@0), indication (in
+        train_tfidf@indication)."""
         return "-".join(str(k) for k in (self.text_input, self.seed) if k is not None)
 
     @property
     def stage(self) -> str:
         """The DVC stage that trains it: train_fusion@indication-0 (for fusion's and its
-        placebo's run: the placebo is trained with fusion), train_image@0."""
-        arm = params.VARIANTS[self.variant].trained_with or self.variant
-        if self.candidate is not None:
+        placebo's run: the placebo is trained with fusion), train_image@0; a candidate's,
+        tune_<arm>, but an arm trained once tries its candidates in its train stage."""
+        row = params.VARIANTS[self.variant]
+        arm = row.trained_with or self.variant
+        if self.candidate is not None and not row.trained_once:  # tuned in its train stage
             return f"tune_{arm}" + (f"@{self.text_input}" if self.text_input else "")
         return f"train_{arm}@{self.key}"
 
@@ -159,25 +166,41 @@ class Run:
 
 def runs(p: Params, variants=params.VARIANTS) -> list[Run]:
     """Every model the parameters ask for: the image model once per seed, fusion and text once
-    per text input and seed (ordered variant, input, seed)."""
+    per text input and seed, the TF-IDF baseline once per text input (ordered variant, input,
+    seed)."""
     t = p.train.seeds
     return list(dict.fromkeys(Run.of(v, s, i) for v in variants for i in p.text.inputs
                               for s in t))  # the image model once, not once per input
 
 
+def runs_of(variant: str, text_input: str | None, seeds) -> list[Run]:
+    """The runs of one model on one text input: one per seed, or the one of an arm trained
+    once."""
+    return list(dict.fromkeys(Run.of(variant, s, text_input) for s in seeds))
+
+
 def run_of(argv: list[str], p: Params) -> Run:
-    """The run a stage's arguments name: `<variant> <seed> [<text input>]`, checked against
-    the parameters (a seed not in train.seeds, or a text input not in text.inputs, would train
-    a model no comparison reads)."""
+    """The run a stage's arguments name: `<variant> <seed> [<text input>]`, or `<variant>
+    <text input>` for an arm trained once, checked against the parameters (a seed not in
+    train.seeds, or a text input not in text.inputs, would train a model no comparison reads)."""
     names = params.VARIANTS
     blind = params.spoken(v for v, d in names.items() if not d.reads_report)  # image
-    reading = params.spoken(v for v, d in names.items() if d.reads_report)  # fusion, text, ...
-    usage = f"arguments: <{'|'.join(names)}> <seed> [<text input>, for {reading}]"
+    reading = params.spoken(v for v, d in names.items()
+                            if d.reads_report and not d.trained_once)  # fusion, text, ...
+    once = params.spoken(v for v, d in names.items() if d.trained_once)  # tfidf
+    usage = (f"arguments: <{'|'.join(names)}> <seed> [<text input>, for {reading}], or "
+             f"{once} <text input> (trained once, no seed)")
     if len(argv) not in (2, 3):
         raise PipelineError(f"{usage}; got {argv}")
     variant = argv[0]
     if variant not in names:
         raise PipelineError(f"variant={variant!r} is not allowed: use one of {', '.join(names)}")
+    if names[variant].trained_once:
+        if len(argv) != 2:
+            raise PipelineError(f"{usage}; got {argv}")
+        if argv[1] not in p.text.inputs:
+            raise PipelineError(params.unknown_input(argv[1], p))
+        return Run(variant, None, argv[1])
     if not argv[1].isdigit() or int(argv[1]) not in p.train.seeds:
         raise PipelineError(f"seed {argv[1]!r} is not one of train.seeds={p.train.seeds}: "
                             "add it to train.seeds (params.yaml, or `dvc exp run -S "
@@ -197,10 +220,11 @@ def record(p: Params, run: Run) -> dict:
     and the run itself. Code takes a run's own values from the Run; this is their record."""
     recorded = params.as_dict(p)
     if run.text_input:
-        shuffled = params.VARIANTS[run.variant].shuffled
+        row = params.VARIANTS[run.variant]
         recorded["text"] = {**recorded["text"], "input": run.text_input,
                             "fields": params.fields_of(run.text_input),
-                            "vectors": str(text_cache(run.text_input, shuffled))}
+                            "vectors": None if row.trained_once  # it reads the words
+                            else str(text_cache(run.text_input, row.shuffled))}
     recorded["train"] = {**recorded["train"], **params.recipe(p.train, p.image.pretrained),
                          "seed": run.seed}  # the recipe's values where the options were null
     recorded["run"] = run.record

@@ -38,6 +38,9 @@ class Variant:
     colour: str   # its colour in every figure (matplotlib)
     shuffled: bool = False  # reads another study's report (its text input's shuffled cache)
     trained_with: str | None = None  # trained in that arm's stage, after it, in one process
+    # not a network: the TF-IDF regression (cxrfusion/tfidf.py), deterministic, so trained once
+    # a text input, its one run standing for every seed; it reads tfidf.*, not train.* or model.*
+    trained_once: bool = False
 
 
 # the arms, in the order of every table and figure; each is a train_<name> stage in dvc.yaml, or
@@ -46,6 +49,10 @@ VARIANTS = {
     "fusion": Variant(True, True, "fusion", "fusion", "tab:purple"),
     "image": Variant(True, False, "image only", "the image model", "tab:blue"),
     "text": Variant(False, True, "text only", "the text model", "tab:orange"),
+    # the classical baseline: does the frozen encoder read more than the report's words?
+    "tfidf": Variant(False, True, "TF-IDF + logistic regression",
+                     "the TF-IDF baseline", "tab:brown",
+                     trained_once=True),
     # the placebo: fusion fed each study another study's report vector (stage shuffle_reports),
     # so that it has fusion's inputs and capacity but none of the report's content
     "shuffled": Variant(True, True, "placebo (shuffled reports)",
@@ -53,6 +60,7 @@ VARIANTS = {
                         shuffled=True, trained_with="fusion"),
 }
 EXPLAINED = tuple(v for v, d in VARIANTS.items() if d.reads_image)  # Grad-CAM needs an image
+NETWORKS = tuple(v for v, d in VARIANTS.items() if not d.trained_once)  # trained per seed
 SELECTIONS = ("best_val_loss", "last")
 FITS = ("pad", "crop", "stretch")  # image.fit: how cxrfusion/imaging.py makes an X-ray square
 TEXT_FIELDS = ("indication", "comparison", "findings", "impression")
@@ -90,7 +98,8 @@ TUNABLE = (*(f"train.{k}" for k in ("epochs", "lr", "recipe", "optimizer", "weig
            *(f"model.{k}" for k in ("hidden", "dropout", "freeze_backbone", "standardise_text",
                                     "fusion", "shared_dim")),
            *(f"augment.{k}" for k in ("rotation", "translate", "scale", "flip", "brightness",
-                                      "contrast")))
+                                      "contrast")),
+           *(f"tfidf.{k}" for k in ("c", "max_features", "ngrams", "min_df", "lowercase")))
 SUBGROUPS = ("view", "images", "words")  # study_report.subgroups (cxrfusion/subgroups.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -98,9 +107,10 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # --- the comparisons compare.primary and compare.secondary name (cxrfusion/verdicts.py) ------
 
-# first minus second; fusion - shuffled: what the report's content adds beyond the capacity of
-# the branch that reads it
-PAIRS = (("fusion", "image"), ("fusion", "text"), ("text", "image"), ("fusion", "shuffled"))
+# first minus second. fusion - shuffled: what the report's content adds beyond the capacity of
+# the branch that reads it; text - tfidf: whether the frozen encoder reads more than the words
+PAIRS = (("fusion", "image"), ("fusion", "text"), ("text", "image"), ("fusion", "shuffled"),
+         ("text", "tfidf"), ("fusion", "tfidf"))
 PLACEBO = ("fusion", "shuffled")  # the pair compare.placebo tests right after the primary
 
 
@@ -620,18 +630,39 @@ class Augment:
 
 
 @dataclass
+class Tfidf:
+    """The classical baseline for the report (stage `train_tfidf`, cxrfusion/tfidf.py): TF-IDF
+    over the words of the training studies' reports, then a logistic regression (L2). It is
+    deterministic, so it is trained once a text input, and its one run stands for every seed."""
+    c: float = option(1.0, positive_number, "inverse regularisation strength of the logistic "
+                      "regression (scikit-learn's C: smaller holds the weights back harder); "
+                      "tune.candidates may try several", required=False)
+    max_features: int = option(20000, positive_int, "the most frequent terms of the training "
+                               "reports kept", required=False)
+    ngrams: int = option(2, in_range(1, 4, "use 1, 2 or 3", whole=True), "terms of up to this "
+                         "many words: 1 words, 2 words and word pairs", required=False)
+    min_df: int = option(2, positive_int, "a term found in fewer training reports is dropped",
+                         required=False)
+    lowercase: bool = option(True, switch, "read \"Heart\" as \"heart\"", required=False)
+
+
+@dataclass
 class Tune:
     """An equal tuning budget, chosen on validation (stages `tune_image`, `tune_fusion`,
-    `tune_text`): each arm trains every candidate setting at the first seed and keeps the one
-    the validation studies' images rank best, as training scores them; every seed then trains
-    with it, the first seed's run being that candidate's (docs/real-study.md, "Tuning")."""
-    candidates: list = option((), grid, "the settings each arm tries, each a mapping of train.*, "
-                              "model.* and augment.* options to values (e.g. [{train.lr: 0.001}, "
-                              "{train.lr: 0.0003}]): a list, tried by every arm, or a mapping of "
-                              "each arm (fusion, image, text, shuffled) to its own list, the same "
-                              "number each; K candidates cost K - 1 more runs an arm (an arm: a "
-                              "model on a text input; the demo has 7). []: no tuning, every arm "
-                              "trained as declared (the demo: the cost)", required=False)
+    `tune_text`; `train_tfidf` tunes the TF-IDF baseline itself): each arm trains every
+    candidate setting at the first seed and keeps the one the validation studies' images rank
+    best, as training scores them; every seed then trains with it, the first seed's run being
+    that candidate's (docs/real-study.md, "Tuning")."""
+    candidates: list = option((), grid, "the settings each arm tries, each a mapping of options "
+                              "to values: train.*, model.* and augment.* (the networks') and "
+                              "tfidf.* (the TF-IDF baseline's), e.g. [{train.lr: 0.001, tfidf.c: "
+                              "0.1}, {train.lr: 0.0003, tfidf.c: 1}]: a list, tried by every arm, "
+                              "each reading its own options of it, or a mapping of each arm "
+                              "(fusion, image, text, shuffled, tfidf) to its own list, the same "
+                              "number each; K candidates cost K - 1 more runs of each network "
+                              "arm (a model on a text input; the demo has 7; the TF-IDF fits "
+                              "take a second). []: no tuning, every arm trained as declared "
+                              "(the demo: the cost)", required=False)
     criterion: str = option("auroc", one_of(*CRITERIA), "how the validation images rank the "
                             "candidates, at the epoch each kept (train.select): auroc (the "
                             "highest AUROC) | loss (the lowest loss); the test studies never",
@@ -655,7 +686,8 @@ class Evaluate:
 
 
 SECONDARY = ("fusion-image/findings+impression", "fusion-text/findings+impression",
-             "text-image/findings+impression", "fusion-text/indication", "text-image/indication")
+             "text-image/findings+impression", "fusion-text/indication", "text-image/indication",
+             "text-tfidf/findings+impression", "text-tfidf/indication")
 
 
 @dataclass
@@ -669,7 +701,8 @@ class Compare:
     secondary: list = option(SECONDARY, comparisons, "the rest of the declared family, "
                              "tested with the primary by weighted Holm; findings+impression is "
                              "the original's input, which holds the radiologist's conclusion "
-                             "(and so, nearly, the label)")
+                             "(and so, nearly, the label); text-tfidf on each input asks whether "
+                             "the frozen encoder reads more than the report's words")
     placebo: bool = option(True, switch, "test fusion - shuffled (the placebo) on the "
                            "primary's text input right after the primary: it receives the "
                            "primary's alpha once the primary is shown and passes it on to the "
@@ -777,6 +810,7 @@ class Params:
     model: Model = field(default_factory=Model)
     train: Train = field(default_factory=Train)
     augment: Augment = field(default_factory=Augment)
+    tfidf: Tfidf = field(default_factory=Tfidf)
     tune: Tune = field(default_factory=Tune)
     evaluate: Evaluate = field(default_factory=Evaluate)
     compare: Compare = field(default_factory=Compare)
@@ -908,15 +942,25 @@ def _tuning(p: dict) -> None:
                 why = re.sub(r" \(set it in params\.yaml or with .*\)\.$", "", str(err))
                 raise PipelineError(f"tune.candidates: {which} ({spelled(setting)}) is refused: "
                                     f"{why}; change it in tune.candidates.") from None
-            read.append({key: value for key, value in setting.items()
-                         if (row.reads_image or key not in IMAGE_ONLY)
-                         and (row.reads_report or key not in REPORT_ONLY)})
+            read.append({key: value for key, value in setting.items() if reads(row, key)})
             if read[-1] in read[:-1]:
+                own = "tfidf.*" if row.trained_once else "train.*, model.* or augment.*"
                 raise PipelineError(
                     f"tune.candidates: {which} trains {arm} as candidate "
                     f"{read.index(read[-1])} does ({spelled(read[-1])}: the rest of it is "
                     f"not read by {arm}): {arm} would try fewer settings than the other arms. "
-                    "Give each arm its own list, the same number each (a mapping of arm to list).")
+                    f"Set one of {arm}'s own options ({own}) differently in each candidate, or "
+                    "give each arm its own list, the same number each (a mapping of arm to "
+                    "list).")
+
+
+def reads(arm: Variant, option: str) -> bool:
+    """Whether training `arm` reads `option` of a candidate: the TF-IDF baseline reads tfidf.*
+    only, the networks every other tunable option their inputs use."""
+    if arm.trained_once or option.startswith("tfidf."):
+        return arm.trained_once and option.startswith("tfidf.")
+    return ((arm.reads_image or option not in IMAGE_ONLY)
+            and (arm.reads_report or option not in REPORT_ONLY))
 
 
 def candidates(p: dict | Params, arm: str) -> list[dict]:

@@ -4,7 +4,8 @@
         --image a.png --image b.png --findings "The heart is enlarged." --impression "Cardiomegaly."
     python -m cxrfusion.predict --model models/image/seed-1 --csv studies.csv --out predictions.csv
 
-Any trained run can be named: models/<variant>[/<text input>]/seed-<seed>.
+Any trained run can be named: models/<variant>[/<text input>]/seed-<seed>, and the TF-IDF
+baseline, models/tfidf/<text input> (it reads the report's words alone; the placebo is refused).
 
 The study is read exactly as the pipeline read its training and test studies:
   images  `cxrfusion.imaging.load_xray` at the model's image size and fit (what `cache_images`
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrfusion import tfidf
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device
 from cxrfusion.dataset import Split
 from cxrfusion.formats import load_csv, read_text_cache_attrs, text_cache
@@ -57,11 +59,19 @@ DEFAULT_MODEL = "models/fusion/findings+impression/seed-0"  # the defaults' firs
 OUTPUT_COLUMNS = ["uid", "n_images", "probability", "label", "prediction", "threshold"]
 
 
+@dataclass(frozen=True)
+class Words:
+    """The TF-IDF baseline as predict reads it (cxrfusion/tfidf.py): the report, no image."""
+    fitted: dict             # models/tfidf/<input>/tfidf.json
+    uses_image = False
+    uses_text = True
+
+
 @dataclass
 class Predictor:
     """A trained model with everything needed to read new studies as it was trained to."""
-    model: Classifier
-    config: dict                 # models/<run>/model.json
+    model: Classifier | Words
+    config: dict                 # models/<run>/model.json (the TF-IDF baseline: its variant)
     settings: Params             # models/<run>/params.json: the settings it was trained with
     fields: list[str]            # the report fields it reads (none for the image model)
     folder: Path
@@ -101,7 +111,10 @@ def load_predictor(folder, device: str = "auto", threshold: float | None = None)
                             "model instead (models/fusion/<text input>/seed-<seed>).")
     settings, fields = built(record), list(record["text"].get("fields", ()))
     dev = resolve_device(device, "option --device")
-    model, config = load_model(folder, dev)
+    if variant in VARIANTS and VARIANTS[variant].trained_once:
+        model, config = Words(tfidf.load(folder / tfidf.MODEL)), {"variant": variant}
+    else:
+        model, config = load_model(folder, dev)
     value, source = evaluation_threshold(folder, settings, threshold)
     return Predictor(model, config, settings, fields, folder, dev, value, source)
 
@@ -181,6 +194,9 @@ def predict_studies(predictor: Predictor, images: pd.DataFrame,
     """
     model, config = predictor.model, predictor.config
     rows = images.reset_index(drop=True)
+    if isinstance(model, Words):  # one row a study: its report's probability
+        probs = tfidf.probabilities(model.fitted, [texts[u] for u in rows["uid"]])
+        return _called(predictor, rows[["uid"]].assign(probability=probs, n_images=0))
     pixels = (load_images(rows["path"].tolist(), config["image_size"],
                           image_fit(config, predictor.folder))
               if model.uses_image else None)
@@ -195,6 +211,11 @@ def predict_studies(predictor: Predictor, images: pd.DataFrame,
     scored = rows.assign(probability=probs.astype("float64"))
     studies = study_predictions(scored.assign(label=0)).drop(columns="label")
     studies["n_images"] = studies["uid"].map(rows.groupby("uid").size()) if model.uses_image else 0
+    return _called(predictor, studies)
+
+
+def _called(predictor: Predictor, studies: pd.DataFrame) -> pd.DataFrame:
+    """Each study's probability called abnormal or normal at the predictor's threshold."""
     studies["label"] = (studies["probability"] >= predictor.threshold).astype(int)
     studies["prediction"] = np.where(studies["label"] == 1, "abnormal", "normal")
     studies["threshold"] = predictor.threshold

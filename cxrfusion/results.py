@@ -127,8 +127,13 @@ def method(result: dict, p: Params) -> str:
            f"and chooses every run's threshold ({rule}) again on them, so intervals at the "
            "threshold include where it fell." if b["validation_resampled"] else
            f" Thresholds ({rule}) stay as chosen on the validation studies.")
+    once = [VARIANTS[v].noun for v in VARIANTS if VARIANTS[v].trained_once]
     return (f"Test studies: {result['test_studies']}; seeds per model: {result['seeds']} "
-            f"({', '.join(map(str, p.train.seeds))}). Every number is a mean over seeds. "
+            f"({', '.join(map(str, p.train.seeds))})"
+            + (f", but {' and '.join(once)}, deterministic, trained once: its one run stands "
+               "for every seed, so a difference with it varies with the other model's seeds "
+               "alone" if once else "")
+            + ". Every number is a mean over seeds. "
             f"The AUROC differences (Table 1) are tested without resampling: {q['test']}. "
             f"The declared family of {len(q['family'])} comparisons is controlled at "
             f"α = {q['alpha']:g} by weighted Holm, the primary first at "
@@ -208,13 +213,14 @@ def models(result: dict) -> list[str]:
     """Table 2: each model on the test studies, descriptive."""
     names = measures(result)
     lines = ["**Table 2. Each model on the test studies (descriptive).** Cell: mean ± sd over "
-             "seeds [interval]. Sensitivity at a fixed specificity is read off each run's "
-             "test ROC, linear between its points (as the ROC figure draws it; tied scores are "
-             "one diagonal step, what breaking the tie at random gives), so every model is "
-             "compared at the same specificity; the validation threshold is each run's own. "
-             "ECE noise floor: the 95th percentile of the ECE a perfectly calibrated model with "
-             "the same scores would have by chance (labels drawn from its probabilities, 1,000 "
-             "times; mean over seeds): an ECE below it is not evidence of miscalibration.", ""]
+             "seeds [interval]; a model trained once, its one run [interval]. Sensitivity at a "
+             "fixed specificity is read off each run's test ROC, linear between its points (as "
+             "the ROC figure draws it; tied scores are one diagonal step, what breaking the tie "
+             "at random gives), so every model is compared at the same specificity; the "
+             "validation threshold is each run's own. ECE noise floor: the 95th percentile of "
+             "the ECE a perfectly calibrated model with the same scores would have by chance "
+             "(labels drawn from its probabilities, 1,000 times; mean over seeds): an ECE below "
+             "it is not evidence of miscalibration.", ""]
     lines += _header("text input", "model", *names.values(), "ECE noise floor")
     inputs = list(result["models"])
     for i, text_input in enumerate(inputs):
@@ -258,7 +264,7 @@ def table(result: dict, p: Params) -> str:
 def summary(result: dict) -> dict:
     """metrics/summary.json, the headline DVC's experiment table shows: the image model's AUROC
     (it reads no report: once), per text input those of the models that read it, and each
-    declared AUROC difference's (the family's) mean, interval ends and verdict (28 numbers for
+    declared AUROC difference's (the family's) mean, interval ends and verdict (36 numbers for
     the default family). Everything else is in comparison.json."""
     first = next(iter(result["models"].values()))
     reading = [v for v, row in VARIANTS.items() if row.reads_report]  # per text input
@@ -286,14 +292,15 @@ def forest_rows(result: dict, inputs: list[str], seeds: list[int]) -> dict:
     return rows
 
 
-TABLE_3 = "**Table 3."
+TABLE_2 = "**Table 2."
 
 
 def readme_block(table: str) -> str:
-    """What README.md shows of comparison.md: all of it up to Table 3 (the descriptive
-    differences of the other measures), which it names by path."""
-    head, found, _ = table.partition(TABLE_3)
-    return head + ("Table 3 (the paired differences of the other measures, descriptive): "
+    """What README.md shows of comparison.md: all of it up to Table 2 (each model, and then
+    the descriptive differences of the other measures), which it names by path."""
+    head, found, _ = table.partition(TABLE_2)
+    return head + ("Table 2 (each model on the test studies) and Table 3 (the paired "
+                   "differences of the other measures), descriptive: "
                    "[metrics/comparison.md](metrics/comparison.md).\n" if found else "")
 
 

@@ -149,9 +149,10 @@ def _stacked(labels, models: dict, pairs, validation) -> tuple:
         for name in (a, b):
             if name not in blocks:
                 raise ValueError(f"pair ({a!r}, {b!r}): no model {name!r}")
-        if blocks[a][1] != blocks[b][1]:
+        if blocks[a][1] != blocks[b][1] and 1 not in (blocks[a][1], blocks[b][1]):
             raise ValueError(f"pair ({a!r}, {b!r}): {blocks[a][1]} and {blocks[b][1]} seeds; a "
-                             "pair compares seed rows by index, so both need the same seeds")
+                             "pair compares seed rows by index, so both need the same seeds "
+                             "(or one model a single run: an arm trained once)")
     return (y, blocks, np.vstack(rows), np.concatenate(thresholds),
             np.vstack(val_rows) if validation else None, rules)
 
@@ -206,7 +207,8 @@ def over_seeds(labels, models: dict, pairs, n: int, seed: int, groups=None, *,
     `models`: {name: {"probs": (seeds, studies), "thresholds": (seeds,) chosen on validation,
     and with `validation` "val_probs": (seeds, validation studies) and "rule": the rule that
     chose them (choose_threshold)}}; `pairs`: (a, b) names, compared seed row by seed row
-    (per_seed), each pair named "a - b" in the result (params.Comparison's ascii_label);
+    (per_seed; a model of one row, an arm trained once, against each row of the other), each
+    pair named "a - b" in the result (params.Comparison's ascii_label);
     `validation`: None, or {"labels": (validation studies,), "groups": patients or None};
     `specificity`: where sensitivity_at_specificity reads each test ROC.
 
@@ -270,8 +272,8 @@ def _pair_summary(blocks: dict, point: np.ndarray, a: str, b: str, models: dict,
                   pair_rounds: dict, level: float) -> dict:
     """Per metric: a - b seed row by seed row, the difference of the means, and the interval
     of the differences over the rounds."""
-    (fa, seeds), (fb, _) = blocks[a], blocks[b]
-    diffs = point[fa:fa + seeds] - point[fb:fb + seeds]
+    (fa, sa), (fb, sb) = blocks[a], blocks[b]
+    diffs = point[fa:fa + sa] - point[fb:fb + sb]  # an arm trained once: its one row each time
     return {metric: {"per_seed": diffs[:, j].tolist(),
                      "mean": models[a][metric]["mean"] - models[b][metric]["mean"],
                      **_bounds(pair_rounds[metric], level)}
@@ -354,11 +356,14 @@ def seed_mean_difference(labels, probs_a, probs_b, groups=None) -> dict:
     (1997) clustered form over patients; K - 1 degrees of freedom, K studies (patients). The
     training part: the between-seed variance of the per-seed differences over S, with S - 1
     degrees of freedom (none with one seed: an arm trained once has no training part, and the
-    row says so with `seeds` 1). se^2 = v_studies + v_seeds / S; the degrees of freedom are
-    Satterthwaite's (1946) for that sum.
+    row says so with `seeds` 1; against S seeds of another arm its one row is each seed's
+    partner, so the training part is the other arm's alone). se^2 = v_studies + v_seeds / S;
+    the degrees of freedom are Satterthwaite's (1946) for that sum.
     """
     y = np.asarray(labels).astype(int)
     a, b = np.atleast_2d(np.asarray(probs_a, float)), np.atleast_2d(np.asarray(probs_b, float))
+    if a.shape[1:] == b.shape[1:] and 1 in (len(a), len(b)):  # an arm trained once: one row
+        a, b = np.broadcast_arrays(a, b)  # against each of the other's: only its seeds vary
     if a.shape != b.shape or a.shape[1] != len(y):
         raise ValueError(f"seed rows of shapes {a.shape} and {b.shape} for {len(y)} studies: "
                          "the same seeds, one column per test study")

@@ -156,7 +156,8 @@ def failures(studies: pd.DataFrame, scored: dict, explained: pd.DataFrame | None
         rows = [df.set_index("uid")["probability"] for run, (df, _) in scored.items()
                 if run.variant == variant and run.text_input in (text_input, None)]
         table = pd.concat(rows, axis=1)
-        return table.mean(axis=1), table.std(axis=1, ddof=0)
+        sd = table.std(axis=1, ddof=0) if len(rows) > 1 else table.iloc[:, 0] * math.nan
+        return table.mean(axis=1), sd  # an arm trained once: one run, no sd (NaN)
 
     def row(uid, probs) -> dict:
         return {"uid": int(uid), "label": int(test.loc[uid, "label"]),
@@ -182,6 +183,11 @@ def failures(studies: pd.DataFrame, scored: dict, explained: pd.DataFrame | None
     return out
 
 
+def _probability(mean: float, sd: float) -> str:
+    """mean ± sd over a model's seeds; the one run's probability for an arm trained once."""
+    return f"{mean:.2f}" if math.isnan(sd) else f"{mean:.2f} ± {sd:.2f}"
+
+
 def _failure_lines(failed: dict, inputs: list[str]) -> list[str]:
     def table(rows, gap: bool) -> list[str]:
         head = ["study", "label", *params.VARIANTS] + (["gap"] if gap else []) + [
@@ -190,7 +196,7 @@ def _failure_lines(failed: dict, inputs: list[str]) -> list[str]:
         for r in rows:
             probs = r["probability"]
             cells = [str(r["uid"]), "abnormal" if r["label"] else "normal",
-                     *(f"{probs[v][0]:.2f} ± {probs[v][1]:.2f}" for v in params.VARIANTS)]
+                     *(_probability(*probs[v]) for v in params.VARIANTS)]
             cells += [f"{r['gap']:.2f}"] if gap else []
             cells += [r["words"][i].replace("|", "/") for i in inputs]
             cells.append(f"![](explain/{r['gradcam']})" if r["gradcam"] else "—")
@@ -198,14 +204,14 @@ def _failure_lines(failed: dict, inputs: list[str]) -> list[str]:
         return lines
 
     lines = ["## Failure analysis", "",
-             "Test studies. Probability of abnormal: mean ± SD over seeds. Grad-CAM: the "
-             "explained run's heatmap (`explain.*`), where it drew the study. On real data "
-             "these rows quote patients' reports: a derivative of the dataset, under its "
-             "licence, not for publication as is.", ""]
+             "Test studies. Probability of abnormal: mean ± SD over seeds (a model trained "
+             "once: its one run's). Grad-CAM: the explained run's heatmap (`explain.*`), where "
+             "it drew the study. On real data these rows quote patients' reports: a derivative "
+             "of the dataset, under its licence, not for publication as is.", ""]
     for (text_input, other), rows in failed["disagreements"].items():
-        lines += [f"**Fusion against the {other} model, text input {text_input}**: the "
-                  f"{len(rows)} test studies where their seed-mean probabilities differ most "
-                  "(gap).", "", *table(rows, gap=True), ""]
+        lines += [f"**Fusion against {params.VARIANTS[other].noun}, text input "
+                  f"{text_input}**: the {len(rows)} test studies where their seed-mean "
+                  "probabilities differ most (gap).", "", *table(rows, gap=True), ""]
     always = failed["always_wrong"]
     lines.append(f"**Wrong for every run** of every model, each at its own validation "
                  f"threshold: {len(always)} studies" + (" (probabilities: the first text "
@@ -378,11 +384,12 @@ def _plan_lines(p: Params, flowed: dict) -> list[str]:
 
 
 def _training_lines(p: Params) -> list[str]:
-    """The one training recipe every arm is trained with, as resolved, and the placebo's."""
-    t, r = p.train, params.recipe(p.train, p.image.pretrained)
+    """The one training recipe every network arm is trained with, as resolved, the placebo's
+    and the TF-IDF baseline's settings."""
+    t, r, f = p.train, params.recipe(p.train, p.image.pretrained), p.tfidf
     cnn = r["lr_backbone"] if r["lr_backbone"] is not None else t.lr
     return ["## Training", "",
-            f"Every arm is trained with the same recipe, `train.recipe` = {t.recipe} (the "
+            f"Every network arm is trained with the same recipe, `train.recipe` = {t.recipe} (the "
             "options left null take its values; docs/options.md): optimizer "
             f"{r['optimizer']}, weight decay {r['weight_decay']:g}, learning rate {t.lr:g} "
             f"(the CNN's {cnn:g}), schedule {r['schedule']} after {r['warmup_epochs']} warmup "
@@ -391,7 +398,12 @@ def _training_lines(p: Params) -> list[str]:
             "tuning grid's choice on top (Tuning, below). The "
             f"placebo (`{PLACEBO[1]}`) is fusion fed each study another study's report vector "
             f"of the same split (`placebo.seed` = {p.placebo.seed}): fusion's inputs and "
-            "capacity without the report's content."]
+            "capacity without the report's content. The TF-IDF baseline is fitted once a text "
+            "input on the training studies' reports, one a study (`tfidf.*`: terms of up to "
+            f"{f.ngrams} words found in {f.min_df} reports or more, the {f.max_features:,} most "
+            f"frequent, {'lowercased' if f.lowercase else 'cased'}; an L2 logistic regression "
+            f"with C = {f.c:g}), deterministic, so not once a seed; a tuning grid's choice on "
+            "top."]
 
 
 def _tuning_lines(p: Params, tuned: dict) -> list[str]:
@@ -404,20 +416,23 @@ def _tuning_lines(p: Params, tuned: dict) -> list[str]:
                         "trained with the settings above, none chosen on validation."]
     best = {"auroc": "highest validation AUROC", "loss": "lowest validation loss"}
     seed, criterion = (next(iter(tuned.values()))[k] for k in ("seed", "criterion"))
-    lines += [f"Every arm trained {count} candidate settings at seed {seed} (the same number "
-              f"for each arm, the placebo's included) and kept the one with the "
-              f"{best[criterion]} (`tune.criterion` = {criterion}) at the epoch it kept, "
-              "scored on the validation images only; every seed then trained with the setting "
-              "chosen, the first seed's run being the chosen candidate's."
-              f" Cost: {count} x {len(tuned)} arms = {count * len(tuned)} "
-              f"candidate runs, {(count - 1) * len(tuned)} more than without a grid.", "",
+    networks = [arm for arm in tuned if arm.split("/")[0] in params.NETWORKS]
+    lines += [f"Every arm trained {count} candidate settings (the same number for each arm, "
+              f"the placebo's and the TF-IDF baseline's included), the networks at seed {seed},"
+              f" and kept the one with the {best[criterion]} (`tune.criterion` = {criterion}),"
+              " a network's at the epoch it kept, scored on the validation images only; every "
+              "seed then trained with the setting chosen, the first seed's run being the chosen "
+              f"candidate's. Cost: {count} x {len(networks)} network arms = "
+              f"{count * len(networks)} candidate runs, {(count - 1) * len(networks)} more "
+              "than without a grid (the TF-IDF fits take seconds).", "",
               "| arm | candidate | setting | epoch kept | validation AUROC | validation loss |",
               "| --- | --- | --- | --- | --- | --- |"]
     for arm, choice in tuned.items():
         for row in choice["candidates"]:
             mark = "**" if row["candidate"] == choice["chosen"] else ""
             lines.append(f"| {arm} | {mark}{row['candidate']}{' (chosen)' if mark else ''}"
-                         f"{mark} | `{params.spelled(row['setting'])}` | {row['epoch']} | "
+                         f"{mark} | `{params.spelled(row['setting'])}` | "
+                         f"{'—' if row['epoch'] is None else row['epoch']} | "
                          f"{row['val_auroc']:.3f} | {row['val_loss']:.4f} |")
     return lines
 

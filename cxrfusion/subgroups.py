@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cxrfusion.common import PipelineError
-from cxrfusion.formats import Run
+from cxrfusion.formats import runs_of
 from cxrfusion.params import PAIRS, VARIANTS, Comparison, Params, fields_of
 from cxrfusion.results import cell
 from cxrfusion.statistics import on_subgroups
@@ -79,11 +79,10 @@ def score(studies: pd.DataFrame, scored: dict, p: Params) -> tuple[dict, list[st
                 if "patient" in studies.columns else None)
     c, seeds, out = p.compare, p.train.seeds, {}
     for text_input in p.text.inputs:
-        models = {v: {"probs": np.stack([_aligned(scored[Run.of(v, s, text_input)][0], uids)
-                                         for s in seeds]),
-                      "thresholds": np.array([scored[Run.of(v, s, text_input)][1]
-                                              for s in seeds])}
-                  for v in VARIANTS}
+        runs = {v: runs_of(v, text_input, seeds) for v in VARIANTS}  # an arm trained once: 1
+        models = {v: {"probs": np.stack([_aligned(scored[run][0], uids) for run in mine]),
+                      "thresholds": np.array([scored[run][1] for run in mine])}
+                  for v, mine in runs.items()}
         results = (on_subgroups(labels, models, list(PAIRS), scorable, c.bootstrap,
                                 c.seed, patients, level=1 - c.alpha) if scorable else {})
         out[text_input] = {name: results.get(name) or {"studies": int(m.sum()),

@@ -1,33 +1,36 @@
-"""The classical baseline for the report (issue 38, item 4): TF-IDF over the words of the
-training studies' reports, then a logistic regression. Does the encoder read more than the
-words? For a three-word indication a bag of words may match any encoder.
+"""The classical baseline for the report (stage `train_tfidf`): TF-IDF over the words of the
+training studies' reports, then a logistic regression. Does the frozen encoder read more than
+the words? For a three-word indication a bag of words may match any encoder.
 
-Deterministic (one fit gives one model, whatever the seed) and saved as plain JSON, the
-vocabulary, the IDF weights and the coefficients, never as a pickle (loading a pickle runs
-code). `probabilities` scores new reports from that file alone, and equals scikit-learn's own
-`predict_proba` of the fitted pipeline (tests/test_tfidf.py).
+Deterministic (one fit gives one model, whatever the seed), so the arm is trained once a text
+input (params.VARIANTS' `trained_once`), and saved as plain JSON, the vocabulary, the IDF weights
+and the coefficients, never as a pickle (loading a pickle runs code). `probabilities` scores
+new reports from that file alone, and equals scikit-learn's own `predict_proba` of the fitted
+pipeline (tests/test_tfidf.py).
 
-Not yet an arm of the pipeline: the stage, its tuning entry and its rows in the family follow.
+`train` fits it as the networks are trained, on the same rows: the training studies' reports
+(one a study), each candidate of tune.candidates scored on the validation images as training
+scores a network's (AUROC, cross-entropy) and chosen by tune.criterion; the test studies are
+never read. `scored` gives evaluate each image's probability, its study's.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from cxrfusion.common import PipelineError, atomic_path
+from cxrfusion import choosing, formats, params
+from cxrfusion.common import PipelineError, atomic_path, write_json
+from cxrfusion.formats import Run
+from cxrfusion.params import Params
+from cxrfusion.params import Tfidf as Settings  # c, max_features, ngrams, min_df, lowercase
 
-
-@dataclass(frozen=True)
-class Settings:
-    """How the words are counted and how hard the regression is held back."""
-    c: float = 1.0            # inverse regularisation of the logistic regression (L2)
-    max_features: int = 20000  # the most frequent terms of the training reports kept
-    ngrams: int = 2           # words and word pairs (1: words alone)
-    min_df: int = 2           # a term in fewer training reports is dropped
-    lowercase: bool = True    # a bag of words reads "Heart" as "heart"
+log = logging.getLogger(__name__)
+MODEL = "tfidf.json"  # models/tfidf/<input>/: the fitted model, beside params.json
 
 
 def _vectorizer(s: Settings, vocabulary: dict | None = None):
@@ -87,3 +90,77 @@ def load(path: Path) -> dict:
         raise PipelineError(f"{path}: not a TF-IDF model this code wrote ({err}); train it "
                             "again with `dvc repro`.") from None
     return model
+
+
+# --- the arm: trained on the pipeline's studies, scored by evaluate -----------------------------
+
+def reports(run: Run, p: Params, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """Per split of `names`: the images every arm is fed (dataset.load_splits' rows: uid,
+    filename, view, label, split), each with its study's report in `run`'s text input."""
+    from cxrfusion.dataset import load_splits
+    from cxrfusion.studies import join_text
+
+    fields = params.fields_of(run.text_input)
+    studies, _ = formats.read_prepared(fields)
+    text = pd.Series([join_text(row, fields) for _, row in studies.iterrows()],
+                     index=studies["uid"].to_numpy())
+    splits, _ = load_splits(p, False, None, names)
+    return {name: split.rows.assign(report=text[split.rows["uid"]].to_numpy())
+            for name, split in splits.items()}
+
+
+def _one_per_study(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.drop_duplicates("uid")
+
+
+def validation_scores(model: dict, val: pd.DataFrame) -> dict:
+    """AUROC and cross-entropy over the validation images, as training scores a network's."""
+    from cxrfusion.metrics import auroc
+
+    y = val["label"].to_numpy(np.int64)
+    prob = np.clip(probabilities(model, val["report"].tolist()), 1e-12, 1 - 1e-12)
+    loss = float(-np.mean(y * np.log(prob) + (1 - y) * np.log(1 - prob)))
+    return {"val_auroc": auroc(y, prob), "val_loss": loss}
+
+
+def train(run: Run, p: Params) -> dict:
+    """Fit `run` (tfidf on one text input) on the training studies, each candidate of its
+    tune.candidates first, chosen on the validation images; write models/<run>/ (tfidf.json,
+    params.json) and its choice (metrics/tuning/<arm>/choice.json, as tune writes a network
+    arm's)."""
+    rows = reports(run, p, ("train", "val"))
+    train_studies = _one_per_study(rows["train"])
+    settings = params.candidates(p, run.variant)
+    fitted, scores = [], []
+    for k, setting in enumerate(settings or [{}]):
+        s = params.with_setting(p, setting).tfidf
+        fitted.append(fit(train_studies["report"].tolist(), train_studies["label"], s))
+        scores.append({"candidate": k, "setting": setting, "epoch": None,
+                       **validation_scores(fitted[-1], rows["val"])})
+    choice = choosing.choice(run.arm, None, p.tune.criterion, scores if settings else [])
+    k = choice["chosen"] or 0
+    p = params.with_setting(p, choice["setting"])
+    with atomic_path(run.models) as tmp:
+        tmp.mkdir()
+        save(fitted[k], tmp / MODEL)
+        write_json(tmp / "params.json", formats.record(p, run))
+    write_json(run.choice, choice)
+    log.info("%s: %d training studies, %d terms; validation images AUROC %.4f, loss %.4f%s",
+             run.path, len(train_studies), len(fitted[k]["vocabulary"]),
+             scores[k]["val_auroc"], scores[k]["val_loss"],
+             f" (candidate {k} of {len(settings)} chosen)" if settings else "")
+    return {"model": fitted[k], "choice": choice}
+
+
+def scored(run: Run, p: Params, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """Per split of `names`: each image's uid, filename, label and probability of abnormal,
+    its study's (the model reads the report alone), from models/<run>/tfidf.json."""
+    model = load(run.models / MODEL)
+    out = {}
+    for name, rows in reports(run, p, names).items():
+        studies = _one_per_study(rows)
+        prob = pd.Series(probabilities(model, studies["report"].tolist()),
+                         index=studies["uid"].to_numpy())
+        out[name] = rows[["uid", "filename", "label"]].assign(
+            probability=prob[rows["uid"]].to_numpy().astype("float64"))
+    return out

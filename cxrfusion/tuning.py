@@ -17,13 +17,12 @@ import math
 import os
 import shutil
 
-from cxrfusion import formats, params
+from cxrfusion import choosing, formats, params
 from cxrfusion.common import PipelineError, atomic_path, write_json
 from cxrfusion.formats import Run
 from cxrfusion.params import Params
 
 log = logging.getLogger(__name__)
-NO_GRID = {"seed": None, "criterion": None, "candidates": [], "chosen": None, "setting": {}}
 
 
 def tune(run: Run, p: Params) -> dict:
@@ -50,10 +49,8 @@ def tune(run: Run, p: Params) -> dict:
                                 f"({rows[-1][f'val_{p.tune.criterion}']}): the validation "
                                 "images hold one label only; use tune.criterion: loss, or "
                                 "more validation studies (split.val).")
-    chosen = choose(rows, p.tune.criterion) if rows else None
-    choice = {"arm": run.arm, **NO_GRID} if not rows else {
-        "arm": run.arm, "seed": run.seed, "criterion": p.tune.criterion, "candidates": rows,
-        "chosen": chosen, "setting": rows[chosen]["setting"]}
+    choice = choosing.choice(run.arm, run.seed, p.tune.criterion, rows)
+    chosen = choice["chosen"]
     run.candidates.mkdir(parents=True, exist_ok=True)  # DVC's output, empty without a grid
     write_json(run.choice, choice)
     if rows:
@@ -63,21 +60,13 @@ def tune(run: Run, p: Params) -> dict:
     return choice
 
 
-def choose(rows: list[dict], criterion: str) -> int:
-    """The candidate with the highest validation AUROC, or the lowest validation loss; of
-    equals, the first listed."""
-    if criterion == "auroc":
-        return max(range(len(rows)), key=lambda k: (rows[k]["val_auroc"], -k))
-    return min(range(len(rows)), key=lambda k: (rows[k]["val_loss"], k))
-
-
 def chosen(run: Run, p: Params) -> tuple[Params, dict]:
     """The parameters `run` trains with (the chosen candidate's setting applied) and its arm's
     choice, from metrics/tuning/<arm>/choice.json, written by stage tune_<arm>; with no grid
     declared and no choice written (a stage called outside DVC), `p` as it is."""
     declared = params.candidates(p, run.variant)
     if not declared and not run.choice.exists():  # no grid, no stage tune run (a benchmark)
-        return p, NO_GRID
+        return p, choosing.NO_GRID
     stage = dataclasses.replace(run, candidate=0).stage
     try:
         choice = json.loads(run.choice.read_text())

@@ -106,10 +106,11 @@ def training_record(path: Path):
 
 def training_histories(p: Params) -> tuple[dict, dict]:
     """Per model label and seed: the epochs train recorded (history.json) and the one it kept
-    (model.json); the image model once, with the first text input."""
+    (model.json); the image model once, with the first text input; no arm trained once (it
+    has no epochs)."""
     seeds, inputs = p.train.seeds, p.text.inputs
-    reading = [v for v, d in params.VARIANTS.items() if d.reads_report]
-    blind = [v for v in params.VARIANTS if v not in reading]  # once, with the first input
+    reading = [v for v in params.NETWORKS if params.VARIANTS[v].reads_report]
+    blind = [v for v in params.NETWORKS if v not in reading]  # once, with the first input
     histories, chosen = {}, {}
     for text_input in inputs:
         for v in reading + (blind if text_input == inputs[0] else []):

@@ -33,7 +33,7 @@ import sys
 import pandas as pd
 from tqdm import tqdm
 
-from cxrfusion import formats, params
+from cxrfusion import formats, params, tfidf
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device, write_json
 from cxrfusion.dataset import run_splits
 from cxrfusion.formats import Run
@@ -87,19 +87,29 @@ def operating_point(val: pd.DataFrame, e: dict) -> dict:
             "threshold_rule": rule if isinstance(rule, str) else "fixed"}
 
 
-def evaluate(run: Run, p: Params) -> dict:
+def scored_images(run: Run, p: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validation and test images' probabilities of `run`'s model, read with the settings
+    it was trained with (and, for gated fusion, each test image's report_weight)."""
+    trained = trained_settings(run.models, p)
+    if params.VARIANTS[run.variant].trained_once:  # the TF-IDF baseline reads the words
+        scored = tfidf.scored(run, trained, ("val", "test"))
+        return scored["val"], scored["test"]
     device = resolve_device(p.train.device)
     model, _ = load_model(run.models, device)
-    trained = trained_settings(run.models, p)
     splits = run_splits(trained, run, names=("val", "test"))[0]
     val_images = image_probabilities(model, splits["val"].to(device), p)
-    val = study_predictions(val_images)
-    chosen = operating_point(val, p.evaluate)
     test = splits["test"].to(device)
-    images = image_probabilities(model, test, p)  # the test studies, once
+    images = image_probabilities(model, test, p)
     if model.fusion == "gated" and model.uses_image and model.uses_text:
         images["report_weight"] = report_weights(model, test, p.train.batch_size,
                                                  p.train.amp).astype("float64")
+    return val_images, images
+
+
+def evaluate(run: Run, p: Params) -> dict:
+    val_images, images = scored_images(run, p)  # the test studies, once
+    val = study_predictions(val_images)
+    chosen = operating_point(val, p.evaluate)
     studies = study_predictions(images)
     threshold, specificity = chosen["threshold"], p.evaluate.specificity
     result = {
@@ -139,9 +149,14 @@ def evaluate(run: Run, p: Params) -> dict:
     return result
 
 
+def saved_as(run: Run) -> str:
+    """The file a trained run's folder holds: its weights, or the TF-IDF model."""
+    return tfidf.MODEL if params.VARIANTS[run.variant].trained_once else WEIGHTS
+
+
 def evaluate_all(argv: list[str], p: Params) -> list[dict]:
     runs = [formats.run_of(argv, p)] if argv else formats.runs(p)
-    untrained = [str(run.models) for run in runs if not (run.models / WEIGHTS).exists()]
+    untrained = [str(run.models) for run in runs if not (run.models / saved_as(run)).exists()]
     if untrained:  # before scoring any: a half-scored set of runs compares nothing
         raise PipelineError(f"no trained model in {', '.join(untrained)}: train them with "
                             "`dvc repro` (the train_* stages) first.")

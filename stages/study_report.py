@@ -63,7 +63,7 @@ def write_study_report(p: Params) -> str:
                                    p.text.inputs)
     subgrouped = subgroups.score(studies, scored, p)
     tuned = {run.arm: read_json(run.choice) for run in formats.runs(p)
-             if run.seed == p.train.seeds[0]}
+             if run.seed in (p.train.seeds[0], None)}  # None: an arm trained once
     text = study_report.markdown(p, flowed, table, study_report.balance(table, sizes),
                                  reproduced, failed, subgrouped, tuned)
     with atomic_path(FIGURES) as tmp:

@@ -138,8 +138,9 @@ def evaluated_once(tmp_path_factory, made_once) -> Path:
     """The `cached` folder with every run of TINY's parameters trained for one epoch and
     evaluated: made once a test process (training every run takes seconds), copied by
     `evaluated`."""
+    from cxrfusion import tfidf
     from cxrfusion.formats import runs
-    from cxrfusion.params import built
+    from cxrfusion.params import VARIANTS, built
     from cxrfusion.training import train
     from cxrfusion.tuning import tune
     from stages.evaluate import evaluate
@@ -150,9 +151,12 @@ def evaluated_once(tmp_path_factory, made_once) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         for run in runs(p):
-            if run.seed == p.train.seeds[0]:
-                tune(run, p)  # no grid: the arm's empty choice, as stage tune writes it
-            train(run, p)
+            if VARIANTS[run.variant].trained_once:
+                tfidf.train(run, p)  # stage train_tfidf
+            else:
+                if run.seed == p.train.seeds[0]:
+                    tune(run, p)  # no grid: the arm's empty choice, as stage tune writes it
+                train(run, p)
             evaluate(run, p)
     return folder
 
@@ -171,9 +175,7 @@ def first_run(variant: str, p: Params, seed: int | None = None, text_input: str 
     from cxrfusion.formats import Run
 
     seed = p.train.seeds[0] if seed is None else seed
-    if variant == "image":
-        return Run(variant, seed)
-    return Run(variant, seed, text_input or p.text.inputs[0])
+    return Run.of(variant, seed, text_input or p.text.inputs[0])
 
 
 def splits_of(p: Params, variant: str, names: tuple | None = None):

@@ -222,8 +222,7 @@ def scored_models(p: params_mod.Params, text_input: str) -> tuple[np.ndarray, di
     models, labels, val_labels = {}, None, None
     for variant in params_mod.VARIANTS:  # every arm: compare draws for each
         rows = []
-        for s in p.train.seeds:
-            run = Run(variant, s, None if variant == "image" else text_input)
+        for run in formats.runs_of(variant, text_input, p.train.seeds):  # TF-IDF: one run
             studies = study_predictions(pd.read_csv(run.predictions))
             val = study_predictions(pd.read_csv(run.validation))
             labels, val_labels = studies["label"].to_numpy(), val["label"].to_numpy()

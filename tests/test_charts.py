@@ -40,6 +40,7 @@ def test_other_seeds_and_inputs_draw_exactly_their_runs():
                               "training_text_impression", "training_shuffled_impression"]
     runs = ["fusion/impression/seed-0", "fusion/impression/seed-3", "image/seed-0",
             "image/seed-3", "text/impression/seed-0", "text/impression/seed-3",
+            "tfidf/impression",  # trained once: one run, and no training curves
             "shuffled/impression/seed-0", "shuffled/impression/seed-3"]
     for kind in ("roc", "pr", "confusion"):
         assert list(declared[f"{kind}_impression"]["y"]) == [f"curves/{kind}/{run}.csv"

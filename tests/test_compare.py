@@ -37,7 +37,9 @@ from stages.compare import compare
 N = 80
 METRICS = SEED_METRICS
 PAIRS = {"fusion_minus_image": ("fusion", "image"), "fusion_minus_text": ("fusion", "text"),
-         "text_minus_image": ("text", "image"), "fusion_minus_shuffled": ("fusion", "shuffled")}
+         "text_minus_image": ("text", "image"), "fusion_minus_shuffled": ("fusion", "shuffled"),
+         "text_minus_tfidf": ("text", "tfidf"), "fusion_minus_tfidf": ("fusion", "tfidf")}
+ONCE = "tfidf"  # the arm trained once: one run, no seed
 OUTPUTS = ("metrics/comparison.json", "metrics/summary.json", "metrics/comparison.md",
            "metrics/figures")
 INFERENCE = {"p", "p_adjusted", "p_equivalence", "p_equivalence_adjusted",
@@ -75,7 +77,12 @@ def _project(p: params_mod.Params, n: int = N, images_per_study=1, patients=None
 
 
 def _run(variant: str, seed: int, text_input: str) -> Run:
-    return Run(variant, seed, None if variant == "image" else text_input)
+    return Run.of(variant, seed, text_input)
+
+
+def _seed_value(m: dict, key: str) -> float:
+    """A model's value at seed `key`: an arm trained once has one run, standing for each."""
+    return m.get(key, m["mean"])
 
 
 def _study_probs(run: Run) -> pd.Series:
@@ -124,14 +131,15 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
 
     for text_input in inputs:
         models = written["models"][text_input]
-        assert set(models) == {"fusion", "image", "text", "shuffled"}
+        assert set(models) == {"fusion", "image", "text", "tfidf", "shuffled"}
         for variant, m in models.items():
+            mine = {f"seed-{s}": s for s in seeds} if variant != ONCE else {}
             assert set(m) == set(METRICS) | {"ece_floor"}
-            assert set(m["ece_floor"]) == {"mean"} | per_seed
+            assert set(m["ece_floor"]) == {"mean"} | set(mine)
             for metric in METRICS:
-                assert set(m[metric]) == {"mean", "sd", "low", "high"} | per_seed, metric
+                assert set(m[metric]) == {"mean", "sd", "low", "high"} | set(mine), metric
             direct = {metric: [] for metric in METRICS}
-            for s in seeds:
+            for s in (seeds if mine else seeds[:1]):
                 run = _run(variant, s, text_input)
                 probs = _study_probs(run)
                 assert probs.index.tolist() == uids.tolist()
@@ -140,10 +148,14 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
                     direct[metric].append(v)
             for metric, values in direct.items():
                 where = (text_input, variant, metric)
-                for s, v in zip(seeds, values):
-                    assert m[metric][f"seed-{s}"] == pytest.approx(v, abs=1e-12), where
+                for key, v in zip(mine, values):
+                    assert m[metric][key] == pytest.approx(v, abs=1e-12), where
                 assert m[metric]["mean"] == pytest.approx(np.mean(values), abs=1e-12), where
-                assert m[metric]["sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-12), where
+                if mine:
+                    assert m[metric]["sd"] == pytest.approx(np.std(values, ddof=1),
+                                                            abs=1e-12), where
+                else:  # one run: no spread
+                    assert m[metric]["sd"] is None, where
                 assert 0 <= m[metric]["low"] <= m[metric]["high"] <= 1, where
 
         differences = written["differences"][text_input]
@@ -158,12 +170,12 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
                 assert set(d[metric]) == {"mean", "low", "high"} | per_seed | extra, metric
                 ma, mb = models[a][metric], models[b][metric]
                 assert d[metric]["mean"] == pytest.approx(ma["mean"] - mb["mean"], abs=1e-12)
-                for s in seeds:
+                for s in seeds:  # the TF-IDF baseline's one run against each seed's
                     assert d[metric][f"seed-{s}"] == pytest.approx(
-                        ma[f"seed-{s}"] - mb[f"seed-{s}"], abs=1e-12)
+                        _seed_value(ma, f"seed-{s}") - _seed_value(mb, f"seed-{s}"), abs=1e-12)
                 assert d[metric]["low"] <= d[metric]["high"]
-            pa = np.stack([_study_probs(_run(a, s, text_input)) for s in seeds])
-            pb = np.stack([_study_probs(_run(b, s, text_input)) for s in seeds])
+            pa, pb = np.broadcast_arrays(*(np.stack([_study_probs(_run(v, s, text_input))
+                                                     for s in seeds]) for v in (a, b)))
             ensemble = delong(labels, pa.mean(0), pb.mean(0))
             assert set(d["delong"]) == {"ensemble"} | per_seed
             assert d["delong"]["ensemble"] == pytest.approx(
@@ -205,16 +217,18 @@ def test_the_summary_is_the_headline_of_the_comparison(workdir, small, no_figure
     for text_input in small.text.inputs:
         mine = summary[text_input]
         assert mine["auroc"] == {v: result["models"][text_input][v]["auroc"]["mean"]
-                                 for v in ("fusion", "text", "shuffled")}
+                                 for v in ("fusion", "text", "tfidf", "shuffled")}
         declared = [c for c in params_mod.Comparison.of_input(text_input) if c.name in family]
         assert set(mine) == {"auroc", *(c.summary_key for c in declared)}  # the family's only
         for c in declared:
             d = result["differences"][text_input][c.key]["auroc"]
             assert mine[c.summary_key] == {k: d[k] for k in ("mean", "low", "high", "verdict")}
-        numbers += 3 + 3 * len(declared)
+        numbers += 4 + 3 * len(declared)
     assert "fusion-shuffled" in summary["indication"]              # the placebo: declared
     assert "fusion-shuffled" not in summary["findings+impression"]  # exploratory there
-    assert numbers == 28 <= 30  # what `dvc exp show` and `dvc metrics diff` list
+    assert all("text-tfidf" in summary[i] for i in small.text.inputs)  # declared on each
+    assert "fusion-tfidf" not in summary["indication"]                # exploratory
+    assert numbers == 36  # what `dvc exp show` and `dvc metrics diff` list
 
 
 def _auroc_rows(result: dict) -> dict:
@@ -281,7 +295,7 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
     placebo = "fusion-shuffled/" + params_mod.Comparison.parse(c.primary).text_input
     family = [c.primary, placebo, *c.secondary]
     weights = {name: c.primary_share if name == c.primary else 0.0 if name == placebo else
-               (1 - c.primary_share) / 5 for name in family}
+               (1 - c.primary_share) / len(c.secondary) for name in family}
     levels = {**weights, placebo: c.primary_share}  # the placebo's: the primary's, passed on
     q = result["question"]
     assert q["family"] == family and q["alpha"] == alpha and q["placebo"] == placebo
@@ -298,8 +312,8 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
     for name, d in rows.items():
         pair = params_mod.Comparison.parse(name)
         seeds = small.train.seeds
-        a, b = (np.stack([probs[Run.of(v, s, pair.text_input)] for s in seeds])
-                for v in (pair.a, pair.b))
+        a, b = np.broadcast_arrays(*(np.stack([probs[Run.of(v, s, pair.text_input)]
+                                               for s in seeds]) for v in (pair.a, pair.b)))
         hand = _by_hand(labels, a, b)
         assert d["se"] == pytest.approx(hand["se"], rel=1e-9)
         assert d["df"] == pytest.approx(hand["df"], rel=1e-9)
@@ -377,6 +391,7 @@ def test_compare_scores_studies_not_images(workdir, small, no_figures):
 NUMBER = r"([+-]?\d+\.\d{3})"
 MODEL_CELL = re.compile(rf"^{NUMBER} ± {NUMBER} \[{NUMBER}, {NUMBER}\]$")
 DIFF_CELL = re.compile(rf"^{NUMBER} \[{NUMBER}, {NUMBER}\]$")
+ONCE_CELL = DIFF_CELL  # a model trained once: its one run [interval], no sd
 
 
 def _tables(text: str) -> list[list[list[str]]]:
@@ -412,7 +427,8 @@ def _cell(pattern, cell: str, d: dict, keys) -> None:
 
 
 NAMES = {"fusion − image": "fusion_minus_image", "fusion − text": "fusion_minus_text",
-         "text − image": "text_minus_image", "fusion − shuffled": "fusion_minus_shuffled"}
+         "text − image": "text_minus_image", "fusion − shuffled": "fusion_minus_shuffled",
+         "text − tfidf": "text_minus_tfidf", "fusion − tfidf": "fusion_minus_tfidf"}
 
 
 def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
@@ -431,7 +447,8 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
                                   "adjusted interval", "90% interval", "verdict"]
     # Table 1: the primary, its placebo, the secondary comparisons as declared, then the rest
     declared = [small.compare.primary, "fusion-shuffled/indication", *small.compare.secondary,
-                "fusion-shuffled/findings+impression"]
+                "fusion-shuffled/findings+impression", "fusion-tfidf/findings+impression",
+                "fusion-tfidf/indication"]
     assert [f"{r[1].replace(' − ', '-')}/{r[0]}" for r in inferential[1:]] == declared
     for row in inferential[1:]:
         d = result["differences"][row[0]][NAMES[row[1]]]["auroc"]
@@ -457,13 +474,17 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     assert "Sensitivity at 90% specificity (test ROC)" in header
     rows = models[1:]
     assert [(r[0], r[1]) for r in rows] == [("— (reads no report)", "image only")] + [
-        (i, v) for i in inputs for v in ("text only", "fusion", "placebo (shuffled reports)")]
+        (i, v) for i in inputs for v in ("text only", "TF-IDF + logistic regression", "fusion",
+                                         "placebo (shuffled reports)")]
     variant = {"image only": "image", "text only": "text", "fusion": "fusion",
-               "placebo (shuffled reports)": "shuffled"}
+               "placebo (shuffled reports)": "shuffled", "TF-IDF + logistic regression": "tfidf"}
     for row in rows:
         text_input = inputs[0] if row[1] == "image only" else row[0]
         m = result["models"][text_input][variant[row[1]]]
         for cell, metric in zip(row[2:-1], names):
+            if variant[row[1]] == ONCE:  # trained once: no sd
+                _cell(ONCE_CELL, cell, m[metric], ("mean", "low", "high"))
+                continue
             _cell(MODEL_CELL, cell, m[metric], ("mean", "sd", "low", "high"))
         _close(row[-1], m["ece_floor"]["mean"])
 
@@ -605,7 +626,7 @@ def test_one_seed(workdir, small, no_figures):
         for m in models.values():
             for metric in METRICS:
                 assert not {k for k in m[metric] if k.startswith("seed-")} - {"seed-0"}
-                assert m[metric]["mean"] == m[metric]["seed-0"]
+                assert m[metric]["mean"] == m[metric].get("seed-0", m[metric]["mean"])
     for differences in written["differences"].values():
         for d in differences.values():
             assert set(d["delong"]) == {"ensemble", "seed-0"}
@@ -664,8 +685,10 @@ def test_the_figures_show_the_tables_numbers(workdir, small, monkeypatch):
             m = result["models"][text_input][v]
             assert (c["ece"], c["brier"]) == (m["ece"]["mean"], m["brier"]["mean"])
             assert c["binning"] == "5 equal-mass bins"
+            lines = sorted({b["seed"] for b in c["bins"]})  # one a run: one for TF-IDF
+            assert lines == ([0] if v == ONCE else [0, 1]), v
             per_seed = [sum(b["n"] * abs(b["fraction_abnormal"] - b["mean_probability"])
-                            for b in c["bins"] if b["seed"] == s) / N for s in (0, 1)]
+                            for b in c["bins"] if b["seed"] == s) / N for s in lines]
             assert np.mean(per_seed) == pytest.approx(c["ece"], abs=1e-12)
     args, kwargs = drawn["roc_by_input"]
     spec = small.evaluate.specificity

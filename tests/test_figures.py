@@ -15,7 +15,7 @@ from cxrfusion.params import Comparison
 
 VARIANTS = ("fusion", "image", "text", "shuffled")
 PAIRS = Comparison.of_input(None)  # the forest's rows: fusion − image, ..., fusion − shuffled
-FUSION_IMAGE, FUSION_TEXT, TEXT_IMAGE, FUSION_SHUFFLED = PAIRS
+FUSION_IMAGE, FUSION_TEXT, TEXT_IMAGE, FUSION_SHUFFLED = PAIRS[:4]
 METRICS = ("auroc", "auprc", "f1", "sensitivity_at_specificity")
 N = 80
 
@@ -142,11 +142,12 @@ def test_every_figure_writes_a_png(case, tmp_path):
     figures.training_curves(histories, chosen, tmp_path / "training.png")
     sizes = {p: _check_png(tmp_path / f"{p}.png")
              for p in ("forest", "roc", "reliability", "training")}
-    # one panel per text input: two inputs give wider ROC and reliability figures than one
+    # one panel per text input (its legend under it): two inputs give a figure wider than
+    # high, one a figure higher than wide
     if len(inputs) == 2:
-        assert sizes["roc"][0] > 1.5 * sizes["roc"][1]
+        assert sizes["roc"][0] > 1.2 * sizes["roc"][1]
     else:
-        assert sizes["roc"][0] <= 1.3 * sizes["roc"][1]
+        assert sizes["roc"][0] < 0.9 * sizes["roc"][1]
 
 
 def test_the_same_inputs_give_the_same_bytes(tmp_path):

@@ -32,8 +32,8 @@ def no_arguments(args: list[str], p: params.Params) -> None:
     assert args == [], "the stage reads no arguments"
 
 
-def one_text_input(args: list[str], p: params.Params) -> None:  # stages/embed_text.py's first check
-    assert len(args) == 1, "embed_text takes one text input"
+def one_text_input(args: list[str], p: params.Params) -> None:  # embed_text's first check
+    assert len(args) == 1, "the stage takes one text input"
     assert args[0] in p.text.inputs, params.unknown_input(args[0], p)
 
 
@@ -52,7 +52,7 @@ STAGES = {"download": no_arguments, "prepare": no_arguments, "demo_encoder": no_
           "cache_images": no_arguments, "compare": no_arguments, "explain": no_arguments,
           "study_report": no_arguments,
           "embed_text": one_text_input, "shuffle_reports": one_text_input, "train": a_run,
-          "tune": a_run,
+          "tune": a_run, "train_tfidf": one_text_input,
           "evaluate": every_run_or_one}
 
 

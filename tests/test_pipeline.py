@@ -36,8 +36,8 @@ from cxrfusion import params as params_mod
 from cxrfusion.formats import Run
 
 pytestmark = pytest.mark.pipeline
-VARIANTS = ("fusion", "image", "text", "shuffled")
-PAIRS = ("fusion_minus_image", "fusion_minus_text", "text_minus_image", "fusion_minus_shuffled")
+VARIANTS = params_mod.VARIANTS
+PAIRS = tuple(params_mod.Comparison(a, b).key for a, b in params_mod.PAIRS)
 FIGURES = ["forest.png", "reliability.png", "roc.png", "training_curves.png"]
 SEED_METRICS = ("auroc", "auprc", "sensitivity_at_specificity", "sensitivity", "specificity",
                 "f1", "brier", "ece")  # each with an interval
@@ -55,12 +55,13 @@ def runs(p: dict) -> list[Run]:
 def stage_names(p: dict) -> list[str]:
     """Every stage dvc.yaml expands to with these parameters, in pipeline order."""
     every = runs(p)
-    return (["download", "prepare", "demo_encoder"]
-            + [f"embed_text@{i}" for i in p["text"]["inputs"]]
-            + [f"shuffle_reports@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
-            + list(dict.fromkeys(replace(r, candidate=0).stage for r in every))  # tune_<arm>
-            + list(dict.fromkeys(r.stage for r in every))
-            + ["evaluate", "compare", "explain", "study_report"])
+    return list(dict.fromkeys(  # an arm trained once tunes in its train stage: named once
+        ["download", "prepare", "demo_encoder"]
+        + [f"embed_text@{i}" for i in p["text"]["inputs"]]
+        + [f"shuffle_reports@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
+        + [replace(r, candidate=0).stage for r in every]  # tune_<arm>
+        + [r.stage for r in every]
+        + ["evaluate", "compare", "explain", "study_report"]))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def _check_comparison(repo: Path, params: dict) -> dict:
     assert comparison["bootstrap"] == {"resamples": 240, "seed": 0, "validation_resampled": True,
                                        "level": 0.95}
     assert comparison["question"]["primary"] == "fusion-image/indication"
-    assert len(comparison["question"]["family"]) == 7  # the primary, its placebo, 5 secondaries
+    assert len(comparison["question"]["family"]) == 9  # the primary, its placebo, 7 secondaries
     assert set(comparison["models"]) == set(comparison["differences"]) == set(inputs)
     tests = {run: json.loads((repo / run.test_metrics).read_text()) for run in runs(params)}
     per_seed = [f"seed-{s}" for s in seeds]
@@ -121,17 +122,21 @@ def _check_comparison(repo: Path, params: dict) -> dict:
         assert set(models) == set(VARIANTS)
         for variant, m in models.items():
             assert set(m) == set(SEED_METRICS) | {"ece_floor"}
-            mine = [tests[Run(variant, s, None if variant == "image" else text_input)]
-                    for s in seeds]
+            mine = [tests[Run.of(variant, s, text_input)] for s in seeds]
+            # an arm trained once (the TF-IDF baseline): its one run, no seed, no sd
+            keys = ["mean"] if VARIANTS[variant].trained_once else per_seed
             for metric in SEED_METRICS:
                 s = m[metric]
-                assert set(s) == {"mean", "sd", "low", "high", *per_seed}
-                values = [s[k] for k in per_seed]
+                assert set(s) == {"mean", "sd", "low", "high", *keys}
+                values = [s[k] for k in keys]
                 assert s["mean"] == pytest.approx(np.mean(values))
-                assert s["sd"] == pytest.approx(np.std(values, ddof=1))
+                if VARIANTS[variant].trained_once:
+                    assert s["sd"] is None
+                else:
+                    assert s["sd"] == pytest.approx(np.std(values, ddof=1))
                 assert 0 <= s["low"] <= s["high"] <= 1
             # each seed's numbers are its run's, as evaluate scored it
-            for key, t in zip(per_seed, mine):
+            for key, t in zip(keys, mine):
                 assert m["auroc"][key] == pytest.approx(t["study"]["auroc"], abs=1e-9)
                 assert m["auprc"][key] == pytest.approx(t["study"]["auprc"], abs=1e-9)
                 assert m["f1"][key] == pytest.approx(t["study"]["f1"], abs=1e-9)
@@ -149,8 +154,9 @@ def _check_comparison(repo: Path, params: dict) -> dict:
                 d = diff[metric]
                 assert d["mean"] == pytest.approx(models[a][metric]["mean"]
                                                   - models[b][metric]["mean"])
-                for key in per_seed:
-                    assert d[key] == pytest.approx(models[a][metric][key] - models[b][metric][key])
+                for key in per_seed:  # an arm trained once: its one run against each seed
+                    assert d[key] == pytest.approx(models[a][metric].get(key, models[a][metric][
+                        "mean"]) - models[b][metric].get(key, models[b][metric]["mean"]))
                 assert -1 <= d["low"] <= d["high"] <= 1
             auroc = diff["auroc"]
             assert (auroc["p"] < 0.05) == (auroc["low"] > 0 or auroc["high"] < 0)
@@ -172,13 +178,15 @@ def test_the_demo_run_writes_every_output(demo):
     assert params["train"]["seeds"] == [0, 1]
     assert params["text"]["inputs"] == ["findings+impression", "indication"]
     every = runs(params)
-    assert len(every) == 14  # image x 2 seeds; fusion, text, placebo x 2 inputs x 2 seeds
+    assert len(every) == 16  # image x 2 seeds; fusion, text, placebo x 2 inputs x 2 seeds;
+    # the TF-IDF baseline x 2 inputs
 
     comparison = _check_comparison(repo, params)
     table = (repo / "metrics/comparison.md").read_text()
-    assert table.count("\n| ") >= 1 + 8 + 1 + 7 + 1 + 8  # Table 1, 2 and 3: headers and rows
+    assert table.count("\n| ") >= 1 + 12 + 1 + 9 + 1 + 12  # Table 1, 2 and 3: headers, rows
     for name in params["text"]["inputs"] + ["fusion", "image only", "text only",
-                                            "placebo (shuffled reports)", "AUROC"]:
+                                            "placebo (shuffled reports)",
+                                            "TF-IDF + logistic regression", "AUROC"]:
         assert name in table
 
     figures = repo / "metrics/figures"
@@ -200,6 +208,12 @@ def test_the_demo_run_writes_every_output(demo):
         assert (repo / run.predictions).exists() and (repo / run.validation).exists()
         for curve in ("roc", "pr", "confusion"):
             assert (repo / run.curve(curve)).exists(), (run, curve)
+        if VARIANTS[run.variant].trained_once:  # the TF-IDF baseline: its JSON, no epochs
+            assert sorted(p.name for p in (repo / run.models).iterdir()) == ["params.json",
+                                                                             "tfidf.json"]
+            assert json.loads((repo / run.models / "params.json").read_text())["run"] == (
+                run.record)
+            continue
         assert (repo / run.models / "model.safetensors").exists()
         config = json.loads((repo / run.models / "model.json").read_text())
         assert config["seed"] == run.seed and config["text_input"] == run.text_input
@@ -235,7 +249,8 @@ def test_nothing_changed_nothing_reruns(demo):
 
 
 def test_dvc_metrics_show_the_headline_and_the_rest_by_path(demo):
-    """DVC's table: the headline file only, 30 numbers or fewer; the rest by path."""
+    """DVC's table: the headline file only, 60 numbers or fewer (each arm's AUROC, each
+    declared row); the rest by path."""
     params = _params(demo)
     comparison = json.loads((demo / "metrics/comparison.json").read_text())
     shown = json.loads(_run_stdout(demo, DVC, "metrics", "show", "--json"))
@@ -243,7 +258,7 @@ def test_dvc_metrics_show_the_headline_and_the_rest_by_path(demo):
     assert list(files) == ["metrics/summary.json"]
     summary = files["metrics/summary.json"]["data"]
     numbers = _leaves(summary, (int, float))
-    assert len(numbers) <= 30 and summary["image"]["auroc"] == pytest.approx(
+    assert len(numbers) <= 60 and summary["image"]["auroc"] == pytest.approx(
         comparison["models"]["indication"]["image"]["auroc"]["mean"])
     for text_input in params["text"]["inputs"]:
         d = comparison["differences"][text_input]["fusion_minus_image"]["auroc"]
@@ -271,10 +286,12 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
 
     def named(*prefixes: str) -> set:
         """The stages that start with a prefix; a train stage's parameters are its arm's tune
-        stage's too (train_fusion@: tune_fusion@ as well)."""
+        stage's too (train_fusion@: tune_fusion@ as well). "train_": the networks' (the TF-IDF
+        baseline reads none of their options)."""
         tuned = tuple(p.replace("train_", "tune_").rstrip("@") for p in prefixes
                       if p.startswith("train_"))
-        return {s for s in stages if s.startswith(prefixes + tuned)}
+        return {s for s in stages if s.startswith(prefixes + tuned)
+                and (not s.startswith("train_tfidf@") or "train_tfidf@" in prefixes)}
 
     original = (demo / "params.yaml").read_bytes()
     try:
@@ -295,9 +312,10 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
                                                           "train_text@") | {"explain"}
         # the placebo's permutation: its caches (their runs follow once they are rewritten)
         assert stale_after(placebo__seed=1) == named("shuffle_reports@")
-        # the tuning's criterion: the tune stages alone (with no grid their choice stays the
-        # same bytes, so no run follows)
-        assert stale_after(tune__criterion="loss") == {s for s in stages if s.startswith("tune_")}
+        # the tuning's criterion: the tune stages alone, and the TF-IDF baseline's, which tunes
+        # itself (with no grid their choice stays the same bytes, so no run follows)
+        assert stale_after(tune__criterion="loss") == named("tune_", "train_tfidf@")
+        assert stale_after(tfidf__c=0.5) == named("train_tfidf@")
         assert stale_after(image__size=48) == {"cache_images"} | named("train_fusion@",
                                                                         "train_image@")
         assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@",
@@ -319,7 +337,7 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
         more = {**params, "train": {**params["train"], "seeds": [0, 1, 2]}}
         new = set(stage_names(more)) - set(stages)
         assert new == {r.stage for r in runs(more) if r.seed == 2}
-        assert len(new) == 5  # image; fusion (and its placebo) and text per input
+        assert len(new) == 5  # image; fusion (and its placebo) and text per input; TF-IDF: none
         assert stale_after(train__seeds=[0, 1, 2]) == new | {"evaluate", "compare", "explain"}
         # another text input: prepare keeps its fields, and its embedding and runs are new
         wider = {**params, "text": {**params["text"], "inputs": [
@@ -368,10 +386,12 @@ def test_a_tuning_grid_runs_through_dvc_and_each_first_seed_is_its_choice(demo, 
     report tables the candidates and their cost."""
     repo = _copy(demo, tmp_path / "repo")
     params = _params(repo)
-    params["tune"]["candidates"] = [{"train.lr": 0.01}, {"train.lr": 0.001}]
+    params["tune"]["candidates"] = [{"train.lr": 0.01, "tfidf.c": 0.1},
+                                    {"train.lr": 0.001, "tfidf.c": 10.0}]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     every = runs(params)
-    tuned = {replace(r, candidate=0).stage for r in every}
+    networks = [r for r in every if not VARIANTS[r.variant].trained_once]
+    tuned = {replace(r, candidate=0).stage for r in networks}
     assert {s for s in _status(repo) if s.startswith("tune_")} == tuned
     commands = pipeline_commands(repo)
     remake(repo, [c for name, c in commands.items() if name.startswith(("tune_", "train_"))
@@ -379,18 +399,22 @@ def test_a_tuning_grid_runs_through_dvc_and_each_first_seed_is_its_choice(demo, 
     dvc(repo, "commit", "--force")
     assert _status(repo) == {}
     first = params["train"]["seeds"][0]
-    choices = {r.arm: json.loads((repo / r.choice).read_text()) for r in every if r.seed == first}
-    assert len(choices) == 7  # image; fusion, its placebo and text on each of 2 inputs
+    choices = {r.arm: json.loads((repo / r.choice).read_text()) for r in every
+               if r.seed in (first, None)}
+    assert len(choices) == 9  # image; fusion, its placebo, text and TF-IDF on each of 2 inputs
     for run in every:
         choice = choices[run.arm]
         assert [c["setting"] for c in choice["candidates"]] == params["tune"]["candidates"]
         recorded = json.loads((repo / run.models / "params.json").read_text())
+        if VARIANTS[run.variant].trained_once:  # it reads tfidf.*, not train.*
+            assert recorded["tfidf"]["c"] == choice["setting"]["tfidf.c"], run
+            continue
         assert recorded["train"]["lr"] == choice["setting"]["train.lr"], run
         if run.seed == first:
             chosen = replace(run, candidate=choice["chosen"])
             assert (repo / run.models / "model.safetensors").read_bytes() == (
                 repo / chosen.models / "model.safetensors").read_bytes(), run
-    assert "Cost: 2 x 7 arms = 14 candidate runs, 7 more than without a grid" in (
+    assert "Cost: 2 x 7 network arms = 14 candidate runs, 7 more than without a grid" in (
         repo / "metrics/study_report.md").read_text()
 
 

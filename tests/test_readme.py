@@ -48,7 +48,8 @@ def test_the_counts_readme_states_are_the_outputs():
 
     summary = json.loads((ROOT / "metrics/summary.json").read_text())
     stated = re.search(r"verdict \((\d+) numbers\)", (ROOT / "README.md").read_text())
-    assert stated and int(stated.group(1)) == numbers(summary) <= 30
+    # each arm's AUROC and each declared row: at most 60 (issue 36)
+    assert stated and int(stated.group(1)) == numbers(summary) <= 60
 
 
 def test_readme_states_no_result_by_hand():

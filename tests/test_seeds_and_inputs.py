@@ -34,13 +34,14 @@ def test_runs_are_every_variant_per_seed_and_input(params):
         Run("fusion", 0, FI), Run("fusion", 1, FI), Run("fusion", 0, IND), Run("fusion", 1, IND),
         Run("image", 0), Run("image", 1),  # the image model reads no report: once per seed
         Run("text", 0, FI), Run("text", 1, FI), Run("text", 0, IND), Run("text", 1, IND),
+        Run("tfidf", None, FI), Run("tfidf", None, IND),  # deterministic: once per input
         Run("shuffled", 0, FI), Run("shuffled", 1, FI), Run("shuffled", 0, IND),
         Run("shuffled", 1, IND)]
     assert runs(params, variants=("image",)) == [Run("image", 0), Run("image", 1)]
     params.train.seeds = [3]
     params.text.inputs = [IND]
     assert runs(params) == [Run("fusion", 3, IND), Run("image", 3), Run("text", 3, IND),
-                            Run("shuffled", 3, IND)]
+                            Run("tfidf", None, IND), Run("shuffled", 3, IND)]
 
 
 def test_a_run_names_its_folders_and_stage():
@@ -57,6 +58,12 @@ def test_a_run_names_its_folders_and_stage():
     # train_image@2
     assert fusion.key == "findings+impression-0" and image.key == "2"
     assert fusion.label == "fusion · findings+impression" and image.label == "image"
+    # an arm trained once: one run whatever the seed, named without one
+    once = Run.of("tfidf", 1, IND)
+    assert once == Run.of("tfidf", 0, IND) == Run("tfidf", None, IND)
+    assert once.path == "tfidf/indication" and once.key == IND
+    assert once.stage == "train_tfidf@indication"
+    assert once.models == Path("models/tfidf/indication")
     every = runs(params_mod.built(params_mod.defaults()))
     assert len({r.path for r in every}) == len(every)
 
@@ -65,6 +72,7 @@ def test_run_of_parses_a_stages_arguments(params):
     assert run_of(["fusion", "1", FI], params) == Run("fusion", 1, FI)
     assert run_of(["text", "0", IND], params) == Run("text", 0, IND)
     assert run_of(["image", "1"], params) == Run("image", 1)
+    assert run_of(["tfidf", IND], params) == Run("tfidf", None, IND)  # no seed: trained once
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -78,8 +86,10 @@ def test_run_of_parses_a_stages_arguments(params):
                           r"got \['image', '0', 'indication'\]"),
     (["fusion", "0"], r"fusion, text and shuffled need one; got \['fusion', '0'\]"),
     (["text", "1"], r"fusion, text and shuffled need one"),
-    ([], r"arguments: <fusion\|image\|text\|shuffled> <seed> \[<text input>"),
-    (["fusion"], r"arguments: <fusion\|image\|text\|shuffled> <seed>"),
+    ([], r"arguments: <fusion\|image\|text\|tfidf\|shuffled> <seed> \[<text input>"),
+    (["fusion"], r"arguments: <fusion\|image\|text\|tfidf\|shuffled> <seed>"),
+    (["tfidf", "0", IND], r"or tfidf <text input> \(trained once, no seed\); got"),
+    (["tfidf", "impression"], r"text input 'impression' is not one of text.inputs"),
     (["fusion", "0", FI, "extra"], r"arguments: "),
     (["both", "0"], r"variant='both' is not allowed"),
 ])

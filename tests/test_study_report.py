@@ -16,9 +16,9 @@ import pytest
 from conftest import built_project
 from test_bootstrap_groups import write_runs
 
-from cxrfusion import study_report
+from cxrfusion import study_report, tfidf
 from cxrfusion.formats import IMAGES, IMAGES_COUNTS, PREPARED_COUNTS, STUDIES, runs
-from cxrfusion.params import Params
+from cxrfusion.params import VARIANTS, Params
 from cxrfusion.tuning import tune
 from stages.prepare import split_counts
 from stages.study_report import MARKDOWN, SUBGROUPS, write_study_report
@@ -34,6 +34,8 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
         test = pd.read_csv(STUDIES).query("split == 'test'")
         write_runs(p, test["uid"].to_numpy(), test["label"].to_numpy())
     for run in runs(p):
+        if VARIANTS[run.variant].trained_once:
+            continue  # the TF-IDF baseline records no weights: fitted below
         (folder / run.models).mkdir(parents=True, exist_ok=True)
         (folder / run.models / "model.json").write_text(json.dumps(
             {"backbone": None if run.variant == "text" else "tinynet_e.in1k",
@@ -41,7 +43,9 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     with pytest.MonkeyPatch.context() as mp:  # each arm's choice (no grid: empty)
         mp.chdir(folder)
         for run in runs(p):
-            if run.seed == p.train.seeds[0]:
+            if VARIANTS[run.variant].trained_once:
+                tfidf.train(run, p)  # its model and its choice, as stage train_tfidf
+            elif run.seed == p.train.seeds[0]:
                 tune(run, p)
     return folder, p
 

@@ -394,7 +394,8 @@ def _every_run(params):
     from cxrfusion.formats import runs
 
     every = runs(params)
-    assert len(every) == 2 + 3 * 2 * 2  # image per seed; fusion, text, placebo per input, seed
+    # image per seed; fusion, text, placebo per input and seed; the TF-IDF baseline per input
+    assert len(every) == 2 + 3 * 2 * 2 + 2
     return every
 
 

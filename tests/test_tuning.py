@@ -12,12 +12,13 @@ import yaml
 from conftest import ROOT, first_run, tiny
 
 from cxrfusion import params as described
+from cxrfusion.choosing import choose
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import IMAGES, STUDIES
-from cxrfusion.tuning import choose, chosen, tune
+from cxrfusion.tuning import chosen, tune
 from stages.train import train_tuned
 
-GRID = [{"train.lr": 0.03}, {"train.lr": 0.0003}]
+GRID = [{"train.lr": 0.03, "tfidf.c": 0.1}, {"train.lr": 0.0003, "tfidf.c": 10}]
 
 
 def test_the_demo_declares_no_grid():
@@ -42,6 +43,13 @@ def test_the_demo_declares_no_grid():
      r"candidate 1 of text \(\{train\.warmup_epochs: 9\}\) is refused: parameter "
      r"train\.warmup_epochs=9"),
     ([{}], r"candidate 0 is \{\}"),
+    # a shared list the TF-IDF baseline reads nothing of: it would try one setting twice
+    ([{"train.lr": 0.03}, {"train.lr": 0.0003}],
+     r"candidate 1 trains tfidf as candidate 0 does.*Set one of tfidf's own options "
+     r"\(tfidf\.\*\) differently in each candidate"),
+    ({arm: GRID for arm in described.VARIANTS if arm != "tfidf"}, r"a mapping of each arm "
+                                                                  r"\(.*tfidf.*\)"),
+    ([{"train.lr": 0.03, "tfidf.c": 0}], r"candidate 0 .* parameter tfidf\.c=0 is not allowed"),
 ])
 def test_a_bad_grid_is_refused_before_anything_trains(grid, message):
     with pytest.raises(PipelineError, match=message):
@@ -172,7 +180,36 @@ def test_the_study_report_lists_each_arms_candidates_and_choice(params):
             for k, (s, a) in enumerate(zip(GRID, (0.61, 0.72)))]
     tuned = {arm: {"seed": 0, "criterion": "auroc", "chosen": 1, "candidates": rows}
              for arm in ("image", "fusion/indication")}
+    tuned["tfidf/indication"] = {"seed": None, "criterion": "auroc", "chosen": 0, "candidates": [
+        {**row, "epoch": None} for row in rows]}  # no epochs: a regression
     text = "\n".join(_tuning_lines(params, tuned))
-    assert "Cost: 2 x 2 arms = 4 candidate runs, 2 more than without a grid" in text
-    assert "| image | **1 (chosen)** | `{train.lr: 0.0003}` | 1 | 0.720 | 0.5000 |" in text
-    assert "| fusion/indication | 0 | `{train.lr: 0.03}` | 1 | 0.610 | 0.5000 |" in text
+    # the TF-IDF fits cost seconds: the cost counts the network arms' runs
+    assert "Cost: 2 x 2 network arms = 4 candidate runs, 2 more than without a grid" in text
+    assert ("| image | **1 (chosen)** | `{tfidf.c: 10, train.lr: 0.0003}` | 1 | 0.720 | "
+            "0.5000 |") in text
+    assert ("| fusion/indication | 0 | `{tfidf.c: 0.1, train.lr: 0.03}` | 1 | 0.610 | "
+            "0.5000 |") in text
+    assert ("| tfidf/indication | **0 (chosen)** | `{tfidf.c: 0.1, train.lr: 0.03}` | — | "
+            "0.610 | 0.5000 |") in text
+
+
+def test_the_real_study_command_sets_parameters_params_accepts(tmp_path):
+    """docs/real-study.md's `dvc exp run` line, as DVC applies its -S settings (Hydra's override
+    grammar) to params.yaml, gives parameters that pass every rule, its tuning grid included."""
+    import re
+    import shlex
+    import shutil
+
+    from dvc.utils.hydra import apply_overrides
+
+    block = (ROOT / "docs/real-study.md").read_text().split("```bash\n")[1].split("```")[0]
+    block = block.replace("\\\n", " ")
+    grid = shlex.split(re.search(r"^GRID=(.*)$", block, re.M)[1])[0]
+    command = next(line for line in block.splitlines() if line.startswith("dvc exp run"))
+    words = shlex.split(command.replace("$REV", "0" * 40).replace("$GRID", grid))
+    settings = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
+    assert any(s.startswith("tune.candidates=") for s in settings)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    apply_overrides(tmp_path / "params.yaml", settings)
+    p = described.validate(yaml.safe_load((tmp_path / "params.yaml").read_text()))
+    assert len(described.candidates(p, "tfidf")) == len(described.candidates(p, "image")) == 3
