@@ -214,6 +214,19 @@ def run_of(argv: list[str], p: Params) -> Run:
     return Run(variant, int(argv[1]), text_input)
 
 
+def network_runs(argv: list[str], p: Params) -> list[Run]:
+    """The runs the arguments of stage train or tune name, `<variant>[,<variant>...] <seed>
+    [<text input>]` (several variants: one process trains them in turn), each checked by
+    run_of; an arm trained once is refused: it is no network, its own stage fits it."""
+    variants = argv[0].split(",") if argv else [None]
+    runs = [run_of([variant, *argv[1:]] if variant else argv, p) for variant in variants]
+    once = [run.variant for run in runs if params.VARIANTS[run.variant].trained_once]
+    if once:
+        raise PipelineError(f"{once[0]} is not a network: stage train_{once[0]} fits and tunes "
+                            f"it (`python -m stages.train_{once[0]} <text input>`).")
+    return runs
+
+
 def record(p: Params, run: Run) -> dict:
     """What models/<run>/params.json records: the parameters the run was trained with, its seed
     as train.seed, its text input as text.input and text.fields (a model that reads a report)

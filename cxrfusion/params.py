@@ -98,8 +98,10 @@ TUNABLE = (*(f"train.{k}" for k in ("epochs", "lr", "recipe", "optimizer", "weig
            *(f"model.{k}" for k in ("hidden", "dropout", "freeze_backbone", "standardise_text",
                                     "fusion", "shared_dim")),
            *(f"augment.{k}" for k in ("rotation", "translate", "scale", "flip", "brightness",
-                                      "contrast")),
-           *(f"tfidf.{k}" for k in ("c", "max_features", "ngrams", "min_df", "lowercase")))
+                                      "contrast")))
+# tune.tfidf: the TF-IDF baseline's own candidates (its options only)
+TFIDF_TUNABLE = tuple(f"tfidf.{k}" for k in ("c", "max_features", "ngrams", "min_df",
+                                              "lowercase"))
 SUBGROUPS = ("view", "images", "words")  # study_report.subgroups (cxrfusion/subgroups.py)
 MIN_IMAGE_SIZE = 32  # EfficientNet downsamples by 32: smaller inputs leave no feature map
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -336,29 +338,44 @@ def weights(name, v):
 
 
 def grid(name, v):
-    """tune.candidates: a list of settings (every arm tries them all), or a mapping of every arm
-    to its own list, the same length each; a setting maps options of TUNABLE to values (each
-    checked in `_tuning`, applied to the rest of params.yaml)."""
+    """tune.candidates: a list of settings (every network arm tries them all), or a mapping of
+    every network arm to its own list, the same length each; a setting maps options of TUNABLE
+    to values (each checked in `_tuning`, applied to the rest of params.yaml)."""
     allowed = ("use [] (no tuning), a list of settings such as [{train.lr: 0.001}, {train.lr: "
-               "0.0003}] that every arm tries, or a mapping of each arm (" + ", ".join(VARIANTS)
-               + ") to its list, the same number of settings for every arm")
-    arms = v if isinstance(v, dict) else {arm: v for arm in VARIANTS}
-    if not isinstance(v, (list, tuple, dict)) or set(arms) != set(VARIANTS):
+               "0.0003}] that every network arm tries, or a mapping of each (" +
+               ", ".join(NETWORKS) + ") to its list, the same number of settings for each")
+    arms = v if isinstance(v, dict) else {arm: v for arm in NETWORKS}
+    if not isinstance(v, (list, tuple, dict)) or set(arms) != set(NETWORKS):
         _fail(name, v, allowed)
     if any(not isinstance(grid, (list, tuple)) for grid in arms.values()) or len(
             {len(grid) for grid in arms.values()}) > 1:
         _fail(name, v, allowed + " (an equal budget)")
     for arm, settings in (arms.items() if isinstance(v, dict) else [("", v)]):
-        for k, setting in enumerate(settings):
-            which = f"candidate {k}{f' of {arm}' if arm else ''}"
-            if not isinstance(setting, dict) or not setting:
-                _fail(name, v, f"{which} is {setting!r}: {allowed}")
-            unknown = [key for key in setting if key not in TUNABLE]
-            if unknown:
-                _fail(name, v, f"{which} sets {', '.join(map(str, unknown))}, which a "
-                      "candidate cannot set; it may set " + ", ".join(TUNABLE))
-            if setting in settings[:k]:
-                _fail(name, v, f"{which} repeats an earlier one: each a different setting")
+        _settings(name, v, settings, arm, TUNABLE, allowed)
+
+
+def tfidf_grid(name, v):
+    """tune.tfidf: the TF-IDF baseline's list of settings, each mapping options of
+    TFIDF_TUNABLE to values (as many as each network arm tries: `_tuning`)."""
+    allowed = ("use [] (no tuning) or a list of settings such as [{tfidf.c: 0.1}, {tfidf.c: 1}],"
+               " as many as tune.candidates gives each network arm")
+    if not isinstance(v, (list, tuple)):
+        _fail(name, v, allowed)
+    _settings(name, v, v, "", TFIDF_TUNABLE, allowed)
+
+
+def _settings(name, v, settings, arm: str, keys: tuple, allowed: str) -> None:
+    """Each candidate of one arm's list: a non-empty mapping of `keys`, none repeated."""
+    for k, setting in enumerate(settings):
+        which = f"candidate {k}{f' of {arm}' if arm else ''}"
+        if not isinstance(setting, dict) or not setting:
+            _fail(name, v, f"{which} is {setting!r}: {allowed}")
+        unknown = [key for key in setting if key not in keys]
+        if unknown:
+            _fail(name, v, f"{which} sets {', '.join(map(str, unknown))}, which a "
+                  "candidate here cannot set; it may set " + ", ".join(keys))
+        if setting in settings[:k]:
+            _fail(name, v, f"{which} repeats an earlier one: each a different setting")
 
 
 def option(default, rule, doc: str, required: bool = True):
@@ -636,7 +653,7 @@ class Tfidf:
     deterministic, so it is trained once a text input, and its one run stands for every seed."""
     c: float = option(1.0, positive_number, "inverse regularisation strength of the logistic "
                       "regression (scikit-learn's C: smaller holds the weights back harder); "
-                      "tune.candidates may try several", required=False)
+                      "tune.tfidf may try several", required=False)
     max_features: int = option(20000, positive_int, "the most frequent terms of the training "
                                "reports kept", required=False)
     ngrams: int = option(2, in_range(1, 4, "use 1, 2 or 3", whole=True), "terms of up to this "
@@ -649,20 +666,22 @@ class Tfidf:
 @dataclass
 class Tune:
     """An equal tuning budget, chosen on validation (stages `tune_image`, `tune_fusion`,
-    `tune_text`; `train_tfidf` tunes the TF-IDF baseline itself): each arm trains every
+    `tune_text`; `train_tfidf` the TF-IDF baseline's, tune.tfidf): each arm trains every
     candidate setting at the first seed and keeps the one the validation studies' images rank
     best, as training scores them; every seed then trains with it, the first seed's run being
     that candidate's (docs/real-study.md, "Tuning")."""
-    candidates: list = option((), grid, "the settings each arm tries, each a mapping of options "
-                              "to values: train.*, model.* and augment.* (the networks') and "
-                              "tfidf.* (the TF-IDF baseline's), e.g. [{train.lr: 0.001, tfidf.c: "
-                              "0.1}, {train.lr: 0.0003, tfidf.c: 1}]: a list, tried by every arm, "
-                              "each reading its own options of it, or a mapping of each arm "
-                              "(fusion, image, text, shuffled, tfidf) to its own list, the same "
-                              "number each; K candidates cost K - 1 more runs of each network "
-                              "arm (a model on a text input; the demo has 7; the TF-IDF fits "
-                              "take a second). []: no tuning, every arm trained as declared "
-                              "(the demo: the cost)", required=False)
+    candidates: list = option((), grid, "the settings each network arm tries, each a mapping "
+                              "of train.*, model.* and augment.* options to values (e.g. "
+                              "[{train.lr: 0.001}, {train.lr: 0.0003}]): a list, tried by every "
+                              "network arm, or a mapping of each (fusion, image, text, shuffled) "
+                              "to its own list, the same number each; K candidates cost K - 1 "
+                              "more runs an arm (an arm: a model on a text input; the demo has "
+                              "7). []: no tuning, every arm trained as declared (the demo: the "
+                              "cost)", required=False)
+    tfidf: list = option((), tfidf_grid, "the TF-IDF baseline's own candidates, each a mapping "
+                         "of tfidf.* options to values (e.g. [{tfidf.c: 0.1}, {tfidf.c: 1}]), "
+                         "as many as tune.candidates gives each network arm (an equal budget); "
+                         "fitted in seconds by stage train_tfidf. []: with no grid", required=False)
     criterion: str = option("auroc", one_of(*CRITERIA), "how the validation images rank the "
                             "candidates, at the epoch each kept (train.select): auroc (the "
                             "highest AUROC) | loss (the lowest loss); the test studies never",
@@ -929,43 +948,44 @@ def _family(p: dict) -> None:
 
 
 def _tuning(p: dict) -> None:
-    """Each candidate, applied to the rest of params.yaml, passes every rule: a bad one stops
-    before the first candidate trains, not hours later."""
-    shared = not isinstance(p.get("tune", {}).get("candidates", ()), dict)
+    """Each candidate, applied to the rest of params.yaml, passes every rule, and every arm
+    tries as many settings: a bad grid stops before the first candidate trains, not hours
+    later."""
+    tune = p.get("tune", {})
+    shared = not isinstance(tune.get("candidates", ()), dict)
+    count = len(candidates(p, NETWORKS[0]))
+    if len(tune.get("tfidf", ())) != count:
+        _fail("tune.tfidf", tune.get("tfidf"), f"give the TF-IDF baseline as many candidates as "
+              f"tune.candidates gives each network arm ({count}): an equal budget")
     for arm, row in VARIANTS.items():
         read = []  # what each candidate changes of what the arm reads
         for k, setting in enumerate(candidates(p, arm)):
-            which = f"candidate {k}" if shared else f"candidate {k} of {arm}"
+            where = "tune.tfidf" if row.trained_once else "tune.candidates"
+            which = f"candidate {k}" if shared or row.trained_once else f"candidate {k} of {arm}"
             try:
-                _check({**applied(p, setting), "tune": {"candidates": []}})
+                _check({**applied(p, setting), "tune": {"candidates": [], "tfidf": []}})
             except PipelineError as err:
                 why = re.sub(r" \(set it in params\.yaml or with .*\)\.$", "", str(err))
-                raise PipelineError(f"tune.candidates: {which} ({spelled(setting)}) is refused: "
-                                    f"{why}; change it in tune.candidates.") from None
-            read.append({key: value for key, value in setting.items() if reads(row, key)})
+                raise PipelineError(f"{where}: {which} ({spelled(setting)}) is refused: {why}; "
+                                    f"change it in {where}.") from None
+            read.append({key: value for key, value in setting.items()
+                         if (row.reads_image or key not in IMAGE_ONLY)
+                         and (row.reads_report or key not in REPORT_ONLY)})
             if read[-1] in read[:-1]:
-                own = "tfidf.*" if row.trained_once else "train.*, model.* or augment.*"
                 raise PipelineError(
                     f"tune.candidates: {which} trains {arm} as candidate "
                     f"{read.index(read[-1])} does ({spelled(read[-1])}: the rest of it is "
                     f"not read by {arm}): {arm} would try fewer settings than the other arms. "
-                    f"Set one of {arm}'s own options ({own}) differently in each candidate, or "
-                    "give each arm its own list, the same number each (a mapping of arm to "
+                    "Give each arm its own list, the same number each (a mapping of arm to "
                     "list).")
 
 
-def reads(arm: Variant, option: str) -> bool:
-    """Whether training `arm` reads `option` of a candidate: the TF-IDF baseline reads tfidf.*
-    only, the networks every other tunable option their inputs use."""
-    if arm.trained_once or option.startswith("tfidf."):
-        return arm.trained_once and option.startswith("tfidf.")
-    return ((arm.reads_image or option not in IMAGE_ONLY)
-            and (arm.reads_report or option not in REPORT_ONLY))
-
-
 def candidates(p: dict | Params, arm: str) -> list[dict]:
-    """The settings `arm` tries (tune.candidates): [] when no grid is declared."""
+    """The settings `arm` tries (tune.candidates; the TF-IDF baseline's: tune.tfidf): [] when
+    no grid is declared."""
     tune = p.get("tune", {}) if isinstance(p, dict) else as_dict(p)["tune"]
+    if VARIANTS[arm].trained_once:
+        return list(tune.get("tfidf", ()))
     grid = tune.get("candidates", ())
     return list(grid.get(arm, ()) if isinstance(grid, dict) else grid)
 

@@ -100,8 +100,8 @@ def load_predictor(folder, device: str = "auto", threshold: float | None = None)
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"model folder {folder} not found: train it first (`dvc repro`; "
-                            "its runs are models/<variant>[/<text input>]/seed-<seed>) or name "
-                            "another with --model.")
+                            "its runs are models/<variant>[/<text input>]/seed-<seed>, and "
+                            "models/tfidf/<text input>) or name another with --model.")
     record = saved_settings(folder)
     variant = record.get("run", {}).get("variant")
     if variant in VARIANTS and VARIANTS[variant].shuffled:
@@ -241,7 +241,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="folder of a trained model, models/<variant>[/<text input>]/seed-<seed> "
-                        f"as `dvc repro` writes it (default: {DEFAULT_MODEL})")
+                        "or models/tfidf/<text input> (the TF-IDF baseline), as `dvc repro` "
+                        f"writes it (default: {DEFAULT_MODEL})")
     p.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="an image of the study (PNG, or any format Pillow reads); repeat it for "
                         "each image: the study's probability is the mean over its images "

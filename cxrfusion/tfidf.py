@@ -8,15 +8,19 @@ and the coefficients, never as a pickle (loading a pickle runs code). `probabili
 new reports from that file alone, and equals scikit-learn's own `predict_proba` of the fitted
 pipeline (tests/test_tfidf.py).
 
-`train` fits it as the networks are trained, on the same rows: the training studies' reports
-(one a study), each candidate of tune.candidates scored on the validation images as training
-scores a network's (AUROC, cross-entropy) and chosen by tune.criterion; the test studies are
-never read. `scored` gives evaluate each image's probability, its study's.
+`train` fits it on the rows the networks are trained on: the vocabulary and IDF weights on the
+training studies' reports, one a study (a term's document frequency counts studies), and the
+regression on their images, each a copy of its study's report (a study of k images weighs k
+times, as in the networks' loss); each candidate of tune.tfidf is scored on the validation
+images as training scores a network's (AUROC, cross-entropy) and chosen by tune.criterion; the
+test studies are never read. `scored` gives evaluate each image's probability, its study's.
+Unlike the encoder (text.max_length tokens) it reads every word of the report.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,15 +40,17 @@ MODEL = "tfidf.json"  # models/tfidf/<input>/: the fitted model, beside params.j
 def _vectorizer(s: Settings, vocabulary: dict | None = None):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return TfidfVectorizer(lowercase=s.lowercase, ngram_range=(1, s.ngrams),
-                           max_features=s.max_features, min_df=s.min_df,
+    # whole numbers: scikit-learn reads a float min_df (1.0) as a share of the reports
+    return TfidfVectorizer(lowercase=s.lowercase, ngram_range=(1, int(s.ngrams)),
+                           max_features=int(s.max_features), min_df=int(s.min_df),
                            vocabulary=vocabulary, dtype=np.float64)
 
 
-def fit(reports: list[str], labels, s: Settings = Settings()) -> dict:
-    """The model fitted on the training studies' reports (one a study) and labels (0/1): a
-    plain dict, what `save` writes. Refuses reports whose terms all fall under min_df, and a
-    single label (nothing to learn)."""
+def fit(reports: list[str], labels, s: Settings = Settings(), weights=None) -> dict:
+    """The model fitted on the training studies' reports (one a study) and labels (0/1), each
+    study weighing `weights` in the regression (its images; None: 1 each): a plain dict, what
+    `save` writes. Refuses reports whose terms all fall under min_df, and a single label
+    (nothing to learn)."""
     from sklearn.linear_model import LogisticRegression
 
     labels = np.asarray(labels, dtype=int)
@@ -56,7 +62,7 @@ def fit(reports: list[str], labels, s: Settings = Settings()) -> dict:
     except ValueError as err:  # "empty vocabulary"
         raise PipelineError(f"the training reports leave the TF-IDF model no term ({err}): "
                             "lower its min_df, or use a text input with more words.") from None
-    regression = LogisticRegression(C=s.c, max_iter=1000).fit(x, labels)
+    regression = LogisticRegression(C=s.c, max_iter=1000).fit(x, labels, sample_weight=weights)
     vocabulary = {term: int(i) for term, i in sorted(vectorizer.vocabulary_.items())}
     return {"settings": asdict(s), "vocabulary": vocabulary,
             "idf": vectorizer.idf_.tolist(), "coef": regression.coef_[0].tolist(),
@@ -110,7 +116,9 @@ def reports(run: Run, p: Params, names: tuple[str, ...]) -> dict[str, pd.DataFra
 
 
 def _one_per_study(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows.drop_duplicates("uid")
+    """One row a study, and its images: `images`."""
+    return rows.drop_duplicates("uid").assign(
+        images=rows.groupby("uid").size().reindex(rows["uid"].drop_duplicates()).to_numpy())
 
 
 def validation_scores(model: dict, val: pd.DataFrame) -> dict:
@@ -124,8 +132,8 @@ def validation_scores(model: dict, val: pd.DataFrame) -> dict:
 
 
 def train(run: Run, p: Params) -> dict:
-    """Fit `run` (tfidf on one text input) on the training studies, each candidate of its
-    tune.candidates first, chosen on the validation images; write models/<run>/ (tfidf.json,
+    """Fit `run` (tfidf on one text input) on the training studies, each candidate of
+    tune.tfidf first, chosen on the validation images; write models/<run>/ (tfidf.json,
     params.json) and its choice (metrics/tuning/<arm>/choice.json, as tune writes a network
     arm's)."""
     rows = reports(run, p, ("train", "val"))
@@ -134,9 +142,15 @@ def train(run: Run, p: Params) -> dict:
     fitted, scores = [], []
     for k, setting in enumerate(settings or [{}]):
         s = params.with_setting(p, setting).tfidf
-        fitted.append(fit(train_studies["report"].tolist(), train_studies["label"], s))
+        fitted.append(fit(train_studies["report"].tolist(), train_studies["label"], s,
+                          weights=train_studies["images"].to_numpy(np.float64)))
         scores.append({"candidate": k, "setting": setting, "epoch": None,
                        **validation_scores(fitted[-1], rows["val"])})
+        if settings and not math.isfinite(scores[-1][f"val_{p.tune.criterion}"]):
+            raise PipelineError(f"tune.criterion={p.tune.criterion}: candidate {k} of {run.arm} "
+                                f"has no validation {p.tune.criterion}: the validation images "
+                                "hold one label only; use tune.criterion: loss, or more "
+                                "validation studies (split.val).")
     choice = choosing.choice(run.arm, None, p.tune.criterion, scores if settings else [])
     k = choice["chosen"] or 0
     p = params.with_setting(p, choice["setting"])

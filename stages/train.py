@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from cxrfusion import formats, params, tuning
-from cxrfusion.common import PipelineError, main
+from cxrfusion.common import main
 from cxrfusion.formats import Run
 from cxrfusion.params import Params
 from cxrfusion.training import train
@@ -29,11 +29,7 @@ def train_stage(argv: list[str]) -> list[dict]:
     than a demo run's training, and each run seeds everything itself, so a run trained after
     another is the run trained alone (tests/test_placebo.py)."""
     p = params.load()
-    runs = [formats.run_of([variant, *argv[1:]], p) for variant in argv[0].split(",")]
-    once = [run.variant for run in runs if params.VARIANTS[run.variant].trained_once]
-    if once:
-        raise PipelineError(f"{once[0]} is not a network: stage train_tfidf fits it "
-                            f"(`python -m stages.train_tfidf <text input>`).")
+    runs = formats.network_runs(argv, p)
     return [train_tuned(run, p) for run in runs]
 
 

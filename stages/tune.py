@@ -22,8 +22,7 @@ def tune_stage(argv: list[str]) -> list[dict]:
     """Tune the arms `argv` names (`<variant>[,<variant>...] <seed> [<text input>]`, the seed
     the first of train.seeds) with params.yaml."""
     p = params.load()
-    runs = [formats.run_of([variant, *argv[1:]], p) for variant in argv[0].split(",")]
-    return [tune(run, p) for run in runs]
+    return [tune(run, p) for run in formats.network_runs(argv, p)]
 
 
 if __name__ == "__main__":

@@ -386,8 +386,8 @@ def test_a_tuning_grid_runs_through_dvc_and_each_first_seed_is_its_choice(demo, 
     report tables the candidates and their cost."""
     repo = _copy(demo, tmp_path / "repo")
     params = _params(repo)
-    params["tune"]["candidates"] = [{"train.lr": 0.01, "tfidf.c": 0.1},
-                                    {"train.lr": 0.001, "tfidf.c": 10.0}]
+    params["tune"]["candidates"] = [{"train.lr": 0.01}, {"train.lr": 0.001}]
+    params["tune"]["tfidf"] = [{"tfidf.c": 0.1}, {"tfidf.c": 10.0}]  # the baseline's, as many
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     every = runs(params)
     networks = [r for r in every if not VARIANTS[r.variant].trained_once]
@@ -404,7 +404,8 @@ def test_a_tuning_grid_runs_through_dvc_and_each_first_seed_is_its_choice(demo, 
     assert len(choices) == 9  # image; fusion, its placebo, text and TF-IDF on each of 2 inputs
     for run in every:
         choice = choices[run.arm]
-        assert [c["setting"] for c in choice["candidates"]] == params["tune"]["candidates"]
+        assert [c["setting"] for c in choice["candidates"]] == params["tune"][
+            "tfidf" if VARIANTS[run.variant].trained_once else "candidates"]
         recorded = json.loads((repo / run.models / "params.json").read_text())
         if VARIANTS[run.variant].trained_once:  # it reads tfidf.*, not train.*
             assert recorded["tfidf"]["c"] == choice["setting"]["tfidf.c"], run

@@ -97,6 +97,8 @@ def test_the_arm_is_fitted_on_the_training_studies_and_chosen_on_validation(cach
     of a validation or test report that no training report has), scored on the validation
     images as a hand computation scores them, the best kept; evaluate then gives every image
     of a study its report's probability, and predict serves the saved model the same way."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
     from cxrfusion import formats, tfidf
@@ -105,8 +107,9 @@ def test_the_arm_is_fitted_on_the_training_studies_and_chosen_on_validation(cach
     from cxrfusion.studies import join_text
     from stages.evaluate import evaluate
 
-    params.tune.candidates = [{"train.lr": 0.003, "tfidf.c": 0.01, "tfidf.min_df": 1},
-                              {"train.lr": 0.001, "tfidf.c": 100.0, "tfidf.min_df": 1}]
+    params.tune.candidates = [{"train.lr": 0.003}, {"train.lr": 0.001}]  # the networks'
+    params.tune.tfidf = [{"tfidf.c": 0.01, "tfidf.min_df": 1},
+                         {"tfidf.c": 100.0, "tfidf.min_df": 1}]
     run = Run.of("tfidf", params.train.seeds[1], "findings+impression")
     assert run.path == "tfidf/findings+impression"  # one run, whatever the seed
     studies, images = formats.read_prepared(["findings", "impression"])
@@ -121,19 +124,28 @@ def test_the_arm_is_fitted_on_the_training_studies_and_chosen_on_validation(cach
     val = images.loc[images["split"] == "val"]
     choice = json_of(run.choice)
     assert choice["seed"] is None and [c["setting"] for c in choice["candidates"]] == (
-        params.tune.candidates)
-    for row in choice["candidates"]:  # by hand: refit, score the validation images
-        s = tfidf.Settings(c=row["setting"]["tfidf.c"], min_df=1)
-        fitted = tfidf.fit([text[u] for u in train],
-                           studies.set_index("uid").loc[train, "label"], s)
-        prob = tfidf.probabilities(fitted, [text[u] for u in val["uid"]])
-        assert row["val_auroc"] == pytest.approx(roc_auc_score(val["label"], prob), abs=1e-12)
+        params.tune.tfidf)
+    # by hand, with scikit-learn: the terms and IDF of the training studies (one a study),
+    # the regression on their images (one row an image), the validation images scored
+    train_images = images.loc[images["split"] == "train"]
+    terms = TfidfVectorizer(ngram_range=(1, 2), max_features=20000, min_df=1).fit(
+        [text[u] for u in train])
+    hand = {}
+    for row in choice["candidates"]:
+        regression = LogisticRegression(C=row["setting"]["tfidf.c"], max_iter=1000).fit(
+            terms.transform([text[u] for u in train_images["uid"]]), train_images["label"])
+        hand[row["candidate"]] = regression.predict_proba(
+            terms.transform([text[u] for u in val["uid"]]))[:, 1]
+        assert row["val_auroc"] == pytest.approx(roc_auc_score(val["label"], hand[
+            row["candidate"]]), abs=1e-9)
         assert row["epoch"] is None
     best = max(range(2), key=lambda k: choice["candidates"][k]["val_auroc"])
-    assert choice["chosen"] == best and choice["setting"] == params.tune.candidates[best]
+    assert choice["chosen"] == best and choice["setting"] == params.tune.tfidf[best]
 
     model = tfidf.load(run.models / tfidf.MODEL)
-    assert model["settings"]["c"] == params.tune.candidates[best]["tfidf.c"]
+    assert model["settings"]["c"] == params.tune.tfidf[best]["tfidf.c"]
+    np.testing.assert_allclose(tfidf.probabilities(model, [text[u] for u in val["uid"]]),
+                               hand[best], rtol=0, atol=1e-5)
     words = {w for u in train for w in re.findall(r"(?u)\b\w\w+\b", text[u].lower())}
     assert all(set(term.split()) <= words for term in model["vocabulary"])
     assert "zebrastripes" not in words and not any("zebrastripes" in t for t in model[
@@ -156,12 +168,16 @@ def test_the_arm_is_fitted_on_the_training_studies_and_chosen_on_validation(cach
     assert served["threshold"].iloc[0] == result["threshold"]  # evaluate's, from validation
 
 
-def test_the_train_stage_refuses_the_arm_trained_once(params, monkeypatch):
-    from stages import train
+@pytest.mark.parametrize("stage", ["train", "tune"])
+def test_the_network_stages_refuse_the_arm_trained_once(params, monkeypatch, stage):
+    import importlib
 
     monkeypatch.setattr("cxrfusion.params.load", lambda: params)
-    with pytest.raises(PipelineError, match="tfidf is not a network: stage train_tfidf fits it"):
-        train.train_stage(["tfidf", "indication"])
+    module = importlib.import_module(f"stages.{stage}")
+    run = getattr(module, f"{stage}_stage")
+    with pytest.raises(PipelineError, match="tfidf is not a network: stage train_tfidf fits and "
+                                            "tunes it"):
+        run(["tfidf", "indication"])
 
 
 def json_of(path):

@@ -18,7 +18,8 @@ from cxrfusion.formats import IMAGES, STUDIES
 from cxrfusion.tuning import chosen, tune
 from stages.train import train_tuned
 
-GRID = [{"train.lr": 0.03, "tfidf.c": 0.1}, {"train.lr": 0.0003, "tfidf.c": 10}]
+GRID = [{"train.lr": 0.03}, {"train.lr": 0.0003}]
+WORDS = [{"tfidf.c": 0.1}, {"tfidf.c": 10}]  # the TF-IDF baseline's: as many (tune.tfidf)
 
 
 def test_the_demo_declares_no_grid():
@@ -27,9 +28,9 @@ def test_the_demo_declares_no_grid():
 
 
 @pytest.mark.parametrize("grid, message", [
-    ({"image": GRID}, r"a mapping of each arm"),
-    ({arm: GRID[:1 + (arm == "text")] for arm in described.VARIANTS}, r"an equal budget"),
-    ([{"image.size": 64}], r"candidate 0 sets image\.size, which a candidate cannot set"),
+    ({"image": GRID}, r"a mapping of each \(fusion, image, text, shuffled\)"),
+    ({arm: GRID[:1 + (arm == "text")] for arm in described.NETWORKS}, r"an equal budget"),
+    ([{"image.size": 64}], r"candidate 0 sets image\.size, which a candidate here cannot set"),
     ([{"train.lr": 0.1}, {"train.lr": 0.1}], r"candidate 1 repeats an earlier one"),
     ([{"train.lr": -1}], r"tune\.candidates: candidate 0 \(\{train\.lr: -1\}\) is refused: "
                          r"parameter train\.lr=-1 is not allowed: use a positive number; "
@@ -38,31 +39,52 @@ def test_the_demo_declares_no_grid():
      r"candidate 1 trains text as candidate 0 does \(\{\}: the rest of it is not read by text"),
     ([{"train.batch_size": 1}], r"candidate 0 \(\{train\.batch_size: 1\}\) is refused: "
                                 r"parameter train\.batch_size=1"),
-    ({**{arm: GRID for arm in described.VARIANTS}, "text": [{"train.lr": 1}, {"train.warmup_"
+    ({**{arm: GRID for arm in described.NETWORKS}, "text": [{"train.lr": 1}, {"train.warmup_"
                                                                                "epochs": 9}]},
      r"candidate 1 of text \(\{train\.warmup_epochs: 9\}\) is refused: parameter "
      r"train\.warmup_epochs=9"),
     ([{}], r"candidate 0 is \{\}"),
-    # a shared list the TF-IDF baseline reads nothing of: it would try one setting twice
-    ([{"train.lr": 0.03}, {"train.lr": 0.0003}],
-     r"candidate 1 trains tfidf as candidate 0 does.*Set one of tfidf's own options "
-     r"\(tfidf\.\*\) differently in each candidate"),
-    ({arm: GRID for arm in described.VARIANTS if arm != "tfidf"}, r"a mapping of each arm "
-                                                                  r"\(.*tfidf.*\)"),
-    ([{"train.lr": 0.03, "tfidf.c": 0}], r"candidate 0 .* parameter tfidf\.c=0 is not allowed"),
+    # the networks' grid names the networks only: the TF-IDF baseline has its own list
+    ({**{arm: GRID for arm in described.NETWORKS}, "tfidf": WORDS}, r"a mapping of each "
+                                                                     r"\(fusion, image, text, "
+                                                                     r"shuffled\)"),
+    ([{"train.lr": 0.03, "tfidf.c": 0.1}], r"candidate 0 sets tfidf\.c, which a candidate here "
+                                            r"cannot set"),
 ])
 def test_a_bad_grid_is_refused_before_anything_trains(grid, message):
+    lists = grid.values() if isinstance(grid, dict) else [grid]
+    count = max((len(x) for x in lists if isinstance(x, (list, tuple))), default=0)
+    words = [{"tfidf.c": 10.0 ** k} for k in range(count)]  # the baseline's: as many, valid
     with pytest.raises(PipelineError, match=message):
-        described.validate(tiny({"tune": {"candidates": grid}}))
+        described.validate(tiny({"tune": {"candidates": grid, "tfidf": words}}))
+
+
+@pytest.mark.parametrize("words, message", [
+    ([], r"tune\.tfidf=\[\] is not allowed: give the TF-IDF baseline as many candidates as "
+         r"tune\.candidates gives each network arm \(2\): an equal budget"),
+    (WORDS[:1], r"as many candidates as tune\.candidates gives each network arm \(2\)"),
+    ([{"train.lr": 0.1}, {"tfidf.c": 1}], r"candidate 0 sets train\.lr, which a candidate here "
+                                          r"cannot set; it may set tfidf\.c"),
+    ([{"tfidf.c": 1}, {"tfidf.c": 1}], r"candidate 1 repeats an earlier one"),
+    ([{"tfidf.c": 0}, {"tfidf.c": 1}], r"tune\.tfidf: candidate 0 \(\{tfidf\.c: 0\}\) is "
+                                       r"refused: parameter tfidf\.c=0 is not allowed"),
+])
+def test_the_baselines_list_is_refused_unless_it_is_an_equal_budget(words, message):
+    with pytest.raises(PipelineError, match=message):
+        described.validate(tiny({"tune": {"candidates": GRID, "tfidf": words}}))
+    with pytest.raises(PipelineError, match=r"as many candidates as tune\.candidates gives each "
+                                            r"network arm \(0\)"):
+        described.validate(tiny({"tune": {"tfidf": WORDS}}))  # the baseline alone: unequal
 
 
 def test_a_grid_per_arm_or_shared_gives_each_arm_its_list():
     per_arm = {arm: GRID if arm != "text" else [{"model.hidden": 8}, {"model.hidden": 16}]
-               for arm in described.VARIANTS}
-    p = described.validate(tiny({"tune": {"candidates": per_arm}}))
+               for arm in described.NETWORKS}
+    p = described.validate(tiny({"tune": {"candidates": per_arm, "tfidf": WORDS}}))
     assert described.candidates(p, "text") == [{"model.hidden": 8}, {"model.hidden": 16}]
+    assert described.candidates(p, "tfidf") == WORDS
     assert described.candidates(tiny({"tune": {"candidates": GRID}}), "shuffled") == GRID
-    assert described.candidates(tiny(), "image") == []
+    assert described.candidates(tiny(), "image") == described.candidates(tiny(), "tfidf") == []
 
 
 def test_the_criterion_picks_the_best_on_validation_and_the_first_of_equals():
@@ -181,16 +203,13 @@ def test_the_study_report_lists_each_arms_candidates_and_choice(params):
     tuned = {arm: {"seed": 0, "criterion": "auroc", "chosen": 1, "candidates": rows}
              for arm in ("image", "fusion/indication")}
     tuned["tfidf/indication"] = {"seed": None, "criterion": "auroc", "chosen": 0, "candidates": [
-        {**row, "epoch": None} for row in rows]}  # no epochs: a regression
+        {**row, "setting": w, "epoch": None} for row, w in zip(rows, WORDS)]}  # no epochs
     text = "\n".join(_tuning_lines(params, tuned))
     # the TF-IDF fits cost seconds: the cost counts the network arms' runs
     assert "Cost: 2 x 2 network arms = 4 candidate runs, 2 more than without a grid" in text
-    assert ("| image | **1 (chosen)** | `{tfidf.c: 10, train.lr: 0.0003}` | 1 | 0.720 | "
-            "0.5000 |") in text
-    assert ("| fusion/indication | 0 | `{tfidf.c: 0.1, train.lr: 0.03}` | 1 | 0.610 | "
-            "0.5000 |") in text
-    assert ("| tfidf/indication | **0 (chosen)** | `{tfidf.c: 0.1, train.lr: 0.03}` | — | "
-            "0.610 | 0.5000 |") in text
+    assert "| image | **1 (chosen)** | `{train.lr: 0.0003}` | 1 | 0.720 | 0.5000 |" in text
+    assert "| fusion/indication | 0 | `{train.lr: 0.03}` | 1 | 0.610 | 0.5000 |" in text
+    assert "| tfidf/indication | **0 (chosen)** | `{tfidf.c: 0.1}` | — | 0.610 | 0.5000 |" in text
 
 
 def test_the_real_study_command_sets_parameters_params_accepts(tmp_path):
@@ -204,11 +223,13 @@ def test_the_real_study_command_sets_parameters_params_accepts(tmp_path):
 
     block = (ROOT / "docs/real-study.md").read_text().split("```bash\n")[1].split("```")[0]
     block = block.replace("\\\n", " ")
-    grid = shlex.split(re.search(r"^GRID=(.*)$", block, re.M)[1])[0]
     command = next(line for line in block.splitlines() if line.startswith("dvc exp run"))
-    words = shlex.split(command.replace("$REV", "0" * 40).replace("$GRID", grid))
+    for name in ("GRID", "WORDS"):  # the shell variables the command reads
+        value = shlex.split(re.search(rf"^{name}=(.*)$", block, re.M)[1])[0]
+        command = command.replace(f"${name}", value)
+    words = shlex.split(command.replace("$REV", "0" * 40))
     settings = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
-    assert any(s.startswith("tune.candidates=") for s in settings)
+    assert {s.partition("=")[0] for s in settings} >= {"tune.candidates", "tune.tfidf"}
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     apply_overrides(tmp_path / "params.yaml", settings)
     p = described.validate(yaml.safe_load((tmp_path / "params.yaml").read_text()))
