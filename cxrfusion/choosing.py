@@ -4,6 +4,10 @@ record of what it picked (metrics/tuning/<arm>/choice.json), for the networks (s
 """
 from __future__ import annotations
 
+import math
+
+from cxrfusion.common import PipelineError
+
 NO_GRID = {"seed": None, "criterion": None, "candidates": [], "chosen": None, "setting": {}}
 
 
@@ -13,6 +17,19 @@ def choose(rows: list[dict], criterion: str) -> int:
     if criterion == "auroc":
         return max(range(len(rows)), key=lambda k: (rows[k]["val_auroc"], -k))
     return min(range(len(rows)), key=lambda k: (rows[k]["val_loss"], k))
+
+
+def scored(row: dict, criterion: str, arm: str) -> dict:
+    """`row`, one candidate's validation scores (candidate, val_auroc, val_loss), once the one
+    `criterion` ranks is a number: validation images of one label give no AUROC, and the
+    candidate could not be ranked (checked as each candidate is scored, before the next)."""
+    value = row[f"val_{criterion}"]
+    if not math.isfinite(value):
+        raise PipelineError(f"tune.criterion={criterion}: candidate {row['candidate']} of {arm} "
+                            f"has no validation {criterion} ({value}): the validation images "
+                            "hold one label only; use tune.criterion: loss, or more validation "
+                            "studies (split.val).")
+    return row
 
 
 def choice(arm: str, seed: int | None, criterion: str, rows: list[dict]) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -144,13 +143,9 @@ def train(run: Run, p: Params) -> dict:
         s = params.with_setting(p, setting).tfidf
         fitted.append(fit(train_studies["report"].tolist(), train_studies["label"], s,
                           weights=train_studies["images"].to_numpy(np.float64)))
-        scores.append({"candidate": k, "setting": setting, "epoch": None,
-                       **validation_scores(fitted[-1], rows["val"])})
-        if settings and not math.isfinite(scores[-1][f"val_{p.tune.criterion}"]):
-            raise PipelineError(f"tune.criterion={p.tune.criterion}: candidate {k} of {run.arm} "
-                                f"has no validation {p.tune.criterion}: the validation images "
-                                "hold one label only; use tune.criterion: loss, or more "
-                                "validation studies (split.val).")
+        row = {"candidate": k, "setting": setting, "epoch": None,
+               **validation_scores(fitted[-1], rows["val"])}
+        scores.append(choosing.scored(row, p.tune.criterion, run.arm) if settings else row)
     choice = choosing.choice(run.arm, None, p.tune.criterion, scores if settings else [])
     k = choice["chosen"] or 0
     p = params.with_setting(p, choice["setting"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 
@@ -41,14 +40,9 @@ def tune(run: Run, p: Params) -> dict:
             raise PipelineError(f"tune.candidates: candidate {k} of {run.arm} "
                                 f"({params.spelled(setting)}) failed: {err}") from None
         kept = result["history"][result["chosen"] - 1]["val"]
-        rows.append({"candidate": k, "setting": setting, "epoch": result["chosen"],
-                     "val_auroc": kept["auroc"], "val_loss": kept["loss"]})
-        if not math.isfinite(rows[-1][f"val_{p.tune.criterion}"]):
-            raise PipelineError(f"tune.criterion={p.tune.criterion}: candidate {k} of "
-                                f"{run.arm} has no validation {p.tune.criterion} "
-                                f"({rows[-1][f'val_{p.tune.criterion}']}): the validation "
-                                "images hold one label only; use tune.criterion: loss, or "
-                                "more validation studies (split.val).")
+        rows.append(choosing.scored({"candidate": k, "setting": setting,
+                                     "epoch": result["chosen"], "val_auroc": kept["auroc"],
+                                     "val_loss": kept["loss"]}, p.tune.criterion, run.arm))
     choice = choosing.choice(run.arm, run.seed, p.tune.criterion, rows)
     chosen = choice["chosen"]
     run.candidates.mkdir(parents=True, exist_ok=True)  # DVC's output, empty without a grid

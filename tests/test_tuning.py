@@ -234,3 +234,16 @@ def test_the_real_study_command_sets_parameters_params_accepts(tmp_path):
     apply_overrides(tmp_path / "params.yaml", settings)
     p = described.validate(yaml.safe_load((tmp_path / "params.yaml").read_text()))
     assert len(described.candidates(p, "tfidf")) == len(described.candidates(p, "image")) == 3
+
+
+def test_a_candidate_the_criterion_cannot_rank_is_refused():
+    """Validation images of one label give no AUROC: ranking by it would keep candidate 0 by
+    default (a NaN compares false), so the stage stops as that candidate is scored."""
+    from cxrfusion.choosing import scored
+
+    row = {"candidate": 1, "val_auroc": float("nan"), "val_loss": 0.4}
+    with pytest.raises(PipelineError, match=r"tune\.criterion=auroc: candidate 1 of "
+                                            r"text/indication has no validation auroc \(nan\).*"
+                                            r"use tune\.criterion: loss"):
+        scored(row, "auroc", "text/indication")
+    assert scored(row, "loss", "text/indication") is row
