@@ -17,6 +17,7 @@
 # (findings+impression) and seeds 0 and 1: download, prepare, demo_encoder and cache_images on
 # the CPU, then with train.device and text.device auto (the GPU):
 #   embed_text       on the CPU and on the GPU: the same studies; max |diff| and min cosine
+#   embed_images     the demo's frozen ViT on the CPU and on the GPU (bf16): likewise
 #                    printed (fails unless min cosine > 0.999)
 #   train            fusion seed 0, twice with train.deterministic=false and twice with true:
 #                    each run's device, weights' sha256 and val losses; the two true runs must
@@ -198,6 +199,30 @@ cos = (v1 * v2).sum(1) / np.linalg.norm(v1, axis=1) / np.linalg.norm(v2, axis=1)
 ok = cos.min() > 0.999
 print(f"CHECK embed_text auto vs cpu: {len(u1)} reports, max |diff| {np.abs(v1 - v2).max():.2e}, "
       f"min cosine {cos.min():.6f} (tolerance: > 0.999): {'ok' if ok else 'FAILED'}")
+sys.exit(0 if ok else 1)
+EOF
+  fi
+
+  # the frozen image encoder (the demo's tiny ViT): embed_images on the CPU and on the GPU (bf16)
+  step demo_image_encoder "$PYTHON" -m stages.demo_image_encoder
+  set_param frozen_image.device cpu
+  step "embed_images demo_vit (cpu)" "$PYTHON" -m stages.embed_images demo_vit &&
+    mv features/images/demo_vit.h5 frozen_cpu.h5
+  set_param frozen_image.device auto
+  if step "embed_images demo_vit (auto)" "$PYTHON" -m stages.embed_images demo_vit; then
+    ran_on "embed_images (auto)"
+    [ -e frozen_cpu.h5 ] && step "embed_images auto vs cpu" "$PYTHON" - frozen_cpu.h5 \
+      features/images/demo_vit.h5 <<'EOF'
+import sys
+import numpy as np
+from cxrfusion.formats import read_frozen_cache
+f1, v1, _ = read_frozen_cache(sys.argv[1])
+f2, v2, _ = read_frozen_cache(sys.argv[2])
+assert np.array_equal(f1, f2), "the two runs of embed_images wrote other images"
+cos = (v1 * v2).sum(1) / np.linalg.norm(v1, axis=1) / np.linalg.norm(v2, axis=1)
+ok = cos.min() > 0.99  # bf16 on the GPU
+print(f"CHECK embed_images auto vs cpu: {len(f1)} images, max |diff| {np.abs(v1 - v2).max():.2e}, "
+      f"min cosine {cos.min():.6f} (tolerance: > 0.99, bf16): {'ok' if ok else 'FAILED'}")
 sys.exit(0 if ok else 1)
 EOF
   fi

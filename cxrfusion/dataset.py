@@ -26,6 +26,8 @@ from cxrfusion.formats import (
     IMAGES_H5,
     SPLITS,
     Run,
+    frozen_cache,
+    read_frozen_cache,
     read_image_counts,
     read_image_filenames,
     read_image_rows,
@@ -40,10 +42,15 @@ from cxrfusion.params import VARIANTS, Params, fields_of
 log = logging.getLogger(__name__)
 
 
+# what a frozen model's vectors must have been made with (cxrfusion/image_encoder.py's reading)
+READING = ("model", "revision", "pooling", "size", "fit", "fingerprint")
+
+
 @dataclass
 class Split:
     rows: pd.DataFrame               # uid, filename, view, label, split
-    images: torch.Tensor | None      # uint8 (N, S, S), or None when the variant reads no image
+    images: torch.Tensor | None      # uint8 (N, S, S), a frozen arm's float32 (N, D) vectors, or
+                                     # None when the variant reads no image
     text: torch.Tensor | None        # float32 (N, D), or None when the variant reads no text
     labels: torch.Tensor             # int64 (N,)
     cache_rows: np.ndarray | None = None  # streaming: the row of images.h5 of each sample
@@ -127,14 +134,47 @@ class CachedImages(Dataset):
 
 
 def run_splits(p: Params, run: Run, names: tuple[str, ...] = SPLITS,
-               text_input: str | None = None) -> tuple[dict[str, Split], int]:
+               text_input: str | None = None,
+               encoder: dict | None = None) -> tuple[dict[str, Split], int]:
     """What a run is fed, in every stage that feeds it (train, evaluate, explain): its images
     when its variant reads them, the vectors of its text input (`text_input` instead: explain's
     swap of the image model's report; the placebo reads its input's shuffled vectors). The one
-    place an arm's own inputs are made."""
+    place an arm's own inputs are made. `encoder`: the frozen image encoder a trained frozen
+    model recorded (model.json's image_encoder), which the cache must still hold."""
     arm = VARIANTS[run.variant]
+    if arm.frozen_image:
+        return frozen_splits(p, text_input or run.text_input, names, encoder)
     return load_splits(p, arm.reads_image, text_input or run.text_input, names,
                        shuffled=arm.shuffled)
+
+
+def frozen_splits(p: Params, text_input: str | None, names: tuple[str, ...] = SPLITS,
+                  encoder: dict | None = None) -> tuple[dict[str, Split], int]:
+    """A frozen arm's Splits: load_splits' rows and report vectors, the images as the vectors
+    of frozen_image.read's encoder (float32, N x D, in `images`). `encoder`: the encoder a
+    trained model recorded: a cache made by other weights, or read otherwise, is refused."""
+    splits, text_dim = load_splits(p, False, text_input, names)
+    cache = frozen_cache(p.frozen_image.read)
+    filenames, vectors, attrs = read_frozen_cache(cache)
+    if encoder is not None:
+        wrong = [k for k in READING if attrs.get(k) != encoder.get(k)]
+        if wrong:
+            raise PipelineError(
+                f"{cache} was not made by the encoder the model was trained on ("
+                + "; ".join(f"{k}: the cache has {attrs.get(k)!r}, the model {encoder.get(k)!r}"
+                            for k in wrong)
+                + f"): its vectors would be read as another encoder's. Embed the images again "
+                  f"with that encoder (`dvc repro embed_images@{p.frozen_image.read}`) or retrain "
+                  "the model on this one (`dvc repro`).")
+    row_of = pd.Series(np.arange(len(filenames)), index=filenames)
+    for split in splits.values():
+        missing = ~split.rows["filename"].isin(row_of.index)
+        if missing.any():
+            raise PipelineError(f"{cache} has no vector for {missing.sum()} images of {IMAGES} "
+                                f"(first: {split.rows.loc[missing, 'filename'].iloc[0]}); rebuild "
+                                f"it with `dvc repro embed_images@{p.frozen_image.read}`.")
+        split.images = torch.from_numpy(vectors[row_of[split.rows["filename"]].to_numpy()])
+    return splits, text_dim
 
 
 def load_splits(p: Params, uses_image: bool, text_input: str | None,

@@ -1,4 +1,4 @@
-"""A tiny BERT built offline for the demo: no model hub needed.
+"""The tiny encoders built offline for the demo, a BERT and a DINOv2 ViT: no model hub needed.
 
 A WordPiece tokenizer over given texts and a small BertModel initialised at random from a seed,
 saved with `save_pretrained`, so that `embed_text` loads it through the same `from_pretrained`
@@ -67,3 +67,26 @@ def build(texts: list[str], out: Path, vocab_size: int, hidden_size: int, layers
         model.save_pretrained(tmp)
     log.info("built a tiny BERT (%d words, %d dims, %d parameters) in %s",
              config.vocab_size, hidden_size, sum(p.numel() for p in model.parameters()), out)
+
+
+def build_image(out: Path, image_size: int, patch_size: int, hidden_size: int, layers: int,
+                heads: int, seed: int) -> None:
+    """A tiny DINOv2 ViT at random from `seed`, with a DINOv2-style image processor (a centre
+    crop of `image_size`, ImageNet's mean and sd), saved with `save_pretrained`, so that
+    `embed_images` loads it through the same AutoModel / AutoImageProcessor path as RAD-DINO.
+    Random weights: its vectors are a fixed random function of the pixels."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                          num_hidden_layers=layers, num_attention_heads=heads, mlp_ratio=2)
+    model = Dinov2Model(config)
+    processor = BitImageProcessor(size={"shortest_edge": image_size}, do_center_crop=True,
+                                  crop_size={"height": image_size, "width": image_size},
+                                  image_mean=[0.485, 0.456, 0.406],
+                                  image_std=[0.229, 0.224, 0.225], do_convert_rgb=True)
+    with atomic_path(out) as tmp:
+        processor.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+    log.info("built a tiny DINOv2 ViT (%d px, %d dims, %d parameters) in %s", image_size,
+             hidden_size, sum(p.numel() for p in model.parameters()), out)

@@ -1,4 +1,5 @@
-"""Several processes, one result: what `train` and `embed_text` need from torch.distributed.
+"""Several processes, one result: what `train`, `embed_text` and `embed_images` need from
+torch.distributed.
 
 A stage runs the same whether started as `python -m stages.X` (one process) or by
 `torchrun --nproc_per_node N -m stages.X` (N processes, ranks 0..N-1; torchrun sets RANK,
@@ -108,3 +109,40 @@ def same_buffers(model: torch.nn.Module, world: World) -> None:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+# --- a cache made by several processes: each writes its share, rank 0 joins them ------------------
+
+def _share(out, rank: int | str):
+    from pathlib import Path
+
+    out = Path(out)
+    return out.with_name(f".{out.name}.part{rank}.npz")
+
+
+def joined_shares(out, rows, vectors, n_rows: int, world: World):
+    """(rows, vectors) of the whole cache `out`, in row order, on rank 0 (None elsewhere): each
+    process's share (`rows` of the n_rows, and their vectors) meets on disk beside `out`, not in
+    a gather through every GPU; the share files are removed."""
+    import numpy as np
+
+    from cxrfusion.common import atomic_path
+
+    if not world.distributed:
+        return rows, vectors
+    with atomic_path(_share(out, world.rank)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, rows=rows, vectors=vectors)
+    barrier(world)
+    if not world.main:
+        return None
+    parts = []
+    for rank in range(world.size):
+        with np.load(_share(out, rank)) as part:
+            parts.append((part["rows"], part["vectors"]))
+    for stale in _share(out, 0).parent.glob(_share(out, "*").name):  # this run's, older ones
+        stale.unlink()
+    rows = np.concatenate([r for r, _ in parts])
+    order = np.argsort(rows)
+    if not np.array_equal(rows[order], np.arange(n_rows)):
+        raise RuntimeError("the processes' shares do not cover every row exactly once")
+    return rows[order], np.concatenate([v for _, v in parts])[order]

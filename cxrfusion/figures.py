@@ -358,8 +358,8 @@ def _roc_title(y: np.ndarray, probs: dict, counts: list, same: bool) -> str:
                      + " (TPR averaged at fixed FPR)")
     blind = [v for v, row in VARIANTS.items() if not row.reads_report]
     if len(probs) > 1 and any(v in vs for v in blind for vs in probs.values()):
-        lines.append(f"the {' and '.join(blind)} model reads no text: the same curves in every "
-                     "panel")
+        lines.append(f"the {' and '.join(blind)} model{'s read' if len(blind) > 1 else ' reads'} "
+                     "no text: the same curves in every panel")
     return "\n".join(lines)
 
 

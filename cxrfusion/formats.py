@@ -15,6 +15,10 @@ HDF5 caches:
                `skipped` (str): the images of images.csv left out as unreadable (image.skip_bad);
                attributes `size` (S) and `fit` (pad | crop | stretch: how each X-ray was made
                square, cxrfusion/imaging.py), which readers compare with theirs
+  images/<alias>.h5  one per frozen image encoder (frozen_image.encoders): `filenames` (str, N)
+               and `vectors` (float32, N x D), one an image of images.csv that cache_images did
+               not skip, plus attributes that say how they were made (model, revision, pooling,
+               size, fit, fingerprint: cxrfusion/image_encoder.py's `reading`)
 """
 from __future__ import annotations
 
@@ -42,12 +46,14 @@ PREPARED_COUNTS = PREPARED / "counts.json"  # what prepare read, dropped and kep
 
 TEXT_DIR = Path("features/text")  # text/<input>.h5: one cache per text input
 IMAGES_H5 = Path("features/images.h5")
+FROZEN_DIR = Path("features/images")  # images/<alias>.h5: one cache a frozen image encoder
 IMAGES_COUNTS = Path("features/images_counts.json")
 
 SPLITS = ("train", "val", "test")  # the values of the `split` column
 STUDY_COLUMNS = ["uid", "label", "split", "n_images", "views", "mesh"]  # + the report fields
 IMAGE_COLUMNS = ["uid", "filename", "view", "label", "split"]
 MODELS, METRICS_FOLDER = Path("models"), Path("metrics")
+DEMO_IMAGE_ENCODER = MODELS / "demo_image_encoder"  # the demo's frozen ViT (frozen_image.encoders)
 # What `evaluate` writes, one file a run in each, by kind: a folder of JSON is what `dvc metrics`
 # lists, a folder of CSV what `dvc plots` draws, file by file
 TEST_METRICS = METRICS_FOLDER / "test"         # <run>.json: thresholds, test metrics, calibration
@@ -207,7 +213,7 @@ def run_of(argv: list[str], p: Params) -> Run:
                             "'train.seeds=[...]'`) and let `dvc repro` run it.")
     text_input = argv[2] if len(argv) == 3 else None
     if names[variant].reads_report != (text_input is not None):
-        raise PipelineError(f"{usage}: the {blind} model reads no report and takes no text "
+        raise PipelineError(f"{usage}: a model that reads no report ({blind}) takes no text "
                             f"input; {reading} need one; got {argv}")
     if text_input is not None and text_input not in p.text.inputs:
         raise PipelineError(params.unknown_input(text_input, p))
@@ -317,6 +323,35 @@ def read_text_cache_attrs(path) -> dict:
     """Only the attributes of a text cache (how its vectors were made): no vectors read."""
     with h5py.File(path, "r") as f:
         return {k: _plain(v) for k, v in f.attrs.items()}
+
+
+def frozen_cache(alias: str) -> Path:
+    """A frozen image encoder's vectors, one an image: features/images/<alias>.h5."""
+    return FROZEN_DIR / f"{alias}.h5"
+
+
+def write_frozen_cache(path, filenames, vectors, attrs: dict) -> None:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if len(filenames) != len(vectors):
+        raise ValueError("one vector per image")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("filenames", data=np.array(list(filenames), dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("vectors", data=vectors)
+        for key, value in {**attrs, "dim": vectors.shape[1]}.items():
+            f.attrs[key] = value
+
+
+def read_frozen_cache(path, expect: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """filenames, vectors and attributes of a frozen encoder's cache; refuses one whose
+    attributes differ from `expect` (a model's recorded fingerprint, for one)."""
+    with _checked(path, "embed_images", expect) as (f, attrs):
+        return f["filenames"].asstr()[:], f["vectors"][:], attrs
+
+
+def read_frozen_cache_attrs(path) -> dict:
+    with _checked(path, "embed_images", None) as (_, attrs):
+        return attrs
 
 
 # --- image cache ------------------------------------------------------------------------------

@@ -141,22 +141,31 @@ class Classifier(nn.Module):
     def __init__(self, variant: str, text_dim: int, backbone: str | None, *,
                  pretrained: bool | str = False, hidden: int = HEAD.hidden,
                  dropout: float = HEAD.dropout, fusion: str = HEAD.fusion,
-                 shared_dim: int = HEAD.shared_dim):
+                 shared_dim: int = HEAD.shared_dim, image_dim: int = 0):
         super().__init__()
         # what rebuilds it, saved in model.json (`arguments`); never the weights' source
         self.arguments = {"variant": variant, "text_dim": text_dim, "backbone": backbone,
                           "hidden": hidden, "dropout": dropout, "fusion": fusion,
-                          "shared_dim": shared_dim}
+                          "shared_dim": shared_dim,
+                          **({"image_dim": image_dim} if image_dim else {})}
         self.variant, self.fusion = variant, fusion
         self.uses_image, self.uses_text = reads(variant)
-        self.cnn = create_backbone(backbone, pretrained) if self.uses_image else None
+        # a frozen arm reads a frozen encoder's cached vector (image_dim wide) where a CNN would be
+        self.frozen = params.VARIANTS[variant].frozen_image
+        self.cnn = (create_backbone(backbone, pretrained) if self.uses_image and not self.frozen
+                    else None)
         # what forward_head gives: num_features, or the width of a head conv after the pooling
         # (MobileNetV3's head_hidden_size)
-        width = getattr(self.cnn, "head_hidden_size", None) or getattr(self.cnn, "num_features", 0)
+        width = (image_dim if self.frozen else
+                 getattr(self.cnn, "head_hidden_size", None) or getattr(self.cnn, "num_features",
+                                                                        0))
         features = HEADS[fusion].build(self, width, text_dim, shared_dim)
         self.head = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, 2))
-        if self.uses_image:  # made once and moved with the model, not rebuilt every batch
+        if self.frozen:  # the frozen vectors' scaling, as the report's: fitted, saved
+            self.register_buffer("image_mean", torch.zeros(image_dim))
+            self.register_buffer("image_scale", torch.ones(image_dim))
+        elif self.uses_image:  # made once and moved with the model, not rebuilt every batch
             mean, std = self.input_stats()
             self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1),
                                  persistent=False)
@@ -168,8 +177,8 @@ class Classifier(nn.Module):
 
     def forward(self, image: torch.Tensor | None, text: torch.Tensor | None,
                 report_weight: bool = False):
-        return self.classify(self.cnn.forward_features(image) if self.uses_image else None, text,
-                             report_weight)
+        features = self.cnn.forward_features(image) if self.cnn is not None else image
+        return self.classify(features if self.uses_image else None, text, report_weight)
 
     def classify(self, features: torch.Tensor | None, text: torch.Tensor | None,
                  report_weight: bool = False):
@@ -177,7 +186,10 @@ class Classifier(nn.Module):
         report vector: the backbone's pooling, the fusion, the head. With `report_weight`,
         also the weight the gate gives the report, per row (the mean of 1 - z; gated fusion
         only)."""
-        image = self.cnn.forward_head(features) if self.uses_image else None
+        if self.frozen:  # a frozen encoder's vector, standardised
+            image = (features.float() - self.image_mean) / self.image_scale
+        else:
+            image = self.cnn.forward_head(features) if self.uses_image else None
         text = (text.float() - self.text_mean) / self.text_scale if self.uses_text else None
         # The CNN may run under bf16 autocast; the head does not: autocast would run its Linear
         # layers in bf16 whatever the input's dtype, and bf16 logits (8 bits of mantissa) tie
@@ -204,11 +216,14 @@ class Classifier(nn.Module):
         A frozen encoder's vectors vary little between reports around a large common part (the
         demo's: sd 0.12 a dimension around |mean| 0.46); next to the CNN's 1,280 features,
         trained with it, the head then learns from the CNN alone (docs/design.md)."""
-        vectors = vectors.double()
-        sd = vectors.std(0, unbiased=False)
-        self.text_mean.copy_(vectors.mean(0))
-        # a constant dimension stays 0
-        self.text_scale.copy_(torch.where(sd > 0, sd, torch.ones_like(sd)))
+        _standardise(self.text_mean, self.text_scale, vectors)
+
+    def standardise_image(self, vectors: torch.Tensor) -> None:
+        """A frozen arm: have the head read each dimension of the frozen encoder's vectors
+        standardised by the training images' mean and sd (one row an image), always: a linear
+        probe's usual reading, and the encoder's scale (a ViT's features reach the hundreds)
+        says nothing about the X-ray."""
+        _standardise(self.image_mean, self.image_scale, vectors)
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)
@@ -222,6 +237,13 @@ class Classifier(nn.Module):
         return (tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
                 tuple(cfg.get("std", (0.229, 0.224, 0.225))))
 
+
+
+def _standardise(mean: torch.Tensor, scale: torch.Tensor, vectors: torch.Tensor) -> None:
+    vectors = vectors.double()
+    sd = vectors.std(0, unbiased=False)
+    mean.copy_(vectors.mean(0))
+    scale.copy_(torch.where(sd > 0, sd, torch.ones_like(sd)))  # a constant dimension stays 0
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -25,6 +25,8 @@ from cxrfusion.common import PipelineError
 
 SOURCES = ("demo", "kaggle", "openi", "local", "mimic_cxr")
 POOLINGS = ("cls", "mean", "last")  # text.pooling, besides auto (cxrfusion/text_encoder.py)
+IMAGE_POOLINGS = ("cls", "mean")  # an image encoder's: its CLS token, or the mean of its patches
+ALIAS = re.compile(r"[a-z][a-z0-9_]*")  # an encoder's alias: a DVC stage key and a file name
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,14 @@ class Variant:
     # not a network: the TF-IDF regression (cxrfusion/tfidf.py), deterministic, so trained once
     # a text input, its one run standing for every seed; it reads tfidf.*, not train.* or model.*
     trained_once: bool = False
+    # reads the image as a frozen encoder's vector (features/images/<alias>.h5), not through the
+    # fine-tuned CNN: a head trained on cached vectors, in seconds (frozen_image.read)
+    frozen_image: bool = False
+
+    @property
+    def cnn(self) -> bool:
+        """Reads the image through the fine-tuned CNN (what Grad-CAM and augmentation need)."""
+        return self.reads_image and not self.frozen_image
 
 
 # the arms, in the order of every table and figure; each is a train_<name> stage in dvc.yaml, or
@@ -58,8 +68,16 @@ VARIANTS = {
     "shuffled": Variant(True, True, "placebo (shuffled reports)",
                         "the placebo (fusion reading other studies' reports)", "tab:gray",
                         shuffled=True, trained_with="fusion"),
+    # the strong image baselines reviewers ask for: a frozen encoder (RAD-DINO, DINOv2, a timm
+    # network) read once, and a head on its vectors, alone and with the report
+    "image_frozen": Variant(True, False, "image only (frozen encoder)",
+                            "the image model on the frozen encoder", "tab:cyan",
+                            frozen_image=True),
+    "fusion_frozen": Variant(True, True, "fusion (frozen image encoder)",
+                             "fusion on the frozen image encoder", "tab:pink",
+                             frozen_image=True),
 }
-EXPLAINED = tuple(v for v, d in VARIANTS.items() if d.reads_image)  # Grad-CAM needs an image
+EXPLAINED = tuple(v for v, d in VARIANTS.items() if d.cnn)  # Grad-CAM needs the CNN
 NETWORKS = tuple(v for v, d in VARIANTS.items() if not d.trained_once)  # trained per seed
 SELECTIONS = ("best_val_loss", "last")
 FITS = ("pad", "crop", "stretch")  # image.fit: how cxrfusion/imaging.py makes an X-ray square
@@ -112,7 +130,9 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # first minus second. fusion - shuffled: what the report's content adds beyond the capacity of
 # the branch that reads it; text - tfidf: whether the frozen encoder reads more than the words
 PAIRS = (("fusion", "image"), ("fusion", "text"), ("text", "image"), ("fusion", "shuffled"),
-         ("text", "tfidf"), ("fusion", "tfidf"))
+         ("text", "tfidf"), ("fusion", "tfidf"),
+         # does the report still add to a strong frozen image encoder; fine-tuned or frozen?
+         ("fusion_frozen", "image_frozen"), ("fusion", "fusion_frozen"))
 PLACEBO = ("fusion", "shuffled")  # the pair compare.placebo tests right after the primary
 
 
@@ -320,6 +340,42 @@ def probability(name, v):
         _fail(name, v, "use a probability in [0, 1]")
 
 
+IMAGE_ENCODER_KEYS = {"model": "a hub id, a local folder (a transformers vision model and its "
+                      "image processor) or timm:<name> (a timm model, its pretrained weights)",
+                      "revision": "the hub revision, or null",
+                      "pooling": "cls | mean (of the patch tokens)",
+                      "trust_remote_code": "true runs the model code its repository ships"}
+
+
+def image_encoders(name, v):
+    """frozen_image.encoders: alias -> {model, revision, pooling, trust_remote_code}."""
+    allowed = ("use a mapping of aliases (lowercase letters, digits and _, starting with a "
+               "letter: a DVC stage key and a file name, which a hub id's / and . cannot be) to "
+               "settings {" + "; ".join(f"{k}: {d}" for k, d in IMAGE_ENCODER_KEYS.items()) + "}")
+    if not isinstance(v, dict) or not v:
+        _fail(name, v, allowed)
+    for alias, settings in v.items():
+        if not isinstance(alias, str) or not ALIAS.fullmatch(alias):
+            _fail(name, v, f"alias {alias!r} is not allowed: {allowed}")
+        if not isinstance(settings, dict) or set(settings) != set(IMAGE_ENCODER_KEYS):
+            _fail(f"{name}.{alias}", settings, f"give exactly {', '.join(IMAGE_ENCODER_KEYS)}: "
+                  + allowed)
+        text(f"{name}.{alias}.model", settings["model"])
+        optional(text)(f"{name}.{alias}.revision", settings["revision"])
+        one_of(*IMAGE_POOLINGS)(f"{name}.{alias}.pooling", settings["pooling"])
+        switch(f"{name}.{alias}.trust_remote_code", settings["trust_remote_code"])
+
+
+def explained(name, v):
+    """explain.variant: an arm Grad-CAM can explain, or why another cannot be."""
+    row = VARIANTS.get(v) if isinstance(v, str) else None
+    if row is not None and row.frozen_image:
+        _fail(name, v, "Grad-CAM differentiates the fine-tuned CNN's last feature maps, and a "
+              "frozen arm has none: its head reads a cached vector of each image. Use one of "
+              + ", ".join(EXPLAINED))
+    one_of(*EXPLAINED)(name, v)
+
+
 def optional(rule):
     def check(name, v):
         if v is not None:
@@ -376,6 +432,21 @@ def _settings(name, v, settings, arm: str, keys: tuple, allowed: str) -> None:
                   "candidate here cannot set; it may set " + ", ".join(keys))
         if setting in settings[:k]:
             _fail(name, v, f"{which} repeats an earlier one: each a different setting")
+
+
+class Mapping(dict):
+    """A mapping as an option's default (a dataclass refuses a plain dict, which is mutable);
+    `fresh` gives each reader its own plain copy."""
+    __hash__ = object.__hash__
+
+
+def fresh(default):
+    """An option's default as params.yaml holds it: a tuple as a list, a Mapping as a dict."""
+    import copy
+
+    if isinstance(default, tuple):
+        return list(default)
+    return copy.deepcopy(dict(default)) if isinstance(default, Mapping) else default
 
 
 def option(default, rule, doc: str, required: bool = True):
@@ -522,6 +593,48 @@ class Image:
     pretrained: bool | str = option(False, weights, "load timm's ImageNet weights for the "
                                     "backbone: true, false or the path of a weights file (the "
                                     "real study: true)")
+
+
+@dataclass
+class FrozenImage:
+    """Frozen image encoders (stage `embed_images`): each reads every X-ray once, from the raw
+    file, made square by image.fit at the encoder's own input size and normalised as it was
+    trained, into one vector an image (features/images/<alias>.h5, with the encoder's
+    fingerprint); the frozen arms (image_frozen, fusion_frozen) train the head on the vectors
+    of `read`, pooled over a study's images as the CNN arms are
+    (docs/real-study.md, "Frozen image encoders")."""
+    encoders: dict = option(
+        Mapping(demo_vit={"model": "models/demo_image_encoder", "revision": None,
+                          "pooling": "mean", "trust_remote_code": False}),
+        image_encoders, "alias -> settings, each encoder embedded once: model (a hub id, a local "
+        "folder holding a transformers vision model and its image processor, e.g. "
+        "microsoft/rad-dino or facebook/dinov2-base, or timm:<name> for a timm model and its "
+        "pretrained weights), revision (hub revision or null), pooling (cls: the CLS token | "
+        "mean: the mean of the patch tokens; the demo's random ViT: mean, as its CLS barely "
+        "varies) and trust_remote_code. An alias (lowercase letters, digits, _) names the cache "
+        "and the stage, embed_images@<alias>", required=False)
+    read: str = option("demo_vit", text, "the alias of frozen_image.encoders whose vectors the "
+                       "frozen arms read; another retrains only them", required=False)
+    batch_size: int = option(32, positive_int, "images per forward pass", required=False)
+    device: str = option("auto", device, "auto | cpu | cuda[:N] (bf16 on a GPU)",
+                         required=False)
+    nproc: int = option(1, positive_int, "processes (GPUs) sharing the work, launched with "
+                        "torchrun", required=False)
+
+
+@dataclass
+class DemoImageEncoder:
+    """The tiny DINOv2-style ViT built offline for the demo, with its image processor (random
+    weights; the real study reads RAD-DINO or DINOv2)."""
+    image_size: int = option(64, positive_int, "its input side, px (its processor's crop)",
+                             required=False)
+    patch_size: int = option(8, positive_int, "side of a patch, px (divides image_size)",
+                             required=False)
+    hidden_size: int = option(64, positive_int, "its width", required=False)
+    layers: int = option(2, positive_int, "its layers", required=False)
+    heads: int = option(2, positive_int, "its attention heads (divide hidden_size)",
+                        required=False)
+    seed: int = option(0, seed, "seed of its random weights", required=False)
 
 
 @dataclass
@@ -673,11 +786,11 @@ class Tune:
     candidates: list = option((), grid, "the settings each network arm tries, each a mapping "
                               "of train.*, model.* and augment.* options to values (e.g. "
                               "[{train.lr: 0.001}, {train.lr: 0.0003}]): a list, tried by every "
-                              "network arm, or a mapping of each (fusion, image, text, shuffled) "
-                              "to its own list, the same number each; K candidates cost K - 1 "
-                              "more runs an arm (an arm: a model on a text input; the demo has "
-                              "7). []: no tuning, every arm trained as declared (the demo: the "
-                              "cost)", required=False)
+                              "network arm, or a mapping of each (fusion, image, text, "
+                              "shuffled, image_frozen, fusion_frozen) to its own list, the same "
+                              "number each; K candidates cost K - 1 more runs an arm (an arm: a "
+                              "model on a text input; the demo has 10). []: no tuning, every arm "
+                              "trained as declared (the demo: the cost)", required=False)
     tfidf: list = option((), tfidf_grid, "the TF-IDF baseline's own candidates, each a mapping "
                          "of tfidf.* options to values (e.g. [{tfidf.c: 0.1}, {tfidf.c: 1}]), "
                          "as many as tune.candidates gives each network arm (an equal budget); "
@@ -706,7 +819,8 @@ class Evaluate:
 
 SECONDARY = ("fusion-image/findings+impression", "fusion-text/findings+impression",
              "text-image/findings+impression", "fusion-text/indication", "text-image/indication",
-             "text-tfidf/findings+impression", "text-tfidf/indication")
+             "text-tfidf/findings+impression", "text-tfidf/indication",
+             "fusion_frozen-image_frozen/indication")
 
 
 @dataclass
@@ -721,7 +835,9 @@ class Compare:
                              "tested with the primary by weighted Holm; findings+impression is "
                              "the original's input, which holds the radiologist's conclusion "
                              "(and so, nearly, the label); text-tfidf on each input asks whether "
-                             "the frozen encoder reads more than the report's words")
+                             "the frozen encoder reads more than the report's words; "
+                             "fusion_frozen-image_frozen whether the indication still adds to "
+                             "a frozen image encoder's reading")
     placebo: bool = option(True, switch, "test fusion - shuffled (the placebo) on the "
                            "primary's text input right after the primary: it receives the "
                            "primary's alpha once the primary is shown and passes it on to the "
@@ -761,8 +877,9 @@ class Compare:
 @dataclass
 class Explain:
     """Stage `explain`: Grad-CAM heatmaps and modality reliance (test set)."""
-    variant: str = option("fusion", one_of(*EXPLAINED), "the model explained: fusion | image "
-                          "| shuffled (the placebo; Grad-CAM needs the image branch)")
+    variant: str = option("fusion", explained, "the model explained: fusion | image | shuffled "
+                          "(the placebo); Grad-CAM needs the fine-tuned CNN's feature maps, so "
+                          "not the text, TF-IDF or frozen arms")
     per_outcome: int = option(3, positive_int, "heatmaps per outcome (true/false "
                               "positive/negative test studies: TP, TN, FP, FN); fewer when the "
                               "test set has fewer")
@@ -826,6 +943,8 @@ class Params:
     demo_encoder: DemoEncoder = field(default_factory=DemoEncoder)
     placebo: Placebo = field(default_factory=Placebo)
     image: Image = field(default_factory=Image)
+    frozen_image: FrozenImage = field(default_factory=FrozenImage)
+    demo_image_encoder: DemoImageEncoder = field(default_factory=DemoImageEncoder)
     model: Model = field(default_factory=Model)
     train: Train = field(default_factory=Train)
     augment: Augment = field(default_factory=Augment)
@@ -914,9 +1033,19 @@ def _across(p: dict) -> None:
               f"warms up {warmup}): the schedule needs an epoch after it")
     _family(p)
     _tuning(p)
-    hidden, heads = get(p, "demo_encoder.hidden_size"), get(p, "demo_encoder.heads")
-    if hidden % heads:
-        _fail("demo_encoder.heads", heads, f"use a divisor of demo_encoder.hidden_size={hidden}")
+    for section in ("demo_encoder", "demo_image_encoder"):
+        hidden, heads = p.get(section, {}).get("hidden_size"), p.get(section, {}).get("heads")
+        if hidden and heads and hidden % heads:
+            _fail(f"{section}.heads", heads, f"use a divisor of {section}.hidden_size={hidden}")
+    d = p.get("demo_image_encoder", {})
+    if d.get("image_size", 64) % d.get("patch_size", 8):
+        _fail("demo_image_encoder.patch_size", d.get("patch_size"),
+              f"use a divisor of demo_image_encoder.image_size={d.get('image_size')}")
+    f = p.get("frozen_image", {})
+    encoders = f.get("encoders", fresh(FrozenImage.__dataclass_fields__["encoders"].default))
+    if f.get("read", "demo_vit") not in encoders:
+        _fail("frozen_image.read", f.get("read", "demo_vit"), "use an alias of "
+              f"frozen_image.encoders ({', '.join(map(str, encoders))})")
 
 
 def _family(p: dict) -> None:
@@ -969,7 +1098,7 @@ def _tuning(p: dict) -> None:
                 raise PipelineError(f"{where}: {which} ({spelled(setting)}) is refused: {why}; "
                                     f"change it in {where}.") from None
             read.append({key: value for key, value in setting.items()
-                         if (row.reads_image or key not in IMAGE_ONLY)
+                         if (row.cnn or key not in IMAGE_ONLY)
                          and (row.reads_report or key not in REPORT_ONLY)})
             if read[-1] in read[:-1]:
                 raise PipelineError(
@@ -1006,7 +1135,7 @@ def with_setting(p: Params, setting: dict) -> Params:
 
 def defaults() -> dict:
     """The described defaults, as params.yaml would hold them."""
-    return {section: {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+    return {section: {f.name: fresh(f.default)
                       for f in fields(described) if f.default is not MISSING}
             for section, described in SECTIONS.items()}
 
@@ -1027,7 +1156,7 @@ def built(p: dict) -> Params:
     def value(f, given: dict):
         if f.name in given:
             return given[f.name]
-        return list(f.default) if isinstance(f.default, tuple) else f.default
+        return fresh(f.default)
     return Params(**{section: described(**{f.name: value(f, p.get(section) or {})
                                             for f in fields(described)})
                      for section, described in SECTIONS.items()})
@@ -1068,8 +1197,7 @@ def unknown_input(text_input: str, p: Params) -> str:
 def spelled(value) -> str:
     """A value as params.yaml spells it, YAML's own spelling: null, true, false, numbers, a list
     in brackets, a string bare unless YAML would read it otherwise (then quoted)."""
-    if isinstance(value, tuple):
-        value = list(value)
+    value = fresh(value)
     dumped = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True)
     return dumped.removesuffix("...\n").strip()
 

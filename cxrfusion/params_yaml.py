@@ -66,7 +66,12 @@ def _commented(lefts: list[str], doc: str) -> list[str]:
 
 
 def _option(name: str, value) -> list[str]:
-    """`  name: value`, or a long list one item a line."""
+    """`  name: value`, a long list one item a line, or a mapping of mappings (encoders) one
+    key a line, each setting below it."""
+    if isinstance(value, dict):
+        return [f"  {name}:"] + [line for key, inner in value.items()
+                                 for line in [f"    {key}:"] + [f"      {k}: {spelled(v)}"
+                                                               for k, v in inner.items()]]
     line = f"  {name}: {spelled(value)}"
     if not isinstance(value, (list, tuple)) or not value or len(line) <= FLOW_LIST:
         return [line]

@@ -10,6 +10,9 @@ baseline, models/tfidf/<text input> (it reads the report's words alone; the plac
 The study is read exactly as the pipeline read its training and test studies:
   images  `cxrfusion.imaging.load_xray` at the model's image size and fit (what `cache_images`
           cached), normalised and scored by `cxrfusion.scoring.score` (what `evaluate` runs);
+          a frozen arm's (models/image_frozen/..., models/fusion_frozen/...): read at its
+          encoder's size and fit by the same encoder (checked against model.json's
+          fingerprint) with `cxrfusion.image_encoder.embed` (what `embed_images` runs);
   report  the fields the model was trained on, joined by `cxrfusion.studies.join_text`, read by
           the same frozen encoder (model, revision, lowercase, pooling, max_length from the
           model's params.json) with `cxrfusion.text_encoder.embed` (what `embed_text` runs);
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrfusion import tfidf
+from cxrfusion import image_encoder, tfidf
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device
 from cxrfusion.dataset import Split
 from cxrfusion.formats import load_csv, read_text_cache_attrs, text_cache
@@ -79,6 +82,7 @@ class Predictor:
     threshold: float
     threshold_source: str
     _encoder: tuple | None = field(default=None, repr=False)
+    _image_encoder: object = field(default=None, repr=False)
 
     @property
     def variant(self) -> str:
@@ -94,6 +98,25 @@ class Predictor:
             reading = resolve_reading(t.model, t.revision, encoder, t.pooling, t.prompt)
             self._encoder = (tokenizer, encoder, reading)
         return self._encoder
+
+    def image_encoder(self):
+        """A frozen arm's image encoder (model.json's image_encoder), loaded once and checked:
+        the weights and the reading must be the ones its vectors were made with."""
+        if self._image_encoder is None:
+            recorded = self.config["image_encoder"]
+            settings = {k: recorded[k] or None for k in ("model", "revision")}
+            settings.update(pooling=recorded["pooling"],
+                            trust_remote_code=recorded["trust_remote_code"])
+            encoder = image_encoder.load(settings, self.device)
+            if (encoder.fingerprint, encoder.size) != (recorded["fingerprint"], recorded["size"]):
+                raise PipelineError(
+                    f"the image encoder {recorded['model']} (fingerprint {encoder.fingerprint}, "
+                    f"{encoder.size} px) is not the one whose vectors the model in {self.folder} "
+                    f"was trained on (fingerprint {recorded['fingerprint']}, {recorded['size']} "
+                    "px, from model.json): restore it, or rerun `dvc repro` (embed_images, "
+                    "train) to retrain.")
+            self._image_encoder = (settings, encoder)
+        return self._image_encoder
 
 
 def load_predictor(folder, device: str = "auto", threshold: float | None = None) -> Predictor:
@@ -197,9 +220,17 @@ def predict_studies(predictor: Predictor, images: pd.DataFrame,
     if isinstance(model, Words):  # one row a study: its report's probability
         probs = tfidf.probabilities(model.fitted, [texts[u] for u in rows["uid"]])
         return _called(predictor, rows[["uid"]].assign(probability=probs, n_images=0))
-    pixels = (load_images(rows["path"].tolist(), config["image_size"],
-                          image_fit(config, predictor.folder))
-              if model.uses_image else None)
+    if getattr(model, "frozen", False):  # the frozen encoder's vector of each image
+        settings, encoder = predictor.image_encoder()
+        decoded = load_images(rows["path"].tolist(), encoder.size,
+                              config["image_encoder"]["fit"]).numpy()
+        pixels = torch.from_numpy(image_encoder.embed(
+            iter(decoded), len(decoded), encoder, settings["pooling"],
+            predictor.settings.frozen_image.batch_size, predictor.device, progress=False))
+    else:
+        pixels = (load_images(rows["path"].tolist(), config["image_size"],
+                              image_fit(config, predictor.folder))
+                  if model.uses_image else None)
     vectors = None
     if model.uses_text:
         codes, uids = pd.factorize(rows["uid"])  # each study's report embedded once

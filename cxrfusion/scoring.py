@@ -26,7 +26,9 @@ def forward(model: nn.Module, images: torch.Tensor | None, text: torch.Tensor | 
     model's head always runs in float32 (Classifier.classify). With `report_weight` (gated
     fusion): (logits, the gate's weight of the report per row)."""
     core = unwrap(model)
-    images = normalise(images, core.pixel_mean, core.pixel_std) if core.uses_image else None
+    if core.uses_image and core.cnn is not None:  # pixels; a frozen arm's vectors as they are
+        images = normalise(images, core.pixel_mean, core.pixel_std)
+    images = images if core.uses_image else None
     text = text if core.uses_text else None
     device_type = (images if images is not None else text).device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp and device_type == "cuda"):

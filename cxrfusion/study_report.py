@@ -128,9 +128,16 @@ def versions() -> dict:
 
 def pins(model_json: dict) -> dict:
     """What a model records of the weights it read (model.json)."""
-    keys = ("backbone", "pretrained", "pretrained_tag", "text_model", "text_revision",
-            "text_reading", "text_prompt", "text_trust_remote_code")
-    return {k: model_json[k] for k in keys if model_json.get(k) not in (None, "")}
+    keys = ("backbone", "pretrained", "pretrained_tag", "image_encoder", "text_model",
+            "text_revision", "text_reading", "text_prompt", "text_trust_remote_code")
+    out = {k: model_json[k] for k in keys if model_json.get(k) not in (None, "")}
+    if "image_encoder" in out:  # a frozen arm's encoder, in one phrase
+        e = out["image_encoder"]
+        out["image_encoder"] = (f"{e['alias']}: {e['model']}"
+                                + (f"@{e['revision']}" if e.get("revision") else "")
+                                + f", {e['pooling']} pooling, {e['size']} px ({e['fit']}), "
+                                f"{e['fingerprint'][:19]}…")
+    return out
 
 
 # --- 4. failure analysis -------------------------------------------------------------------------
@@ -387,6 +394,7 @@ def _training_lines(p: Params) -> list[str]:
     """The one training recipe every network arm is trained with, as resolved, the placebo's
     and the TF-IDF baseline's settings."""
     t, r, f = p.train, params.recipe(p.train, p.image.pretrained), p.tfidf
+    enc = p.frozen_image.encoders[p.frozen_image.read]
     cnn = r["lr_backbone"] if r["lr_backbone"] is not None else t.lr
     return ["## Training", "",
             f"Every network arm is trained with the same recipe, `train.recipe` = {t.recipe} (the "
@@ -403,7 +411,10 @@ def _training_lines(p: Params) -> list[str]:
             f"{f.ngrams} words found in {f.min_df} reports or more, the {f.max_features:,} most "
             f"frequent, {'lowercased' if f.lowercase else 'cased'}; an L2 logistic regression "
             f"with C = {f.c:g}), deterministic, so not once a seed; a tuning grid's choice on "
-            "top."]
+            "top. The frozen arms (`image_frozen`, `fusion_frozen`) train the same head, with the "
+            f"same recipe, on the vectors of the frozen image encoder `{p.frozen_image.read}` "
+            f"({enc['model']}, {enc['pooling']} pooling; each dimension standardised by the "
+            "training images'), in place of the fine-tuned CNN."]
 
 
 def _tuning_lines(p: Params, tuned: dict) -> list[str]:

@@ -24,7 +24,14 @@ from cxrfusion.augment import Augmenter, augmenter
 from cxrfusion.common import PipelineError, atomic_path, seed_everything, write_json
 from cxrfusion.dataset import Split, run_splits
 from cxrfusion.distributed import World
-from cxrfusion.formats import IMAGES_H5, Run, read_text_cache_attrs, text_cache
+from cxrfusion.formats import (
+    IMAGES_H5,
+    Run,
+    frozen_cache,
+    read_frozen_cache_attrs,
+    read_text_cache_attrs,
+    text_cache,
+)
 from cxrfusion.metrics import classification_metrics
 from cxrfusion.model import (
     CONFIG,
@@ -35,7 +42,7 @@ from cxrfusion.model import (
     sync_batchnorm,
     trainable_parameters,
 )
-from cxrfusion.params import Params, as_dict, recipe
+from cxrfusion.params import VARIANTS, Params, as_dict, recipe
 from cxrfusion.scoring import forward, score, unwrap
 
 log = logging.getLogger(__name__)
@@ -286,11 +293,15 @@ def build(run: Run, p: Params, train_set: Split, world: World):
     the report vectors' size and, under model.standardise_text, their scaling."""
     t, m = p.train, p.model
     text_dim = 0 if train_set.text is None else train_set.text.shape[1]
-    model = Classifier(run.variant, text_dim, m.backbone, pretrained=p.image.pretrained,
-                       hidden=m.hidden, dropout=m.dropout, fusion=m.fusion,
-                       shared_dim=m.shared_dim)
+    frozen = VARIANTS[run.variant].frozen_image
+    model = Classifier(run.variant, text_dim, None if frozen else m.backbone,
+                       pretrained=p.image.pretrained, hidden=m.hidden, dropout=m.dropout,
+                       fusion=m.fusion, shared_dim=m.shared_dim,
+                       image_dim=train_set.images.shape[1] if frozen else 0)
     if model.uses_text and m.standardise_text:
         model.standardise_text(train_set.study_text())
+    if frozen:
+        model.standardise_image(train_set.images)
     if m.freeze_backbone:
         freeze_backbone(model)
     if world.distributed and world.device.type == "cuda":
@@ -376,12 +387,16 @@ def save_model(run: Run, p: Params, model: Classifier, best_state: dict, text_di
     from safetensors.torch import save_file
 
     model.load_state_dict(best_state)
-    size, fit, backbone = ((p.image.size, p.image.fit, p.model.backbone) if model.uses_image
-                           else (None, None, None))  # the text model reads no image
+    size, fit, backbone = ((p.image.size, p.image.fit, p.model.backbone)
+                           if model.cnn is not None
+                           else (None, None, None))  # the text and frozen models read no pixels
     config = {**model_config(model, text_dim, backbone, size, image_fit=fit),
               "epoch": chosen, "select": p.train.select, "seed": run.seed,
               "text_input": run.text_input}
-    if model.uses_image:  # which ImageNet weights, pinned by name: timm's default tag can move
+    if model.frozen:  # which encoder made the image vectors: scoring checks the cache against it
+        alias = p.frozen_image.read
+        config["image_encoder"] = {"alias": alias, **read_frozen_cache_attrs(frozen_cache(alias))}
+    elif model.uses_image:  # which ImageNet weights, pinned by name: timm's default tag can move
         config["pretrained"] = p.image.pretrained
         config["pretrained_tag"] = unwrap(model).cnn.pretrained_cfg.get("tag")
     if model.uses_text:  # which encoder made the vectors: prediction checks its encoder against it

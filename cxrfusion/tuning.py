@@ -119,7 +119,7 @@ def trained_as(record: dict, variant: str) -> dict:
     CNN's for the text model, the report's for the image model). Other sections (compare,
     explain, ...) may change after a candidate trained without making it another run."""
     row = params.VARIANTS[variant]
-    unread = (() if row.reads_image else (*params.IMAGE_ONLY, "model.backbone")) + (
+    unread = (() if row.cnn else (*params.IMAGE_ONLY, "model.backbone")) + (
         () if row.reads_report else params.REPORT_ONLY)
     return {f"{section}.{key}": value for section in ("train", "model", "augment")
             for key, value in record[section].items()

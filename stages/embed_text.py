@@ -14,10 +14,8 @@ import logging
 import sys
 import time
 
-import numpy as np
-
 from cxrfusion import distributed, params
-from cxrfusion.common import PipelineError, atomic_path, main
+from cxrfusion.common import PipelineError, main
 from cxrfusion.formats import read_prepared, text_cache, text_cache_attrs, write_text_cache
 from cxrfusion.params import Params
 from cxrfusion.studies import join_text
@@ -30,10 +28,6 @@ from cxrfusion.text_encoder import (
 )
 
 log = logging.getLogger("embed_text")
-
-
-def part_path(out, rank: int):
-    return out.with_name(f".{out.name}.part{rank}.npz")
 
 
 def embed_text(text_input: str, p: Params) -> None:
@@ -55,12 +49,8 @@ def embed_text(text_input: str, p: Params) -> None:
         rows, vectors = embed_part(reports, tokenizer, model, reading,
                                    t.max_length, t.batch_size, world.device,
                                    progress=world.main, part=(world.rank, world.size))
-        if world.distributed:  # shares meet on disk, not in a gather through every GPU
-            with atomic_path(part_path(out, world.rank)) as tmp, open(tmp, "wb") as f:
-                np.savez(f, rows=rows, vectors=vectors)
-            distributed.barrier(world)
-            if world.main:
-                rows, vectors = merge_parts(out, world.size, len(studies))
+        rows, vectors = distributed.joined_shares(out, rows, vectors, len(studies), world) or (
+            None, None)
         seconds = time.perf_counter() - start
         if world.main:
             attrs = {**text_cache_attrs(t, fields), "revision": t.revision or "",
@@ -72,21 +62,6 @@ def embed_text(text_input: str, p: Params) -> None:
             log.info("embedded %d reports (%s, %d dims) in %.1f s: %.0f reports/s on %d x %s",
                      len(vectors), text_input, vectors.shape[1], seconds,
                      len(vectors) / seconds, world.size, world.device)
-
-
-def merge_parts(out, n_parts: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every process's share, in row (uid) order; the share files are removed."""
-    parts = []
-    for rank in range(n_parts):
-        with np.load(part_path(out, rank)) as part:
-            parts.append((part["rows"], part["vectors"]))
-    for stale in out.parent.glob(f".{out.name}.part*.npz"):  # this run's and older ones
-        stale.unlink()
-    rows = np.concatenate([r for r, _ in parts])
-    order = np.argsort(rows)
-    if not np.array_equal(rows[order], np.arange(n_rows)):
-        raise RuntimeError("the processes' shares do not cover every report exactly once")
-    return rows[order], np.concatenate([v for _, v in parts])[order]
 
 
 if __name__ == "__main__":

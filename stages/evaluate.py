@@ -95,8 +95,9 @@ def scored_images(run: Run, p: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
         scored = tfidf.scored(run, trained, ("val", "test"))
         return scored["val"], scored["test"]
     device = resolve_device(p.train.device)
-    model, _ = load_model(run.models, device)
-    splits = run_splits(trained, run, names=("val", "test"))[0]
+    model, config = load_model(run.models, device)
+    splits = run_splits(trained, run, names=("val", "test"),
+                        encoder=config.get("image_encoder"))[0]
     val_images = image_probabilities(model, splits["val"].to(device), p)
     test = splits["test"].to(device)
     images = image_probabilities(model, test, p)

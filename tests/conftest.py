@@ -38,6 +38,8 @@ TINY = {  # small enough for seconds on 2 CPU cores, large enough for every spli
     "train": {"epochs": 2, "batch_size": 8, "seeds": [0, 1]},  # two seeds: a mean and a spread
     "compare": {"bootstrap": 240},  # the fewest that let Holm over the family of 6 reach 0.05
     "demo_encoder": {"vocab_size": 200, "hidden_size": 16, "layers": 1, "heads": 2},
+    "demo_image_encoder": {"image_size": 32, "patch_size": 8, "hidden_size": 16, "layers": 1,
+                           "heads": 2},
 }
 
 
@@ -80,13 +82,23 @@ def _prepare(p) -> None:
 
 
 def _cache(p) -> None:
-    from stages import cache_images, demo_encoder, embed_text, shuffle_reports
+    from stages import (
+        cache_images,
+        demo_encoder,
+        demo_image_encoder,
+        embed_images,
+        embed_text,
+        shuffle_reports,
+    )
 
     demo_encoder.demo_encoder(p)
     for text_input in p.text.inputs:
         embed_text.embed_text(text_input, p)
         shuffle_reports.shuffle_reports(text_input, p)
     cache_images.cache_images(p)
+    demo_image_encoder.demo_image_encoder(p)
+    for alias in p.frozen_image.encoders:
+        embed_images.embed_images(alias, p)
 
 
 @pytest.fixture(scope="session")
@@ -127,8 +139,9 @@ def prepared(workdir, params, made_once) -> Params:
 
 @pytest.fixture
 def cached(workdir, params, made_once) -> Params:
-    """Everything `train` reads: data/raw and data/prepared, the tiny encoder,
-    features/text/<input>.h5 for every text input and features/images.h5."""
+    """Everything `train` reads: data/raw and data/prepared, the tiny encoders,
+    features/text/<input>.h5 for every text input, features/images.h5 and
+    features/images/<alias>.h5 for every frozen image encoder."""
     _copy_or_make("cached", made_once, params, (_prepare, _cache))
     return params
 

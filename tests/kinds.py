@@ -28,7 +28,8 @@ PROCESSES = {
 # other test alone. The longest files first, then the rest of the pipeline and processes kinds,
 # then the others: the two processes end at about the same time.
 GROUPED = {f"tests/test_{name}.py" for name in (
-    "backbones", "benchmark", "caches", "demo_and_download", "gpu_check", "mimic", "model",
+    "backbones", "benchmark", "caches", "demo_and_download", "frozen_image", "gpu_check", "mimic",
+    "model",
     "options", "paths", "pipeline", "predict_explain", "readings", "seeds_and_inputs",
     "sharing", "study_report", "text_case")}
 # Longest first, in seconds of `make test`'s durations on the 2-core development machine.

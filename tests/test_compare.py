@@ -38,7 +38,9 @@ N = 80
 METRICS = SEED_METRICS
 PAIRS = {"fusion_minus_image": ("fusion", "image"), "fusion_minus_text": ("fusion", "text"),
          "text_minus_image": ("text", "image"), "fusion_minus_shuffled": ("fusion", "shuffled"),
-         "text_minus_tfidf": ("text", "tfidf"), "fusion_minus_tfidf": ("fusion", "tfidf")}
+         "text_minus_tfidf": ("text", "tfidf"), "fusion_minus_tfidf": ("fusion", "tfidf"),
+         "fusion_frozen_minus_image_frozen": ("fusion_frozen", "image_frozen"),
+         "fusion_minus_fusion_frozen": ("fusion", "fusion_frozen")}
 ONCE = "tfidf"  # the arm trained once: one run, no seed
 OUTPUTS = ("metrics/comparison.json", "metrics/summary.json", "metrics/comparison.md",
            "metrics/figures")
@@ -131,7 +133,8 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
 
     for text_input in inputs:
         models = written["models"][text_input]
-        assert set(models) == {"fusion", "image", "text", "tfidf", "shuffled"}
+        assert set(models) == {"fusion", "image", "text", "tfidf", "shuffled", "image_frozen",
+                               "fusion_frozen"}
         for variant, m in models.items():
             mine = {f"seed-{s}": s for s in seeds} if variant != ONCE else {}
             assert set(m) == set(METRICS) | {"ece_floor"}
@@ -210,25 +213,27 @@ def test_the_summary_is_the_headline_of_the_comparison(workdir, small, no_figure
     result = compare(small)
     summary = json.loads(Path("metrics/summary.json").read_text())
     assert summary == results_mod.summary(result)
-    assert set(summary) == {"image", *small.text.inputs}
-    assert summary["image"] == {"auroc": result["models"]["indication"]["image"]["auroc"]["mean"]}
-    numbers = 1
+    assert set(summary) == {"image", "image_frozen", *small.text.inputs}
+    for blind in ("image", "image_frozen"):  # read no report: one key, whatever the input
+        assert summary[blind] == {"auroc": result["models"]["indication"][blind]["auroc"]["mean"]}
+    numbers = 2
     family = result["question"]["family"]
     for text_input in small.text.inputs:
         mine = summary[text_input]
         assert mine["auroc"] == {v: result["models"][text_input][v]["auroc"]["mean"]
-                                 for v in ("fusion", "text", "tfidf", "shuffled")}
+                                 for v in ("fusion", "text", "tfidf", "shuffled",
+                                           "fusion_frozen")}
         declared = [c for c in params_mod.Comparison.of_input(text_input) if c.name in family]
         assert set(mine) == {"auroc", *(c.summary_key for c in declared)}  # the family's only
         for c in declared:
             d = result["differences"][text_input][c.key]["auroc"]
             assert mine[c.summary_key] == {k: d[k] for k in ("mean", "low", "high", "verdict")}
-        numbers += 4 + 3 * len(declared)
+        numbers += 5 + 3 * len(declared)
     assert "fusion-shuffled" in summary["indication"]              # the placebo: declared
     assert "fusion-shuffled" not in summary["findings+impression"]  # exploratory there
     assert all("text-tfidf" in summary[i] for i in small.text.inputs)  # declared on each
     assert "fusion-tfidf" not in summary["indication"]                # exploratory
-    assert numbers == 36  # what `dvc exp show` and `dvc metrics diff` list
+    assert numbers == 42  # what `dvc exp show` and `dvc metrics diff` list
 
 
 def _auroc_rows(result: dict) -> dict:
@@ -428,7 +433,9 @@ def _cell(pattern, cell: str, d: dict, keys) -> None:
 
 NAMES = {"fusion − image": "fusion_minus_image", "fusion − text": "fusion_minus_text",
          "text − image": "text_minus_image", "fusion − shuffled": "fusion_minus_shuffled",
-         "text − tfidf": "text_minus_tfidf", "fusion − tfidf": "fusion_minus_tfidf"}
+         "text − tfidf": "text_minus_tfidf", "fusion − tfidf": "fusion_minus_tfidf",
+         "fusion_frozen − image_frozen": "fusion_frozen_minus_image_frozen",
+         "fusion − fusion_frozen": "fusion_minus_fusion_frozen"}
 
 
 def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
@@ -448,7 +455,9 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     # Table 1: the primary, its placebo, the secondary comparisons as declared, then the rest
     declared = [small.compare.primary, "fusion-shuffled/indication", *small.compare.secondary,
                 "fusion-shuffled/findings+impression", "fusion-tfidf/findings+impression",
-                "fusion-tfidf/indication"]
+                "fusion_frozen-image_frozen/findings+impression",
+                "fusion-fusion_frozen/findings+impression", "fusion-tfidf/indication",
+                "fusion-fusion_frozen/indication"]
     assert [f"{r[1].replace(' − ', '-')}/{r[0]}" for r in inferential[1:]] == declared
     for row in inferential[1:]:
         d = result["differences"][row[0]][NAMES[row[1]]]["auroc"]
@@ -473,13 +482,18 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     assert header == ["text input", "model", *names.values(), "ECE noise floor"]
     assert "Sensitivity at 90% specificity (test ROC)" in header
     rows = models[1:]
-    assert [(r[0], r[1]) for r in rows] == [("— (reads no report)", "image only")] + [
+    assert [(r[0], r[1]) for r in rows] == [("— (reads no report)", "image only"),
+                                            ("— (reads no report)",
+                                             "image only (frozen encoder)")] + [
         (i, v) for i in inputs for v in ("text only", "TF-IDF + logistic regression", "fusion",
-                                         "placebo (shuffled reports)")]
+                                         "placebo (shuffled reports)",
+                                         "fusion (frozen image encoder)")]
     variant = {"image only": "image", "text only": "text", "fusion": "fusion",
-               "placebo (shuffled reports)": "shuffled", "TF-IDF + logistic regression": "tfidf"}
+               "placebo (shuffled reports)": "shuffled", "TF-IDF + logistic regression": "tfidf",
+               "image only (frozen encoder)": "image_frozen",
+               "fusion (frozen image encoder)": "fusion_frozen"}
     for row in rows:
-        text_input = inputs[0] if row[1] == "image only" else row[0]
+        text_input = inputs[0] if row[0] == "— (reads no report)" else row[0]
         m = result["models"][text_input][variant[row[1]]]
         for cell, metric in zip(row[2:-1], names):
             if variant[row[1]] == ONCE:  # trained once: no sd

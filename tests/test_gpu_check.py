@@ -41,6 +41,10 @@ def a_run(args: list[str], p: params.Params) -> Run:
     return formats.run_of(args, p)
 
 
+def an_image_encoder(args: list[str], p: params.Params) -> None:  # embed_images' first check
+    assert len(args) == 1 and args[0] in p.frozen_image.encoders, "one alias of the encoders"
+
+
 # stages.evaluate.evaluate_all
 def every_run_or_one(args: list[str], p: params.Params) -> Run | None:
     return formats.run_of(args, p) if args else None
@@ -50,7 +54,8 @@ def every_run_or_one(args: list[str], p: params.Params) -> Run | None:
 # honest: a stage that starts reading arguments, or stops, fails test_the_table_matches_the_stages.
 STAGES = {"download": no_arguments, "prepare": no_arguments, "demo_encoder": no_arguments,
           "cache_images": no_arguments, "compare": no_arguments, "explain": no_arguments,
-          "study_report": no_arguments,
+          "study_report": no_arguments, "demo_image_encoder": no_arguments,
+          "embed_images": an_image_encoder,
           "embed_text": one_text_input, "shuffle_reports": one_text_input, "train": a_run,
           "tune": a_run, "train_tfidf": one_text_input,
           "evaluate": every_run_or_one}
@@ -161,8 +166,8 @@ def test_every_stage_command_parses(part2, part2_params):
     assert {module for module, _ in found} >= {"stages.download", "stages.prepare",
                                                "stages.demo_encoder", "stages.cache_images",
                                                "stages.embed_text", "stages.tune",
-                                               "stages.train",
-                                               "stages.evaluate"}
+                                               "stages.train", "stages.evaluate",
+                                               "stages.embed_images"}
     for module, args in found:
         assert importlib.util.find_spec(module) is not None, f"{module} does not exist"
         assert not any("$" in a for a in args), f"{module} {args}: an unknown shell variable"

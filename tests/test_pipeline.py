@@ -59,6 +59,7 @@ def stage_names(p: dict) -> list[str]:
         ["download", "prepare", "demo_encoder"]
         + [f"embed_text@{i}" for i in p["text"]["inputs"]]
         + [f"shuffle_reports@{i}" for i in p["text"]["inputs"]] + ["cache_images"]
+        + ["demo_image_encoder"] + [f"embed_images@{a}" for a in p["frozen_image"]["encoders"]]
         + [replace(r, candidate=0).stage for r in every]  # tune_<arm>
         + [r.stage for r in every]
         + ["evaluate", "compare", "explain", "study_report"]))
@@ -113,7 +114,7 @@ def _check_comparison(repo: Path, params: dict) -> dict:
     assert comparison["bootstrap"] == {"resamples": 240, "seed": 0, "validation_resampled": True,
                                        "level": 0.95}
     assert comparison["question"]["primary"] == "fusion-image/indication"
-    assert len(comparison["question"]["family"]) == 9  # the primary, its placebo, 7 secondaries
+    assert len(comparison["question"]["family"]) == 10  # the primary, its placebo, 8 secondaries
     assert set(comparison["models"]) == set(comparison["differences"]) == set(inputs)
     tests = {run: json.loads((repo / run.test_metrics).read_text()) for run in runs(params)}
     per_seed = [f"seed-{s}" for s in seeds]
@@ -178,8 +179,8 @@ def test_the_demo_run_writes_every_output(demo):
     assert params["train"]["seeds"] == [0, 1]
     assert params["text"]["inputs"] == ["findings+impression", "indication"]
     every = runs(params)
-    assert len(every) == 16  # image x 2 seeds; fusion, text, placebo x 2 inputs x 2 seeds;
-    # the TF-IDF baseline x 2 inputs
+    assert len(every) == 22  # image, image_frozen x 2 seeds; fusion, text, placebo,
+    # fusion_frozen x 2 inputs x 2 seeds; the TF-IDF baseline x 2 inputs
 
     comparison = _check_comparison(repo, params)
     table = (repo / "metrics/comparison.md").read_text()
@@ -288,9 +289,8 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
         """The stages that start with a prefix; a train stage's parameters are its arm's tune
         stage's too (train_fusion@: tune_fusion@ as well). "train_": the networks' (the TF-IDF
         baseline reads none of their options)."""
-        tuned = tuple(p.replace("train_", "tune_").rstrip("@") for p in prefixes
-                      if p.startswith("train_"))
-        return {s for s in stages if s.startswith(prefixes + tuned)
+        tuned = tuple(p.replace("train_", "tune_") for p in prefixes if p.startswith("train_"))
+        return {s for s in stages if (s.startswith(prefixes + tuned) or s + "@" in tuned)
                 and (not s.startswith("train_tfidf@") or "train_tfidf@" in prefixes)}
 
     original = (demo / "params.yaml").read_bytes()
@@ -308,8 +308,8 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
         assert stale_after(train__workers=3, train__in_memory_gb=8, text__batch_size=7,
                            text__nproc=2) == set()
         # the image baseline depends on no report setting, the text model on no image setting
-        assert stale_after(text__max_length=128) == named("embed_text@", "train_fusion@",
-                                                          "train_text@") | {"explain"}
+        assert stale_after(text__max_length=128) == named(
+            "embed_text@", "train_fusion@", "train_text@", "train_fusion_frozen@") | {"explain"}
         # the placebo's permutation: its caches (their runs follow once they are rewritten)
         assert stale_after(placebo__seed=1) == named("shuffle_reports@")
         # the tuning's criterion: the tune stages alone, and the TF-IDF baseline's, which tunes
@@ -318,11 +318,11 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
         assert stale_after(tfidf__c=0.5) == named("train_tfidf@")
         assert stale_after(image__size=48) == {"cache_images"} | named("train_fusion@",
                                                                         "train_image@")
-        assert stale_after(image__fit="crop") == {"cache_images"} | named("train_fusion@",
-                                                                           "train_image@")
+        assert stale_after(image__fit="crop") == {"cache_images"} | named(
+            "train_fusion@", "train_image@", "embed_images@")  # the frozen encoders fit too
         assert stale_after(model__hidden=64) == named("train_")
-        assert stale_after(model__standardise_text=False) == named("train_fusion@",
-                                                                   "train_text@")
+        assert stale_after(model__standardise_text=False) == named(
+            "train_fusion@", "train_text@", "train_fusion_frozen@")
         # the options of issue 18: augmentation and the CNN's rate reach the models with a CNN
         cnn_runs = named("train_fusion@", "train_image@")
         assert stale_after(train__augment="affine") == cnn_runs
@@ -337,7 +337,9 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
         more = {**params, "train": {**params["train"], "seeds": [0, 1, 2]}}
         new = set(stage_names(more)) - set(stages)
         assert new == {r.stage for r in runs(more) if r.seed == 2}
-        assert len(new) == 5  # image; fusion (and its placebo) and text per input; TF-IDF: none
+        # image, image_frozen; fusion (and its placebo), text, fusion_frozen per input; TF-IDF:
+        # none
+        assert len(new) == 8
         assert stale_after(train__seeds=[0, 1, 2]) == new | {"evaluate", "compare", "explain"}
         # another text input: prepare keeps its fields, and its embedding and runs are new
         wider = {**params, "text": {**params["text"], "inputs": [
@@ -401,7 +403,8 @@ def test_a_tuning_grid_runs_through_dvc_and_each_first_seed_is_its_choice(demo, 
     first = params["train"]["seeds"][0]
     choices = {r.arm: json.loads((repo / r.choice).read_text()) for r in every
                if r.seed in (first, None)}
-    assert len(choices) == 9  # image; fusion, its placebo, text and TF-IDF on each of 2 inputs
+    # image, image_frozen; fusion, its placebo, text, fusion_frozen, TF-IDF on each of 2 inputs
+    assert len(choices) == 12
     for run in every:
         choice = choices[run.arm]
         assert [c["setting"] for c in choice["candidates"]] == params["tune"][
@@ -415,7 +418,7 @@ def test_a_tuning_grid_runs_through_dvc_and_each_first_seed_is_its_choice(demo, 
             chosen = replace(run, candidate=choice["chosen"])
             assert (repo / run.models / "model.safetensors").read_bytes() == (
                 repo / chosen.models / "model.safetensors").read_bytes(), run
-    assert "Cost: 2 x 7 network arms = 14 candidate runs, 7 more than without a grid" in (
+    assert "Cost: 2 x 10 network arms = 20 candidate runs, 10 more than without a grid" in (
         repo / "metrics/study_report.md").read_text()
 
 

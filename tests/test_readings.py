@@ -186,4 +186,12 @@ def test_embed_text_reads_a_decoder_at_its_last_token_and_refuses_cls(cached, tm
     reports = studies.set_index("uid").loc[uids].apply(join_text, axis=1,
                                                        fields=fields_of(text_input))
     assert len({r.split(" ")[0] for r in reports}) < reports.nunique()
-    assert len({v.tobytes() for v in vectors}) == reports.nunique()
+    # the same report, the same vector (up to its last bits: padded to another length in another
+    # batch, it sums in another order on some CPUs); other reports, other vectors
+    by_report: dict = {}
+    for report, vector in zip(reports, vectors):
+        by_report.setdefault(report, []).append(vector)
+    assert all(np.abs(np.array(same) - same[0]).max() < 1e-4 for same in by_report.values())
+    firsts = np.array([same[0] for same in by_report.values()])
+    apart = np.abs(firsts[:, None] - firsts[None]).max(-1) + np.diag([np.inf] * len(firsts))
+    assert len(by_report) == reports.nunique() and apart.min() > 1e-3

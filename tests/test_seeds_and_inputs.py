@@ -36,12 +36,16 @@ def test_runs_are_every_variant_per_seed_and_input(params):
         Run("text", 0, FI), Run("text", 1, FI), Run("text", 0, IND), Run("text", 1, IND),
         Run("tfidf", None, FI), Run("tfidf", None, IND),  # deterministic: once per input
         Run("shuffled", 0, FI), Run("shuffled", 1, FI), Run("shuffled", 0, IND),
-        Run("shuffled", 1, IND)]
+        Run("shuffled", 1, IND),
+        Run("image_frozen", 0), Run("image_frozen", 1),  # the frozen image encoder's vectors
+        Run("fusion_frozen", 0, FI), Run("fusion_frozen", 1, FI), Run("fusion_frozen", 0, IND),
+        Run("fusion_frozen", 1, IND)]
     assert runs(params, variants=("image",)) == [Run("image", 0), Run("image", 1)]
     params.train.seeds = [3]
     params.text.inputs = [IND]
     assert runs(params) == [Run("fusion", 3, IND), Run("image", 3), Run("text", 3, IND),
-                            Run("tfidf", None, IND), Run("shuffled", 3, IND)]
+                            Run("tfidf", None, IND), Run("shuffled", 3, IND),
+                            Run("image_frozen", 3), Run("fusion_frozen", 3, IND)]
 
 
 def test_a_run_names_its_folders_and_stage():
@@ -82,12 +86,14 @@ def test_run_of_parses_a_stages_arguments(params):
     (["fusion", "0", "impression"], r"text input 'impression' is not one of "
                                     r"text.inputs=\['findings\+impression', 'indication'\]"),
     (["text", "0", "findings+impression+indication"], r"is not one of text.inputs"),
-    (["image", "0", IND], r"the image model reads no report and takes no text input.*"
-                          r"got \['image', '0', 'indication'\]"),
-    (["fusion", "0"], r"fusion, text and shuffled need one; got \['fusion', '0'\]"),
-    (["text", "1"], r"fusion, text and shuffled need one"),
-    ([], r"arguments: <fusion\|image\|text\|tfidf\|shuffled> <seed> \[<text input>"),
-    (["fusion"], r"arguments: <fusion\|image\|text\|tfidf\|shuffled> <seed>"),
+    (["image", "0", IND], r"a model that reads no report \(image and image_frozen\) takes no "
+                          r"text input.*got \['image', '0', 'indication'\]"),
+    (["fusion", "0"], r"fusion, text, shuffled and fusion_frozen need one; got \['fusion', '0'\]"),
+    (["text", "1"], r"fusion, text, shuffled and fusion_frozen need one"),
+    ([], r"arguments: <fusion\|image\|text\|tfidf\|shuffled\|image_frozen\|fusion_frozen> "
+         r"<seed> \[<text input>"),
+    (["fusion"], r"arguments: <fusion\|image\|text\|tfidf\|shuffled\|image_frozen\|fusion_frozen> "
+                 r"<seed>"),
     (["tfidf", "0", IND], r"or tfidf <text input> \(trained once, no seed\); got"),
     (["tfidf", "impression"], r"text input 'impression' is not one of text.inputs"),
     (["fusion", "0", FI, "extra"], r"arguments: "),

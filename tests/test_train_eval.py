@@ -394,8 +394,9 @@ def _every_run(params):
     from cxrfusion.formats import runs
 
     every = runs(params)
-    # image per seed; fusion, text, placebo per input and seed; the TF-IDF baseline per input
-    assert len(every) == 2 + 3 * 2 * 2 + 2
+    # image and image_frozen per seed; fusion, text, placebo, fusion_frozen per input and seed;
+    # the TF-IDF baseline per input
+    assert len(every) == 2 * 2 + 4 * 2 * 2 + 2
     return every
 
 

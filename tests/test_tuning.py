@@ -28,7 +28,8 @@ def test_the_demo_declares_no_grid():
 
 
 @pytest.mark.parametrize("grid, message", [
-    ({"image": GRID}, r"a mapping of each \(fusion, image, text, shuffled\)"),
+    ({"image": GRID}, r"a mapping of each \(fusion, image, text, shuffled, image_frozen, "
+                      r"fusion_frozen\)"),
     ({arm: GRID[:1 + (arm == "text")] for arm in described.NETWORKS}, r"an equal budget"),
     ([{"image.size": 64}], r"candidate 0 sets image\.size, which a candidate here cannot set"),
     ([{"train.lr": 0.1}, {"train.lr": 0.1}], r"candidate 1 repeats an earlier one"),
@@ -47,7 +48,8 @@ def test_the_demo_declares_no_grid():
     # the networks' grid names the networks only: the TF-IDF baseline has its own list
     ({**{arm: GRID for arm in described.NETWORKS}, "tfidf": WORDS}, r"a mapping of each "
                                                                      r"\(fusion, image, text, "
-                                                                     r"shuffled\)"),
+                                                                     r"shuffled, image_frozen, "
+                                                                     r"fusion_frozen\)"),
     ([{"train.lr": 0.03, "tfidf.c": 0.1}], r"candidate 0 sets tfidf\.c, which a candidate here "
                                             r"cannot set"),
 ])

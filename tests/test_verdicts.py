@@ -204,11 +204,13 @@ def test_the_default_family_is_every_comparison_primary_first():
                  p.compare.placebo)
     weights = fam.weights
     assert list(weights)[:2] == [PRIMARY, PLACEBO] and weights[PRIMARY] == 0.8
-    assert len(weights) == 9 and sum(weights.values()) == pytest.approx(1)
-    # the TF-IDF baseline's rows, one a text input, are secondaries: the primary keeps its 0.8
-    baseline = [f"text-tfidf/{i}" for i in p.text.inputs]
+    assert len(weights) == 10 and sum(weights.values()) == pytest.approx(1)
+    # the TF-IDF baseline's rows, one a text input, and the frozen encoder's are secondaries:
+    # the primary keeps its 0.8
+    baseline = [f"text-tfidf/{i}" for i in p.text.inputs] + [
+        "fusion_frozen-image_frozen/indication"]
     assert set(baseline) <= set(weights)
-    assert all(weights[name] == pytest.approx(0.2 / 7) for name in baseline)
+    assert all(weights[name] == pytest.approx(0.2 / 8) for name in baseline)
 
 
 def _refused(change, match):
