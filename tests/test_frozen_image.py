@@ -218,3 +218,21 @@ def test_a_timm_encoder_is_read_at_its_pretrained_input(monkeypatch, name, pooli
     expected = (features.mean((2, 3)) if features.dim() == 4 else
                 features[:, 0] if pooling == "cls" else features[:, 1:].mean(1))
     np.testing.assert_allclose(vectors, expected.numpy(), atol=1e-5)
+
+
+def test_images_are_decoded_in_order_and_at_most_two_windows_ahead():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stages.embed_images import decoded
+
+    started = []
+
+    def decode(path):
+        started.append(path)
+        return path * 10
+
+    with ThreadPoolExecutor(2) as pool:
+        out = decoded(pool, decode, list(range(10)), window=3)
+        assert next(out) == 0
+        assert max(started) < 6  # the first two windows, no more
+        assert [0, *out] == [k * 10 for k in range(10)]
