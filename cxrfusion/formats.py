@@ -112,8 +112,10 @@ class Run:
     def key(self) -> str:
         """Its key in DVC's stage name, train_<variant>@<key>: findings+impression-0 (in
         train_fusion@findings+impression-0), 0 (in train_image@0), indication (in
-        train_tfidf@indication)."""
-        return "-".join(str(k) for k in (self.text_input, self.seed) if k is not None)
+        train_tfidf@indication, and in train_fusion_frozen@indication, whose arm trains every
+        seed in one stage), "" (train_image_frozen: no key)."""
+        seed = None if params.VARIANTS[self.variant].seeds_together else self.seed
+        return "-".join(str(k) for k in (self.text_input, seed) if k is not None)
 
     @property
     def stage(self) -> str:
@@ -124,7 +126,7 @@ class Run:
         arm = row.trained_with or self.variant
         if self.candidate is not None and not row.trained_once:  # tuned in its train stage
             return f"tune_{arm}" + (f"@{self.text_input}" if self.text_input else "")
-        return f"train_{arm}@{self.key}"
+        return f"train_{arm}" + (f"@{self.key}" if self.key else "")
 
     @property
     def label(self) -> str:
@@ -223,9 +225,12 @@ def run_of(argv: list[str], p: Params) -> Run:
 def network_runs(argv: list[str], p: Params) -> list[Run]:
     """The runs the arguments of stage train or tune name, `<variant>[,<variant>...] <seed>
     [<text input>]` (several variants: one process trains them in turn), each checked by
-    run_of; an arm trained once is refused: it is no network, its own stage fits it."""
-    variants = argv[0].split(",") if argv else [None]
-    runs = [run_of([variant, *argv[1:]] if variant else argv, p) for variant in variants]
+    run_of; the seed `all`: every seed of train.seeds in turn (an arm whose row trains its
+    seeds together). An arm trained once is refused: it is no network, its own stage fits it."""
+    variants, rest = (argv[0].split(","), argv[1:]) if argv else ([None], [])
+    each = ([[str(s), *rest[1:]] for s in p.train.seeds] if rest[:1] == ["all"] else [rest])
+    runs = [run_of([variant, *args] if variant else argv, p)
+            for variant in variants for args in each]
     once = [run.variant for run in runs if params.VARIANTS[run.variant].trained_once]
     if once:
         raise PipelineError(f"{once[0]} is not a network: stage train_{once[0]} fits and tunes "

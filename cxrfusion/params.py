@@ -46,6 +46,9 @@ class Variant:
     # reads the image as a frozen encoder's vector (features/images/<alias>.h5), not through the
     # fine-tuned CNN: a head trained on cached vectors, in seconds (frozen_image.read)
     frozen_image: bool = False
+    # every seed trained in one stage (train_<arm>[@<input>]), one after the other: a head on
+    # cached vectors trains in less time than a process takes to start
+    seeds_together: bool = False
 
     @property
     def cnn(self) -> bool:
@@ -72,10 +75,10 @@ VARIANTS = {
     # network) read once, and a head on its vectors, alone and with the report
     "image_frozen": Variant(True, False, "image only (frozen encoder)",
                             "the image model on the frozen encoder", "tab:cyan",
-                            frozen_image=True),
+                            frozen_image=True, seeds_together=True),
     "fusion_frozen": Variant(True, True, "fusion (frozen image encoder)",
                              "fusion on the frozen image encoder", "tab:pink",
-                             frozen_image=True),
+                             frozen_image=True, seeds_together=True),
 }
 EXPLAINED = tuple(v for v, d in VARIANTS.items() if d.cnn)  # Grad-CAM needs the CNN
 NETWORKS = tuple(v for v, d in VARIANTS.items() if not d.trained_once)  # trained per seed

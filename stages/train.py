@@ -4,6 +4,7 @@ text input; or several variants' runs of that seed and input, one after the othe
     python -m stages.train fusion 0 findings+impression
     python -m stages.train image 0
     python -m stages.train fusion,shuffled 0 indication   # fusion, then its placebo
+    python -m stages.train fusion_frozen all indication   # every seed of train.seeds in turn
 
 Reads only data/prepared/*.csv and the caches of features/ the variant reads. Logs train/val
 metrics every epoch with DVCLive (metrics/train/<run>/), keeps the epoch chosen on validation
@@ -24,8 +25,8 @@ from cxrfusion.training import train
 
 
 def train_stage(argv: list[str]) -> list[dict]:
-    """Train the runs `argv` names (`<variant>[,<variant>...] <seed> [<text input>]`) with
-    params.yaml. Several variants share one process: its imports (torch, timm) take longer
+    """Train the runs `argv` names (`<variant>[,<variant>...] <seed>|all [<text input>]`)
+    with params.yaml. Several variants share one process: its imports (torch, timm) take longer
     than a demo run's training, and each run seeds everything itself, so a run trained after
     another is the run trained alone (tests/test_placebo.py)."""
     p = params.load()

@@ -236,3 +236,16 @@ def test_images_are_decoded_in_order_and_at_most_two_windows_ahead():
         assert next(out) == 0
         assert max(started) < 6  # the first two windows, no more
         assert [0, *out] == [k * 10 for k in range(10)]
+
+
+def test_a_frozen_arm_trains_every_seed_in_one_stage(params):
+    from cxrfusion.formats import Run, network_runs
+
+    assert Run.of("image_frozen", 1, "indication").stage == "train_image_frozen"
+    assert Run.of("fusion_frozen", 1, "indication").stage == "train_fusion_frozen@indication"
+    assert Run.of("fusion", 1, "indication").stage == "train_fusion@indication-1"
+    every = network_runs(["fusion_frozen", "all", "indication"], params)
+    assert every == [Run("fusion_frozen", s, "indication") for s in params.train.seeds]
+    assert network_runs(["image_frozen", "1"], params) == [Run("image_frozen", 1)]
+    with pytest.raises(PipelineError, match="seed 'al' is not one of train.seeds"):
+        network_runs(["image_frozen", "al"], params)

@@ -84,6 +84,16 @@ def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
                 f"models/{run.variant}/${{item}}", f"metrics/tuning/{run.variant}/${{item}}"]
             assert stage["do"]["cmd"].split()[2:] == [f"stages.train_{run.variant}", "${item}"]
             continue
+        if VARIANTS[run.variant].seeds_together:  # every seed: the arm's folders, whole
+            body = stage.get("do", stage)
+            item = "/${item}" if run.text_input else ""
+            outs = [o if isinstance(o, str) else next(iter(o)) for o in body["outs"]]
+            assert outs == [f"models/{run.variant}{item}", f"metrics/train/{run.variant}{item}"]
+            assert str(run.models).startswith(outs[0].replace("${item}", str(run.text_input)))
+            assert str(run.train_log).startswith(outs[1].replace("${item}", str(run.text_input)))
+            assert body["cmd"].split()[4:] == ["stages.train", run.variant, "all",
+                                               *(["${item}"] if run.text_input else [])]
+            continue
         combo = dict(zip(stage["matrix"],
                          [run.text_input, run.seed] if run.text_input else [run.seed]))
         outs = [(o if isinstance(o, str) else next(iter(o))).replace(
@@ -121,6 +131,7 @@ def test_each_arm_is_tuned_by_a_stage_whose_choice_its_train_stage_reads():
         mine = [str(run.candidates), str(run.choice.parent)]
         assert set(mine) <= set(paths(stage["outs"], run.text_input)), run
         trainer = PIPELINE[run.stage.partition("@")[0]]
+        trainer = trainer.get("do", trainer)  # foreach: the stage is its `do`
         assert set(mine) <= set(paths(trainer["deps"], run.text_input)), run
         words = stage["cmd"].split()
         arm = tuned_by.removeprefix("tune_").partition("@")[0]
