@@ -33,11 +33,11 @@ GROUPED = {f"tests/test_{name}.py" for name in (
     "options", "paths", "pipeline", "predict_explain", "readings", "seeds_and_inputs",
     "sharing", "study_report", "text_case")}
 # Longest first, in seconds of `make test`'s durations on the 2-core development machine.
-LONGEST = ("tests/test_pipeline.py",     # 70: the demo run and the tests that read it
-           "tests/test_benchmark.py",    # 60: the bench/ scripts, each a process
-           "tests/test_mimic.py",        # 37: dvc repro on the MIMIC-CXR layout
+LONGEST = ("tests/test_pipeline.py",     # 145: the demo run and the tests that read it
+           "tests/test_mimic.py",        # 80: dvc repro on the MIMIC-CXR layout
+           "tests/test_benchmark.py",    # 75: the bench/ scripts, each a process
            "tests/test_sharing.py",      # 25: DVC remotes, experiments, its queue
-           "tests/test_distributed.py")  # 18: torchrun
+           "tests/test_distributed.py")  # 22: torchrun
 KINDS = ("pipeline", "processes")
 
 
