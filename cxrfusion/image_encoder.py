@@ -10,14 +10,13 @@ the last layer, as the model returns it (DINOv2's after its final layer norm).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from cxrfusion import weights
 from cxrfusion.common import PipelineError
 
 TIMM = "timm:"  # a model name so prefixed is timm's
@@ -65,7 +64,7 @@ def _transformers(name: str, revision: str | None, trust_remote_code: bool,
                             "an encoder whose input side is unknown cannot be read")
     registers = getattr(model.config, "num_register_tokens", 0) or 0
     return Encoder(model.to(device).eval(), int(side), tuple(processor.image_mean),
-                   tuple(processor.image_std), 1 + registers, _fingerprint(name, model))
+                   tuple(processor.image_std), 1 + registers, weights.fingerprint(name, model))
 
 
 def _timm(name: str, device: torch.device) -> Encoder:
@@ -79,18 +78,6 @@ def _timm(name: str, device: torch.device) -> Encoder:
     fingerprint = f"timm:{name}:{cfg.get('tag') or ''}:{cfg.get('hf_hub_id') or ''}"
     return Encoder(model.to(device).eval(), int(cfg["input_size"][-1]), tuple(cfg["mean"]),
                    tuple(cfg["std"]), getattr(model, "num_prefix_tokens", 1), fingerprint)
-
-
-def _fingerprint(name: str, model) -> str:
-    """A content hash of a local folder, else the hub commit the weights came from."""
-    folder = Path(name)
-    if folder.is_dir():
-        digest = hashlib.sha256()
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(f.relative_to(folder).as_posix().encode())
-            digest.update(f.read_bytes())
-        return "sha256:" + digest.hexdigest()
-    return "commit:" + str(getattr(model.config, "_commit_hash", None) or "unknown")
 
 
 def pooled(tokens: torch.Tensor, pooling: str, prefix_tokens: int) -> torch.Tensor:

@@ -5,7 +5,6 @@ text the same way.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cxrfusion import weights
 from cxrfusion.common import PipelineError
 from cxrfusion.params import spelled
 
@@ -182,16 +182,7 @@ def encoder_fingerprint(name: str, model, tokenizer) -> str:
 
     The casing is part of it because the same files give other vectors read otherwise, and
     so it reaches features/text/<input>.h5 and every model.json that records the fingerprint."""
-    folder = Path(name)
-    if folder.is_dir():
-        digest = hashlib.sha256()
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(f.relative_to(folder).as_posix().encode())
-            digest.update(f.read_bytes())
-        base = "sha256:" + digest.hexdigest()
-    else:
-        base = "commit:" + str(getattr(model.config, "_commit_hash", None) or "unknown")
-    return f"{base}_{CASINGS[reads_lowercase(tokenizer)]}"
+    return f"{weights.fingerprint(name, model)}_{CASINGS[reads_lowercase(tokenizer)]}"
 
 
 def fingerprint_casing(fingerprint: str) -> tuple[str, bool | None]:
