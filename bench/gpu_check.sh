@@ -174,6 +174,7 @@ weights() {  # weights DETERMINISTIC: the hash and the validation losses of fusi
   set_param text.inputs "[$input]"
   set_param compare.primary "fusion-image/$input"  # the declared family names the input run
   set_param compare.secondary "[]"
+  set_param compare.encoders "[]"
   for setting in $PARAMS; do
     set_param "${setting%%=*}" "${setting#*=}"
   done

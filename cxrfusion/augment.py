@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrfusion import distributed
+from cxrfusion import distributed, params
 from cxrfusion.distributed import World
 from cxrfusion.formats import Run
-from cxrfusion.params import VARIANTS, Augment, Params, recipe
+from cxrfusion.params import Augment, Params, recipe
 
 # the columns of draw's output, one row per image:
 #   rotation     degrees, positive counter-clockwise as displayed (torchvision's convention)
@@ -153,6 +153,6 @@ class Augmenter:
 def augmenter(run: Run, p: Params) -> Augmenter | None:
     """The transform of the run's training images, or None: train.augment (or the recipe's)
     none, or no image read."""
-    if recipe(p.train, p.image.pretrained)["augment"] == "none" or not VARIANTS[run.variant].cnn:
+    if recipe(p.train, p.image.pretrained)["augment"] == "none" or not params.row(run.variant).cnn:
         return None
     return Augmenter(p, run.seed)

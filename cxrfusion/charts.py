@@ -77,7 +77,7 @@ def charts(p: Params) -> dict[str, dict]:
                 "x_label": words["x_label"], "y_label": words["y_label"],
                 "y": {_here(run.curve(kind)): words["y"]
                       for run in runs if run.text_input in (text_input, None)}}
-    for run in [run for run in runs if not params.VARIANTS[run.variant].trained_once]:
+    for run in [run for run in runs if not params.row(run.variant).trained_once]:
         model = "_".join([run.variant] + ([run.text_input] if run.text_input else []))
         reads = f", text input {run.text_input}" if run.text_input else " (reads no report)"
         chart = found.setdefault(f"training_{model}", {

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrfusion import figures, results, verdicts
+from cxrfusion import figures, params, results, verdicts
 from cxrfusion.formats import runs_of
 from cxrfusion.metrics import calibrated_ece, calibration, ece_bins
-from cxrfusion.params import PAIRS, VARIANTS, Comparison, Params
+from cxrfusion.params import Comparison, Params
 from cxrfusion.statistics import delong, over_seeds, seed_mean_difference
 
 
@@ -70,7 +70,7 @@ def model_rows(scored: dict, variant: str, text_input: str, seeds) -> dict:
 
 def seeds_of(variant: str, seeds) -> list:
     """The seeds a model's rows stand for: none of their own for an arm trained once."""
-    return [] if VARIANTS[variant].trained_once else list(seeds)
+    return [] if params.row(variant).trained_once else list(seeds)
 
 
 def delong_rows(labels, a: np.ndarray, b: np.ndarray, seeds) -> dict:
@@ -88,8 +88,8 @@ def compare_input(scored: dict, text_input: str, labels, validation: dict | None
     """One text input's models and paired differences, and the construction each pair's AUROC
     difference is tested with (statistics.seed_mean_difference)."""
     c, seeds = p.compare, p.train.seeds
-    models = {v: model_rows(scored, v, text_input, seeds) for v in VARIANTS}
-    stats = over_seeds(labels, models, list(PAIRS), c.bootstrap, c.seed, groups,
+    models = {v: model_rows(scored, v, text_input, seeds) for v in params.arms(p)}
+    stats = over_seeds(labels, models, params.pairs(p), c.bootstrap, c.seed, groups,
                        specificity=p.evaluate.specificity, validation=validation,
                        level=1 - c.alpha)
     summary = {v: {metric: {"mean": s["mean"], "sd": spread(s["sd"]), "low": s["low"],
@@ -100,7 +100,7 @@ def compare_input(scored: dict, text_input: str, labels, validation: dict | None
         summary[v]["ece_floor"] = {"mean": float(np.mean(floors)),
                                    **by_seed(floors, seeds_of(v, seeds))}
     differences, tested = {}, {}
-    for pair in Comparison.of_input(text_input):
+    for pair in Comparison.of_input(text_input, p):
         name, key = pair.ascii_label, pair.key  # over_seeds' name, comparison.json's key
         s = stats["pairs"][name]
         differences[key] = {metric: {"mean": d["mean"], "low": d["low"], "high": d["high"],
@@ -119,9 +119,9 @@ def answer(result: dict, tested: dict, p: Params) -> None:
     (`tested`: per text input and pair key, its statistics.seed_mean_difference)."""
     c = p.compare
     alpha, margin = c.alpha, c.margin
-    fam = verdicts.family(c.primary, c.secondary, c.primary_share, c.placebo)
+    fam = verdicts.family(c.primary, params.secondaries(c), c.primary_share, c.placebo)
     rows = {pair: result["differences"][i][pair.key]["auroc"]
-            for i in result["differences"] for pair in Comparison.of_input(i)}
+            for i in result["differences"] for pair in Comparison.of_input(i, p)}
     for comparison, d in rows.items():
         member = comparison.name in fam
         level = fam.level(comparison.name) if member else None  # its share of alpha
@@ -165,7 +165,7 @@ def draw(result: dict, scored: dict, labels, histories: tuple, path: Path, p: Pa
     training_histories' (per model label and seed, the epochs and the epoch kept)."""
     seeds, inputs = p.train.seeds, p.text.inputs
     spec = p.evaluate.specificity
-    probs = {i: {v: model_rows(scored, v, i, seeds)["probs"] for v in VARIANTS}
+    probs = {i: {v: model_rows(scored, v, i, seeds)["probs"] for v in params.arms(p)}
              for i in inputs}
     figures.forest(results.forest_rows(result, inputs, seeds), path / "forest.png",
                    margin=p.compare.margin)

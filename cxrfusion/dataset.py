@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cxrfusion import params
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import (
     IMAGES,
@@ -37,7 +38,7 @@ from cxrfusion.formats import (
     text_cache,
     text_cache_attrs,
 )
-from cxrfusion.params import VARIANTS, Params, fields_of
+from cxrfusion.params import Params, fields_of
 
 log = logging.getLogger(__name__)
 
@@ -141,20 +142,22 @@ def run_splits(p: Params, run: Run, names: tuple[str, ...] = SPLITS,
     swap of the image model's report; the placebo reads its input's shuffled vectors). The one
     place an arm's own inputs are made. `encoder`: the frozen image encoder a trained frozen
     model recorded (model.json's image_encoder), which the cache must still hold."""
-    arm = VARIANTS[run.variant]
+    arm, alias = params.row(run.variant), params.alias_of(run.variant)
     if arm.frozen_image:
-        return frozen_splits(p, text_input or run.text_input, names, encoder)
+        return frozen_splits(p, text_input or run.text_input, names, encoder, alias)
     return load_splits(p, arm.reads_image, text_input or run.text_input, names,
-                       shuffled=arm.shuffled)
+                       shuffled=arm.shuffled, alias=alias)
 
 
 def frozen_splits(p: Params, text_input: str | None, names: tuple[str, ...] = SPLITS,
-                  encoder: dict | None = None) -> tuple[dict[str, Split], int]:
-    """A frozen arm's Splits: load_splits' rows and report vectors, the images as the vectors
-    of frozen_image.read's encoder (float32, N x D, in `images`). `encoder`: the encoder a
-    trained model recorded: a cache made by other weights, or read otherwise, is refused."""
+                  encoder: dict | None = None,
+                  alias: str | None = None) -> tuple[dict[str, Split], int]:
+    """A frozen arm's Splits: load_splits' rows and report vectors (the default text
+    encoder's), the images as the vectors of the frozen image encoder `alias` (float32, N x D,
+    in `images`). `encoder`: the encoder a trained model recorded: a cache made by other
+    weights, or read otherwise, is refused."""
     splits, text_dim = load_splits(p, False, text_input, names)
-    cache = frozen_cache(p.frozen_image.read)
+    cache = frozen_cache(alias)
     filenames, vectors, attrs = read_frozen_cache(cache)
     if encoder is not None:
         wrong = [k for k in READING if attrs.get(k) != encoder.get(k)]
@@ -164,7 +167,7 @@ def frozen_splits(p: Params, text_input: str | None, names: tuple[str, ...] = SP
                 + "; ".join(f"{k}: the cache has {attrs.get(k)!r}, the model {encoder.get(k)!r}"
                             for k in wrong)
                 + f"): its vectors would be read as another encoder's. Embed the images again "
-                  f"with that encoder (`dvc repro embed_images@{p.frozen_image.read}`) or retrain "
+                  f"with that encoder (`dvc repro embed_images@{alias}`) or retrain "
                   "the model on this one (`dvc repro`).")
     row_of = pd.Series(np.arange(len(filenames)), index=filenames)
     for split in splits.values():
@@ -172,14 +175,15 @@ def frozen_splits(p: Params, text_input: str | None, names: tuple[str, ...] = SP
         if missing.any():
             raise PipelineError(f"{cache} has no vector for {missing.sum()} images of {IMAGES} "
                                 f"(first: {split.rows.loc[missing, 'filename'].iloc[0]}); rebuild "
-                                f"it with `dvc repro embed_images@{p.frozen_image.read}`.")
+                                f"it with `dvc repro embed_images@{alias}`.")
         split.images = torch.from_numpy(vectors[row_of[split.rows["filename"]].to_numpy()])
     return splits, text_dim
 
 
 def load_splits(p: Params, uses_image: bool, text_input: str | None,
                 names: tuple[str, ...] = SPLITS,
-                shuffled: bool = False) -> tuple[dict[str, Split], int]:
+                shuffled: bool = False,
+                alias: str | None = None) -> tuple[dict[str, Split], int]:
     """The Splits `names` (train, val, test), with the images when `uses_image` and the report
     vectors of `text_input` unless it is None (its shuffled cache when `shuffled`), and the
     vector size (0 when no text is read).
@@ -196,8 +200,8 @@ def load_splits(p: Params, uses_image: bool, text_input: str | None,
     rows = pd.concat([rows.loc[rows["split"] == name] for name in names], ignore_index=True)
     text_dim, vectors_by_row, pixels_by_row, cache_rows = 0, None, None, None
     if text_input is not None:
-        cache = text_cache(text_input, shuffled)
-        expect = text_cache_attrs(p.text, fields_of(text_input))
+        cache = text_cache(text_input, shuffled, alias)  # alias: a text.encoders entry's
+        expect = text_cache_attrs(params.text_reader(p, alias), fields_of(text_input))
         uids, vectors, attrs = read_text_cache(cache, expect=expect)
         row_of = pd.Series(np.arange(len(uids)), index=uids)
         missing = ~rows["uid"].isin(row_of.index)

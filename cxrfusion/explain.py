@@ -47,11 +47,13 @@ OUTCOMES = {"true_positive": "true positive", "true_negative": "true negative",
             "false_positive": "false positive", "false_negative": "false negative"}
 
 
-def reference_normal(p: Params, text_input: str) -> tuple[int, np.ndarray]:
+def reference_normal(p: Params, text_input: str,
+                     alias: str | None = None) -> tuple[int, np.ndarray]:
     """uid and vector of the training study labelled normal whose report vector is nearest
-    (Euclidean) to the mean vector of all training studies labelled normal."""
+    (Euclidean) to the mean vector of all training studies labelled normal (`alias`: of
+    text.encoders' encoder `alias`, whose reading `p.text` then is)."""
     studies, _ = read_prepared()
-    uids, vectors, _ = read_text_cache(text_cache(text_input),
+    uids, vectors, _ = read_text_cache(text_cache(text_input, alias=alias),
                                        expect=text_cache_attrs(p.text, fields_of(text_input)))
     normal = studies.loc[(studies["split"] == "train") & (studies["label"] == 0), "uid"]
     rows = np.flatnonzero(np.isin(uids, normal.to_numpy()))

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cxrfusion.metrics import MEASURES, roc_curve, tpr_at  # noqa: E402
-from cxrfusion.params import VARIANTS  # noqa: E402
+from cxrfusion.params import VARIANTS, arm_order, variant_of  # noqa: E402
 
 METRIC_TITLES = {m.name: m.forest for m in MEASURES if m.forest}  # (title, axis's short name)
 STYLE = {  # readable at the size a paper prints a figure
@@ -35,13 +35,16 @@ def _save(fig, path, whole: bool = False) -> None:
 
 
 def _colour(variant: str) -> str:
-    return VARIANTS[variant].colour if variant in VARIANTS else "0.25"
+    """An arm's colour: its variant's (on another encoder too: the legend names the alias)."""
+    return VARIANTS[variant_of(variant)].colour if variant_of(variant) in VARIANTS else "0.25"
 
 
 def _ordered(names) -> list:
-    """Variants in the table's order (params.VARIANTS), anything else after, as given."""
+    """Arms grouped by encoder, each group in the table's order (params.VARIANTS), anything
+    else after, as given."""
     names = list(names)
-    return [v for v in VARIANTS if v in names] + [n for n in names if n not in VARIANTS]
+    arms = sorted((n for n in names if variant_of(n) in VARIANTS), key=arm_order)
+    return arms + [n for n in names if variant_of(n) not in VARIANTS]
 
 
 def _float(x) -> float:
@@ -277,9 +280,12 @@ def forest(differences: dict, path, margin: float | None = None) -> None:
     metrics, seed_counts = _check_differences(differences)
     layout = _forest_rows(differences)
     n_rows = layout[-1]
+    # room for the longest row label (an arm on an encoder: fusion_frozen@<alias> − ...)
+    labels = max(len(pair.label) for rows in differences.values() for pair in rows)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False, layout="constrained",
-                                 figsize=(max(5.6, 1.6 + 2.8 * len(metrics)), 1.7 + 0.36 * n_rows))
+                                 figsize=(max(5.6, max(1.6, 0.085 * labels) + 2.8 * len(metrics)),
+                                          1.7 + 0.36 * n_rows))
         axes = axes[0]
         for ax, m in zip(axes, metrics):
             _forest_panel(ax, m, differences, layout, margin)
@@ -356,8 +362,9 @@ def _roc_title(y: np.ndarray, probs: dict, counts: list, same: bool) -> str:
     if max(counts) > 1:
         lines.append("thin: each seed; bold: " + (_seeds_phrase(counts) if same else "mean")
                      + " (TPR averaged at fixed FPR)")
-    blind = [v for v, row in VARIANTS.items() if not row.reads_report]
-    if len(probs) > 1 and any(v in vs for v in blind for vs in probs.values()):
+    shown = {v for vs in probs.values() for v in vs}
+    blind = [v for v in _ordered(shown) if not VARIANTS[variant_of(v)].reads_report]
+    if len(probs) > 1 and blind:
         lines.append(f"the {' and '.join(blind)} model{'s read' if len(blind) > 1 else ' reads'} "
                      "no text: the same curves in every panel")
     return "\n".join(lines)
@@ -381,7 +388,12 @@ def roc_by_input(labels, probs: dict, legend: dict, path, specificity: float | N
 
     with plt.rc_context(STYLE):
         n = len(probs)
-        fig, axes = plt.subplots(1, n, squeeze=False, figsize=(max(5.6, 0.4 + 4.4 * n), 5.25),
+        # a panel as wide as its legend's longest entry (an arm on an encoder: fusion@<alias>)
+        chars = max(len(f"{v}: {text} (trained once)") for texts in legend.values()
+                    for v, text in texts.items())
+        panel = max(4.4, 0.075 * chars)
+        fig, axes = plt.subplots(1, n, squeeze=False,  # square panels: taller as they widen
+                                 figsize=(max(5.6, 0.4 + panel * n), 5.25 + panel - 4.4),
                                  gridspec_kw={"wspace": 0.3})  # laid out by _save's crop
         for ax, (inp, variants) in zip(axes[0], probs.items()):
             _roc_panel(ax, y, inp, variants, legend[inp], same, specificity, at_specificity)
@@ -628,7 +640,7 @@ def _training_column(top, bottom, label: str, seeds: dict) -> None:
     for shade, (seed, (t, kept)) in zip(shades, seeds.items()):
         _draw_seed_history(top, bottom, t, kept, shade,
                            f"seed {seed}" if len(seeds) > 1 else None)
-    top.set_title(label, fontweight="bold")
+    top.set_title(label.replace(" · ", "\n"), fontweight="bold")  # <arm>, then <input>
     bottom.set_xlabel("epoch")
     bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in (top, bottom):

@@ -64,17 +64,19 @@ TRAIN_LOGS = METRICS_FOLDER / "train"          # <run>/: DVCLive's per-epoch met
 TUNING = "tuning"  # models/tuning/<arm>/candidate-<k>, metrics/tuning/<arm>/ (`tune`)
 
 
-def text_cache(text_input: str, shuffled: bool = False) -> Path:
+def text_cache(text_input: str, shuffled: bool = False, alias: str | None = None) -> Path:
     """The report vectors of one text input, e.g. features/text/findings+impression.h5, or
-    the placebo's, each study given another's (features/text/findings+impression.shuffled.h5)."""
-    return TEXT_DIR / f"{text_input}{'.shuffled' if shuffled else ''}.h5"
+    the placebo's, each study given another's (features/text/findings+impression.shuffled.h5);
+    another text encoder's (text.encoders): features/text/findings+impression@<alias>.h5."""
+    return TEXT_DIR / f"{params.arm(text_input, alias)}{'.shuffled' if shuffled else ''}.h5"
 
 
 @dataclass(frozen=True)
 class Run:
-    """One trained model: a variant, trained with one seed on one text input (none for the
-    image model, which reads no report; no seed for an arm trained once, the TF-IDF baseline).
-    Its files are named by its path, e.g. fusion/findings+impression/seed-0, image/seed-0 and
+    """One trained model: an arm (a variant, on one encoder: fusion, fusion@biobert_large,
+    image_frozen@demo_vit), trained with one seed on one text input (none for the image model,
+    which reads no report; no seed for an arm trained once, the TF-IDF baseline). Its files are
+    named by its path, e.g. fusion/findings+impression/seed-0, image/seed-0 and
     tfidf/indication: models/<path>/, metrics/test/<path>.json."""
     variant: str
     seed: int | None
@@ -85,7 +87,7 @@ class Run:
     def of(cls, variant: str, seed: int, text_input: str | None) -> "Run":
         """The run of `variant` and `seed` on `text_input`: the image model's, which reads no
         report, whatever the input; an arm trained once, whatever the seed."""
-        row = params.VARIANTS[variant]
+        row = params.row(variant)
         return cls(variant, None if row.trained_once else seed,
                    text_input if row.reads_report else None)
 
@@ -94,6 +96,18 @@ class Run:
         """How params.json and test.json name the run."""
         return {"variant": self.variant, "seed": self.seed, "text_input": self.text_input,
                 **({"candidate": self.candidate} if self.candidate is not None else {})}
+
+    @property
+    def text_alias(self) -> str | None:
+        """The text.encoders alias whose vectors it reads (None: the default encoder's, or no
+        report vectors)."""
+        return params.alias_of(self.variant) if params.row(self.variant).encoder == "text" \
+            else None
+
+    @property
+    def image_alias(self) -> str | None:
+        """The frozen_image.encoders alias whose vectors it reads (a frozen arm's), else None."""
+        return params.alias_of(self.variant) if params.row(self.variant).frozen_image else None
 
     @property
     def arm(self) -> str:
@@ -112,20 +126,25 @@ class Run:
     def key(self) -> str:
         """Its key in DVC's stage name, train_<variant>@<key>: findings+impression-0 (in
         train_fusion@findings+impression-0), 0 (in train_image@0), indication (in
-        train_tfidf@indication, and in train_fusion_frozen@indication, whose arm trains every
-        seed in one stage), "" (train_image_frozen: no key)."""
-        seed = None if params.VARIANTS[self.variant].seeds_together else self.seed
-        return "-".join(str(k) for k in (self.text_input, seed) if k is not None)
+        train_tfidf@indication), demo_vit-indication (in train_fusion_frozen@demo_vit-indication,
+        whose arm trains every seed in one stage), biobert_large-indication-0 (in
+        train_fusion_by@biobert_large-indication-0: another text encoder's)."""
+        seed = None if params.row(self.variant).seeds_together else self.seed
+        keys = (params.alias_of(self.variant), self.text_input, seed)
+        return "-".join(str(k) for k in keys if k is not None)
 
     @property
     def stage(self) -> str:
         """The DVC stage that trains it: train_fusion@indication-0 (for fusion's and its
-        placebo's run: the placebo is trained with fusion), train_image@0; a candidate's,
-        tune_<arm>, but an arm trained once tries its candidates in its train stage."""
-        row = params.VARIANTS[self.variant]
-        arm = row.trained_with or self.variant
+        placebo's run: the placebo is trained with fusion), train_image@0; another text
+        encoder's, train_<arm>_by@<alias>-...; a candidate's, tune_<arm>, but an arm trained once
+        tries its candidates in its train stage."""
+        row = params.row(self.variant)
+        arm = (row.trained_with or params.variant_of(self.variant)) + (
+            "_by" if row.encoder == "text" and params.alias_of(self.variant) else "")
         if self.candidate is not None and not row.trained_once:  # tuned in its train stage
-            return f"tune_{arm}" + (f"@{self.text_input}" if self.text_input else "")
+            key = "-".join(k for k in (params.alias_of(self.variant), self.text_input) if k)
+            return f"tune_{arm}" + (f"@{key}" if key else "")
         return f"train_{arm}" + (f"@{self.key}" if self.key else "")
 
     @property
@@ -177,7 +196,8 @@ def runs(p: Params, variants=params.VARIANTS) -> list[Run]:
     per text input and seed, the TF-IDF baseline once per text input (ordered variant, input,
     seed)."""
     t = p.train.seeds
-    return list(dict.fromkeys(Run.of(v, s, i) for v in variants for i in p.text.inputs
+    return list(dict.fromkeys(Run.of(v, s, i) for v in params.arms(p, variants)
+                              for i in p.text.inputs
                               for s in t))  # the image model once, not once per input
 
 
@@ -188,9 +208,10 @@ def runs_of(variant: str, text_input: str | None, seeds) -> list[Run]:
 
 
 def run_of(argv: list[str], p: Params) -> Run:
-    """The run a stage's arguments name: `<variant> <seed> [<text input>]`, or `<variant>
-    <text input>` for an arm trained once, checked against the parameters (a seed not in
-    train.seeds, or a text input not in text.inputs, would train a model no comparison reads)."""
+    """The run a stage's arguments name: `<arm> <seed> [<text input>]`, or `<arm> <text
+    input>` for an arm trained once, checked against the parameters (a seed not in
+    train.seeds, a text input not in text.inputs or an encoder alias not declared would train a
+    model no comparison reads); an arm is a variant, or <variant>@<alias> (params.arms)."""
     names = params.VARIANTS
     blind = params.spoken(v for v, d in names.items() if not d.reads_report)  # image
     reading = params.spoken(v for v, d in names.items()
@@ -201,9 +222,17 @@ def run_of(argv: list[str], p: Params) -> Run:
     if len(argv) not in (2, 3):
         raise PipelineError(f"{usage}; got {argv}")
     variant = argv[0]
-    if variant not in names:
+    if params.variant_of(variant) not in names:
         raise PipelineError(f"variant={variant!r} is not allowed: use one of {', '.join(names)}")
-    if names[variant].trained_once:
+    if variant not in params.arms(p, [params.variant_of(variant)]):
+        kind = params.row(variant).encoder
+        where = {"text": "text.encoders", "image": "frozen_image.encoders"}.get(kind)
+        raise PipelineError(f"{variant!r} is not an arm of this study: " + (
+            f"its encoder must be an alias of {where} "
+            f"({', '.join(params.aliases(p, kind)[kind == 'text':]) or 'none declared'})"
+            if where else f"{params.variant_of(variant)} reads no encoder alias"))
+    row = params.row(variant)
+    if row.trained_once:
         if len(argv) != 2:
             raise PipelineError(f"{usage}; got {argv}")
         if argv[1] not in p.text.inputs:
@@ -214,7 +243,7 @@ def run_of(argv: list[str], p: Params) -> Run:
                             "add it to train.seeds (params.yaml, or `dvc exp run -S "
                             "'train.seeds=[...]'`) and let `dvc repro` run it.")
     text_input = argv[2] if len(argv) == 3 else None
-    if names[variant].reads_report != (text_input is not None):
+    if row.reads_report != (text_input is not None):
         raise PipelineError(f"{usage}: a model that reads no report ({blind}) takes no text "
                             f"input; {reading} need one; got {argv}")
     if text_input is not None and text_input not in p.text.inputs:
@@ -231,7 +260,7 @@ def network_runs(argv: list[str], p: Params) -> list[Run]:
     each = ([[str(s), *rest[1:]] for s in p.train.seeds] if rest[:1] == ["all"] else [rest])
     runs = [run_of([variant, *args] if variant else argv, p)
             for variant in variants for args in each]
-    once = [run.variant for run in runs if params.VARIANTS[run.variant].trained_once]
+    once = [run.variant for run in runs if params.row(run.variant).trained_once]
     if once:
         raise PipelineError(f"{once[0]} is not a network: stage train_{once[0]} fits and tunes "
                             f"it (`python -m stages.train_{once[0]} <text input>`).")
@@ -244,11 +273,13 @@ def record(p: Params, run: Run) -> dict:
     and the run itself. Code takes a run's own values from the Run; this is their record."""
     recorded = params.as_dict(p)
     if run.text_input:
-        row = params.VARIANTS[run.variant]
-        recorded["text"] = {**recorded["text"], "input": run.text_input,
+        row, alias = params.row(run.variant), run.text_alias
+        recorded["text"] = {**params.as_dict(params.with_text(p, alias))["text"],
+                            "input": run.text_input,
                             "fields": params.fields_of(run.text_input),
                             "vectors": None if row.trained_once  # it reads the words
-                            else str(text_cache(run.text_input, row.shuffled))}
+                            else str(text_cache(run.text_input, row.shuffled, alias)),
+                            **({"encoder": alias} if alias else {})}
     recorded["train"] = {**recorded["train"], **params.recipe(p.train, p.image.pretrained),
                          "seed": run.seed}  # the recipe's values where the options were null
     recorded["run"] = run.record

@@ -133,7 +133,7 @@ HEAD = params.Model()
 
 def reads(variant: str) -> tuple[bool, bool]:
     """(reads the image, reads the report) for a variant: params.VARIANTS' row."""
-    row = params.VARIANTS[variant]
+    row = params.row(variant)
     return row.reads_image, row.reads_report
 
 
@@ -151,7 +151,7 @@ class Classifier(nn.Module):
         self.variant, self.fusion = variant, fusion
         self.uses_image, self.uses_text = reads(variant)
         # a frozen arm reads a frozen encoder's cached vector (image_dim wide) where a CNN would be
-        self.frozen = params.VARIANTS[variant].frozen_image
+        self.frozen = params.row(variant).frozen_image
         self.cnn = (create_backbone(backbone, pretrained) if self.uses_image and not self.frozen
                     else None)
         # what forward_head gives: num_features, or the width of a head conv after the pooling

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -44,7 +44,7 @@ class Variant:
     # a text input, its one run standing for every seed; it reads tfidf.*, not train.* or model.*
     trained_once: bool = False
     # reads the image as a frozen encoder's vector (features/images/<alias>.h5), not through the
-    # fine-tuned CNN: a head trained on cached vectors, in seconds (frozen_image.read)
+    # fine-tuned CNN: a head trained on cached vectors, in seconds (frozen_image.encoders)
     frozen_image: bool = False
     # every seed trained in one stage (train_<arm>[@<input>]), one after the other: a head on
     # cached vectors trains in less time than a process takes to start
@@ -54,6 +54,17 @@ class Variant:
     def cnn(self) -> bool:
         """Reads the image through the fine-tuned CNN (what Grad-CAM and augmentation need)."""
         return self.reads_image and not self.frozen_image
+
+    @property
+    def encoder(self) -> str | None:
+        """Which encoders the arm multiplies by: "image" (a frozen arm: one arm an alias of
+        frozen_image.encoders, always named <arm>@<alias>), "text" (fusion, its placebo and
+        text-only: the default text encoder's arm, and <arm>@<alias> for each alias of
+        text.encoders) or None (the CNN image model, and TF-IDF, which reads the words). A frozen
+        fusion arm reads the default text encoder."""
+        if self.frozen_image:
+            return "image"
+        return "text" if self.reads_report and not self.trained_once else None
 
 
 # the arms, in the order of every table and figure; each is a train_<name> stage in dvc.yaml, or
@@ -149,13 +160,22 @@ class Comparison:
 
     @classmethod
     def parse(cls, name: str) -> "Comparison":
-        """fusion-image/indication -> Comparison("fusion", "image", "indication")."""
+        """fusion-image/indication -> Comparison("fusion", "image", "indication"); an arm on
+        another encoder than the default text encoder is <arm>@<alias>:
+        fusion@biobert_large-fusion/indication, fusion_frozen@raddino-image_frozen@raddino/...
+        (whether the aliases are declared is checked against params: `pairs`)."""
         pair, sep, text_input = str(name).partition("/")
         a, dash, b = pair.partition("-")
-        if not (sep and dash and text_input) or (a, b) not in PAIRS:
+        va, vb = variant_of(a), variant_of(b)
+        named = all(alias_of(x) is None or ALIAS.fullmatch(alias_of(x)) for x in (a, b))
+        if not (sep and dash and text_input and named) or not (
+                (va, vb) in PAIRS or (va == vb and a != b and va in VARIANTS
+                                      and VARIANTS[va].encoder)):
             allowed = ", ".join(cls(x, y).summary_key for x, y in PAIRS)
             raise ValueError(f"{name!r} is not a comparison: write <pair>/<text input>, the pair "
-                             f"one of {allowed} (e.g. fusion-image/indication)")
+                             f"one of {allowed}, or an arm against itself on another encoder, "
+                             "each arm <arm>[@<alias>] (e.g. fusion-image/indication, "
+                             "fusion@biobert_large-fusion/indication)")
         return cls(a, b, text_input)
 
     @classmethod
@@ -167,9 +187,10 @@ class Comparison:
         return cls(a, b, text_input)
 
     @classmethod
-    def of_input(cls, text_input: str | None) -> list["Comparison"]:
-        """Every pair of PAIRS on one text input, in PAIRS' order."""
-        return [cls(a, b, text_input) for a, b in PAIRS]
+    def of_input(cls, text_input: str | None, p=None) -> list["Comparison"]:
+        """Every pair of one text input, in PAIRS' order: `pairs(p)` (PAIRS alone without
+        params)."""
+        return [cls(a, b, text_input) for a, b in (pairs(p) if p is not None else PAIRS)]
 
     @property
     def name(self) -> str:
@@ -199,6 +220,126 @@ class Comparison:
         """The label in plain ASCII: statistics' names of a pair (and so the keys of
         metrics/study_report/subgroups.json) and bench/conclusions.py's columns: fusion - image."""
         return f"{self.a} - {self.b}"
+
+
+# --- arms: a variant read by one encoder -----------------------------------------------------
+
+def arm(variant: str, alias: str | None) -> str:
+    """The arm of `variant` on the encoder `alias` (None: the default text encoder's):
+    fusion@biobert_large; fusion."""
+    return f"{variant}@{alias}" if alias else variant
+
+
+def variant_of(name: str) -> str:
+    """The variant of an arm: fusion@biobert_large -> fusion."""
+    return name.partition("@")[0]
+
+
+def alias_of(name: str) -> str | None:
+    """The encoder alias of an arm (None: the default text encoder, or none read)."""
+    return name.partition("@")[2] or None
+
+
+def row(name: str) -> Variant:
+    """The VARIANTS row of an arm."""
+    return VARIANTS[variant_of(name)]
+
+
+def title(name: str) -> str:
+    """How tables name an arm: its variant's title, and the encoder alias if any
+    (image only (frozen encoder) · demo_vit)."""
+    alias = alias_of(name)
+    return row(name).title + (f" · {alias}" if alias else "")
+
+
+def noun(name: str) -> str:
+    """How sentences name an arm: its variant's noun, and the encoder alias if any."""
+    alias = alias_of(name)
+    return row(name).noun + (f" ({alias})" if alias else "")
+
+
+def arm_order(name: str, variants=None) -> tuple:
+    """Sort key grouping arms by encoder (the default text encoder's and the unaliased first,
+    then each alias) and, within one, in `variants`' order (VARIANTS' by default)."""
+    order = list(variants or VARIANTS)
+    return (alias_of(name) is not None, alias_of(name) or "", order.index(variant_of(name)))
+
+
+def pair_order(c: "Comparison") -> tuple:
+    """Sort key of a comparison, grouped by encoder as the tables are: the pairs without an
+    alias first, then each alias's (alphabetically); within one, its variants' pair in PAIRS'
+    order, an arm against itself on another encoder after them."""
+    named = sorted({a for a in (alias_of(c.a), alias_of(c.b)) if a})
+    pair = (variant_of(c.a), variant_of(c.b))
+    index = PAIRS.index(pair) if pair in PAIRS else len(PAIRS) + list(VARIANTS).index(pair[0])
+    return (bool(named), named, index)
+
+
+def aliases(p, kind: str) -> list:
+    """The encoders an arm of `kind` is trained on: "text": None (the default, text.model)
+    and text.encoders' aliases; "image": frozen_image.encoders' aliases."""
+    name = "text" if kind == "text" else "frozen_image"
+    if isinstance(p, dict):  # an older params.yaml may lack the mapping: its default
+        default = fresh(SECTIONS[name].__dataclass_fields__["encoders"].default)
+        extra = list(p.get(name, {}).get("encoders", default) or {})
+    else:
+        extra = list(getattr(p, name).encoders or {})
+    return [None, *extra] if kind == "text" else extra
+
+
+def arms(p, variants=None) -> list[str]:
+    """Every arm the parameters ask for, variant by variant in VARIANTS' order, each variant's
+    arms in its encoders' order: fusion, fusion@biobert_large, image, ..."""
+    return [arm(v, a) for v in (variants or VARIANTS)
+            for a in (aliases(p, VARIANTS[v].encoder) if VARIANTS[v].encoder else [None])]
+
+
+def pairs(p) -> list[tuple[str, str]]:
+    """The comparisons of one text input: each pair of PAIRS on every encoder its arms
+    multiply by (both arms on the same encoder; a default-text arm against each frozen arm),
+    then each arm on another encoder against the same arm on the first (fusion@large - fusion,
+    image_frozen@raddino - image_frozen@dinov2): first minus second."""
+    def side(kind, other):  # the encoders one side of a pair is read on
+        if kind is None or (kind == "text" and other == "image"):
+            return [None]
+        return aliases(p, kind)
+
+    out = []
+    for a, b in PAIRS:
+        ka, kb = VARIANTS[a].encoder, VARIANTS[b].encoder
+        if ka == kb and ka:
+            out += [(arm(a, e), arm(b, e)) for e in aliases(p, ka)]
+        else:
+            out += [(arm(a, x), arm(b, y)) for x in side(ka, kb) for y in side(kb, ka)]
+    for v, row_ in VARIANTS.items():
+        if row_.encoder and not row_.shuffled:  # the placebo is read against its own fusion
+            first, *others = aliases(p, row_.encoder) or [None]
+            out += [(arm(v, e), arm(v, first)) for e in others]
+    return out
+
+
+def secondaries(c: "Compare") -> list[str]:
+    """The family's comparisons after the primary (and the placebo): compare.secondary, then
+    compare.encoders."""
+    return [*c.secondary, *c.encoders]
+
+
+def text_reader(p: "Params", alias: str | None) -> "Text":
+    """The text section as the encoder `alias` reads (None: text.model's, the default):
+    text.encoders[alias]'s model, revision, pooling, prompt and trust_remote_code, the rest
+    shared."""
+    if alias is None:
+        return p.text
+    if alias not in (p.text.encoders or {}):
+        raise PipelineError(f"the text encoder {alias!r} is not an alias of text.encoders "
+                            f"({', '.join(p.text.encoders or {}) or 'none'}): declare it there "
+                            "(docs/real-study.md, \"Several encoders in one study\").")
+    return replace(p.text, **p.text.encoders[alias])
+
+
+def with_text(p: "Params", alias: str | None) -> "Params":
+    """`p` with its text section as the encoder `alias` reads it (text_reader)."""
+    return p if alias is None else replace(p, text=text_reader(p, alias))
 
 
 def _fail(name: str, value, allowed: str):
@@ -350,33 +491,52 @@ IMAGE_ENCODER_KEYS = {"model": "a hub id, a local folder (a transformers vision 
                       "trust_remote_code": "true runs the model code its repository ships"}
 
 
-def image_encoders(name, v):
-    """frozen_image.encoders: alias -> {model, revision, pooling, trust_remote_code}."""
-    allowed = ("use a mapping of aliases (lowercase letters, digits and _, starting with a "
-               "letter: a DVC stage key and a file name, which a hub id's / and . cannot be) to "
-               "settings {" + "; ".join(f"{k}: {d}" for k, d in IMAGE_ENCODER_KEYS.items()) + "}")
-    if not isinstance(v, dict) or not v:
+TEXT_ENCODER_KEYS = {"model": "a hub id or a local folder", "revision": "the hub revision, or null",
+                     "pooling": "auto | cls | mean | last, as text.pooling",
+                     "prompt": "text put before every report, or null",
+                     "trust_remote_code": "true runs the model code its repository ships"}
+
+
+def _encoders(name, v, keys: dict, rules: dict) -> None:
+    """An encoder mapping: alias -> exactly `keys`, each passing its rule."""
+    allowed = ("use a mapping (or {} for none) of aliases (lowercase letters, digits and _, "
+               "starting with a letter: a DVC stage key and a file name, which a hub id's / and "
+               ". cannot be) to settings {" + "; ".join(f"{k}: {d}" for k, d in keys.items())
+               + "}")
+    if not isinstance(v, dict):
         _fail(name, v, allowed)
     for alias, settings in v.items():
         if not isinstance(alias, str) or not ALIAS.fullmatch(alias):
             _fail(name, v, f"alias {alias!r} is not allowed: {allowed}")
-        if not isinstance(settings, dict) or set(settings) != set(IMAGE_ENCODER_KEYS):
-            _fail(f"{name}.{alias}", settings, f"give exactly {', '.join(IMAGE_ENCODER_KEYS)}: "
-                  + allowed)
-        text(f"{name}.{alias}.model", settings["model"])
-        optional(text)(f"{name}.{alias}.revision", settings["revision"])
-        one_of(*IMAGE_POOLINGS)(f"{name}.{alias}.pooling", settings["pooling"])
-        switch(f"{name}.{alias}.trust_remote_code", settings["trust_remote_code"])
+        if not isinstance(settings, dict) or set(settings) != set(keys):
+            _fail(f"{name}.{alias}", settings, f"give exactly {', '.join(keys)}: " + allowed)
+        for key, rule in rules.items():
+            rule(f"{name}.{alias}.{key}", settings[key])
+
+
+def image_encoders(name, v):
+    """frozen_image.encoders: alias -> {model, revision, pooling, trust_remote_code}."""
+    _encoders(name, v, IMAGE_ENCODER_KEYS,
+              {"model": text, "revision": optional(text), "pooling": one_of(*IMAGE_POOLINGS),
+               "trust_remote_code": switch})
+
+
+def text_encoders(name, v):
+    """text.encoders: alias -> {model, revision, pooling, prompt, trust_remote_code}."""
+    _encoders(name, v, TEXT_ENCODER_KEYS,
+              {"model": text, "revision": optional(text), "pooling": one_of("auto", *POOLINGS),
+               "prompt": optional(text), "trust_remote_code": switch})
 
 
 def explained(name, v):
     """explain.variant: an arm Grad-CAM can explain, or why another cannot be."""
-    row = VARIANTS.get(v) if isinstance(v, str) else None
+    row = VARIANTS.get(variant_of(v)) if isinstance(v, str) else None
     if row is not None and row.frozen_image:
         _fail(name, v, "Grad-CAM differentiates the fine-tuned CNN's last feature maps, and a "
               "frozen arm has none: its head reads a cached vector of each image. Use one of "
               + ", ".join(EXPLAINED))
-    one_of(*EXPLAINED)(name, v)
+    # another text encoder's arm (fusion@<alias>): its alias is checked in _across
+    one_of(*EXPLAINED)(name, variant_of(v) if isinstance(v, str) else v)
 
 
 def optional(rule):
@@ -548,6 +708,16 @@ class Text:
                                      "recorded in the cache, the model record and the study "
                                      "report. false: such a model is refused",
                                      required=False)
+    encoders: dict = option(Mapping(), text_encoders, "more text encoders in the same study, "
+                            "alias -> settings {model, revision, pooling, prompt, "
+                            "trust_remote_code} (the keys above, for that encoder; text.lowercase "
+                            "and the rest below are shared): each embeds every text input "
+                            "(features/text/<input>@<alias>.h5) and trains fusion, its placebo "
+                            "and text-only again, as <arm>@<alias> (fusion@biobert_large); the "
+                            "TF-IDF baseline and the image model are not repeated. The keys above "
+                            "stay the default encoder's, whose arms keep their plain names "
+                            "(docs/real-study.md, \"Several encoders in one study\")",
+                            required=False)
     lowercase: bool | str = option("auto", lowercase, "auto | true | false: lowercase reports "
                                    "before the encoder reads them; auto follows its "
                                    "tokenizer_config.json, else its vocabulary (BioBERT ships "
@@ -603,21 +773,21 @@ class FrozenImage:
     """Frozen image encoders (stage `embed_images`): each reads every X-ray once, from the raw
     file, made square by image.fit at the encoder's own input size and normalised as it was
     trained, into one vector an image (features/images/<alias>.h5, with the encoder's
-    fingerprint); the frozen arms (image_frozen, fusion_frozen) train the head on the vectors
-    of `read`, pooled over a study's images as the CNN arms are
+    fingerprint); the frozen arms (image_frozen, fusion_frozen) train the head on each
+    encoder's vectors, pooled over a study's images as the CNN arms are, as
+    image_frozen@<alias> and fusion_frozen@<alias>
     (docs/real-study.md, "Frozen image encoders")."""
     encoders: dict = option(
         Mapping(demo_vit={"model": "models/demo_image_encoder", "revision": None,
                           "pooling": "mean", "trust_remote_code": False}),
-        image_encoders, "alias -> settings, each encoder embedded once: model (a hub id, a local "
-        "folder holding a transformers vision model and its image processor, e.g. "
-        "microsoft/rad-dino or facebook/dinov2-base, or timm:<name> for a timm model and its "
-        "pretrained weights), revision (hub revision or null), pooling (cls: the CLS token | "
-        "mean: the mean of the patch tokens; the demo's random ViT: mean, as its CLS barely "
-        "varies) and trust_remote_code. An alias (lowercase letters, digits, _) names the cache "
-        "and the stage, embed_images@<alias>", required=False)
-    read: str = option("demo_vit", text, "the alias of frozen_image.encoders whose vectors the "
-                       "frozen arms read; another retrains only them", required=False)
+        image_encoders, "alias -> settings, each encoder embedded once and its frozen arms "
+        "trained: model (a hub id, a local folder holding a transformers vision model and its "
+        "image processor, e.g. microsoft/rad-dino or facebook/dinov2-base, or timm:<name> for a "
+        "timm model and its pretrained weights), revision (hub revision or null), pooling (cls: "
+        "the CLS token | mean: the mean of the patch tokens; the demo's random ViT: mean, as its "
+        "CLS barely varies) and trust_remote_code. An alias (lowercase letters, digits, _) names "
+        "the cache, the arms and the stages, embed_images@<alias>; another alias trains only its "
+        "own arms; {}: no frozen arm", required=False)
     batch_size: int = option(32, positive_int, "images per forward pass", required=False)
     device: str = option("auto", device, "auto | cpu | cuda[:N] (bf16 on a GPU)",
                          required=False)
@@ -822,8 +992,7 @@ class Evaluate:
 
 SECONDARY = ("fusion-image/findings+impression", "fusion-text/findings+impression",
              "text-image/findings+impression", "fusion-text/indication", "text-image/indication",
-             "text-tfidf/findings+impression", "text-tfidf/indication",
-             "fusion_frozen-image_frozen/indication")
+             "text-tfidf/findings+impression", "text-tfidf/indication")
 
 
 @dataclass
@@ -838,9 +1007,15 @@ class Compare:
                              "tested with the primary by weighted Holm; findings+impression is "
                              "the original's input, which holds the radiologist's conclusion "
                              "(and so, nearly, the label); text-tfidf on each input asks whether "
-                             "the frozen encoder reads more than the report's words; "
-                             "fusion_frozen-image_frozen whether the indication still adds to "
-                             "a frozen image encoder's reading")
+                             "the frozen encoder reads more than the report's words")
+    encoders: list = option(("fusion_frozen@demo_vit-image_frozen@demo_vit/indication",),
+                            comparisons, "the family's comparisons of arms on other encoders "
+                            "(<arm>@<alias>, an alias of text.encoders or "
+                            "frozen_image.encoders), tested as secondaries: here whether the "
+                            "indication still adds to the frozen image encoder's reading; "
+                            "e.g. fusion@biobert_large-fusion/indication (another text "
+                            "encoder against the default). Every other pair over the encoders "
+                            "is in comparison.json, descriptive", required=False)
     placebo: bool = option(True, switch, "test fusion - shuffled (the placebo) on the "
                            "primary's text input right after the primary: it receives the "
                            "primary's alpha once the primary is shown and passes it on to the "
@@ -1000,7 +1175,9 @@ def _replaced(p: dict) -> None:
                      ("evaluate.bootstrap", "compare.bootstrap"),
                      ("evaluate.seed", "compare.seed"),
                      ("report.subgroups", "study_report.subgroups"),
-                     ("report.min_per_label", "study_report.min_per_label")):
+                     ("report.min_per_label", "study_report.min_per_label"),
+                     ("frozen_image.read", "frozen arms on every alias of "
+                      "frozen_image.encoders (named <arm>@<alias>)")):
         section, key = old.split(".")
         if key in (p.get(section) or {}):
             raise PipelineError(f"parameter {old} was replaced by {new}: replace {old} in "
@@ -1034,6 +1211,10 @@ def _across(p: dict) -> None:
         _fail("train.warmup_epochs", t.get("warmup_epochs"), f"use fewer warmup epochs than "
               f"train.epochs={t['epochs']} (train.recipe={t.get('recipe', 'original')} "
               f"warms up {warmup}): the schedule needs an epoch after it")
+    explained_arm = p["explain"]["variant"]
+    if explained_arm not in arms(p, [variant_of(explained_arm)]):
+        _fail("explain.variant", explained_arm, "its encoder alias is not one of text.encoders ("
+              + (", ".join(aliases(p, "text")[1:]) or "none declared") + ")")
     _family(p)
     _tuning(p)
     for section in ("demo_encoder", "demo_image_encoder"):
@@ -1044,24 +1225,29 @@ def _across(p: dict) -> None:
     if d.get("image_size", 64) % d.get("patch_size", 8):
         _fail("demo_image_encoder.patch_size", d.get("patch_size"),
               f"use a divisor of demo_image_encoder.image_size={d.get('image_size')}")
-    f = p.get("frozen_image", {})
-    encoders = f.get("encoders", fresh(FrozenImage.__dataclass_fields__["encoders"].default))
-    if f.get("read", "demo_vit") not in encoders:
-        _fail("frozen_image.read", f.get("read", "demo_vit"), "use an alias of "
-              f"frozen_image.encoders ({', '.join(map(str, encoders))})")
 
 
 def _family(p: dict) -> None:
     """The declared family names text inputs the pipeline trains, each comparison once, and the
     bootstrap gives the descriptive intervals at 1 - alpha."""
     c, inputs = p["compare"], get(p, "text.inputs")
-    for key, names in (("primary", [c["primary"]]), ("secondary", c["secondary"])):
+    declared = pairs(p)
+    for key, names in (("primary", [c["primary"]]), ("secondary", c["secondary"]),
+                       ("encoders", c.get("encoders", fresh(Compare.encoders)))):
         for name in names:
+            comparison_ = Comparison.parse(name)
+            if (comparison_.a, comparison_.b) not in declared:
+                _fail(f"compare.{key}", c[key], f"{name} names an arm on an encoder this study "
+                      "does not train: declare its alias in text.encoders or "
+                      "frozen_image.encoders, or leave the comparison out (this study's pairs: "
+                      + ", ".join(f"{a}-{b}" for a, b in declared) + ")")
             if Comparison.parse(name).text_input not in inputs:
                 _fail(f"compare.{key}", c[key], f"{name} names a text input that is not one of "
                       f"text.inputs={inputs}; declare comparisons of the inputs trained (e.g. "
-                      f"-S compare.primary=fusion-image/{inputs[0]} -S 'compare.secondary=[]')")
-    members = [Comparison.parse(name).name for name in [c["primary"], *c["secondary"]]]
+                      f"-S compare.primary=fusion-image/{inputs[0]} -S 'compare.secondary=[]' "
+                      "-S 'compare.encoders=[]')")
+    members = [Comparison.parse(name).name for name in [c["primary"], *c["secondary"],
+                                                         *c.get("encoders", Compare.encoders)]]
     if c.get("placebo", True):
         placebo = Comparison(*PLACEBO, Comparison.parse(c["primary"]).text_input).name
         members.insert(1, placebo)
@@ -1116,6 +1302,7 @@ def candidates(p: dict | Params, arm: str) -> list[dict]:
     """The settings `arm` tries (tune.candidates; the TF-IDF baseline's: tune.tfidf): [] when
     no grid is declared."""
     tune = p.get("tune", {}) if isinstance(p, dict) else as_dict(p)["tune"]
+    arm = variant_of(arm)  # an arm on another encoder tries its variant's settings
     if VARIANTS[arm].trained_once:
         return list(tune.get("tfidf", ()))
     grid = tune.get("candidates", ())

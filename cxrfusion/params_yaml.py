@@ -68,7 +68,7 @@ def _commented(lefts: list[str], doc: str) -> list[str]:
 def _option(name: str, value) -> list[str]:
     """`  name: value`, a long list one item a line, or a mapping of mappings (encoders) one
     key a line, each setting below it."""
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value:
         return [f"  {name}:"] + [line for key, inner in value.items()
                                  for line in [f"    {key}:"] + [f"      {k}: {spelled(v)}"
                                                                for k, v in inner.items()]]

@@ -10,8 +10,8 @@ baseline, models/tfidf/<text input> (it reads the report's words alone; the plac
 The study is read exactly as the pipeline read its training and test studies:
   images  `cxrfusion.imaging.load_xray` at the model's image size and fit (what `cache_images`
           cached), normalised and scored by `cxrfusion.scoring.score` (what `evaluate` runs);
-          a frozen arm's (models/image_frozen/..., models/fusion_frozen/...): read at its
-          encoder's size and fit by the same encoder (checked against model.json's
+          a frozen arm's (models/image_frozen@<alias>/..., models/fusion_frozen@<alias>/...):
+          read at its encoder's size and fit by the same encoder (checked against model.json's
           fingerprint) with `cxrfusion.image_encoder.embed` (what `embed_images` runs);
   report  the fields the model was trained on, joined by `cxrfusion.studies.join_text`, read by
           the same frozen encoder (model, revision, lowercase, pooling, max_length from the
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrfusion import image_encoder, tfidf
+from cxrfusion import image_encoder, params, tfidf
 from cxrfusion.common import PipelineError, atomic_path, main, resolve_device
 from cxrfusion.dataset import Split
 from cxrfusion.formats import load_csv, read_text_cache_attrs, text_cache
@@ -127,14 +127,14 @@ def load_predictor(folder, device: str = "auto", threshold: float | None = None)
                             "models/tfidf/<text input>) or name another with --model.")
     record = saved_settings(folder)
     variant = record.get("run", {}).get("variant")
-    if variant in VARIANTS and VARIANTS[variant].shuffled:
+    if params.variant_of(str(variant)) in VARIANTS and params.row(variant).shuffled:
         raise PipelineError(f"{folder} is the placebo arm ({variant}): it was trained on other "
                             "studies' reports, so what it makes of a study's own report means "
                             "nothing; it exists only to be compared with fusion. Name a fusion "
                             "model instead (models/fusion/<text input>/seed-<seed>).")
     settings, fields = built(record), list(record["text"].get("fields", ()))
     dev = resolve_device(device, "option --device")
-    if variant in VARIANTS and VARIANTS[variant].trained_once:
+    if params.variant_of(str(variant)) in VARIANTS and params.row(variant).trained_once:
         model, config = Words(tfidf.load(folder / tfidf.MODEL)), {"variant": variant}
     else:
         model, config = load_model(folder, dev)

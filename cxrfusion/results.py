@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+from cxrfusion import params
 from cxrfusion.metrics import MEASURES
 from cxrfusion.params import VARIANTS, Comparison, Params
 
@@ -47,7 +48,7 @@ def sentence(c: Comparison, d: dict, alpha: float, margin: float, units: str) ->
     what = (f"{c.label} AUROC {d['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(d)}; "
             f"{'family-adjusted' if adjusted else 'exploratory, unadjusted'} p "
             f"{_p_phrase(d['p_adjusted'] if adjusted else d['p'])})")
-    a, b = VARIANTS[c.a].noun, VARIANTS[c.b].noun
+    a, b = params.noun(c.a), params.noun(c.b)
     if d["verdict"] in ("higher", "lower"):
         side = "better" if d["verdict"] == "higher" else "worse"
         return f"{a.capitalize()} ranks the test studies {side} than {b}: {what}."
@@ -71,7 +72,7 @@ def answer_sentences(primary: Comparison, d: dict, placebo: Comparison | None,
         return first
     against = (f"{placebo.label} AUROC {e['mean']:+.3f} ({1 - alpha:.0%} interval {_ci(e)}; "
                f"family-adjusted p {_p_phrase(e['p_adjusted'])})")
-    a, b = VARIANTS[placebo.a].noun, VARIANTS[placebo.b].noun
+    a, b = params.noun(placebo.a), params.noun(placebo.b)
     if d["verdict"] == "higher":
         if e["verdict"] == "higher":
             return (f"{first} It also ranks them better than {b}: {against}; so the gain "
@@ -196,8 +197,15 @@ def _auroc_rows(result: dict):
     """(Comparison, its AUROC entry): the primary first, then the family, then the rest."""
     order = {name: i for i, name in enumerate(result["question"]["family"])}
     rows = [(c, result["differences"][i][c.key]["auroc"])
-            for i in result["differences"] for c in Comparison.of_input(i)]
+            for i in result["differences"] for c in comparisons(result, i)]
     return sorted(rows, key=lambda r: order.get(r[0].name, len(order)))
+
+
+def comparisons(result: dict, text_input: str) -> list[Comparison]:
+    """The pairs comparison.json holds for one text input, in PAIRS' order, each pair's
+    encoders grouped (params.pair_order)."""
+    found = [Comparison.from_key(key, text_input) for key in result["differences"][text_input]]
+    return sorted(found, key=params.pair_order)  # comparison.json's keys are sorted by name
 
 
 def findings(result: dict) -> list[str]:
@@ -223,12 +231,15 @@ def models(result: dict) -> list[str]:
              "it is not evidence of miscalibration.", ""]
     lines += _header("text input", "model", *names.values(), "ECE noise floor")
     inputs = list(result["models"])
-    for i, text_input in enumerate(inputs):
-        for v in [v for v in TABLE_ORDER if i == 0 or VARIANTS[v].reads_report]:
-            m = result["models"][text_input][v]
-            lines.append(_row([text_input if VARIANTS[v].reads_report else "— (reads no report)",
-                               VARIANTS[v].title, *(cell(m[k]) for k in names),
-                               f"{m['ece_floor']['mean']:.3f}"]))
+    arms = sorted(result["models"][inputs[0]],  # grouped by encoder, then in the table's order
+                  key=lambda v: params.arm_order(v, TABLE_ORDER))
+    blind = [v for v in arms if not params.row(v).reads_report]  # once, with the first input
+    for text_input, v in [(inputs[0], v) for v in blind] + [
+            (i, v) for i in inputs for v in arms if v not in blind]:
+        m = result["models"][text_input][v]
+        lines.append(_row([text_input if params.row(v).reads_report else "— (reads no report)",
+                           params.title(v), *(cell(m[k]) for k in names),
+                           f"{m['ece_floor']['mean']:.3f}"]))
     return lines
 
 
@@ -239,7 +250,7 @@ def descriptive(result: dict) -> list[str]:
              "family, no test).** Cell: mean over seeds [interval].", ""]
     lines += _header("text input", "comparison", *names.values())
     for text_input, pairs in result["differences"].items():
-        for c in Comparison.of_input(text_input):
+        for c in comparisons(result, text_input):
             d = pairs[c.key]
             lines.append(_row([text_input, c.label,
                                *(cell(d[k], signed=True) for k in names)]))
@@ -253,8 +264,8 @@ def table(result: dict, p: Params) -> str:
     primary = Comparison.parse(q["primary"])
     verdict = result["differences"][primary.text_input][primary.key]["auroc"]["verdict"]
     lines = [f"**Primary question** (`compare.primary` = {primary.name}): with the "
-             f"{primary.text_input} as text input, does {VARIANTS[primary.a].noun} rank the test "
-             f"studies better than {VARIANTS[primary.b].noun} (AUROC)? **{verdict.capitalize()}.** "
+             f"{primary.text_input} as text input, does {params.noun(primary.a)} rank the test "
+             f"studies better than {params.noun(primary.b)} (AUROC)? **{verdict.capitalize()}.** "
              f"{q['answer']}", "",
              method(result, p), "", *inferential(result), "", *findings(result), "",
              *models(result), "", *descriptive(result)]
@@ -267,12 +278,12 @@ def summary(result: dict) -> dict:
     declared AUROC difference's (the family's) mean, interval ends and verdict (36 numbers for
     the default family). Everything else is in comparison.json."""
     first = next(iter(result["models"].values()))
-    reading = [v for v, row in VARIANTS.items() if row.reads_report]  # per text input
-    out = {v: {"auroc": first[v]["auroc"]["mean"]} for v in VARIANTS if v not in reading}
+    reading = [v for v in first if params.row(v).reads_report]  # per text input
+    out = {v: {"auroc": first[v]["auroc"]["mean"]} for v in first if v not in reading}
     family = set(result["question"]["family"])
     for text_input, models in result["models"].items():
         out[text_input] = {"auroc": {v: models[v]["auroc"]["mean"] for v in reading}}
-        for c in [c for c in Comparison.of_input(text_input) if c.name in family]:
+        for c in [c for c in comparisons(result, text_input) if c.name in family]:
             d = result["differences"][text_input][c.key]["auroc"]
             out[text_input][c.summary_key] = {"mean": d["mean"], "low": d["low"], "high": d["high"],
                                            "verdict": d["verdict"]}
@@ -285,7 +296,7 @@ def forest_rows(result: dict, inputs: list[str], seeds: list[int]) -> dict:
     rows = {}
     for text_input in inputs:
         rows[text_input] = {}
-        for c in Comparison.of_input(text_input):
+        for c in comparisons(result, text_input):
             d = result["differences"][text_input][c.key]
             rows[text_input][c] = {
                 m: {**d[m], "per_seed": [d[m][f"seed-{s}"] for s in seeds]} for m in shown}

@@ -173,10 +173,12 @@ def failures(studies: pd.DataFrame, scored: dict, explained: pd.DataFrame | None
                 "words": {i: words[i][uid] for i in inputs}, "gradcam": gradcam.get(uid)}
 
     out = {"disagreements": {}}
-    by_input = {i: {v: model(v, i if d.reads_report else None)
-                    for v, d in params.VARIANTS.items()} for i in inputs}
+    arms = list(dict.fromkeys(run.variant for run in scored))  # params.arms' order
+    by_input = {i: {v: model(v, i if params.row(v).reads_report else None) for v in arms}
+                for i in inputs}
+    against = {b for a, b in params.PAIRS if a == "fusion"}  # the default fusion's, each encoder
     for text_input, probs in by_input.items():
-        for a, other in [pair for pair in params.PAIRS if pair[0] == "fusion"]:
+        for a, other in [("fusion", v) for v in arms if params.variant_of(v) in against]:
             gap = (probs[a][0] - probs[other][0]).abs().sort_values(ascending=False,
                                                                     kind="stable")
             out["disagreements"][(text_input, other)] = [
@@ -197,13 +199,14 @@ def _probability(mean: float, sd: float) -> str:
 
 def _failure_lines(failed: dict, inputs: list[str]) -> list[str]:
     def table(rows, gap: bool) -> list[str]:
-        head = ["study", "label", *params.VARIANTS] + (["gap"] if gap else []) + [
+        arms = list(rows[0]["probability"]) if rows else []
+        head = ["study", "label", *arms] + (["gap"] if gap else []) + [
             f"{i}: first words" for i in inputs] + ["Grad-CAM"]
         lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for r in rows:
             probs = r["probability"]
             cells = [str(r["uid"]), "abnormal" if r["label"] else "normal",
-                     *(_probability(*probs[v]) for v in params.VARIANTS)]
+                     *(_probability(*probs[v]) for v in arms)]
             cells += [f"{r['gap']:.2f}"] if gap else []
             cells += [r["words"][i].replace("|", "/") for i in inputs]
             cells.append(f"![](explain/{r['gradcam']})" if r["gradcam"] else "—")
@@ -216,7 +219,7 @@ def _failure_lines(failed: dict, inputs: list[str]) -> list[str]:
              "it drew the study. On real data these rows quote patients' reports: a derivative "
              "of the dataset, under its licence, not for publication as is.", ""]
     for (text_input, other), rows in failed["disagreements"].items():
-        lines += [f"**Fusion against {params.VARIANTS[other].noun}, text input "
+        lines += [f"**Fusion against {params.noun(other)}, text input "
                   f"{text_input}**: the {len(rows)} test studies where their seed-mean "
                   "probabilities differ most (gap).", "", *table(rows, gap=True), ""]
     always = failed["always_wrong"]
@@ -279,7 +282,7 @@ def _subgroup_lines(p: Params, subgrouped: tuple) -> list[str]:
         lines.append("Left out: " + "; ".join(left_out) + ".")
     if not rows or not any(rows.values()):
         return lines + ["", "No subgroup declared (`study_report.subgroups: []`).", ""]
-    family = verdicts.family(c.primary, c.secondary, c.primary_share, c.placebo).weights
+    family = verdicts.family(c.primary, params.secondaries(c), c.primary_share, c.placebo).weights
     for text_input, by_name in rows.items():
         lines += ["", f"**Text input {text_input}**: AUROC, mean over seeds [interval].", "",
                   *subgroups.table(by_name, family, text_input, minimum)]
@@ -365,7 +368,7 @@ def _plan_lines(p: Params, flowed: dict) -> list[str]:
     """The a-priori sample size of the primary comparison, from params' `plan` section."""
     g, c = p.plan, p.compare
     primary = Comparison.parse(c.primary)
-    fam = verdicts.family(c.primary, c.secondary, c.primary_share, c.placebo)
+    fam = verdicts.family(c.primary, params.secondaries(c), c.primary_share, c.placebo)
     alpha_row = c.alpha * fam.level(primary.name)
     expected = {"fusion": g.auroc_fusion, "image": g.auroc_image}
     lines = ["## Sample size (a priori)", "",
@@ -394,7 +397,10 @@ def _training_lines(p: Params) -> list[str]:
     """The one training recipe every network arm is trained with, as resolved, the placebo's
     and the TF-IDF baseline's settings."""
     t, r, f = p.train, params.recipe(p.train, p.image.pretrained), p.tfidf
-    enc = p.frozen_image.encoders[p.frozen_image.read]
+    frozen = "; ".join(f"`{alias}` ({enc['model']}, {enc['pooling']} pooling)"
+                       for alias, enc in p.frozen_image.encoders.items())
+    texts = "; ".join(f"`{alias}` ({enc['model']}, {enc['pooling']} pooling)"
+                      for alias, enc in p.text.encoders.items())
     cnn = r["lr_backbone"] if r["lr_backbone"] is not None else t.lr
     return ["## Training", "",
             f"Every network arm is trained with the same recipe, `train.recipe` = {t.recipe} (the "
@@ -411,10 +417,14 @@ def _training_lines(p: Params) -> list[str]:
             f"{f.ngrams} words found in {f.min_df} reports or more, the {f.max_features:,} most "
             f"frequent, {'lowercased' if f.lowercase else 'cased'}; an L2 logistic regression "
             f"with C = {f.c:g}), deterministic, so not once a seed; a tuning grid's choice on "
-            "top. The frozen arms (`image_frozen`, `fusion_frozen`) train the same head, with the "
-            f"same recipe, on the vectors of the frozen image encoder `{p.frozen_image.read}` "
-            f"({enc['model']}, {enc['pooling']} pooling; each dimension standardised by the "
-            "training images'), in place of the fine-tuned CNN."]
+            "top."
+            + (" The frozen arms (`image_frozen@<alias>`, `fusion_frozen@<alias>`) train the "
+               "same head, with the same recipe, on the vectors of each frozen image encoder "
+               f"(each dimension standardised by the training images'), in place of the "
+               f"fine-tuned CNN: {frozen}." if frozen else "")
+            + (" Fusion, its placebo and text-only are trained again, with the same recipe, on "
+               f"each other text encoder's vectors (`<arm>@<alias>`): {texts}." if texts
+               else "")]
 
 
 def _tuning_lines(p: Params, tuned: dict) -> list[str]:
@@ -427,7 +437,8 @@ def _tuning_lines(p: Params, tuned: dict) -> list[str]:
                         "trained with the settings above, none chosen on validation."]
     best = {"auroc": "highest validation AUROC", "loss": "lowest validation loss"}
     seed, criterion = (next(iter(tuned.values()))[k] for k in ("seed", "criterion"))
-    networks = [arm for arm in tuned if arm.split("/")[0] in params.NETWORKS]
+    networks = [arm for arm in tuned
+                if params.variant_of(arm.split("/")[0]) in params.NETWORKS]
     lines += [f"Every arm trained {count} candidate settings (the same number for each arm, "
               f"the placebo's and the TF-IDF baseline's included), the networks at seed {seed},"
               f" and kept the one with the {best[criterion]} (`tune.criterion` = {criterion}),"

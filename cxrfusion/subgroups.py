@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxrfusion import params
 from cxrfusion.common import PipelineError
 from cxrfusion.formats import runs_of
-from cxrfusion.params import PAIRS, VARIANTS, Comparison, Params, fields_of
+from cxrfusion.params import Comparison, Params, fields_of
 from cxrfusion.results import cell
 from cxrfusion.statistics import on_subgroups
 from cxrfusion.studies import report_words
@@ -79,11 +80,12 @@ def score(studies: pd.DataFrame, scored: dict, p: Params) -> tuple[dict, list[st
                 if "patient" in studies.columns else None)
     c, seeds, out = p.compare, p.train.seeds, {}
     for text_input in p.text.inputs:
-        runs = {v: runs_of(v, text_input, seeds) for v in VARIANTS}  # an arm trained once: 1
+        runs = {v: runs_of(v, text_input, seeds)  # an arm trained once: 1
+                for v in params.arms(p)}
         models = {v: {"probs": np.stack([_aligned(scored[run][0], uids) for run in mine]),
                       "thresholds": np.array([scored[run][1] for run in mine])}
                   for v, mine in runs.items()}
-        results = (on_subgroups(labels, models, list(PAIRS), scorable, c.bootstrap,
+        results = (on_subgroups(labels, models, params.pairs(p), scorable, c.bootstrap,
                                 c.seed, patients, level=1 - c.alpha) if scorable else {})
         out[text_input] = {name: results.get(name) or {"studies": int(m.sum()),
                                                        "abnormal": int(labels[m].sum())}
@@ -107,7 +109,8 @@ def table(rows: dict, family: dict, text_input: str, minimum: int) -> list[str]:
     primary = next(iter(family))  # the family's names, primary first
     pairs = [Comparison.parse(name) for name in family
              if Comparison.parse(name).text_input == text_input]
-    head = (["subgroup", "studies (abnormal)", "rounds scored", *(f"{v} AUROC" for v in VARIANTS)]
+    arms = next((list(s["models"]) for s in rows.values() if "models" in s), [])
+    head = (["subgroup", "studies (abnormal)", "rounds scored", *(f"{v} AUROC" for v in arms)]
             + [c.label + (" (primary)" if c.name == primary else "") for c in pairs]
             + ["interval excludes 0"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -120,7 +123,7 @@ def table(rows: dict, family: dict, text_input: str, minimum: int) -> list[str]:
         shown = [f"{c.label} {'> 0' if d['low'] > 0 else '< 0'}" for c in pairs
                  if (d := s["pairs"][c.ascii_label])["low"] is not None
                  and (d["low"] > 0 or d["high"] < 0)]
-        cells += [str(s["rounds"]), *(_cell(s["models"][v]) for v in VARIANTS),
+        cells += [str(s["rounds"]), *(_cell(s["models"][v]) for v in arms),
                   *(_cell(s["pairs"][c.ascii_label], signed=True) for c in pairs),
                   "; ".join(shown) or "none"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cxrfusion import checkpoint, distributed, formats
+from cxrfusion import checkpoint, distributed, formats, params
 from cxrfusion.augment import Augmenter, augmenter
 from cxrfusion.common import PipelineError, atomic_path, seed_everything, write_json
 from cxrfusion.dataset import Split, run_splits
@@ -42,7 +42,7 @@ from cxrfusion.model import (
     sync_batchnorm,
     trainable_parameters,
 )
-from cxrfusion.params import VARIANTS, Params, as_dict, recipe
+from cxrfusion.params import Params, as_dict, recipe
 from cxrfusion.scoring import forward, score, unwrap
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,8 @@ def resume(run: Run, p: Params, model, optimizer, schedule, generator, augment,
     """The checkpoint's key (the run's parameters, processes and input caches) and its
     progress: an interrupted run's, restored into the model, optimiser and random streams,
     when its key matches; else a fresh one."""
-    inputs = [f for f in (run.text_input and text_cache(run.text_input), IMAGES_H5)
+    inputs = [f for f in (run.text_input and text_cache(run.text_input, alias=run.text_alias),
+                          IMAGES_H5)
               if f and f.exists()]
     key = checkpoint.fingerprint(run, {**as_dict(p), "processes": world.size}, inputs)
     state = checkpoint.load(run, key)
@@ -293,7 +294,7 @@ def build(run: Run, p: Params, train_set: Split, world: World):
     the report vectors' size and, under model.standardise_text, their scaling."""
     t, m = p.train, p.model
     text_dim = 0 if train_set.text is None else train_set.text.shape[1]
-    frozen = VARIANTS[run.variant].frozen_image
+    frozen = params.row(run.variant).frozen_image
     model = Classifier(run.variant, text_dim, None if frozen else m.backbone,
                        pretrained=p.image.pretrained, hidden=m.hidden, dropout=m.dropout,
                        fusion=m.fusion, shared_dim=m.shared_dim,
@@ -394,13 +395,13 @@ def save_model(run: Run, p: Params, model: Classifier, best_state: dict, text_di
               "epoch": chosen, "select": p.train.select, "seed": run.seed,
               "text_input": run.text_input}
     if model.frozen:  # which encoder made the image vectors: scoring checks the cache against it
-        alias = p.frozen_image.read
+        alias = run.image_alias
         config["image_encoder"] = {"alias": alias, **read_frozen_cache_attrs(frozen_cache(alias))}
     elif model.uses_image:  # which ImageNet weights, pinned by name: timm's default tag can move
         config["pretrained"] = p.image.pretrained
         config["pretrained_tag"] = unwrap(model).cnn.pretrained_cfg.get("tag")
     if model.uses_text:  # which encoder made the vectors: prediction checks its encoder against it
-        attrs = read_text_cache_attrs(text_cache(run.text_input))
+        attrs = read_text_cache_attrs(text_cache(run.text_input, alias=run.text_alias))
         config.update(text_model=attrs["model"], text_revision=attrs.get("revision") or None,
                       text_fingerprint=attrs["fingerprint"], text_reading=attrs.get("reading"),
                       text_prompt=attrs.get("prompt") or None,

@@ -118,7 +118,7 @@ def trained_as(record: dict, variant: str) -> dict:
     its train, model and augment sections, less FEEDING and the options it does not read (the
     CNN's for the text model, the report's for the image model). Other sections (compare,
     explain, ...) may change after a candidate trained without making it another run."""
-    row = params.VARIANTS[variant]
+    row = params.row(variant)
     unread = (() if row.cnn else (*params.IMAGE_ONLY, "model.backbone")) + (
         () if row.reads_report else params.REPORT_ONLY)
     return {f"{section}.{key}": value for section in ("train", "model", "augment")

@@ -109,8 +109,9 @@ def training_histories(p: Params) -> tuple[dict, dict]:
     (model.json); the image model once, with the first text input; no arm trained once (it
     has no epochs)."""
     seeds, inputs = p.train.seeds, p.text.inputs
-    reading = [v for v in params.NETWORKS if params.VARIANTS[v].reads_report]
-    blind = [v for v in params.NETWORKS if v not in reading]  # once, with the first input
+    networks = params.arms(p, params.NETWORKS)  # each on its encoders
+    reading = [v for v in networks if params.row(v).reads_report]
+    blind = [v for v in networks if v not in reading]  # once, with the first input
     histories, chosen = {}, {}
     for text_input in inputs:
         for v in reading + (blind if text_input == inputs[0] else []):

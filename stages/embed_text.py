@@ -1,9 +1,10 @@
 """Stage `embed_text`: read every report once with the frozen encoder, one text input at a time.
 
-    python -m cxrfusion.launch text.nproc stages.embed_text findings+impression
+    python -m cxrfusion.launch text.nproc stages.embed_text findings+impression [<alias>]
 
 Joins the input's report fields (findings+impression: findings, then impression) as `prepare`
-kept them and writes features/text/<input>.h5.
+kept them and writes features/text/<input>.h5; with an alias of text.encoders, that encoder
+reads them, into features/text/<input>@<alias>.h5 (stage embed_text_by@<alias>-<input>).
 
 With several processes (GPUs), each embeds its share of the length-sorted batches and saves it
 beside the cache; rank 0 puts them back in uid order and writes the one HDF5 file.
@@ -30,10 +31,11 @@ from cxrfusion.text_encoder import (
 log = logging.getLogger("embed_text")
 
 
-def embed_text(text_input: str, p: Params) -> None:
+def embed_text(text_input: str, p: Params, alias: str | None = None) -> None:
     if text_input not in p.text.inputs:
         raise PipelineError(params.unknown_input(text_input, p))
-    t, out, fields = p.text, text_cache(text_input), params.fields_of(text_input)
+    t, out = params.text_reader(p, alias), text_cache(text_input, alias=alias)
+    fields = params.fields_of(text_input)
     studies, _ = read_prepared(fields)
     reports = studies.apply(join_text, axis=1, fields=fields).tolist()
     with distributed.running(t.device, "text.device") as world:
@@ -65,4 +67,5 @@ def embed_text(text_input: str, p: Params) -> None:
 
 
 if __name__ == "__main__":
-    main(lambda: embed_text(sys.argv[1] if len(sys.argv) > 1 else "", params.load()))
+    main(lambda: embed_text(sys.argv[1] if len(sys.argv) > 1 else "", params.load(),
+                            sys.argv[2] if len(sys.argv) > 2 else None))

@@ -91,7 +91,7 @@ def scored_images(run: Run, p: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The validation and test images' probabilities of `run`'s model, read with the settings
     it was trained with (and, for gated fusion, each test image's report_weight)."""
     trained = trained_settings(run.models, p)
-    if params.VARIANTS[run.variant].trained_once:  # the TF-IDF baseline reads the words
+    if params.row(run.variant).trained_once:  # the TF-IDF baseline reads the words
         scored = tfidf.scored(run, trained, ("val", "test"))
         return scored["val"], scored["test"]
     device = resolve_device(p.train.device)
@@ -152,7 +152,7 @@ def evaluate(run: Run, p: Params) -> dict:
 
 def saved_as(run: Run) -> str:
     """The file a trained run's folder holds: its weights, or the TF-IDF model."""
-    return tfidf.MODEL if params.VARIANTS[run.variant].trained_once else WEIGHTS
+    return tfidf.MODEL if params.row(run.variant).trained_once else WEIGHTS
 
 
 def evaluate_all(argv: list[str], p: Params) -> list[dict]:

@@ -59,7 +59,7 @@ def explain(p: Params) -> dict:
         trained.text = p.text
     # both inputs, whatever the variant reads (explain.variant: one that reads the image)
     test = run_splits(trained, run, names=("test",), text_input=reports)[0]["test"].to(device)
-    ref_uid, ref_vector = reference_normal(trained, reports)
+    ref_uid, ref_vector = reference_normal(trained, reports, run.text_alias)
     reliance, probs = modality_reliance(model, test, torch.from_numpy(ref_vector), threshold,
                                         t.batch_size, t.amp, config["image_size"])
     picks = select_examples(test.rows, probs, threshold, e.per_outcome, e.seed)

@@ -1,8 +1,9 @@
 """Stage `shuffle_reports`: the placebo arm's report vectors, one text input at a time.
 
-    python -m stages.shuffle_reports indication
+    python -m stages.shuffle_reports indication [<alias>]
 
-Reads features/text/<input>.h5 and writes features/text/<input>.shuffled.h5: the same studies,
+Reads features/text/<input>.h5 (another text encoder's: <input>@<alias>.h5) and writes
+features/text/<input>.shuffled.h5 (<input>@<alias>.shuffled.h5): the same studies,
 each holding another study's vector of the same split (cxrfusion/placebo.py), drawn by
 placebo.seed, with the uid it came from (`donors`) and the source's attributes, so that train,
 evaluate and explain read it like any other text cache.
@@ -24,11 +25,12 @@ from cxrfusion.placebo import donors
 log = logging.getLogger("shuffle_reports")
 
 
-def shuffle_reports(text_input: str, p: Params) -> None:
+def shuffle_reports(text_input: str, p: Params, alias: str | None = None) -> None:
     if text_input not in p.text.inputs:
         raise PipelineError(params.unknown_input(text_input, p))
+    params.text_reader(p, alias)  # refuses an alias text.encoders does not declare
     studies, _ = read_prepared()
-    source, out = text_cache(text_input), text_cache(text_input, shuffled=True)
+    source, out = text_cache(text_input, alias=alias), text_cache(text_input, True, alias)
     uids, vectors, attrs = read_text_cache(source)
     row_of = pd.Series(np.arange(len(uids)), index=uids)
     missing = ~studies["uid"].isin(row_of.index)
@@ -46,4 +48,5 @@ def shuffle_reports(text_input: str, p: Params) -> None:
 
 
 if __name__ == "__main__":
-    main(lambda: shuffle_reports(sys.argv[1] if len(sys.argv) > 1 else "", params.load()))
+    main(lambda: shuffle_reports(sys.argv[1] if len(sys.argv) > 1 else "", params.load(),
+                                 sys.argv[2] if len(sys.argv) > 2 else None))

@@ -153,7 +153,7 @@ def evaluated_once(tmp_path_factory, made_once) -> Path:
     `evaluated`."""
     from cxrfusion import tfidf
     from cxrfusion.formats import runs
-    from cxrfusion.params import VARIANTS, built
+    from cxrfusion.params import built, row
     from cxrfusion.training import train
     from cxrfusion.tuning import tune
     from stages.evaluate import evaluate
@@ -164,7 +164,7 @@ def evaluated_once(tmp_path_factory, made_once) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         for run in runs(p):
-            if VARIANTS[run.variant].trained_once:
+            if row(run.variant).trained_once:
                 tfidf.train(run, p)  # stage train_tfidf
             else:
                 if run.seed == p.train.seeds[0]:

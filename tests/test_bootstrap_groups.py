@@ -220,7 +220,7 @@ def scored_models(p: params_mod.Params, text_input: str) -> tuple[np.ndarray, di
     the test labels, {variant: probs (seeds x studies), val_probs, thresholds, rule} and the
     validation labels."""
     models, labels, val_labels = {}, None, None
-    for variant in params_mod.VARIANTS:  # every arm: compare draws for each
+    for variant in params_mod.arms(p):  # every arm: compare draws for each
         rows = []
         for run in formats.runs_of(variant, text_input, p.train.seeds):  # TF-IDF: one run
             studies = study_predictions(pd.read_csv(run.predictions))
@@ -238,7 +238,7 @@ def scored_models(p: params_mod.Params, text_input: str) -> tuple[np.ndarray, di
 def bootstrap_of(p: params_mod.Params, y, models, val_labels, groups=None, val_groups=None) -> dict:
     """over_seeds as compare calls it with `p`'s compare section."""
     c = p.compare
-    return over_seeds(y, models, list(params_mod.PAIRS),
+    return over_seeds(y, models, params_mod.pairs(p),
                       c.bootstrap, c.seed, groups, specificity=p.evaluate.specificity,
                       validation={"labels": val_labels, "groups": val_groups},
                       level=1 - c.alpha)
@@ -259,7 +259,7 @@ def intervals(stats: dict) -> dict:
 def t_intervals(p, y, models: dict, groups=None) -> dict:
     """(low, high) of each pair's AUROC difference, as compare tests it."""
     out = {}
-    for a, b in params_mod.PAIRS:
+    for a, b in params_mod.pairs(p):
         row = seed_mean_difference(y, models[a]["probs"], models[b]["probs"], groups)
         t = t_test(row, p.compare.alpha, p.compare.margin, None)
         out[f"{a} - {b}"] = (t["low"], t["high"])

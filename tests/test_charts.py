@@ -29,7 +29,8 @@ def test_the_committed_charts_are_what_params_yaml_writes(tmp_path):
 def _parameters(seeds: list[int], inputs: list[str]) -> dict:
     p = params.defaults()
     p["train"]["seeds"], p["text"]["inputs"] = seeds, inputs
-    p["compare"].update(primary=f"fusion-image/{inputs[0]}", secondary=[])  # of these inputs
+    p["compare"].update(primary=f"fusion-image/{inputs[0]}", secondary=[],
+                        encoders=[])  # of these inputs
     return params.built(params.validate(p))
 
 
@@ -38,13 +39,14 @@ def test_other_seeds_and_inputs_draw_exactly_their_runs():
     assert list(declared) == ["roc_impression", "pr_impression", "confusion_impression",
                               "training_fusion_impression", "training_image",
                               "training_text_impression", "training_shuffled_impression",
-                              "training_image_frozen", "training_fusion_frozen_impression"]
+                              "training_image_frozen@demo_vit",
+                              "training_fusion_frozen@demo_vit_impression"]
     runs = ["fusion/impression/seed-0", "fusion/impression/seed-3", "image/seed-0",
             "image/seed-3", "text/impression/seed-0", "text/impression/seed-3",
             "tfidf/impression",  # trained once: one run, and no training curves
             "shuffled/impression/seed-0", "shuffled/impression/seed-3",
-            "image_frozen/seed-0", "image_frozen/seed-3",  # the frozen image encoder's arms
-            "fusion_frozen/impression/seed-0", "fusion_frozen/impression/seed-3"]
+            "image_frozen@demo_vit/seed-0", "image_frozen@demo_vit/seed-3",  # the frozen arms
+            "fusion_frozen@demo_vit/impression/seed-0", "fusion_frozen@demo_vit/impression/seed-3"]
     for kind in ("roc", "pr", "confusion"):
         assert list(declared[f"{kind}_impression"]["y"]) == [f"curves/{kind}/{run}.csv"
                                                             for run in runs]
@@ -52,8 +54,9 @@ def test_other_seeds_and_inputs_draw_exactly_their_runs():
     for model, prefix in (("fusion_impression", "fusion/impression"), ("image", "image"),
                           ("text_impression", "text/impression"),
                           ("shuffled_impression", "shuffled/impression"),
-                          ("image_frozen", "image_frozen"),
-                          ("fusion_frozen_impression", "fusion_frozen/impression")):
+                          ("image_frozen@demo_vit", "image_frozen@demo_vit"),
+                          ("fusion_frozen@demo_vit_impression",
+                           "fusion_frozen@demo_vit/impression")):
         files = declared[f"training_{model}"]["y"]
         assert files == {f"train/{prefix}/seed-{seed}/plots/metrics/{studies}/{metric}.tsv": metric
                          for seed in (0, 3) for studies in ("train", "val")

@@ -39,8 +39,9 @@ METRICS = SEED_METRICS
 PAIRS = {"fusion_minus_image": ("fusion", "image"), "fusion_minus_text": ("fusion", "text"),
          "text_minus_image": ("text", "image"), "fusion_minus_shuffled": ("fusion", "shuffled"),
          "text_minus_tfidf": ("text", "tfidf"), "fusion_minus_tfidf": ("fusion", "tfidf"),
-         "fusion_frozen_minus_image_frozen": ("fusion_frozen", "image_frozen"),
-         "fusion_minus_fusion_frozen": ("fusion", "fusion_frozen")}
+         "fusion_frozen@demo_vit_minus_image_frozen@demo_vit": ("fusion_frozen@demo_vit",
+                                                                "image_frozen@demo_vit"),
+         "fusion_minus_fusion_frozen@demo_vit": ("fusion", "fusion_frozen@demo_vit")}
 ONCE = "tfidf"  # the arm trained once: one run, no seed
 OUTPUTS = ("metrics/comparison.json", "metrics/summary.json", "metrics/comparison.md",
            "metrics/figures")
@@ -133,8 +134,8 @@ def test_comparison_json_matches_a_direct_computation(workdir, small, no_figures
 
     for text_input in inputs:
         models = written["models"][text_input]
-        assert set(models) == {"fusion", "image", "text", "tfidf", "shuffled", "image_frozen",
-                               "fusion_frozen"}
+        assert set(models) == {"fusion", "image", "text", "tfidf", "shuffled",
+                               "image_frozen@demo_vit", "fusion_frozen@demo_vit"}
         for variant, m in models.items():
             mine = {f"seed-{s}": s for s in seeds} if variant != ONCE else {}
             assert set(m) == set(METRICS) | {"ece_floor"}
@@ -213,8 +214,8 @@ def test_the_summary_is_the_headline_of_the_comparison(workdir, small, no_figure
     result = compare(small)
     summary = json.loads(Path("metrics/summary.json").read_text())
     assert summary == results_mod.summary(result)
-    assert set(summary) == {"image", "image_frozen", *small.text.inputs}
-    for blind in ("image", "image_frozen"):  # read no report: one key, whatever the input
+    assert set(summary) == {"image", "image_frozen@demo_vit", *small.text.inputs}
+    for blind in ("image", "image_frozen@demo_vit"):  # read no report: one key, any input
         assert summary[blind] == {"auroc": result["models"]["indication"][blind]["auroc"]["mean"]}
     numbers = 2
     family = result["question"]["family"]
@@ -222,8 +223,9 @@ def test_the_summary_is_the_headline_of_the_comparison(workdir, small, no_figure
         mine = summary[text_input]
         assert mine["auroc"] == {v: result["models"][text_input][v]["auroc"]["mean"]
                                  for v in ("fusion", "text", "tfidf", "shuffled",
-                                           "fusion_frozen")}
-        declared = [c for c in params_mod.Comparison.of_input(text_input) if c.name in family]
+                                           "fusion_frozen@demo_vit")}
+        declared = [c for c in params_mod.Comparison.of_input(text_input, small)
+                    if c.name in family]
         assert set(mine) == {"auroc", *(c.summary_key for c in declared)}  # the family's only
         for c in declared:
             d = result["differences"][text_input][c.key]["auroc"]
@@ -298,9 +300,10 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
     c, rows = small.compare, _auroc_rows(result)
     alpha, margin = c.alpha, c.margin
     placebo = "fusion-shuffled/" + params_mod.Comparison.parse(c.primary).text_input
-    family = [c.primary, placebo, *c.secondary]
+    secondaries = params_mod.secondaries(c)  # compare.secondary, then compare.encoders
+    family = [c.primary, placebo, *secondaries]
     weights = {name: c.primary_share if name == c.primary else 0.0 if name == placebo else
-               (1 - c.primary_share) / len(c.secondary) for name in family}
+               (1 - c.primary_share) / len(secondaries) for name in family}
     levels = {**weights, placebo: c.primary_share}  # the placebo's: the primary's, passed on
     q = result["question"]
     assert q["family"] == family and q["alpha"] == alpha and q["placebo"] == placebo
@@ -354,6 +357,7 @@ def test_every_auroc_row_reads_one_rule(workdir, small, no_figures):
 
 def test_comparisons_outside_the_family_are_exploratory(workdir, small, no_figures):
     small.compare.secondary = ["fusion-text/indication"]
+    small.compare.encoders = []
     small.compare.placebo = False   # its row, too, outside the family
     _project(small)
     rows = _auroc_rows(compare(small))
@@ -434,8 +438,9 @@ def _cell(pattern, cell: str, d: dict, keys) -> None:
 NAMES = {"fusion − image": "fusion_minus_image", "fusion − text": "fusion_minus_text",
          "text − image": "text_minus_image", "fusion − shuffled": "fusion_minus_shuffled",
          "text − tfidf": "text_minus_tfidf", "fusion − tfidf": "fusion_minus_tfidf",
-         "fusion_frozen − image_frozen": "fusion_frozen_minus_image_frozen",
-         "fusion − fusion_frozen": "fusion_minus_fusion_frozen"}
+         "fusion_frozen@demo_vit − image_frozen@demo_vit":
+             "fusion_frozen@demo_vit_minus_image_frozen@demo_vit",
+         "fusion − fusion_frozen@demo_vit": "fusion_minus_fusion_frozen@demo_vit"}
 
 
 def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
@@ -454,10 +459,11 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
                                   "adjusted interval", "90% interval", "verdict"]
     # Table 1: the primary, its placebo, the secondary comparisons as declared, then the rest
     declared = [small.compare.primary, "fusion-shuffled/indication", *small.compare.secondary,
+                *small.compare.encoders,
                 "fusion-shuffled/findings+impression", "fusion-tfidf/findings+impression",
-                "fusion_frozen-image_frozen/findings+impression",
-                "fusion-fusion_frozen/findings+impression", "fusion-tfidf/indication",
-                "fusion-fusion_frozen/indication"]
+                "fusion_frozen@demo_vit-image_frozen@demo_vit/findings+impression",
+                "fusion-fusion_frozen@demo_vit/findings+impression", "fusion-tfidf/indication",
+                "fusion-fusion_frozen@demo_vit/indication"]
     assert [f"{r[1].replace(' − ', '-')}/{r[0]}" for r in inferential[1:]] == declared
     for row in inferential[1:]:
         d = result["differences"][row[0]][NAMES[row[1]]]["auroc"]
@@ -484,14 +490,14 @@ def test_comparison_md_rows_equal_comparison_json(workdir, small, no_figures):
     rows = models[1:]
     assert [(r[0], r[1]) for r in rows] == [("— (reads no report)", "image only"),
                                             ("— (reads no report)",
-                                             "image only (frozen encoder)")] + [
+                                             "image only (frozen encoder) · demo_vit")] + [
         (i, v) for i in inputs for v in ("text only", "TF-IDF + logistic regression", "fusion",
                                          "placebo (shuffled reports)",
-                                         "fusion (frozen image encoder)")]
+                                         "fusion (frozen image encoder) · demo_vit")]
     variant = {"image only": "image", "text only": "text", "fusion": "fusion",
                "placebo (shuffled reports)": "shuffled", "TF-IDF + logistic regression": "tfidf",
-               "image only (frozen encoder)": "image_frozen",
-               "fusion (frozen image encoder)": "fusion_frozen"}
+               "image only (frozen encoder) · demo_vit": "image_frozen@demo_vit",
+               "fusion (frozen image encoder) · demo_vit": "fusion_frozen@demo_vit"}
     for row in rows:
         text_input = inputs[0] if row[0] == "— (reads no report)" else row[0]
         m = result["models"][text_input][variant[row[1]]]

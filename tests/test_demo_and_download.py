@@ -498,7 +498,8 @@ def test_params_validation_accepts(params, name, value):
     section, key = name.split(".")
     setattr(getattr(params, section), key, value)
     if name == "text.inputs":  # the declared family names the inputs it compares
-        params.compare = replace(params.compare, primary=f"fusion-image/{value[0]}", secondary=[])
+        params.compare = replace(params.compare, primary=f"fusion-image/{value[0]}",
+                                 secondary=[], encoders=[])
     assert params_mod.validate(params) is params
 
 

@@ -3,17 +3,29 @@ read as the hub's would be (a DINOv2 built here from a config, with its image pr
 pooling by hand, the cache refused when another encoder made it, the parameters' rules."""
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
 import torch
 from conftest import first_run, tiny
 
-from cxrfusion import image_encoder
+from cxrfusion import formats, image_encoder
 from cxrfusion.common import PipelineError
 from cxrfusion.demo_encoder import build_image
-from cxrfusion.formats import IMAGES, frozen_cache, read_frozen_cache
-from cxrfusion.params import PAIRS, VARIANTS, built, validate
+from cxrfusion.formats import DEMO_IMAGE_ENCODER, IMAGES, frozen_cache, read_frozen_cache
+from cxrfusion.params import (
+    PAIRS,
+    VARIANTS,
+    Comparison,
+    Params,
+    arms,
+    built,
+    pair_order,
+    pairs,
+    validate,
+)
 
 SETTINGS = {"revision": None, "pooling": "mean", "trust_remote_code": False}
 
@@ -64,28 +76,116 @@ def test_a_missing_encoder_stops_with_how_to_get_it(tmp_path):
         image_encoder.load({"model": str(tmp_path / "absent"), **SETTINGS}, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("encoders, read, message", [
-    ({"rad-dino": {"model": "microsoft/rad-dino", **SETTINGS}}, "rad-dino", "alias 'rad-dino'"),
-    ({"dino": {"model": "m", "pooling": "mean"}}, "dino", "give exactly model, revision"),
-    ({"dino": {"model": "m", **SETTINGS, "pooling": "max"}}, "dino", "use one of cls, mean"),
-    ({"dino": {"model": "m", **SETTINGS}}, "raddino", "frozen_image.read"),
+@pytest.mark.parametrize("override, message", [
+    ({"frozen_image": {"encoders": {"rad-dino": {"model": "microsoft/rad-dino", **SETTINGS}}}},
+     "alias 'rad-dino'"),
+    ({"frozen_image": {"encoders": {"dino": {"model": "m", "pooling": "mean"}}}},
+     "give exactly model, revision"),
+    ({"frozen_image": {"encoders": {"dino": {"model": "m", **SETTINGS, "pooling": "max"}}}},
+     "use one of cls, mean"),
+    ({"text": {"encoders": {"large": {"model": "m", **SETTINGS}}}}, "give exactly model, "
+     "revision, pooling, prompt"),
+    ({"frozen_image": {"read": "demo_vit"}}, "frozen_image.read was replaced"),
+    # a declared comparison of an encoder the study does not train
+    ({"compare": {"encoders": ["fusion_frozen@raddino-image_frozen@raddino/indication"]}},
+     "names an arm on an encoder this study does not train"),
+    ({"compare": {"encoders": ["fusion@large-fusion/indication"]}},
+     "names an arm on an encoder this study does not train"),
+    ({"explain": {"variant": "fusion@large"}}, "its encoder alias is not one of text.encoders"),
 ])
-def test_the_encoders_are_checked_before_anything_runs(encoders, read, message):
-    p = tiny({"frozen_image": {"encoders": encoders, "read": read}})
+def test_the_encoders_are_checked_before_anything_runs(override, message):
     with pytest.raises(PipelineError, match=message):
-        validate(p)
+        validate(tiny(override))
 
 
 def test_the_frozen_arms_are_networks_with_their_declared_rows():
     assert VARIANTS["image_frozen"].frozen_image and not VARIANTS["image_frozen"].cnn
     assert VARIANTS["fusion_frozen"].reads_report and VARIANTS["fusion"].cnn
     assert ("fusion_frozen", "image_frozen") in PAIRS
-    assert "fusion_frozen-image_frozen/indication" in built(tiny()).compare.secondary
+    assert ("fusion_frozen@demo_vit-image_frozen@demo_vit/indication"
+            in built(tiny()).compare.encoders)
+
+
+def test_each_arm_multiplies_by_the_encoders_it_reads():
+    """Fusion, its placebo and text-only once per text encoder (the default's plain names
+    kept); the frozen arms once per image encoder, always named; the image model and TF-IDF
+    once. The pairs: PAIRS on each encoder, then each arm against itself on the first."""
+    p = built(tiny({"text": {"encoders": {"large": {"model": "m", **SETTINGS, "prompt": None}}},
+                    "frozen_image": {"encoders": {"other": {"model": "m", **SETTINGS}}}}))
+    assert arms(p) == ["fusion", "fusion@large", "image", "text", "text@large", "tfidf",
+                       "shuffled", "shuffled@large", "image_frozen@demo_vit",
+                       "image_frozen@other", "fusion_frozen@demo_vit", "fusion_frozen@other"]
+    found = pairs(p)
+    assert len(found) == len(set(found))
+    for pair in [("fusion@large", "image"), ("fusion@large", "shuffled@large"),
+                 ("text@large", "tfidf"), ("fusion_frozen@other", "image_frozen@other"),
+                 ("fusion", "fusion_frozen@other"), ("fusion@large", "fusion"),
+                 ("text@large", "text"), ("image_frozen@other", "image_frozen@demo_vit")]:
+        assert pair in found
+    assert ("shuffled@large", "shuffled") not in found  # the placebo is read against fusion
+    # the tables' order: grouped by encoder (none, then each alias), PAIRS' order in each
+    shown = sorted(Comparison.of_input("indication", p), key=pair_order)
+    groups = [next((a for a in ("demo_vit", "large", "other") if a in c.name), "") for c in shown]
+    assert groups == sorted(groups) and shown[0].summary_key == "fusion-image"
+    assert [c.summary_key for c in shown if "large" in c.name][:2] == [
+        "fusion@large-image", "fusion@large-text@large"]
+    assert not any("@large" in a and "frozen" in b for a, b in found)  # frozen: default text
+    assert Comparison.parse("fusion@large-fusion/indication").key == "fusion@large_minus_fusion"
+    assert Comparison.from_key("fusion@large_minus_fusion", "x") == Comparison(
+        "fusion@large", "fusion", "x")
+    with pytest.raises(ValueError, match="not a comparison"):
+        Comparison.parse("fusion@large-image_frozen@other/indication")
+    runs = {run.path: run.stage for run in formats.runs(p) if run.seed in (0, None)}
+    assert runs["fusion@large/indication/seed-0"] == "train_fusion_by@large-indication-0"
+    assert runs["shuffled@large/indication/seed-0"] == "train_fusion_by@large-indication-0"
+    assert runs["image_frozen@other/seed-0"] == "train_image_frozen@other"
+    assert runs["fusion/indication/seed-0"] == "train_fusion@indication-0"  # as before
+    assert formats.text_cache("indication", True, "large").name == "indication@large.shuffled.h5"
+
+
+def test_another_text_and_image_encoder_train_their_arms_on_their_own_vectors(cached):
+    """text.encoders' alias: its own cache, read by its own arms, recorded as its encoder's;
+    a second frozen_image.encoders alias likewise (the demo encoders, read otherwise)."""
+    from cxrfusion.formats import read_text_cache_attrs, text_cache
+    from cxrfusion.model import load_model
+    from cxrfusion.training import train
+    from cxrfusion.tuning import tune
+    from stages.embed_images import embed_images
+    from stages.embed_text import embed_text
+    from stages.evaluate import evaluate
+
+    p = cached
+    p.text.encoders = {"second": {"model": p.text.model, "revision": None, "pooling": "cls",
+                                  "prompt": "Report:", "trust_remote_code": False}}
+    p.frozen_image.encoders = {**p.frozen_image.encoders,
+                               "second_vit": {"model": str(DEMO_IMAGE_ENCODER), **SETTINGS,
+                                              "pooling": "cls"}}
+    validate(p)
+    text_input = p.text.inputs[0]
+    embed_text(text_input, p, "second")
+    embed_images("second_vit", p)
+    attrs = read_text_cache_attrs(text_cache(text_input, alias="second"))
+    assert attrs["pooling"] == "cls" and attrs["prompt"] == "Report:"
+    default = read_text_cache_attrs(text_cache(text_input))
+    assert default["pooling"] == p.text.pooling and default["fingerprint"] == attrs["fingerprint"]
+    assert read_frozen_cache(frozen_cache("second_vit"))[2]["pooling"] == "cls"
+    for variant in ("text@second", "image_frozen@second_vit"):
+        run = first_run(variant, p)
+        tune(run, p)
+        train(run, p)
+        model, config = load_model(run.models)
+        assert 0 <= evaluate(run, p)["study"]["auroc"] <= 1
+    assert config["image_encoder"]["alias"] == "second_vit"
+    record = json.loads((first_run("text@second", p).models / "params.json").read_text())
+    assert record["text"]["encoder"] == "second" and record["text"]["prompt"] == "Report:"
+    assert record["text"]["vectors"].endswith(f"{text_input}@second.h5")
+    with pytest.raises(PipelineError, match="not an alias of text.encoders"):
+        embed_text(text_input, p, "absent")
 
 
 def test_the_cache_holds_a_vector_for_every_image_every_arm_reads(cached):
     p = cached
-    filenames, vectors, attrs = read_frozen_cache(frozen_cache(p.frozen_image.read))
+    filenames, vectors, attrs = read_frozen_cache(frozen_cache("demo_vit"))
     import pandas as pd
 
     assert sorted(filenames) == sorted(pd.read_csv(IMAGES)["filename"])
@@ -100,24 +200,25 @@ def test_a_frozen_arm_trains_on_the_vectors_and_refuses_another_encoders_cache(c
     from stages.evaluate import evaluate
 
     p = cached
-    for variant in ("image_frozen", "fusion_frozen"):
+    for variant in ("image_frozen@demo_vit", "fusion_frozen@demo_vit"):
         run = first_run(variant, p)
         train(run, p)
         model, config = load_model(run.models)
         assert model.cnn is None and model.frozen
-        assert config["image_encoder"]["alias"] == p.frozen_image.read
+        assert config["image_encoder"]["alias"] == "demo_vit"
         assert config["arguments"]["image_dim"] == p.demo_image_encoder.hidden_size
         metrics = evaluate(run, p)
         assert 0 <= metrics["study"]["auroc"] <= 1
     # another encoder's vectors under the same alias: refused, not read as this one's
-    with h5py.File(frozen_cache(p.frozen_image.read), "r+") as f:
+    with h5py.File(frozen_cache("demo_vit"), "r+") as f:
         f.attrs["fingerprint"] = "sha256:another"
     with pytest.raises(PipelineError, match="not made by the encoder the model was trained on"):
-        evaluate(first_run("image_frozen", p), p)
+        evaluate(first_run("image_frozen@demo_vit", p), p)
 
 
-def test_the_documented_command_adds_an_encoder_that_passes_every_rule(tmp_path):
-    """docs/real-study.md's `dvc exp run` for RAD-DINO, applied by DVC's own parser of -S."""
+def _documented(tmp_path, marker: str) -> Params:
+    """docs/real-study.md's `dvc exp run` holding `marker`, applied to params.yaml by DVC's own
+    parser of -S, then checked by every rule."""
     import shlex
     import shutil
 
@@ -126,17 +227,24 @@ def test_the_documented_command_adds_an_encoder_that_passes_every_rule(tmp_path)
     from dvc.utils.hydra import apply_overrides
 
     blocks = (ROOT / "docs/real-study.md").read_text().split("```bash\n")[1:]
-    block = next(b.split("```")[0] for b in blocks if "frozen_image.read=" in b)
+    block = next(b.split("```")[0] for b in blocks if marker in b)
     command = next(line for line in block.replace("\\\n", " ").splitlines()
                    if line.startswith("dvc exp run"))
     words = shlex.split(command)
     settings = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     apply_overrides(tmp_path / "params.yaml", settings)
-    p = built(validate(yaml.safe_load((tmp_path / "params.yaml").read_text())))
-    assert p.frozen_image.read == "raddino"
-    assert set(p.frozen_image.encoders) == {"demo_vit", "raddino"}  # added, none replaced
+    return built(validate(yaml.safe_load((tmp_path / "params.yaml").read_text())))
+
+
+def test_the_documented_commands_add_encoders_that_pass_every_rule(tmp_path):
+    p = _documented(tmp_path, "frozen_image.encoders.raddino")
+    assert set(p.frozen_image.encoders) == {"raddino"}  # in place of the demo's
     assert p.frozen_image.encoders["raddino"]["model"] == "microsoft/rad-dino"
+    assert "fusion_frozen@raddino-image_frozen@raddino/indication" in p.compare.encoders
+    p = _documented(tmp_path, "text.encoders.biobert_large")
+    assert list(p.text.encoders) == ["biobert_large"] and p.text.model == built(tiny()).text.model
+    assert "fusion@biobert_large-fusion/indication" in p.compare.encoders
 
 
 def test_explain_refuses_a_frozen_arm_with_the_reason():
@@ -164,9 +272,19 @@ def _stages(folder) -> dict:
         return out
 
 
-def test_adding_an_encoder_embeds_it_and_reruns_nothing_else(tmp_path):
-    """Another entry in frozen_image.encoders is one new stage, embed_images@<alias>, and every
-    other stage reads what it read; `read` changed to it reruns the frozen arms only."""
+@pytest.mark.parametrize("section, alias, settings, kinds", [
+    ("frozen_image", "other", {"model": "microsoft/rad-dino", **SETTINGS},
+     {"embed_images", "tune_image_frozen", "tune_fusion_frozen", "train_image_frozen",
+      "train_fusion_frozen"}),
+    ("text", "other", {"model": "dmis-lab/biobert-large-cased-v1.1", **SETTINGS, "prompt": None},
+     {"embed_text_by", "shuffle_reports_by", "tune_fusion_by", "tune_text_by", "train_fusion_by",
+      "train_text_by"}),
+])
+def test_adding_an_encoder_trains_its_arms_and_reruns_nothing_else(tmp_path, section, alias,
+                                                                    settings, kinds):
+    """Another entry in frozen_image.encoders (text.encoders) is new stages only, those of the
+    arms that read it, one per text input and seed where the arm has them; every other stage
+    reads what it read (DVC reruns a stage when its command, deps or params' values change)."""
     import shutil
 
     import yaml
@@ -178,17 +296,18 @@ def test_adding_an_encoder_embeds_it_and_reruns_nothing_else(tmp_path):
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     before = _stages(tmp_path)
-    p["frozen_image"]["encoders"]["other"] = {"model": "microsoft/rad-dino", **SETTINGS}
+    p[section]["encoders"][alias] = settings
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     added = _stages(tmp_path)
-    assert set(added) - set(before) == {"embed_images@other"}
+    new = set(added) - set(before)
+    assert {name.partition("@")[0] for name in new} == kinds
+    assert all(name.partition("@")[2].startswith(f"{alias}") for name in new)
     assert {name for name in before if added[name] != before[name]} == set()
-    p["frozen_image"]["read"] = "other"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    read = _stages(tmp_path)
-    changed = {name.partition("@")[0] for name in before if read[name] != before[name]}
-    assert changed == {"tune_image_frozen", "tune_fusion_frozen", "train_image_frozen",
-                       "train_fusion_frozen"}
+    runs = formats.runs(built(p))
+    assert {run.stage for run in runs if alias in run.variant} <= new  # each new run's stage
+    assert len(new) == len({run.stage for run in runs if alias in run.variant}) + (
+        # embedding, the placebo's reports and tuning: per input, or once an image encoder
+        4 * len(p["text"]["inputs"]) if section == "text" else 2 + len(p["text"]["inputs"]))
 
 
 @pytest.mark.parametrize("name, pooling, width", [("test_vit", "cls", 64),
@@ -241,11 +360,18 @@ def test_images_are_decoded_in_order_and_at_most_two_windows_ahead():
 def test_a_frozen_arm_trains_every_seed_in_one_stage(params):
     from cxrfusion.formats import Run, network_runs
 
-    assert Run.of("image_frozen", 1, "indication").stage == "train_image_frozen"
-    assert Run.of("fusion_frozen", 1, "indication").stage == "train_fusion_frozen@indication"
+    assert Run.of("image_frozen@demo_vit", 1, "indication").stage == \
+        "train_image_frozen@demo_vit"
+    assert Run.of("fusion_frozen@demo_vit", 1, "indication").stage == \
+        "train_fusion_frozen@demo_vit-indication"
     assert Run.of("fusion", 1, "indication").stage == "train_fusion@indication-1"
-    every = network_runs(["fusion_frozen", "all", "indication"], params)
-    assert every == [Run("fusion_frozen", s, "indication") for s in params.train.seeds]
-    assert network_runs(["image_frozen", "1"], params) == [Run("image_frozen", 1)]
+    every = network_runs(["fusion_frozen@demo_vit", "all", "indication"], params)
+    assert every == [Run("fusion_frozen@demo_vit", s, "indication") for s in params.train.seeds]
+    assert network_runs(["image_frozen@demo_vit", "1"], params) == [
+        Run("image_frozen@demo_vit", 1)]
     with pytest.raises(PipelineError, match="seed 'al' is not one of train.seeds"):
-        network_runs(["image_frozen", "al"], params)
+        network_runs(["image_frozen@demo_vit", "al"], params)
+    with pytest.raises(PipelineError, match="must be an alias of frozen_image.encoders"):
+        network_runs(["image_frozen", "1"], params)  # an image encoder is always named
+    with pytest.raises(PipelineError, match="must be an alias of text.encoders"):
+        network_runs(["fusion@absent", "1", "indication"], params)

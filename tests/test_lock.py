@@ -17,12 +17,22 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from cxrfusion.params import VARIANTS
+from cxrfusion import params
+from cxrfusion.params import VARIANTS, row
 
 LOCK = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PACKAGES = ("stages", "cxrfusion")
+# and another text encoder and a second frozen image encoder: the stages of their arms too
+ENCODERS = {**PARAMS,
+            "text": {**PARAMS["text"], "encoders": {"second": {
+                "model": "m", "revision": None, "pooling": "cls", "prompt": None,
+                "trust_remote_code": False}}},
+            "frozen_image": {**PARAMS["frozen_image"], "encoders": {
+                **PARAMS["frozen_image"]["encoders"], "second_vit": {
+                    "model": "m", "revision": None, "pooling": "cls",
+                    "trust_remote_code": False}}}}
 
 
 def _code_deps(stage: dict) -> list[dict]:
@@ -66,45 +76,52 @@ def test_the_matrix_stages_are_the_runs_the_parameters_ask_for():
     from cxrfusion.formats import runs
     from cxrfusion.params import built
 
-    names = expanded_names(PIPELINE, PARAMS)
-    every = runs(built(PARAMS))
+    names = expanded_names(PIPELINE, ENCODERS)
+    every = runs(built(ENCODERS))
     wanted = {run.stage for run in every}  # the placebo's: fusion's
     assert {n for n in names if n.startswith(("train_", "evaluate"))} == wanted | {"evaluate"}
     assert {n for n in names if n.startswith("embed_text")} == {
-        f"embed_text@{i}" for i in PARAMS["text"]["inputs"]}
+        f"embed_text@{i}" for i in PARAMS["text"]["inputs"]} | {
+        f"embed_text_by@second-{i}" for i in PARAMS["text"]["inputs"]}
     assert {"download", "prepare", "demo_encoder", "cache_images", "evaluate", "compare",
             "explain"} <= names
     # each run's stage writes that run's folders (fusion's, its placebo's after them)
     for run in every:
         name = run.stage.partition("@")[0]
         stage = PIPELINE[name]
-        if VARIANTS[run.variant].trained_once:  # one a text input: its model and its choice
+        if row(run.variant).trained_once:  # one a text input: its model and its choice
             assert stage["foreach"] == "${text.inputs}" and run.seed is None, run
             assert [o if isinstance(o, str) else next(iter(o)) for o in stage["do"]["outs"]] == [
                 f"models/{run.variant}/${{item}}", f"metrics/tuning/{run.variant}/${{item}}"]
             assert stage["do"]["cmd"].split()[2:] == [f"stages.train_{run.variant}", "${item}"]
             continue
-        if VARIANTS[run.variant].seeds_together:  # every seed: the arm's folders, whole
+        alias = params.alias_of(run.variant) or ""
+        values = {"encoder": alias, "input": run.text_input, "seed": run.seed}
+
+        def fill(text: str) -> str:  # a template of the run's stage, as DVC fills it
+            text = text.replace("${key}", alias).replace("${item}", str(run.text_input))
+            for key, value in values.items():
+                text = text.replace(f"${{item.{key}}}", str(value))
+            return text
+
+        if row(run.variant).seeds_together:  # every seed: the arm's folders, whole
             body = stage.get("do", stage)
-            item = "/${item}" if run.text_input else ""
-            outs = [o if isinstance(o, str) else next(iter(o)) for o in body["outs"]]
-            assert outs == [f"models/{run.variant}{item}", f"metrics/train/{run.variant}{item}"]
-            assert str(run.models).startswith(outs[0].replace("${item}", str(run.text_input)))
-            assert str(run.train_log).startswith(outs[1].replace("${item}", str(run.text_input)))
-            assert body["cmd"].split()[4:] == ["stages.train", run.variant, "all",
-                                               *(["${item}"] if run.text_input else [])]
+            outs = [fill(o if isinstance(o, str) else next(iter(o))) for o in body["outs"]]
+            assert outs == [f"models/{run.arm}", f"metrics/train/{run.arm}"]
+            assert str(run.models).startswith(outs[0]) and str(run.train_log).startswith(outs[1])
+            assert fill(body["cmd"]).split()[4:] == ["stages.train", run.variant, "all",
+                                                     *([run.text_input] if run.text_input
+                                                       else [])]
             continue
-        combo = dict(zip(stage["matrix"],
-                         [run.text_input, run.seed] if run.text_input else [run.seed]))
-        outs = [(o if isinstance(o, str) else next(iter(o))).replace(
-            "${item.input}", str(combo.get("input"))).replace("${item.seed}", str(combo["seed"]))
-            for o in stage["outs"]]  # a path, or {path: options}
+        outs = [fill(o if isinstance(o, str) else next(iter(o)))  # a path, or {path: options}
+                for o in stage["outs"]]
         mine = [str(run.models), str(run.train_log / "plots/metrics"),
                 str(run.train_log / "metrics.json")]
-        trained = [v for v, row in VARIANTS.items() if f"train_{row.trained_with or v}" == name]
+        trained = [params.arm(v, alias or None) for v, row_ in VARIANTS.items()
+                   if f"train_{row_.trained_with or v}" == name.removesuffix("_by")]
         start = 3 * trained.index(run.variant)
         assert outs[start:start + 3] == mine and len(outs) == 3 * len(trained), run
-        assert stage["cmd"].split()[5] == ",".join(trained)  # stages.train <variants>
+        assert fill(stage["cmd"]).split()[5] == ",".join(trained)  # stages.train <variants>
 
 
 def test_each_arm_is_tuned_by_a_stage_whose_choice_its_train_stage_reads():
@@ -115,27 +132,29 @@ def test_each_arm_is_tuned_by_a_stage_whose_choice_its_train_stage_reads():
     from cxrfusion.formats import runs
     from cxrfusion.params import built
 
-    def paths(entries, text_input):
+    def paths(entries, run):
+        alias = params.alias_of(run.variant) or ""
         return [(e if isinstance(e, str) else next(iter(e))).replace(
-            "${item}", str(text_input)).replace("${item.input}", str(text_input))
-            for e in entries]
+            "${item}", str(run.text_input)).replace("${item.input}", str(run.text_input))
+            .replace("${key}", alias).replace("${item.encoder}", alias) for e in entries]
 
-    names = expanded_names(PIPELINE, PARAMS)
-    for run in runs(built(PARAMS)):
-        if VARIANTS[run.variant].trained_once:
+    names = expanded_names(PIPELINE, ENCODERS)
+    for run in runs(built(ENCODERS)):
+        if row(run.variant).trained_once:
             continue  # it tunes itself in its train stage (the test above)
         tuned_by = replace(run, candidate=0).stage
         assert tuned_by in names, run
         stage = PIPELINE[tuned_by.partition("@")[0]]
         stage = stage.get("do", stage)  # foreach: the stage is its `do`
         mine = [str(run.candidates), str(run.choice.parent)]
-        assert set(mine) <= set(paths(stage["outs"], run.text_input)), run
+        assert set(mine) <= set(paths(stage["outs"], run)), run
         trainer = PIPELINE[run.stage.partition("@")[0]]
         trainer = trainer.get("do", trainer)  # foreach: the stage is its `do`
-        assert set(mine) <= set(paths(trainer["deps"], run.text_input)), run
-        words = stage["cmd"].split()
-        arm = tuned_by.removeprefix("tune_").partition("@")[0]
-        trained = [v for v, row in VARIANTS.items() if (row.trained_with or v) == arm]
+        assert set(mine) <= set(paths(trainer["deps"], run)), run
+        words = paths([stage["cmd"]], run)[0].split()
+        arm = tuned_by.removeprefix("tune_").partition("@")[0].removesuffix("_by")
+        trained = [params.arm(v, params.alias_of(run.variant)) for v, row_ in VARIANTS.items()
+                   if (row_.trained_with or v) == arm]
         assert words[4:7] == ["stages.tune", ",".join(trained), "${train.seeds[0]}"], words
 
 

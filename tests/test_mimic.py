@@ -443,7 +443,8 @@ def test_dvc_repro_on_mimic(tmp_path):
     p["split"].update(official=True, min_studies=0, min_per_label=0)  # a miniature dataset
     p["text"]["inputs"] = ["findings+impression"]  # one text input and one seed: 3 runs
     p["train"]["seeds"] = [0]
-    p["compare"].update(primary="fusion-image/findings+impression", secondary=[])
+    p["compare"].update(primary="fusion-image/findings+impression", secondary=[],
+                        encoders=[])
     assert p["train"]["epochs"] == 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 

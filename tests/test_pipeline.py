@@ -37,7 +37,7 @@ from cxrfusion.formats import Run
 
 pytestmark = pytest.mark.pipeline
 VARIANTS = params_mod.VARIANTS
-PAIRS = tuple(params_mod.Comparison(a, b).key for a, b in params_mod.PAIRS)
+row = params_mod.row
 FIGURES = ["forest.png", "reliability.png", "roc.png", "training_curves.png"]
 SEED_METRICS = ("auroc", "auprc", "sensitivity_at_specificity", "sensitivity", "specificity",
                 "f1", "brier", "ece")  # each with an interval
@@ -120,18 +120,18 @@ def _check_comparison(repo: Path, params: dict) -> dict:
     per_seed = [f"seed-{s}" for s in seeds]
     for text_input in inputs:
         models = comparison["models"][text_input]
-        assert set(models) == set(VARIANTS)
+        assert set(models) == set(params_mod.arms(params))
         for variant, m in models.items():
             assert set(m) == set(SEED_METRICS) | {"ece_floor"}
             mine = [tests[Run.of(variant, s, text_input)] for s in seeds]
             # an arm trained once (the TF-IDF baseline): its one run, no seed, no sd
-            keys = ["mean"] if VARIANTS[variant].trained_once else per_seed
+            keys = ["mean"] if row(variant).trained_once else per_seed
             for metric in SEED_METRICS:
                 s = m[metric]
                 assert set(s) == {"mean", "sd", "low", "high", *keys}
                 values = [s[k] for k in keys]
                 assert s["mean"] == pytest.approx(np.mean(values))
-                if VARIANTS[variant].trained_once:
+                if row(variant).trained_once:
                     assert s["sd"] is None
                 else:
                     assert s["sd"] == pytest.approx(np.std(values, ddof=1))
@@ -147,7 +147,8 @@ def _check_comparison(repo: Path, params: dict) -> dict:
                                       ("brier", "brier"), ("ece", "ece")):
                     assert m[metric][key] == pytest.approx(t["study"][saved], abs=1e-12)
         differences = comparison["differences"][text_input]
-        assert set(differences) == set(PAIRS)
+        assert set(differences) == {params_mod.Comparison(a, b).key
+                                    for a, b in params_mod.pairs(params)}
         for name, diff in differences.items():
             a, b = name.split("_minus_")
             assert set(diff) == set(SEED_METRICS) | {"delong"}
@@ -209,7 +210,7 @@ def test_the_demo_run_writes_every_output(demo):
         assert (repo / run.predictions).exists() and (repo / run.validation).exists()
         for curve in ("roc", "pr", "confusion"):
             assert (repo / run.curve(curve)).exists(), (run, curve)
-        if VARIANTS[run.variant].trained_once:  # the TF-IDF baseline: its JSON, no epochs
+        if row(run.variant).trained_once:  # the TF-IDF baseline: its JSON, no epochs
             assert sorted(p.name for p in (repo / run.models).iterdir()) == ["params.json",
                                                                              "tfidf.json"]
             assert json.loads((repo / run.models / "params.json").read_text())["run"] == (
@@ -336,11 +337,11 @@ def test_a_changed_parameter_reruns_only_the_stages_that_read_it(demo):
         # evaluate scores every run again (a second each)
         more = {**params, "train": {**params["train"], "seeds": [0, 1, 2]}}
         new = set(stage_names(more)) - set(stages)
-        together = {r.stage for r in runs(more) if VARIANTS[r.variant].seeds_together}
+        together = {r.stage for r in runs(more) if row(r.variant).seeds_together}
         assert new == {r.stage for r in runs(more) if r.seed == 2} - together
         # image; fusion (and its placebo) and text per input; TF-IDF none, and the frozen arms
         # none: one stage trains all their seeds, and trains them again
-        assert len(new) == 5 and together == {"train_image_frozen",
+        assert len(new) == 5 and together == {"train_image_frozen@demo_vit",
                                                *(s for s in stages
                                                  if s.startswith("train_fusion_frozen@"))}
         assert stale_after(train__seeds=[0, 1, 2]) == new | together | {
@@ -396,7 +397,7 @@ def test_a_tuning_grid_runs_through_dvc_and_each_first_seed_is_its_choice(demo, 
     params["tune"]["tfidf"] = [{"tfidf.c": 0.1}, {"tfidf.c": 10.0}]  # the baseline's, as many
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     every = runs(params)
-    networks = [r for r in every if not VARIANTS[r.variant].trained_once]
+    networks = [r for r in every if not row(r.variant).trained_once]
     tuned = {replace(r, candidate=0).stage for r in networks}
     assert {s for s in _status(repo) if s.startswith("tune_")} == tuned
     commands = pipeline_commands(repo)
@@ -412,9 +413,9 @@ def test_a_tuning_grid_runs_through_dvc_and_each_first_seed_is_its_choice(demo, 
     for run in every:
         choice = choices[run.arm]
         assert [c["setting"] for c in choice["candidates"]] == params["tune"][
-            "tfidf" if VARIANTS[run.variant].trained_once else "candidates"]
+            "tfidf" if row(run.variant).trained_once else "candidates"]
         recorded = json.loads((repo / run.models / "params.json").read_text())
-        if VARIANTS[run.variant].trained_once:  # it reads tfidf.*, not train.*
+        if row(run.variant).trained_once:  # it reads tfidf.*, not train.*
             assert recorded["tfidf"]["c"] == choice["setting"]["tfidf.c"], run
             continue
         assert recorded["train"]["lr"] == choice["setting"]["train.lr"], run

@@ -95,7 +95,7 @@ def test_the_charts_name_every_run_params_yaml_asks_for():
             expected[f"{kind}_{text_input}"] = {
                 run.curve(kind).as_posix(): column
                 for run in runs if run.text_input in (text_input, None)}
-    for run in [r for r in runs if not params.VARIANTS[r.variant].trained_once]:  # no epochs
+    for run in [r for r in runs if not params.row(r.variant).trained_once]:  # no epochs
         logged = _dvclive_files(run)
         assert {Path(f).parent.name for f in logged} == {"train", "val"}, run.path
         plot_id = "_".join(["training", run.variant] + ([run.text_input] if run.text_input else []))

@@ -27,11 +27,11 @@ from cxrfusion.common import PipelineError
 from cxrfusion.formats import Run, read_text_cache_attrs, text_cache
 from cxrfusion.metrics import study_predictions
 
-VARIANTS = ("fusion", "image", "text", "fusion_frozen")  # fusion_frozen: the frozen image encoder
+VARIANTS = ("fusion", "image", "text", "fusion_frozen@demo_vit")  # on the frozen image encoder
 INPUT = "findings+impression"
 FIELDS = ["findings", "impression"]  # the fields of INPUT
 RUNS = {"fusion": Run("fusion", 0, INPUT), "image": Run("image", 0), "text": Run("text", 0, INPUT),
-        "fusion_frozen": Run("fusion_frozen", 0, INPUT)}
+        "fusion_frozen@demo_vit": Run("fusion_frozen@demo_vit", 0, INPUT)}
 # e.g. models/fusion/findings+impression/seed-0
 MODEL = {v: str(run.models) for v, run in RUNS.items()}
 RAW_IMAGES = Path("data/raw/images/images_normalized")

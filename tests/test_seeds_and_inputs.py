@@ -28,6 +28,9 @@ FI, IND = "findings+impression", "indication"
 
 # --- the runs the parameters ask for -------------------------------------------------------------
 
+VIT, FROZEN = "image_frozen@demo_vit", "fusion_frozen@demo_vit"  # the demo's frozen encoder
+
+
 def test_runs_are_every_variant_per_seed_and_input(params):
     assert params.train.seeds == [0, 1] and params.text.inputs == [FI, IND]
     assert runs(params) == [
@@ -37,15 +40,14 @@ def test_runs_are_every_variant_per_seed_and_input(params):
         Run("tfidf", None, FI), Run("tfidf", None, IND),  # deterministic: once per input
         Run("shuffled", 0, FI), Run("shuffled", 1, FI), Run("shuffled", 0, IND),
         Run("shuffled", 1, IND),
-        Run("image_frozen", 0), Run("image_frozen", 1),  # the frozen image encoder's vectors
-        Run("fusion_frozen", 0, FI), Run("fusion_frozen", 1, FI), Run("fusion_frozen", 0, IND),
-        Run("fusion_frozen", 1, IND)]
+        Run(VIT, 0), Run(VIT, 1),  # the frozen image encoder's vectors, named by its alias
+        Run(FROZEN, 0, FI), Run(FROZEN, 1, FI), Run(FROZEN, 0, IND), Run(FROZEN, 1, IND)]
     assert runs(params, variants=("image",)) == [Run("image", 0), Run("image", 1)]
     params.train.seeds = [3]
     params.text.inputs = [IND]
     assert runs(params) == [Run("fusion", 3, IND), Run("image", 3), Run("text", 3, IND),
                             Run("tfidf", None, IND), Run("shuffled", 3, IND),
-                            Run("image_frozen", 3), Run("fusion_frozen", 3, IND)]
+                            Run(VIT, 3), Run(FROZEN, 3, IND)]
 
 
 def test_a_run_names_its_folders_and_stage():

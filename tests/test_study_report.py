@@ -18,7 +18,7 @@ from test_bootstrap_groups import write_runs
 
 from cxrfusion import study_report, tfidf
 from cxrfusion.formats import IMAGES, IMAGES_COUNTS, PREPARED_COUNTS, STUDIES, runs
-from cxrfusion.params import VARIANTS, Params
+from cxrfusion.params import Params, row
 from cxrfusion.tuning import tune
 from stages.prepare import split_counts
 from stages.study_report import MARKDOWN, SUBGROUPS, write_study_report
@@ -34,7 +34,7 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
         test = pd.read_csv(STUDIES).query("split == 'test'")
         write_runs(p, test["uid"].to_numpy(), test["label"].to_numpy())
     for run in runs(p):
-        if VARIANTS[run.variant].trained_once:
+        if row(run.variant).trained_once:
             continue  # the TF-IDF baseline records no weights: fitted below
         (folder / run.models).mkdir(parents=True, exist_ok=True)
         (folder / run.models / "model.json").write_text(json.dumps(
@@ -43,7 +43,7 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     with pytest.MonkeyPatch.context() as mp:  # each arm's choice (no grid: empty)
         mp.chdir(folder)
         for run in runs(p):
-            if VARIANTS[run.variant].trained_once:
+            if row(run.variant).trained_once:
                 tfidf.train(run, p)  # its model and its choice, as stage train_tfidf
             elif run.seed == p.train.seeds[0]:
                 tune(run, p)
@@ -285,7 +285,8 @@ def test_one_text_input_no_views_and_no_subgroups_give_the_sections_that_apply(i
     p = copy.deepcopy(inside)
     first = p.text.inputs[0]
     p.text.inputs = [first]
-    p.compare = replace(p.compare, primary=f"fusion-image/{first}", secondary=[])
+    p.compare = replace(p.compare, primary=f"fusion-image/{first}", secondary=[],
+                        encoders=[])
     studies = pd.read_csv(STUDIES)
     before = STUDIES.read_bytes()
     try:

@@ -200,7 +200,7 @@ def test_comparison_names():
 
 def test_the_default_family_is_every_comparison_primary_first():
     p = params.load(ROOT / "params.yaml")
-    fam = family(p.compare.primary, p.compare.secondary, p.compare.primary_share,
+    fam = family(p.compare.primary, params.secondaries(p.compare), p.compare.primary_share,
                  p.compare.placebo)
     weights = fam.weights
     assert list(weights)[:2] == [PRIMARY, PLACEBO] and weights[PRIMARY] == 0.8
@@ -208,7 +208,7 @@ def test_the_default_family_is_every_comparison_primary_first():
     # the TF-IDF baseline's rows, one a text input, and the frozen encoder's are secondaries:
     # the primary keeps its 0.8
     baseline = [f"text-tfidf/{i}" for i in p.text.inputs] + [
-        "fusion_frozen-image_frozen/indication"]
+        "fusion_frozen@demo_vit-image_frozen@demo_vit/indication"]
     assert set(baseline) <= set(weights)
     assert all(weights[name] == pytest.approx(0.2 / 8) for name in baseline)
 
