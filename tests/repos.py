@@ -102,6 +102,9 @@ def _commit(repo: Path, message: str) -> None:
     run(repo, "git", "commit", "-q", "-m", message)
 
 
+KEPT_FOLDER = "features/images/README.md"  # not an output: it keeps the folder evaluate reads
+
+
 def make_repo(tmp_path: Path) -> Path:
     """A git + DVC repository holding the pipeline's code with TINY parameters (one epoch)."""
     repo = tmp_path / "repo"
@@ -109,8 +112,9 @@ def make_repo(tmp_path: Path) -> Path:
     for package in ("stages", "cxrfusion"):
         shutil.copytree(ROOT / package, repo / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", KEPT_FOLDER):
         if (ROOT / name).exists():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / name, repo / name)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     run(repo, "git", "init", "-q")
@@ -131,7 +135,8 @@ def copy_checkout(to: Path) -> Path:
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\0")
     for name in filter(None, listed):
-        if name.split("/")[0] in COMMITTED_OUTPUTS or not (ROOT / name).is_file():
+        if (name.split("/")[0] in COMMITTED_OUTPUTS and name != KEPT_FOLDER
+                or not (ROOT / name).is_file()):
             continue
         (to / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, to / name)
