@@ -65,10 +65,13 @@ def test_the_demo_repository_starts_without_the_committed_outputs(tmp_path):
     """tests/test_pipeline.py's demo repository starts from this copy and makes every output
     itself: a checkout whose comparison.md a plain `dvc repro` rewrote (README's block still
     the committed one) lends it no table that disagrees with its README."""
-    from repos import COMMITTED_OUTPUTS, copy_checkout
+    from repos import COMMITTED_OUTPUTS, KEPT_FOLDER, copy_checkout
 
     copy_checkout(tmp_path)
     assert (tmp_path / "README.md").read_text() == (ROOT / "README.md").read_text()
     assert (tmp_path / "stages/compare.py").is_file() and (tmp_path / "tests/conftest.py").is_file()
     assert (ROOT / "dvc.lock").is_file() and (ROOT / "metrics/comparison.md").is_file()
-    assert not [path for path in COMMITTED_OUTPUTS if (tmp_path / path).exists()]
+    assert not [path for path in COMMITTED_OUTPUTS if (tmp_path / path).exists()
+                and path != KEPT_FOLDER.split("/")[0]]
+    assert [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "features").rglob("*")
+            if p.is_file()] == [KEPT_FOLDER]  # the folder's README, no output
