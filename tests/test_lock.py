@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import hashlib
 import itertools
 import re
@@ -211,7 +212,8 @@ def _file(module: str) -> Path | None:
     return None
 
 
-def _imports(module: str) -> set[str]:
+@functools.lru_cache(maxsize=None)  # every stage's check walks the same modules
+def _imports(module: str) -> frozenset[str]:
     """The project's modules `module` imports, directly or through others (and the packages
     they sit in)."""
     seen, todo = set(), [module]
@@ -228,7 +230,7 @@ def _imports(module: str) -> set[str]:
                 if name.split(".")[0] in PACKAGES and name not in seen and _file(name):
                     seen.add(name)
                     todo.append(name)
-    return seen
+    return frozenset(seen)
 
 
 def code_deps_problems(name: str, stage: dict) -> list[str]:
