@@ -142,11 +142,11 @@ def run_splits(p: Params, run: Run, names: tuple[str, ...] = SPLITS,
     swap of the image model's report; the placebo reads its input's shuffled vectors). The one
     place an arm's own inputs are made. `encoder`: the frozen image encoder a trained frozen
     model recorded (model.json's image_encoder), which the cache must still hold."""
-    arm, alias = params.row(run.variant), params.alias_of(run.variant)
+    arm = params.row(run.variant)
     if arm.frozen_image:
-        return frozen_splits(p, text_input or run.text_input, names, encoder, alias)
+        return frozen_splits(p, text_input or run.text_input, names, encoder, run.image_alias)
     return load_splits(p, arm.reads_image, text_input or run.text_input, names,
-                       shuffled=arm.shuffled, alias=alias)
+                       shuffled=arm.shuffled, alias=run.text_alias)
 
 
 def frozen_splits(p: Params, text_input: str | None, names: tuple[str, ...] = SPLITS,
